@@ -1,0 +1,476 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testServer is the real router over a table saved in a temp directory.
+type testServer struct {
+	handler http.Handler
+	path    string // the state file
+	user    string // basic-auth user sent by send; "" when auth is off
+	pass    string
+}
+
+func newTestServer(tb testing.TB, d disk, user, pass string) *testServer {
+	tb.Helper()
+	tab, path := newTestTable(tb, d)
+	s := &server{locks: tab, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if user != "" {
+		s.auth = newCredentials(user, pass)
+	}
+	return &testServer{handler: s.routes(), path: path, user: user, pass: pass}
+}
+
+// request is one HTTP request in a test table.
+type request struct {
+	method, target, body string
+}
+
+// send passes r through the router with the server's credentials.
+func (ts *testServer) send(tb testing.TB, r request) *httptest.ResponseRecorder {
+	tb.Helper()
+	var body io.Reader
+	if r.body != "" {
+		body = strings.NewReader(r.body)
+	}
+	req := httptest.NewRequest(r.method, r.target, body)
+	if ts.user != "" {
+		req.SetBasicAuth(ts.user, ts.pass)
+	}
+	rec := httptest.NewRecorder()
+	ts.handler.ServeHTTP(rec, req)
+	return rec
+}
+
+// mustSend sends r and fails the test unless it is answered 200.
+func (ts *testServer) mustSend(tb testing.TB, r request) {
+	tb.Helper()
+	if rec := ts.send(tb, r); rec.Code != http.StatusOK {
+		tb.Fatalf("%s %s %s = %d %s; want 200", r.method, r.target, r.body, rec.Code, rec.Body)
+	}
+}
+
+// locks returns GET /locks, decoded.
+func (ts *testServer) locks(tb testing.TB) map[string]lockView {
+	tb.Helper()
+	rec := ts.send(tb, request{"GET", "/locks", ""})
+	if rec.Code != http.StatusOK {
+		tb.Fatalf("GET /locks = %d %s", rec.Code, rec.Body)
+	}
+	var got map[string]lockView
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		tb.Fatalf("GET /locks body %q: %v", rec.Body, err)
+	}
+	return got
+}
+
+// errorOf checks that rec is a JSON error and returns its message.
+func errorOf(tb testing.TB, rec *httptest.ResponseRecorder) string {
+	tb.Helper()
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		tb.Errorf("Content-Type = %q; want application/json", ct)
+	}
+	var body map[string]string
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body["error"] == "" || len(body) != 1 {
+		tb.Fatalf("body = %q; want {\"error\": \"...\"}", rec.Body)
+	}
+	return body["error"]
+}
+
+func held(key string, lockedBy map[string]int) lockView {
+	return lockView{Key: key, LockedBy: lockedBy}
+}
+
+// named fills in the names of the locks in want, as GET /locks shows them.
+func named(want map[string]lockView) map[string]lockView {
+	for name, v := range want {
+		v.Name = name
+		want[name] = v
+	}
+	return want
+}
+
+func TestAPI(t *testing.T) {
+	putA := request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`}
+	big := `{"key": "` + strings.Repeat("x", maxFieldBytes+1) + `"}`
+	tests := []struct {
+		name       string
+		setup      []request
+		req        request
+		wantStatus int
+		wantLock   *lockView           // for 200 replies to PUT, DELETE and GET /lock
+		wantError  string              // for error replies: part of the message
+		wantLocks  map[string]lockView // GET /locks afterwards
+	}{
+		{
+			name: "PUT takes a free lock", req: putA, wantStatus: 200,
+			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "PUT without lock_by holds as the key", req: request{"PUT", "/lock/l", `{"key": "k"}`}, wantStatus: 200,
+			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"k": 1}},
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"k": 1})},
+		},
+		{
+			name: "empty lock_by holds as the key", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": ""}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"k": 1})},
+		},
+		{
+			name: "PUT again with the same key counts up", setup: []request{putA}, req: putA, wantStatus: 200,
+			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 2}},
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 2})},
+		},
+		{
+			name: "holders sharing a key coexist", setup: []request{putA},
+			req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1, "b": 1})},
+		},
+		{
+			name: "PUT with another key is locked out", setup: []request{putA},
+			req: request{"PUT", "/lock/l", `{"key": "other", "lock_by": "b"}`}, wantStatus: 423,
+			wantError: `held with key "k" by a (1)`,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "locked_by is lock_by", req: request{"PUT", "/lock/l", `{"key": "k", "locked_by": "a"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "requestor is lock_by", req: request{"PUT", "/lock/l", `{"key": "k", "requestor": "a"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "aliases that agree are fine", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a", "locked_by": "a", "requestor": "a"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "aliases that disagree are refused", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a", "requestor": "b"}`}, wantStatus: 400,
+			wantError: `"lock_by" is "a" but "requestor" is "b"`, wantLocks: map[string]lockView{},
+		},
+		{
+			name: "DELETE takes back one count", setup: []request{putA, putA},
+			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a"}`}, wantStatus: 200,
+			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "DELETE with all takes back every count", setup: []request{putA, putA, {"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`}},
+			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a", "all": true}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"b": 1})},
+		},
+		{
+			name: "last DELETE frees the lock", setup: []request{putA},
+			req: request{"DELETE", "/lock/l", `{"key": "k", "requestor": "a"}`}, wantStatus: 200,
+			wantLock:  &lockView{Name: "l", Key: "", LockedBy: map[string]int{}},
+			wantLocks: map[string]lockView{},
+		},
+		{
+			name: "DELETE of a free lock is fine", req: request{"DELETE", "/lock/l", `{"key": "k"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{},
+		},
+		{
+			name: "DELETE with another key is locked out", setup: []request{putA},
+			req: request{"DELETE", "/lock/l", `{"key": "other", "lock_by": "a"}`}, wantStatus: 423,
+			wantError: "a release must send the key", wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "DELETE by someone holding nothing changes nothing", setup: []request{putA},
+			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "b"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "GET a held lock", setup: []request{putA}, req: request{"GET", "/lock/l", ""}, wantStatus: 200,
+			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
+			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "GET a free lock", req: request{"GET", "/lock/nobody", ""}, wantStatus: 200,
+			wantLock:  &lockView{Name: "nobody", Key: "", LockedBy: map[string]int{}},
+			wantLocks: map[string]lockView{},
+		},
+		{
+			name: "escaped slash is part of the name", req: request{"PUT", "/lock/a%2Fb", `{"key": "k"}`}, wantStatus: 200,
+			wantLock:  &lockView{Name: "a/b", Key: "k", LockedBy: map[string]int{"k": 1}},
+			wantLocks: map[string]lockView{"a/b": held("k", map[string]int{"k": 1})},
+		},
+		{
+			name: "escaped UTF-8 name", req: request{"PUT", "/lock/d%C3%A9ploy", `{"key": "k"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"déploy": held("k", map[string]int{"k": 1})},
+		},
+		{
+			name: "escaped space name", req: request{"PUT", "/lock/%20", `{"key": "k"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{" ": held("k", map[string]int{"k": 1})},
+		},
+		{
+			name: "dots are a name, not a path", req: request{"PUT", "/lock/..", `{"key": "k"}`}, wantStatus: 200,
+			wantLocks: map[string]lockView{"..": held("k", map[string]int{"k": 1})},
+		},
+		{
+			name: "escaped and raw slash name the same lock", setup: []request{{"PUT", "/lock/a/b", `{"key": "k"}`}},
+			req: request{"DELETE", "/lock/a%2Fb", `{"key": "k"}`}, wantStatus: 200, wantLocks: map[string]lockView{},
+		},
+		{
+			name: "invalid UTF-8 name", req: request{"PUT", "/lock/%FF", `{"key": "k"}`}, wantStatus: 400,
+			wantError: "not valid UTF-8", wantLocks: map[string]lockView{},
+		},
+		{
+			name: "name too long", req: request{"PUT", "/lock/" + strings.Repeat("n", maxFieldBytes+1), `{"key": "k"}`}, wantStatus: 400,
+			wantError: "the limit is 1024", wantLocks: map[string]lockView{},
+		},
+		{name: "no body", req: request{"PUT", "/lock/l", ""}, wantStatus: 400, wantError: "no body", wantLocks: map[string]lockView{}},
+		{name: "not JSON", req: request{"PUT", "/lock/l", "key=k"}, wantStatus: 400, wantError: "not valid JSON", wantLocks: map[string]lockView{}},
+		{name: "truncated JSON", req: request{"PUT", "/lock/l", `{"key": "k"`}, wantStatus: 400, wantError: "not valid JSON", wantLocks: map[string]lockView{}},
+		{name: "trailing garbage", req: request{"PUT", "/lock/l", `{"key": "k"} x`}, wantStatus: 400, wantError: "data after the JSON object", wantLocks: map[string]lockView{}},
+		{name: "two objects", req: request{"PUT", "/lock/l", `{"key": "k"}{"key": "k"}`}, wantStatus: 400, wantError: "data after the JSON object", wantLocks: map[string]lockView{}},
+		{name: "array body", req: request{"PUT", "/lock/l", `["k"]`}, wantStatus: 400, wantError: "must be a JSON object", wantLocks: map[string]lockView{}},
+		{name: "null body", req: request{"PUT", "/lock/l", `null`}, wantStatus: 400, wantError: "must be a JSON object", wantLocks: map[string]lockView{}},
+		{name: "key missing", req: request{"PUT", "/lock/l", `{"lock_by": "a"}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]lockView{}},
+		{name: "key empty", req: request{"PUT", "/lock/l", `{"key": ""}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]lockView{}},
+		{name: "key null", req: request{"PUT", "/lock/l", `{"key": null}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]lockView{}},
+		{name: "key a number", req: request{"PUT", "/lock/l", `{"key": 5}`}, wantStatus: 400, wantError: `"key" must be a string`, wantLocks: map[string]lockView{}},
+		{name: "key an object", req: request{"PUT", "/lock/l", `{"key": {}}`}, wantStatus: 400, wantError: `"key" must be a string`, wantLocks: map[string]lockView{}},
+		{name: "lock_by a number", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": 1}`}, wantStatus: 400, wantError: `"lock_by" must be a string`, wantLocks: map[string]lockView{}},
+		{name: "key too long", req: request{"PUT", "/lock/l", big}, wantStatus: 400, wantError: `"key" is 1025 bytes long`, wantLocks: map[string]lockView{}},
+		{name: "misspelt field", req: request{"PUT", "/lock/l", `{"key": "k", "lokc_by": "a"}`}, wantStatus: 400, wantError: `unknown field "lokc_by"`, wantLocks: map[string]lockView{}},
+		{name: "field names are exact", req: request{"PUT", "/lock/l", `{"KEY": "k"}`}, wantStatus: 400, wantError: `unknown field "KEY"`, wantLocks: map[string]lockView{}},
+		{name: "all is for DELETE", req: request{"PUT", "/lock/l", `{"key": "k", "all": true}`}, wantStatus: 400, wantError: `unknown field "all"`, wantLocks: map[string]lockView{}},
+		{
+			name: "all must be a boolean", setup: []request{putA},
+			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a", "all": "yes"}`}, wantStatus: 400,
+			wantError: `"all" must be true or false`, wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "DELETE needs a key", setup: []request{putA},
+			req: request{"DELETE", "/lock/l", `{"lock_by": "a"}`}, wantStatus: 400,
+			wantError: `non-empty "key"`, wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "body over the limit", req: request{"PUT", "/lock/l", `{"key": "` + strings.Repeat("x", maxBodyBytes) + `"}`}, wantStatus: 413,
+			wantError: "over 65536 bytes", wantLocks: map[string]lockView{},
+		},
+		{name: "unknown route", req: request{"GET", "/lockz", ""}, wantStatus: 404, wantError: "GET /locks", wantLocks: map[string]lockView{}},
+		{name: "lock without a name", req: request{"PUT", "/lock/", `{"key": "k"}`}, wantStatus: 404, wantError: "no such endpoint", wantLocks: map[string]lockView{}},
+		{name: "POST on a lock", req: request{"POST", "/lock/l", `{"key": "k"}`}, wantStatus: 405, wantError: "GET, PUT or DELETE", wantLocks: map[string]lockView{}},
+		{name: "PUT on the list", req: request{"PUT", "/locks", `{"key": "k"}`}, wantStatus: 405, wantError: "this path takes GET", wantLocks: map[string]lockView{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := newTestServer(t, nil, "", "")
+			for _, r := range tt.setup {
+				ts.mustSend(t, r)
+			}
+			before := readFile(t, ts.path)
+
+			rec := ts.send(t, tt.req)
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("%s %s %s = %d %s; want %d", tt.req.method, tt.req.target, tt.req.body, rec.Code, rec.Body, tt.wantStatus)
+			}
+			if rec.Code == http.StatusOK {
+				var got struct {
+					lockView
+					Response *string `json:"response"`
+				}
+				if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+					t.Fatalf("reply %q: %v", rec.Body, err)
+				}
+				if tt.wantLock != nil && !reflect.DeepEqual(got.lockView, *tt.wantLock) {
+					t.Errorf("reply = %+v; want %+v", got.lockView, *tt.wantLock)
+				}
+				if tt.req.method != "GET" && (got.Response == nil || *got.Response == "") {
+					t.Errorf("reply %s has no \"response\" sentence", rec.Body)
+				}
+			} else {
+				if msg := errorOf(t, rec); !strings.Contains(msg, tt.wantError) {
+					t.Errorf("error = %q; want it to contain %q", msg, tt.wantError)
+				}
+				if after := readFile(t, ts.path); !bytes.Equal(after, before) {
+					t.Errorf("a refused request changed the state file:\n%s", after)
+				}
+			}
+			if got, want := ts.locks(t), named(tt.wantLocks); !reflect.DeepEqual(got, want) {
+				t.Errorf("GET /locks = %+v; want %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestMethodNotAllowedSaysWhatIsAllowed(t *testing.T) {
+	ts := newTestServer(t, nil, "", "")
+	for target, want := range map[string]string{"/lock/x": "GET, PUT, DELETE", "/locks": "GET"} {
+		rec := ts.send(t, request{"POST", target, ""})
+		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != want {
+			t.Errorf("POST %s = %d, Allow %q; want 405, Allow %q", target, rec.Code, got, want)
+		}
+	}
+}
+
+func TestBodyTooLargeWithoutContentLength(t *testing.T) {
+	ts := newTestServer(t, nil, "", "")
+	body := io.MultiReader(strings.NewReader(`{"key": "`), strings.NewReader(strings.Repeat("x", 1<<20)), strings.NewReader(`"}`))
+	req := httptest.NewRequest("PUT", "/lock/l", io.NopCloser(body))
+	req.ContentLength = -1 // chunked: the server cannot know the size up front
+	rec := httptest.NewRecorder()
+	ts.handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("PUT with a 1 MiB chunked body = %d %s; want 413", rec.Code, rec.Body)
+	}
+	errorOf(t, rec)
+}
+
+func TestAuth(t *testing.T) {
+	ts := newTestServer(t, nil, "ci", "s3cret")
+	tests := []struct {
+		name       string
+		setAuth    func(*http.Request)
+		target     string
+		wantStatus int
+	}{
+		{"no credentials", func(*http.Request) {}, "/locks", 401},
+		{"wrong user", func(r *http.Request) { r.SetBasicAuth("admin", "s3cret") }, "/locks", 401},
+		{"wrong password", func(r *http.Request) { r.SetBasicAuth("ci", "guess") }, "/locks", 401},
+		{"password prefix", func(r *http.Request) { r.SetBasicAuth("ci", "s3cre") }, "/locks", 401},
+		{"not basic", func(r *http.Request) { r.Header.Set("Authorization", "Bearer s3cret") }, "/locks", 401},
+		{"unknown route still needs auth", func(*http.Request) {}, "/nope", 401},
+		{"right credentials", func(r *http.Request) { r.SetBasicAuth("ci", "s3cret") }, "/locks", 200},
+		{"right credentials, unknown route", func(r *http.Request) { r.SetBasicAuth("ci", "s3cret") }, "/nope", 404},
+	}
+	var firstBody string
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", tt.target, nil)
+			tt.setAuth(req)
+			rec := httptest.NewRecorder()
+			ts.handler.ServeHTTP(rec, req)
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("GET %s = %d; want %d", tt.target, rec.Code, tt.wantStatus)
+			}
+			if rec.Code != 401 {
+				return
+			}
+			if got := rec.Header().Get("WWW-Authenticate"); got != `Basic realm="locker"` {
+				t.Errorf("WWW-Authenticate = %q", got)
+			}
+			errorOf(t, rec)
+			// Every refusal looks the same: nothing tells which part was wrong.
+			if firstBody == "" {
+				firstBody = rec.Body.String()
+			} else if rec.Body.String() != firstBody {
+				t.Errorf("401 body = %q; want the same as %q", rec.Body, firstBody)
+			}
+		})
+	}
+}
+
+func TestSaveFailureIsA500AndChangesNothing(t *testing.T) {
+	d := &faultyDisk{}
+	ts := newTestServer(t, d, "", "")
+	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`})
+	before := readFile(t, ts.path)
+	want := ts.locks(t)
+
+	d.failAt = "rename"
+	for _, r := range []request{
+		{"PUT", "/lock/new", `{"key": "k"}`},
+		{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`},
+		{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a"}`},
+	} {
+		rec := ts.send(t, r)
+		if rec.Code != http.StatusInternalServerError {
+			t.Fatalf("%s %s with the disk failing = %d %s; want 500", r.method, r.target, rec.Code, rec.Body)
+		}
+		msg := errorOf(t, rec)
+		if !strings.Contains(msg, "nothing was changed") || strings.Contains(msg, ts.path) {
+			t.Errorf("500 message = %q; want it to say nothing changed, without the file's path", msg)
+		}
+		if got := ts.locks(t); !reflect.DeepEqual(got, want) {
+			t.Errorf("after a failed save GET /locks = %v; want %v", got, want)
+		}
+		if after := readFile(t, ts.path); !bytes.Equal(after, before) {
+			t.Errorf("state file changed after a failed save:\n%s", after)
+		}
+	}
+}
+
+// TestExclusion runs 16 clients over real HTTP, each with its own key, all
+// fighting for one lock. Whoever is granted checks that no one else holds it.
+func TestExclusion(t *testing.T) {
+	ts := newTestServer(t, nil, "", "")
+	httpSrv := httptest.NewServer(ts.handler)
+	defer httpSrv.Close()
+
+	const clients = 16
+	duration := 2 * time.Second
+	if testing.Short() {
+		duration = 500 * time.Millisecond
+	}
+	deadline := time.Now().Add(duration)
+	var holders, grants, overlaps atomic.Int64
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := `{"key": "key-` + string(rune('a'+i)) + `"}`
+			for time.Now().Before(deadline) {
+				status := httpDo(t, httpSrv.URL, "PUT", "/lock/shared", body)
+				if status == http.StatusLocked {
+					continue
+				}
+				if status != http.StatusOK {
+					t.Errorf("PUT = %d", status)
+					return
+				}
+				if holders.Add(1) != 1 {
+					overlaps.Add(1)
+				}
+				grants.Add(1)
+				holders.Add(-1)
+				if status := httpDo(t, httpSrv.URL, "DELETE", "/lock/shared", body); status != http.StatusOK {
+					t.Errorf("DELETE = %d", status)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := overlaps.Load(); n != 0 {
+		t.Errorf("%d times two clients with different keys held the lock at once", n)
+	}
+	if grants.Load() < clients {
+		t.Errorf("only %d grants in %v; the test did not exercise the lock", grants.Load(), duration)
+	}
+	if got := ts.locks(t); len(got) != 0 {
+		t.Errorf("after every client let go GET /locks = %v; want none", got)
+	}
+	t.Logf("%d grants in %v", grants.Load(), duration)
+}
+
+// httpDo sends one request to a live server and returns its status.
+func httpDo(tb testing.TB, base, method, path, body string) int {
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		tb.Error(err)
+		return 0
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Error(err)
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}

@@ -1,0 +1,342 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer that the server's logger and the test can
+// use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// liveServer is run() serving on a real port.
+type liveServer struct {
+	url    string // http(s)://127.0.0.1:port
+	log    *syncBuffer
+	stop   context.CancelFunc
+	done   chan error
+	client *http.Client
+}
+
+var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
+
+// startRun starts run with env (PORT defaults to 0) and waits until it
+// serves. The server is stopped when the test ends, if not before.
+func startRun(tb testing.TB, env map[string]string) *liveServer {
+	tb.Helper()
+	if _, ok := env["PORT"]; !ok {
+		env["PORT"] = "0"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ls := &liveServer{log: &syncBuffer{}, stop: cancel, done: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
+	go func() {
+		ls.done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, ls.log)
+	}()
+	tb.Cleanup(func() { _ = ls.shutdown() })
+
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := listenAddr.FindStringSubmatch(ls.log.String()); m != nil {
+			_, port, err := net.SplitHostPort(m[1])
+			if err != nil {
+				tb.Fatalf("listening address %q: %v", m[1], err)
+			}
+			scheme := "http"
+			if env["SSL_CERT"] != "" {
+				scheme = "https"
+			}
+			ls.url = scheme + "://127.0.0.1:" + port
+			return ls
+		}
+		select {
+		case err := <-ls.done:
+			tb.Fatalf("run returned before serving: %v\nlog:\n%s", err, ls.log)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	tb.Fatalf("server did not start within 10s; log:\n%s", ls.log)
+	return nil
+}
+
+// shutdown cancels run's context, as SIGTERM does, and returns what run
+// returned. It may be called more than once.
+func (ls *liveServer) shutdown() error {
+	ls.stop()
+	select {
+	case err, ok := <-ls.done:
+		if ok {
+			close(ls.done)
+		}
+		return err
+	case <-time.After(15 * time.Second):
+		return context.DeadlineExceeded
+	}
+}
+
+// call sends a request and returns its status and body.
+func (ls *liveServer) call(tb testing.TB, method, path, body string, auth ...string) (int, []byte) {
+	tb.Helper()
+	req, err := http.NewRequest(method, ls.url+path, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(auth) == 2 {
+		req.SetBasicAuth(auth[0], auth[1])
+	}
+	resp, err := ls.client.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.StatusCode, data
+}
+
+func (ls *liveServer) listLocks(tb testing.TB, auth ...string) map[string]lockView {
+	tb.Helper()
+	status, body := ls.call(tb, "GET", "/locks", "", auth...)
+	if status != http.StatusOK {
+		tb.Fatalf("GET /locks = %d %s", status, body)
+	}
+	var got map[string]lockView
+	if err := json.Unmarshal(body, &got); err != nil {
+		tb.Fatalf("GET /locks body %q: %v", body, err)
+	}
+	return got
+}
+
+func TestRunKeepsLocksAcrossRestarts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	env := map[string]string{"LOCKER_CONFIG": path}
+
+	first := startRun(t, env)
+	for _, r := range []struct{ method, path, body string }{
+		{"PUT", "/lock/prod", `{"key": "prod-cf", "lock_by": "deploy"}`},
+		{"PUT", "/lock/prod", `{"key": "prod-cf", "lock_by": "deploy"}`},
+		{"PUT", "/lock/prod", `{"key": "prod-cf", "lock_by": "smoke"}`},
+		{"PUT", "/lock/a%2Fb", `{"key": "k"}`},
+		{"PUT", "/lock/gone", `{"key": "k"}`},
+		{"DELETE", "/lock/gone", `{"key": "k"}`},
+		{"DELETE", "/lock/prod", `{"key": "prod-cf", "lock_by": "deploy"}`},
+	} {
+		if status, body := first.call(t, r.method, r.path, r.body); status != http.StatusOK {
+			t.Fatalf("%s %s = %d %s", r.method, r.path, status, body)
+		}
+	}
+	want := first.listLocks(t)
+	if err := first.shutdown(); err != nil {
+		t.Fatalf("run after shutdown = %v; want nil", err)
+	}
+	if !strings.Contains(first.log.String(), "msg=request method=PUT path=/lock/prod status=200") {
+		t.Errorf("request log is missing a line for PUT /lock/prod:\n%s", first.log)
+	}
+
+	second := startRun(t, env)
+	if got := second.listLocks(t); !reflect.DeepEqual(got, want) {
+		t.Errorf("after restart GET /locks = %v; want %v", got, want)
+	}
+	wantLocks := named(map[string]lockView{
+		"prod": held("prod-cf", map[string]int{"deploy": 1, "smoke": 1}),
+		"a/b":  held("k", map[string]int{"k": 1}),
+	})
+	if !reflect.DeepEqual(want, wantLocks) {
+		t.Errorf("GET /locks = %v; want %v", want, wantLocks)
+	}
+	if !strings.Contains(second.log.String(), "locks=2") {
+		t.Errorf("start log does not say 2 locks were loaded:\n%s", second.log)
+	}
+}
+
+func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locker-data.yml")
+	legacy := `{"prod":{"locked_by":{"prod-cf":2,"node-a":1},"key":"prod-cf"},"old":{"locked_by":{"x":0},"key":""}}`
+	if err := os.WriteFile(path, []byte(legacy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": path})
+	want := named(map[string]lockView{"prod": held("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})})
+	if got := ls.listLocks(t); !reflect.DeepEqual(got, want) {
+		t.Fatalf("GET /locks on the original's file = %v; want %v", got, want)
+	}
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "other"}`); status != http.StatusLocked {
+		t.Errorf("PUT with another key = %d %s; want 423", status, body)
+	}
+	if status, body := ls.call(t, "DELETE", "/lock/prod", `{"key": "prod-cf", "requestor": "node-a"}`); status != http.StatusOK {
+		t.Errorf("DELETE = %d %s; want 200", status, body)
+	}
+	if err := ls.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	data := readFile(t, path)
+	got, err := decodeState(data)
+	if err != nil || !bytes.HasPrefix(data, []byte(stateHeader)) {
+		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
+	}
+	if want := map[string]Lock{"prod": {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2}}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("state file holds %v; want %v", got, want)
+	}
+}
+
+func TestRunRefusesBadConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "locks.yml")
+	corrupt := filepath.Join(dir, "corrupt.yml")
+	corruptData := []byte("version: 1\nlocks: {prod: {key: k, locked_by: {a: -3}}}\n")
+	if err := os.WriteFile(corrupt, corruptData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+	}{
+		{"no state file", map[string]string{}, "LOCKER_CONFIG is not set"},
+		{"port not a number", map[string]string{"LOCKER_CONFIG": state, "PORT": "abc"}, `PORT: not a port number: "abc"`},
+		{"port out of range", map[string]string{"LOCKER_CONFIG": state, "PORT": "70000"}, `PORT: not a port number: "70000"`},
+		{"user without password", map[string]string{"LOCKER_CONFIG": state, "AUTH_USER": "ci"}, "AUTH_USER is set but AUTH_PASS is not"},
+		{"password without user", map[string]string{"LOCKER_CONFIG": state, "AUTH_PASS": "x"}, "AUTH_PASS is set but AUTH_USER is not"},
+		{"cert without key", map[string]string{"LOCKER_CONFIG": state, "SSL_CERT": "c.pem"}, "SSL_CERT is set but SSL_KEY is not"},
+		{"key without cert", map[string]string{"LOCKER_CONFIG": state, "SSL_KEY": "k.pem"}, "SSL_KEY is set but SSL_CERT is not"},
+		{"missing cert files", map[string]string{"LOCKER_CONFIG": state, "SSL_CERT": "/nonexistent/c.pem", "SSL_KEY": "/nonexistent/k.pem"}, "SSL_CERT/SSL_KEY"},
+		{"corrupt state file", map[string]string{"LOCKER_CONFIG": corrupt}, corrupt + `: lock "prod": holder "a" has a negative count`},
+		{"state file in a missing directory", map[string]string{"LOCKER_CONFIG": filepath.Join(dir, "nope", "locks.yml")}, "creating state file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := run(context.Background(), nil, func(k string) string { return tt.env[k] }, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("run = %v; want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	if got := readFile(t, corrupt); !bytes.Equal(got, corruptData) {
+		t.Errorf("run changed the corrupt state file to %q", got)
+	}
+	if _, err := os.Stat(state); err == nil {
+		t.Errorf("a refused configuration created the state file")
+	}
+}
+
+func TestRunHelpAndVersion(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-h"}, []string{"LOCKER_CONFIG", "PORT", "AUTH_USER", "AUTH_PASS", "SSL_CERT", "SSL_KEY"}},
+		{[]string{"--help"}, []string{"LOCKER_CONFIG"}},
+		{[]string{"--version"}, []string{"locker " + version}},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		// No environment at all: help and version need none.
+		if err := run(context.Background(), tt.args, func(string) string { return "" }, &out, io.Discard); err != nil {
+			t.Errorf("run %v = %v", tt.args, err)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("run %v printed %q; want it to mention %q", tt.args, out.String(), w)
+			}
+		}
+	}
+	err := run(context.Background(), []string{"--port=3000"}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "environment variables") {
+		t.Errorf("run with an unknown flag = %v; want an error pointing at the environment", err)
+	}
+}
+
+func TestRunServesHTTPSWithAuth(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, pool := writeSelfSignedCert(t, dir)
+	ls := startRun(t, map[string]string{
+		"LOCKER_CONFIG": filepath.Join(dir, "locks.yml"),
+		"SSL_CERT":      certFile, "SSL_KEY": keyFile,
+		"AUTH_USER": "ci", "AUTH_PASS": "s3cret",
+	})
+	ls.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`); status != http.StatusUnauthorized {
+		t.Errorf("PUT without credentials = %d %s; want 401", status, body)
+	}
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`, "ci", "s3cret"); status != http.StatusOK {
+		t.Errorf("PUT over HTTPS with credentials = %d %s; want 200", status, body)
+	}
+	if got := ls.listLocks(t, "ci", "s3cret"); len(got) != 1 {
+		t.Errorf("GET /locks = %v; want the one lock", got)
+	}
+}
+
+// writeSelfSignedCert writes a certificate for 127.0.0.1 and its key to dir
+// and returns their paths and a pool that trusts the certificate.
+func writeSelfSignedCert(tb testing.TB, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "locker test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	return certFile, keyFile, pool
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// faultyDisk is the real file system, except that the operation named in
+// failAt fails; ops records every operation in order.
+type faultyDisk struct {
+	failAt string // "create", "write", "sync", "close", "rename", "syncdir" or ""
+	ops    []string
+}
+
+var errInjected = errors.New("injected disk fault")
+
+func (d *faultyDisk) step(op string) error {
+	d.ops = append(d.ops, op)
+	if d.failAt == op {
+		return errInjected
+	}
+	return nil
+}
+
+func (d *faultyDisk) CreateTemp(dir, pattern string) (tempFile, error) {
+	if err := d.step("create"); err != nil {
+		return nil, err
+	}
+	f, err := osDisk{}.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, err
+	}
+	return &faultyFile{tempFile: f, disk: d}, nil
+}
+
+func (d *faultyDisk) Rename(oldpath, newpath string) error {
+	if err := d.step("rename"); err != nil {
+		return err
+	}
+	return osDisk{}.Rename(oldpath, newpath)
+}
+
+func (d *faultyDisk) Remove(name string) error {
+	d.ops = append(d.ops, "remove")
+	return osDisk{}.Remove(name)
+}
+
+func (d *faultyDisk) SyncDir(dir string) error {
+	if err := d.step("syncdir"); err != nil {
+		return err
+	}
+	return osDisk{}.SyncDir(dir)
+}
+
+type faultyFile struct {
+	tempFile
+	disk *faultyDisk
+}
+
+func (f *faultyFile) Write(p []byte) (int, error) {
+	if err := f.disk.step("write"); err != nil {
+		return 0, err
+	}
+	return f.tempFile.Write(p)
+}
+
+func (f *faultyFile) Sync() error {
+	if err := f.disk.step("sync"); err != nil {
+		return err
+	}
+	return f.tempFile.Sync()
+}
+
+func (f *faultyFile) Close() error {
+	if err := f.disk.step("close"); err != nil {
+		_ = f.tempFile.Close()
+		return err
+	}
+	return f.tempFile.Close()
+}
+
+// readFile returns the bytes of path, failing the test if it cannot.
+func readFile(tb testing.TB, path string) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return data
+}
+
+// dirEntries lists the names in dir.
+func dirEntries(tb testing.TB, dir string) []string {
+	tb.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	locks := map[string]Lock{
+		"prod":             {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2, "node-a": 1}},
+		"a/b":              {Key: "k", LockedBy: map[string]int{"k": 1}},
+		"déploy vers prod": {Key: "clé", LockedBy: map[string]int{"qui: moi": 3}},
+		"line\nbreak\x00":  {Key: "- not a list", LockedBy: map[string]int{"{}": 1}},
+		"version":          {Key: "true", LockedBy: map[string]int{"null": 1, "123": 4}},
+		"locks":            {Key: "~", LockedBy: map[string]int{"#": 1}},
+	}
+	var buf bytes.Buffer
+	if err := encodeState(&buf, locks); err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeState(buf.Bytes())
+	if err != nil {
+		t.Fatalf("decodeState(encodeState(locks)) = %v\nfile:\n%s", err, buf.String())
+	}
+	if !reflect.DeepEqual(got, locks) {
+		t.Errorf("round trip = %v; want %v", got, locks)
+	}
+}
+
+func TestDecodeState(t *testing.T) {
+	tests := []struct {
+		name    string
+		data    string
+		want    map[string]Lock
+		wantErr string // "" when the file is valid
+	}{
+		{name: "empty", data: "", want: map[string]Lock{}},
+		{name: "white space", data: "\n  \n", want: map[string]Lock{}},
+		{name: "original empty", data: "{}", want: map[string]Lock{}},
+		{
+			name: "original JSON",
+			data: `{"prod":{"locked_by":{"prod-cf":2,"node-a":1},"key":"prod-cf"},"staging":{"locked_by":{"x":1},"key":"k"}}`,
+			want: map[string]Lock{
+				"prod":    {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2, "node-a": 1}},
+				"staging": {Key: "k", LockedBy: map[string]int{"x": 1}},
+			},
+		},
+		{
+			name: "original JSON drops released entries and zero counts",
+			data: `{"old":{"locked_by":{"x":0},"key":""},"prod":{"locked_by":{"a":0,"b":1},"key":"k"},"gone":{"locked_by":{},"key":"k"}}`,
+			want: map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"b": 1}}},
+		},
+		{
+			name: "YAML",
+			data: "version: 1\nlocks:\n  prod:\n    key: prod-cf\n    locked_by:\n      prod-cf: 2\n",
+			want: map[string]Lock{"prod": {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2}}},
+		},
+		{name: "YAML without locks", data: "version: 1\n", want: map[string]Lock{}},
+		{name: "wrong version", data: "version: 7\nlocks: {}\n", wantErr: `"version: 7" is not a format this locker reads`},
+		{name: "no version", data: "locks: {}\n", wantErr: `"version: 0" is not a format`},
+		{name: "unknown field", data: "version: 1\nlocks:\n  p:\n    key: k\n    lokced_by: {a: 1}\n", wantErr: "lokced_by"},
+		{name: "legacy shape written as YAML", data: "prod:\n  key: k\n  locked_by: {a: 1}\n", wantErr: "not a valid Locker state file"},
+		{name: "invalid YAML", data: "version: 1\nlocks: [\n", wantErr: "not a valid Locker state file"},
+		{name: "truncated JSON", data: `{"prod":{"locked_by":{"a":1},"ke`, wantErr: "not valid JSON"},
+		{name: "JSON with trailing data", data: `{"prod":{"locked_by":{"a":1},"key":"k"}} {}`, wantErr: "data after the closing brace"},
+		{name: "JSON unknown field", data: `{"prod":{"locked_by":{"a":1},"key":"k","owner":"x"}}`, wantErr: "owner"},
+		{name: "negative count", data: `{"prod":{"locked_by":{"a":-1},"key":"k"}}`, wantErr: `lock "prod": holder "a" has a negative count (-1)`},
+		{name: "holder without key", data: `{"prod":{"locked_by":{"a":1},"key":""}}`, wantErr: `lock "prod": held by a (1) but has no key`},
+		{name: "empty holder name", data: `{"prod":{"locked_by":{"":1},"key":"k"}}`, wantErr: "a holder has an empty name"},
+		{name: "empty lock name", data: `{"":{"locked_by":{"a":1},"key":"k"}}`, wantErr: "a lock has an empty name"},
+		{name: "count not a number", data: "version: 1\nlocks:\n  p:\n    key: k\n    locked_by: {a: many}\n", wantErr: "not a valid Locker state file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeState([]byte(tt.data))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("decodeState = %v, %v; want an error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("decodeState: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("decodeState = %v; want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFileCreatesIt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	s := newFileStore(path, osDisk{})
+	locks, err := s.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(locks) != 0 {
+		t.Errorf("load of a missing file = %v; want no locks", locks)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("state file was not created: %v", err)
+	}
+	if got := info.Mode().Perm(); got != 0o600 {
+		t.Errorf("state file mode = %v; want 0600 (it holds the keys)", got)
+	}
+	if _, err := decodeState(readFile(t, path)); err != nil {
+		t.Errorf("created file does not parse: %v", err)
+	}
+}
+
+func TestLoadCorruptFileIsLeftAlone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	corrupt := []byte("version: 1\nlocks:\n  prod: [\n")
+	if err := os.WriteFile(path, corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := newFileStore(path, osDisk{}).load()
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("load of a corrupt file = %v; want an error naming %s", err, path)
+	}
+	if got := readFile(t, path); !bytes.Equal(got, corrupt) {
+		t.Errorf("corrupt file was changed to %q", got)
+	}
+}
+
+func TestLoadRemovesLeftoverTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "locks.yml")
+	for _, name := range []string{".locks.yml.tmp-123", ".locks.yml.tmp-456", "unrelated.txt"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("half a file"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := newFileStore(path, osDisk{}).load(); err != nil {
+		t.Fatal(err)
+	}
+	got := dirEntries(t, dir)
+	if want := []string{"locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
+		t.Errorf("directory after load = %v; want %v", got, want)
+	}
+}
+
+func TestSaveIsAtomicAndDurable(t *testing.T) {
+	dir := t.TempDir()
+	d := &faultyDisk{}
+	s := newFileStore(filepath.Join(dir, "locks.yml"), d)
+	locks := map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 1}}}
+	if err := s.save(locks); err != nil {
+		t.Fatal(err)
+	}
+	// The data is synced before the rename makes it visible, and the
+	// directory is synced after, so that the rename survives a crash.
+	if want := []string{"create", "write", "sync", "close", "rename", "syncdir"}; !slices.Equal(d.ops, want) {
+		t.Errorf("save did %v; want %v", d.ops, want)
+	}
+	got, err := decodeState(readFile(t, s.path))
+	if err != nil || !reflect.DeepEqual(got, locks) {
+		t.Errorf("file holds %v, %v; want %v", got, err, locks)
+	}
+	if names := dirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
+		t.Errorf("directory after save = %v; want only the state file", names)
+	}
+}
+
+func TestSaveFailureLeavesFileAsItWas(t *testing.T) {
+	old := map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 1}}}
+	next := map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 2}}}
+	for _, failAt := range []string{"create", "write", "sync", "close", "rename"} {
+		t.Run(failAt, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "locks.yml")
+			if err := newFileStore(path, osDisk{}).save(old); err != nil {
+				t.Fatal(err)
+			}
+			before := readFile(t, path)
+
+			d := &faultyDisk{failAt: failAt}
+			s := newFileStore(path, d)
+			err := s.save(next)
+			if !errors.Is(err, errInjected) {
+				t.Fatalf("save with %s failing = %v; want the injected fault", failAt, err)
+			}
+			if errors.Is(err, errUncertain) {
+				t.Errorf("save failing at %s reported an uncertain outcome; the old file was never replaced", failAt)
+			}
+			if got := readFile(t, path); !bytes.Equal(got, before) {
+				t.Errorf("state file changed after a failed save:\n%s", got)
+			}
+			if names := dirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
+				t.Errorf("directory after failed save = %v; want the temp file removed", names)
+			}
+			if len(s.fatal) != 0 {
+				t.Errorf("a failure before the rename was reported as fatal")
+			}
+		})
+	}
+}
+
+func TestSaveDirSyncFailureIsFatal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	s := newFileStore(path, &faultyDisk{failAt: "syncdir"})
+	err := s.save(map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 1}}})
+	if !errors.Is(err, errUncertain) || !errors.Is(err, errInjected) {
+		t.Fatalf("save with the directory sync failing = %v; want errUncertain wrapping the fault", err)
+	}
+	select {
+	case got := <-s.fatal:
+		if !errors.Is(got, errUncertain) {
+			t.Errorf("fatal = %v; want errUncertain", got)
+		}
+	default:
+		t.Error("an uncertain save was not reported on the fatal channel")
+	}
+}
