@@ -193,9 +193,9 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	case released == 0:
 		msg = fmt.Sprintf("%s holds no count of %s; nothing released, still held by %s", req.Requestor, name, l.holdersString())
 	case l.free():
-		msg = fmt.Sprintf("Lock released on %s by %s; it is now free", name, req.Requestor)
+		msg = fmt.Sprintf("lock for %s released by %s; it is now free", name, req.Requestor)
 	default:
-		msg = fmt.Sprintf("Lock released on %s by %s; still held by %s", name, req.Requestor, l.holdersString())
+		msg = fmt.Sprintf("lock for %s released by %s; still held by %s", name, req.Requestor, l.holdersString())
 	}
 	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, l), Response: msg})
 }
