@@ -13,7 +13,7 @@ build:
 
 # run: build and serve on PORT (default 3000), keeping locks in $(STATE).
 run: build
-	LOCKER_CONFIG="$${LOCKER_CONFIG:-$(STATE)}" ./locker
+	LOCKER_CONFIG="$${LOCKER_CONFIG:-$(STATE)}" exec ./locker
 
 # test: lint, then every test under the race detector. CI runs this.
 test: lint
