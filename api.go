@@ -2,45 +2,33 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"maps"
 	"net/http"
-	"net/url"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 )
-
-// maxBodyBytes limits request bodies. A lock request is a few hundred bytes;
-// the limit only has to stop a client from filling memory.
-const maxBodyBytes = 64 << 10
-
-// maxFieldBytes limits lock names, keys and requestors: each one is kept in
-// memory, in every listing and in the state file.
-const maxFieldBytes = 1024
-
-// bodyExample is shown in errors about request bodies.
-const bodyExample = `{"key": "prod-cf", "lock_by": "my-job"}`
 
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
 var (
 	errBadRequest   = errors.New("bad request")
 	errBodyTooLarge = errors.New("request body too large")
 	errUnauthorized = errors.New("authentication required: send the locker's username and password with HTTP basic auth (curl -u USER:PASS)")
-	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, DELETE /lock/<name>")
+	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>")
 	errMethod       = errors.New("method not allowed")
 )
+
+// statusClientClosed is logged when a client leaves before its answer, as
+// nginx does; no client ever reads it.
+const statusClientClosed = 499
 
 // errorStatuses maps each error a handler can return to its HTTP status.
 // An error that is none of these is a bug and answers 500.
@@ -54,15 +42,20 @@ var errorStatuses = []struct {
 	{errMethod, http.StatusMethodNotAllowed},
 	{errBodyTooLarge, http.StatusRequestEntityTooLarge},
 	{errLockHeld, http.StatusLocked},
+	{errClientGone, statusClientClosed},
+	{errShuttingDown, http.StatusServiceUnavailable},
 	{errUncertain, http.StatusInternalServerError},
 	{errSave, http.StatusInternalServerError},
 }
 
 // server answers the lock API.
 type server struct {
-	locks *table
-	log   *slog.Logger
-	auth  *credentials // nil when the API is open
+	locks        *table
+	log          *slog.Logger
+	auth         *credentials  // nil when the API is open
+	maxWait      time.Duration // longer waits are cut to this
+	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
+	writeTimeout time.Duration // how long writing a reply may take, after any wait
 }
 
 // routes returns the whole API, wrapped in authentication and request logs.
@@ -76,6 +69,7 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet)
 	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet)
 	r.HandleFunc("/lock/{name:.+}", s.handleLock).Methods(http.MethodPut)
+	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
 	r.HandleFunc("/lock/{name:.+}", s.handleUnlock).Methods(http.MethodDelete)
 
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -93,7 +87,7 @@ func (s *server) routes() http.Handler {
 // allowedMethods lists the methods that router serves for req's path.
 func allowedMethods(router *mux.Router, req *http.Request) []string {
 	var allowed []string
-	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		probe := req.Clone(req.Context())
 		probe.Method = m
 		var match mux.RouteMatch
@@ -107,20 +101,48 @@ func allowedMethods(router *mux.Router, req *http.Request) []string {
 // lockView is one lock as the API shows it. The original clients read key
 // and locked_by with jq; both keep their shape.
 type lockView struct {
-	Name     string         `json:"name"`
-	Key      string         `json:"key"`
-	LockedBy map[string]int `json:"locked_by"`
+	Name       string                `json:"name"`
+	Key        string                `json:"key"`
+	LockedBy   map[string]int        `json:"locked_by"`
+	Token      uint64                `json:"token"`
+	AcquiredAt time.Time             `json:"acquired_at,omitzero"`
+	Holders    map[string]holderView `json:"holders"`
+	Waiting    []waitingView         `json:"waiting"`
 }
 
-func viewOf(name string, l Lock) lockView {
-	v := lockView{Name: name, Key: l.Key, LockedBy: l.LockedBy}
-	if v.LockedBy == nil {
-		v.LockedBy = map[string]int{} // a free lock shows {}, not null
+type holderView struct {
+	Count     int       `json:"count"`
+	Since     time.Time `json:"since,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Note      string    `json:"note,omitempty"`
+}
+
+type waitingView struct {
+	Key       string    `json:"key"`
+	Requestor string    `json:"requestor"`
+	Since     time.Time `json:"since"`
+}
+
+func viewOf(name string, s Snapshot) lockView {
+	v := lockView{
+		Name:       name,
+		Key:        s.Key,
+		LockedBy:   s.lockedBy(),
+		Token:      s.Token,
+		AcquiredAt: s.AcquiredAt,
+		Holders:    make(map[string]holderView, len(s.Holders)),
+		Waiting:    make([]waitingView, len(s.Waiting)),
+	}
+	for r, h := range s.Holders {
+		v.Holders[r] = holderView{Count: h.Count, Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
+	}
+	for i, w := range s.Waiting {
+		v.Waiting[i] = waitingView{Key: w.Key, Requestor: w.Requestor, Since: w.Since}
 	}
 	return v
 }
 
-// lockReply answers a PUT or DELETE: the lock as it now is, and a sentence.
+// lockReply answers a change: the lock as it now is, and a sentence.
 type lockReply struct {
 	lockView
 	Response string `json:"response"`
@@ -148,17 +170,24 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 
 // handleLock handles PUT /lock/{name}.
 func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
-	name, err := lockName(r)
+	name, req, err := decodeLockRequest(w, r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	req, err := decodeLockRequest(w, r, false)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
+	if req.TTL == 0 {
+		req.TTL = s.defaultTTL
 	}
-	l, err := s.locks.Acquire(name, req.Key, req.Requestor)
+	req.Wait = min(req.Wait, s.maxWait)
+	if req.Wait > 0 {
+		// The wait must not be cut by the server's timeouts. A read deadline
+		// matters too: when it passes, net/http cancels the request.
+		deadline := time.Now().Add(req.Wait + s.writeTimeout)
+		rc := http.NewResponseController(w)
+		_ = rc.SetWriteDeadline(deadline) // only test recorders lack deadlines
+		_ = rc.SetReadDeadline(deadline)
+	}
+	l, err := s.locks.Acquire(r.Context(), name, req.acquireRequest)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -169,16 +198,38 @@ func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// handleUnlock handles DELETE /lock/{name}.
-func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
-	name, err := lockName(r)
+// handleRenew handles PATCH /lock/{name}: a lease heartbeat.
+func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
+	name, req, err := decodeLockRequest(w, r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	req, err := decodeLockRequest(w, r, true)
+	ttl := cmp.Or(req.TTL, s.defaultTTL)
+	if ttl == 0 {
+		s.writeError(w, r, fmt.Errorf("%w: PATCH renews a lease and needs its length, e.g. {\"key\": \"prod-cf\", \"lock_by\": \"my-job\", \"ttl\": \"10m\"}", errBadRequest))
+		return
+	}
+	l, err := s.locks.Renew(name, req.Key, req.Requestor, ttl)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, lockReply{
+		lockView: viewOf(name, l),
+		Response: fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, l.Holders[req.Requestor].ExpiresAt.Format(time.RFC3339)),
+	})
+}
+
+// handleUnlock handles DELETE /lock/{name}.
+func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
+	name, req, err := decodeLockRequest(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Force {
+		s.forceRelease(w, r, name)
 		return
 	}
 	l, released, err := s.locks.Release(name, req.Key, req.Requestor, req.All)
@@ -195,153 +246,27 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	case l.free():
 		msg = fmt.Sprintf("lock for %s released by %s; it is now free", name, req.Requestor)
 	default:
-		msg = fmt.Sprintf("lock for %s released by %s; still held by %s", name, req.Requestor, l.holdersString())
+		msg = fmt.Sprintf("lock for %s released by %s; held by %s", name, req.Requestor, l.holdersString())
 	}
 	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, l), Response: msg})
 }
 
-// lockName returns the lock name in r's path, unescaped.
-func lockName(r *http.Request) (string, error) {
-	name, err := url.PathUnescape(mux.Vars(r)["name"])
-	switch {
-	case err != nil:
-		return "", fmt.Errorf("%w: the lock name is not valid URL encoding (%v); write \"/\" as %%2F and \"%%\" as %%25", errBadRequest, err)
-	case !utf8.ValidString(name):
-		return "", fmt.Errorf("%w: the lock name is not valid UTF-8", errBadRequest)
-	case len(name) > maxFieldBytes:
-		return "", fmt.Errorf("%w: the lock name is %d bytes long; the limit is %d", errBadRequest, len(name), maxFieldBytes)
-	}
-	return name, nil
-}
-
-// lockRequest is the JSON body of PUT and DELETE /lock/{name}.
-type lockRequest struct {
-	Key       string
-	Requestor string // lock_by, or one of its aliases; defaults to Key
-	All       bool   // DELETE only: release every count of Requestor
-}
-
-// requestorFields are the names a body may give the requestor: the original
-// README says lock_by, the original server read requestor and the original
-// resource sends locked_by.
-var requestorFields = []string{"lock_by", "locked_by", "requestor"}
-
-// decodeLockRequest reads and checks the body of a PUT (isDelete false) or
-// DELETE. Unknown fields are refused so that a misspelt one is not ignored.
-func decodeLockRequest(w http.ResponseWriter, r *http.Request, isDelete bool) (lockRequest, error) {
-	fields, err := decodeObject(w, r)
+// forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
+// stuck lock. It is logged with who asked.
+func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string) {
+	old, err := s.locks.ForceRelease(name)
 	if err != nil {
-		return lockRequest{}, err
+		s.writeError(w, r, err)
+		return
 	}
-	allowed := append([]string{"key"}, requestorFields...)
-	if isDelete {
-		allowed = append(allowed, "all")
+	user, _, _ := r.BasicAuth()
+	msg := fmt.Sprintf("lock for %s was not held; nothing to release", name)
+	if !old.free() {
+		msg = fmt.Sprintf("lock for %s force-released; it was held with key %q by %s", name, old.Key, old.holdersString())
+		s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
+			"key", old.Key, "holders", old.holdersString(), "token", old.Token)
 	}
-	for _, f := range slices.Sorted(maps.Keys(fields)) {
-		if !slices.Contains(allowed, f) {
-			return lockRequest{}, fmt.Errorf("%w: unknown field %q in the body; %s /lock/<name> accepts %s",
-				errBadRequest, f, r.Method, joinList(quoted(allowed), "and"))
-		}
-	}
-
-	var req lockRequest
-	if err := stringField(fields, "key", &req.Key); err != nil {
-		return lockRequest{}, err
-	}
-	if req.Key == "" {
-		return lockRequest{}, fmt.Errorf("%w: the body needs a non-empty \"key\" string, e.g. %s", errBadRequest, bodyExample)
-	}
-	from := ""
-	for _, f := range requestorFields {
-		var v string
-		if err := stringField(fields, f, &v); err != nil {
-			return lockRequest{}, err
-		}
-		if v == "" {
-			continue // absent, null or empty: the original treated all three as "use the key"
-		}
-		if req.Requestor != "" && v != req.Requestor {
-			return lockRequest{}, fmt.Errorf("%w: %q is %q but %q is %q; they name the same thing, send one of them",
-				errBadRequest, from, req.Requestor, f, v)
-		}
-		req.Requestor, from = v, f
-	}
-	if req.Requestor == "" {
-		req.Requestor = req.Key
-	}
-	if raw, ok := fields["all"]; ok {
-		if err := json.Unmarshal(raw, &req.All); err != nil {
-			return lockRequest{}, fmt.Errorf("%w: \"all\" must be true or false, e.g. {\"key\": \"prod-cf\", \"all\": true}", errBadRequest)
-		}
-	}
-	for _, f := range []struct{ name, value string }{{"key", req.Key}, {"lock_by", req.Requestor}} {
-		if len(f.value) > maxFieldBytes {
-			return lockRequest{}, fmt.Errorf("%w: %q is %d bytes long; the limit is %d", errBadRequest, f.name, len(f.value), maxFieldBytes)
-		}
-	}
-	return req, nil
-}
-
-// decodeObject reads r's body as exactly one JSON object.
-func decodeObject(w http.ResponseWriter, r *http.Request) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	var fields map[string]json.RawMessage
-	err := dec.Decode(&fields)
-	trailing := false
-	if err == nil {
-		// Only white space may follow the object.
-		if _, err = dec.Token(); err == io.EOF {
-			err = nil
-		} else {
-			trailing = true
-		}
-	}
-	var tooLarge *http.MaxBytesError
-	var wrongType *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &tooLarge):
-		return nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
-			errBodyTooLarge, maxBodyBytes, bodyExample)
-	case trailing:
-		return nil, fmt.Errorf("%w: there is data after the JSON object; send exactly one object, e.g. %s", errBadRequest, bodyExample)
-	case errors.Is(err, io.EOF):
-		return nil, fmt.Errorf("%w: the request has no body; send a JSON object such as %s", errBadRequest, bodyExample)
-	case errors.As(err, &wrongType), err == nil && fields == nil:
-		return nil, fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample)
-	case err != nil:
-		return nil, fmt.Errorf("%w: the body is not valid JSON (%v); send an object such as %s", errBadRequest, err, bodyExample)
-	}
-	return fields, nil
-}
-
-// stringField sets *dst to the string in fields[name]. An absent or null
-// field leaves *dst alone.
-func stringField(fields map[string]json.RawMessage, name string, dst *string) error {
-	raw, ok := fields[name]
-	if !ok {
-		return nil
-	}
-	if err := json.Unmarshal(raw, dst); err != nil {
-		return fmt.Errorf("%w: %q must be a string, e.g. %s", errBadRequest, name, bodyExample)
-	}
-	return nil
-}
-
-// joinList formats items as "a, b and c" (conj "and") or "a, b or c".
-func joinList(items []string, conj string) string {
-	if len(items) < 2 {
-		return strings.Join(items, "")
-	}
-	return strings.Join(items[:len(items)-1], ", ") + " " + conj + " " + items[len(items)-1]
-}
-
-// quoted returns each of names in double quotes.
-func quoted(names []string) []string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = strconv.Quote(n)
-	}
-	return q
+	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, s.locks.Get(name)), Response: msg})
 }
 
 // writeJSON encodes v before writing the header, so that an encoding

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -26,7 +25,7 @@ type testServer struct {
 func newTestServer(tb testing.TB, d disk, user, pass string) *testServer {
 	tb.Helper()
 	tab, path := newTestTable(tb, d)
-	s := &server{locks: tab, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, writeTimeout: defaultTimeouts.write}
 	if user != "" {
 		s.auth = newCredentials(user, pass)
 	}
@@ -63,13 +62,13 @@ func (ts *testServer) mustSend(tb testing.TB, r request) {
 }
 
 // locks returns GET /locks, decoded.
-func (ts *testServer) locks(tb testing.TB) map[string]lockView {
+func (ts *testServer) locks(tb testing.TB) map[string]shown {
 	tb.Helper()
 	rec := ts.send(tb, request{"GET", "/locks", ""})
 	if rec.Code != http.StatusOK {
 		tb.Fatalf("GET /locks = %d %s", rec.Code, rec.Body)
 	}
-	var got map[string]lockView
+	var got map[string]shown
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		tb.Fatalf("GET /locks body %q: %v", rec.Body, err)
 	}
@@ -89,12 +88,19 @@ func errorOf(tb testing.TB, rec *httptest.ResponseRecorder) string {
 	return body["error"]
 }
 
-func held(key string, lockedBy map[string]int) lockView {
-	return lockView{Key: key, LockedBy: lockedBy}
+// shown is the part of a lock the original API showed, and its name.
+type shown struct {
+	Name     string         `json:"name"`
+	Key      string         `json:"key"`
+	LockedBy map[string]int `json:"locked_by"`
+}
+
+func held(key string, lockedBy map[string]int) shown {
+	return shown{Key: key, LockedBy: lockedBy}
 }
 
 // named fills in the names of the locks in want, as GET /locks shows them.
-func named(want map[string]lockView) map[string]lockView {
+func named(want map[string]shown) map[string]shown {
 	for name, v := range want {
 		v.Name = name
 		want[name] = v
@@ -110,161 +116,161 @@ func TestAPI(t *testing.T) {
 		setup      []request
 		req        request
 		wantStatus int
-		wantLock   *lockView           // for 200 replies to PUT, DELETE and GET /lock
-		wantError  string              // for error replies: part of the message
-		wantLocks  map[string]lockView // GET /locks afterwards
+		wantLock   *shown           // for 200 replies to PUT, DELETE and GET /lock
+		wantError  string           // for error replies: part of the message
+		wantLocks  map[string]shown // GET /locks afterwards
 	}{
 		{
 			name: "PUT takes a free lock", req: putA, wantStatus: 200,
-			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLock:  &shown{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "PUT without lock_by holds as the key", req: request{"PUT", "/lock/l", `{"key": "k"}`}, wantStatus: 200,
-			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"k": 1}},
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"k": 1})},
+			wantLock:  &shown{Name: "l", Key: "k", LockedBy: map[string]int{"k": 1}},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"k": 1})},
 		},
 		{
 			name: "empty lock_by holds as the key", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": ""}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"k": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"k": 1})},
 		},
 		{
 			name: "PUT again with the same key counts up", setup: []request{putA}, req: putA, wantStatus: 200,
-			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 2}},
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 2})},
+			wantLock:  &shown{Name: "l", Key: "k", LockedBy: map[string]int{"a": 2}},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 2})},
 		},
 		{
 			name: "holders sharing a key coexist", setup: []request{putA},
 			req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1, "b": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1, "b": 1})},
 		},
 		{
 			name: "PUT with another key is locked out", setup: []request{putA},
 			req: request{"PUT", "/lock/l", `{"key": "other", "lock_by": "b"}`}, wantStatus: 423,
 			wantError: `held with key "k" by a (1)`,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "locked_by is lock_by", req: request{"PUT", "/lock/l", `{"key": "k", "locked_by": "a"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "requestor is lock_by", req: request{"PUT", "/lock/l", `{"key": "k", "requestor": "a"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "aliases that agree are fine", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a", "locked_by": "a", "requestor": "a"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "aliases that disagree are refused", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a", "requestor": "b"}`}, wantStatus: 400,
-			wantError: `"lock_by" is "a" but "requestor" is "b"`, wantLocks: map[string]lockView{},
+			wantError: `"lock_by" is "a" but "requestor" is "b"`, wantLocks: map[string]shown{},
 		},
 		{
 			name: "DELETE takes back one count", setup: []request{putA, putA},
 			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a"}`}, wantStatus: 200,
-			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLock:  &shown{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "DELETE with all takes back every count", setup: []request{putA, putA, {"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`}},
 			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a", "all": true}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"b": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"b": 1})},
 		},
 		{
 			name: "last DELETE frees the lock", setup: []request{putA},
 			req: request{"DELETE", "/lock/l", `{"key": "k", "requestor": "a"}`}, wantStatus: 200,
-			wantLock:  &lockView{Name: "l", Key: "", LockedBy: map[string]int{}},
-			wantLocks: map[string]lockView{},
+			wantLock:  &shown{Name: "l", Key: "", LockedBy: map[string]int{}},
+			wantLocks: map[string]shown{},
 		},
 		{
 			name: "DELETE of a free lock is fine", req: request{"DELETE", "/lock/l", `{"key": "k"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{},
+			wantLocks: map[string]shown{},
 		},
 		{
 			name: "DELETE with another key is locked out", setup: []request{putA},
 			req: request{"DELETE", "/lock/l", `{"key": "other", "lock_by": "a"}`}, wantStatus: 423,
-			wantError: "a release must send the key", wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantError: "a release must send the key", wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "DELETE by someone holding nothing changes nothing", setup: []request{putA},
 			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "b"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "GET a held lock", setup: []request{putA}, req: request{"GET", "/lock/l", ""}, wantStatus: 200,
-			wantLock:  &lockView{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
-			wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantLock:  &shown{Name: "l", Key: "k", LockedBy: map[string]int{"a": 1}},
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "GET a free lock", req: request{"GET", "/lock/nobody", ""}, wantStatus: 200,
-			wantLock:  &lockView{Name: "nobody", Key: "", LockedBy: map[string]int{}},
-			wantLocks: map[string]lockView{},
+			wantLock:  &shown{Name: "nobody", Key: "", LockedBy: map[string]int{}},
+			wantLocks: map[string]shown{},
 		},
 		{
 			name: "escaped slash is part of the name", req: request{"PUT", "/lock/a%2Fb", `{"key": "k"}`}, wantStatus: 200,
-			wantLock:  &lockView{Name: "a/b", Key: "k", LockedBy: map[string]int{"k": 1}},
-			wantLocks: map[string]lockView{"a/b": held("k", map[string]int{"k": 1})},
+			wantLock:  &shown{Name: "a/b", Key: "k", LockedBy: map[string]int{"k": 1}},
+			wantLocks: map[string]shown{"a/b": held("k", map[string]int{"k": 1})},
 		},
 		{
 			name: "escaped UTF-8 name", req: request{"PUT", "/lock/d%C3%A9ploy", `{"key": "k"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"déploy": held("k", map[string]int{"k": 1})},
+			wantLocks: map[string]shown{"déploy": held("k", map[string]int{"k": 1})},
 		},
 		{
 			name: "escaped space name", req: request{"PUT", "/lock/%20", `{"key": "k"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{" ": held("k", map[string]int{"k": 1})},
+			wantLocks: map[string]shown{" ": held("k", map[string]int{"k": 1})},
 		},
 		{
 			name: "dots are a name, not a path", req: request{"PUT", "/lock/..", `{"key": "k"}`}, wantStatus: 200,
-			wantLocks: map[string]lockView{"..": held("k", map[string]int{"k": 1})},
+			wantLocks: map[string]shown{"..": held("k", map[string]int{"k": 1})},
 		},
 		{
 			name: "escaped and raw slash name the same lock", setup: []request{{"PUT", "/lock/a/b", `{"key": "k"}`}},
-			req: request{"DELETE", "/lock/a%2Fb", `{"key": "k"}`}, wantStatus: 200, wantLocks: map[string]lockView{},
+			req: request{"DELETE", "/lock/a%2Fb", `{"key": "k"}`}, wantStatus: 200, wantLocks: map[string]shown{},
 		},
 		{
 			name: "invalid UTF-8 name", req: request{"PUT", "/lock/%FF", `{"key": "k"}`}, wantStatus: 400,
-			wantError: "not valid UTF-8", wantLocks: map[string]lockView{},
+			wantError: "not valid UTF-8", wantLocks: map[string]shown{},
 		},
 		{
 			name: "name too long", req: request{"PUT", "/lock/" + strings.Repeat("n", maxFieldBytes+1), `{"key": "k"}`}, wantStatus: 400,
-			wantError: "the limit is 1024", wantLocks: map[string]lockView{},
+			wantError: "the limit is 1024", wantLocks: map[string]shown{},
 		},
-		{name: "no body", req: request{"PUT", "/lock/l", ""}, wantStatus: 400, wantError: "no body", wantLocks: map[string]lockView{}},
-		{name: "not JSON", req: request{"PUT", "/lock/l", "key=k"}, wantStatus: 400, wantError: "not valid JSON", wantLocks: map[string]lockView{}},
-		{name: "truncated JSON", req: request{"PUT", "/lock/l", `{"key": "k"`}, wantStatus: 400, wantError: "not valid JSON", wantLocks: map[string]lockView{}},
-		{name: "trailing garbage", req: request{"PUT", "/lock/l", `{"key": "k"} x`}, wantStatus: 400, wantError: "data after the JSON object", wantLocks: map[string]lockView{}},
-		{name: "two objects", req: request{"PUT", "/lock/l", `{"key": "k"}{"key": "k"}`}, wantStatus: 400, wantError: "data after the JSON object", wantLocks: map[string]lockView{}},
-		{name: "array body", req: request{"PUT", "/lock/l", `["k"]`}, wantStatus: 400, wantError: "must be a JSON object", wantLocks: map[string]lockView{}},
-		{name: "null body", req: request{"PUT", "/lock/l", `null`}, wantStatus: 400, wantError: "must be a JSON object", wantLocks: map[string]lockView{}},
-		{name: "key missing", req: request{"PUT", "/lock/l", `{"lock_by": "a"}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]lockView{}},
-		{name: "key empty", req: request{"PUT", "/lock/l", `{"key": ""}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]lockView{}},
-		{name: "key null", req: request{"PUT", "/lock/l", `{"key": null}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]lockView{}},
-		{name: "key a number", req: request{"PUT", "/lock/l", `{"key": 5}`}, wantStatus: 400, wantError: `"key" must be a string`, wantLocks: map[string]lockView{}},
-		{name: "key an object", req: request{"PUT", "/lock/l", `{"key": {}}`}, wantStatus: 400, wantError: `"key" must be a string`, wantLocks: map[string]lockView{}},
-		{name: "lock_by a number", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": 1}`}, wantStatus: 400, wantError: `"lock_by" must be a string`, wantLocks: map[string]lockView{}},
-		{name: "key too long", req: request{"PUT", "/lock/l", big}, wantStatus: 400, wantError: `"key" is 1025 bytes long`, wantLocks: map[string]lockView{}},
-		{name: "misspelt field", req: request{"PUT", "/lock/l", `{"key": "k", "lokc_by": "a"}`}, wantStatus: 400, wantError: `unknown field "lokc_by"`, wantLocks: map[string]lockView{}},
-		{name: "field names are exact", req: request{"PUT", "/lock/l", `{"KEY": "k"}`}, wantStatus: 400, wantError: `unknown field "KEY"`, wantLocks: map[string]lockView{}},
-		{name: "all is for DELETE", req: request{"PUT", "/lock/l", `{"key": "k", "all": true}`}, wantStatus: 400, wantError: `unknown field "all"`, wantLocks: map[string]lockView{}},
+		{name: "no body", req: request{"PUT", "/lock/l", ""}, wantStatus: 400, wantError: "no body", wantLocks: map[string]shown{}},
+		{name: "not JSON", req: request{"PUT", "/lock/l", "key=k"}, wantStatus: 400, wantError: "not valid JSON", wantLocks: map[string]shown{}},
+		{name: "truncated JSON", req: request{"PUT", "/lock/l", `{"key": "k"`}, wantStatus: 400, wantError: "not valid JSON", wantLocks: map[string]shown{}},
+		{name: "trailing garbage", req: request{"PUT", "/lock/l", `{"key": "k"} x`}, wantStatus: 400, wantError: "data after the JSON object", wantLocks: map[string]shown{}},
+		{name: "two objects", req: request{"PUT", "/lock/l", `{"key": "k"}{"key": "k"}`}, wantStatus: 400, wantError: "data after the JSON object", wantLocks: map[string]shown{}},
+		{name: "array body", req: request{"PUT", "/lock/l", `["k"]`}, wantStatus: 400, wantError: "must be a JSON object", wantLocks: map[string]shown{}},
+		{name: "null body", req: request{"PUT", "/lock/l", `null`}, wantStatus: 400, wantError: "must be a JSON object", wantLocks: map[string]shown{}},
+		{name: "key missing", req: request{"PUT", "/lock/l", `{"lock_by": "a"}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]shown{}},
+		{name: "key empty", req: request{"PUT", "/lock/l", `{"key": ""}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]shown{}},
+		{name: "key null", req: request{"PUT", "/lock/l", `{"key": null}`}, wantStatus: 400, wantError: `non-empty "key"`, wantLocks: map[string]shown{}},
+		{name: "key a number", req: request{"PUT", "/lock/l", `{"key": 5}`}, wantStatus: 400, wantError: `"key" must be a string`, wantLocks: map[string]shown{}},
+		{name: "key an object", req: request{"PUT", "/lock/l", `{"key": {}}`}, wantStatus: 400, wantError: `"key" must be a string`, wantLocks: map[string]shown{}},
+		{name: "lock_by a number", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": 1}`}, wantStatus: 400, wantError: `"lock_by" must be a string`, wantLocks: map[string]shown{}},
+		{name: "key too long", req: request{"PUT", "/lock/l", big}, wantStatus: 400, wantError: `"key" is 1025 bytes long`, wantLocks: map[string]shown{}},
+		{name: "misspelt field", req: request{"PUT", "/lock/l", `{"key": "k", "lokc_by": "a"}`}, wantStatus: 400, wantError: `unknown field "lokc_by"`, wantLocks: map[string]shown{}},
+		{name: "field names are exact", req: request{"PUT", "/lock/l", `{"KEY": "k"}`}, wantStatus: 400, wantError: `unknown field "KEY"`, wantLocks: map[string]shown{}},
+		{name: "all is for DELETE", req: request{"PUT", "/lock/l", `{"key": "k", "all": true}`}, wantStatus: 400, wantError: `unknown field "all"`, wantLocks: map[string]shown{}},
 		{
 			name: "all must be a boolean", setup: []request{putA},
 			req: request{"DELETE", "/lock/l", `{"key": "k", "lock_by": "a", "all": "yes"}`}, wantStatus: 400,
-			wantError: `"all" must be true or false`, wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantError: `"all" must be true or false`, wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "DELETE needs a key", setup: []request{putA},
 			req: request{"DELETE", "/lock/l", `{"lock_by": "a"}`}, wantStatus: 400,
-			wantError: `non-empty "key"`, wantLocks: map[string]lockView{"l": held("k", map[string]int{"a": 1})},
+			wantError: `non-empty "key"`, wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
 		},
 		{
 			name: "body over the limit", req: request{"PUT", "/lock/l", `{"key": "` + strings.Repeat("x", maxBodyBytes) + `"}`}, wantStatus: 413,
-			wantError: "over 65536 bytes", wantLocks: map[string]lockView{},
+			wantError: "over 65536 bytes", wantLocks: map[string]shown{},
 		},
-		{name: "unknown route", req: request{"GET", "/lockz", ""}, wantStatus: 404, wantError: "GET /locks", wantLocks: map[string]lockView{}},
-		{name: "lock without a name", req: request{"PUT", "/lock/", `{"key": "k"}`}, wantStatus: 404, wantError: "no such endpoint", wantLocks: map[string]lockView{}},
-		{name: "POST on a lock", req: request{"POST", "/lock/l", `{"key": "k"}`}, wantStatus: 405, wantError: "GET, PUT or DELETE", wantLocks: map[string]lockView{}},
-		{name: "PUT on the list", req: request{"PUT", "/locks", `{"key": "k"}`}, wantStatus: 405, wantError: "this path takes GET", wantLocks: map[string]lockView{}},
+		{name: "unknown route", req: request{"GET", "/lockz", ""}, wantStatus: 404, wantError: "GET /locks", wantLocks: map[string]shown{}},
+		{name: "lock without a name", req: request{"PUT", "/lock/", `{"key": "k"}`}, wantStatus: 404, wantError: "no such endpoint", wantLocks: map[string]shown{}},
+		{name: "POST on a lock", req: request{"POST", "/lock/l", `{"key": "k"}`}, wantStatus: 405, wantError: "GET, PUT, PATCH or DELETE", wantLocks: map[string]shown{}},
+		{name: "PUT on the list", req: request{"PUT", "/locks", `{"key": "k"}`}, wantStatus: 405, wantError: "this path takes GET", wantLocks: map[string]shown{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -280,14 +286,14 @@ func TestAPI(t *testing.T) {
 			}
 			if rec.Code == http.StatusOK {
 				var got struct {
-					lockView
+					shown
 					Response *string `json:"response"`
 				}
 				if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 					t.Fatalf("reply %q: %v", rec.Body, err)
 				}
-				if tt.wantLock != nil && !reflect.DeepEqual(got.lockView, *tt.wantLock) {
-					t.Errorf("reply = %+v; want %+v", got.lockView, *tt.wantLock)
+				if tt.wantLock != nil && !reflect.DeepEqual(got.shown, *tt.wantLock) {
+					t.Errorf("reply = %+v; want %+v", got.shown, *tt.wantLock)
 				}
 				if tt.req.method != "GET" && (got.Response == nil || *got.Response == "") {
 					t.Errorf("reply %s has no \"response\" sentence", rec.Body)
@@ -309,7 +315,7 @@ func TestAPI(t *testing.T) {
 
 func TestMethodNotAllowedSaysWhatIsAllowed(t *testing.T) {
 	ts := newTestServer(t, nil, "", "")
-	for target, want := range map[string]string{"/lock/x": "GET, PUT, DELETE", "/locks": "GET"} {
+	for target, want := range map[string]string{"/lock/x": "GET, PUT, PATCH, DELETE", "/locks": "GET"} {
 		rec := ts.send(t, request{"POST", target, ""})
 		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != want {
 			t.Errorf("POST %s = %d, Allow %q; want 405, Allow %q", target, rec.Code, got, want)

@@ -1,26 +1,82 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 )
+
+// fakeClock is a clock that moves only when told to.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
+
+var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newTestTable returns an empty table saved to a file in a temp directory
 // through d (the real disk when d is nil), and the file's path.
 func newTestTable(tb testing.TB, d disk) (*table, string) {
 	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "locks.yml")
+	return loadTestTable(tb, path, d, time.Now), path
+}
+
+// loadTestTable loads the table saved in path.
+func loadTestTable(tb testing.TB, path string, d disk, now func() time.Time) *table {
+	tb.Helper()
 	if d == nil {
 		d = osDisk{}
 	}
-	path := filepath.Join(tb.TempDir(), "locks.yml")
 	store := newFileStore(path, d)
-	locks, err := store.load()
+	st, err := store.load()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return newTable(store, locks), path
+	return newTable(store, st, now, discardLog)
+}
+
+// brief is the part of a lock the original API showed.
+type brief struct {
+	Key      string
+	LockedBy map[string]int
+}
+
+func briefOf(l Lock) brief {
+	if l.free() {
+		return brief{}
+	}
+	return brief{Key: l.Key, LockedBy: l.lockedBy()}
+}
+
+// acquire takes a lock without waiting.
+func acquire(t *table, name, key, requestor string) (Snapshot, error) {
+	return t.Acquire(context.Background(), name, acquireRequest{Key: key, Requestor: requestor})
 }
 
 // step is one call on the table and what it must return.
@@ -35,22 +91,27 @@ func TestLockRules(t *testing.T) {
 	tests := []struct {
 		name  string
 		steps []step
-		want  Lock // the lock "l" after the last step
+		want  brief // the lock "l" after the last step
 	}{
 		{
 			name:  "free lock is granted",
 			steps: []step{{op: "acquire", key: "k", by: "a"}},
-			want:  Lock{Key: "k", LockedBy: map[string]int{"a": 1}},
+			want:  brief{"k", map[string]int{"a": 1}},
 		},
 		{
 			name:  "same key shares, counts add up",
 			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "k", by: "b"}},
-			want:  Lock{Key: "k", LockedBy: map[string]int{"a": 2, "b": 1}},
+			want:  brief{"k", map[string]int{"a": 2, "b": 1}},
 		},
 		{
 			name:  "other key is refused",
 			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "other", by: "b", wantErr: errLockHeld}},
-			want:  Lock{Key: "k", LockedBy: map[string]int{"a": 1}},
+			want:  brief{"k", map[string]int{"a": 1}},
+		},
+		{
+			name:  "a holder's other key is refused",
+			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "other", by: "a", wantErr: errLockHeld}},
+			want:  brief{"k", map[string]int{"a": 1}},
 		},
 		{
 			name: "release takes back one count",
@@ -58,7 +119,7 @@ func TestLockRules(t *testing.T) {
 				{op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "k", by: "a"},
 				{op: "release", key: "k", by: "a", wantReleased: 1},
 			},
-			want: Lock{Key: "k", LockedBy: map[string]int{"a": 1}},
+			want: brief{"k", map[string]int{"a": 1}},
 		},
 		{
 			name: "release-all takes back every count",
@@ -66,12 +127,12 @@ func TestLockRules(t *testing.T) {
 				{op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "k", by: "a"}, {op: "acquire", key: "k", by: "b"},
 				{op: "release-all", key: "k", by: "a", wantReleased: 2},
 			},
-			want: Lock{Key: "k", LockedBy: map[string]int{"b": 1}},
+			want: brief{"k", map[string]int{"b": 1}},
 		},
 		{
 			name:  "last release frees the lock",
 			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "release", key: "k", by: "a", wantReleased: 1}},
-			want:  Lock{},
+			want:  brief{},
 		},
 		{
 			name: "freed lock takes a new key",
@@ -79,27 +140,27 @@ func TestLockRules(t *testing.T) {
 				{op: "acquire", key: "k", by: "a"}, {op: "release", key: "k", by: "a", wantReleased: 1},
 				{op: "acquire", key: "new", by: "b"},
 			},
-			want: Lock{Key: "new", LockedBy: map[string]int{"b": 1}},
+			want: brief{"new", map[string]int{"b": 1}},
 		},
 		{
 			name:  "releasing a free lock succeeds",
 			steps: []step{{op: "release", key: "k", by: "a"}},
-			want:  Lock{},
+			want:  brief{},
 		},
 		{
 			name:  "release with another key is refused",
 			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "release", key: "other", by: "a", wantErr: errLockHeld}},
-			want:  Lock{Key: "k", LockedBy: map[string]int{"a": 1}},
+			want:  brief{"k", map[string]int{"a": 1}},
 		},
 		{
 			name:  "release-all with another key is refused",
 			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "release-all", key: "other", by: "a", wantErr: errLockHeld}},
-			want:  Lock{Key: "k", LockedBy: map[string]int{"a": 1}},
+			want:  brief{"k", map[string]int{"a": 1}},
 		},
 		{
 			name:  "requestor holding nothing releases nothing",
 			steps: []step{{op: "acquire", key: "k", by: "a"}, {op: "release", key: "k", by: "b"}},
-			want:  Lock{Key: "k", LockedBy: map[string]int{"a": 1}},
+			want:  brief{"k", map[string]int{"a": 1}},
 		},
 	}
 	for _, tt := range tests {
@@ -110,7 +171,7 @@ func TestLockRules(t *testing.T) {
 				released := 0
 				switch s.op {
 				case "acquire":
-					_, err = tab.Acquire("l", s.key, s.by)
+					_, err = acquire(tab, "l", s.key, s.by)
 				case "release", "release-all":
 					_, released, err = tab.Release("l", s.key, s.by, s.op == "release-all")
 				default:
@@ -123,16 +184,13 @@ func TestLockRules(t *testing.T) {
 					t.Errorf("step %d: %s released %d; want %d", i, s.op, released, s.wantReleased)
 				}
 			}
-			if got := tab.Get("l"); !reflect.DeepEqual(got, tt.want) {
+			if got := briefOf(tab.Get("l").Lock); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("lock = %+v; want %+v", got, tt.want)
 			}
 			// What the table shows is what a restart would load.
-			onDisk, err := newFileStore(path, osDisk{}).load()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(onDisk, tab.List()) {
-				t.Errorf("file holds %v; table holds %v", onDisk, tab.List())
+			reloaded := loadTestTable(t, path, nil, time.Now)
+			if got, want := reloaded.Get("l").Lock, tab.Get("l").Lock; !reflect.DeepEqual(got, want) {
+				t.Errorf("file holds %+v; table holds %+v", got, want)
 			}
 		})
 	}
@@ -141,7 +199,7 @@ func TestLockRules(t *testing.T) {
 func TestReleasedLocksDisappear(t *testing.T) {
 	tab, path := newTestTable(t, nil)
 	for _, name := range []string{"a", "b", "c"} {
-		if _, err := tab.Acquire(name, "k", "r"); err != nil {
+		if _, err := acquire(tab, name, "k", "r"); err != nil {
 			t.Fatal(err)
 		}
 		if _, _, err := tab.Release(name, "k", "r", false); err != nil {
@@ -151,16 +209,15 @@ func TestReleasedLocksDisappear(t *testing.T) {
 	if n := tab.Len(); n != 0 {
 		t.Errorf("table holds %d locks after every release; want 0", n)
 	}
-	onDisk, err := newFileStore(path, osDisk{}).load()
-	if err != nil || len(onDisk) != 0 {
-		t.Errorf("file holds %v, %v; want no locks", onDisk, err)
+	if n := loadTestTable(t, path, nil, time.Now).Len(); n != 0 {
+		t.Errorf("file holds %d locks; want none", n)
 	}
 }
 
 func TestFailedSaveChangesNothing(t *testing.T) {
 	d := &faultyDisk{}
 	tab, path := newTestTable(t, d)
-	if _, err := tab.Acquire("held", "k", "a"); err != nil {
+	if _, err := acquire(tab, "held", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
@@ -171,10 +228,12 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 		name string
 		do   func() error
 	}{
-		{"acquire a free lock", func() error { _, err := tab.Acquire("new", "k", "a"); return err }},
-		{"acquire again", func() error { _, err := tab.Acquire("held", "k", "a"); return err }},
-		{"share the lock", func() error { _, err := tab.Acquire("held", "k", "b"); return err }},
+		{"acquire a free lock", func() error { _, err := acquire(tab, "new", "k", "a"); return err }},
+		{"acquire again", func() error { _, err := acquire(tab, "held", "k", "a"); return err }},
+		{"share the lock", func() error { _, err := acquire(tab, "held", "k", "b"); return err }},
 		{"release", func() error { _, _, err := tab.Release("held", "k", "a", false); return err }},
+		{"renew", func() error { _, err := tab.Renew("held", "k", "a", time.Minute); return err }},
+		{"force release", func() error { _, err := tab.ForceRelease("held"); return err }},
 	}
 	for _, c := range changes {
 		err := c.do()
@@ -189,16 +248,21 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 		}
 	}
 
+	// The token handed out by the failed grant was taken back too.
 	d.failAt = ""
-	if _, err := tab.Acquire("new", "k", "a"); err != nil {
-		t.Errorf("acquire once the disk works again = %v", err)
+	got, err := acquire(tab, "new", "k", "a")
+	if err != nil {
+		t.Fatalf("acquire once the disk works again = %v", err)
+	}
+	if want := tab.Get("held").Token + 1; got.Token != want {
+		t.Errorf("token after failed grants = %d; want %d", got.Token, want)
 	}
 }
 
 func TestNoOpChangesDoNotWrite(t *testing.T) {
 	d := &faultyDisk{}
 	tab, _ := newTestTable(t, d)
-	if _, err := tab.Acquire("l", "k", "a"); err != nil {
+	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
 	d.ops = nil
@@ -208,7 +272,7 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 	if _, _, err := tab.Release("l", "k", "nobody", false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tab.Acquire("l", "other", "b"); !errors.Is(err, errLockHeld) {
+	if _, err := acquire(tab, "l", "other", "b"); !errors.Is(err, errLockHeld) {
 		t.Fatal(err)
 	}
 	if len(d.ops) != 0 {
@@ -218,14 +282,404 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 
 func TestListAndGetReturnCopies(t *testing.T) {
 	tab, _ := newTestTable(t, nil)
-	l, err := tab.Acquire("l", "k", "a")
+	l, err := acquire(tab, "l", "k", "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.LockedBy["a"] = 99
-	tab.Get("l").LockedBy["a"] = 99
-	tab.List()["l"].LockedBy["a"] = 99
-	if got := tab.Get("l").LockedBy["a"]; got != 1 {
+	l.Holders["a"] = Holder{Count: 99}
+	tab.Get("l").Holders["a"] = Holder{Count: 99}
+	tab.List()["l"].Holders["a"] = Holder{Count: 99}
+	if got := tab.Get("l").Holders["a"].Count; got != 1 {
 		t.Errorf("count after callers changed their copies = %d; want 1", got)
+	}
+}
+
+// queued starts Acquire with a long wait in the background and returns
+// once the request is in the queue. Its result arrives on the channel.
+func queued(tb testing.TB, ctx context.Context, tab *table, name, key, requestor string) <-chan error {
+	tb.Helper()
+	before := len(tab.Get(name).Waiting)
+	done := make(chan error, 1)
+	go func() {
+		_, err := tab.Acquire(ctx, name, acquireRequest{Key: key, Requestor: requestor, Wait: time.Hour})
+		done <- err
+	}()
+	waitFor(tb, "request to join the queue", func() bool { return len(tab.Get(name).Waiting) > before })
+	return done
+}
+
+// waitFor polls cond until it holds, failing the test after 10 seconds.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// granted reports whether the queued request behind done was granted,
+// without waiting.
+func granted(tb testing.TB, done <-chan error) bool {
+	tb.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			tb.Fatalf("queued request failed: %v", err)
+		}
+		return true
+	default:
+		return false
+	}
+}
+
+// mustGrant waits for the queued request behind done to be granted.
+func mustGrant(tb testing.TB, done <-chan error, who string) {
+	tb.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			tb.Fatalf("%s: %v", who, err)
+		}
+	case <-time.After(10 * time.Second):
+		tb.Fatalf("%s was not granted", who)
+	}
+}
+
+func waitingOrder(s Snapshot) []string {
+	var out []string
+	for _, w := range s.Waiting {
+		out = append(out, w.Requestor)
+	}
+	return out
+}
+
+func TestQueueIsFirstComeFirstServed(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	ctx := context.Background()
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	b1 := queued(t, ctx, tab, "l", "B", "b1")
+	a2 := queued(t, ctx, tab, "l", "A", "a2") // shares the holders' key, but b1 came first
+	b3 := queued(t, ctx, tab, "l", "B", "b3")
+	if got, want := waitingOrder(tab.Get("l")), []string{"b1", "a2", "b3"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("queue = %v; want %v", got, want)
+	}
+
+	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
+		t.Fatal(err)
+	}
+	mustGrant(t, b1, "b1")
+	if granted(t, a2) || granted(t, b3) {
+		t.Fatal("a waiter behind the head's batch was granted")
+	}
+	if got, want := briefOf(tab.Get("l").Lock), (brief{"B", map[string]int{"b1": 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("lock = %v; want %v", got, want)
+	}
+
+	if _, _, err := tab.Release("l", "B", "b1", false); err != nil {
+		t.Fatal(err)
+	}
+	mustGrant(t, a2, "a2")
+	if granted(t, b3) {
+		t.Fatal("b3 was granted while a2 holds the lock with another key")
+	}
+	if _, _, err := tab.Release("l", "A", "a2", false); err != nil {
+		t.Fatal(err)
+	}
+	mustGrant(t, b3, "b3")
+}
+
+func TestQueueGrantsSameKeyWaitersTogether(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	ctx := context.Background()
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	b1 := queued(t, ctx, tab, "l", "B", "b1")
+	b2 := queued(t, ctx, tab, "l", "B", "b2")
+	b3 := queued(t, ctx, tab, "l", "B", "b3")
+	c4 := queued(t, ctx, tab, "l", "C", "c4")
+	b5 := queued(t, ctx, tab, "l", "B", "b5")
+
+	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
+		t.Fatal(err)
+	}
+	for i, done := range []<-chan error{b1, b2, b3} {
+		mustGrant(t, done, []string{"b1", "b2", "b3"}[i])
+	}
+	if granted(t, c4) || granted(t, b5) {
+		t.Fatal("c4 or b5 was granted; c4 has another key and b5 is behind it")
+	}
+	s := tab.Get("l")
+	if got, want := briefOf(s.Lock), (brief{"B", map[string]int{"b1": 1, "b2": 1, "b3": 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("lock = %v; want %v", got, want)
+	}
+	if got, want := waitingOrder(s), []string{"c4", "b5"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("queue = %v; want %v", got, want)
+	}
+}
+
+func TestNewRequestsDoNotJumpTheQueue(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	b1 := queued(t, context.Background(), tab, "l", "B", "b1")
+
+	// Same key as the holder, but b1 is waiting: no barging.
+	_, err := acquire(tab, "l", "A", "a1")
+	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "does not jump the queue") {
+		t.Errorf("PUT with the holders' key past a queued waiter = %v; want errLockHeld about the queue", err)
+	}
+	// A holder taking its lock again is granted at once.
+	s, err := acquire(tab, "l", "A", "a0")
+	if err != nil || s.Holders["a0"].Count != 2 {
+		t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, s.Holders["a0"].Count)
+	}
+	if granted(t, b1) {
+		t.Fatal("b1 was granted while a0 holds the lock")
+	}
+}
+
+func TestAbandonedWaiterLeavesTheQueue(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	goroutines := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	b1 := queued(t, ctx, tab, "l", "B", "b1")
+	a2 := queued(t, context.Background(), tab, "l", "A", "a2")
+
+	cancel() // b1's client goes away
+	select {
+	case err := <-b1:
+		if !errors.Is(err, errClientGone) {
+			t.Errorf("abandoned wait = %v; want errClientGone", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("abandoned waiter did not return")
+	}
+	// With b1 gone, a2 is at the head and shares the holders' key.
+	mustGrant(t, a2, "a2")
+	if got, want := briefOf(tab.Get("l").Lock), (brief{"A", map[string]int{"a0": 1, "a2": 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("lock = %v; want %v", got, want)
+	}
+	if n := len(tab.Get("l").Waiting); n != 0 {
+		t.Errorf("%d waiters left in the queue; want 0", n)
+	}
+	waitFor(t, "waiter goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+}
+
+func TestWaitTimesOut(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "B", Requestor: "b1", Wait: 20 * time.Millisecond})
+	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "timed out after 20ms") || !strings.Contains(err.Error(), `key "A" by a0 (1)`) {
+		t.Errorf("wait that runs out = %v; want errLockHeld saying it timed out and who holds the lock", err)
+	}
+	if n := len(tab.Get("l").Waiting); n != 0 {
+		t.Errorf("%d waiters left after a timeout; want 0", n)
+	}
+}
+
+func TestShutdownEndsWaits(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	b1 := queued(t, ctx, tab, "l", "B", "b1")
+	cancel(errShuttingDown)
+	if err := <-b1; !errors.Is(err, errShuttingDown) {
+		t.Errorf("wait during shutdown = %v; want errShuttingDown", err)
+	}
+}
+
+func TestGrantRaceWithLeaving(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+		t.Fatal(err)
+	}
+	tab.mu.Lock()
+	w := &waiter{name: "l", req: acquireRequest{Key: "B", Requestor: "b1", Wait: time.Hour}, done: make(chan struct{})}
+	tab.queues["l"] = []*waiter{w}
+	tab.mu.Unlock()
+	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
+		t.Fatal(err)
+	}
+	// The grant is saved before the waiter notices its wait ended: leaving
+	// then must report the grant instead of dropping it.
+	s, ok := tab.leave(w)
+	if !ok || s.Holders["b1"].Count != 1 {
+		t.Errorf("leave after the grant = %+v, %v; want the granted lock", s, ok)
+	}
+}
+
+func TestLeases(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	tab := loadTestTable(t, path, nil, clock.Now)
+	start := clock.Now()
+	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "k", Requestor: "a", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquire(tab, "l", "k", "b"); err != nil { // no lease
+		t.Fatal(err)
+	}
+	if got := tab.Get("l").Holders["a"].ExpiresAt; !got.Equal(start.Add(time.Minute)) {
+		t.Errorf("expires_at = %v; want %v", got, start.Add(time.Minute))
+	}
+
+	// Renewing moves the expiry without changing the count; a PUT without
+	// ttl leaves the lease as it was.
+	clock.Advance(50 * time.Second)
+	if _, err := tab.Renew("l", "k", "a", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquire(tab, "l", "k", "a"); err != nil {
+		t.Fatal(err)
+	}
+	h := tab.Get("l").Holders["a"]
+	if want := start.Add(110 * time.Second); !h.ExpiresAt.Equal(want) || h.Count != 2 {
+		t.Errorf("after renew: expires_at %v, count %d; want %v, 2", h.ExpiresAt, h.Count, want)
+	}
+	if _, err := tab.Renew("l", "other", "a", time.Minute); !errors.Is(err, errLockHeld) {
+		t.Errorf("renew with the wrong key = %v; want errLockHeld", err)
+	}
+	if _, err := tab.Renew("l", "k", "nobody", time.Minute); !errors.Is(err, errLockHeld) {
+		t.Errorf("renew by a non-holder = %v; want errLockHeld", err)
+	}
+
+	// The original expiry passes: nothing happens, it was renewed.
+	if err := tab.expire(start.Add(61 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tab.Get("l").Holders["a"].Count; got != 2 {
+		t.Fatalf("count after the renewed lease's old expiry = %d; want 2", got)
+	}
+
+	// A waiter with another key queues; when a's lease runs out, every count
+	// of a goes, b still holds, and the waiter keeps waiting.
+	c := queued(t, context.Background(), tab, "l", "other", "c")
+	if err := tab.expire(clock.Advance(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := briefOf(tab.Get("l").Lock), (brief{"k", map[string]int{"b": 1}}); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a's lease ran out, lock = %v; want %v", got, want)
+	}
+	if granted(t, c) {
+		t.Fatal("c was granted while b holds the lock")
+	}
+	if _, _, err := tab.Release("l", "k", "b", false); err != nil {
+		t.Fatal(err)
+	}
+	mustGrant(t, c, "c")
+
+	// The expiry was saved.
+	reloaded := loadTestTable(t, path, nil, clock.Now)
+	if got, want := briefOf(reloaded.Get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("file holds %v; want %v", got, want)
+	}
+}
+
+func TestLeaseExpiresWhileStopped(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	tab := loadTestTable(t, path, nil, clock.Now)
+	if _, err := tab.Acquire(context.Background(), "leased", acquireRequest{Key: "k", Requestor: "a", TTL: time.Minute, Note: "build 42"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquire(tab, "kept", "k", "a"); err != nil {
+		t.Fatal(err)
+	}
+	// Restarted before the lease runs out: it is still there, note and all.
+	early := loadTestTable(t, path, nil, clock.Now)
+	if h := early.Get("leased").Holders["a"]; h.Note != "build 42" || h.ExpiresAt.IsZero() {
+		t.Errorf("holder after a restart = %+v; want its note and lease", h)
+	}
+	// Restarted after: it is gone, the other lock is not.
+	clock.Advance(2 * time.Minute)
+	late := loadTestTable(t, path, nil, clock.Now)
+	if err := late.expire(late.now()); err != nil {
+		t.Fatal(err)
+	}
+	if !late.Get("leased").free() || late.Get("kept").free() {
+		t.Errorf("after a restart past the lease: leased = %+v, kept = %+v; want leased free, kept held",
+			late.Get("leased").Lock, late.Get("kept").Lock)
+	}
+}
+
+func TestExpireLoopReleasesOnTime(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tab.expireLoop(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "k", Requestor: "a", TTL: 30 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the lease to expire", func() bool { return tab.Get("l").free() })
+}
+
+func TestTokens(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	tab := loadTestTable(t, path, nil, time.Now)
+	first, err := acquire(tab, "l", "k", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := acquire(tab, "l", "k", "b") // still held: same token
+	if err != nil || again.Token != first.Token {
+		t.Fatalf("token while held = %d, %v; want %d", again.Token, err, first.Token)
+	}
+	other, err := acquire(tab, "m", "k", "a")
+	if err != nil || other.Token <= first.Token {
+		t.Fatalf("token of another lock = %d, %v; want above %d", other.Token, err, first.Token)
+	}
+	for _, r := range []string{"a", "b"} {
+		if _, _, err := tab.Release("l", "k", r, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := tab.Release("m", "k", "a", false); err != nil {
+		t.Fatal(err)
+	}
+	// Every lock is free and gone from the file, yet a restart does not
+	// hand out a token again.
+	reloaded := loadTestTable(t, path, nil, time.Now)
+	next, err := acquire(reloaded, "l", "k", "a")
+	if err != nil || next.Token <= other.Token {
+		t.Errorf("token after a restart = %d, %v; want above %d", next.Token, err, other.Token)
+	}
+}
+
+func TestForceRelease(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	for _, r := range []string{"a", "b", "a"} {
+		if _, err := acquire(tab, "l", "k", r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := queued(t, context.Background(), tab, "l", "other", "c")
+	old, err := tab.ForceRelease("l")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := briefOf(old), (brief{"k", map[string]int{"a": 2, "b": 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("force release returned %v; want what was held, %v", got, want)
+	}
+	mustGrant(t, c, "c")
+	if got, want := briefOf(tab.Get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
+		t.Errorf("lock after force release = %v; want the waiter's, %v", got, want)
 	}
 }

@@ -40,23 +40,40 @@ Configuration is read from the environment:
   AUTH_PASS      the password for AUTH_USER.
   SSL_CERT       with SSL_KEY: serve HTTPS with this PEM certificate file.
   SSL_KEY        the PEM private key file for SSL_CERT.
+  LOCKER_MAX_WAIT     longest ?wait= a request gets (default 15m); longer
+                      waits are cut to it and the client asks again.
+  LOCKER_DEFAULT_TTL  lease for PUTs that send no ttl (default: none).
 
 API:
   GET    /locks         every held lock
   GET    /lock/<name>   one lock
-  PUT    /lock/<name>   take it:    {"key": "prod-cf", "lock_by": "my-job"}
+  PUT    /lock/<name>   take it:      {"key": "prod-cf", "lock_by": "my-job"}
+                        ?wait=5m waits for it; "ttl": "30m" leases it
+  PATCH  /lock/<name>   renew a lease: {"key": "prod-cf", "lock_by": "my-job", "ttl": "30m"}
   DELETE /lock/<name>   give it back: {"key": "prod-cf", "lock_by": "my-job"}
+                        ?force=true frees it whoever holds it
 `
 
-// Server timeouts. Requests are small and quick; these only bound how long
-// a slow or stuck client can hold a connection.
+// timeouts bound how long a slow or stuck client can hold a connection.
+// Requests are small and quick; a PUT that waits for a lock extends its own
+// deadlines by the wait.
+type timeouts struct {
+	readHeader, read, write, idle time.Duration
+}
+
+var defaultTimeouts = timeouts{
+	readHeader: 10 * time.Second,
+	read:       30 * time.Second,
+	write:      30 * time.Second,
+	idle:       2 * time.Minute,
+}
+
 const (
-	readHeaderTimeout = 10 * time.Second
-	readTimeout       = 30 * time.Second
-	writeTimeout      = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 16 << 10 // a lock name is at most 1 KiB, 3 KiB escaped
-	shutdownTimeout   = 10 * time.Second
+	maxHeaderBytes  = 16 << 10 // a lock name is at most 1 KiB, 3 KiB escaped
+	shutdownTimeout = 10 * time.Second
+	// defaultMaxWait keeps waits below what proxies and load balancers
+	// usually allow a request.
+	defaultMaxWait = 15 * time.Minute
 )
 
 func main() {
@@ -74,6 +91,8 @@ type config struct {
 	port              int
 	user, pass        string
 	certFile, keyFile string
+	maxWait           time.Duration
+	defaultTTL        time.Duration
 }
 
 // loadConfig reads and checks the configuration; an error names the variable.
@@ -85,6 +104,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		pass:      getenv("AUTH_PASS"),
 		certFile:  getenv("SSL_CERT"),
 		keyFile:   getenv("SSL_KEY"),
+		maxWait:   defaultMaxWait,
 	}
 	if cfg.statePath == "" {
 		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml")
@@ -95,6 +115,20 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("PORT: not a port number: %q (want 0 to 65535)", p)
 		}
 		cfg.port = n
+	}
+	for _, d := range []struct {
+		name string
+		dst  *time.Duration
+	}{{"LOCKER_MAX_WAIT", &cfg.maxWait}, {"LOCKER_DEFAULT_TTL", &cfg.defaultTTL}} {
+		v := getenv(d.name)
+		if v == "" {
+			continue
+		}
+		n, err := time.ParseDuration(v)
+		if err != nil || n <= 0 {
+			return config{}, fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", d.name, v)
+		}
+		*d.dst = n
 	}
 	if err := bothOrNeither("AUTH_USER", cfg.user, "AUTH_PASS", cfg.pass); err != nil {
 		return config{}, err
@@ -145,11 +179,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	store := newFileStore(cfg.statePath, osDisk{})
-	locks, err := store.load()
+	st, err := store.load()
 	if err != nil {
 		return fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
-	srv := &server{locks: newTable(store, locks), log: log}
+	locks := newTable(store, st, time.Now, log)
+	// Holds whose lease ran out while the server was down go first.
+	if err := locks.expire(locks.now()); err != nil {
+		return fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
+	}
+	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, writeTimeout: defaultTimeouts.write}
 	if cfg.user != "" {
 		srv.auth = newCredentials(cfg.user, cfg.pass)
 	}
@@ -158,18 +197,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("PORT: %w", err)
 	}
-	httpSrv := &http.Server{
-		Handler:           srv.routes(),
-		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	// Requests see errShuttingDown as their context's cause when the server
+	// stops, so that waiters answer 503 instead of holding up the shutdown.
+	base, stopRequests := context.WithCancelCause(context.Background())
+	defer stopRequests(nil)
+	httpSrv := newHTTPServer(srv.routes(), log, defaultTimeouts, base)
+	httpSrv.TLSConfig = tlsConfig
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
-		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", len(locks), "version", version)
+		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
+
+	expiryCtx, stopExpiry := context.WithCancel(context.Background())
+	expiryDone := make(chan struct{})
+	go func() {
+		defer close(expiryDone)
+		locks.expireLoop(expiryCtx)
+	}()
+	defer func() {
+		stopExpiry()
+		<-expiryDone
+	}()
 
 	served := make(chan error, 1)
 	go func() {
@@ -190,13 +236,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		stopErr = fmt.Errorf("stopping, the state file may not be durable: %w", err)
 		log.Error("stopping so that a restart reads the state file again", "err", err)
 	}
+	stopRequests(errShuttingDown)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
 		return errors.Join(stopErr, fmt.Errorf("shutting down: %w", err))
 	}
 	if stopErr == nil {
-		log.Info("stopped", "locks", srv.locks.Len())
+		log.Info("stopped", "locks", locks.Len())
 	}
 	return stopErr
+}
+
+// newHTTPServer returns the server for h; its requests' contexts derive
+// from base.
+func newHTTPServer(h http.Handler, log *slog.Logger, t timeouts, base context.Context) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.readHeader,
+		ReadTimeout:       t.read,
+		WriteTimeout:      t.write,
+		IdleTimeout:       t.idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
 }

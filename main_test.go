@@ -130,13 +130,13 @@ func (ls *liveServer) call(tb testing.TB, method, path, body string, auth ...str
 	return resp.StatusCode, data
 }
 
-func (ls *liveServer) listLocks(tb testing.TB, auth ...string) map[string]lockView {
+func (ls *liveServer) listLocks(tb testing.TB, auth ...string) map[string]shown {
 	tb.Helper()
 	status, body := ls.call(tb, "GET", "/locks", "", auth...)
 	if status != http.StatusOK {
 		tb.Fatalf("GET /locks = %d %s", status, body)
 	}
-	var got map[string]lockView
+	var got map[string]shown
 	if err := json.Unmarshal(body, &got); err != nil {
 		tb.Fatalf("GET /locks body %q: %v", body, err)
 	}
@@ -173,7 +173,7 @@ func TestRunKeepsLocksAcrossRestarts(t *testing.T) {
 	if got := second.listLocks(t); !reflect.DeepEqual(got, want) {
 		t.Errorf("after restart GET /locks = %v; want %v", got, want)
 	}
-	wantLocks := named(map[string]lockView{
+	wantLocks := named(map[string]shown{
 		"prod": held("prod-cf", map[string]int{"deploy": 1, "smoke": 1}),
 		"a/b":  held("k", map[string]int{"k": 1}),
 	})
@@ -192,7 +192,7 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": path})
-	want := named(map[string]lockView{"prod": held("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})})
+	want := named(map[string]shown{"prod": held("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})})
 	if got := ls.listLocks(t); !reflect.DeepEqual(got, want) {
 		t.Fatalf("GET /locks on the original's file = %v; want %v", got, want)
 	}
@@ -210,7 +210,7 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 	if err != nil || !bytes.HasPrefix(data, []byte(stateHeader)) {
 		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
 	}
-	if want := map[string]Lock{"prod": {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2}}}; !reflect.DeepEqual(got, want) {
+	if want := map[string]Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2})}; !reflect.DeepEqual(got.Locks, want) {
 		t.Errorf("state file holds %v; want %v", got, want)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"gopkg.in/yaml.v2"
 )
@@ -25,28 +26,50 @@ const stateHeader = `# Locker's lock table, rewritten by the locker server on ev
 
 // stateFile is the YAML document kept in LOCKER_CONFIG.
 type stateFile struct {
-	Version int                  `yaml:"version"`
-	Locks   map[string]lockEntry `yaml:"locks"`
+	Version   int                  `yaml:"version"`
+	LastToken uint64               `yaml:"last_token"`
+	Locks     map[string]lockEntry `yaml:"locks"`
 }
 
-// lockEntry is one lock in the state file. It has the shape the original
-// locker wrote as JSON, so its files load unchanged.
+// lockEntry is one lock in the state file. Key and LockedBy have the shape
+// the original locker wrote as JSON, so that its files load unchanged; the
+// other fields are this server's own.
 type lockEntry struct {
-	Key      string         `yaml:"key" json:"key"`
-	LockedBy map[string]int `yaml:"locked_by" json:"locked_by"`
+	Key        string                 `yaml:"key" json:"key"`
+	LockedBy   map[string]int         `yaml:"locked_by" json:"locked_by"`
+	Token      uint64                 `yaml:"token,omitempty" json:"-"`
+	AcquiredAt time.Time              `yaml:"acquired_at,omitempty" json:"-"`
+	Holders    map[string]holderEntry `yaml:"holders,omitempty" json:"-"`
+}
+
+// holderEntry is what the state file knows of a holder besides its count.
+type holderEntry struct {
+	Since     time.Time `yaml:"since,omitempty"`
+	ExpiresAt time.Time `yaml:"expires_at,omitempty"`
+	Note      string    `yaml:"note,omitempty"`
 }
 
 // errUncertain marks a save that failed after the new file replaced the old
 // one: the change may or may not survive a crash.
 var errUncertain = errors.New("the state file was replaced but not synced")
 
-// encodeState writes locks to w as a state file.
-func encodeState(w io.Writer, locks map[string]Lock) error {
-	st := stateFile{Version: stateVersion, Locks: make(map[string]lockEntry, len(locks))}
-	for name, l := range locks {
-		st.Locks[name] = lockEntry{Key: l.Key, LockedBy: l.LockedBy}
+// encodeState writes st to w as a state file.
+func encodeState(w io.Writer, st state) error {
+	f := stateFile{Version: stateVersion, LastToken: st.LastToken, Locks: make(map[string]lockEntry, len(st.Locks))}
+	for name, l := range st.Locks {
+		e := lockEntry{Key: l.Key, LockedBy: l.lockedBy(), Token: l.Token, AcquiredAt: l.AcquiredAt}
+		for r, h := range l.Holders {
+			he := holderEntry{Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
+			if he != (holderEntry{}) {
+				if e.Holders == nil {
+					e.Holders = make(map[string]holderEntry)
+				}
+				e.Holders[r] = he
+			}
+		}
+		f.Locks[name] = e
 	}
-	data, err := yaml.Marshal(st)
+	data, err := yaml.Marshal(f)
 	if err != nil {
 		return err
 	}
@@ -60,10 +83,11 @@ func encodeState(w io.Writer, locks map[string]Lock) error {
 // decodeState parses a state file: this server's YAML, or the original
 // locker's JSON. Released entries (no holder left) are dropped; anything
 // that does not describe a valid lock table is an error.
-func decodeState(data []byte) (map[string]Lock, error) {
+func decodeState(data []byte) (state, error) {
+	st := state{Locks: map[string]Lock{}}
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
-		return map[string]Lock{}, nil
+		return st, nil
 	}
 	var entries map[string]lockEntry
 	if trimmed[0] == '{' {
@@ -71,41 +95,44 @@ func decodeState(data []byte) (map[string]Lock, error) {
 		dec := json.NewDecoder(bytes.NewReader(trimmed))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&entries); err != nil {
-			return nil, fmt.Errorf("not valid JSON in the original locker's format: %w", err)
+			return state{}, fmt.Errorf("not valid JSON in the original locker's format: %w", err)
 		}
 		if dec.More() {
-			return nil, errors.New("not valid JSON in the original locker's format: data after the closing brace")
+			return state{}, errors.New("not valid JSON in the original locker's format: data after the closing brace")
 		}
 	} else {
-		var st stateFile
-		if err := yaml.UnmarshalStrict(data, &st); err != nil {
-			return nil, fmt.Errorf("not a valid Locker state file: %w", err)
+		var f stateFile
+		if err := yaml.UnmarshalStrict(data, &f); err != nil {
+			return state{}, fmt.Errorf("not a valid Locker state file: %w", err)
 		}
-		if st.Version != stateVersion {
-			return nil, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", st.Version, stateVersion)
+		if f.Version != stateVersion {
+			return state{}, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", f.Version, stateVersion)
 		}
-		entries = st.Locks
+		entries, st.LastToken = f.Locks, f.LastToken
 	}
 
-	locks := make(map[string]Lock, len(entries))
 	for _, name := range slices.Sorted(maps.Keys(entries)) {
 		if name == "" {
-			return nil, errors.New("a lock has an empty name")
+			return state{}, errors.New("a lock has an empty name")
 		}
 		l, err := entries[name].lock()
 		if err != nil {
-			return nil, fmt.Errorf("lock %q: %w", name, err)
+			return state{}, fmt.Errorf("lock %q: %w", name, err)
 		}
-		if !l.free() {
-			locks[name] = l
+		if l.free() {
+			continue
 		}
+		if l.Token > st.LastToken {
+			return state{}, fmt.Errorf("lock %q has token %d, above last_token %d: tokens would be handed out twice", name, l.Token, st.LastToken)
+		}
+		st.Locks[name] = l
 	}
-	return locks, nil
+	return st, nil
 }
 
 // lock checks e and returns it as a Lock, without requestors at zero.
 func (e lockEntry) lock() (Lock, error) {
-	l := Lock{Key: e.Key, LockedBy: make(map[string]int, len(e.LockedBy))}
+	l := Lock{Key: e.Key, Token: e.Token, AcquiredAt: e.AcquiredAt, Holders: make(map[string]Holder, len(e.LockedBy))}
 	for _, r := range slices.Sorted(maps.Keys(e.LockedBy)) {
 		n := e.LockedBy[r]
 		switch {
@@ -116,7 +143,13 @@ func (e lockEntry) lock() (Lock, error) {
 		case r == "":
 			return Lock{}, errors.New("a holder has an empty name")
 		}
-		l.LockedBy[r] = n
+		he := e.Holders[r]
+		l.Holders[r] = Holder{Count: n, Since: he.Since, ExpiresAt: he.ExpiresAt, Note: he.Note}
+	}
+	for _, r := range slices.Sorted(maps.Keys(e.Holders)) {
+		if _, ok := l.Holders[r]; !ok {
+			return Lock{}, fmt.Errorf("holders lists %q, which has no count in locked_by", r)
+		}
 	}
 	if l.free() {
 		return Lock{}, nil
@@ -145,32 +178,32 @@ func newFileStore(path string, d disk) *fileStore {
 // load reads the state file. A missing file is created empty; leftover
 // temporary files of an interrupted save are removed. A file that cannot
 // be parsed is an error and is left untouched.
-func (s *fileStore) load() (map[string]Lock, error) {
+func (s *fileStore) load() (state, error) {
 	if err := s.removeTemps(); err != nil {
-		return nil, err
+		return state{}, err
 	}
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		locks := map[string]Lock{}
-		if err := s.save(locks); err != nil {
-			return nil, fmt.Errorf("creating state file: %w", err)
+		st := state{Locks: map[string]Lock{}}
+		if err := s.save(st); err != nil {
+			return state{}, fmt.Errorf("creating state file: %w", err)
 		}
-		return locks, nil
+		return st, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading state file: %w", err)
+		return state{}, fmt.Errorf("reading state file: %w", err)
 	}
-	locks, err := decodeState(data)
+	st, err := decodeState(data)
 	if err != nil {
-		return nil, fmt.Errorf("state file %s: %w", s.path, err)
+		return state{}, fmt.Errorf("state file %s: %w", s.path, err)
 	}
-	return locks, nil
+	return st, nil
 }
 
-// save writes locks to the state file; when it returns nil they are on disk.
-func (s *fileStore) save(locks map[string]Lock) error {
+// save writes st to the state file; when it returns nil it is on disk.
+func (s *fileStore) save(st state) error {
 	var buf bytes.Buffer
-	if err := encodeState(&buf, locks); err != nil {
+	if err := encodeState(&buf, st); err != nil {
 		return fmt.Errorf("encoding state: %w", err)
 	}
 	err := writeFileAtomic(s.disk, s.path, buf.Bytes())

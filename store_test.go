@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // faultyDisk is the real file system, except that the operation named in
@@ -111,23 +112,29 @@ func dirEntries(tb testing.TB, dir string) []string {
 
 func TestStateRoundTrip(t *testing.T) {
 	locks := map[string]Lock{
-		"prod":             {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2, "node-a": 1}},
-		"a/b":              {Key: "k", LockedBy: map[string]int{"k": 1}},
-		"déploy vers prod": {Key: "clé", LockedBy: map[string]int{"qui: moi": 3}},
-		"line\nbreak\x00":  {Key: "- not a list", LockedBy: map[string]int{"{}": 1}},
-		"version":          {Key: "true", LockedBy: map[string]int{"null": 1, "123": 4}},
-		"locks":            {Key: "~", LockedBy: map[string]int{"#": 1}},
+		"prod":             lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1}),
+		"a/b":              lockOf("k", map[string]int{"k": 1}),
+		"déploy vers prod": lockOf("clé", map[string]int{"qui: moi": 3}),
+		"line\nbreak\x00":  lockOf("- not a list", map[string]int{"{}": 1}),
+		"version":          lockOf("true", map[string]int{"null": 1, "123": 4}),
+		"locks":            lockOf("~", map[string]int{"#": 1}),
 	}
+	at := time.Date(2026, 11, 25, 9, 30, 15, 123456789, time.UTC)
+	locks["leased"] = Lock{Key: "k", Token: 41, AcquiredAt: at, Holders: map[string]Holder{
+		"a": {Count: 2, Since: at, ExpiresAt: at.Add(time.Hour), Note: "https://ci.example.com/builds/42?x=1&y=2"},
+		"b": {Count: 1},
+	}}
+	st := state{LastToken: 42, Locks: locks}
 	var buf bytes.Buffer
-	if err := encodeState(&buf, locks); err != nil {
+	if err := encodeState(&buf, st); err != nil {
 		t.Fatal(err)
 	}
 	got, err := decodeState(buf.Bytes())
 	if err != nil {
 		t.Fatalf("decodeState(encodeState(locks)) = %v\nfile:\n%s", err, buf.String())
 	}
-	if !reflect.DeepEqual(got, locks) {
-		t.Errorf("round trip = %v; want %v", got, locks)
+	if !reflect.DeepEqual(got, st) {
+		t.Errorf("round trip = %+v; want %+v", got, st)
 	}
 }
 
@@ -145,19 +152,19 @@ func TestDecodeState(t *testing.T) {
 			name: "original JSON",
 			data: `{"prod":{"locked_by":{"prod-cf":2,"node-a":1},"key":"prod-cf"},"staging":{"locked_by":{"x":1},"key":"k"}}`,
 			want: map[string]Lock{
-				"prod":    {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2, "node-a": 1}},
-				"staging": {Key: "k", LockedBy: map[string]int{"x": 1}},
+				"prod":    lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1}),
+				"staging": lockOf("k", map[string]int{"x": 1}),
 			},
 		},
 		{
 			name: "original JSON drops released entries and zero counts",
 			data: `{"old":{"locked_by":{"x":0},"key":""},"prod":{"locked_by":{"a":0,"b":1},"key":"k"},"gone":{"locked_by":{},"key":"k"}}`,
-			want: map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"b": 1}}},
+			want: map[string]Lock{"prod": lockOf("k", map[string]int{"b": 1})},
 		},
 		{
 			name: "YAML",
 			data: "version: 1\nlocks:\n  prod:\n    key: prod-cf\n    locked_by:\n      prod-cf: 2\n",
-			want: map[string]Lock{"prod": {Key: "prod-cf", LockedBy: map[string]int{"prod-cf": 2}}},
+			want: map[string]Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2})},
 		},
 		{name: "YAML without locks", data: "version: 1\n", want: map[string]Lock{}},
 		{name: "wrong version", data: "version: 7\nlocks: {}\n", wantErr: `"version: 7" is not a format this locker reads`},
@@ -186,8 +193,8 @@ func TestDecodeState(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decodeState: %v", err)
 			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("decodeState = %v; want %v", got, tt.want)
+			if !reflect.DeepEqual(got.Locks, tt.want) {
+				t.Errorf("decodeState = %v; want %v", got.Locks, tt.want)
 			}
 		})
 	}
@@ -196,12 +203,12 @@ func TestDecodeState(t *testing.T) {
 func TestLoadMissingFileCreatesIt(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	s := newFileStore(path, osDisk{})
-	locks, err := s.load()
+	st, err := s.load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(locks) != 0 {
-		t.Errorf("load of a missing file = %v; want no locks", locks)
+	if len(st.Locks) != 0 || st.LastToken != 0 {
+		t.Errorf("load of a missing file = %+v; want no locks", st)
 	}
 	info, err := os.Stat(path)
 	if err != nil {
@@ -251,8 +258,8 @@ func TestSaveIsAtomicAndDurable(t *testing.T) {
 	dir := t.TempDir()
 	d := &faultyDisk{}
 	s := newFileStore(filepath.Join(dir, "locks.yml"), d)
-	locks := map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 1}}}
-	if err := s.save(locks); err != nil {
+	locks := map[string]Lock{"prod": lockOf("k", map[string]int{"a": 1})}
+	if err := s.save(state{Locks: locks}); err != nil {
 		t.Fatal(err)
 	}
 	// The data is synced before the rename makes it visible, and the
@@ -261,7 +268,7 @@ func TestSaveIsAtomicAndDurable(t *testing.T) {
 		t.Errorf("save did %v; want %v", d.ops, want)
 	}
 	got, err := decodeState(readFile(t, s.path))
-	if err != nil || !reflect.DeepEqual(got, locks) {
+	if err != nil || !reflect.DeepEqual(got.Locks, locks) {
 		t.Errorf("file holds %v, %v; want %v", got, err, locks)
 	}
 	if names := dirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
@@ -270,8 +277,8 @@ func TestSaveIsAtomicAndDurable(t *testing.T) {
 }
 
 func TestSaveFailureLeavesFileAsItWas(t *testing.T) {
-	old := map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 1}}}
-	next := map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 2}}}
+	old := state{Locks: map[string]Lock{"prod": lockOf("k", map[string]int{"a": 1})}}
+	next := state{Locks: map[string]Lock{"prod": lockOf("k", map[string]int{"a": 2})}}
 	for _, failAt := range []string{"create", "write", "sync", "close", "rename"} {
 		t.Run(failAt, func(t *testing.T) {
 			dir := t.TempDir()
@@ -306,7 +313,7 @@ func TestSaveFailureLeavesFileAsItWas(t *testing.T) {
 func TestSaveDirSyncFailureIsFatal(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	s := newFileStore(path, &faultyDisk{failAt: "syncdir"})
-	err := s.save(map[string]Lock{"prod": {Key: "k", LockedBy: map[string]int{"a": 1}}})
+	err := s.save(state{Locks: map[string]Lock{"prod": lockOf("k", map[string]int{"a": 1})}})
 	if !errors.Is(err, errUncertain) || !errors.Is(err, errInjected) {
 		t.Fatalf("save with the directory sync failing = %v; want errUncertain wrapping the fault", err)
 	}
@@ -318,4 +325,13 @@ func TestSaveDirSyncFailureIsFatal(t *testing.T) {
 	default:
 		t.Error("an uncertain save was not reported on the fatal channel")
 	}
+}
+
+// lockOf returns a lock held with key by requestors with the given counts.
+func lockOf(key string, counts map[string]int) Lock {
+	l := Lock{Key: key, Holders: map[string]Holder{}}
+	for r, n := range counts {
+		l.Holders[r] = Holder{Count: n}
+	}
+	return l
 }

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"container/heap"
+	"context"
+	"time"
+)
+
+// expireRetry is how long the expiry loop waits after failing to save an
+// expiry, so that a broken disk is not hammered.
+const expireRetry = time.Second
+
+// lease is one holder's expiry time. The heap may hold leases that were
+// renewed or released since; expire skips those.
+type lease struct {
+	at              time.Time
+	name, requestor string
+}
+
+// leaseHeap orders leases by expiry, earliest first.
+type leaseHeap []lease
+
+func (h leaseHeap) Len() int           { return len(h) }
+func (h leaseHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h leaseHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *leaseHeap) Push(x any)        { *h = append(*h, x.(lease)) }
+func (h *leaseHeap) Pop() any {
+	old := *h
+	l := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return l
+}
+
+// scheduleLeases adds the leases that next has and old did not (or had
+// with another expiry) to the heap. Callers hold t.mu.
+func (t *table) scheduleLeases(name string, old, next Lock) {
+	added := false
+	for r, h := range next.Holders {
+		if h.ExpiresAt.IsZero() || h.ExpiresAt.Equal(old.Holders[r].ExpiresAt) {
+			continue
+		}
+		heap.Push(&t.leases, lease{at: h.ExpiresAt, name: name, requestor: r})
+		added = true
+	}
+	if added {
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// nextExpiry returns when the earliest lease in the heap runs out.
+func (t *table) nextExpiry() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.leases) == 0 {
+		return time.Time{}, false
+	}
+	return t.leases[0].at, true
+}
+
+// expire releases every count of each holder whose lease ran out by now,
+// and grants the waiters that this lets in.
+func (t *table) expire(now time.Time) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	x := t.begin()
+	var due []lease
+	for len(t.leases) > 0 && !t.leases[0].at.After(now) {
+		e := heap.Pop(&t.leases).(lease)
+		l := t.locks[e.name].clone()
+		h, ok := l.Holders[e.requestor]
+		if !ok || !h.ExpiresAt.Equal(e.at) {
+			continue // released or renewed since
+		}
+		due = append(due, e)
+		delete(l.Holders, e.requestor)
+		x.set(e.name, l)
+	}
+	for _, e := range due {
+		x.grantWaiters(e.name)
+	}
+	if err := x.commit(); err != nil {
+		for _, e := range due {
+			heap.Push(&t.leases, e) // try again later
+		}
+		return err
+	}
+	for _, e := range due {
+		t.log.Info("lease expired; hold released", "lock", e.name, "requestor", e.requestor, "expired_at", e.at)
+	}
+	return nil
+}
+
+// expireLoop runs expire whenever the earliest lease runs out, until ctx
+// is done.
+func (t *table) expireLoop(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		wait := time.Hour
+		if at, ok := t.nextExpiry(); ok {
+			wait = max(at.Sub(t.now()), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.wake:
+		case <-timer.C:
+			if err := t.expire(t.now()); err != nil {
+				t.log.Error("releasing expired leases", "err", err)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(expireRetry):
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/mux"
+)
+
+// maxBodyBytes limits request bodies. A lock request is a few hundred bytes;
+// the limit only has to stop a client from filling memory.
+const maxBodyBytes = 64 << 10
+
+// maxFieldBytes limits lock names, keys, requestors and notes: each one is
+// kept in memory, in every listing and in the state file.
+const maxFieldBytes = 1024
+
+// bodyExample is shown in errors about request bodies.
+const bodyExample = `{"key": "prod-cf", "lock_by": "my-job"}`
+
+// requestorFields are the names a body may give the requestor: the original
+// README says lock_by, the original server read requestor and the original
+// resource sends locked_by.
+var requestorFields = []string{"lock_by", "locked_by", "requestor"}
+
+// bodyFields and queryParams list what each method on /lock/{name} accepts.
+// Anything else is refused, so that a misspelt field is not ignored.
+var (
+	bodyFields = map[string][]string{
+		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note")...),
+		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
+		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all")...),
+	}
+	queryParams = map[string][]string{
+		http.MethodPut:    {"wait"},
+		http.MethodDelete: {"force"},
+	}
+)
+
+// lockRequest is a request to change the lock in the path.
+type lockRequest struct {
+	acquireRequest      // Key and Requestor always; TTL, Wait and Note on PUT
+	All            bool // DELETE: release every count of Requestor
+	Force          bool // DELETE: release every holder; no key needed
+}
+
+// decodeLockRequest reads and checks the lock name, query and body of a
+// PUT, PATCH or DELETE on /lock/{name}.
+func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequest, error) {
+	var req lockRequest
+	name, err := lockName(r)
+	if err != nil {
+		return "", req, err
+	}
+	query := r.URL.Query()
+	for _, p := range slices.Sorted(maps.Keys(query)) {
+		if !slices.Contains(queryParams[r.Method], p) {
+			return "", req, fmt.Errorf("%w: unknown query parameter %q; %s /lock/<name> accepts %s", errBadRequest, p, r.Method, acceptedQuery(r.Method))
+		}
+		if len(query[p]) > 1 {
+			return "", req, fmt.Errorf("%w: query parameter %q is given %d times; give it once", errBadRequest, p, len(query[p]))
+		}
+	}
+	if v, ok := query["force"]; ok {
+		if req.Force, err = strconv.ParseBool(v[0]); err != nil {
+			return "", req, fmt.Errorf("%w: force must be true or false, e.g. DELETE /lock/<name>?force=true (got %q)", errBadRequest, v[0])
+		}
+	}
+	if v, ok := query["wait"]; ok {
+		if req.Wait, err = parseDuration("wait", v[0], true); err != nil {
+			return "", req, err
+		}
+	}
+
+	fields, err := decodeObject(w, r, req.Force)
+	if err != nil {
+		return "", req, err
+	}
+	for _, f := range slices.Sorted(maps.Keys(fields)) {
+		if !slices.Contains(bodyFields[r.Method], f) {
+			return "", req, fmt.Errorf("%w: unknown field %q in the body; %s /lock/<name> accepts %s",
+				errBadRequest, f, r.Method, joinList(quoted(bodyFields[r.Method]), "and"))
+		}
+	}
+	if err := stringField(fields, "key", &req.Key); err != nil {
+		return "", req, err
+	}
+	if req.Key == "" && !req.Force {
+		return "", req, fmt.Errorf("%w: the body needs a non-empty \"key\" string, e.g. %s", errBadRequest, bodyExample)
+	}
+	from := ""
+	for _, f := range requestorFields {
+		var v string
+		if err := stringField(fields, f, &v); err != nil {
+			return "", req, err
+		}
+		if v == "" {
+			continue // absent, null or empty: the original treated all three as "use the key"
+		}
+		if req.Requestor != "" && v != req.Requestor {
+			return "", req, fmt.Errorf("%w: %q is %q but %q is %q; they name the same thing, send one of them",
+				errBadRequest, from, req.Requestor, f, v)
+		}
+		req.Requestor, from = v, f
+	}
+	if req.Requestor == "" {
+		req.Requestor = req.Key
+	}
+	if raw, ok := fields["all"]; ok {
+		if err := json.Unmarshal(raw, &req.All); err != nil {
+			return "", req, fmt.Errorf("%w: \"all\" must be true or false, e.g. {\"key\": \"prod-cf\", \"all\": true}", errBadRequest)
+		}
+	}
+	if err := stringField(fields, "note", &req.Note); err != nil {
+		return "", req, err
+	}
+	if req.TTL, err = durationField(fields, "ttl", false); err != nil {
+		return "", req, err
+	}
+	if _, ok := fields["wait"]; ok {
+		wait, err := durationField(fields, "wait", true)
+		if err != nil {
+			return "", req, err
+		}
+		if _, inQuery := query["wait"]; inQuery && wait != req.Wait {
+			return "", req, fmt.Errorf("%w: wait is %v in the query but %v in the body; give it once", errBadRequest, req.Wait, wait)
+		}
+		req.Wait = wait
+	}
+	for _, f := range []struct{ name, value string }{{"key", req.Key}, {"lock_by", req.Requestor}, {"note", req.Note}} {
+		if len(f.value) > maxFieldBytes {
+			return "", req, fmt.Errorf("%w: %q is %d bytes long; the limit is %d", errBadRequest, f.name, len(f.value), maxFieldBytes)
+		}
+	}
+	return name, req, nil
+}
+
+// acceptedQuery says which query parameters method takes on /lock/<name>.
+func acceptedQuery(method string) string {
+	switch method {
+	case http.MethodPut:
+		return "?wait=<duration>, e.g. ?wait=5m"
+	case http.MethodDelete:
+		return "?force=true"
+	}
+	return "no query parameters"
+}
+
+// lockName returns the lock name in r's path, unescaped.
+func lockName(r *http.Request) (string, error) {
+	name, err := url.PathUnescape(mux.Vars(r)["name"])
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%w: the lock name is not valid URL encoding (%v); write \"/\" as %%2F and \"%%\" as %%25", errBadRequest, err)
+	case !utf8.ValidString(name):
+		return "", fmt.Errorf("%w: the lock name is not valid UTF-8", errBadRequest)
+	case len(name) > maxFieldBytes:
+		return "", fmt.Errorf("%w: the lock name is %d bytes long; the limit is %d", errBadRequest, len(name), maxFieldBytes)
+	}
+	return name, nil
+}
+
+// decodeObject reads r's body as exactly one JSON object. An empty body is
+// an error unless optional is set.
+func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	var fields map[string]json.RawMessage
+	err := dec.Decode(&fields)
+	trailing := false
+	if err == nil {
+		// Only white space may follow the object.
+		if _, err = dec.Token(); err == io.EOF {
+			err = nil
+		} else {
+			trailing = true
+		}
+	}
+	var tooLarge *http.MaxBytesError
+	var wrongType *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
+			errBodyTooLarge, maxBodyBytes, bodyExample)
+	case trailing:
+		return nil, fmt.Errorf("%w: there is data after the JSON object; send exactly one object, e.g. %s", errBadRequest, bodyExample)
+	case errors.Is(err, io.EOF) && optional:
+		return map[string]json.RawMessage{}, nil
+	case errors.Is(err, io.EOF):
+		return nil, fmt.Errorf("%w: the request has no body; send a JSON object such as %s", errBadRequest, bodyExample)
+	case errors.As(err, &wrongType), err == nil && fields == nil:
+		return nil, fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample)
+	case err != nil:
+		return nil, fmt.Errorf("%w: the body is not valid JSON (%v); send an object such as %s", errBadRequest, err, bodyExample)
+	}
+	return fields, nil
+}
+
+// stringField sets *dst to the string in fields[name]. An absent or null
+// field leaves *dst alone.
+func stringField(fields map[string]json.RawMessage, name string, dst *string) error {
+	raw, ok := fields[name]
+	if !ok {
+		return nil
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		return fmt.Errorf("%w: %q must be a string, e.g. %s", errBadRequest, name, bodyExample)
+	}
+	return nil
+}
+
+// durationField returns the duration in fields[name], 0 when absent or null.
+func durationField(fields map[string]json.RawMessage, name string, zeroOK bool) (time.Duration, error) {
+	var s string
+	if err := stringField(fields, name, &s); err != nil {
+		return 0, fmt.Errorf("%w: %q must be a duration string such as \"30s\", \"5m\" or \"1h\"", errBadRequest, name)
+	}
+	if s == "" {
+		return 0, nil
+	}
+	return parseDuration(name, s, zeroOK)
+}
+
+// parseDuration parses s as a Go duration that must be positive (or zero,
+// when zeroOK).
+func parseDuration(name, s string, zeroOK bool) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err == nil && (d > 0 || (d == 0 && zeroOK)) {
+		return d, nil
+	}
+	return 0, fmt.Errorf("%w: %s must be a positive duration such as \"30s\", \"5m\" or \"1h\"; got %q", errBadRequest, name, s)
+}
+
+// joinList formats items as "a, b and c" (conj "and") or "a, b or c".
+func joinList(items []string, conj string) string {
+	if len(items) < 2 {
+		return strings.Join(items, "")
+	}
+	return strings.Join(items[:len(items)-1], ", ") + " " + conj + " " + items[len(items)-1]
+}
+
+// quoted returns each of names in double quotes.
+func quoted(names []string) []string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return q
+}
