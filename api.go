@@ -298,7 +298,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 	}
 	msg := err.Error()
-	if status >= 500 {
+	if status == http.StatusInternalServerError {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.EscapedPath(), "err", err)
 		switch {
 		case errors.Is(err, errUncertain):

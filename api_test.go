@@ -267,6 +267,55 @@ func TestAPI(t *testing.T) {
 			name: "body over the limit", req: request{"PUT", "/lock/l", `{"key": "` + strings.Repeat("x", maxBodyBytes) + `"}`}, wantStatus: 413,
 			wantError: "over 65536 bytes", wantLocks: map[string]shown{},
 		},
+		{name: "wait not a duration", req: request{"PUT", "/lock/l?wait=abc", `{"key": "k"}`}, wantStatus: 400, wantError: `wait must be a positive duration such as "30s"`, wantLocks: map[string]shown{}},
+		{name: "wait negative", req: request{"PUT", "/lock/l?wait=-5s", `{"key": "k"}`}, wantStatus: 400, wantError: `got "-5s"`, wantLocks: map[string]shown{}},
+		{name: "wait without unit", req: request{"PUT", "/lock/l?wait=10", `{"key": "k"}`}, wantStatus: 400, wantError: `got "10"`, wantLocks: map[string]shown{}},
+		{name: "wait in the body, bad", req: request{"PUT", "/lock/l", `{"key": "k", "wait": "soon"}`}, wantStatus: 400, wantError: `got "soon"`, wantLocks: map[string]shown{}},
+		{name: "wait as a number", req: request{"PUT", "/lock/l", `{"key": "k", "wait": 30}`}, wantStatus: 400, wantError: `"wait" must be a duration string`, wantLocks: map[string]shown{}},
+		{name: "wait twice", req: request{"PUT", "/lock/l?wait=1s&wait=2s", `{"key": "k"}`}, wantStatus: 400, wantError: "given 2 times", wantLocks: map[string]shown{}},
+		{name: "wait in query and body disagree", req: request{"PUT", "/lock/l?wait=1s", `{"key": "k", "wait": "2s"}`}, wantStatus: 400, wantError: "give it once", wantLocks: map[string]shown{}},
+		{name: "wait zero answers at once", setup: []request{putA}, req: request{"PUT", "/lock/l?wait=0", `{"key": "other"}`}, wantStatus: 423, wantError: "send ?wait=5m", wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
+		{name: "misspelt query parameter", req: request{"PUT", "/lock/l?wiat=5m", `{"key": "k"}`}, wantStatus: 400, wantError: `unknown query parameter "wiat"; PUT /lock/<name> accepts ?wait=<duration>`, wantLocks: map[string]shown{}},
+		{name: "ttl not a duration", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "abc"}`}, wantStatus: 400, wantError: `ttl must be a positive duration`, wantLocks: map[string]shown{}},
+		{name: "ttl negative", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "-5s"}`}, wantStatus: 400, wantError: `got "-5s"`, wantLocks: map[string]shown{}},
+		{name: "ttl zero", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "0s"}`}, wantStatus: 400, wantError: `got "0s"`, wantLocks: map[string]shown{}},
+		{name: "ttl without unit", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "10"}`}, wantStatus: 400, wantError: `got "10"`, wantLocks: map[string]shown{}},
+		{name: "note too long", req: request{"PUT", "/lock/l", `{"key": "k", "note": "` + strings.Repeat("n", maxFieldBytes+1) + `"}`}, wantStatus: 400, wantError: `"note" is 1025 bytes long`, wantLocks: map[string]shown{}},
+		{name: "note not a string", req: request{"PUT", "/lock/l", `{"key": "k", "note": ["x"]}`}, wantStatus: 400, wantError: `"note" must be a string`, wantLocks: map[string]shown{}},
+		{
+			name: "force not a boolean", setup: []request{putA}, req: request{"DELETE", "/lock/l?force=maybe", ""}, wantStatus: 400,
+			wantError: `force must be true or false, e.g. DELETE /lock/<name>?force=true (got "maybe")`, wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "force needs no key", setup: []request{putA, {"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`}},
+			req: request{"DELETE", "/lock/l?force=true", ""}, wantStatus: 200, wantLocks: map[string]shown{},
+		},
+		{
+			name: "force=false still needs a key", setup: []request{putA},
+			req: request{"DELETE", "/lock/l?force=false", ""}, wantStatus: 400, wantError: "no body", wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
+		},
+		{name: "force is for DELETE", req: request{"PUT", "/lock/l?force=true", `{"key": "k"}`}, wantStatus: 400, wantError: `unknown query parameter "force"`, wantLocks: map[string]shown{}},
+		{
+			name: "PATCH renews a lease", setup: []request{putA},
+			req: request{"PATCH", "/lock/l", `{"key": "k", "lock_by": "a", "ttl": "10m"}`}, wantStatus: 200,
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "PATCH needs a ttl", setup: []request{putA},
+			req: request{"PATCH", "/lock/l", `{"key": "k", "lock_by": "a"}`}, wantStatus: 400, wantError: `"ttl": "10m"`,
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "PATCH by a non-holder", setup: []request{putA},
+			req: request{"PATCH", "/lock/l", `{"key": "k", "lock_by": "b", "ttl": "10m"}`}, wantStatus: 423, wantError: "no lease to renew",
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
+		},
+		{
+			name: "PATCH with the wrong key", setup: []request{putA},
+			req: request{"PATCH", "/lock/l", `{"key": "other", "lock_by": "a", "ttl": "10m"}`}, wantStatus: 423, wantError: "no lease to renew",
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})},
+		},
+		{name: "PATCH takes no note", req: request{"PATCH", "/lock/l", `{"key": "k", "ttl": "1m", "note": "x"}`}, wantStatus: 400, wantError: `unknown field "note"`, wantLocks: map[string]shown{}},
 		{name: "unknown route", req: request{"GET", "/lockz", ""}, wantStatus: 404, wantError: "GET /locks", wantLocks: map[string]shown{}},
 		{name: "lock without a name", req: request{"PUT", "/lock/", `{"key": "k"}`}, wantStatus: 404, wantError: "no such endpoint", wantLocks: map[string]shown{}},
 		{name: "POST on a lock", req: request{"POST", "/lock/l", `{"key": "k"}`}, wantStatus: 405, wantError: "GET, PUT, PATCH or DELETE", wantLocks: map[string]shown{}},
@@ -479,4 +528,51 @@ func httpDo(tb testing.TB, base, method, path, body string) int {
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode
+}
+
+func TestLockDetailsShown(t *testing.T) {
+	ts := newTestServer(t, nil, "", "")
+	before := time.Now().UTC()
+	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a", "ttl": "10m", "note": "https://ci/builds/1?a=1&b=2"}`})
+	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`})
+	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`})
+
+	for _, target := range []string{"/lock/l", "/locks"} {
+		rec := ts.send(t, request{"GET", target, ""})
+		var v lockView
+		body := rec.Body.Bytes()
+		if target == "/locks" {
+			var all map[string]json.RawMessage
+			if err := json.Unmarshal(body, &all); err != nil {
+				t.Fatal(err)
+			}
+			body = all["l"]
+		}
+		if err := json.Unmarshal(body, &v); err != nil {
+			t.Fatalf("GET %s = %s: %v", target, rec.Body, err)
+		}
+		a, b := v.Holders["a"], v.Holders["b"]
+		switch {
+		case v.Token < 1:
+			t.Errorf("GET %s: token = %d; want one handed out", target, v.Token)
+		case v.AcquiredAt.Before(before) || v.AcquiredAt.After(time.Now()):
+			t.Errorf("GET %s: acquired_at = %v; want the time of the first PUT", target, v.AcquiredAt)
+		case a.Count != 2 || a.Since != v.AcquiredAt || a.Note != "https://ci/builds/1?a=1&b=2":
+			t.Errorf("GET %s: holder a = %+v; want count 2, since acquired_at, the note", target, a)
+		case a.ExpiresAt.Sub(a.Since) < 10*time.Minute || a.ExpiresAt.Sub(a.Since) > 11*time.Minute:
+			t.Errorf("GET %s: holder a expires at %v; want about 10m after %v", target, a.ExpiresAt, a.Since)
+		case b.Count != 1 || !b.ExpiresAt.IsZero() || b.Note != "":
+			t.Errorf("GET %s: holder b = %+v; want count 1, no lease, no note", target, b)
+		case v.Waiting == nil || len(v.Waiting) != 0:
+			t.Errorf("GET %s: waiting = %#v; want []", target, v.Waiting)
+		}
+		if !strings.Contains(string(body), `"note":"https://ci/builds/1?a=1&b=2"`) {
+			t.Errorf("GET %s: the note is escaped or missing: %s", target, body)
+		}
+	}
+
+	rec := ts.send(t, request{"GET", "/lock/free", ""})
+	if want := `{"name":"free","key":"","locked_by":{},"token":0,"holders":{},"waiting":[]}` + "\n"; rec.Body.String() != want {
+		t.Errorf("GET a free lock = %s; want %s", rec.Body, want)
+	}
 }

@@ -394,15 +394,20 @@ func (x *tx) set(name string, l Lock) {
 	x.t.put(name, l)
 }
 
-// grant adds one count of req.Requestor to the lock called name. A free
-// lock gets the next fencing token.
+// grant adds one count of req.Requestor to the lock called name.
 func (x *tx) grant(name string, req acquireRequest) {
-	t := x.t
-	now := t.now()
-	l := t.locks[name].clone()
+	l := x.t.locks[name].clone()
+	x.grantTo(&l, req)
+	x.set(name, l)
+}
+
+// grantTo adds one count of req.Requestor to l. A free lock gets the next
+// fencing token.
+func (x *tx) grantTo(l *Lock, req acquireRequest) {
+	now := x.t.now()
 	if l.free() {
-		t.lastToken++
-		l = Lock{Key: req.Key, Token: t.lastToken, AcquiredAt: now, Holders: map[string]Holder{}}
+		x.t.lastToken++
+		*l = Lock{Key: req.Key, Token: x.t.lastToken, AcquiredAt: now, Holders: map[string]Holder{}}
 	}
 	h, ok := l.Holders[req.Requestor]
 	if !ok {
@@ -416,7 +421,6 @@ func (x *tx) grant(name string, req acquireRequest) {
 		h.ExpiresAt = now.Add(req.TTL)
 	}
 	l.Holders[req.Requestor] = h
-	x.set(name, l)
 }
 
 // grantWaiters grants the head of the lock's queue, and the waiters right
@@ -424,18 +428,20 @@ func (x *tx) grant(name string, req acquireRequest) {
 func (x *tx) grantWaiters(name string) {
 	t := x.t
 	queue := t.queues[name]
+	l := t.locks[name].clone()
 	n := 0
 	for ; n < len(queue); n++ {
-		l, w := t.locks[name], queue[n]
+		w := queue[n]
 		if !l.free() && l.Key != w.req.Key {
 			break
 		}
-		x.grant(name, w.req)
+		x.grantTo(&l, w.req)
 		x.granted = append(x.granted, w)
 	}
 	if n == 0 {
 		return
 	}
+	x.set(name, l)
 	if _, ok := x.oldQueues[name]; !ok {
 		x.oldQueues[name] = queue
 	}
@@ -462,9 +468,16 @@ func (x *tx) commit() error {
 	for name, old := range x.oldLocks {
 		t.scheduleLeases(name, old, t.locks[name])
 	}
+	// Waiters granted together share one snapshot; none of them changes it.
+	snaps := make(map[string]Snapshot)
 	for _, w := range x.granted {
+		snap, ok := snaps[w.name]
+		if !ok {
+			snap = t.snapshot(w.name)
+			snaps[w.name] = snap
+		}
 		w.granted = true
-		w.snap = t.snapshot(w.name)
+		w.snap = snap
 		close(w.done)
 	}
 	return nil

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// End-to-end tests of waiting, over real HTTP against a real state file.
+
+// putResult is what a client sending PUT got back.
+type putResult struct {
+	status int
+	body   []byte
+	at     time.Time // when the answer arrived
+}
+
+// putAsync sends a PUT in the background, with ctx, and returns its result
+// on the channel.
+func putAsync(ctx context.Context, url, path, body string) <-chan putResult {
+	out := make(chan putResult, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "PUT", url+path, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			out <- putResult{status: 0, body: []byte(err.Error()), at: time.Now()}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		out <- putResult{status: resp.StatusCode, body: body, at: time.Now()}
+	}()
+	return out
+}
+
+// waiting returns how many requests wait for the lock called name.
+func (ls *liveServer) waiting(tb testing.TB, name string) int {
+	tb.Helper()
+	status, body := ls.call(tb, "GET", "/lock/"+name, "")
+	var v lockView
+	if err := json.Unmarshal(body, &v); status != http.StatusOK || err != nil {
+		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
+	}
+	return len(v.Waiting)
+}
+
+func result(tb testing.TB, ch <-chan putResult) putResult {
+	tb.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(20 * time.Second):
+		tb.Fatal("no answer to the waiting PUT")
+		return putResult{}
+	}
+}
+
+func TestWaitIsHandedTheLockOnRelease(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "A", "lock_by": "first"}`)
+	if status != http.StatusOK {
+		t.Fatalf("PUT = %d %s", status, body)
+	}
+	var first lockReply
+	_ = json.Unmarshal(body, &first)
+
+	second := putAsync(context.Background(), ls.url, "/lock/prod?wait=10s", `{"key": "B", "lock_by": "second"}`)
+	waitFor(t, "the second PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
+
+	// A PUT with the holder's key does not jump the queue.
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "A", "lock_by": "third"}`); status != http.StatusLocked || !strings.Contains(string(body), "jump the queue") {
+		t.Errorf("PUT past a waiter = %d %s; want 423 about the queue", status, body)
+	}
+
+	released := time.Now()
+	if status, body := ls.call(t, "DELETE", "/lock/prod", `{"key": "A", "lock_by": "first"}`); status != http.StatusOK {
+		t.Fatalf("DELETE = %d %s", status, body)
+	}
+	r := result(t, second)
+	if r.status != http.StatusOK {
+		t.Fatalf("waiting PUT = %d %s; want 200", r.status, r.body)
+	}
+	var got lockReply
+	if err := json.Unmarshal(r.body, &got); err != nil || got.Key != "B" || got.LockedBy["second"] != 1 || got.Token <= first.Token {
+		t.Errorf("waiting PUT got %s; want key B, held by second, a token above %d", r.body, first.Token)
+	}
+	t.Logf("handoff: %v from sending DELETE to the waiter's 200", r.at.Sub(released))
+}
+
+func TestWaitTimesOutWith423(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	ls.call(t, "PUT", "/lock/prod", `{"key": "A", "lock_by": "first"}`)
+	status, body := ls.call(t, "PUT", "/lock/prod?wait=200ms", `{"key": "B"}`)
+	if status != http.StatusLocked || !strings.Contains(string(body), "timed out after 200ms") || !strings.Contains(string(body), `by first (1)`) {
+		t.Errorf("PUT that waits in vain = %d %s; want 423 saying it timed out and who holds the lock", status, body)
+	}
+	if n := ls.waiting(t, "prod"); n != 0 {
+		t.Errorf("%d requests still waiting after the timeout", n)
+	}
+}
+
+func TestMaxWaitCapsWaits(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "LOCKER_MAX_WAIT": "300ms"})
+	ls.call(t, "PUT", "/lock/prod", `{"key": "A"}`)
+	status, body := ls.call(t, "PUT", "/lock/prod?wait=1h", `{"key": "B"}`)
+	if status != http.StatusLocked || !strings.Contains(string(body), "timed out after 300ms") {
+		t.Errorf("PUT ?wait=1h with LOCKER_MAX_WAIT=300ms = %d %s; want 423 after 300ms", status, body)
+	}
+}
+
+func TestClientThatLeavesIsNeverGranted(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	ls.call(t, "PUT", "/lock/prod", `{"key": "A"}`)
+	goroutines := runtime.NumGoroutine()
+
+	const leavers = 20
+	ctx, cancel := context.WithCancel(context.Background())
+	var results []<-chan putResult
+	for i := range leavers {
+		results = append(results, putAsync(ctx, ls.url, "/lock/prod?wait=1m", `{"key": "B", "lock_by": "b`+string(rune('a'+i))+`"}`))
+	}
+	waitFor(t, "every PUT to queue", func() bool { return ls.waiting(t, "prod") == leavers })
+	cancel()
+	for _, ch := range results {
+		if r := result(t, ch); r.status != 0 {
+			t.Errorf("a cancelled PUT got an answer: %d %s", r.status, r.body)
+		}
+	}
+	waitFor(t, "the queue to empty", func() bool { return ls.waiting(t, "prod") == 0 })
+
+	ls.call(t, "DELETE", "/lock/prod", `{"key": "A"}`)
+	if got := ls.listLocks(t); len(got) != 0 {
+		t.Errorf("after the holder left, GET /locks = %v; a client that went away was granted the lock", got)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	ls.client.CloseIdleConnections()
+	waitFor(t, "the waiters' goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	if !strings.Contains(ls.log.String(), "status=499") {
+		t.Errorf("the log does not show the abandoned requests:\n%s", ls.log)
+	}
+}
+
+func TestShutdownAnswersWaiters(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	ls.call(t, "PUT", "/lock/prod", `{"key": "A"}`)
+	waiter := putAsync(context.Background(), ls.url, "/lock/prod?wait=1m", `{"key": "B"}`)
+	waitFor(t, "the PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
+
+	start := time.Now()
+	if err := ls.shutdown(); err != nil {
+		t.Fatalf("run after shutdown with a waiter = %v; want nil", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("shutdown with a waiter took %v", d)
+	}
+	r := result(t, waiter)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "shutting down") {
+		t.Errorf("waiter during shutdown got %d %s; want 503 saying the server is shutting down", r.status, r.body)
+	}
+}
+
+// TestWaitOutlivesServerTimeouts runs the server with read and write
+// timeouts far shorter than a wait: the waiter must still be answered.
+func TestWaitOutlivesServerTimeouts(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	short := timeouts{readHeader: time.Second, read: 200 * time.Millisecond, write: 200 * time.Millisecond, idle: time.Second}
+	s := &server{locks: tab, log: discardLog, maxWait: time.Minute, writeTimeout: short.write}
+	httpSrv := newHTTPServer(s.routes(), discardLog, short, context.Background())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = httpSrv.Serve(ln) }()
+	defer httpSrv.Close()
+	url := "http://" + ln.Addr().String()
+
+	if status := httpDo(t, url, "PUT", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
+		t.Fatalf("PUT = %d", status)
+	}
+	waiter := putAsync(context.Background(), url, "/lock/l?wait=5s", `{"key": "B"}`)
+	waitFor(t, "the PUT to queue", func() bool { return len(tab.Get("l").Waiting) == 1 })
+	time.Sleep(3 * short.read) // outlive both timeouts while queued
+	if status := httpDo(t, url, "DELETE", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
+		t.Fatalf("DELETE = %d", status)
+	}
+	if r := result(t, waiter); r.status != http.StatusOK {
+		t.Errorf("PUT that waited past the server's timeouts = %d %s; want 200", r.status, r.body)
+	}
+}
+
+func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
+	ls := startRun(t, map[string]string{
+		"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"),
+		"AUTH_USER":     "ci", "AUTH_PASS": "s3cret",
+	})
+	if status, body := ls.call(t, "PUT", "/lock/leased", `{"key": "k", "lock_by": "build-7", "ttl": "100ms"}`, "ci", "s3cret"); status != http.StatusOK {
+		t.Fatalf("PUT = %d %s", status, body)
+	}
+	waitFor(t, "the lease to run out", func() bool { return len(ls.listLocks(t, "ci", "s3cret")) == 0 })
+	if !strings.Contains(ls.log.String(), `msg="lease expired; hold released" lock=leased requestor=build-7`) {
+		t.Errorf("the log does not say which lease expired:\n%s", ls.log)
+	}
+
+	ls.call(t, "PUT", "/lock/stuck", `{"key": "k", "lock_by": "aborted-build"}`, "ci", "s3cret")
+	status, body := ls.call(t, "DELETE", "/lock/stuck?force=true", "", "ci", "s3cret")
+	if status != http.StatusOK || !strings.Contains(string(body), "force-released") {
+		t.Fatalf("DELETE ?force=true = %d %s", status, body)
+	}
+	if !strings.Contains(ls.log.String(), `msg="lock force-released" lock=stuck user=ci remote=127.0.0.1:`) ||
+		!strings.Contains(ls.log.String(), `holders="aborted-build (1)"`) {
+		t.Errorf("the log does not say who force-released what:\n%s", ls.log)
+	}
+}
+
+func TestDefaultTTL(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "LOCKER_DEFAULT_TTL": "150ms"})
+	ls.call(t, "PUT", "/lock/l", `{"key": "k"}`)
+	waitFor(t, "the default lease to run out", func() bool { return len(ls.listLocks(t)) == 0 })
+}
+
+// TestManyWaiters holds hundreds of waiters on one lock at once, then lets
+// them through: same-key waiters are granted together.
+func TestManyWaiters(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	ls.call(t, "PUT", "/lock/busy", `{"key": "A"}`)
+	n := 300
+	if testing.Short() {
+		n = 100
+	}
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: n}}
+	var wg sync.WaitGroup
+	statuses := make(chan int, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("PUT", ls.url+"/lock/busy?wait=1m", strings.NewReader(fmt.Sprintf(`{"key": "B", "lock_by": "w%d"}`, i)))
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			statuses <- resp.StatusCode
+		}()
+	}
+	waitFor(t, "every waiter to queue", func() bool { return ls.waiting(t, "busy") == n })
+	ls.call(t, "DELETE", "/lock/busy", `{"key": "A"}`)
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != http.StatusOK {
+			t.Fatalf("a waiter got %d; want 200", s)
+		}
+	}
+	var v lockView
+	_, body := ls.call(t, "GET", "/lock/busy", "")
+	if err := json.Unmarshal(body, &v); err != nil || len(v.Holders) != n || len(v.Waiting) != 0 {
+		t.Errorf("after the release: %d holders, %d waiting; want %d, 0", len(v.Holders), len(v.Waiting), n)
+	}
+}
