@@ -532,7 +532,7 @@ func httpDo(tb testing.TB, base, method, path, body string) int {
 
 func TestLockDetailsShown(t *testing.T) {
 	ts := newTestServer(t, nil, "", "")
-	before := time.Now().UTC()
+	before := time.Now().UTC().Truncate(time.Millisecond) // the server's precision
 	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a", "ttl": "10m", "note": "https://ci/builds/1?a=1&b=2"}`})
 	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`})
 	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`})

@@ -124,8 +124,9 @@ type table struct {
 
 func newTable(store saver, st state, now func() time.Time, log *slog.Logger) *table {
 	t := &table{
-		store:     store,
-		now:       func() time.Time { return now().UTC().Round(0) },
+		store: store,
+		// Milliseconds are precise enough for leases and easier to read.
+		now:       func() time.Time { return now().UTC().Truncate(time.Millisecond) },
 		log:       log,
 		wake:      make(chan struct{}, 1),
 		locks:     st.Locks,
@@ -251,11 +252,20 @@ func describe(name string, s Snapshot, key string) string {
 	if !s.free() && s.Key != key {
 		msg := fmt.Sprintf("%q is held with key %q by %s", name, s.Key, s.holdersString())
 		if n := len(s.Waiting); n > 0 {
-			msg += fmt.Sprintf(", and %d request(s) are waiting for it", n)
+			msg += fmt.Sprintf(", and %s waiting for it", plural(n, "request is", "requests are"))
 		}
 		return msg
 	}
-	return fmt.Sprintf("%q has %d request(s) with another key queued, and a new request does not jump the queue", name, len(s.Waiting))
+	return fmt.Sprintf("%q has %s with another key waiting first, and a new request does not jump the queue",
+		name, plural(len(s.Waiting), "request", "requests"))
+}
+
+// plural returns "1 request", "2 requests" and so on.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // leave takes w out of its queue because its wait ended. If w was granted
