@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # STATE is the state file `make run` uses unless LOCKER_CONFIG is set.
 STATE ?= locker-state.yml
 
-.PHONY: build run test lint clean
+.PHONY: build run test lint resource clean
 
 # build: compile the server to ./locker.
 build:
@@ -24,6 +24,10 @@ lint:
 	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt -w needed on: $$unformatted"; exit 1; fi
 	go vet ./...
 
-# clean: remove the built binary and the default state file.
+# resource: build the Concourse resource's check, in and out into bin/resource.
+resource:
+	for cmd in check in out; do CGO_ENABLED=0 go build -trimpath -o bin/resource/$$cmd ./resource/cmd/$$cmd || exit 1; done
+
+# clean: remove what build, run and resource made.
 clean:
-	rm -f locker $(STATE)
+	rm -rf locker bin $(STATE)

@@ -1,0 +1,23 @@
+package resource
+
+import (
+	"context"
+	"io"
+)
+
+// Check returns the lock's current version. Concourse adds it to the
+// resource's history when it differs from the last one it saw.
+func Check(ctx context.Context, req CheckRequest, stderr io.Writer) ([]Version, error) {
+	if err := req.Source.Validate(); err != nil {
+		return nil, err
+	}
+	name, err := lockName(ctx, req.Source)
+	if err != nil {
+		return nil, err
+	}
+	l, _, err := newClient(req.Source).getLock(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return []Version{l.version()}, nil
+}

@@ -1,0 +1,563 @@
+package resource
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// End-to-end tests: the real locker server, built from this repository and
+// run as its own process, and the resource's commands, both in-process and
+// as the built binaries Concourse would run.
+
+// bin holds the binaries TestMain builds: locker, check, in, out.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "locker-resource-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = dir
+	code := build(dir)
+	if code == 0 {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func build(dir string) int {
+	for name, pkg := range map[string]string{
+		"locker": "github.com/locker-ci/locker",
+		"check":  "github.com/locker-ci/locker/resource/cmd/check",
+		"in":     "github.com/locker-ci/locker/resource/cmd/in",
+		"out":    "github.com/locker-ci/locker/resource/cmd/out",
+	} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", name, err, out)
+			return 1
+		}
+	}
+	return 0
+}
+
+// lockerServer is the locker binary running on a loopback port.
+type lockerServer struct {
+	url string
+	log *lineLog
+}
+
+// lineLog collects a process's stderr.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, s)
+}
+
+func (l *lineLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+var listening = regexp.MustCompile(`msg="locker listening" addr=\S+:(\d+)`)
+
+// startLocker runs the locker binary with env added to a fresh state file
+// and waits until it listens. It is stopped when the test ends.
+func startLocker(tb testing.TB, env ...string) *lockerServer {
+	tb.Helper()
+	cmd := exec.Command(filepath.Join(bin, "locker"))
+	cmd.Env = append([]string{"PORT=0", "LOCKER_CONFIG=" + filepath.Join(tb.TempDir(), "locks.yml")}, env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	ls := &lockerServer{log: &lineLog{}}
+	port := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			ls.log.add(sc.Text())
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				port <- m[1]
+			}
+		}
+	}()
+	scheme := "http"
+	for _, e := range env {
+		if strings.HasPrefix(e, "SSL_CERT=") {
+			scheme = "https"
+		}
+	}
+	select {
+	case p := <-port:
+		ls.url = scheme + "://127.0.0.1:" + p
+	case <-time.After(10 * time.Second):
+		tb.Fatalf("locker did not start:\n%s", ls.log)
+	}
+	return ls
+}
+
+// result is what one run of a command printed and returned.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runBinary runs the built command name with the request on stdin.
+func runBinary(tb testing.TB, name string, req any, args ...string) result {
+	tb.Helper()
+	cmd := startBinary(tb, name, req, args...)
+	return cmd.wait(tb)
+}
+
+type runningCmd struct {
+	cmd            *exec.Cmd
+	stdout, stderr bytes.Buffer
+	done           chan struct{}
+}
+
+// startBinary starts the built command name in the background.
+func startBinary(tb testing.TB, name string, req any, args ...string) *runningCmd {
+	tb.Helper()
+	stdin, err := json.Marshal(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if s, ok := req.(string); ok {
+		stdin = []byte(s) // a raw payload, possibly broken on purpose
+	}
+	rc := &runningCmd{cmd: exec.Command(filepath.Join(bin, name), args...), done: make(chan struct{})}
+	rc.cmd.Stdin = bytes.NewReader(stdin)
+	rc.cmd.Stdout, rc.cmd.Stderr = &rc.stdout, &rc.stderr
+	rc.cmd.Env = []string{
+		"ATC_EXTERNAL_URL=https://ci.example.com", "BUILD_TEAM_NAME=main", "BUILD_PIPELINE_NAME=deploy",
+		"BUILD_JOB_NAME=" + name, "BUILD_NAME=1",
+	}
+	if err := rc.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		_ = rc.cmd.Wait()
+		close(rc.done)
+	}()
+	tb.Cleanup(func() {
+		_ = rc.cmd.Process.Kill()
+		<-rc.done
+	})
+	return rc
+}
+
+func (rc *runningCmd) finished() bool {
+	select {
+	case <-rc.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (rc *runningCmd) wait(tb testing.TB) result {
+	tb.Helper()
+	select {
+	case <-rc.done:
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("%s did not finish; stderr:\n%s", rc.cmd.Path, rc.stderr.String())
+	}
+	return result{code: rc.cmd.ProcessState.ExitCode(), stdout: rc.stdout.String(), stderr: rc.stderr.String()}
+}
+
+// getLock reads the lock called name straight from the server.
+func (ls *lockerServer) getLock(tb testing.TB, name string, src Source) lockInfo {
+	tb.Helper()
+	l, _, err := newClient(src).getLock(context.Background(), name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l
+}
+
+func waitUntil(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func outReq(src Source, op, key, by string) OutRequest {
+	return OutRequest{Source: src, Params: OutParams{LockOp: op, Key: key, LockedBy: by}}
+}
+
+func mustSucceed(tb testing.TB, what string, r result) Response {
+	tb.Helper()
+	if r.code != 0 {
+		tb.Fatalf("%s exited %d; stderr:\n%s", what, r.code, r.stderr)
+	}
+	var resp Response
+	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil {
+		tb.Fatalf("%s printed %q on stdout: %v", what, r.stdout, err)
+	}
+	return resp
+}
+
+func metadata(resp Response, name string) string {
+	for _, m := range resp.Metadata {
+		if m.Name == name {
+			return m.Value
+		}
+	}
+	return ""
+}
+
+func TestTwoJobsExcludeEachOther(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	first := mustSucceed(t, "first lock", runBinary(t, "out", outReq(src, "lock", "job-a", "job-a")))
+
+	second := startBinary(t, "out", outReq(src, "lock", "job-b", "job-b"))
+	waitUntil(t, "the second job to queue", func() bool { return len(ls.getLock(t, "prod", src).Waiting) == 1 })
+	if second.finished() {
+		t.Fatal("the second job got past its put while the first holds the lock")
+	}
+
+	mustSucceed(t, "first unlock", runBinary(t, "out", outReq(src, "unlock", "job-a", "job-a")))
+	released := time.Now()
+	got := mustSucceed(t, "second lock", second.wait(t))
+	t.Logf("second job had the lock %v after the first unlocked", time.Since(released))
+	if metadata(got, "key") != "job-b" || metadata(got, "lock_name") != "prod" || metadata(got, "token") <= metadata(first, "token") {
+		t.Errorf("second job's metadata = %v; want key job-b and a newer token than %v", got.Metadata, first.Metadata)
+	}
+	// The note defaults to the build's URL.
+	if note := ls.getLock(t, "prod", src).Holders["job-b"].Note; note != "https://ci.example.com/teams/main/pipelines/deploy/jobs/out/builds/1" {
+		t.Errorf("note = %q; want the build's URL", note)
+	}
+}
+
+func TestSharedKeyWhileAnotherWaits(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "staging"}
+	for _, by := range []string{"test-1", "test-2", "test-3"} {
+		mustSucceed(t, by, runBinary(t, "out", outReq(src, "lock", "tests", by)))
+	}
+	upgrade := startBinary(t, "out", outReq(src, "lock", "upgrade", "upgrade"))
+	waitUntil(t, "the upgrade to queue", func() bool { return len(ls.getLock(t, "staging", src).Waiting) == 1 })
+	for _, by := range []string{"test-1", "test-2"} {
+		mustSucceed(t, by+" unlock", runBinary(t, "out", outReq(src, "unlock", "tests", by)))
+	}
+	if upgrade.finished() {
+		t.Fatal("the upgrade got the lock while test-3 still holds it")
+	}
+	mustSucceed(t, "test-3 unlock", runBinary(t, "out", outReq(src, "unlock", "tests", "test-3")))
+	mustSucceed(t, "upgrade", upgrade.wait(t))
+	if l := ls.getLock(t, "staging", src); l.Key != "upgrade" {
+		t.Errorf("lock is held with %q; want upgrade", l.Key)
+	}
+}
+
+func TestLeaseFreesAnAbortedJobsLock(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	req := outReq(src, "lock", "aborted", "aborted")
+	req.Params.TTL = "1s"
+	mustSucceed(t, "lock with a lease", runBinary(t, "out", req)) // never unlocked
+	start := time.Now()
+	mustSucceed(t, "next job", runBinary(t, "out", outReq(src, "lock", "next", "next")))
+	if waited := time.Since(start); waited > 10*time.Second {
+		t.Errorf("next job waited %v for a 1s lease", waited)
+	}
+}
+
+func TestCheckAndInAfterPut(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	free := runBinary(t, "check", CheckRequest{Source: src})
+	var freeVersions []Version
+	if free.code != 0 || json.Unmarshal([]byte(free.stdout), &freeVersions) != nil || len(freeVersions) != 1 {
+		t.Fatalf("check on a free lock = %d %q %s", free.code, free.stdout, free.stderr)
+	}
+
+	put := mustSucceed(t, "put", runBinary(t, "out", outReq(src, "lock", "k", "me")))
+	var versions []Version
+	r := runBinary(t, "check", CheckRequest{Source: src, Version: &freeVersions[0]})
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &versions) != nil {
+		t.Fatalf("check = %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if len(versions) != 1 || versions[0] != put.Version || put.Version == freeVersions[0] {
+		t.Errorf("check after put = %v; want [%v], the put's version (free was %v)", versions, put.Version, freeVersions[0])
+	}
+
+	dest := t.TempDir()
+	got := mustSucceed(t, "in", runBinary(t, "in", InRequest{Source: src, Version: &put.Version}, dest))
+	if got.Version != put.Version {
+		t.Errorf("in answered version %v; want the put's %v", got.Version, put.Version)
+	}
+	if metadata(got, "locked") != "true" || metadata(got, "key") != "k" || metadata(got, "lock_name") != "prod" {
+		t.Errorf("in metadata = %v", got.Metadata)
+	}
+	files := map[string]string{}
+	for _, f := range []string{"lock", "name", "token"} {
+		data, err := os.ReadFile(filepath.Join(dest, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[f] = string(data)
+	}
+	var entry struct {
+		Key      string         `json:"key"`
+		LockedBy map[string]int `json:"locked_by"`
+	}
+	if err := json.Unmarshal([]byte(files["lock"]), &entry); err != nil || entry.Key != "k" || entry.LockedBy["me"] != 1 {
+		t.Errorf("lock file = %q; want the lock's JSON entry", files["lock"])
+	}
+	if files["name"] != "prod" || files["token"] != metadata(put, "token") {
+		t.Errorf("name, token files = %q, %q; want prod, %s", files["name"], files["token"], metadata(put, "token"))
+	}
+
+	// After an unlock the version moves on again.
+	unlocked := mustSucceed(t, "unlock", runBinary(t, "out", outReq(src, "unlock", "k", "me")))
+	if unlocked.Version == put.Version {
+		t.Errorf("unlock kept the version %v", put.Version)
+	}
+}
+
+func TestBasicAuth(t *testing.T) {
+	ls := startLocker(t, "AUTH_USER=ci", "AUTH_PASS=s3cret")
+	src := Source{LockerURI: ls.url, LockName: "prod", Username: "ci", Password: "s3cret"}
+	mustSucceed(t, "lock with credentials", runBinary(t, "out", outReq(src, "lock", "k", "")))
+
+	src.Password = "wrong"
+	start := time.Now()
+	r := runBinary(t, "out", outReq(src, "lock", "k", ""))
+	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "401 Unauthorized: authentication required") {
+		t.Errorf("lock with a wrong password = %d %q %q; want exit 1 with the server's message", r.code, r.stdout, r.stderr)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("a 401 took %v; it must fail at once, not retry", d)
+	}
+}
+
+func TestHTTPSWithCACert(t *testing.T) {
+	certFile, keyFile, certPEM := writeCert(t)
+	ls := startLocker(t, "SSL_CERT="+certFile, "SSL_KEY="+keyFile)
+	src := Source{LockerURI: ls.url, LockName: "prod", CACert: certPEM}
+	mustSucceed(t, "lock over HTTPS", runBinary(t, "out", outReq(src, "lock", "k", "")))
+
+	src.CACert = ""
+	r := runBinary(t, "check", CheckRequest{Source: src})
+	if r.code != 1 || !strings.Contains(r.stderr, "certificate") {
+		t.Errorf("check without the CA = %d %q; want a certificate error", r.code, r.stderr)
+	}
+	src.SkipSSLValidation = true
+	if r := runBinary(t, "check", CheckRequest{Source: src}); r.code != 0 {
+		t.Errorf("check with skip_ssl_validation = %d %q", r.code, r.stderr)
+	}
+}
+
+func TestBoshLockUsesTheDirectorsName(t *testing.T) {
+	director := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/info" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, `{"name":"prod/director","uuid":"x","version":"270.0.0"}`)
+	}))
+	defer director.Close()
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, BoshLock: director.URL}
+	got := mustSucceed(t, "lock", runBinary(t, "out", outReq(src, "lock", "k", "")))
+	if metadata(got, "lock_name") != "prod/director" {
+		t.Errorf("lock_name = %q; want the director's name", metadata(got, "lock_name"))
+	}
+	if l := ls.getLock(t, "prod/director", Source{LockerURI: ls.url}); l.Key != "k" {
+		t.Errorf("lock prod/director = %+v; want it held with k", l)
+	}
+}
+
+func TestTimeoutGivesUp(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	mustSucceed(t, "holder", runBinary(t, "out", outReq(src, "lock", "holder", "")))
+	req := outReq(src, "lock", "other", "")
+	req.Params.Timeout = "1s"
+	r := runBinary(t, "out", req)
+	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, `gave up on lock "prod" after 1s`) || !strings.Contains(r.stderr, `key "holder"`) {
+		t.Errorf("lock with timeout 1s on a held lock = %d %q %q; want exit 1 saying it gave up and who holds it", r.code, r.stdout, r.stderr)
+	}
+	if n := len(ls.getLock(t, "prod", src).Waiting); n != 0 {
+		t.Errorf("%d requests still queued after the put gave up", n)
+	}
+}
+
+func TestUnlockWithAnotherKeyFails(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	mustSucceed(t, "lock", runBinary(t, "out", outReq(src, "lock", "mine", "")))
+	r := runBinary(t, "out", outReq(src, "unlock", "yours", ""))
+	if r.code != 1 || !strings.Contains(r.stderr, `423 Locked: locked: "prod" is held with key "mine"`) {
+		t.Errorf("unlock with another key = %d %q; want exit 1 with the server's message", r.code, r.stderr)
+	}
+}
+
+func TestUnreachableServerIsRetried(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	req := outReq(Source{LockerURI: "http://" + addr, LockName: "prod"}, "lock", "k", "")
+	req.Params.Timeout = "3s"
+	r := runBinary(t, "out", req)
+	if r.code != 1 || strings.Count(r.stderr, "trying again in") < 2 || !strings.Contains(r.stderr, "gave up on lock \"prod\" after 3s") {
+		t.Errorf("lock against a closed port = %d %q; want retries said on stderr, then exit 1", r.code, r.stderr)
+	}
+}
+
+func TestBadPayloads(t *testing.T) {
+	src := Source{LockerURI: "http://127.0.0.1:1", LockName: "prod"}
+	tests := []struct {
+		name    string
+		command string
+		payload any
+		args    []string
+		want    string
+	}{
+		{"missing locker_uri", "check", CheckRequest{Source: Source{LockName: "prod"}}, nil, "source.locker_uri is missing"},
+		{"neither lock_name nor bosh_lock", "check", CheckRequest{Source: Source{LockerURI: "http://x"}}, nil, "set one of source.lock_name"},
+		{"both lock_name and bosh_lock", "in", InRequest{Source: Source{LockerURI: "http://x", LockName: "a", BoshLock: "http://b"}}, []string{"/tmp/x"}, "keep one"},
+		{"unknown lock_op", "out", outReq(src, "grab", "k", ""), nil, `params.lock_op is "grab"`},
+		{"missing key", "out", outReq(src, "lock", "", ""), nil, "params.key is missing"},
+		{"malformed JSON", "out", `{"source": {`, nil, "the request on stdin is not valid"},
+		{"misspelt source field", "check", `{"source": {"locker_uri": "http://x", "lock_nmae": "prod"}}`, nil, `unknown field "lock_nmae"`},
+		{"missing destination", "in", InRequest{Source: src}, nil, "in needs the destination directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := runBinary(t, tt.command, tt.payload, tt.args...)
+			if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("%s = exit %d, stdout %q, stderr %q; want exit 1, nothing on stdout, %q on stderr",
+					tt.command, r.code, r.stdout, r.stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestCommandsInProcess runs the commands as functions, with injected
+// streams, against the real server.
+func TestCommandsInProcess(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url + "/", LockName: "a lock/with odd%chars"}
+	run := func(f func(context.Context, []string, io.Reader, io.Writer, io.Writer, func(string) string) int, req any, args ...string) (int, string, string) {
+		stdin, _ := json.Marshal(req)
+		var stdout, stderr bytes.Buffer
+		code := f(context.Background(), args, bytes.NewReader(stdin), &stdout, &stderr, func(string) string { return "" })
+		return code, stdout.String(), stderr.String()
+	}
+	code, stdout, stderr := run(RunOut, OutRequest{Source: src, Params: OutParams{LockOp: "lock", Key: "k", LockBy: "me", TTL: "1h", Note: "by hand"}})
+	if code != 0 || !strings.Contains(stderr, `locked "a lock/with odd%chars"`) {
+		t.Fatalf("RunOut lock = %d %q %q", code, stdout, stderr)
+	}
+	var put Response
+	if err := json.Unmarshal([]byte(stdout), &put); err != nil || metadata(put, "locked_by") != "me" {
+		t.Errorf("RunOut answered %q; want locked_by me", stdout)
+	}
+	l := ls.getLock(t, src.LockName, src)
+	if h := l.Holders["me"]; h.Note != "by hand" || h.ExpiresAt.IsZero() {
+		t.Errorf("holder = %+v; want the note and a lease", h)
+	}
+
+	code, stdout, _ = run(RunCheck, CheckRequest{Source: src})
+	if code != 0 || !strings.Contains(stdout, put.Version.Ref) {
+		t.Errorf("RunCheck = %d %q; want [%v]", code, stdout, put.Version)
+	}
+	code, stdout, _ = run(RunIn, InRequest{Source: src, Version: &put.Version}, t.TempDir())
+	if code != 0 || !strings.Contains(stdout, `"locked","value":"true"`) {
+		t.Errorf("RunIn = %d %q", code, stdout)
+	}
+	code, stdout, stderr = run(RunOut, OutRequest{Source: src, Params: OutParams{LockOp: "unlock", Key: "k", LockBy: "me", All: true}})
+	if code != 0 || !strings.Contains(stderr, "unlocked") {
+		t.Errorf("RunOut unlock = %d %q %q", code, stdout, stderr)
+	}
+	if l := ls.getLock(t, src.LockName, src); len(l.LockedBy) != 0 {
+		t.Errorf("after unlock the lock is held by %v", l.LockedBy)
+	}
+}
+
+// writeCert writes a certificate for 127.0.0.1 and its key, and returns
+// their paths and the certificate's PEM.
+func writeCert(tb testing.TB) (certFile, keyFile, certPEM string) {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "locker test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	if err := os.WriteFile(certFile, []byte(certPEM), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return certFile, keyFile, certPEM
+}

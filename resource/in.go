@@ -1,0 +1,51 @@
+package resource
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// In writes the lock as it is now into dest: "lock" (its JSON, as GET
+// /lock/<name> shows it), "name" and "token". It answers with the version
+// it was asked for, so that a get after a put sees the put's version.
+func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Response, error) {
+	if dest == "" {
+		return Response{}, errors.New("in needs the destination directory as its argument: in <destination>")
+	}
+	if err := req.Source.Validate(); err != nil {
+		return Response{}, err
+	}
+	name, err := lockName(ctx, req.Source)
+	if err != nil {
+		return Response{}, err
+	}
+	l, raw, err := newClient(req.Source).getLock(ctx, name)
+	if err != nil {
+		return Response{}, err
+	}
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return Response{}, fmt.Errorf("creating the destination: %w", err)
+	}
+	token := strconv.FormatUint(l.Token, 10)
+	for file, data := range map[string][]byte{"lock": raw, "name": []byte(name), "token": []byte(token)} {
+		if err := os.WriteFile(filepath.Join(dest, file), data, 0o644); err != nil {
+			return Response{}, fmt.Errorf("writing %s: %w", file, err)
+		}
+	}
+	v := l.version()
+	if req.Version != nil && req.Version.Ref != "" {
+		v = *req.Version
+	}
+	fmt.Fprintf(stderr, "%q: key %q, held by %s\n", name, l.Key, cmp.Or(l.holdersString(), "no one"))
+	return Response{Version: v, Metadata: []MetadataField{
+		{Name: "lock_name", Value: name},
+		{Name: "locked", Value: strconv.FormatBool(len(l.LockedBy) > 0)},
+		{Name: "key", Value: l.Key},
+	}}, nil
+}

@@ -1,0 +1,160 @@
+// Package resource is a Concourse resource for the locker server: out takes
+// or gives back a lock, check and in report who holds it.
+//
+// It talks to the server over HTTP only. Each command reads its request as
+// JSON on stdin, logs to stderr, and writes only its JSON answer to stdout.
+package resource
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Source is the resource's configuration in the pipeline.
+type Source struct {
+	LockerURI         string `json:"locker_uri"`
+	Username          string `json:"username,omitempty"`
+	Password          string `json:"password,omitempty"`
+	CACert            string `json:"ca_cert,omitempty"`
+	SkipSSLValidation bool   `json:"skip_ssl_validation,omitempty"`
+	LockName          string `json:"lock_name,omitempty"`
+	BoshLock          string `json:"bosh_lock,omitempty"` // a BOSH director URL; its name is the lock name
+}
+
+// Validate lists every problem with s at once, each saying what to fix.
+func (s Source) Validate() error {
+	var problems []string
+	if s.LockerURI == "" {
+		problems = append(problems, "source.locker_uri is missing: set it to the locker server's URL, e.g. https://locker.example.com:3000")
+	} else if u, err := url.Parse(s.LockerURI); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		problems = append(problems, fmt.Sprintf("source.locker_uri %q is not an http:// or https:// URL", s.LockerURI))
+	}
+	switch {
+	case s.LockName == "" && s.BoshLock == "":
+		problems = append(problems, "set one of source.lock_name (the lock to use) or source.bosh_lock (a BOSH director URL whose name is the lock)")
+	case s.LockName != "" && s.BoshLock != "":
+		problems = append(problems, "source.lock_name and source.bosh_lock are both set: keep one")
+	}
+	if (s.Username == "") != (s.Password == "") {
+		problems = append(problems, "source.username and source.password go together: set both, or neither")
+	}
+	if s.CACert != "" && !x509.NewCertPool().AppendCertsFromPEM([]byte(s.CACert)) {
+		problems = append(problems, "source.ca_cert holds no PEM certificate: paste the CA certificate, -----BEGIN CERTIFICATE----- and all")
+	}
+	return joinProblems(problems)
+}
+
+// Version identifies one state of the lock: its token and who holds it.
+type Version struct {
+	Ref string `json:"ref"`
+}
+
+// MetadataField is one line of a build's metadata in the Concourse UI.
+type MetadataField struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// CheckRequest is what check reads on stdin.
+type CheckRequest struct {
+	Source  Source   `json:"source"`
+	Version *Version `json:"version"`
+}
+
+// InRequest is what in reads on stdin.
+type InRequest struct {
+	Source  Source         `json:"source"`
+	Version *Version       `json:"version"`
+	Params  map[string]any `json:"params,omitempty"` // in takes no params; accepted and ignored
+}
+
+// OutRequest is what out reads on stdin.
+type OutRequest struct {
+	Source Source    `json:"source"`
+	Params OutParams `json:"params"`
+}
+
+// OutParams are the put step's params.
+type OutParams struct {
+	LockOp   string `json:"lock_op"`             // "lock" or "unlock"
+	Key      string `json:"key"`                 // holders with the same key share the lock
+	LockedBy string `json:"locked_by,omitempty"` // who holds it; defaults to the key
+	LockBy   string `json:"lock_by,omitempty"`   // the same as locked_by
+	TTL      string `json:"ttl,omitempty"`       // lock: a lease, e.g. "2h"
+	Note     string `json:"note,omitempty"`      // lock: defaults to the build's URL
+	Timeout  string `json:"timeout,omitempty"`   // give up after this long; default: never
+	All      bool   `json:"all,omitempty"`       // unlock: every count of locked_by
+}
+
+// Response is what in and out write on stdout.
+type Response struct {
+	Version  Version         `json:"version"`
+	Metadata []MetadataField `json:"metadata"`
+}
+
+// requestor returns the holder name the params give, or "" for the key.
+func (p OutParams) requestor() string {
+	if p.LockedBy != "" {
+		return p.LockedBy
+	}
+	return p.LockBy
+}
+
+// Validate lists every problem with p at once, each saying what to fix.
+func (p OutParams) Validate() error {
+	var problems []string
+	switch p.LockOp {
+	case "lock", "unlock":
+	case "":
+		problems = append(problems, `params.lock_op is missing: set it to "lock" or "unlock"`)
+	default:
+		problems = append(problems, fmt.Sprintf(`params.lock_op is %q: set it to "lock" or "unlock"`, p.LockOp))
+	}
+	if p.Key == "" {
+		problems = append(problems, "params.key is missing: holders that use the same key share the lock, e.g. key: prod-deploy")
+	}
+	if p.LockedBy != "" && p.LockBy != "" && p.LockedBy != p.LockBy {
+		problems = append(problems, fmt.Sprintf("params.locked_by (%q) and params.lock_by (%q) name the same thing: keep one", p.LockedBy, p.LockBy))
+	}
+	for _, d := range []struct{ name, value string }{{"ttl", p.TTL}, {"timeout", p.Timeout}} {
+		if _, err := parseDuration(d.value); err != nil {
+			problems = append(problems, fmt.Sprintf("params.%s is %q: use a duration such as 30m or 2h", d.name, d.value))
+		}
+	}
+	if p.LockOp == "unlock" && (p.TTL != "" || p.Note != "") {
+		problems = append(problems, "params.ttl and params.note only apply to lock_op: lock")
+	}
+	if p.LockOp == "lock" && p.All {
+		problems = append(problems, "params.all only applies to lock_op: unlock")
+	}
+	return joinProblems(problems)
+}
+
+// parseDuration parses a positive duration; "" is zero.
+func parseDuration(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	if d <= 0 {
+		return 0, errors.New("not positive")
+	}
+	return d, nil
+}
+
+func joinProblems(problems []string) error {
+	switch len(problems) {
+	case 0:
+		return nil
+	case 1:
+		return errors.New(problems[0])
+	}
+	return fmt.Errorf("%d problems:\n  - %s", len(problems), strings.Join(problems, "\n  - "))
+}
