@@ -150,7 +150,11 @@ type lockReply struct {
 
 // handleList handles GET /locks.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
-	locks := s.locks.List()
+	locks, err := s.locks.List()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	out := make(map[string]lockView, len(locks))
 	for name, l := range locks {
 		out[name] = viewOf(name, l)
@@ -165,7 +169,12 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, viewOf(name, s.locks.Get(name)))
+	l, err := s.locks.Get(name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, viewOf(name, l))
 }
 
 // handleLock handles PUT /lock/{name}.
@@ -266,7 +275,12 @@ func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name strin
 		s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
 			"key", old.Key, "holders", old.holdersString(), "token", old.Token)
 	}
-	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, s.locks.Get(name)), Response: msg})
+	now, err := s.locks.Get(name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, now), Response: msg})
 }
 
 // writeJSON encodes v before writing the header, so that an encoding

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -327,7 +326,7 @@ func TestAPI(t *testing.T) {
 			for _, r := range tt.setup {
 				ts.mustSend(t, r)
 			}
-			before := readFile(t, ts.path)
+			before := onDisk(t, ts.path)
 
 			rec := ts.send(t, tt.req)
 			if rec.Code != tt.wantStatus {
@@ -351,8 +350,8 @@ func TestAPI(t *testing.T) {
 				if msg := errorOf(t, rec); !strings.Contains(msg, tt.wantError) {
 					t.Errorf("error = %q; want it to contain %q", msg, tt.wantError)
 				}
-				if after := readFile(t, ts.path); !bytes.Equal(after, before) {
-					t.Errorf("a refused request changed the state file:\n%s", after)
+				if after := onDisk(t, ts.path); after != before {
+					t.Errorf("a refused request changed the files:\n%s", after)
 				}
 			}
 			if got, want := ts.locks(t), named(tt.wantLocks); !reflect.DeepEqual(got, want) {
@@ -433,10 +432,10 @@ func TestSaveFailureIsA500AndChangesNothing(t *testing.T) {
 	d := &faultyDisk{}
 	ts := newTestServer(t, d, "", "")
 	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`})
-	before := readFile(t, ts.path)
+	before := onDisk(t, ts.path)
 	want := ts.locks(t)
 
-	d.failAt = "rename"
+	d.fail("jwrite")
 	for _, r := range []request{
 		{"PUT", "/lock/new", `{"key": "k"}`},
 		{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`},
@@ -453,8 +452,8 @@ func TestSaveFailureIsA500AndChangesNothing(t *testing.T) {
 		if got := ts.locks(t); !reflect.DeepEqual(got, want) {
 			t.Errorf("after a failed save GET /locks = %v; want %v", got, want)
 		}
-		if after := readFile(t, ts.path); !bytes.Equal(after, before) {
-			t.Errorf("state file changed after a failed save:\n%s", after)
+		if after := onDisk(t, ts.path); after != before {
+			t.Errorf("the files changed after a failed save:\n%s", after)
 		}
 	}
 }

@@ -187,7 +187,7 @@ func TestWaitOutlivesServerTimeouts(t *testing.T) {
 		t.Fatalf("PUT = %d", status)
 	}
 	waiter := putAsync(context.Background(), url, "/lock/l?wait=5s", `{"key": "B"}`)
-	waitFor(t, "the PUT to queue", func() bool { return len(tab.Get("l").Waiting) == 1 })
+	waitFor(t, "the PUT to queue", func() bool { return len(tab.get("l").Waiting) == 1 })
 	time.Sleep(3 * short.read) // outlive both timeouts while queued
 	if status := httpDo(t, url, "DELETE", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)

@@ -64,7 +64,6 @@ func (t *table) nextExpiry() (time.Time, bool) {
 // and grants the waiters that this lets in.
 func (t *table) expire(now time.Time) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	x := t.begin()
 	var due []lease
 	for len(t.leases) > 0 && !t.leases[0].at.After(now) {
@@ -81,10 +80,15 @@ func (t *table) expire(now time.Time) error {
 	for _, e := range due {
 		x.grantWaiters(e.name)
 	}
-	if err := x.commit(); err != nil {
+	err := x.commit()
+	seq := t.seq
+	t.mu.Unlock()
+	if err := cmpErr(err, t.journal.wait(seq)); err != nil {
+		t.mu.Lock()
 		for _, e := range due {
-			heap.Push(&t.leases, e) // try again later
+			heap.Push(&t.leases, e) // the change was undone: try again later
 		}
+		t.mu.Unlock()
 		return err
 	}
 	for _, e := range due {

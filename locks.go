@@ -21,20 +21,22 @@ var (
 )
 
 // Lock is one named lock: the key its holders share and who they are. A
-// free lock has no holders and is not kept in the table.
+// free lock has no holders and is not kept in the table. Lock values are
+// never changed in place, only replaced, so copies of the table can share
+// them. The JSON tags are the journal's format.
 type Lock struct {
-	Key        string
-	Token      uint64    // fencing token: set each time the lock goes from free to held
-	AcquiredAt time.Time // when it last went from free to held
-	Holders    map[string]Holder
+	Key        string            `json:"key"`
+	Token      uint64            `json:"token,omitzero"`       // fencing token: set each time the lock goes from free to held
+	AcquiredAt time.Time         `json:"acquired_at,omitzero"` // when it last went from free to held
+	Holders    map[string]Holder `json:"holders"`
 }
 
 // Holder is one requestor's hold on a lock.
 type Holder struct {
-	Count     int       // how many PUTs it has not yet given back
-	Since     time.Time // when it took its first count
-	ExpiresAt time.Time // when its lease runs out; zero when it has none
-	Note      string    // what the requestor said about itself, e.g. a build URL
+	Count     int       `json:"count"`               // how many PUTs it has not yet given back
+	Since     time.Time `json:"since,omitzero"`      // when it took its first count
+	ExpiresAt time.Time `json:"expires_at,omitzero"` // when its lease runs out; zero when it has none
+	Note      string    `json:"note,omitempty"`      // what the requestor said about itself, e.g. a build URL
 }
 
 func (l Lock) free() bool { return len(l.Holders) == 0 }
@@ -76,16 +78,10 @@ type Snapshot struct {
 	Waiting []Waiting
 }
 
-// state is everything the store keeps.
+// state is the lock table as the state file and the journal keep it.
 type state struct {
 	LastToken uint64 // the highest fencing token ever handed out
 	Locks     map[string]Lock
-}
-
-// saver makes the whole lock table durable. The table calls it with its
-// mutex held, so the file always matches an order of changes clients saw.
-type saver interface {
-	save(st state) error
 }
 
 // acquireRequest is what a PUT asks for.
@@ -100,31 +96,48 @@ type waiter struct {
 	name  string
 	req   acquireRequest
 	since time.Time
-	done  chan struct{} // closed once the grant is saved
+	done  chan struct{} // closed once it is granted
 
-	// Guarded by table.mu.
+	// Guarded by table.mu; read by the waiter once done is closed.
 	granted bool
 	snap    Snapshot // the lock as granted
+	seq     uint64   // the change that granted it
+	err     error    // why the grant could not be made
 }
 
-// table is the in-memory lock table. Every change is saved before anyone
-// can see it, and undone if saving fails.
+// table is the in-memory lock table. A change is made in memory, under mu,
+// and queued in the journal; no one hears of it, or of anything computed
+// from it, until the journal has it on disk (see journal.wait). A change
+// that cannot be written is undone.
 type table struct {
-	store saver
-	now   func() time.Time
-	log   *slog.Logger
-	wake  chan struct{} // tells the expiry loop that a new lease may come first
+	store   *fileStore
+	journal *journal
+	now     func() time.Time
+	log     *slog.Logger
+	wake    chan struct{} // tells the expiry loop that a new lease may come first
 
-	mu        sync.Mutex // guards the fields below; held across saves
+	mu        sync.Mutex // guards the fields below
 	locks     map[string]Lock
 	queues    map[string][]*waiter // waiters per lock, first come first served
 	lastToken uint64
 	leases    leaseHeap
+	seq       uint64 // the change the table now shows; replies wait for it
+	lastSeq   uint64 // the last seq handed out; seqs are never reused
+	undo      []undo // changes not yet known to be on disk, oldest first
 }
 
-func newTable(store saver, st state, now func() time.Time, log *slog.Logger) *table {
+// undo is what one change replaced, to put back if it cannot be written.
+type undo struct {
+	seq       uint64
+	oldLocks  map[string]Lock // free (zero) for locks that were not held
+	lastToken uint64
+}
+
+// newTable returns the table holding st, which the journal has up to seq.
+func newTable(store *fileStore, j *journal, st state, seq uint64, now func() time.Time, log *slog.Logger) *table {
 	t := &table{
-		store: store,
+		store:   store,
+		journal: j,
 		// Milliseconds are precise enough for leases and easier to read.
 		now:       func() time.Time { return now().UTC().Truncate(time.Millisecond) },
 		log:       log,
@@ -132,6 +145,8 @@ func newTable(store saver, st state, now func() time.Time, log *slog.Logger) *ta
 		locks:     st.Locks,
 		queues:    make(map[string][]*waiter),
 		lastToken: st.LastToken,
+		seq:       seq,
+		lastSeq:   seq,
 	}
 	if t.locks == nil {
 		t.locks = make(map[string]Lock)
@@ -139,20 +154,21 @@ func newTable(store saver, st state, now func() time.Time, log *slog.Logger) *ta
 	for name, l := range t.locks {
 		t.scheduleLeases(name, Lock{}, l)
 	}
+	j.rollback = t.rollback
 	return t
 }
 
 // Get returns the lock called name and its queue; a lock no one holds is free.
-func (t *table) Get(name string) Snapshot {
+func (t *table) Get(name string) (Snapshot, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.snapshot(name)
+	s, seq := t.snapshot(name), t.seq
+	t.mu.Unlock()
+	return s, t.journal.wait(seq)
 }
 
 // List returns every lock that is held or waited for.
-func (t *table) List() map[string]Snapshot {
+func (t *table) List() (map[string]Snapshot, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	out := make(map[string]Snapshot, len(t.locks))
 	for name := range t.locks {
 		out[name] = t.snapshot(name)
@@ -160,7 +176,9 @@ func (t *table) List() map[string]Snapshot {
 	for name := range t.queues {
 		out[name] = t.snapshot(name)
 	}
-	return out
+	seq := t.seq
+	t.mu.Unlock()
+	return out, t.journal.wait(seq)
 }
 
 // Len returns the number of held locks.
@@ -179,6 +197,14 @@ func (t *table) snapshot(name string) Snapshot {
 	return s
 }
 
+// copyState returns the table as it is now, sharing its Lock values, and
+// the change it shows.
+func (t *table) copyState() (state, uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return state{LastToken: t.lastToken, Locks: maps.Clone(t.locks)}, t.seq
+}
+
 // Acquire takes the lock called name for req.Requestor with req.Key.
 //
 // It is granted at once when the requestor already holds the lock with that
@@ -187,26 +213,32 @@ func (t *table) snapshot(name string) Snapshot {
 // errLockHeld; with it, it joins the lock's queue until it is granted, the
 // wait runs out (errLockHeld), or ctx is done.
 func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (Snapshot, error) {
-	w, l, err := t.acquireOrQueue(name, req)
+	w, s, err := t.acquireOrQueue(name, req)
 	if err != nil || w == nil {
-		return l, err
+		return s, err
 	}
 	timer := time.NewTimer(req.Wait)
 	defer timer.Stop()
 	select {
 	case <-w.done:
-		return w.snap, nil
-	case <-timer.C:
-		if l, granted := t.leave(w); granted {
-			return l, nil // granted just as time ran out
+		if w.err != nil {
+			return Snapshot{}, w.err
 		}
-		s := t.Get(name)
+		return w.snap, t.journal.wait(w.seq)
+	case <-timer.C:
+		if s, seq, granted := t.leave(w); granted {
+			return s, t.journal.wait(seq) // granted just as time ran out
+		}
+		s, err := t.Get(name)
+		if err != nil {
+			return Snapshot{}, err
+		}
 		return Snapshot{}, fmt.Errorf("%w: timed out after %v waiting: %s", errLockHeld, req.Wait, describe(name, s, req.Key))
 	case <-ctx.Done():
-		l, granted := t.leave(w)
+		s, seq, granted := t.leave(w)
 		if errors.Is(context.Cause(ctx), errShuttingDown) {
 			if granted {
-				return l, nil // the client is still there to hear it
+				return s, t.journal.wait(seq) // the client is still there to hear it
 			}
 			return Snapshot{}, errShuttingDown
 		}
@@ -224,26 +256,39 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 // its waiter.
 func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapshot, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	l := t.locks[name]
 	queue := t.queues[name]
 	_, holds := l.Holders[req.Requestor]
 	reentrant := holds && l.Key == req.Key
 	compatible := l.free() || l.Key == req.Key
-	if reentrant || (compatible && len(queue) == 0) {
+	switch {
+	case reentrant || (compatible && len(queue) == 0):
 		x := t.begin()
 		x.grant(name, req)
-		if err := x.commit(); err != nil {
-			return nil, Snapshot{}, err
-		}
-		return nil, t.snapshot(name), nil
-	}
-	if req.Wait <= 0 {
-		return nil, Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, describe(name, t.snapshot(name), req.Key))
+		err := x.commit()
+		s, seq := t.snapshot(name), t.seq
+		t.mu.Unlock()
+		return nil, s, cmpErr(err, t.journal.wait(seq))
+	case req.Wait <= 0:
+		refusal := fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, describe(name, t.snapshot(name), req.Key))
+		seq := t.seq
+		t.mu.Unlock()
+		return nil, Snapshot{}, cmpErr(t.journal.wait(seq), refusal)
 	}
 	w := &waiter{name: name, req: req, since: t.now(), done: make(chan struct{})}
 	t.queues[name] = append(queue, w)
+	t.mu.Unlock()
 	return w, Snapshot{}, nil
+}
+
+// cmpErr returns the first error that is not nil.
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // describe says why a request with key cannot have the lock called name,
@@ -269,12 +314,13 @@ func plural(n int, one, many string) string {
 }
 
 // leave takes w out of its queue because its wait ended. If w was granted
-// in the meantime it stays granted and leave returns the lock it got.
-func (t *table) leave(w *waiter) (Snapshot, bool) {
+// in the meantime it stays granted, and leave returns the lock it got and
+// the change that granted it.
+func (t *table) leave(w *waiter) (Snapshot, uint64, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if w.granted {
-		return w.snap, true
+		return w.snap, w.seq, true
 	}
 	queue := t.queues[w.name]
 	if i := slices.Index(queue, w); i >= 0 {
@@ -286,7 +332,7 @@ func (t *table) leave(w *waiter) (Snapshot, bool) {
 	if err := x.commit(); err != nil {
 		t.log.Error("granting waiters after one left", "lock", w.name, "err", err)
 	}
-	return Snapshot{}, false
+	return Snapshot{}, 0, false
 }
 
 // Release gives back one count of requestor's hold on the lock called name,
@@ -295,18 +341,28 @@ func (t *table) leave(w *waiter) (Snapshot, bool) {
 // changes nothing; a lock held with another key is refused with errLockHeld.
 func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	released, err := t.release(name, key, requestor, all)
+	s, seq := t.snapshot(name), t.seq
+	t.mu.Unlock()
+	if err := cmpErr(t.journal.wait(seq), err); err != nil {
+		return Snapshot{}, 0, err
+	}
+	return s, released, nil
+}
+
+// release is Release without the wait. Callers hold t.mu.
+func (t *table) release(name, key, requestor string, all bool) (int, error) {
 	l := t.locks[name].clone()
 	if l.free() {
-		return t.snapshot(name), 0, nil
+		return 0, nil
 	}
 	if l.Key != key {
-		return Snapshot{}, 0, fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
+		return 0, fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
 			errLockHeld, name, l.Key, l.holdersString())
 	}
 	h, ok := l.Holders[requestor]
 	if !ok {
-		return t.snapshot(name), 0, nil
+		return 0, nil
 	}
 	released := 1
 	if all || h.Count == 1 {
@@ -319,22 +375,21 @@ func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, e
 	x := t.begin()
 	x.set(name, l)
 	x.grantWaiters(name)
-	if err := x.commit(); err != nil {
-		return Snapshot{}, 0, err
-	}
-	return t.snapshot(name), released, nil
+	return released, x.commit()
 }
 
 // ForceRelease frees the lock called name whoever holds it, and returns
 // what it was.
 func (t *table) ForceRelease(name string) (Lock, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	old := t.locks[name].clone()
 	x := t.begin()
 	x.set(name, Lock{})
 	x.grantWaiters(name)
-	if err := x.commit(); err != nil {
+	err := x.commit()
+	seq := t.seq
+	t.mu.Unlock()
+	if err := cmpErr(err, t.journal.wait(seq)); err != nil {
 		return Lock{}, err
 	}
 	return old, nil
@@ -345,21 +400,43 @@ func (t *table) ForceRelease(name string) (Lock, error) {
 // holds nothing under key.
 func (t *table) Renew(name, key, requestor string, ttl time.Duration) (Snapshot, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	l := t.locks[name].clone()
 	h, ok := l.Holders[requestor]
+	var err error
 	if !ok || l.Key != key {
-		return Snapshot{}, fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
+		err = fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
 			errLockHeld, requestor, name, key)
+	} else {
+		h.ExpiresAt = t.now().Add(ttl)
+		l.Holders[requestor] = h
+		x := t.begin()
+		x.set(name, l)
+		err = x.commit()
 	}
-	h.ExpiresAt = t.now().Add(ttl)
-	l.Holders[requestor] = h
-	x := t.begin()
-	x.set(name, l)
-	if err := x.commit(); err != nil {
+	s, seq := t.snapshot(name), t.seq
+	t.mu.Unlock()
+	if err := cmpErr(t.journal.wait(seq), err); err != nil {
 		return Snapshot{}, err
 	}
-	return t.snapshot(name), nil
+	return s, nil
+}
+
+// rollback undoes every change from seq on: they could not be written, and
+// no client has heard of them. The journal calls it.
+func (t *table) rollback(from uint64, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.journal.discard(from, t.lastSeq, err)
+	for len(t.undo) > 0 && t.undo[len(t.undo)-1].seq >= from {
+		u := t.undo[len(t.undo)-1]
+		for name, l := range u.oldLocks {
+			t.put(name, l)
+		}
+		t.lastToken = u.lastToken
+		t.undo = t.undo[:len(t.undo)-1]
+	}
+	t.seq = t.journal.durableSeq()
+	t.log.Error("changes could not be saved and were undone", "from_seq", from, "to_seq", t.lastSeq, "err", err)
 }
 
 // put stores l under name, or deletes name when l is free so that released
@@ -381,19 +458,18 @@ func (t *table) setQueue(name string, queue []*waiter) {
 	t.queues[name] = queue
 }
 
-// tx is one change to the table: it remembers what it touched, so that a
-// failed save can put everything back. Callers hold t.mu from begin to
+// tx is one change to the table: it remembers what it replaced, so that it
+// can be undone if it cannot be written. Callers hold t.mu from begin to
 // commit.
 type tx struct {
 	t         *table
-	oldLocks  map[string]Lock      // before the change, by name; free if absent
-	oldQueues map[string][]*waiter // before the change, by name
+	oldLocks  map[string]Lock
 	lastToken uint64
 	granted   []*waiter
 }
 
 func (t *table) begin() *tx {
-	return &tx{t: t, oldLocks: map[string]Lock{}, oldQueues: map[string][]*waiter{}, lastToken: t.lastToken}
+	return &tx{t: t, oldLocks: map[string]Lock{}, lastToken: t.lastToken}
 }
 
 // set makes l the lock called name.
@@ -434,7 +510,9 @@ func (x *tx) grantTo(l *Lock, req acquireRequest) {
 }
 
 // grantWaiters grants the head of the lock's queue, and the waiters right
-// behind it, for as long as each is compatible with the holders.
+// behind it, for as long as each is compatible with the holders. The queue
+// is not part of the durable state: a grant that cannot be written fails
+// its waiter, which then leaves.
 func (x *tx) grantWaiters(name string) {
 	t := x.t
 	queue := t.queues[name]
@@ -452,29 +530,45 @@ func (x *tx) grantWaiters(name string) {
 		return
 	}
 	x.set(name, l)
-	if _, ok := x.oldQueues[name]; !ok {
-		x.oldQueues[name] = queue
-	}
 	t.setQueue(name, slices.Clone(queue[n:]))
 }
 
-// commit saves the table. On success the granted waiters hear of it; on
-// failure every change of x is undone and the error wraps errSave.
+// commit queues the change in the journal under a new seq, which the table
+// now shows, and tells the granted waiters. If the journal cannot take it
+// the change is undone at once.
 func (x *tx) commit() error {
 	t := x.t
 	if len(x.oldLocks) == 0 {
 		return nil // nothing changed
 	}
-	if err := t.store.save(state{LastToken: t.lastToken, Locks: t.locks}); err != nil {
+	rec := record{Seq: t.lastSeq + 1, LastToken: t.lastToken, Locks: make(map[string]*Lock, len(x.oldLocks))}
+	for name := range x.oldLocks {
+		if l, ok := t.locks[name]; ok {
+			rec.Locks[name] = &l
+		} else {
+			rec.Locks[name] = nil
+		}
+	}
+	if err := t.journal.append(rec); err != nil {
 		for name, l := range x.oldLocks {
 			t.put(name, l)
 		}
-		for name, q := range x.oldQueues {
-			t.setQueue(name, q)
-		}
 		t.lastToken = x.lastToken
-		return fmt.Errorf("%w: %w", errSave, err)
+		err = fmt.Errorf("%w: %w", errSave, err)
+		for _, w := range x.granted {
+			w.err = err
+			close(w.done)
+		}
+		return err
 	}
+	t.lastSeq++
+	t.seq = t.lastSeq
+	durable := t.journal.durableSeq()
+	for len(t.undo) > 0 && t.undo[0].seq <= durable {
+		t.undo = t.undo[1:]
+	}
+	t.undo = append(t.undo, undo{seq: t.seq, oldLocks: x.oldLocks, lastToken: x.lastToken})
+
 	for name, old := range x.oldLocks {
 		t.scheduleLeases(name, old, t.locks[name])
 	}
@@ -486,9 +580,52 @@ func (x *tx) commit() error {
 			snap = t.snapshot(w.name)
 			snaps[w.name] = snap
 		}
-		w.granted = true
-		w.snap = snap
+		w.granted, w.snap, w.seq = true, snap, t.seq
 		close(w.done)
 	}
 	return nil
+}
+
+// fold writes the table to the state file as a snapshot, then drops the
+// journal records that it holds. The table is copied under its mutex, a
+// quick copy of the map, and encoded without it.
+func (t *table) fold() error {
+	st, seq := t.copyState()
+	if err := t.journal.wait(seq); err != nil {
+		return err
+	}
+	n, err := t.store.save(st, seq)
+	if err != nil {
+		return fmt.Errorf("writing a snapshot: %w", err)
+	}
+	t.journal.setFoldAt(n)
+	return t.journal.compact(seq)
+}
+
+// foldLoop folds the journal into the state file whenever it has grown
+// enough, until ctx is done.
+func (t *table) foldLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.journal.full:
+			start := time.Now()
+			if err := t.fold(); err != nil {
+				t.log.Error("folding the journal into the state file", "err", err)
+				continue
+			}
+			t.log.Info("journal folded into the state file", "locks", t.Len(), "duration", time.Since(start))
+		}
+	}
+}
+
+// close folds everything into the state file and removes the journal, so
+// that at rest the state file alone holds the table. Callers make sure no
+// change is under way.
+func (t *table) close() error {
+	if err := t.fold(); err != nil {
+		return errors.Join(err, t.journal.close(false))
+	}
+	return t.journal.close(true)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
+	"os"
 	"log/slog"
 	"path/filepath"
 	"reflect"
@@ -47,18 +49,52 @@ func newTestTable(tb testing.TB, d disk) (*table, string) {
 	return loadTestTable(tb, path, d, time.Now), path
 }
 
-// loadTestTable loads the table saved in path.
+// loadTestTable loads the table saved in path and its journal, as the
+// server does at start. The journal is closed when the test ends.
 func loadTestTable(tb testing.TB, path string, d disk, now func() time.Time) *table {
 	tb.Helper()
 	if d == nil {
 		d = osDisk{}
 	}
 	store := newFileStore(path, d)
-	st, err := store.load()
+	st, seq, size, err := store.load()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return newTable(store, st, now, discardLog)
+	j, seq, err := openJournal(store.journalPath(), d, &st, seq, size)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = j.close(false) })
+	return newTable(store, j, st, seq, now, discardLog)
+}
+
+// onDisk returns what the state file at path and its journal hold.
+func onDisk(tb testing.TB, path string) string {
+	tb.Helper()
+	journal, err := os.ReadFile(path + ".journal")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		tb.Fatal(err)
+	}
+	return string(readFile(tb, path)) + "\n--- journal ---\n" + string(journal)
+}
+
+// get is Get for tests, which expect it to work.
+func (t *table) get(name string) Snapshot {
+	s, err := t.Get(name)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// list is List for tests, which expect it to work.
+func (t *table) list() map[string]Snapshot {
+	m, err := t.List()
+	if err != nil {
+		panic(err)
+	}
+	return m
 }
 
 // brief is the part of a lock the original API showed.
@@ -184,12 +220,12 @@ func TestLockRules(t *testing.T) {
 					t.Errorf("step %d: %s released %d; want %d", i, s.op, released, s.wantReleased)
 				}
 			}
-			if got := briefOf(tab.Get("l").Lock); !reflect.DeepEqual(got, tt.want) {
+			if got := briefOf(tab.get("l").Lock); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("lock = %+v; want %+v", got, tt.want)
 			}
 			// What the table shows is what a restart would load.
 			reloaded := loadTestTable(t, path, nil, time.Now)
-			if got, want := reloaded.Get("l").Lock, tab.Get("l").Lock; !reflect.DeepEqual(got, want) {
+			if got, want := reloaded.get("l").Lock, tab.get("l").Lock; !reflect.DeepEqual(got, want) {
 				t.Errorf("file holds %+v; table holds %+v", got, want)
 			}
 		})
@@ -220,10 +256,10 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 	if _, err := acquire(tab, "held", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
-	before := readFile(t, path)
-	want := tab.List()
+	before := onDisk(t, path)
+	want := tab.list()
 
-	d.failAt = "sync"
+	d.fail("jwrite")
 	changes := []struct {
 		name string
 		do   func() error
@@ -240,21 +276,21 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 		if !errors.Is(err, errSave) || !errors.Is(err, errInjected) {
 			t.Errorf("%s with saving failing = %v; want errSave", c.name, err)
 		}
-		if got := tab.List(); !reflect.DeepEqual(got, want) {
+		if got := tab.list(); !reflect.DeepEqual(got, want) {
 			t.Errorf("after failed %s, table = %v; want %v", c.name, got, want)
 		}
-		if got := readFile(t, path); string(got) != string(before) {
-			t.Errorf("after failed %s, file changed:\n%s", c.name, got)
+		if got := onDisk(t, path); got != before {
+			t.Errorf("after failed %s, the files changed:\n%s", c.name, got)
 		}
 	}
 
 	// The token handed out by the failed grant was taken back too.
-	d.failAt = ""
+	d.fail("")
 	got, err := acquire(tab, "new", "k", "a")
 	if err != nil {
 		t.Fatalf("acquire once the disk works again = %v", err)
 	}
-	if want := tab.Get("held").Token + 1; got.Token != want {
+	if want := tab.get("held").Token + 1; got.Token != want {
 		t.Errorf("token after failed grants = %d; want %d", got.Token, want)
 	}
 }
@@ -265,7 +301,7 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
-	d.ops = nil
+	d.took()
 	if _, _, err := tab.Release("free", "k", "a", false); err != nil {
 		t.Fatal(err)
 	}
@@ -275,8 +311,8 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 	if _, err := acquire(tab, "l", "other", "b"); !errors.Is(err, errLockHeld) {
 		t.Fatal(err)
 	}
-	if len(d.ops) != 0 {
-		t.Errorf("requests that changed nothing touched the disk: %v", d.ops)
+	if ops := d.took(); len(ops) != 0 {
+		t.Errorf("requests that changed nothing touched the disk: %v", ops)
 	}
 }
 
@@ -287,9 +323,9 @@ func TestListAndGetReturnCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Holders["a"] = Holder{Count: 99}
-	tab.Get("l").Holders["a"] = Holder{Count: 99}
-	tab.List()["l"].Holders["a"] = Holder{Count: 99}
-	if got := tab.Get("l").Holders["a"].Count; got != 1 {
+	tab.get("l").Holders["a"] = Holder{Count: 99}
+	tab.list()["l"].Holders["a"] = Holder{Count: 99}
+	if got := tab.get("l").Holders["a"].Count; got != 1 {
 		t.Errorf("count after callers changed their copies = %d; want 1", got)
 	}
 }
@@ -298,13 +334,13 @@ func TestListAndGetReturnCopies(t *testing.T) {
 // once the request is in the queue. Its result arrives on the channel.
 func queued(tb testing.TB, ctx context.Context, tab *table, name, key, requestor string) <-chan error {
 	tb.Helper()
-	before := len(tab.Get(name).Waiting)
+	before := len(tab.get(name).Waiting)
 	done := make(chan error, 1)
 	go func() {
 		_, err := tab.Acquire(ctx, name, acquireRequest{Key: key, Requestor: requestor, Wait: time.Hour})
 		done <- err
 	}()
-	waitFor(tb, "request to join the queue", func() bool { return len(tab.Get(name).Waiting) > before })
+	waitFor(tb, "request to join the queue", func() bool { return len(tab.get(name).Waiting) > before })
 	return done
 }
 
@@ -365,7 +401,7 @@ func TestQueueIsFirstComeFirstServed(t *testing.T) {
 	b1 := queued(t, ctx, tab, "l", "B", "b1")
 	a2 := queued(t, ctx, tab, "l", "A", "a2") // shares the holders' key, but b1 came first
 	b3 := queued(t, ctx, tab, "l", "B", "b3")
-	if got, want := waitingOrder(tab.Get("l")), []string{"b1", "a2", "b3"}; !reflect.DeepEqual(got, want) {
+	if got, want := waitingOrder(tab.get("l")), []string{"b1", "a2", "b3"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("queue = %v; want %v", got, want)
 	}
 
@@ -376,7 +412,7 @@ func TestQueueIsFirstComeFirstServed(t *testing.T) {
 	if granted(t, a2) || granted(t, b3) {
 		t.Fatal("a waiter behind the head's batch was granted")
 	}
-	if got, want := briefOf(tab.Get("l").Lock), (brief{"B", map[string]int{"b1": 1}}); !reflect.DeepEqual(got, want) {
+	if got, want := briefOf(tab.get("l").Lock), (brief{"B", map[string]int{"b1": 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("lock = %v; want %v", got, want)
 	}
 
@@ -414,7 +450,7 @@ func TestQueueGrantsSameKeyWaitersTogether(t *testing.T) {
 	if granted(t, c4) || granted(t, b5) {
 		t.Fatal("c4 or b5 was granted; c4 has another key and b5 is behind it")
 	}
-	s := tab.Get("l")
+	s := tab.get("l")
 	if got, want := briefOf(s.Lock), (brief{"B", map[string]int{"b1": 1, "b2": 1, "b3": 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("lock = %v; want %v", got, want)
 	}
@@ -466,10 +502,10 @@ func TestAbandonedWaiterLeavesTheQueue(t *testing.T) {
 	}
 	// With b1 gone, a2 is at the head and shares the holders' key.
 	mustGrant(t, a2, "a2")
-	if got, want := briefOf(tab.Get("l").Lock), (brief{"A", map[string]int{"a0": 1, "a2": 1}}); !reflect.DeepEqual(got, want) {
+	if got, want := briefOf(tab.get("l").Lock), (brief{"A", map[string]int{"a0": 1, "a2": 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("lock = %v; want %v", got, want)
 	}
-	if n := len(tab.Get("l").Waiting); n != 0 {
+	if n := len(tab.get("l").Waiting); n != 0 {
 		t.Errorf("%d waiters left in the queue; want 0", n)
 	}
 	waitFor(t, "waiter goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
@@ -484,7 +520,7 @@ func TestWaitTimesOut(t *testing.T) {
 	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "timed out after 20ms") || !strings.Contains(err.Error(), `key "A" by a0 (1)`) {
 		t.Errorf("wait that runs out = %v; want errLockHeld saying it timed out and who holds the lock", err)
 	}
-	if n := len(tab.Get("l").Waiting); n != 0 {
+	if n := len(tab.get("l").Waiting); n != 0 {
 		t.Errorf("%d waiters left after a timeout; want 0", n)
 	}
 }
@@ -514,11 +550,11 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
 		t.Fatal(err)
 	}
-	// The grant is saved before the waiter notices its wait ended: leaving
+	// The grant is made before the waiter notices its wait ended: leaving
 	// then must report the grant instead of dropping it.
-	s, ok := tab.leave(w)
-	if !ok || s.Holders["b1"].Count != 1 {
-		t.Errorf("leave after the grant = %+v, %v; want the granted lock", s, ok)
+	s, seq, ok := tab.leave(w)
+	if !ok || s.Holders["b1"].Count != 1 || seq == 0 {
+		t.Errorf("leave after the grant = %+v, %d, %v; want the granted lock and its change", s, seq, ok)
 	}
 }
 
@@ -533,7 +569,7 @@ func TestLeases(t *testing.T) {
 	if _, err := acquire(tab, "l", "k", "b"); err != nil { // no lease
 		t.Fatal(err)
 	}
-	if got := tab.Get("l").Holders["a"].ExpiresAt; !got.Equal(start.Add(time.Minute)) {
+	if got := tab.get("l").Holders["a"].ExpiresAt; !got.Equal(start.Add(time.Minute)) {
 		t.Errorf("expires_at = %v; want %v", got, start.Add(time.Minute))
 	}
 
@@ -546,7 +582,7 @@ func TestLeases(t *testing.T) {
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
-	h := tab.Get("l").Holders["a"]
+	h := tab.get("l").Holders["a"]
 	if want := start.Add(110 * time.Second); !h.ExpiresAt.Equal(want) || h.Count != 2 {
 		t.Errorf("after renew: expires_at %v, count %d; want %v, 2", h.ExpiresAt, h.Count, want)
 	}
@@ -561,7 +597,7 @@ func TestLeases(t *testing.T) {
 	if err := tab.expire(start.Add(61 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if got := tab.Get("l").Holders["a"].Count; got != 2 {
+	if got := tab.get("l").Holders["a"].Count; got != 2 {
 		t.Fatalf("count after the renewed lease's old expiry = %d; want 2", got)
 	}
 
@@ -571,7 +607,7 @@ func TestLeases(t *testing.T) {
 	if err := tab.expire(clock.Advance(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := briefOf(tab.Get("l").Lock), (brief{"k", map[string]int{"b": 1}}); !reflect.DeepEqual(got, want) {
+	if got, want := briefOf(tab.get("l").Lock), (brief{"k", map[string]int{"b": 1}}); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after a's lease ran out, lock = %v; want %v", got, want)
 	}
 	if granted(t, c) {
@@ -584,7 +620,7 @@ func TestLeases(t *testing.T) {
 
 	// The expiry was saved.
 	reloaded := loadTestTable(t, path, nil, clock.Now)
-	if got, want := briefOf(reloaded.Get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
+	if got, want := briefOf(reloaded.get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("file holds %v; want %v", got, want)
 	}
 }
@@ -601,7 +637,7 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	}
 	// Restarted before the lease runs out: it is still there, note and all.
 	early := loadTestTable(t, path, nil, clock.Now)
-	if h := early.Get("leased").Holders["a"]; h.Note != "build 42" || h.ExpiresAt.IsZero() {
+	if h := early.get("leased").Holders["a"]; h.Note != "build 42" || h.ExpiresAt.IsZero() {
 		t.Errorf("holder after a restart = %+v; want its note and lease", h)
 	}
 	// Restarted after: it is gone, the other lock is not.
@@ -610,9 +646,9 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	if err := late.expire(late.now()); err != nil {
 		t.Fatal(err)
 	}
-	if !late.Get("leased").free() || late.Get("kept").free() {
+	if !late.get("leased").free() || late.get("kept").free() {
 		t.Errorf("after a restart past the lease: leased = %+v, kept = %+v; want leased free, kept held",
-			late.Get("leased").Lock, late.Get("kept").Lock)
+			late.get("leased").Lock, late.get("kept").Lock)
 	}
 }
 
@@ -628,7 +664,7 @@ func TestExpireLoopReleasesOnTime(t *testing.T) {
 	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "k", Requestor: "a", TTL: 30 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the lease to expire", func() bool { return tab.Get("l").free() })
+	waitFor(t, "the lease to expire", func() bool { return tab.get("l").free() })
 }
 
 func TestTokens(t *testing.T) {
@@ -679,7 +715,7 @@ func TestForceRelease(t *testing.T) {
 		t.Errorf("force release returned %v; want what was held, %v", got, want)
 	}
 	mustGrant(t, c, "c")
-	if got, want := briefOf(tab.Get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
+	if got, want := briefOf(tab.get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("lock after force release = %v; want the waiter's, %v", got, want)
 	}
 }

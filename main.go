@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -179,13 +180,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	store := newFileStore(cfg.statePath, osDisk{})
-	st, err := store.load()
+	st, seq, snapBytes, err := store.load()
 	if err != nil {
 		return fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
-	locks := newTable(store, st, time.Now, log)
+	journal, seq, err := openJournal(store.journalPath(), osDisk{}, &st, seq, snapBytes)
+	if err != nil {
+		return fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
+	}
+	locks := newTable(store, journal, st, seq, time.Now, log)
 	// Holds whose lease ran out while the server was down go first.
 	if err := locks.expire(locks.now()); err != nil {
+		_ = journal.close(false)
 		return fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
 	}
 	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, writeTimeout: defaultTimeouts.write}
@@ -195,7 +201,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", cfg.port))
 	if err != nil {
-		return fmt.Errorf("PORT: %w", err)
+		return errors.Join(fmt.Errorf("PORT: %w", err), locks.close())
 	}
 	// Requests see errShuttingDown as their context's cause when the server
 	// stops, so that waiters answer 503 instead of holding up the shutdown.
@@ -206,16 +212,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
 		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
 
-	expiryCtx, stopExpiry := context.WithCancel(context.Background())
-	expiryDone := make(chan struct{})
-	go func() {
-		defer close(expiryDone)
-		locks.expireLoop(expiryCtx)
-	}()
-	defer func() {
-		stopExpiry()
-		<-expiryDone
-	}()
+	// The expiry and fold loops run until the HTTP server has stopped.
+	background, stopBackground := context.WithCancel(context.Background())
+	var loops sync.WaitGroup
+	loops.Go(func() { locks.expireLoop(background) })
+	loops.Go(func() { locks.foldLoop(background) })
+	stopLoops := func() {
+		stopBackground()
+		loops.Wait()
+	}
 
 	served := make(chan error, 1)
 	go func() {
@@ -229,23 +234,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var stopErr error
 	select {
 	case err := <-served:
-		return fmt.Errorf("serving: %w", err)
+		stopLoops()
+		return errors.Join(fmt.Errorf("serving: %w", err), journal.close(false))
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err := <-store.fatal:
-		stopErr = fmt.Errorf("stopping, the state file may not be durable: %w", err)
-		log.Error("stopping so that a restart reads the state file again", "err", err)
+	case err := <-journal.fatal:
+		stopErr = fmt.Errorf("stopping, the lock state on disk is in doubt: %w", err)
+		log.Error("stopping so that a restart reads the state from disk again", "err", err)
 	}
 	stopRequests(errShuttingDown)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
-		return errors.Join(stopErr, fmt.Errorf("shutting down: %w", err))
+	shutdownErr := httpSrv.Shutdown(shutdownCtx)
+	stopLoops()
+	if stopErr != nil {
+		_ = journal.close(false) // the journal keeps what it has; nothing more can be trusted
+		return stopErr
 	}
-	if stopErr == nil {
-		log.Info("stopped", "locks", locks.Len())
+	if err := locks.close(); err != nil {
+		return fmt.Errorf("saving the lock state at shutdown: %w (the journal beside the state file still holds every change)", err)
 	}
-	return stopErr
+	if shutdownErr != nil {
+		return fmt.Errorf("shutting down: %w", shutdownErr)
+	}
+	log.Info("stopped", "locks", locks.Len())
+	return nil
 }
 
 // newHTTPServer returns the server for h; its requests' contexts derive

@@ -206,7 +206,7 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := readFile(t, path)
-	got, err := decodeState(data)
+	got, _, err := decodeState(data)
 	if err != nil || !bytes.HasPrefix(data, []byte(stateHeader)) {
 		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
 	}

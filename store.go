@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v2"
@@ -27,6 +30,7 @@ const stateHeader = `# Locker's lock table, rewritten by the locker server on ev
 // stateFile is the YAML document kept in LOCKER_CONFIG.
 type stateFile struct {
 	Version   int                  `yaml:"version"`
+	Seq       uint64               `yaml:"seq"` // the last journal record this snapshot holds
 	LastToken uint64               `yaml:"last_token"`
 	Locks     map[string]lockEntry `yaml:"locks"`
 }
@@ -49,45 +53,114 @@ type holderEntry struct {
 	Note      string    `yaml:"note,omitempty"`
 }
 
-// errUncertain marks a save that failed after the new file replaced the old
-// one: the change may or may not survive a crash.
-var errUncertain = errors.New("the state file was replaced but not synced")
+// errUncertain marks a failure after which the server cannot know what the
+// disk holds (a failed fsync): changes may or may not survive a crash.
+var errUncertain = errors.New("the lock state on disk is in doubt")
 
-// encodeState writes st to w as a state file.
-func encodeState(w io.Writer, st state) error {
-	f := stateFile{Version: stateVersion, LastToken: st.LastToken, Locks: make(map[string]lockEntry, len(st.Locks))}
-	for name, l := range st.Locks {
-		e := lockEntry{Key: l.Key, LockedBy: l.lockedBy(), Token: l.Token, AcquiredAt: l.AcquiredAt}
-		for r, h := range l.Holders {
-			he := holderEntry{Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
-			if he != (holderEntry{}) {
-				if e.Holders == nil {
-					e.Holders = make(map[string]holderEntry)
-				}
-				e.Holders[r] = he
+// encodeState writes st to w as a state file that holds the journal up to
+// seq. It writes the YAML itself, for a fixed shape: yaml.v2 needs seconds
+// and gigabytes of garbage for a table of 100,000 locks.
+func encodeState(w io.Writer, st state, seq uint64) error {
+	ew := &errWriter{w: w}
+	ew.printf("%sversion: %d\nseq: %d\nlast_token: %d\n", stateHeader, stateVersion, seq, st.LastToken)
+	if len(st.Locks) == 0 {
+		ew.printf("locks: {}\n")
+		return ew.err
+	}
+	ew.printf("locks:\n")
+	for _, name := range slices.Sorted(maps.Keys(st.Locks)) {
+		l := st.Locks[name]
+		ew.printf("  %s:\n    key: %s\n    locked_by:\n", yamlString(name), yamlString(l.Key))
+		holders := slices.Sorted(maps.Keys(l.Holders))
+		detailed := false
+		for _, r := range holders {
+			h := l.Holders[r]
+			ew.printf("      %s: %d\n", yamlString(r), h.Count)
+			detailed = detailed || !h.Since.IsZero() || !h.ExpiresAt.IsZero() || h.Note != ""
+		}
+		if l.Token != 0 {
+			ew.printf("    token: %d\n", l.Token)
+		}
+		if !l.AcquiredAt.IsZero() {
+			ew.printf("    acquired_at: %s\n", l.AcquiredAt.Format(time.RFC3339Nano))
+		}
+		if !detailed {
+			continue
+		}
+		ew.printf("    holders:\n")
+		for _, r := range holders {
+			h := l.Holders[r]
+			if h.Since.IsZero() && h.ExpiresAt.IsZero() && h.Note == "" {
+				continue
+			}
+			ew.printf("      %s:\n", yamlString(r))
+			if !h.Since.IsZero() {
+				ew.printf("        since: %s\n", h.Since.Format(time.RFC3339Nano))
+			}
+			if !h.ExpiresAt.IsZero() {
+				ew.printf("        expires_at: %s\n", h.ExpiresAt.Format(time.RFC3339Nano))
+			}
+			if h.Note != "" {
+				ew.printf("        note: %s\n", yamlString(h.Note))
 			}
 		}
-		f.Locks[name] = e
 	}
-	data, err := yaml.Marshal(f)
-	if err != nil {
-		return err
+	return ew.err
+}
+
+// yamlString returns s as a YAML scalar: bare when that reads back as the
+// same string, double-quoted otherwise. Go's quoting uses only escapes that
+// YAML's double-quoted style has too (\n, \t, \xXX, \uXXXX, ...).
+func yamlString(s string) string {
+	if plainSafe(s) {
+		return s
 	}
-	if _, err := io.WriteString(w, stateHeader); err != nil {
-		return err
+	return strconv.Quote(s)
+}
+
+// plainSafe reports whether s can be written as a YAML plain scalar: a
+// letter or underscore, then letters, digits and _ . / - only, and not a
+// word that YAML 1.1 reads as a boolean or null.
+func plainSafe(s string) bool {
+	if s == "" {
+		return false
 	}
-	_, err = w.Write(data)
-	return err
+	for i, c := range s {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_'
+		if !letter && (i == 0 || !(c >= '0' && c <= '9' || c == '.' || c == '/' || c == '-')) {
+			return false
+		}
+	}
+	switch strings.ToLower(s) {
+	case "y", "yes", "n", "no", "true", "false", "on", "off", "null":
+		return false
+	}
+	return true
+}
+
+// errWriter remembers the first write error, so that encodeState can check
+// once at the end.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (ew *errWriter) printf(format string, args ...any) {
+	if ew.err == nil {
+		_, ew.err = fmt.Fprintf(ew.w, format, args...)
+	}
 }
 
 // decodeState parses a state file: this server's YAML, or the original
-// locker's JSON. Released entries (no holder left) are dropped; anything
-// that does not describe a valid lock table is an error.
-func decodeState(data []byte) (state, error) {
+// locker's JSON. It returns the table and the last journal record the file
+// holds. Released entries (no holder left) are dropped; anything that does
+// not describe a valid lock table is an error.
+func decodeState(data []byte) (state, uint64, error) {
 	st := state{Locks: map[string]Lock{}}
+	var seq uint64
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
-		return st, nil
+		return st, 0, nil
 	}
 	var entries map[string]lockEntry
 	if trimmed[0] == '{' {
@@ -95,39 +168,39 @@ func decodeState(data []byte) (state, error) {
 		dec := json.NewDecoder(bytes.NewReader(trimmed))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&entries); err != nil {
-			return state{}, fmt.Errorf("not valid JSON in the original locker's format: %w", err)
+			return state{}, 0, fmt.Errorf("not valid JSON in the original locker's format: %w", err)
 		}
 		if dec.More() {
-			return state{}, errors.New("not valid JSON in the original locker's format: data after the closing brace")
+			return state{}, 0, errors.New("not valid JSON in the original locker's format: data after the closing brace")
 		}
 	} else {
 		var f stateFile
 		if err := yaml.UnmarshalStrict(data, &f); err != nil {
-			return state{}, fmt.Errorf("not a valid Locker state file: %w", err)
+			return state{}, 0, fmt.Errorf("not a valid Locker state file: %w", err)
 		}
 		if f.Version != stateVersion {
-			return state{}, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", f.Version, stateVersion)
+			return state{}, 0, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", f.Version, stateVersion)
 		}
-		entries, st.LastToken = f.Locks, f.LastToken
+		entries, st.LastToken, seq = f.Locks, f.LastToken, f.Seq
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(entries)) {
 		if name == "" {
-			return state{}, errors.New("a lock has an empty name")
+			return state{}, 0, errors.New("a lock has an empty name")
 		}
 		l, err := entries[name].lock()
 		if err != nil {
-			return state{}, fmt.Errorf("lock %q: %w", name, err)
+			return state{}, 0, fmt.Errorf("lock %q: %w", name, err)
 		}
 		if l.free() {
 			continue
 		}
 		if l.Token > st.LastToken {
-			return state{}, fmt.Errorf("lock %q has token %d, above last_token %d: tokens would be handed out twice", name, l.Token, st.LastToken)
+			return state{}, 0, fmt.Errorf("lock %q has token %d, above last_token %d: tokens would be handed out twice", name, l.Token, st.LastToken)
 		}
 		st.Locks[name] = l
 	}
-	return st, nil
+	return st, seq, nil
 }
 
 // lock checks e and returns it as a Lock, without requestors at zero.
@@ -160,85 +233,97 @@ func (e lockEntry) lock() (Lock, error) {
 	return l, nil
 }
 
-// fileStore keeps the lock table in one file, rewritten atomically on every
-// change.
+// fileStore keeps the snapshot of the lock table in the state file.
 type fileStore struct {
 	path string
 	disk disk
-
-	// fatal receives errUncertain failures: the server should stop and be
-	// restarted from what is on disk. It has room for one error.
-	fatal chan error
 }
 
 func newFileStore(path string, d disk) *fileStore {
-	return &fileStore{path: path, disk: d, fatal: make(chan error, 1)}
+	return &fileStore{path: path, disk: d}
 }
 
-// load reads the state file. A missing file is created empty; leftover
+// journalPath is where the changes since the snapshot are kept.
+func (s *fileStore) journalPath() string { return s.path + ".journal" }
+
+// load reads the state file and returns the table, the last journal record
+// it holds and its size. A missing file is created empty; leftover
 // temporary files of an interrupted save are removed. A file that cannot
 // be parsed is an error and is left untouched.
-func (s *fileStore) load() (state, error) {
+func (s *fileStore) load() (state, uint64, int64, error) {
 	if err := s.removeTemps(); err != nil {
-		return state{}, err
+		return state{}, 0, 0, err
 	}
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(s.journalPath()); err == nil {
+			return state{}, 0, 0, fmt.Errorf("state file %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",
+				s.path, s.journalPath())
+		}
 		st := state{Locks: map[string]Lock{}}
-		if err := s.save(st); err != nil {
-			return state{}, fmt.Errorf("creating state file: %w", err)
+		n, err := s.save(st, 0)
+		if err != nil {
+			return state{}, 0, 0, fmt.Errorf("creating state file: %w", err)
 		}
-		return st, nil
+		return st, 0, n, nil
 	}
 	if err != nil {
-		return state{}, fmt.Errorf("reading state file: %w", err)
+		return state{}, 0, 0, fmt.Errorf("reading state file: %w", err)
 	}
-	st, err := decodeState(data)
+	st, seq, err := decodeState(data)
 	if err != nil {
-		return state{}, fmt.Errorf("state file %s: %w", s.path, err)
+		return state{}, 0, 0, fmt.Errorf("state file %s: %w", s.path, err)
 	}
-	return st, nil
+	return st, seq, int64(len(data)), nil
 }
 
-// save writes st to the state file; when it returns nil it is on disk.
-func (s *fileStore) save(st state) error {
-	var buf bytes.Buffer
-	if err := encodeState(&buf, st); err != nil {
-		return fmt.Errorf("encoding state: %w", err)
-	}
-	err := writeFileAtomic(s.disk, s.path, buf.Bytes())
-	if errors.Is(err, errUncertain) {
-		select {
-		case s.fatal <- err:
-		default:
-		}
-	}
-	return err
+// save writes st, which holds the journal up to seq, to the state file and
+// returns its size; when it returns, the file is on disk.
+func (s *fileStore) save(st state, seq uint64) (int64, error) {
+	var n countingWriter
+	err := writeFileAtomic(s.disk, s.path, func(w io.Writer) error {
+		n.w = w
+		return encodeState(&n, st, seq)
+	})
+	return n.n, err
 }
 
-// tempPattern names the temporary files written beside the state file.
-func (s *fileStore) tempPattern() string {
-	return "." + filepath.Base(s.path) + ".tmp-*"
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
 }
 
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// removeTemps removes the temporary files of a save or a journal
+// compaction that a crash interrupted.
 func (s *fileStore) removeTemps() error {
-	temps, err := filepath.Glob(filepath.Join(filepath.Dir(s.path), s.tempPattern()))
-	if err != nil {
-		return err
-	}
-	for _, t := range temps {
-		if err := s.disk.Remove(t); err != nil {
-			return fmt.Errorf("removing a leftover temporary file: %w", err)
+	dir, base := filepath.Dir(s.path), filepath.Base(s.path)
+	for _, pattern := range []string{"." + base + ".tmp-*", "." + base + ".journal.tmp-*"} {
+		temps, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			return err
+		}
+		for _, t := range temps {
+			if err := s.disk.Remove(t); err != nil {
+				return fmt.Errorf("removing a leftover temporary file: %w", err)
+			}
 		}
 	}
 	return nil
 }
 
-// writeFileAtomic replaces path with data so that a crash at any point
-// leaves either the old file or the new one, never a mix: write a temporary
-// file in the same directory, sync it, rename it over path, sync the
-// directory so the rename itself is durable.
-func writeFileAtomic(d disk, path string, data []byte) (err error) {
+// writeFileAtomic replaces path with what write writes, so that a crash at
+// any point leaves either the old file or the new one, never a mix: write a
+// temporary file in the same directory, sync it, rename it over path, sync
+// the directory so the rename itself is durable. A failure after the rename
+// is errUncertain: the new file is in place but may not survive a crash.
+func writeFileAtomic(d disk, path string, write func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := d.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -254,7 +339,11 @@ func writeFileAtomic(d disk, path string, data []byte) (err error) {
 			_ = d.Remove(tmp) // best effort; a leftover is removed at the next start
 		}
 	}()
-	if _, err := f.Write(data); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	if err := write(bw); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("writing %s: %w", tmp, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -277,6 +366,7 @@ func writeFileAtomic(d disk, path string, data []byte) (err error) {
 // them fail or record their order.
 type disk interface {
 	CreateTemp(dir, pattern string) (tempFile, error)
+	OpenAppend(name string) (journalFile, error)
 	Rename(oldpath, newpath string) error
 	Remove(name string) error
 	SyncDir(dir string) error
@@ -295,6 +385,15 @@ type osDisk struct{}
 
 func (osDisk) CreateTemp(dir, pattern string) (tempFile, error) {
 	f, err := os.CreateTemp(dir, pattern) // mode 0600: the file holds the keys
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// OpenAppend opens name for appending, creating it (mode 0600) if needed.
+func (osDisk) OpenAppend(name string) (journalFile, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
