@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # STATE is the state file `make run` uses unless LOCKER_CONFIG is set.
 STATE ?= locker-state.yml
 
-.PHONY: build run test lint resource clean
+.PHONY: build run test lint resource bench clean
 
 # build: compile the server to ./locker.
 build:
@@ -27,6 +27,12 @@ lint:
 # resource: build the Concourse resource's check, in and out into bin/resource.
 resource:
 	for cmd in check in out; do CGO_ENABLED=0 go build -trimpath -o bin/resource/$$cmd ./resource/cmd/$$cmd || exit 1; done
+
+# bench: measure the server on this machine (a few minutes); prints a table
+# and writes bench/results.json. BENCHFLAGS=-runs 5 for more runs.
+bench: build
+	go build -o bin/locker-bench ./bench
+	bin/locker-bench -locker ./locker $(BENCHFLAGS)
 
 # clean: remove what build, run and resource made.
 clean:

@@ -26,6 +26,11 @@ import (
 // A line is "<crc32c of the JSON, 8 hex digits> <JSON record>\n". A crash
 // can leave the last line torn; replay detects it by its missing newline or
 // checksum and ignores it, so a change is either there whole or not at all.
+//
+// The file is allocated ahead in chunks of journalChunk bytes, zero-filled,
+// and written in place: syncing data into space the file already has is
+// cheaper than growing the file on every sync. The zeros after the last
+// record read as a torn line without a newline: the end.
 
 // record is one journal line: the locks one change touched, as they were
 // after it (nil for a lock it freed), and the token counter.
@@ -136,11 +141,12 @@ type journal struct {
 	kick     chan struct{} // wakes the committer; room for one
 	done     chan struct{} // closed when the committer has stopped
 
-	fileMu  sync.Mutex // guards the fields below: the committer and compact
-	file    journalFile
-	size    int64
-	offsets []recordEnd // the records in the file, in order
-	foldAt  int64       // journal size that asks for a fold
+	fileMu    sync.Mutex // guards the fields below: the committer and compact
+	file      journalFile
+	size      int64       // bytes of records in the file
+	allocated int64       // bytes the file has room for, zeros after size
+	offsets   []recordEnd // the records in the file, in order
+	foldAt    int64       // journal size that asks for a fold
 
 	mu       sync.Mutex // guards the fields below
 	pending  []byte     // queued records, not yet written
@@ -158,6 +164,10 @@ type journal struct {
 // minFoldBytes is the journal size below which it is never folded: replaying
 // a few megabytes at start takes milliseconds.
 const minFoldBytes = 8 << 20
+
+// journalChunk is how much room the journal file is given at a time:
+// about 40,000 records, and little to read past at a replay.
+const journalChunk = 8 << 20
 
 // openJournal replays the journal at path onto st, skipping records the
 // snapshot already holds (seq up to snapSeq), cuts off a torn last record,
@@ -193,12 +203,13 @@ func openJournal(path string, d disk, st *state, snapSeq uint64, snapBytes int64
 	if err != nil {
 		return nil, 0, fmt.Errorf("journal %s: %w", path, err)
 	}
-	f, err := d.OpenAppend(path)
+	f, err := d.OpenJournal(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("opening journal: %w", err)
 	}
 	if int64(len(data)) > int64(good) {
-		// A crash cut the last record short: it was never acknowledged.
+		// Cut off the room allocated ahead, and a record that a crash left
+		// torn: it was never acknowledged.
 		if err := f.Truncate(int64(good)); err != nil {
 			f.Close()
 			return nil, 0, fmt.Errorf("cutting the torn end off journal %s: %w", path, err)
@@ -215,7 +226,7 @@ func openJournal(path string, d disk, st *state, snapSeq uint64, snapBytes int64
 			return nil, 0, fmt.Errorf("syncing the journal's directory: %w", err)
 		}
 	}
-	j.file, j.size = f, int64(good)
+	j.file, j.size, j.allocated = f, int64(good), int64(good)
 	if good > 0 {
 		j.offsets = []recordEnd{{seq: seq, end: int64(good)}} // replayed: all at most seq
 	}
@@ -331,11 +342,16 @@ func (j *journal) flush() bool {
 	}
 
 	j.fileMu.Lock()
-	n, err := j.file.Write(buf)
+	err := j.reserve(int64(len(buf)))
+	if err == nil {
+		_, err = j.file.WriteAt(buf, j.size)
+	}
 	if err != nil {
-		// Cut off whatever part of the batch reached the file, so that the
-		// next write does not follow a torn record.
+		// Cut off whatever part of the batch reached the file, so that a
+		// record there is never read back, and the next write does not
+		// follow a torn one.
 		terr := j.file.Truncate(j.size)
+		j.allocated = j.size
 		j.fileMu.Unlock()
 		if terr != nil {
 			j.breakDown(first, fmt.Errorf("%w: writing journal %s: %w; cutting it back: %w", errUncertain, j.path, err, terr))
@@ -354,7 +370,7 @@ func (j *journal) flush() bool {
 	for _, e := range ends {
 		j.offsets = append(j.offsets, recordEnd{seq: e.seq, end: j.size + e.end})
 	}
-	j.size += int64(n)
+	j.size += int64(len(buf))
 	full := j.size >= j.foldAt
 	j.fileMu.Unlock()
 
@@ -369,6 +385,20 @@ func (j *journal) flush() bool {
 		}
 	}
 	return true
+}
+
+// reserve makes sure the file has room for n more bytes. Callers hold
+// j.fileMu.
+func (j *journal) reserve(n int64) error {
+	if j.size+n <= j.allocated {
+		return nil
+	}
+	size := j.size + max(n, journalChunk)
+	if err := j.file.Allocate(size); err != nil {
+		return fmt.Errorf("allocating room in the journal: %w", err)
+	}
+	j.allocated = size
+	return nil
 }
 
 // discard forgets every queued record and marks the changes from..to as
@@ -426,12 +456,12 @@ func (j *journal) compact(seq uint64) error {
 	}); err != nil {
 		return fmt.Errorf("compacting journal: %w", err)
 	}
-	f, err := j.disk.OpenAppend(j.path)
+	f, err := j.disk.OpenJournal(j.path)
 	if err != nil {
 		return fmt.Errorf("reopening the compacted journal: %w", err)
 	}
 	j.file.Close()
-	j.file, j.size = f, int64(len(tail))
+	j.file, j.size, j.allocated = f, int64(len(tail)), int64(len(tail))
 	j.offsets = shiftEnds(j.offsets[keep:], start)
 	return nil
 }
@@ -466,7 +496,10 @@ func (j *journal) close(remove bool) error {
 	<-j.done
 	j.fileMu.Lock()
 	defer j.fileMu.Unlock()
-	err := j.file.Close()
+	err := j.file.Truncate(j.size) // give back the room allocated ahead
+	if cerr := j.file.Close(); err == nil {
+		err = cerr
+	}
 	if remove && err == nil {
 		if err = j.disk.Remove(j.path); err == nil {
 			err = j.disk.SyncDir(filepath.Dir(j.path))
@@ -475,10 +508,11 @@ func (j *journal) close(remove bool) error {
 	return err
 }
 
-// journalFile is the part of *os.File the journal writes through.
+// journalFile is the journal file as the journal writes it.
 type journalFile interface {
-	Write(p []byte) (int, error)
-	Sync() error
+	WriteAt(p []byte, off int64) (int, error)
+	Sync() error               // makes what was written durable (fdatasync)
+	Allocate(size int64) error // gives the file size bytes, zero-filled
 	Truncate(size int64) error
 	Close() error
 }

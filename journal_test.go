@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +14,23 @@ import (
 	"testing"
 	"time"
 )
+
+// readJournal returns the records in the journal beside the state file at
+// path: its bytes up to the zeros of the room allocated ahead.
+func readJournal(tb testing.TB, path string) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(path + ".journal")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		data = data[:i]
+	}
+	return data
+}
 
 // fill makes a few changes of every kind on tab and returns what a restart
 // must find.
@@ -54,7 +73,7 @@ func TestJournalTornTailIsIgnored(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, time.Now)
 	want := fill(t, tab)
-	good := readFile(t, path+".journal")
+	good := readJournal(t, path)
 
 	for name, tail := range map[string]string{
 		"no newline":         `0badc0de {"seq":99,"last_token":9,"locks":{"x":null}}`,
@@ -72,7 +91,7 @@ func TestJournalTornTailIsIgnored(t *testing.T) {
 			if got := reloaded.list(); !reflect.DeepEqual(got, want) {
 				t.Errorf("after a torn tail:\n%v\nwant\n%v", got, want)
 			}
-			if got := readFile(t, path+".journal"); string(got) != string(good) {
+			if got := readJournal(t, path); string(got) != string(good) {
 				t.Errorf("the torn tail was not cut off: %q", got[len(good):])
 			}
 		})
@@ -83,7 +102,7 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, time.Now)
 	fill(t, tab)
-	data := readFile(t, path+".journal")
+	data := readJournal(t, path)
 	lines := strings.SplitAfter(string(data), "\n")
 	lines[1] = "0000000 damaged in the middle\n"
 	damaged := strings.Join(lines, "")
@@ -99,7 +118,7 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "damaged line") {
 		t.Errorf("opening a journal damaged in the middle = %v; want an error naming it", err)
 	}
-	if got := readFile(t, path+".journal"); string(got) != damaged {
+	if got := readJournal(t, path); string(got) != damaged {
 		t.Error("the damaged journal was changed")
 	}
 }
@@ -111,7 +130,7 @@ func TestFoldWritesASnapshotAndCompacts(t *testing.T) {
 	if err := tab.fold(); err != nil {
 		t.Fatal(err)
 	}
-	if got := readFile(t, path+".journal"); len(got) != 0 {
+	if got := readJournal(t, path); len(got) != 0 {
 		t.Errorf("journal after a fold holds %q; want nothing", got)
 	}
 	st, seq, err := decodeState(readFile(t, path))
@@ -138,7 +157,7 @@ func TestCrashBetweenSnapshotAndCompaction(t *testing.T) {
 	if _, err := tab.store.save(st, seq); err != nil {
 		t.Fatal(err)
 	}
-	if len(readFile(t, path+".journal")) == 0 {
+	if len(readJournal(t, path)) == 0 {
 		t.Fatal("the journal is empty; the test needs its records")
 	}
 	// Counts would double if records were applied twice.

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -72,11 +70,7 @@ func loadTestTable(tb testing.TB, path string, d disk, now func() time.Time) *ta
 // onDisk returns what the state file at path and its journal hold.
 func onDisk(tb testing.TB, path string) string {
 	tb.Helper()
-	journal, err := os.ReadFile(path + ".journal")
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		tb.Fatal(err)
-	}
-	return string(readFile(tb, path)) + "\n--- journal ---\n" + string(journal)
+	return string(readFile(tb, path)) + "\n--- journal ---\n" + string(readJournal(tb, path))
 }
 
 // get is Get for tests, which expect it to work.

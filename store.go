@@ -366,7 +366,7 @@ func writeFileAtomic(d disk, path string, write func(io.Writer) error) (err erro
 // them fail or record their order.
 type disk interface {
 	CreateTemp(dir, pattern string) (tempFile, error)
-	OpenAppend(name string) (journalFile, error)
+	OpenJournal(name string) (journalFile, error)
 	Rename(oldpath, newpath string) error
 	Remove(name string) error
 	SyncDir(dir string) error
@@ -391,13 +391,14 @@ func (osDisk) CreateTemp(dir, pattern string) (tempFile, error) {
 	return f, nil
 }
 
-// OpenAppend opens name for appending, creating it (mode 0600) if needed.
-func (osDisk) OpenAppend(name string) (journalFile, error) {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+// OpenJournal opens name for writing in place, creating it (mode 0600) if
+// needed.
+func (osDisk) OpenJournal(name string) (journalFile, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	return f, nil
+	return osJournal{f}, nil
 }
 
 func (osDisk) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }

@@ -83,11 +83,11 @@ func (d *faultyDisk) CreateTemp(dir, pattern string) (tempFile, error) {
 	return &faultyFile{tempFile: f, disk: d}, nil
 }
 
-func (d *faultyDisk) OpenAppend(name string) (journalFile, error) {
+func (d *faultyDisk) OpenJournal(name string) (journalFile, error) {
 	if err := d.step("open"); err != nil {
 		return nil, err
 	}
-	f, err := osDisk{}.OpenAppend(name)
+	f, err := osDisk{}.OpenJournal(name)
 	if err != nil {
 		return nil, err
 	}
@@ -120,13 +120,13 @@ type faultyJournal struct {
 	disk *faultyDisk
 }
 
-func (f *faultyJournal) Write(p []byte) (int, error) {
+func (f *faultyJournal) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.disk.step("jwrite"); err != nil {
 		// A failed write may still leave part of the data in the file.
-		n, _ := f.journalFile.Write(p[:len(p)/2])
+		n, _ := f.journalFile.WriteAt(p[:len(p)/2], off)
 		return n, err
 	}
-	return f.journalFile.Write(p)
+	return f.journalFile.WriteAt(p, off)
 }
 
 func (f *faultyJournal) Sync() error {

@@ -1,0 +1,193 @@
+// Command bench measures the locker server on this machine: it starts the
+// real binary on loopback with a fresh state file, drives it with HTTP
+// clients, and prints one table of figures (also written as JSON).
+//
+// Every figure is the median of several runs, with the min-max beside it so
+// that noise is visible. It asserts nothing: it measures.
+//
+//	go run ./bench -locker ./locker [-runs 3] [-duration 3s] [-json bench/results.json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config is the benchmark's flags.
+type config struct {
+	locker   string        // the server binary
+	runs     int           // runs per figure
+	duration time.Duration // length of one throughput run
+	clients  int           // clients in the parallel runs
+	jsonOut  string        // where to write the figures
+	large    []int         // numbers of preloaded locks for the large runs
+}
+
+func run() error {
+	noop := flag.Bool("noop", false, "serve a do-nothing HTTP handler on a loopback port (used by the ceiling figure)")
+	var cfg config
+	flag.StringVar(&cfg.locker, "locker", "./locker", "the locker server binary")
+	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
+	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "length of one throughput run")
+	flag.IntVar(&cfg.clients, "clients", 16, "clients in the parallel, contended and large runs")
+	flag.StringVar(&cfg.jsonOut, "json", "bench/results.json", "write the figures here as JSON")
+	largeFlag := flag.String("large", "10000,100000", "numbers of other locks held in the large runs")
+	flag.Parse()
+	if *noop {
+		return serveNoop()
+	}
+	for _, f := range strings.Split(*largeFlag, ",") {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n < 0 {
+			return fmt.Errorf("-large: %q is not a number of locks", f)
+		}
+		cfg.large = append(cfg.large, n)
+	}
+	locker, err := filepath.Abs(cfg.locker)
+	if err != nil {
+		return err
+	}
+	cfg.locker = locker
+	dir, err := os.MkdirTemp("", "locker-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	r := &report{Machine: machine(), Runs: cfg.runs, Duration: cfg.duration.String(), Clients: cfg.clients}
+	steps := []struct {
+		name string
+		fn   func(config, string, *report) error
+	}{
+		{"fsync", benchFsync},
+		{"ceiling", benchCeiling},
+		{"serial", benchSerial},
+		{"parallel", benchParallel},
+		{"contended", benchContended},
+		{"handoff", benchHandoff},
+		{"large and restart", benchLarge},
+	}
+	for _, s := range steps {
+		fmt.Fprintf(os.Stderr, "bench: %s...\n", s.name)
+		if err := s.fn(cfg, dir, r); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	r.check()
+	r.print(os.Stdout)
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(cfg.jsonOut, append(data, '\n'), 0o644)
+}
+
+// machine describes where the figures were measured.
+func machine() string {
+	cpu := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if name, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s/%s, %s", cpu, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+// serveNoop answers every request with 200 and a small JSON body, for the
+// ceiling figure: what HTTP on loopback costs here, without any locking.
+func serveNoop() error {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"response":"ok"}`+"\n")
+	})}
+	ln, err := listenLoopback()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "msg=\"locker listening\" addr=%s\n", ln.Addr())
+	return srv.Serve(ln)
+}
+
+// median returns the median of xs (the mean of the middle two when even).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// percentile returns the p-th percentile (0-100) of ds.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(ds))
+	i := int(float64(len(s)-1) * p / 100)
+	return s[i]
+}
+
+// figure is one measured quantity over several runs.
+type figure struct {
+	Median float64   `json:"median"`
+	Min    float64   `json:"min"`
+	Max    float64   `json:"max"`
+	Unit   string    `json:"unit"`
+	Runs   []float64 `json:"runs"`
+}
+
+func newFigure(unit string, runs []float64) figure {
+	return figure{Median: median(runs), Min: slices.Min(runs), Max: slices.Max(runs), Unit: unit, Runs: runs}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// withTimeout is a context for one step of the benchmark.
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+func (r *report) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(w, "Locker benchmark on %s\n%d runs per figure, %s each, %d clients in parallel runs; median [min-max]\n\n",
+		r.Machine, r.Runs, r.Duration, r.Clients)
+	fmt.Fprintln(tw, "figure\tvalue\tmin-max\t")
+	for _, row := range r.rows() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", row[0], row[1], row[2])
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "targets (ratios within this run):")
+	for _, t := range r.Targets {
+		mark := "MET"
+		if !t.Met {
+			mark = "MISSED"
+		}
+		fmt.Fprintf(w, "  %-6s %s: %s\n", mark, t.Name, t.Detail)
+	}
+}

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// report is every figure of one benchmark run.
+type report struct {
+	Machine  string `json:"machine"`
+	Runs     int    `json:"runs"`
+	Duration string `json:"duration"`
+	Clients  int    `json:"clients"`
+
+	FsyncMs       figure         `json:"fsync_ms"`
+	CeilingRPS    figure         `json:"ceiling_rps"`
+	SerialRPS     figure         `json:"serial_rps"`
+	SerialP50Ms   figure         `json:"serial_p50_ms"`
+	SerialP99Ms   figure         `json:"serial_p99_ms"`
+	ParallelRPS   figure         `json:"parallel_rps"`
+	ParallelP50Ms figure         `json:"parallel_p50_ms"`
+	ParallelP99Ms figure         `json:"parallel_p99_ms"`
+	ContendedRPS  figure         `json:"contended_rps"`
+	ContendedGPS  figure         `json:"contended_grants_per_s"`
+	Overlaps      int            `json:"contended_overlaps"`
+	HandoffP50Ms  figure         `json:"handoff_p50_ms"`
+	HandoffP99Ms  figure         `json:"handoff_p99_ms"`
+	Large         []largeFigures `json:"large"`
+	RestartMs     figure         `json:"restart_ms"`
+	RestartLocks  int            `json:"restart_locks"`
+
+	Targets []target `json:"targets"`
+}
+
+// largeFigures are the parallel figures with many other locks held.
+type largeFigures struct {
+	Locks      int    `json:"locks"`
+	RPS        figure `json:"rps"`
+	P99Ms      figure `json:"p99_ms"`
+	StateBytes int64  `json:"state_file_bytes"`
+	RSSMB      figure `json:"rss_mb"`
+}
+
+type target struct {
+	Name   string `json:"name"`
+	Met    bool   `json:"met"`
+	Detail string `json:"detail"`
+}
+
+// benchFsync measures write+fsync of a small file: the floor for a durable
+// change on this disk.
+func benchFsync(cfg config, dir string, r *report) error {
+	var runs []float64
+	for range cfg.runs {
+		f, err := os.Create(filepath.Join(dir, "fsync-probe"))
+		if err != nil {
+			return err
+		}
+		var ds []time.Duration
+		for range 200 {
+			t0 := time.Now()
+			if _, err := f.Write([]byte("0badc0de {\"seq\":1,\"last_token\":1,\"locks\":{}}\n")); err != nil {
+				return err
+			}
+			if err := f.Sync(); err != nil {
+				return err
+			}
+			ds = append(ds, time.Since(t0))
+		}
+		f.Close()
+		runs = append(runs, ms(percentile(ds, 50)))
+	}
+	r.FsyncMs = newFigure("ms", runs)
+	return os.Remove(filepath.Join(dir, "fsync-probe"))
+}
+
+// benchCeiling runs the parallel workload against a do-nothing server.
+func benchCeiling(cfg config, dir string, r *report) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	p, err := start(self, []string{"-noop"}, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = p.cmd.Process.Kill(); <-p.done }()
+	var runs []float64
+	for range cfg.runs {
+		res, err := loop(p.url, cfg.clients, cfg.duration, ownLock("ceiling"))
+		if err != nil {
+			return err
+		}
+		runs = append(runs, res.perSecond(res.requests))
+	}
+	r.CeilingRPS = newFigure("req/s", runs)
+	return nil
+}
+
+// throughput runs a workload cfg.runs times against a fresh server each
+// time and returns requests/s, p50 and p99.
+func throughput(cfg config, dir string, clients int, work func(c *client, id int, lat *[]time.Duration) (int, error)) (rps, p50, p99 figure, res []loadResult, err error) {
+	var rs, p50s, p99s []float64
+	for i := range cfg.runs {
+		runDir := filepath.Join(dir, fmt.Sprintf("run-%d-%d", time.Now().UnixNano(), i))
+		if err := os.MkdirAll(runDir, 0o755); err != nil {
+			return rps, p50, p99, nil, err
+		}
+		p, _, err := startLocker(cfg, runDir)
+		if err != nil {
+			return rps, p50, p99, nil, err
+		}
+		out, err := loop(p.url, clients, cfg.duration, work)
+		stopErr := p.stop()
+		if err != nil {
+			return rps, p50, p99, nil, err
+		}
+		if stopErr != nil {
+			return rps, p50, p99, nil, stopErr
+		}
+		res = append(res, out)
+		rs = append(rs, out.perSecond(out.requests))
+		p50s = append(p50s, ms(percentile(out.latencies, 50)))
+		p99s = append(p99s, ms(percentile(out.latencies, 99)))
+		os.RemoveAll(runDir)
+	}
+	return newFigure("req/s", rs), newFigure("ms", p50s), newFigure("ms", p99s), res, nil
+}
+
+func benchSerial(cfg config, dir string, r *report) error {
+	var err error
+	r.SerialRPS, r.SerialP50Ms, r.SerialP99Ms, _, err = throughput(cfg, dir, 1, ownLock("serial"))
+	return err
+}
+
+func benchParallel(cfg config, dir string, r *report) error {
+	var err error
+	r.ParallelRPS, r.ParallelP50Ms, r.ParallelP99Ms, _, err = throughput(cfg, dir, cfg.clients, ownLock("parallel"))
+	return err
+}
+
+// benchContended has every client, each with its own key, fight for one
+// lock, and checks that no two ever held it at once.
+func benchContended(cfg config, dir string, r *report) error {
+	var holders, overlaps atomic.Int64
+	work := func(c *client, id int, lat *[]time.Duration) (int, error) {
+		body := fmt.Sprintf(`{"key":"client-%d"}`, id)
+		status, err := timed(c, lat, "PUT", "/lock/contended", body, 200, 423)
+		if err != nil || status == 423 {
+			return 0, err
+		}
+		if holders.Add(1) != 1 {
+			overlaps.Add(1)
+		}
+		holders.Add(-1)
+		_, err = timed(c, lat, "DELETE", "/lock/contended", body, 200)
+		return 1, err
+	}
+	rps, _, _, res, err := throughput(cfg, dir, cfg.clients, work)
+	if err != nil {
+		return err
+	}
+	var gps []float64
+	for _, x := range res {
+		gps = append(gps, x.perSecond(x.grants))
+	}
+	r.ContendedRPS, r.ContendedGPS, r.Overlaps = rps, newFigure("grants/s", gps), int(overlaps.Load())
+	return nil
+}
+
+// benchHandoff measures the time from a release's 200 to the 200 of the
+// request that was waiting for the lock.
+func benchHandoff(cfg config, dir string, r *report) error {
+	var p50s, p99s []float64
+	for i := range cfg.runs {
+		runDir := filepath.Join(dir, fmt.Sprintf("handoff-%d", i))
+		if err := os.MkdirAll(runDir, 0o755); err != nil {
+			return err
+		}
+		p, _, err := startLocker(cfg, runDir)
+		if err != nil {
+			return err
+		}
+		ds, err := handoffRounds(p, 200)
+		stopErr := p.stop()
+		if err != nil {
+			return err
+		}
+		if stopErr != nil {
+			return stopErr
+		}
+		p50s = append(p50s, ms(percentile(ds, 50)))
+		p99s = append(p99s, ms(percentile(ds, 99)))
+	}
+	r.HandoffP50Ms, r.HandoffP99Ms = newFigure("ms", p50s), newFigure("ms", p99s)
+	return nil
+}
+
+func handoffRounds(p *process, rounds int) ([]time.Duration, error) {
+	holder, waiter := newClient(p.url), newClient(p.url)
+	probe := newClient(p.url)
+	keys := [2]string{`{"key":"a"}`, `{"key":"b"}`}
+	if status, err := holder.do("PUT", "/lock/handoff", keys[0]); err != nil || status != 200 {
+		return nil, fmt.Errorf("first PUT: %d %v", status, err)
+	}
+	var ds []time.Duration
+	for i := range rounds {
+		hk, wk := keys[i%2], keys[(i+1)%2]
+		got := make(chan time.Time, 1)
+		failed := make(chan error, 1)
+		go func() {
+			status, err := waiter.do("PUT", "/lock/handoff?wait=30s", wk)
+			if err != nil || status != 200 {
+				failed <- fmt.Errorf("waiting PUT: %d %v", status, err)
+				return
+			}
+			got <- time.Now()
+		}()
+		// Release only once the waiter is in the queue.
+		for {
+			status, body, err := probe.get("/lock/handoff")
+			if err != nil || status != 200 {
+				return nil, fmt.Errorf("GET: %d %v", status, err)
+			}
+			if strings.Contains(body, `"waiting":[{`) {
+				break
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		if status, err := holder.do("DELETE", "/lock/handoff", hk); err != nil || status != 200 {
+			return nil, fmt.Errorf("DELETE: %d %v", status, err)
+		}
+		released := time.Now()
+		select {
+		case t := <-got:
+			ds = append(ds, max(t.Sub(released), 0))
+		case err := <-failed:
+			return nil, err
+		}
+		holder, waiter = waiter, holder
+	}
+	return ds, nil
+}
+
+// get sends a GET and returns the status and body.
+func (c *client) get(path string) (int, string, error) {
+	resp, err := c.http.Get(c.base + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// benchLarge runs the parallel workload with many other locks held, then
+// measures a restart with the most of them.
+func benchLarge(cfg config, dir string, r *report) error {
+	var mu sync.Mutex
+	largeDir := filepath.Join(dir, "large")
+	if err := os.MkdirAll(largeDir, 0o755); err != nil {
+		return err
+	}
+	p, state, err := startLocker(cfg, largeDir)
+	if err != nil {
+		return err
+	}
+	held := 0
+	for _, n := range cfg.large {
+		fmt.Fprintf(os.Stderr, "bench: preloading %d locks...\n", n)
+		if err := preload(p.url, held, n, cfg.clients); err != nil {
+			_ = p.stop()
+			return err
+		}
+		held = n
+		lf := largeFigures{Locks: n}
+		var rs, p99s, rss []float64
+		for range cfg.runs {
+			res, err := loop(p.url, cfg.clients, cfg.duration, ownLock("large"))
+			if err != nil {
+				_ = p.stop()
+				return err
+			}
+			rs = append(rs, res.perSecond(res.requests))
+			p99s = append(p99s, ms(percentile(res.latencies, 99)))
+			rss = append(rss, p.rssMB())
+		}
+		lf.RPS, lf.P99Ms, lf.RSSMB = newFigure("req/s", rs), newFigure("ms", p99s), newFigure("MB", rss)
+		lf.StateBytes = fileSize(state) + fileSize(state+".journal")
+		mu.Lock()
+		r.Large = append(r.Large, lf)
+		mu.Unlock()
+	}
+	if err := p.stop(); err != nil {
+		return err
+	}
+
+	// Restart: from exec to the first answer, with every lock in the file.
+	var runs []float64
+	for range cfg.runs {
+		t0 := time.Now()
+		p, _, err := startLocker(cfg, largeDir)
+		if err != nil {
+			return err
+		}
+		c := newClient(p.url)
+		if status, _, err := c.get("/lock/restart-probe"); err != nil || status != 200 {
+			_ = p.stop()
+			return fmt.Errorf("first GET after restart: %d %v", status, err)
+		}
+		runs = append(runs, ms(time.Since(t0)))
+		if err := p.stop(); err != nil {
+			return err
+		}
+	}
+	r.RestartMs, r.RestartLocks = newFigure("ms", runs), held
+	return nil
+}
+
+func fileSize(path string) int64 {
+	info, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return info.Size()
+}
+
+// rows returns the table's lines: figure, median, min-max.
+func (r *report) rows() [][3]string {
+	f := func(name string, x figure, prec int) [3]string {
+		return [3]string{name, fmt.Sprintf("%.*f %s", prec, x.Median, x.Unit), fmt.Sprintf("%.*f-%.*f", prec, x.Min, prec, x.Max)}
+	}
+	rows := [][3]string{
+		f("fsync (write+fsync, p50)", r.FsyncMs, 3),
+		f("ceiling (no-op server, 16 clients)", r.CeilingRPS, 0),
+		f("serial", r.SerialRPS, 0),
+		f("serial p50", r.SerialP50Ms, 3),
+		f("serial p99", r.SerialP99Ms, 3),
+		f("parallel", r.ParallelRPS, 0),
+		f("parallel p50", r.ParallelP50Ms, 3),
+		f("parallel p99", r.ParallelP99Ms, 3),
+		f("contended", r.ContendedRPS, 0),
+		f("contended grants", r.ContendedGPS, 0),
+		{"contended overlaps (must be 0)", fmt.Sprint(r.Overlaps), ""},
+		f("handoff p50", r.HandoffP50Ms, 3),
+		f("handoff p99", r.HandoffP99Ms, 3),
+	}
+	for _, l := range r.Large {
+		name := fmt.Sprintf("large %d", l.Locks)
+		rows = append(rows,
+			f(name, l.RPS, 0),
+			f(name+" p99", l.P99Ms, 3),
+			[3]string{name + " state file", fmt.Sprintf("%.1f MB", float64(l.StateBytes)/1e6), ""},
+			f(name+" RSS", l.RSSMB, 1),
+		)
+	}
+	return append(rows, f(fmt.Sprintf("restart with %d locks", r.RestartLocks), r.RestartMs, 0))
+}
+
+// check fills in r.Targets from the issue's targets.
+func (r *report) check() {
+	add := func(name string, met bool, format string, args ...any) {
+		r.Targets = append(r.Targets, target{Name: name, Met: met, Detail: fmt.Sprintf(format, args...)})
+	}
+	add("serial p50 <= fsync + 0.25 ms", r.SerialP50Ms.Median <= r.FsyncMs.Median+0.25,
+		"%.3f ms vs %.3f + 0.25 ms", r.SerialP50Ms.Median, r.FsyncMs.Median)
+	add("parallel >= 50% of ceiling", r.ParallelRPS.Median >= 0.5*r.CeilingRPS.Median,
+		"%.0f%% (%.0f of %.0f req/s)", 100*r.ParallelRPS.Median/r.CeilingRPS.Median, r.ParallelRPS.Median, r.CeilingRPS.Median)
+	add("handoff p99 <= 5 ms", r.HandoffP99Ms.Median <= 5, "%.3f ms", r.HandoffP99Ms.Median)
+	add("contended: never two holders", r.Overlaps == 0, "%d overlaps", r.Overlaps)
+	for _, l := range r.Large {
+		want := 0.8
+		if l.Locks >= 100000 {
+			want = 0.7
+		}
+		add(fmt.Sprintf("large %d >= %.0f%% of parallel", l.Locks, 100*want), l.RPS.Median >= want*r.ParallelRPS.Median,
+			"%.0f%% (%.0f of %.0f req/s)", 100*l.RPS.Median/r.ParallelRPS.Median, l.RPS.Median, r.ParallelRPS.Median)
+		if l.Locks >= 100000 {
+			add("RSS at 100,000 locks <= 150 MB", l.RSSMB.Median <= 150, "%.1f MB", l.RSSMB.Median)
+		}
+	}
+	add("restart <= 2 s", r.RestartMs.Median <= 2000, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
+}
