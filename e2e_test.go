@@ -144,9 +144,7 @@ func TestClientThatLeavesIsNeverGranted(t *testing.T) {
 	http.DefaultClient.CloseIdleConnections()
 	ls.client.CloseIdleConnections()
 	waitFor(t, "the waiters' goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
-	if !strings.Contains(ls.log.String(), "status=499") {
-		t.Errorf("the log does not show the abandoned requests:\n%s", ls.log)
-	}
+	waitFor(t, "the log to show the abandoned requests", func() bool { return strings.Contains(ls.log.String(), "status=499") })
 }
 
 func TestShutdownAnswersWaiters(t *testing.T) {
@@ -206,9 +204,9 @@ func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
 		t.Fatalf("PUT = %d %s", status, body)
 	}
 	waitFor(t, "the lease to run out", func() bool { return len(ls.listLocks(t, "ci", "s3cret")) == 0 })
-	if !strings.Contains(ls.log.String(), `msg="lease expired; hold released" lock=leased requestor=build-7`) {
-		t.Errorf("the log does not say which lease expired:\n%s", ls.log)
-	}
+	waitFor(t, "the log to say which lease expired", func() bool {
+		return strings.Contains(ls.log.String(), `msg="lease expired; hold released" lock=leased requestor=build-7`)
+	})
 
 	ls.call(t, "PUT", "/lock/stuck", `{"key": "k", "lock_by": "aborted-build"}`, "ci", "s3cret")
 	status, body := ls.call(t, "DELETE", "/lock/stuck?force=true", "", "ci", "s3cret")

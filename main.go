@@ -168,7 +168,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+	log, logs := newLogger(stderr)
+	defer logs.Close()
 
 	var tlsConfig *tls.Config
 	if cfg.certFile != "" {
@@ -211,6 +212,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	httpSrv.TLSConfig = tlsConfig
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
 		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
+	logs.Flush()
 
 	// The expiry and fold loops run until the HTTP server has stopped.
 	background, stopBackground := context.WithCancel(context.Background())

@@ -165,6 +165,7 @@ func TestRunKeepsLocksAcrossRestarts(t *testing.T) {
 	if err := first.shutdown(); err != nil {
 		t.Fatalf("run after shutdown = %v; want nil", err)
 	}
+	// Request lines are buffered, and written out at the latest at shutdown.
 	if !strings.Contains(first.log.String(), "msg=request method=PUT path=/lock/prod status=200") {
 		t.Errorf("request log is missing a line for PUT /lock/prod:\n%s", first.log)
 	}

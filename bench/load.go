@@ -99,6 +99,25 @@ func (p *process) rssMB() float64 {
 	return 0
 }
 
+// cpuSeconds is the CPU time (user and system) the process has used.
+func (p *process) cpuSeconds() float64 { return cpuSecondsOf(p.cmd.Process.Pid) }
+
+// cpuSecondsOf is the CPU time (user and system) process pid has used.
+func cpuSecondsOf(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses.
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(fields) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // clock ticks; 100 a second on Linux
+}
+
 // startLocker starts the locker binary with a state file in dir.
 func startLocker(cfg config, dir string) (*process, string, error) {
 	state := filepath.Join(dir, "locks.yml")
@@ -139,6 +158,7 @@ type loadResult struct {
 	overlaps  int // contended: times two clients held the lock at once
 	latencies []time.Duration
 	elapsed   time.Duration
+	serverCPU float64 // seconds of CPU the server used
 }
 
 func (l loadResult) perSecond(n int) float64 { return float64(n) / l.elapsed.Seconds() }

@@ -20,12 +20,15 @@ type report struct {
 
 	FsyncMs       figure         `json:"fsync_ms"`
 	CeilingRPS    figure         `json:"ceiling_rps"`
+	CeilingCPUus  figure         `json:"ceiling_server_cpu_us_per_request"`
+	ClientCPUus   figure         `json:"load_generator_cpu_us_per_request"`
 	SerialRPS     figure         `json:"serial_rps"`
 	SerialP50Ms   figure         `json:"serial_p50_ms"`
 	SerialP99Ms   figure         `json:"serial_p99_ms"`
 	ParallelRPS   figure         `json:"parallel_rps"`
 	ParallelP50Ms figure         `json:"parallel_p50_ms"`
 	ParallelP99Ms figure         `json:"parallel_p99_ms"`
+	ParallelCPUus figure         `json:"parallel_server_cpu_us_per_request"`
 	ContendedRPS  figure         `json:"contended_rps"`
 	ContendedGPS  figure         `json:"contended_grants_per_s"`
 	Overlaps      int            `json:"contended_overlaps"`
@@ -91,15 +94,20 @@ func benchCeiling(cfg config, dir string, r *report) error {
 		return err
 	}
 	defer func() { _ = p.cmd.Process.Kill(); <-p.done }()
-	var runs []float64
+	var runs, srvCPU, cliCPU []float64
 	for range cfg.runs {
+		s0, c0 := p.cpuSeconds(), cpuSecondsOf(os.Getpid())
 		res, err := loop(p.url, cfg.clients, cfg.duration, ownLock("ceiling"))
 		if err != nil {
 			return err
 		}
 		runs = append(runs, res.perSecond(res.requests))
+		srvCPU = append(srvCPU, 1e6*(p.cpuSeconds()-s0)/float64(res.requests))
+		cliCPU = append(cliCPU, 1e6*(cpuSecondsOf(os.Getpid())-c0)/float64(res.requests))
 	}
 	r.CeilingRPS = newFigure("req/s", runs)
+	r.CeilingCPUus = newFigure("µs CPU/req", srvCPU)
+	r.ClientCPUus = newFigure("µs CPU/req", cliCPU)
 	return nil
 }
 
@@ -116,7 +124,9 @@ func throughput(cfg config, dir string, clients int, work func(c *client, id int
 		if err != nil {
 			return rps, p50, p99, nil, err
 		}
+		cpu0 := p.cpuSeconds()
 		out, err := loop(p.url, clients, cfg.duration, work)
+		out.serverCPU = p.cpuSeconds() - cpu0
 		stopErr := p.stop()
 		if err != nil {
 			return rps, p50, p99, nil, err
@@ -140,8 +150,16 @@ func benchSerial(cfg config, dir string, r *report) error {
 }
 
 func benchParallel(cfg config, dir string, r *report) error {
+	var res []loadResult
 	var err error
-	r.ParallelRPS, r.ParallelP50Ms, r.ParallelP99Ms, _, err = throughput(cfg, dir, cfg.clients, ownLock("parallel"))
+	r.ParallelRPS, r.ParallelP50Ms, r.ParallelP99Ms, res, err = throughput(cfg, dir, cfg.clients, ownLock("parallel"))
+	var cpu []float64
+	for _, x := range res {
+		cpu = append(cpu, 1e6*x.serverCPU/float64(x.requests))
+	}
+	if len(cpu) > 0 {
+		r.ParallelCPUus = newFigure("µs CPU/req", cpu)
+	}
 	return err
 }
 
@@ -339,12 +357,15 @@ func (r *report) rows() [][3]string {
 	rows := [][3]string{
 		f("fsync (write+fsync, p50)", r.FsyncMs, 3),
 		f("ceiling (no-op server, 16 clients)", r.CeilingRPS, 0),
+		f("ceiling server CPU", r.CeilingCPUus, 1),
+		f("load generator CPU", r.ClientCPUus, 1),
 		f("serial", r.SerialRPS, 0),
 		f("serial p50", r.SerialP50Ms, 3),
 		f("serial p99", r.SerialP99Ms, 3),
 		f("parallel", r.ParallelRPS, 0),
 		f("parallel p50", r.ParallelP50Ms, 3),
 		f("parallel p99", r.ParallelP99Ms, 3),
+		f("parallel server CPU", r.ParallelCPUus, 1),
 		f("contended", r.ContendedRPS, 0),
 		f("contended grants", r.ContendedGPS, 0),
 		{"contended overlaps (must be 0)", fmt.Sprint(r.Overlaps), ""},
