@@ -133,8 +133,8 @@ func viewOf(name string, s Snapshot) lockView {
 		Holders:    make(map[string]holderView, len(s.Holders)),
 		Waiting:    make([]waitingView, len(s.Waiting)),
 	}
-	for r, h := range s.Holders {
-		v.Holders[r] = holderView{Count: h.Count, Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
+	for _, h := range s.Holders {
+		v.Holders[h.Name] = holderView{Count: h.Count, Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
 	}
 	for i, w := range s.Waiting {
 		v.Waiting[i] = waitingView{Key: w.Key, Requestor: w.Requestor, Since: w.Since}
@@ -224,9 +224,10 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	h, _ := l.holder(req.Requestor)
 	s.writeJSON(w, http.StatusOK, lockReply{
 		lockView: viewOf(name, l),
-		Response: fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, l.Holders[req.Requestor].ExpiresAt.Format(time.RFC3339)),
+		Response: fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, h.ExpiresAt.Format(time.RFC3339)),
 	})
 }
 

@@ -35,11 +35,12 @@ func (h *leaseHeap) Pop() any {
 // with another expiry) to the heap. Callers hold t.mu.
 func (t *table) scheduleLeases(name string, old, next Lock) {
 	added := false
-	for r, h := range next.Holders {
-		if h.ExpiresAt.IsZero() || h.ExpiresAt.Equal(old.Holders[r].ExpiresAt) {
+	for _, h := range next.Holders {
+		was, _ := old.holder(h.Name)
+		if h.ExpiresAt.IsZero() || h.ExpiresAt.Equal(was.ExpiresAt) {
 			continue
 		}
-		heap.Push(&t.leases, lease{at: h.ExpiresAt, name: name, requestor: r})
+		heap.Push(&t.leases, lease{at: h.ExpiresAt, name: name, requestor: h.Name})
 		added = true
 	}
 	if added {
@@ -69,12 +70,12 @@ func (t *table) expire(now time.Time) error {
 	for len(t.leases) > 0 && !t.leases[0].at.After(now) {
 		e := heap.Pop(&t.leases).(lease)
 		l := t.locks[e.name].clone()
-		h, ok := l.Holders[e.requestor]
+		h, ok := l.holder(e.requestor)
 		if !ok || !h.ExpiresAt.Equal(e.at) {
 			continue // released or renewed since
 		}
 		due = append(due, e)
-		delete(l.Holders, e.requestor)
+		l.removeHolder(e.requestor)
 		x.set(e.name, l)
 	}
 	for _, e := range due {

@@ -25,14 +25,17 @@ var (
 // never changed in place, only replaced, so copies of the table can share
 // them. The JSON tags are the journal's format.
 type Lock struct {
-	Key        string            `json:"key"`
-	Token      uint64            `json:"token,omitzero"`       // fencing token: set each time the lock goes from free to held
-	AcquiredAt time.Time         `json:"acquired_at,omitzero"` // when it last went from free to held
-	Holders    map[string]Holder `json:"holders"`
+	Key        string    `json:"key"`
+	Token      uint64    `json:"token,omitzero"`       // fencing token: set each time the lock goes from free to held
+	AcquiredAt time.Time `json:"acquired_at,omitzero"` // when it last went from free to held
+	// Holders is sorted by name. A slice, not a map: most locks have one
+	// holder, and a map costs 750 bytes for one entry.
+	Holders []Holder `json:"holders"`
 }
 
 // Holder is one requestor's hold on a lock.
 type Holder struct {
+	Name      string    `json:"name"`                // the requestor
 	Count     int       `json:"count"`               // how many PUTs it has not yet given back
 	Since     time.Time `json:"since,omitzero"`      // when it took its first count
 	ExpiresAt time.Time `json:"expires_at,omitzero"` // when its lease runs out; zero when it has none
@@ -41,27 +44,55 @@ type Holder struct {
 
 func (l Lock) free() bool { return len(l.Holders) == 0 }
 
-// clone returns a copy of l that shares no map with it.
+// clone returns a copy of l that shares no slice with it.
 func (l Lock) clone() Lock {
-	l.Holders = maps.Clone(l.Holders)
+	l.Holders = slices.Clone(l.Holders)
 	return l
 }
+
+// holder returns the holder called name.
+func (l Lock) holder(name string) (Holder, bool) {
+	i, ok := slices.BinarySearchFunc(l.Holders, name, byName)
+	if !ok {
+		return Holder{}, false
+	}
+	return l.Holders[i], true
+}
+
+// setHolder puts h in l, in place of the holder of the same name. Callers
+// own l's slice (a clone).
+func (l *Lock) setHolder(h Holder) {
+	if i, ok := slices.BinarySearchFunc(l.Holders, h.Name, byName); ok {
+		l.Holders[i] = h
+	} else {
+		l.Holders = slices.Insert(l.Holders, i, h)
+	}
+}
+
+// removeHolder takes the holder called name out of l. Callers own l's
+// slice (a clone).
+func (l *Lock) removeHolder(name string) {
+	if i, ok := slices.BinarySearchFunc(l.Holders, name, byName); ok {
+		l.Holders = slices.Delete(l.Holders, i, i+1)
+	}
+}
+
+func byName(h Holder, name string) int { return strings.Compare(h.Name, name) }
 
 // lockedBy returns each holder's count, the shape the original API had.
 func (l Lock) lockedBy() map[string]int {
 	m := make(map[string]int, len(l.Holders))
-	for r, h := range l.Holders {
-		m[r] = h.Count
+	for _, h := range l.Holders {
+		m[h.Name] = h.Count
 	}
 	return m
 }
 
 // holdersString lists l's holders for messages: "node-a (2), node-b (1)".
 func (l Lock) holdersString() string {
-	names := slices.Sorted(maps.Keys(l.Holders))
-	parts := make([]string, len(names))
-	for i, n := range names {
-		parts[i] = fmt.Sprintf("%s (%d)", n, l.Holders[n].Count)
+	parts := make([]string, len(l.Holders))
+	for i, h := range l.Holders {
+		parts[i] = fmt.Sprintf("%s (%d)", h.Name, h.Count)
 	}
 	return strings.Join(parts, ", ")
 }
@@ -258,7 +289,7 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	t.mu.Lock()
 	l := t.locks[name]
 	queue := t.queues[name]
-	_, holds := l.Holders[req.Requestor]
+	_, holds := l.holder(req.Requestor)
 	reentrant := holds && l.Key == req.Key
 	compatible := l.free() || l.Key == req.Key
 	switch {
@@ -360,17 +391,17 @@ func (t *table) release(name, key, requestor string, all bool) (int, error) {
 		return 0, fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
 			errLockHeld, name, l.Key, l.holdersString())
 	}
-	h, ok := l.Holders[requestor]
+	h, ok := l.holder(requestor)
 	if !ok {
 		return 0, nil
 	}
 	released := 1
 	if all || h.Count == 1 {
 		released = h.Count
-		delete(l.Holders, requestor)
+		l.removeHolder(requestor)
 	} else {
 		h.Count--
-		l.Holders[requestor] = h
+		l.setHolder(h)
 	}
 	x := t.begin()
 	x.set(name, l)
@@ -401,14 +432,14 @@ func (t *table) ForceRelease(name string) (Lock, error) {
 func (t *table) Renew(name, key, requestor string, ttl time.Duration) (Snapshot, error) {
 	t.mu.Lock()
 	l := t.locks[name].clone()
-	h, ok := l.Holders[requestor]
+	h, ok := l.holder(requestor)
 	var err error
 	if !ok || l.Key != key {
 		err = fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
 			errLockHeld, requestor, name, key)
 	} else {
 		h.ExpiresAt = t.now().Add(ttl)
-		l.Holders[requestor] = h
+		l.setHolder(h)
 		x := t.begin()
 		x.set(name, l)
 		err = x.commit()
@@ -493,11 +524,11 @@ func (x *tx) grantTo(l *Lock, req acquireRequest) {
 	now := x.t.now()
 	if l.free() {
 		x.t.lastToken++
-		*l = Lock{Key: req.Key, Token: x.t.lastToken, AcquiredAt: now, Holders: map[string]Holder{}}
+		*l = Lock{Key: req.Key, Token: x.t.lastToken, AcquiredAt: now}
 	}
-	h, ok := l.Holders[req.Requestor]
+	h, ok := l.holder(req.Requestor)
 	if !ok {
-		h.Since = now
+		h = Holder{Name: req.Requestor, Since: now}
 	}
 	h.Count++
 	if req.Note != "" {
@@ -506,7 +537,7 @@ func (x *tx) grantTo(l *Lock, req acquireRequest) {
 	if req.TTL > 0 {
 		h.ExpiresAt = now.Add(req.TTL)
 	}
-	l.Holders[req.Requestor] = h
+	l.setHolder(h)
 }
 
 // grantWaiters grants the head of the lock's queue, and the waiters right

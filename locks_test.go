@@ -73,6 +73,12 @@ func onDisk(tb testing.TB, path string) string {
 	return string(readFile(tb, path)) + "\n--- journal ---\n" + string(readJournal(tb, path))
 }
 
+// h returns the holder called name, or a zero Holder.
+func (l Lock) h(name string) Holder {
+	h, _ := l.holder(name)
+	return h
+}
+
 // get is Get for tests, which expect it to work.
 func (t *table) get(name string) Snapshot {
 	s, err := t.Get(name)
@@ -316,10 +322,10 @@ func TestListAndGetReturnCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Holders["a"] = Holder{Count: 99}
-	tab.get("l").Holders["a"] = Holder{Count: 99}
-	tab.list()["l"].Holders["a"] = Holder{Count: 99}
-	if got := tab.get("l").Holders["a"].Count; got != 1 {
+	l.Holders[0].Count = 99
+	tab.get("l").Holders[0].Count = 99
+	tab.list()["l"].Holders[0].Count = 99
+	if got := tab.get("l").h("a").Count; got != 1 {
 		t.Errorf("count after callers changed their copies = %d; want 1", got)
 	}
 }
@@ -467,8 +473,8 @@ func TestNewRequestsDoNotJumpTheQueue(t *testing.T) {
 	}
 	// A holder taking its lock again is granted at once.
 	s, err := acquire(tab, "l", "A", "a0")
-	if err != nil || s.Holders["a0"].Count != 2 {
-		t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, s.Holders["a0"].Count)
+	if err != nil || s.h("a0").Count != 2 {
+		t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, s.h("a0").Count)
 	}
 	if granted(t, b1) {
 		t.Fatal("b1 was granted while a0 holds the lock")
@@ -547,7 +553,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 	// The grant is made before the waiter notices its wait ended: leaving
 	// then must report the grant instead of dropping it.
 	s, seq, ok := tab.leave(w)
-	if !ok || s.Holders["b1"].Count != 1 || seq == 0 {
+	if !ok || s.h("b1").Count != 1 || seq == 0 {
 		t.Errorf("leave after the grant = %+v, %d, %v; want the granted lock and its change", s, seq, ok)
 	}
 }
@@ -563,7 +569,7 @@ func TestLeases(t *testing.T) {
 	if _, err := acquire(tab, "l", "k", "b"); err != nil { // no lease
 		t.Fatal(err)
 	}
-	if got := tab.get("l").Holders["a"].ExpiresAt; !got.Equal(start.Add(time.Minute)) {
+	if got := tab.get("l").h("a").ExpiresAt; !got.Equal(start.Add(time.Minute)) {
 		t.Errorf("expires_at = %v; want %v", got, start.Add(time.Minute))
 	}
 
@@ -576,7 +582,7 @@ func TestLeases(t *testing.T) {
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
-	h := tab.get("l").Holders["a"]
+	h := tab.get("l").h("a")
 	if want := start.Add(110 * time.Second); !h.ExpiresAt.Equal(want) || h.Count != 2 {
 		t.Errorf("after renew: expires_at %v, count %d; want %v, 2", h.ExpiresAt, h.Count, want)
 	}
@@ -591,7 +597,7 @@ func TestLeases(t *testing.T) {
 	if err := tab.expire(start.Add(61 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if got := tab.get("l").Holders["a"].Count; got != 2 {
+	if got := tab.get("l").h("a").Count; got != 2 {
 		t.Fatalf("count after the renewed lease's old expiry = %d; want 2", got)
 	}
 
@@ -631,7 +637,7 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	}
 	// Restarted before the lease runs out: it is still there, note and all.
 	early := loadTestTable(t, path, nil, clock.Now)
-	if h := early.get("leased").Holders["a"]; h.Note != "build 42" || h.ExpiresAt.IsZero() {
+	if h := early.get("leased").h("a"); h.Note != "build 42" || h.ExpiresAt.IsZero() {
 		t.Errorf("holder after a restart = %+v; want its note and lease", h)
 	}
 	// Restarted after: it is gone, the other lock is not.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v2"
 )
 
 // faultyDisk is the real file system, except that the operation named in
@@ -204,9 +207,9 @@ func TestStateRoundTrip(t *testing.T) {
 		"locks":            lockOf("~", map[string]int{"#": 1}),
 	}
 	at := time.Date(2026, 11, 25, 9, 30, 15, 123456789, time.UTC)
-	locks["leased"] = Lock{Key: "k", Token: 41, AcquiredAt: at, Holders: map[string]Holder{
-		"a": {Count: 2, Since: at, ExpiresAt: at.Add(time.Hour), Note: "https://ci.example.com/builds/42?x=1&y=2"},
-		"b": {Count: 1},
+	locks["leased"] = Lock{Key: "k", Token: 41, AcquiredAt: at, Holders: []Holder{
+		{Name: "a", Count: 2, Since: at, ExpiresAt: at.Add(time.Hour), Note: "https://ci.example.com/builds/42?x=1&y=2"},
+		{Name: "b", Count: 1},
 	}}
 	st := state{LastToken: 42, Locks: locks}
 	var buf bytes.Buffer
@@ -222,6 +225,51 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, st) {
 		t.Errorf("round trip = %+v; want %+v", got, st)
+	}
+}
+
+// TestOwnParserAgreesWithYAML checks that the fast parser reads what the
+// encoder writes, and reads it as yaml.v2 does.
+func TestOwnParserAgreesWithYAML(t *testing.T) {
+	at := time.Date(2026, 11, 25, 9, 30, 15, 120000000, time.UTC)
+	states := []state{
+		{},
+		{LastToken: 7, Locks: map[string]Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})}},
+		{LastToken: 9, Locks: map[string]Lock{
+			"a/b: c #d":       {Key: "yes", Token: 3, AcquiredAt: at, Holders: []Holder{{Name: "123", Count: 1, Since: at, Note: "line\nbreak \"quoted\" ü"}}},
+			"line\nbreak\x00": {Key: "- not a list", Holders: []Holder{{Name: "{}", Count: 4, ExpiresAt: at.Add(time.Hour)}}},
+			"plain.name/ok-1": {Key: "k", Token: 9, AcquiredAt: at, Holders: []Holder{{Name: "a", Count: 1}, {Name: "b", Count: 2, Since: at, ExpiresAt: at, Note: "n"}}},
+		}},
+	}
+	for i, st := range states {
+		var buf bytes.Buffer
+		if err := encodeState(&buf, st, uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+		fast, ok := decodeOwnState(buf.Bytes())
+		if !ok {
+			t.Fatalf("state %d: the fast parser refused the encoder's output:\n%s", i, buf.String())
+		}
+		var slow stateFile
+		if err := yaml.UnmarshalStrict(buf.Bytes(), &slow); err != nil {
+			t.Fatal(err)
+		}
+		if len(slow.Locks) == 0 {
+			slow.Locks = map[string]lockEntry{}
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Errorf("state %d: fast parser read\n%+v\nyaml.v2 read\n%+v", i, fast, slow)
+		}
+	}
+	// Anything else goes to yaml.v2.
+	for _, other := range []string{
+		"version: 1\nlocks:\n  prod:\n    key: k\n    locked_by: {a: 1}\n",
+		"version: 1\nseq: 0\nlast_token: 0\nlocks:\n  prod:\n     key: k\n",
+		"version: 1\nseq: 0\nlast_token: 0\nlocks:\n  prod:\n    key: k\n    locked_by:\n      a: 1\n  prod:\n    key: k\n    locked_by:\n      a: 1\n",
+	} {
+		if _, ok := decodeOwnState([]byte(other)); ok {
+			t.Errorf("the fast parser took a file it does not own:\n%s", other)
+		}
 	}
 }
 
@@ -405,9 +453,10 @@ func TestSaveDirSyncFailureIsUncertain(t *testing.T) {
 
 // lockOf returns a lock held with key by requestors with the given counts.
 func lockOf(key string, counts map[string]int) Lock {
-	l := Lock{Key: key, Holders: map[string]Holder{}}
-	for r, n := range counts {
-		l.Holders[r] = Holder{Count: n}
+	var l Lock
+	for _, r := range slices.Sorted(maps.Keys(counts)) {
+		l.Holders = append(l.Holders, Holder{Name: r, Count: counts[r]})
 	}
+	l.Key = key
 	return l
 }
