@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 )
 
@@ -31,90 +27,6 @@ import (
 // and written in place: syncing data into space the file already has is
 // cheaper than growing the file on every sync. The zeros after the last
 // record read as a torn line without a newline: the end.
-
-// record is one journal line: the locks one change touched, as they were
-// after it (nil for a lock it freed), and the token counter.
-type record struct {
-	Seq       uint64           `json:"seq"`
-	LastToken uint64           `json:"last_token"`
-	Locks     map[string]*Lock `json:"locks"`
-}
-
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
-
-// appendRecord appends rec to buf as one journal line.
-func appendRecord(buf []byte, rec record) ([]byte, error) {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return buf, err
-	}
-	buf = fmt.Appendf(buf, "%08x ", crc32.Checksum(data, crcTable))
-	buf = append(buf, data...)
-	return append(buf, '\n'), nil
-}
-
-// errBadRecord is a line that is not a whole record.
-var errBadRecord = errors.New("not a whole record")
-
-// readRecords calls apply for each whole record in data, in order, and
-// returns how many bytes they take. Records that a crash left torn end the
-// good ones: a last line without its newline, or bad lines with no good
-// line after them (the unsynced end of the last write). A bad line followed
-// by a good one is damage that no crash explains: an error.
-func readRecords(data []byte, apply func(record) error) (int, error) {
-	good := 0
-	for good < len(data) {
-		line := data[good:]
-		end := bytes.IndexByte(line, '\n')
-		if end < 0 {
-			return good, nil // torn: the newline never made it to disk
-		}
-		rec, err := parseRecord(line[:end])
-		if err != nil {
-			if anyRecord(line[end+1:]) {
-				return good, fmt.Errorf("damaged line at byte %d, with good lines after it: %w", good, err)
-			}
-			return good, nil // torn: the rest of the last write
-		}
-		if err := apply(rec); err != nil {
-			return good, fmt.Errorf("line at byte %d: %w", good, err)
-		}
-		good += end + 1
-	}
-	return good, nil
-}
-
-// anyRecord reports whether data holds a whole, good record.
-func anyRecord(data []byte) bool {
-	for len(data) > 0 {
-		end := bytes.IndexByte(data, '\n')
-		if end < 0 {
-			return false
-		}
-		if _, err := parseRecord(data[:end]); err == nil {
-			return true
-		}
-		data = data[end+1:]
-	}
-	return false
-}
-
-func parseRecord(line []byte) (record, error) {
-	if len(line) < 10 || line[8] != ' ' {
-		return record{}, errBadRecord
-	}
-	sum, err := strconv.ParseUint(string(line[:8]), 16, 32)
-	if err != nil || uint32(sum) != crc32.Checksum(line[9:], crcTable) {
-		return record{}, fmt.Errorf("%w: checksum does not match", errBadRecord)
-	}
-	var rec record
-	dec := json.NewDecoder(bytes.NewReader(line[9:]))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rec); err != nil {
-		return record{}, fmt.Errorf("record: %w", err)
-	}
-	return rec, nil
-}
 
 // seqRange is a run of changes that failed to reach the disk.
 type seqRange struct {
