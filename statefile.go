@@ -22,8 +22,8 @@ import (
 const stateVersion = 1
 
 // stateHeader opens every state file this server writes.
-const stateHeader = `# Locker's lock table, rewritten by the locker server on every change.
-# Stop the server before editing it by hand.
+const stateHeader = `# Locker's lock table. While the locker server runs, newer changes are in
+# the .journal file beside this one. Stop the server before editing by hand.
 `
 
 // stateFile is the YAML document kept in LOCKER_CONFIG.
