@@ -4,6 +4,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # STATE is the state file `make run` uses unless LOCKER_CONFIG is set.
 STATE ?= locker-state.yml
+# Linters, pinned, installed into bin/tools by `make lint` the first time.
+TOOLS := $(CURDIR)/bin/tools
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GOSEC := github.com/securego/gosec/v2/cmd/gosec@v2.30.0
 
 .PHONY: build run test lint resource bench clean
 
@@ -19,10 +23,18 @@ run: build
 test: lint
 	go test -race -count=1 ./...
 
-# lint: gofmt and go vet must have nothing to say.
-lint:
+# lint: gofmt, go vet, staticcheck and gosec must have nothing to say.
+lint: $(TOOLS)/staticcheck $(TOOLS)/gosec
 	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt -w needed on: $$unformatted"; exit 1; fi
 	go vet ./...
+	$(TOOLS)/staticcheck ./...
+	$(TOOLS)/gosec -quiet ./...
+
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) go install $(STATICCHECK)
+
+$(TOOLS)/gosec:
+	GOBIN=$(TOOLS) go install $(GOSEC)
 
 # resource: build the Concourse resource's check, in and out into bin/resource.
 resource:

@@ -137,7 +137,7 @@ func viewOf(name string, s Snapshot) lockView {
 		v.Holders[h.Name] = holderView{Count: h.Count, Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
 	}
 	for i, w := range s.Waiting {
-		v.Waiting[i] = waitingView{Key: w.Key, Requestor: w.Requestor, Since: w.Since}
+		v.Waiting[i] = waitingView(w)
 	}
 	return v
 }

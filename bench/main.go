@@ -9,7 +9,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -70,7 +69,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 
 	r := &report{Machine: machine(), Runs: cfg.runs, Duration: cfg.duration.String(), Clients: cfg.clients}
 	steps := []struct {
@@ -97,7 +96,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(cfg.jsonOut, append(data, '\n'), 0o644)
+	return os.WriteFile(cfg.jsonOut, append(data, '\n'), 0o600)
 }
 
 // machine describes where the figures were measured.
@@ -117,7 +116,7 @@ func machine() string {
 // serveNoop answers every request with 200 and a small JSON body, for the
 // ceiling figure: what HTTP on loopback costs here, without any locking.
 func serveNoop() error {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"response":"ok"}`+"\n")
@@ -167,11 +166,6 @@ func newFigure(unit string, runs []float64) figure {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// withTimeout is a context for one step of the benchmark.
-func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
-}
-
 func (r *report) print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(w, "Locker benchmark on %s\n%d runs per figure, %s each, %d clients in parallel runs; median [min-max]\n\n",
@@ -180,7 +174,7 @@ func (r *report) print(w io.Writer) {
 	for _, row := range r.rows() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", row[0], row[1], row[2])
 	}
-	tw.Flush()
+	_ = tw.Flush() // stdout: nowhere else to report
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "targets (ratios within this run):")
 	for _, t := range r.Targets {

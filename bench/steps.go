@@ -61,7 +61,7 @@ type target struct {
 func benchFsync(cfg config, dir string, r *report) error {
 	var runs []float64
 	for range cfg.runs {
-		f, err := os.Create(filepath.Join(dir, "fsync-probe"))
+		f, err := os.Create(filepath.Join(dir, "fsync-probe")) // #nosec G304 -- in the benchmark's own temporary directory
 		if err != nil {
 			return err
 		}
@@ -76,7 +76,7 @@ func benchFsync(cfg config, dir string, r *report) error {
 			}
 			ds = append(ds, time.Since(t0))
 		}
-		f.Close()
+		_ = f.Close()
 		runs = append(runs, ms(percentile(ds, 50)))
 	}
 	r.FsyncMs = newFigure("ms", runs)
@@ -117,7 +117,7 @@ func throughput(cfg config, dir string, clients int, work func(c *client, id int
 	var rs, p50s, p99s []float64
 	for i := range cfg.runs {
 		runDir := filepath.Join(dir, fmt.Sprintf("run-%d-%d", time.Now().UnixNano(), i))
-		if err := os.MkdirAll(runDir, 0o755); err != nil {
+		if err := os.MkdirAll(runDir, 0o750); err != nil {
 			return rps, p50, p99, nil, err
 		}
 		p, _, err := startLocker(cfg, runDir)
@@ -138,7 +138,7 @@ func throughput(cfg config, dir string, clients int, work func(c *client, id int
 		rs = append(rs, out.perSecond(out.requests))
 		p50s = append(p50s, ms(percentile(out.latencies, 50)))
 		p99s = append(p99s, ms(percentile(out.latencies, 99)))
-		os.RemoveAll(runDir)
+		_ = os.RemoveAll(runDir)
 	}
 	return newFigure("req/s", rs), newFigure("ms", p50s), newFigure("ms", p99s), res, nil
 }
@@ -198,7 +198,7 @@ func benchHandoff(cfg config, dir string, r *report) error {
 	var p50s, p99s []float64
 	for i := range cfg.runs {
 		runDir := filepath.Join(dir, fmt.Sprintf("handoff-%d", i))
-		if err := os.MkdirAll(runDir, 0o755); err != nil {
+		if err := os.MkdirAll(runDir, 0o750); err != nil {
 			return err
 		}
 		p, _, err := startLocker(cfg, runDir)
@@ -282,7 +282,7 @@ func (c *client) get(path string) (int, string, error) {
 func benchLarge(cfg config, dir string, r *report) error {
 	var mu sync.Mutex
 	largeDir := filepath.Join(dir, "large")
-	if err := os.MkdirAll(largeDir, 0o755); err != nil {
+	if err := os.MkdirAll(largeDir, 0o750); err != nil {
 		return err
 	}
 	p, state, err := startLocker(cfg, largeDir)
