@@ -150,7 +150,7 @@ func bothOrNeither(aName, a, bName, b string) error {
 	return nil
 }
 
-// run serves the lock API until ctx is done, then shuts down gracefully.
+// run reads the configuration and serves the lock API until ctx is done.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	for _, a := range args {
 		switch a {
@@ -168,6 +168,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	return serve(ctx, cfg, osDisk{}, stderr)
+}
+
+// serve runs the server described by cfg, keeping its state through d,
+// until ctx is done; then it shuts down gracefully.
+func serve(ctx context.Context, cfg config, d disk, stderr io.Writer) error {
 	log, logs := newLogger(stderr)
 	defer logs.Close()
 
@@ -180,12 +186,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
-	store := newFileStore(cfg.statePath, osDisk{})
+	store := newFileStore(cfg.statePath, d)
 	st, seq, snapBytes, err := store.load()
 	if err != nil {
 		return fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
-	journal, seq, err := openJournal(store.journalPath(), osDisk{}, &st, seq, snapBytes)
+	journal, seq, err := openJournal(store.journalPath(), d, &st, seq, snapBytes)
 	if err != nil {
 		return fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
 	}

@@ -59,13 +59,30 @@ var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
 // serves. The server is stopped when the test ends, if not before.
 func startRun(tb testing.TB, env map[string]string) *liveServer {
 	tb.Helper()
+	return startServe(tb, env, nil)
+}
+
+// startServe is startRun with the server's disk operations going through d
+// (the real disk when d is nil).
+func startServe(tb testing.TB, env map[string]string, d disk) *liveServer {
+	tb.Helper()
 	if _, ok := env["PORT"]; !ok {
 		env["PORT"] = "0"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ls := &liveServer{log: &syncBuffer{}, stop: cancel, done: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
+	getenv := func(k string) string { return env[k] }
 	go func() {
-		ls.done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, ls.log)
+		if d == nil {
+			ls.done <- run(ctx, nil, getenv, io.Discard, ls.log)
+			return
+		}
+		cfg, err := loadConfig(getenv)
+		if err != nil {
+			ls.done <- err
+			return
+		}
+		ls.done <- serve(ctx, cfg, d, ls.log)
 	}()
 	tb.Cleanup(func() { _ = ls.shutdown() })
 
