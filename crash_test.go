@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -106,4 +108,83 @@ func TestSaveFailure(t *testing.T) {
 			t.Errorf("after the restart the table is %v; want only the acknowledged lock", got)
 		}
 	})
+}
+
+func TestBadStateFile(t *testing.T) {
+	const good = "version: 1\nseq: 2\nlast_token: 5\nlocks:\n  prod:\n    key: k\n    locked_by:\n      a: 1\n    token: 5\n"
+	goodJournal := func(tb testing.TB) string {
+		var buf []byte
+		var err error
+		buf, err = appendRecord(buf, record{Seq: 3, LastToken: 6, Locks: map[string]*Lock{"next": {Key: "j", Token: 6, Holders: []Holder{{Name: "b", Count: 1}}}}})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return string(buf)
+	}(t)
+	tests := []struct {
+		name, state, journal string
+		wantErr              string   // refused with this; "" when it starts
+		wantLocks            []string // when it starts
+	}{
+		{name: "truncated state file", state: good[:len(good)-12], wantErr: "not a valid Locker state file"},
+		{name: "invalid YAML", state: "version: 1\nlocks: [\n", wantErr: "not a valid Locker state file"},
+		{name: "unknown field", state: strings.Replace(good, "    token: 5", "    tokne: 5", 1), wantErr: "tokne"},
+		{name: "negative count", state: strings.Replace(good, "a: 1", "a: -1", 1), wantErr: `holder "a" has a negative count`},
+		{name: "holder without a key", state: strings.Replace(good, "key: k", `key: ""`, 1), wantErr: "held by a (1) but has no key"},
+		{name: "token counter below a lock's token", state: strings.Replace(good, "last_token: 5", "last_token: 4", 1), wantErr: "above last_token 4"},
+		{name: "journal record damaged before the last", state: good, journal: "00000000 damaged\n" + goodJournal, wantErr: "damaged line"},
+		{name: "torn last journal record", state: good, journal: goodJournal + goodJournal[:20], wantLocks: []string{"next", "prod"}},
+		{name: "journal with only a torn record", state: good, journal: goodJournal[:30], wantLocks: []string{"prod"}},
+		{name: "empty state file", state: "", wantLocks: nil},
+		{name: "journal without its state file", journal: goodJournal, wantErr: "is missing but its journal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "locks.yml")
+			if tt.name != "journal without its state file" {
+				writeTestFile(t, path, tt.state)
+			}
+			if tt.journal != "" {
+				writeTestFile(t, path+".journal", tt.journal)
+			}
+			before := dirContents(t, dir)
+			if tt.wantErr != "" {
+				err := run(t.Context(), nil, func(k string) string { return map[string]string{"LOCKER_CONFIG": path, "PORT": "0"}[k] }, io.Discard, io.Discard)
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), path) {
+					t.Errorf("start = %v; want a refusal naming %s and saying %q", err, path, tt.wantErr)
+				}
+				if after := dirContents(t, dir); !reflect.DeepEqual(after, before) {
+					t.Errorf("a refused start changed the files:\nbefore %v\nafter  %v", before, after)
+				}
+				return
+			}
+			ls := startRun(t, map[string]string{"LOCKER_CONFIG": path})
+			var got []string
+			for name := range ls.listLocks(t) {
+				got = append(got, name)
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tt.wantLocks) {
+				t.Errorf("locks after start = %v; want %v", got, tt.wantLocks)
+			}
+		})
+	}
+}
+
+func writeTestFile(tb testing.TB, path, data string) {
+	tb.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// dirContents maps each file in dir to its contents.
+func dirContents(tb testing.TB, dir string) map[string]string {
+	tb.Helper()
+	out := map[string]string{}
+	for _, name := range dirEntries(tb, dir) {
+		out[name] = string(readFile(tb, filepath.Join(dir, name)))
+	}
+	return out
 }
