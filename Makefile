@@ -9,7 +9,7 @@ TOOLS := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOSEC := github.com/securego/gosec/v2/cmd/gosec@v2.30.0
 
-.PHONY: build run test lint resource bench clean
+.PHONY: build run test stress calibrate lint resource bench clean
 
 # build: compile the server to ./locker.
 build:
@@ -19,9 +19,25 @@ build:
 run: build
 	LOCKER_CONFIG="$${LOCKER_CONFIG:-$(STATE)}" exec ./locker
 
-# test: lint, then every test under the race detector. CI runs this.
+# FUZZTIME is how long `make test` runs each fuzz target.
+FUZZTIME ?= 20s
+
+# test: lint, every test under the race detector, each fuzz target briefly.
+# CI runs this.
 test: lint
 	go test -race -count=1 ./...
+	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZTIME) .
+	go test -run '^$$' -fuzz '^FuzzState$$' -fuzztime $(FUZZTIME) .
+
+# stress: the long runs: 2,000 crash cycles, minute-long linearizability
+# runs, ten minutes of each fuzz target.
+stress:
+	LOCKER_STRESS=1 go test -race -count=1 -timeout 3h -run 'TestCrashKill|TestLinearizable|TestTenThousandWaiters' -v .
+	$(MAKE) test FUZZTIME=10m
+
+# calibrate: prove that TestLinearizable catches each planted bug (half an hour).
+calibrate:
+	scripts/calibrate.sh
 
 # lint: gofmt, go vet, staticcheck and gosec must have nothing to say.
 lint: $(TOOLS)/staticcheck $(TOOLS)/gosec

@@ -1,3 +1,5 @@
+//go:build linux && !lazyfs
+
 package main
 
 import (
@@ -7,6 +9,8 @@ import (
 
 // osJournal is a journal file on Linux: fdatasync, and fallocate for room.
 type osJournal struct{ *os.File }
+
+func newJournalFile(f *os.File) journalFile { return osJournal{f} }
 
 // Sync flushes the file's data and what is needed to read it back, without
 // the timestamps fsync would also write.

@@ -205,7 +205,14 @@ func buildLocker(tb testing.TB) string {
 			return
 		}
 		lockerBin = filepath.Join(dir, "locker")
-		out, err := exec.Command("go", "build", "-o", lockerBin, ".").CombinedOutput()
+		// The crash tests kill this binary: lazyfs makes a kill lose what
+		// was not synced, as a power cut would (see disk_lazyfs.go).
+		tags := "lazyfs"
+		if plantedBug != "" {
+			tags += ",bug_" + plantedBug // the same server as this test binary
+		}
+		args := []string{"build", "-tags", tags, "-o", lockerBin}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildFailed = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -192,6 +192,12 @@ func serve(ctx context.Context, cfg config, d disk, stderr io.Writer) error {
 		return fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
 	journal, seq, err := openJournal(store.journalPath(), d, &st, seq, snapBytes)
+	if plantedBug == "token" {
+		st.LastToken = 0 // the token counter is not kept across restarts
+		for _, l := range st.Locks {
+			st.LastToken = max(st.LastToken, l.Token)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
 	}

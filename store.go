@@ -179,7 +179,7 @@ func (osDisk) OpenJournal(name string) (journalFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return osJournal{f}, nil
+	return newJournalFile(f), nil
 }
 
 func (osDisk) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }

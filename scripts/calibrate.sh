@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Proves that TestLinearizable has teeth: each server variant with a planted
+# bug (build tags in bug_*.go) must be caught in at least 9 runs out of 10,
+# and the real server must pass every run. Takes about half an hour.
+#   scripts/calibrate.sh [runs]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-10}
+status=0
+for bug in none toctou early_ack token release_key; do
+  tags=()
+  [ "$bug" != none ] && tags=(-tags "bug_$bug")
+  caught=0
+  for _ in $(seq "$runs"); do
+    if ! go test "${tags[@]}" -count=1 -run '^TestLinearizable$' . >/dev/null 2>&1; then
+      caught=$((caught + 1))
+    fi
+  done
+  if [ "$bug" = none ]; then
+    echo "real server: failed $caught of $runs runs (want 0)"
+    [ "$caught" -eq 0 ] || status=1
+  else
+    echo "planted bug $bug: caught in $caught of $runs runs (want at least $((runs * 9 / 10)))"
+    [ "$caught" -ge $((runs * 9 / 10)) ] || status=1
+  fi
+done
+exit $status
