@@ -2,12 +2,15 @@
 # Proves that TestLinearizable has teeth: each server variant with a planted
 # bug (build tags in bug_*.go) must be caught in at least 9 runs out of 10,
 # and the real server must pass every run. Takes about half an hour.
-#   scripts/calibrate.sh [runs]
+#   scripts/calibrate.sh [runs [variant...]]   (variants: none toctou early_ack token release_key)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
+shift || true
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(none toctou early_ack token release_key)
 status=0
-for bug in none toctou early_ack token release_key; do
+for bug in "${variants[@]}"; do
   tags=()
   [ "$bug" != none ] && tags=(-tags "bug_$bug")
   caught=0
