@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"runtime"
@@ -169,17 +168,9 @@ func TestShutdownAnswersWaiters(t *testing.T) {
 // TestWaitOutlivesServerTimeouts runs the server with read and write
 // timeouts far shorter than a wait: the waiter must still be answered.
 func TestWaitOutlivesServerTimeouts(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
 	short := timeouts{readHeader: time.Second, read: 200 * time.Millisecond, write: 200 * time.Millisecond, idle: time.Second}
-	s := &server{locks: tab, log: discardLog, maxWait: time.Minute, writeTimeout: short.write}
-	httpSrv := newHTTPServer(s.routes(), discardLog, short, context.Background())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = httpSrv.Serve(ln) }()
-	defer httpSrv.Close()
-	url := "http://" + ln.Addr().String()
+	addr, tab := startWithTimeouts(t, short)
+	url := "http://" + addr
 
 	if status := httpDo(t, url, "PUT", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)

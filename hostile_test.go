@@ -21,12 +21,20 @@ import (
 
 // Hostile clients against the real server on a real port.
 
-// startShortTimeouts serves the router on 127.0.0.1 with short server
-// timeouts and returns its address.
+// shortTimeouts are server timeouts short enough for tests to outlast.
+var shortTimeouts = timeouts{readHeader: 300 * time.Millisecond, read: time.Second, write: time.Second, idle: time.Second}
+
+// startShortTimeouts serves the router on 127.0.0.1 with shortTimeouts.
 func startShortTimeouts(tb testing.TB) (string, *table) {
 	tb.Helper()
+	return startWithTimeouts(tb, shortTimeouts)
+}
+
+// startWithTimeouts serves the router on 127.0.0.1 with the given server
+// timeouts and returns its address and table.
+func startWithTimeouts(tb testing.TB, short timeouts) (string, *table) {
+	tb.Helper()
 	tab, _ := newTestTable(tb, nil)
-	short := timeouts{readHeader: 300 * time.Millisecond, read: time.Second, write: time.Second, idle: time.Second}
 	s := &server{locks: tab, log: discardLog, maxWait: time.Minute, writeTimeout: short.write}
 	httpSrv := newHTTPServer(s.routes(), discardLog, short, context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -286,6 +286,19 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 		})
 	}
 
+	// settle ends the unanswered operations once the server is dead: they
+	// took effect before it died, or never.
+	settle := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		dead := now()
+		for _, op := range pending {
+			op.Return = dead
+			history = append(history, *op)
+		}
+		clear(pending)
+	}
+
 	deadline := time.Now().Add(d)
 	rng := rand.New(rand.NewPCG(99, 1))
 	kills := 0
@@ -300,14 +313,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 		}
 		killing.Lock()
 		p.kill()
-		mu.Lock()
-		dead := now()
-		for _, op := range pending {
-			op.Return = dead
-			history = append(history, *op)
-		}
-		clear(pending)
-		mu.Unlock()
+		settle()
 		p = startProc(t, state)
 		url = p.url
 		mu.Lock()
@@ -319,13 +325,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 	close(stop)
 	wg.Wait()
 	p.kill()
-	mu.Lock()
-	dead := now()
-	for _, op := range pending {
-		op.Return = dead
-		history = append(history, *op)
-	}
-	mu.Unlock()
+	settle()
 
 	model := lockModel.ToModel()
 	res, info := porcupine.CheckOperationsVerbose(model, history, 60*time.Second)

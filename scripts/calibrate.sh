@@ -15,8 +15,13 @@ for bug in "${variants[@]}"; do
   [ "$bug" != none ] && tags=(-tags "bug_$bug")
   caught=0
   for _ in $(seq "$runs"); do
-    if ! go test "${tags[@]}" -count=1 -run '^TestLinearizable$' . >/dev/null 2>&1; then
+    out=$(go test "${tags[@]}" -count=1 -run '^TestLinearizable$' . 2>&1)
+    if grep -q 'is not linearizable' <<<"$out"; then
       caught=$((caught + 1))
+    elif ! grep -q '^ok' <<<"$out"; then
+      echo "a run of $bug failed for another reason:" >&2
+      echo "$out" | tail -20 >&2
+      status=1
     fi
   done
   if [ "$bug" = none ]; then
