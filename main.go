@@ -5,8 +5,13 @@
 // A client takes a lock with PUT /lock/<name> and a key, and gives it back
 // with DELETE. Holders that send the same key share the lock; a different
 // key is refused with 423 Locked until they have all let go. Every change is
-// on disk, in the YAML file named by LOCKER_CONFIG, before the client hears
-// 200. Run "locker -h" for the configuration.
+// on disk before the client hears 200: appended to a journal beside the YAML
+// state file named by LOCKER_CONFIG, and folded into that file from time to
+// time and at shutdown. Run "locker -h" for the configuration.
+//
+// The pieces: api.go and request.go answer HTTP; locks.go and tx.go are the
+// lock table and its changes; leases.go expires holds; journal.go, record.go,
+// store.go and statefile.go keep the table on disk.
 package main
 
 import (
