@@ -3,16 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/testcert"
 )
 
 // syncBuffer is a bytes.Buffer that the server's logger and the test can
@@ -302,7 +298,9 @@ func TestRunHelpAndVersion(t *testing.T) {
 
 func TestRunServesHTTPSWithAuth(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, pool := writeSelfSignedCert(t, dir)
+	certFile, keyFile, certPEM := testcert.Write(t, dir)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(certPEM))
 	ls := startRun(t, map[string]string{
 		"LOCKER_CONFIG": filepath.Join(dir, "locks.yml"),
 		"SSL_CERT":      certFile, "SSL_KEY": keyFile,
@@ -319,42 +317,4 @@ func TestRunServesHTTPSWithAuth(t *testing.T) {
 	if got := ls.listLocks(t, "ci", "s3cret"); len(got) != 1 {
 		t.Errorf("GET /locks = %v; want the one lock", got)
 	}
-}
-
-// writeSelfSignedCert writes a certificate for 127.0.0.1 and its key to dir
-// and returns their paths and a pool that trusts the certificate.
-func writeSelfSignedCert(tb testing.TB, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "locker test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
-	return certFile, keyFile, pool
 }

@@ -4,16 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/testcert"
 )
 
 // End-to-end tests: the real locker server, built from this repository and
@@ -379,7 +374,7 @@ func TestBasicAuth(t *testing.T) {
 }
 
 func TestHTTPSWithCACert(t *testing.T) {
-	certFile, keyFile, certPEM := writeCert(t)
+	certFile, keyFile, certPEM := testcert.Write(t, t.TempDir())
 	ls := startLocker(t, "SSL_CERT="+certFile, "SSL_KEY="+keyFile)
 	src := Source{LockerURI: ls.url, LockName: "prod", CACert: certPEM}
 	mustSucceed(t, "lock over HTTPS", runBinary(t, "out", outReq(src, "lock", "k", "")))
@@ -523,41 +518,4 @@ func TestCommandsInProcess(t *testing.T) {
 	if l := ls.getLock(t, src.LockName, src); len(l.LockedBy) != 0 {
 		t.Errorf("after unlock the lock is held by %v", l.LockedBy)
 	}
-}
-
-// writeCert writes a certificate for 127.0.0.1 and its key, and returns
-// their paths and the certificate's PEM.
-func writeCert(tb testing.TB) (certFile, keyFile, certPEM string) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "locker test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dir := tb.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	if err := os.WriteFile(certFile, []byte(certPEM), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	return certFile, keyFile, certPEM
 }
