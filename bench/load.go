@@ -121,7 +121,7 @@ func cpuSecondsOf(pid int) float64 {
 // startLocker starts the locker binary with a state file in dir.
 func startLocker(cfg config, dir string) (*process, string, error) {
 	state := filepath.Join(dir, "locks.yml")
-	p, err := start(cfg.locker, nil, []string{"PORT=0", "LOCKER_CONFIG=" + state})
+	p, err := start(cfg.locker, nil, append([]string{"PORT=0", "LOCKER_CONFIG=" + state}, cfg.serverEnv...))
 	return p, state, err
 }
 

@@ -6,6 +6,13 @@
 // that noise is visible. It asserts nothing: it measures.
 //
 //	go run ./bench -locker ./locker [-runs 3] [-duration 3s] [-json bench/results.json]
+//	    [-only ceiling,parallel] [-server-env "GOMAXPROCS=1"]
+//
+// Two reference servers run from this same binary (-noop): a do-nothing
+// handler (the ceiling: what HTTP on loopback costs), and the same handler
+// that also group-commits a line per request with write+fdatasync before it
+// answers (the durable ceiling: what any server that promises "200 means on
+// disk" pays here before doing any work of its own).
 package main
 
 import (
@@ -13,7 +20,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -32,16 +38,18 @@ func main() {
 
 // config is the benchmark's flags.
 type config struct {
-	locker   string        // the server binary
-	runs     int           // runs per figure
-	duration time.Duration // length of one throughput run
-	clients  int           // clients in the parallel runs
-	jsonOut  string        // where to write the figures
-	large    []int         // numbers of preloaded locks for the large runs
+	locker    string        // the server binary
+	runs      int           // runs per figure
+	duration  time.Duration // length of one throughput run
+	clients   int           // clients in the parallel runs
+	jsonOut   string        // where to write the figures
+	large     []int         // numbers of preloaded locks for the large runs
+	serverEnv []string      // extra environment for the locker server
 }
 
 func run() error {
-	noop := flag.Bool("noop", false, "serve a do-nothing HTTP handler on a loopback port (used by the ceiling figure)")
+	noop := flag.Bool("noop", false, "serve a do-nothing HTTP handler on a loopback port (used by the ceiling figures)")
+	noopDir := flag.String("noop-durable", "", "with -noop: group-commit a line per request to a file in this directory before answering")
 	var cfg config
 	flag.StringVar(&cfg.locker, "locker", "./locker", "the locker server binary")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
@@ -49,9 +57,11 @@ func run() error {
 	flag.IntVar(&cfg.clients, "clients", 16, "clients in the parallel, contended and large runs")
 	flag.StringVar(&cfg.jsonOut, "json", "bench/results.json", "write the figures here as JSON")
 	largeFlag := flag.String("large", "10000,100000", "numbers of other locks held in the large runs")
+	serverEnv := flag.String("server-env", "", "extra environment for the locker server, space-separated, e.g. \"GOMAXPROCS=1 GOGC=400\"")
+	only := flag.String("only", "", "run only these steps, comma-separated (fsync, ceiling, serial, parallel, contended, handoff, large); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
-		return serveNoop()
+		return serveNoop(*noopDir)
 	}
 	for _, f := range strings.Split(*largeFlag, ",") {
 		var n int
@@ -60,6 +70,7 @@ func run() error {
 		}
 		cfg.large = append(cfg.large, n)
 	}
+	cfg.serverEnv = strings.Fields(*serverEnv)
 	locker, err := filepath.Abs(cfg.locker)
 	if err != nil {
 		return err
@@ -84,7 +95,22 @@ func run() error {
 		{"handoff", benchHandoff},
 		{"large and restart", benchLarge},
 	}
+	var names, chosen []string
 	for _, s := range steps {
+		names = append(names, strings.Fields(s.name)[0])
+	}
+	if *only != "" {
+		chosen = strings.Split(*only, ",")
+		for _, c := range chosen {
+			if !slices.Contains(names, c) {
+				return fmt.Errorf("-only: no step %q; the steps are %s", c, strings.Join(names, ", "))
+			}
+		}
+	}
+	for i, s := range steps {
+		if chosen != nil && !slices.Contains(chosen, names[i]) {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "bench: %s...\n", s.name)
 		if err := s.fn(cfg, dir, r); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -111,22 +137,6 @@ func machine() string {
 		}
 	}
 	return fmt.Sprintf("%s, %d cores, %s/%s, %s", cpu, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
-}
-
-// serveNoop answers every request with 200 and a small JSON body, for the
-// ceiling figure: what HTTP on loopback costs here, without any locking.
-func serveNoop() error {
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"response":"ok"}`+"\n")
-	})}
-	ln, err := listenLoopback()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "msg=\"locker listening\" addr=%s\n", ln.Addr())
-	return srv.Serve(ln)
 }
 
 // median returns the median of xs (the mean of the middle two when even).
@@ -183,5 +193,8 @@ func (r *report) print(w io.Writer) {
 			mark = "MISSED"
 		}
 		fmt.Fprintf(w, "  %-6s %s: %s\n", mark, t.Name, t.Detail)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 }
