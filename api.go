@@ -98,54 +98,74 @@ func allowedMethods(router *mux.Router, req *http.Request) []string {
 	return allowed
 }
 
-// lockView is one lock as the API shows it. The original clients read key
-// and locked_by with jq; both keep their shape.
-type lockView struct {
-	Name       string                `json:"name"`
-	Key        string                `json:"key"`
-	LockedBy   map[string]int        `json:"locked_by"`
-	Token      uint64                `json:"token"`
-	AcquiredAt time.Time             `json:"acquired_at,omitzero"`
-	Holders    map[string]holderView `json:"holders"`
-	Waiting    []waitingView         `json:"waiting"`
-}
-
-type holderView struct {
-	Count     int       `json:"count"`
-	Since     time.Time `json:"since,omitzero"`
-	ExpiresAt time.Time `json:"expires_at,omitzero"`
-	Note      string    `json:"note,omitempty"`
-}
-
-type waitingView struct {
-	Key       string    `json:"key"`
-	Requestor string    `json:"requestor"`
-	Since     time.Time `json:"since"`
-}
-
-func viewOf(name string, s Snapshot) lockView {
-	v := lockView{
-		Name:       name,
-		Key:        s.Key,
-		LockedBy:   s.lockedBy(),
-		Token:      s.Token,
-		AcquiredAt: s.AcquiredAt,
-		Holders:    make(map[string]holderView, len(s.Holders)),
-		Waiting:    make([]waitingView, len(s.Waiting)),
+// viewFields appends the fields of the lock called name as the API shows
+// it, without braces:
+//
+//	"name":...,"key":...,"locked_by":{"<holder>":<count>,...},"token":<n>,
+//	"acquired_at":...,"holders":{"<holder>":{"count":<n>,"since":...,
+//	"expires_at":...,"note":...},...},"waiting":[{"key":...,
+//	"requestor":...,"since":...},...]
+//
+// The original clients read key and locked_by with jq; both keep their
+// shape. Holders come sorted by name, the order encoding/json gives map
+// keys; acquired_at, since and expires_at are left out when unknown, note
+// when empty.
+func (j *jsonBuf) viewFields(name string, s Snapshot) {
+	j.raw(`"name":`)
+	j.str(name)
+	j.raw(`,"key":`)
+	j.str(s.Key)
+	j.raw(`,"locked_by":{`)
+	for i, h := range s.Holders {
+		if i > 0 {
+			j.raw(",")
+		}
+		j.str(h.Name)
+		j.raw(":")
+		j.int(h.Count)
 	}
-	for _, h := range s.Holders {
-		v.Holders[h.Name] = holderView{Count: h.Count, Since: h.Since, ExpiresAt: h.ExpiresAt, Note: h.Note}
+	j.raw(`},"token":`)
+	j.uint(s.Token)
+	if !s.AcquiredAt.IsZero() {
+		j.raw(`,"acquired_at":`)
+		j.time(s.AcquiredAt)
 	}
+	j.raw(`,"holders":{`)
+	for i, h := range s.Holders {
+		if i > 0 {
+			j.raw(",")
+		}
+		j.str(h.Name)
+		j.raw(`:{"count":`)
+		j.int(h.Count)
+		if !h.Since.IsZero() {
+			j.raw(`,"since":`)
+			j.time(h.Since)
+		}
+		if !h.ExpiresAt.IsZero() {
+			j.raw(`,"expires_at":`)
+			j.time(h.ExpiresAt)
+		}
+		if h.Note != "" {
+			j.raw(`,"note":`)
+			j.str(h.Note)
+		}
+		j.raw("}")
+	}
+	j.raw(`},"waiting":[`)
 	for i, w := range s.Waiting {
-		v.Waiting[i] = waitingView(w)
+		if i > 0 {
+			j.raw(",")
+		}
+		j.raw(`{"key":`)
+		j.str(w.Key)
+		j.raw(`,"requestor":`)
+		j.str(w.Requestor)
+		j.raw(`,"since":`)
+		j.time(w.Since)
+		j.raw("}")
 	}
-	return v
-}
-
-// lockReply answers a change: the lock as it now is, and a sentence.
-type lockReply struct {
-	lockView
-	Response string `json:"response"`
+	j.raw("]")
 }
 
 // handleList handles GET /locks.
@@ -155,11 +175,19 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out := make(map[string]lockView, len(locks))
-	for name, l := range locks {
-		out[name] = viewOf(name, l)
+	j := jsonBuf{b: make([]byte, 0, 256*len(locks)+2)}
+	j.raw("{")
+	for i, name := range sortedKeys(locks) {
+		if i > 0 {
+			j.raw(",")
+		}
+		j.str(name)
+		j.raw(":{")
+		j.viewFields(name, locks[name])
+		j.raw("}")
 	}
-	s.writeJSON(w, http.StatusOK, out)
+	j.raw("}\n")
+	s.writeBuf(w, r, j)
 }
 
 // handleGet handles GET /lock/{name}.
@@ -174,7 +202,7 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, viewOf(name, l))
+	s.writeLock(w, r, name, l, "")
 }
 
 // handleLock handles PUT /lock/{name}.
@@ -201,10 +229,7 @@ func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, lockReply{
-		lockView: viewOf(name, l),
-		Response: fmt.Sprintf("lock for %s acquired by %s", name, req.Requestor),
-	})
+	s.writeLock(w, r, name, l, "lock for "+name+" acquired by "+req.Requestor)
 }
 
 // handleRenew handles PATCH /lock/{name}: a lease heartbeat.
@@ -225,10 +250,7 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h, _ := l.holder(req.Requestor)
-	s.writeJSON(w, http.StatusOK, lockReply{
-		lockView: viewOf(name, l),
-		Response: fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, h.ExpiresAt.Format(time.RFC3339)),
-	})
+	s.writeLock(w, r, name, l, fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, h.ExpiresAt.Format(time.RFC3339)))
 }
 
 // handleUnlock handles DELETE /lock/{name}.
@@ -258,7 +280,7 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	default:
 		msg = fmt.Sprintf("lock for %s released by %s; held by %s", name, req.Requestor, l.holdersString())
 	}
-	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, l), Response: msg})
+	s.writeLock(w, r, name, l, msg)
 }
 
 // forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
@@ -281,7 +303,33 @@ func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name strin
 		s.writeError(w, r, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, lockReply{lockView: viewOf(name, now), Response: msg})
+	s.writeLock(w, r, name, now, msg)
+}
+
+// writeLock answers 200 with the lock called name (see viewFields) and, for
+// a change, a sentence saying what happened, as "response".
+func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, l Snapshot, response string) {
+	j := jsonBuf{b: make([]byte, 0, 512)}
+	j.raw("{")
+	j.viewFields(name, l)
+	if response != "" {
+		j.raw(`,"response":`)
+		j.str(response)
+	}
+	j.raw("}\n")
+	s.writeBuf(w, r, j)
+}
+
+// writeBuf answers 200 with the JSON in j, or 500 if j could not hold a
+// value.
+func (s *server) writeBuf(w http.ResponseWriter, r *http.Request, j jsonBuf) {
+	if j.err != nil {
+		s.writeError(w, r, fmt.Errorf("encoding the reply: %w", j.err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(j.b) // a client that went away cannot be told
 }
 
 // writeJSON encodes v before writing the header, so that an encoding

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"maps"
+	"slices"
 	"strconv"
 )
 
@@ -24,15 +26,51 @@ type record struct {
 	Locks     map[string]*Lock `json:"locks"`
 }
 
-// appendRecord appends rec to buf as one journal line.
+// appendRecord appends rec to buf as one journal line. The JSON is what
+// json.Marshal writes for rec (see jsonBuf); the line is left out, and buf
+// returned as it was, if rec holds a time that JSON cannot.
 func appendRecord(buf []byte, rec record) ([]byte, error) {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return buf, err
+	const hex = "0123456789abcdef"
+	start := len(buf)
+	j := jsonBuf{b: append(buf, "00000000 "...)}
+	j.raw(`{"seq":`)
+	j.uint(rec.Seq)
+	j.raw(`,"last_token":`)
+	j.uint(rec.LastToken)
+	j.raw(`,"locks":`)
+	if rec.Locks == nil {
+		j.raw("null")
+	} else {
+		j.raw("{")
+		for i, name := range sortedKeys(rec.Locks) {
+			if i > 0 {
+				j.raw(",")
+			}
+			j.str(name)
+			j.raw(":")
+			j.lock(rec.Locks[name])
+		}
+		j.raw("}")
 	}
-	buf = fmt.Appendf(buf, "%08x ", crc32.Checksum(data, crcTable))
-	buf = append(buf, data...)
-	return append(buf, '\n'), nil
+	j.raw("}")
+	if j.err != nil {
+		return buf[:start], j.err
+	}
+	sum := crc32.Checksum(j.b[start+9:], crcTable)
+	for i := range 8 {
+		j.b[start+i] = hex[sum>>(28-4*i)&0xF]
+	}
+	return append(j.b, '\n'), nil
+}
+
+// sortedKeys returns m's keys in order, as encoding/json writes a map.
+func sortedKeys[V any](m map[string]V) []string {
+	if len(m) == 1 { // a record's usual size: no sorting, one small slice
+		for k := range m {
+			return []string{k}
+		}
+	}
+	return slices.Sorted(maps.Keys(m))
 }
 
 // readRecords calls apply for each whole record in data, in order, and

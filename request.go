@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,11 +63,14 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 	if err != nil {
 		return "", req, err
 	}
-	query := r.URL.Query()
+	var query url.Values
+	if r.URL.RawQuery != "" {
+		query = r.URL.Query()
+	}
+	if p, ok := firstUnknown(query, queryParams[r.Method]); ok {
+		return "", req, fmt.Errorf("%w: unknown query parameter %q; %s /lock/<name> accepts %s", errBadRequest, p, r.Method, acceptedQuery(r.Method))
+	}
 	for _, p := range slices.Sorted(maps.Keys(query)) {
-		if !slices.Contains(queryParams[r.Method], p) {
-			return "", req, fmt.Errorf("%w: unknown query parameter %q; %s /lock/<name> accepts %s", errBadRequest, p, r.Method, acceptedQuery(r.Method))
-		}
 		if len(query[p]) > 1 {
 			return "", req, fmt.Errorf("%w: query parameter %q is given %d times; give it once", errBadRequest, p, len(query[p]))
 		}
@@ -86,11 +90,9 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 	if err != nil {
 		return "", req, err
 	}
-	for _, f := range slices.Sorted(maps.Keys(fields)) {
-		if !slices.Contains(bodyFields[r.Method], f) {
-			return "", req, fmt.Errorf("%w: unknown field %q in the body; %s /lock/<name> accepts %s",
-				errBadRequest, f, r.Method, joinList(quoted(bodyFields[r.Method]), "and"))
-		}
+	if f, ok := firstUnknown(fields, bodyFields[r.Method]); ok {
+		return "", req, fmt.Errorf("%w: unknown field %q in the body; %s /lock/<name> accepts %s",
+			errBadRequest, f, r.Method, joinList(quoted(bodyFields[r.Method]), "and"))
 	}
 	if err := stringField(fields, "key", &req.Key); err != nil {
 		return "", req, err
@@ -145,6 +147,22 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 	return name, req, nil
 }
 
+// firstUnknown returns the first of m's keys, in sorted order, that known
+// does not list. Sorting happens only when there is one to report.
+func firstUnknown[V any](m map[string]V, known []string) (string, bool) {
+	for k := range m {
+		if slices.Contains(known, k) {
+			continue
+		}
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if !slices.Contains(known, k) {
+				return k, true
+			}
+		}
+	}
+	return "", false
+}
+
 // acceptedQuery says which query parameters method takes on /lock/<name>.
 func acceptedQuery(method string) string {
 	switch method {
@@ -173,7 +191,30 @@ func lockName(r *http.Request) (string, error) {
 // decodeObject reads r's body as exactly one JSON object. An empty body is
 // an error unless optional is set.
 func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
+			errBodyTooLarge, maxBodyBytes, bodyExample)
+	case err != nil:
+		return nil, fmt.Errorf("%w: the body could not be read (%v); send a JSON object such as %s", errBadRequest, err, bodyExample)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err == nil && fields != nil {
+		return fields, nil
+	}
+	if err := explainBody(data, optional); err != nil {
+		return nil, err
+	}
+	return map[string]json.RawMessage{}, nil // an empty body, allowed
+}
+
+// explainBody says what is wrong with a body that is not one JSON object,
+// or returns nil for an empty body when that is allowed. (It is the slow
+// path: json.Unmarshal only says where it stopped.)
+func explainBody(data []byte, optional bool) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
 	var fields map[string]json.RawMessage
 	err := dec.Decode(&fields)
 	trailing := false
@@ -185,24 +226,20 @@ func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[st
 			trailing = true
 		}
 	}
-	var tooLarge *http.MaxBytesError
 	var wrongType *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &tooLarge):
-		return nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
-			errBodyTooLarge, maxBodyBytes, bodyExample)
 	case trailing:
-		return nil, fmt.Errorf("%w: there is data after the JSON object; send exactly one object, e.g. %s", errBadRequest, bodyExample)
+		return fmt.Errorf("%w: there is data after the JSON object; send exactly one object, e.g. %s", errBadRequest, bodyExample)
 	case errors.Is(err, io.EOF) && optional:
-		return map[string]json.RawMessage{}, nil
+		return nil
 	case errors.Is(err, io.EOF):
-		return nil, fmt.Errorf("%w: the request has no body; send a JSON object such as %s", errBadRequest, bodyExample)
+		return fmt.Errorf("%w: the request has no body; send a JSON object such as %s", errBadRequest, bodyExample)
 	case errors.As(err, &wrongType), err == nil && fields == nil:
-		return nil, fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample)
+		return fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample)
 	case err != nil:
-		return nil, fmt.Errorf("%w: the body is not valid JSON (%v); send an object such as %s", errBadRequest, err, bodyExample)
+		return fmt.Errorf("%w: the body is not valid JSON (%v); send an object such as %s", errBadRequest, err, bodyExample)
 	}
-	return fields, nil
+	return fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample) // not reached: Unmarshal took it
 }
 
 // stringField sets *dst to the string in fields[name]. An absent or null
