@@ -19,11 +19,12 @@ build:
 run: build
 	LOCKER_CONFIG="$${LOCKER_CONFIG:-$(STATE)}" exec ./locker
 
-# How many inputs `make test` gives each fuzz target (about 20 s each here).
+# How many inputs `make test` gives each fuzz target (at most 20 s each here).
 # Counts, not durations: with a duration, go1.26's fuzzing can end in a
 # spurious "context deadline exceeded" (go.dev/issue/75804, fixed in 1.27).
 FUZZ_API ?= 4000x
 FUZZ_STATE ?= 200000x
+FUZZ_JSON ?= 100000x
 
 # test: lint, every test under the race detector, each fuzz target briefly.
 # CI runs this.
@@ -31,12 +32,13 @@ test: lint
 	go test -race -count=1 ./...
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .
 	go test -run '^$$' -fuzz '^FuzzState$$' -fuzztime $(FUZZ_STATE) .
+	go test -run '^$$' -fuzz '^FuzzJSONString$$' -fuzztime $(FUZZ_JSON) .
 
 # stress: the long runs: 2,000 crash cycles, minute-long linearizability
 # runs, thirty times the fuzzing.
 stress:
 	LOCKER_STRESS=1 go test -race -count=1 -timeout 3h -run 'TestCrashKill|TestLinearizable|TestTenThousandWaiters' -v .
-	$(MAKE) test FUZZ_API=120000x FUZZ_STATE=6000000x
+	$(MAKE) test FUZZ_API=120000x FUZZ_STATE=6000000x FUZZ_JSON=3000000x
 
 # calibrate: prove that TestLinearizable catches each planted bug (half an hour).
 calibrate:

@@ -68,6 +68,13 @@ func start(bin string, args []string, env []string) (*process, error) {
 	}
 }
 
+// kill stops the process with SIGKILL: for the no-op servers.
+func (p *process) kill() error {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return nil
+}
+
 // stop sends SIGTERM and waits for the process to exit.
 func (p *process) stop() error {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -158,6 +165,7 @@ type loadResult struct {
 	latencies []time.Duration
 	elapsed   time.Duration
 	serverCPU float64 // seconds of CPU the server used
+	clientCPU float64 // seconds of CPU the load generator used
 }
 
 func (l loadResult) perSecond(n int) float64 { return float64(n) / l.elapsed.Seconds() }
@@ -172,6 +180,7 @@ func loop(base string, clients int, d time.Duration, step func(c *client, id int
 		wg     sync.WaitGroup
 		failed atomic.Value
 	)
+	cpu0 := cpuSecondsOf(os.Getpid())
 	deadline := time.Now().Add(d)
 	startAt := time.Now()
 	for id := range clients {
@@ -196,6 +205,7 @@ func loop(base string, clients int, d time.Duration, step func(c *client, id int
 	}
 	wg.Wait()
 	res.elapsed = time.Since(startAt)
+	res.clientCPU = cpuSecondsOf(os.Getpid()) - cpu0
 	res.requests = len(res.latencies)
 	if err, ok := failed.Load().(error); ok {
 		return res, err

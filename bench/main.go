@@ -6,7 +6,7 @@
 // that noise is visible. It asserts nothing: it measures.
 //
 //	go run ./bench -locker ./locker [-runs 3] [-duration 3s] [-json bench/results.json]
-//	    [-only ceiling,parallel] [-server-env "GOMAXPROCS=1"]
+//	    [-only parallel,handoff] [-server-env "GOMAXPROCS=1"]
 //
 // Two reference servers run from this same binary (-noop): a do-nothing
 // handler (the ceiling: what HTTP on loopback costs), and the same handler
@@ -58,7 +58,7 @@ func run() error {
 	flag.StringVar(&cfg.jsonOut, "json", "bench/results.json", "write the figures here as JSON")
 	largeFlag := flag.String("large", "10000,100000", "numbers of other locks held in the large runs")
 	serverEnv := flag.String("server-env", "", "extra environment for the locker server, space-separated, e.g. \"GOMAXPROCS=1 GOGC=400\"")
-	only := flag.String("only", "", "run only these steps, comma-separated (fsync, ceiling, serial, parallel, contended, handoff, large); targets whose figures were not measured are not checked")
+	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, large); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
 		return serveNoop(*noopDir)
@@ -88,9 +88,8 @@ func run() error {
 		fn   func(config, string, *report) error
 	}{
 		{"fsync", benchFsync},
-		{"ceiling", benchCeiling},
 		{"serial", benchSerial},
-		{"parallel", benchParallel},
+		{"parallel (with the ceilings)", benchParallel},
 		{"contended", benchContended},
 		{"handoff", benchHandoff},
 		{"large and restart", benchLarge},

@@ -86,79 +86,82 @@ func benchFsync(cfg config, dir string, r *report) error {
 	return os.Remove(filepath.Join(dir, "fsync-probe"))
 }
 
-// benchCeiling runs the parallel workload against the do-nothing server,
-// and then against the durable do-nothing server (see serveNoop).
-func benchCeiling(cfg config, dir string, r *report) error {
-	var err error
-	if r.CeilingRPS, r.CeilingCPUus, r.ClientCPUus, err = noopRuns(cfg, nil); err != nil {
-		return err
+// runOnce runs work with clients against the server p once, then stops it
+// with stop.
+func runOnce(cfg config, p *process, clients int, work func(c *client, id int, lat *[]time.Duration) (int, error), stop func() error) (loadResult, error) {
+	cpu0 := p.cpuSeconds()
+	out, err := loop(p.url, clients, cfg.duration, work)
+	out.serverCPU = p.cpuSeconds() - cpu0
+	if stopErr := stop(); err == nil {
+		err = stopErr
 	}
-	durableDir := filepath.Join(dir, "noop-durable")
-	if err := os.MkdirAll(durableDir, 0o750); err != nil {
-		return err
-	}
-	defer func() { _ = os.RemoveAll(durableDir) }()
-	r.DurableRPS, r.DurableCPUus, _, err = noopRuns(cfg, []string{"-noop-durable", durableDir})
-	return err
-}
-
-// noopRuns measures the parallel workload against this binary run with
-// -noop and args: requests/s, and the server's and the load generator's
-// CPU per request.
-func noopRuns(cfg config, args []string) (rps, serverCPU, clientCPU figure, err error) {
-	self, err := os.Executable()
-	if err != nil {
-		return rps, serverCPU, clientCPU, err
-	}
-	p, err := start(self, append([]string{"-noop"}, args...), nil)
-	if err != nil {
-		return rps, serverCPU, clientCPU, err
-	}
-	defer func() { _ = p.cmd.Process.Kill(); <-p.done }()
-	var runs, srvCPU, cliCPU []float64
-	for range cfg.runs {
-		s0, c0 := p.cpuSeconds(), cpuSecondsOf(os.Getpid())
-		res, err := loop(p.url, cfg.clients, cfg.duration, ownLock("ceiling"))
-		if err != nil {
-			return rps, serverCPU, clientCPU, err
-		}
-		runs = append(runs, res.perSecond(res.requests))
-		srvCPU = append(srvCPU, 1e6*(p.cpuSeconds()-s0)/float64(res.requests))
-		cliCPU = append(cliCPU, 1e6*(cpuSecondsOf(os.Getpid())-c0)/float64(res.requests))
-	}
-	return newFigure("req/s", runs), newFigure("µs CPU/req", srvCPU), newFigure("µs CPU/req", cliCPU), nil
+	return out, err
 }
 
 // throughput runs a workload cfg.runs times against a fresh server each
 // time and returns requests/s, p50 and p99.
 func throughput(cfg config, dir string, clients int, work func(c *client, id int, lat *[]time.Duration) (int, error)) (rps, p50, p99 figure, res []loadResult, err error) {
-	var rs, p50s, p99s []float64
 	for i := range cfg.runs {
-		runDir := filepath.Join(dir, fmt.Sprintf("run-%d-%d", time.Now().UnixNano(), i))
-		if err := os.MkdirAll(runDir, 0o750); err != nil {
-			return rps, p50, p99, nil, err
-		}
-		p, _, err := startLocker(cfg, runDir)
+		out, err := lockerRun(cfg, dir, i, clients, work)
 		if err != nil {
 			return rps, p50, p99, nil, err
-		}
-		cpu0 := p.cpuSeconds()
-		out, err := loop(p.url, clients, cfg.duration, work)
-		out.serverCPU = p.cpuSeconds() - cpu0
-		stopErr := p.stop()
-		if err != nil {
-			return rps, p50, p99, nil, err
-		}
-		if stopErr != nil {
-			return rps, p50, p99, nil, stopErr
 		}
 		res = append(res, out)
-		rs = append(rs, out.perSecond(out.requests))
-		p50s = append(p50s, ms(percentile(out.latencies, 50)))
-		p99s = append(p99s, ms(percentile(out.latencies, 99)))
-		_ = os.RemoveAll(runDir)
 	}
-	return newFigure("req/s", rs), newFigure("ms", p50s), newFigure("ms", p99s), res, nil
+	return rpsFigure(res), latencyFigure(res, 50), latencyFigure(res, 99), res, nil
+}
+
+// lockerRun runs work once against a fresh locker server.
+func lockerRun(cfg config, dir string, i, clients int, work func(c *client, id int, lat *[]time.Duration) (int, error)) (loadResult, error) {
+	runDir := filepath.Join(dir, fmt.Sprintf("run-%d-%d", time.Now().UnixNano(), i))
+	if err := os.MkdirAll(runDir, 0o750); err != nil {
+		return loadResult{}, err
+	}
+	defer func() { _ = os.RemoveAll(runDir) }()
+	p, _, err := startLocker(cfg, runDir)
+	if err != nil {
+		return loadResult{}, err
+	}
+	return runOnce(cfg, p, clients, work, p.stop)
+}
+
+// noopRun runs the parallel workload once against this binary started with
+// -noop and args.
+func noopRun(cfg config, args ...string) (loadResult, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return loadResult{}, err
+	}
+	p, err := start(self, append([]string{"-noop"}, args...), nil)
+	if err != nil {
+		return loadResult{}, err
+	}
+	return runOnce(cfg, p, cfg.clients, ownLock("parallel"), p.kill)
+}
+
+func rpsFigure(res []loadResult) figure {
+	return perRun(res, "req/s", func(l loadResult) float64 { return l.perSecond(l.requests) })
+}
+
+func latencyFigure(res []loadResult, p float64) figure {
+	return perRun(res, "ms", func(l loadResult) float64 { return ms(percentile(l.latencies, p)) })
+}
+
+func serverCPUFigure(res []loadResult) figure {
+	return perRun(res, "µs CPU/req", func(l loadResult) float64 { return 1e6 * l.serverCPU / float64(l.requests) })
+}
+
+func clientCPUFigure(res []loadResult) figure {
+	return perRun(res, "µs CPU/req", func(l loadResult) float64 { return 1e6 * l.clientCPU / float64(l.requests) })
+}
+
+// perRun is the figure of f over each run.
+func perRun(res []loadResult, unit string, f func(loadResult) float64) figure {
+	xs := make([]float64, len(res))
+	for i, l := range res {
+		xs[i] = f(l)
+	}
+	return newFigure(unit, xs)
 }
 
 func benchSerial(cfg config, dir string, r *report) error {
@@ -167,18 +170,41 @@ func benchSerial(cfg config, dir string, r *report) error {
 	return err
 }
 
+// benchParallel runs the parallel workload (16 clients, each on its own
+// lock) against the do-nothing server (the ceiling), the durable
+// do-nothing server (see serveNoop) and the locker, the three in turn in
+// each run, so that the figures the targets compare are measured as close
+// together in time as they can be on a shared machine.
 func benchParallel(cfg config, dir string, r *report) error {
-	var res []loadResult
-	var err error
-	r.ParallelRPS, r.ParallelP50Ms, r.ParallelP99Ms, res, err = throughput(cfg, dir, cfg.clients, ownLock("parallel"))
-	var cpu []float64
-	for _, x := range res {
-		cpu = append(cpu, 1e6*x.serverCPU/float64(x.requests))
+	var ceiling, durable, locker []loadResult
+	for i := range cfg.runs {
+		res, err := noopRun(cfg)
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		ceiling = append(ceiling, res)
+
+		durableDir := filepath.Join(dir, fmt.Sprintf("noop-durable-%d", i))
+		if err := os.MkdirAll(durableDir, 0o750); err != nil {
+			return err
+		}
+		res, err = noopRun(cfg, "-noop-durable", durableDir)
+		_ = os.RemoveAll(durableDir)
+		if err != nil {
+			return fmt.Errorf("durable ceiling: %w", err)
+		}
+		durable = append(durable, res)
+
+		if res, err = lockerRun(cfg, dir, i, cfg.clients, ownLock("parallel")); err != nil {
+			return err
+		}
+		locker = append(locker, res)
 	}
-	if len(cpu) > 0 {
-		r.ParallelCPUus = newFigure("µs CPU/req", cpu)
-	}
-	return err
+	r.CeilingRPS, r.CeilingCPUus, r.ClientCPUus = rpsFigure(ceiling), serverCPUFigure(ceiling), clientCPUFigure(ceiling)
+	r.DurableRPS, r.DurableCPUus = rpsFigure(durable), serverCPUFigure(durable)
+	r.ParallelRPS, r.ParallelP50Ms, r.ParallelP99Ms = rpsFigure(locker), latencyFigure(locker, 50), latencyFigure(locker, 99)
+	r.ParallelCPUus = serverCPUFigure(locker)
+	return nil
 }
 
 // benchContended has every client, each with its own key, fight for one
