@@ -117,9 +117,7 @@ func (j *jsonBuf) viewFields(name string, s Snapshot) {
 	j.str(s.Key)
 	j.raw(`,"locked_by":{`)
 	for i, h := range s.Holders {
-		if i > 0 {
-			j.raw(",")
-		}
+		j.comma(i)
 		j.str(h.Name)
 		j.raw(":")
 		j.int(h.Count)
@@ -132,31 +130,15 @@ func (j *jsonBuf) viewFields(name string, s Snapshot) {
 	}
 	j.raw(`,"holders":{`)
 	for i, h := range s.Holders {
-		if i > 0 {
-			j.raw(",")
-		}
+		j.comma(i)
 		j.str(h.Name)
-		j.raw(`:{"count":`)
-		j.int(h.Count)
-		if !h.Since.IsZero() {
-			j.raw(`,"since":`)
-			j.time(h.Since)
-		}
-		if !h.ExpiresAt.IsZero() {
-			j.raw(`,"expires_at":`)
-			j.time(h.ExpiresAt)
-		}
-		if h.Note != "" {
-			j.raw(`,"note":`)
-			j.str(h.Note)
-		}
+		j.raw(`:{`)
+		j.holderFields(h)
 		j.raw("}")
 	}
 	j.raw(`},"waiting":[`)
 	for i, w := range s.Waiting {
-		if i > 0 {
-			j.raw(",")
-		}
+		j.comma(i)
 		j.raw(`{"key":`)
 		j.str(w.Key)
 		j.raw(`,"requestor":`)

@@ -101,6 +101,32 @@ func (j *jsonBuf) str(s string) {
 	j.b = append(b, '"')
 }
 
+// comma separates the i-th element of a list or object from the one before.
+func (j *jsonBuf) comma(i int) {
+	if i > 0 {
+		j.raw(",")
+	}
+}
+
+// holderFields appends h's count and, when set, since, expires_at and note:
+// the fields a holder has in the journal and in replies alike.
+func (j *jsonBuf) holderFields(h Holder) {
+	j.raw(`"count":`)
+	j.int(h.Count)
+	if !h.Since.IsZero() {
+		j.raw(`,"since":`)
+		j.time(h.Since)
+	}
+	if !h.ExpiresAt.IsZero() {
+		j.raw(`,"expires_at":`)
+		j.time(h.ExpiresAt)
+	}
+	if h.Note != "" {
+		j.raw(`,"note":`)
+		j.str(h.Note)
+	}
+}
+
 // lock appends l as encoding/json writes a Lock: the journal's format.
 func (j *jsonBuf) lock(l *Lock) {
 	if l == nil {
@@ -124,25 +150,11 @@ func (j *jsonBuf) lock(l *Lock) {
 	}
 	j.raw("[")
 	for i, h := range l.Holders {
-		if i > 0 {
-			j.raw(",")
-		}
+		j.comma(i)
 		j.raw(`{"name":`)
 		j.str(h.Name)
-		j.raw(`,"count":`)
-		j.int(h.Count)
-		if !h.Since.IsZero() {
-			j.raw(`,"since":`)
-			j.time(h.Since)
-		}
-		if !h.ExpiresAt.IsZero() {
-			j.raw(`,"expires_at":`)
-			j.time(h.ExpiresAt)
-		}
-		if h.Note != "" {
-			j.raw(`,"note":`)
-			j.str(h.Note)
-		}
+		j.raw(",")
+		j.holderFields(h)
 		j.raw("}")
 	}
 	j.raw("]}")

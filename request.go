@@ -251,7 +251,7 @@ func stringField(fields map[string]json.RawMessage, name string, dst *string) er
 	}
 	// Most values are strings with nothing to unescape: no need to decode.
 	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' &&
-		bytes.IndexAny(raw[1:n-1], `"\`) < 0 && utf8.Valid(raw[1:n-1]) {
+		!bytes.ContainsAny(raw[1:n-1], `"\`) && utf8.Valid(raw[1:n-1]) {
 		*dst = string(raw[1 : n-1])
 		return nil
 	}
