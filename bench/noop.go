@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -72,7 +71,7 @@ func openGroupLog(path string) (*groupLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Fallocate(int(f.Fd()), 0, 0, groupLogRoom); err != nil {
+	if err := allocate(f, groupLogRoom); err != nil {
 		_ = f.Close()
 		return nil, err
 	}
@@ -99,7 +98,7 @@ func (g *groupLog) commit(line []byte) error {
 		g.mu.Unlock()
 		_, err := g.file.WriteAt(batch, at)
 		if err == nil {
-			err = syscall.Fdatasync(int(g.file.Fd()))
+			err = datasync(g.file)
 		}
 		g.mu.Lock()
 		g.syncing = false
