@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 )
 
 // RunCheck is the check command: it reads a CheckRequest on stdin and writes
@@ -72,4 +75,18 @@ func answer(stdout, stderr io.Writer, v any) int {
 func fail(stderr io.Writer, err error) int {
 	fmt.Fprintf(stderr, "error: %v\n", err)
 	return 1
+}
+
+// Command is the shape of RunCheck, RunIn and RunOut.
+type Command func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int
+
+// Main runs cmd as the process: with its arguments, standard streams and
+// environment, and exits with cmd's code. An aborted build is stopped with
+// a signal; it cancels cmd's context, which ends the request, so that the
+// server takes a waiting lock request out of its queue.
+func Main(cmd Command) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cmd(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
 }

@@ -2,20 +2,6 @@
 // Concourse runs it as /opt/resource/out.
 package main
 
-import (
-	"context"
-	"os"
-	"os/signal"
-	"syscall"
+import "github.com/locker-ci/locker/resource"
 
-	"github.com/locker-ci/locker/resource"
-)
-
-func main() {
-	// An aborted build is stopped with a signal: end the request, so that
-	// the server takes a waiting lock request out of its queue.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := resource.RunOut(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
-	stop()
-	os.Exit(code)
-}
+func main() { resource.Main(resource.RunOut) }
