@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
@@ -98,78 +100,19 @@ func allowedMethods(router *mux.Router, req *http.Request) []string {
 	return allowed
 }
 
-// viewFields appends the fields of the lock called name as the API shows
-// it, without braces:
-//
-//	"name":...,"key":...,"locked_by":{"<holder>":<count>,...},"token":<n>,
-//	"acquired_at":...,"holders":{"<holder>":{"count":<n>,"since":...,
-//	"expires_at":...,"note":...},...},"waiting":[{"key":...,
-//	"requestor":...,"since":...},...]
-//
-// The original clients read key and locked_by with jq; both keep their
-// shape. Holders come sorted by name, the order encoding/json gives map
-// keys; acquired_at, since and expires_at are left out when unknown, note
-// when empty.
-func (j *jsonBuf) viewFields(name string, s Snapshot) {
-	j.raw(`"name":`)
-	j.str(name)
-	j.raw(`,"key":`)
-	j.str(s.Key)
-	j.raw(`,"locked_by":{`)
-	for i, h := range s.Holders {
-		j.comma(i)
-		j.str(h.Name)
-		j.raw(":")
-		j.int(h.Count)
-	}
-	j.raw(`},"token":`)
-	j.uint(s.Token)
-	if !s.AcquiredAt.IsZero() {
-		j.raw(`,"acquired_at":`)
-		j.time(s.AcquiredAt)
-	}
-	j.raw(`,"holders":{`)
-	for i, h := range s.Holders {
-		j.comma(i)
-		j.str(h.Name)
-		j.raw(`:{`)
-		j.holderFields(h)
-		j.raw("}")
-	}
-	j.raw(`},"waiting":[`)
-	for i, w := range s.Waiting {
-		j.comma(i)
-		j.raw(`{"key":`)
-		j.str(w.Key)
-		j.raw(`,"requestor":`)
-		j.str(w.Requestor)
-		j.raw(`,"since":`)
-		j.time(w.Since)
-		j.raw("}")
-	}
-	j.raw("]")
-}
-
-// handleList handles GET /locks.
+// handleList handles GET /locks: every lock that is held or waited for,
+// by name.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
 	locks, err := s.locks.List()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	j := jsonBuf{b: make([]byte, 0, 256*len(locks)+2)}
-	j.raw("{")
-	for i, name := range sortedKeys(locks) {
-		if i > 0 {
-			j.raw(",")
-		}
-		j.str(name)
-		j.raw(":{")
-		j.viewFields(name, locks[name])
-		j.raw("}")
+	views := make(map[string]lock.View, len(locks))
+	for name, l := range locks {
+		views[name] = l.View(name, l.Waiting)
 	}
-	j.raw("}\n")
-	s.writeBuf(w, r, j)
+	s.writeJSON(w, r, http.StatusOK, views)
 }
 
 // handleGet handles GET /lock/{name}.
@@ -231,7 +174,7 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	h, _ := l.holder(req.Requestor)
+	h, _ := l.Holder(req.Requestor)
 	s.writeLock(w, r, name, l, fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, h.ExpiresAt.Format(time.RFC3339)))
 }
 
@@ -253,14 +196,14 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	}
 	var msg string
 	switch {
-	case released == 0 && l.free():
+	case released == 0 && l.Free():
 		msg = fmt.Sprintf("lock for %s was not held; nothing to release", name)
 	case released == 0:
-		msg = fmt.Sprintf("%s holds no count of %s; nothing released, still held by %s", req.Requestor, name, l.holdersString())
-	case l.free():
+		msg = fmt.Sprintf("%s holds no count of %s; nothing released, still held by %s", req.Requestor, name, l.HoldersString())
+	case l.Free():
 		msg = fmt.Sprintf("lock for %s released by %s; it is now free", name, req.Requestor)
 	default:
-		msg = fmt.Sprintf("lock for %s released by %s; held by %s", name, req.Requestor, l.holdersString())
+		msg = fmt.Sprintf("lock for %s released by %s; held by %s", name, req.Requestor, l.HoldersString())
 	}
 	s.writeLock(w, r, name, l, msg)
 }
@@ -275,10 +218,10 @@ func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name strin
 	}
 	user, _, _ := r.BasicAuth()
 	msg := fmt.Sprintf("lock for %s was not held; nothing to release", name)
-	if !old.free() {
-		msg = fmt.Sprintf("lock for %s force-released; it was held with key %q by %s", name, old.Key, old.holdersString())
+	if !old.Free() {
+		msg = fmt.Sprintf("lock for %s force-released; it was held with key %q by %s", name, old.Key, old.HoldersString())
 		s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
-			"key", old.Key, "holders", old.holdersString(), "token", old.Token)
+			"key", old.Key, "holders", old.HoldersString(), "token", old.Token)
 	}
 	now, err := s.locks.Get(name)
 	if err != nil {
@@ -288,40 +231,27 @@ func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name strin
 	s.writeLock(w, r, name, now, msg)
 }
 
-// writeLock answers 200 with the lock called name (see viewFields) and, for
-// a change, a sentence saying what happened, as "response".
+// lockReply is the answer to a request about one lock: the lock as
+// lock.View shows it and, for a change, a sentence saying what happened.
+type lockReply struct {
+	lock.View
+	Response string `json:"response,omitempty"`
+}
+
+// writeLock answers 200 with the lock called name and, for a change, a
+// sentence saying what happened.
 func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, l Snapshot, response string) {
-	j := jsonBuf{b: make([]byte, 0, 512)}
-	j.raw("{")
-	j.viewFields(name, l)
-	if response != "" {
-		j.raw(`,"response":`)
-		j.str(response)
-	}
-	j.raw("}\n")
-	s.writeBuf(w, r, j)
+	s.writeJSON(w, r, http.StatusOK, lockReply{View: l.View(name, l.Waiting), Response: response})
 }
 
-// writeBuf answers 200 with the JSON in j, or 500 if j could not hold a
-// value.
-func (s *server) writeBuf(w http.ResponseWriter, r *http.Request, j jsonBuf) {
-	if j.err != nil {
-		s.writeError(w, r, fmt.Errorf("encoding the reply: %w", j.err))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(j.b) // a client that went away cannot be told
-}
-
-// writeJSON encodes v before writing the header, so that an encoding
-// failure can still be answered with a 500.
-func (s *server) writeJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
+// writeJSON answers v as JSON with status. It encodes v before writing
+// the header, so that an encoding failure can still be answered with a 500.
+func (s *server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
+	buf := bytes.NewBuffer(make([]byte, 0, 512))
+	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false) // notes and names hold URLs; keep & and < readable
 	if err := enc.Encode(v); err != nil {
-		s.log.Error("encoding reply", "err", err)
+		s.log.Error("encoding reply", "method", r.Method, "path", r.URL.EscapedPath(), "err", err)
 		status = http.StatusInternalServerError
 		buf.Reset()
 		buf.WriteString(`{"error":"internal error: the reply could not be encoded"}` + "\n")
@@ -354,10 +284,10 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			msg = "internal error; the server's log has the details"
 		}
 	}
-	if rec, ok := w.(*responseRecorder); ok {
-		rec.err = err
+	if e, ok := r.Context().Value(logEntryKey{}).(*logEntry); ok {
+		e.err = err
 	}
-	s.writeJSON(w, status, map[string]string{"error": msg})
+	s.writeJSON(w, r, status, map[string]string{"error": msg})
 }
 
 // credentials are the one user allowed in when basic auth is on. Only
@@ -395,36 +325,41 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 	})
 }
 
-// responseRecorder remembers the status and error of a reply for the log.
-type responseRecorder struct {
+// logEntry is what the request log learns of a reply: its status, from
+// the ResponseWriter, and its error, from writeError through the request's
+// context.
+type logEntry struct {
 	http.ResponseWriter
 	status int
 	err    error
 }
 
-func (rec *responseRecorder) WriteHeader(status int) {
-	rec.status = status
-	rec.ResponseWriter.WriteHeader(status)
+// logEntryKey finds a request's *logEntry in its context.
+type logEntryKey struct{}
+
+func (e *logEntry) WriteHeader(status int) {
+	e.status = status
+	e.ResponseWriter.WriteHeader(status)
 }
 
 // Unwrap lets http.ResponseController reach the connection.
-func (rec *responseRecorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }
+func (e *logEntry) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
 // logRequests writes one log line per request.
 func (s *server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &responseRecorder{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r)
+		e := &logEntry{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(e, r.WithContext(context.WithValue(r.Context(), logEntryKey{}, e)))
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.EscapedPath()),
-			slog.Int("status", rec.status),
+			slog.Int("status", e.status),
 			slog.Duration("duration", time.Since(start)),
 			slog.String("remote", r.RemoteAddr),
 		}
-		if rec.err != nil && rec.status < 500 {
-			attrs = append(attrs, slog.String("error", rec.err.Error()))
+		if e.err != nil && e.status < 500 {
+			attrs = append(attrs, slog.String("error", e.err.Error()))
 		}
 		s.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 	})

@@ -11,6 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // testServer is the real router over a table saved in a temp directory.
@@ -21,7 +24,7 @@ type testServer struct {
 	pass    string
 }
 
-func newTestServer(tb testing.TB, d disk, user, pass string) *testServer {
+func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServer {
 	tb.Helper()
 	tab, path := newTestTable(tb, d)
 	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, writeTimeout: defaultTimeouts.write}
@@ -429,13 +432,13 @@ func TestAuth(t *testing.T) {
 }
 
 func TestSaveFailureIsA500AndChangesNothing(t *testing.T) {
-	d := &faultyDisk{}
+	d := &atomicfile.Faulty{}
 	ts := newTestServer(t, d, "", "")
 	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`})
 	before := onDisk(t, ts.path)
 	want := ts.locks(t)
 
-	d.fail("jwrite")
+	d.Fail("jwrite")
 	for _, r := range []request{
 		{"PUT", "/lock/new", `{"key": "k"}`},
 		{"PUT", "/lock/l", `{"key": "k", "lock_by": "b"}`},
@@ -538,7 +541,7 @@ func TestLockDetailsShown(t *testing.T) {
 
 	for _, target := range []string{"/lock/l", "/locks"} {
 		rec := ts.send(t, request{"GET", target, ""})
-		var v lockView
+		var v lock.View
 		body := rec.Body.Bytes()
 		if target == "/locks" {
 			var all map[string]json.RawMessage

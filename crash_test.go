@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -11,6 +12,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/journal"
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // Durability end to end: the order of the disk operations behind a 200,
@@ -20,12 +25,12 @@ import (
 // PUT: everything that makes the change durable, the journal's directory
 // entry included, happens before the client has its 200.
 func TestSyscallOrder(t *testing.T) {
-	d := &faultyDisk{}
+	d := &atomicfile.Faulty{}
 	ls := startServe(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")}, d)
 	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d %s", status, body)
 	}
-	ops := d.took() // everything done before the 200 arrived
+	ops := d.Took() // everything done before the 200 arrived
 	want := []string{
 		// the empty state file is created: written, synced, renamed, its directory synced
 		"create", "write", "sync", "close", "rename", "syncdir",
@@ -56,14 +61,14 @@ func isSubsequence(want, got []string) bool {
 
 func TestSaveFailure(t *testing.T) {
 	t.Run("write fails: 500, nothing changes, reads go on", func(t *testing.T) {
-		d := &faultyDisk{}
+		d := &atomicfile.Faulty{}
 		path := filepath.Join(t.TempDir(), "locks.yml")
 		ls := startServe(t, map[string]string{"LOCKER_CONFIG": path}, d)
 		ls.call(t, "PUT", "/lock/held", `{"key": "k", "lock_by": "a"}`)
 		before := ls.listLocks(t)
 		onDiskBefore := onDisk(t, path)
 
-		d.fail("jwrite")
+		d.Fail("jwrite")
 		status, body := ls.call(t, "PUT", "/lock/new", `{"key": "k"}`)
 		if status != http.StatusInternalServerError || !strings.Contains(string(body), "nothing was changed") {
 			t.Errorf("PUT with the disk failing = %d %s; want 500 saying nothing changed", status, body)
@@ -74,7 +79,7 @@ func TestSaveFailure(t *testing.T) {
 		if got := onDisk(t, path); got != onDiskBefore {
 			t.Errorf("the files changed after a failed save:\n%s", got)
 		}
-		d.fail("")
+		d.Fail("")
 		if status, body := ls.call(t, "PUT", "/lock/new", `{"key": "k"}`); status != http.StatusOK {
 			t.Errorf("PUT once the disk works again = %d %s", status, body)
 		}
@@ -84,11 +89,11 @@ func TestSaveFailure(t *testing.T) {
 	})
 
 	t.Run("fsync fails: 500, and the server stops with an error", func(t *testing.T) {
-		d := &faultyDisk{}
+		d := &atomicfile.Faulty{}
 		path := filepath.Join(t.TempDir(), "locks.yml")
 		ls := startServe(t, map[string]string{"LOCKER_CONFIG": path}, d)
 		ls.call(t, "PUT", "/lock/held", `{"key": "k", "lock_by": "a"}`)
-		d.fail("jsync")
+		d.Fail("jsync")
 		status, body := ls.call(t, "PUT", "/lock/new", `{"key": "k"}`)
 		if status != http.StatusInternalServerError || !strings.Contains(string(body), "the server is stopping") {
 			t.Errorf("PUT with fsync failing = %d %s; want 500 saying the server stops", status, body)
@@ -103,8 +108,8 @@ func TestSaveFailure(t *testing.T) {
 			t.Fatal("the server did not stop after a failed fsync")
 		}
 		// What a restart finds is what was acknowledged.
-		d.fail("")
-		if got := loadTestTable(t, path, nil, time.Now).list(); len(got) != 1 || got["held"].free() {
+		d.Fail("")
+		if got := loadTestTable(t, path, nil, time.Now).list(); len(got) != 1 || got["held"].Free() {
 			t.Errorf("after the restart the table is %v; want only the acknowledged lock", got)
 		}
 	})
@@ -113,13 +118,11 @@ func TestSaveFailure(t *testing.T) {
 func TestBadStateFile(t *testing.T) {
 	const good = "version: 1\nseq: 2\nlast_token: 5\nlocks:\n  prod:\n    key: k\n    locked_by:\n      a: 1\n    token: 5\n"
 	goodJournal := func(tb testing.TB) string {
-		var buf []byte
-		var err error
-		buf, err = appendRecord(buf, record{Seq: 3, LastToken: 6, Locks: map[string]*Lock{"next": {Key: "j", Token: 6, Holders: []Holder{{Name: "b", Count: 1}}}}})
+		payload, err := json.Marshal(Change{Seq: 3, LastToken: 6, Locks: map[string]*Lock{"next": {Key: "j", Token: 6, Holders: []Holder{{Name: "b", Hold: lock.Hold{Count: 1}}}}}})
 		if err != nil {
 			tb.Fatal(err)
 		}
-		return string(buf)
+		return string(journal.Line(payload))
 	}(t)
 	tests := []struct {
 		name, state, journal string

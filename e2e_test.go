@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // End-to-end tests of waiting, over real HTTP against a real state file.
@@ -45,7 +47,7 @@ func putAsync(ctx context.Context, url, path, body string) <-chan putResult {
 func (ls *liveServer) waiting(tb testing.TB, name string) int {
 	tb.Helper()
 	status, body := ls.call(tb, "GET", "/lock/"+name, "")
-	var v lockView
+	var v lock.View
 	if err := json.Unmarshal(body, &v); status != http.StatusOK || err != nil {
 		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
 	}
@@ -251,7 +253,7 @@ func TestManyWaiters(t *testing.T) {
 			t.Fatalf("a waiter got %d; want 200", s)
 		}
 	}
-	var v lockView
+	var v lock.View
 	_, body := ls.call(t, "GET", "/lock/busy", "")
 	if err := json.Unmarshal(body, &v); err != nil || len(v.Holders) != n || len(v.Waiting) != 0 {
 		t.Errorf("after the release: %d holders, %d waiting; want %d, 0", len(v.Holders), len(v.Waiting), n)

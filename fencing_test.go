@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // fencedCounter is a resource that a lock protects: a counter that clients
@@ -68,7 +70,7 @@ func runFencedClients(t *testing.T, fencing bool) (lost, writes int) {
 			r := rand.New(rand.NewPCG(uint64(c), 3))
 			for range rounds {
 				key := "client-" + string(rune('a'+c))
-				s, err := tab.Acquire(context.Background(), "resource", acquireRequest{Key: key, Requestor: key, TTL: lease, Wait: 10 * time.Second})
+				s, err := tab.Acquire(context.Background(), "resource", acquireRequest{Request: lock.Request{Key: key, Requestor: key, TTL: lease}, Wait: 10 * time.Second})
 				if err != nil {
 					t.Error(err)
 					return

@@ -17,6 +17,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/statefile"
 )
 
 // Hostile clients against the real server on a real port.
@@ -175,7 +179,7 @@ func TestTenThousandWaiters(t *testing.T) {
 func waiting(tb testing.TB, base, name string) int {
 	tb.Helper()
 	status, body := httpGet(tb, base, "/lock/"+name)
-	var v lockView
+	var v lock.View
 	if err := json.Unmarshal([]byte(body), &v); status != http.StatusOK || err != nil {
 		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
 	}
@@ -214,10 +218,10 @@ func buildLocker(tb testing.TB) string {
 		}
 		lockerBin = filepath.Join(dir, "locker")
 		// The crash tests kill this binary: lazyfs makes a kill lose what
-		// was not synced, as a power cut would (see disk_lazyfs.go).
+		// was not synced, as a power cut would (see internal/faults/lazyfs.go).
 		tags := "lazyfs"
-		if plantedBug != "" {
-			tags += ",bug_" + plantedBug // the same server as this test binary
+		if faults.Planted != "" {
+			tags += ",bug_" + faults.Planted // the same server as this test binary
 		}
 		args := []string{"build", "-tags", tags, "-o", lockerBin}
 		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
@@ -330,7 +334,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Errorf("exit code after SIGTERM = %d; want 0\n%s", code, p.log)
 	}
 	t.Logf("exited %v after SIGTERM; %d changes acknowledged", time.Since(start), len(acked))
-	st, _, err := decodeState(readFile(t, state))
+	st, err := statefile.Decode(readFile(t, state))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +342,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Error("the journal is still there after a clean shutdown")
 	}
 	for name := range acked {
-		if st.Locks[name].free() {
+		if st.Locks[name].Free() {
 			t.Errorf("acknowledged lock %s is not in the state file", name)
 		}
 	}

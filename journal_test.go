@@ -13,6 +13,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/statefile"
 )
 
 // readJournal returns the records in the journal beside the state file at
@@ -37,7 +41,7 @@ func readJournal(tb testing.TB, path string) []byte {
 func fill(tb testing.TB, tab *table) map[string]Snapshot {
 	tb.Helper()
 	for i, name := range []string{"a", "b", "c", "d/e", "f"} {
-		if _, err := tab.Acquire(context.Background(), name, acquireRequest{Key: "k", Requestor: "r", TTL: time.Hour, Note: name}); err != nil {
+		if _, err := tab.Acquire(context.Background(), name, acquireRequest{Request: lock.Request{Key: "k", Requestor: "r", TTL: time.Hour, Note: name}}); err != nil {
 			tb.Fatal(err)
 		}
 		if i%2 == 0 {
@@ -109,12 +113,7 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	if err := os.WriteFile(path+".journal", []byte(damaged), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	store := newFileStore(path, osDisk{})
-	st, seq, size, err := store.load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _, err = openJournal(store.journalPath(), osDisk{}, &st, seq, size)
+	_, err := newFileStore(path, atomicfile.OS{}).Open(nil)
 	if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "damaged line") {
 		t.Errorf("opening a journal damaged in the middle = %v; want an error naming it", err)
 	}
@@ -123,27 +122,27 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	}
 }
 
-func TestFoldWritesASnapshotAndCompacts(t *testing.T) {
+func TestCheckpointWritesASnapshotAndCompacts(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, time.Now)
 	want := fill(t, tab)
-	if err := tab.fold(); err != nil {
+	if err := tab.checkpoint(); err != nil {
 		t.Fatal(err)
 	}
 	if got := readJournal(t, path); len(got) != 0 {
-		t.Errorf("journal after a fold holds %q; want nothing", got)
+		t.Errorf("journal after a checkpoint holds %q; want nothing", got)
 	}
-	st, seq, err := decodeState(readFile(t, path))
-	if err != nil || seq != tab.seq || len(st.Locks) != len(want) {
-		t.Errorf("state file after a fold: %d locks, seq %d, %v; want %d locks, seq %d", len(st.Locks), seq, err, len(want), tab.seq)
+	st, err := statefile.Decode(readFile(t, path))
+	if err != nil || st.Seq != tab.seq || len(st.Locks) != len(want) {
+		t.Errorf("state file after a checkpoint: %d locks, seq %d, %v; want %d locks, seq %d", len(st.Locks), st.Seq, err, len(want), tab.seq)
 	}
-	// Changes after the fold go to the journal, and both load together.
+	// Changes after the checkpoint go to the journal, and both load together.
 	if _, err := acquire(tab, "after", "k", "r"); err != nil {
 		t.Fatal(err)
 	}
 	want = tab.list()
 	if got := loadTestTable(t, path, nil, time.Now).list(); !reflect.DeepEqual(got, want) {
-		t.Errorf("after fold and more changes:\n%v\nwant\n%v", got, want)
+		t.Errorf("after a checkpoint and more changes:\n%v\nwant\n%v", got, want)
 	}
 }
 
@@ -153,8 +152,7 @@ func TestCrashBetweenSnapshotAndCompaction(t *testing.T) {
 	want := fill(t, tab)
 	// The snapshot is written, then the server dies before the journal is
 	// compacted: the journal's records are all in the snapshot already.
-	st, seq := tab.copyState()
-	if _, err := tab.store.save(st, seq); err != nil {
+	if _, err := tab.store.(*fileStore).save(tab.saved()); err != nil {
 		t.Fatal(err)
 	}
 	if len(readJournal(t, path)) == 0 {
@@ -166,15 +164,13 @@ func TestCrashBetweenSnapshotAndCompaction(t *testing.T) {
 	}
 }
 
-func TestFoldRunsWhenTheJournalGrows(t *testing.T) {
+func TestCheckpointRunsWhenTheJournalGrows(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, time.Now)
-	tab.journal.fileMu.Lock()
-	tab.journal.foldAt = 2 << 10 // a couple of KiB instead of megabytes
-	tab.journal.fileMu.Unlock()
+	journalOf(tab).CompactAt(2 << 10) // a couple of KiB instead of megabytes
 	ctx, cancel := context.WithCancel(context.Background())
 	var loop sync.WaitGroup
-	loop.Go(func() { tab.foldLoop(ctx) })
+	loop.Go(func() { tab.checkpointLoop(ctx) })
 	defer func() { cancel(); loop.Wait() }()
 
 	for i := range 50 {
@@ -183,31 +179,25 @@ func TestFoldRunsWhenTheJournalGrows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "a fold", func() bool {
-		_, seq, err := decodeState(readFile(t, path))
-		return err == nil && seq > 0
+	waitFor(t, "a checkpoint", func() bool {
+		st, err := statefile.Decode(readFile(t, path))
+		return err == nil && st.Seq > 0
 	})
 	cancel()
 	loop.Wait()
 	want := tab.list()
 	if got := loadTestTable(t, path, nil, time.Now).list(); !reflect.DeepEqual(got, want) {
-		t.Errorf("after folds:\n%d locks\nwant %d", len(got), len(want))
+		t.Errorf("after checkpoints:\n%d locks\nwant %d", len(got), len(want))
 	}
 }
 
 func TestCloseLeavesTheStateFileAlone(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "locks.yml")
-	store := newFileStore(path, osDisk{})
-	st, seq, size, err := store.load()
+	tab, err := openTable(newFileStore(path, atomicfile.OS{}), time.Now, discardLog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, seq, err := openJournal(store.journalPath(), osDisk{}, &st, seq, size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab := newTable(store, j, st, seq, time.Now, discardLog)
 	want := fill(t, tab)
 	if err := tab.close(); err != nil {
 		t.Fatal(err)
@@ -221,7 +211,7 @@ func TestCloseLeavesTheStateFileAlone(t *testing.T) {
 }
 
 func TestGroupCommitSharesFsyncs(t *testing.T) {
-	d := &faultyDisk{}
+	d := &atomicfile.Faulty{}
 	tab, _ := newTestTable(t, d)
 	const clients, each = 16, 40
 	var wg sync.WaitGroup
@@ -241,7 +231,7 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 	}
 	wg.Wait()
 	syncs := 0
-	for _, op := range d.took() {
+	for _, op := range d.Took() {
 		if op == "jsync" {
 			syncs++
 		}
@@ -260,14 +250,14 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 func TestRepliesWaitForTheDisk(t *testing.T) {
 	for _, fault := range []string{"jwrite", "jsync"} {
 		t.Run(fault, func(t *testing.T) {
-			d := &faultyDisk{}
+			d := &atomicfile.Faulty{}
 			tab, path := newTestTable(t, d)
-			d.hold(fault)
-			d.fail(fault)
+			held, release := d.Hold(fault)
+			d.Fail(fault)
 
 			granted := make(chan error, 1)
 			go func() { _, err := acquire(tab, "l", "k", "a"); granted <- err }()
-			<-d.held // the grant is in memory; its write is stuck
+			<-held // the grant is in memory; its write is stuck
 
 			type answer struct {
 				s   Snapshot
@@ -279,11 +269,9 @@ func TestRepliesWaitForTheDisk(t *testing.T) {
 			go func() { _, err := acquire(tab, "l", "other", "b"); refused <- err }()
 			// The PUT, the GET and the refused PUT all wait for the disk.
 			waitFor(t, "all three requests to wait for the disk", func() bool {
-				tab.journal.mu.Lock()
-				defer tab.journal.mu.Unlock()
-				return tab.journal.blocked == 3
+				return journalOf(tab).Blocked() == 3
 			})
-			close(d.release)
+			release()
 
 			want := errSave
 			if fault == "jsync" {
@@ -300,10 +288,10 @@ func TestRepliesWaitForTheDisk(t *testing.T) {
 			}
 			if fault == "jwrite" {
 				// Undone: memory equals disk, and the server goes on.
-				if s := tab.get("l"); !s.free() {
+				if s := tab.get("l"); !s.Free() {
 					t.Errorf("after the failed write the lock is %+v; want it free", s.Lock)
 				}
-				d.fail("")
+				d.Fail("")
 				if _, err := acquire(tab, "l", "other", "b"); err != nil {
 					t.Errorf("PUT after the disk recovered = %v", err)
 				}
@@ -311,7 +299,7 @@ func TestRepliesWaitForTheDisk(t *testing.T) {
 			}
 			// A failed fsync is fatal: the server must stop.
 			select {
-			case err := <-tab.journal.fatal:
+			case err := <-tab.store.Broken():
 				if !errors.Is(err, errUncertain) {
 					t.Errorf("fatal = %v; want errUncertain", err)
 				}

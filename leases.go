@@ -1,17 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
 )
 
-// expireRetry is how long the expiry loop waits after failing to save an
-// expiry, so that a broken disk is not hammered.
-const expireRetry = time.Second
-
 // lease is one holder's expiry time. The heap may hold leases that were
-// renewed or released since; expire skips those.
+// renewed or released since; the table skips those when they come due.
 type lease struct {
 	at              time.Time
 	name, requestor string
@@ -31,16 +30,31 @@ func (h *leaseHeap) Pop() any {
 	return l
 }
 
+// push adds l.
+func (h *leaseHeap) push(l lease) { heap.Push(h, l) }
+
+// popDue removes and returns the earliest lease if it is due by now.
+func (h *leaseHeap) popDue(now time.Time) (lease, bool) {
+	if len(*h) == 0 || (*h)[0].at.After(now) {
+		return lease{}, false
+	}
+	return heap.Pop(h).(lease), true
+}
+
+// expireRetry is how long the expiry loop waits after failing to save an
+// expiry, so that a broken disk is not hammered.
+const expireRetry = time.Second
+
 // scheduleLeases adds the leases that next has and old did not (or had
 // with another expiry) to the heap. Callers hold t.mu.
 func (t *table) scheduleLeases(name string, old, next Lock) {
 	added := false
 	for _, h := range next.Holders {
-		was, _ := old.holder(h.Name)
+		was, _ := old.Holder(h.Name)
 		if h.ExpiresAt.IsZero() || h.ExpiresAt.Equal(was.ExpiresAt) {
 			continue
 		}
-		heap.Push(&t.leases, lease{at: h.ExpiresAt, name: name, requestor: h.Name})
+		t.leases.push(lease{at: h.ExpiresAt, name: name, requestor: h.Name})
 		added = true
 	}
 	if added {
@@ -62,32 +76,33 @@ func (t *table) nextExpiry() (time.Time, bool) {
 }
 
 // expire releases every count of each holder whose lease ran out by now,
-// and grants the waiters that this lets in.
+// as lock.Expire rules, and grants the waiters that this lets in.
 func (t *table) expire(now time.Time) error {
 	t.mu.Lock()
 	x := t.begin()
 	var due []lease
-	for len(t.leases) > 0 && !t.leases[0].at.After(now) {
-		e := heap.Pop(&t.leases).(lease)
-		l := t.locks[e.name].clone()
-		h, ok := l.holder(e.requestor)
-		if !ok || !h.ExpiresAt.Equal(e.at) {
+	for {
+		e, ok := t.leases.popDue(now)
+		if !ok {
+			break
+		}
+		l, ok := lock.Expire(t.locks[e.name], e.requestor, e.at)
+		if !ok {
 			continue // released or renewed since
 		}
 		due = append(due, e)
-		l.removeHolder(e.requestor)
 		x.set(e.name, l)
 	}
 	for _, e := range due {
-		x.grantWaiters(e.name)
+		x.giveQueue(e.name)
 	}
 	err := x.commit()
 	seq := t.seq
 	t.mu.Unlock()
-	if err := cmpErr(err, t.journal.wait(seq)); err != nil {
+	if err := cmp.Or(err, t.durable(seq)); err != nil {
 		t.mu.Lock()
 		for _, e := range due {
-			heap.Push(&t.leases, e) // the change was undone: try again later
+			t.leases.push(e) // the change was undone: try again later
 		}
 		t.mu.Unlock()
 		return err

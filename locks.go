@@ -1,15 +1,19 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // Domain errors; api.go maps each one to an HTTP status.
@@ -20,106 +24,22 @@ var (
 	errClientGone   = errors.New("the client went away while waiting")
 )
 
-// Lock is one named lock: the key its holders share and who they are. A
-// free lock has no holders and is not kept in the table. Lock values are
-// never changed in place, only replaced, so copies of the table can share
-// them. The JSON tags are the journal's format.
-type Lock struct {
-	Key        string    `json:"key"`
-	Token      uint64    `json:"token,omitzero"`       // fencing token: set each time the lock goes from free to held
-	AcquiredAt time.Time `json:"acquired_at,omitzero"` // when it last went from free to held
-	// Holders is sorted by name. A slice, not a map: most locks have one
-	// holder, and a map costs 750 bytes for one entry.
-	Holders []Holder `json:"holders"`
-}
-
-// Holder is one requestor's hold on a lock.
-type Holder struct {
-	Name      string    `json:"name"`                // the requestor
-	Count     int       `json:"count"`               // how many PUTs it has not yet given back
-	Since     time.Time `json:"since,omitzero"`      // when it took its first count
-	ExpiresAt time.Time `json:"expires_at,omitzero"` // when its lease runs out; zero when it has none
-	Note      string    `json:"note,omitempty"`      // what the requestor said about itself, e.g. a build URL
-}
-
-func (l Lock) free() bool { return len(l.Holders) == 0 }
-
-// clone returns a copy of l that shares no slice with it.
-func (l Lock) clone() Lock {
-	l.Holders = slices.Clone(l.Holders)
-	return l
-}
-
-// holder returns the holder called name.
-func (l Lock) holder(name string) (Holder, bool) {
-	i, ok := slices.BinarySearchFunc(l.Holders, name, byName)
-	if !ok {
-		return Holder{}, false
-	}
-	return l.Holders[i], true
-}
-
-// setHolder puts h in l, in place of the holder of the same name. Callers
-// own l's slice (a clone).
-func (l *Lock) setHolder(h Holder) {
-	if i, ok := slices.BinarySearchFunc(l.Holders, h.Name, byName); ok {
-		l.Holders[i] = h
-	} else {
-		l.Holders = slices.Insert(l.Holders, i, h)
-	}
-}
-
-// removeHolder takes the holder called name out of l. Callers own l's
-// slice (a clone).
-func (l *Lock) removeHolder(name string) {
-	if i, ok := slices.BinarySearchFunc(l.Holders, name, byName); ok {
-		l.Holders = slices.Delete(l.Holders, i, i+1)
-	}
-}
-
-func byName(h Holder, name string) int { return strings.Compare(h.Name, name) }
-
-// lockedBy returns each holder's count, the shape the original API had.
-func (l Lock) lockedBy() map[string]int {
-	m := make(map[string]int, len(l.Holders))
-	for _, h := range l.Holders {
-		m[h.Name] = h.Count
-	}
-	return m
-}
-
-// holdersString lists l's holders for messages: "node-a (2), node-b (1)".
-func (l Lock) holdersString() string {
-	parts := make([]string, len(l.Holders))
-	for i, h := range l.Holders {
-		parts[i] = fmt.Sprintf("%s (%d)", h.Name, h.Count)
-	}
-	return strings.Join(parts, ", ")
-}
-
-// Waiting is one request in a lock's queue.
-type Waiting struct {
-	Key, Requestor string
-	Since          time.Time
-}
+// Lock and Holder are a lock's shape, defined in internal/lock.
+type (
+	Lock   = lock.Lock
+	Holder = lock.Holder
+)
 
 // Snapshot is a lock and its queue at one moment.
 type Snapshot struct {
 	Lock
-	Waiting []Waiting
-}
-
-// state is the lock table as the state file and the journal keep it.
-type state struct {
-	LastToken uint64 // the highest fencing token ever handed out
-	Locks     map[string]Lock
+	Waiting []lock.Waiting
 }
 
 // acquireRequest is what a PUT asks for.
 type acquireRequest struct {
-	Key, Requestor, Note string
-	TTL                  time.Duration // lease from now; 0 leaves the holder's lease as it is
-	Wait                 time.Duration // how long to queue for the lock; 0 answers at once
+	lock.Request
+	Wait time.Duration // how long to queue for the lock; 0 answers at once
 }
 
 // waiter is a queued acquireRequest.
@@ -127,7 +47,7 @@ type waiter struct {
 	name  string
 	req   acquireRequest
 	since time.Time
-	done  chan struct{} // closed once it is granted
+	done  chan struct{} // closed once it is granted, or its grant failed
 
 	// Guarded by table.mu; read by the waiter once done is closed.
 	granted bool
@@ -137,56 +57,77 @@ type waiter struct {
 }
 
 // table is the in-memory lock table. A change is made in memory, under mu,
-// and queued in the journal; no one hears of it, or of anything computed
-// from it, until the journal has it on disk (see journal.wait). A change
-// that cannot be written is undone.
+// by the rules in internal/lock, and queued in the store; no one hears of
+// it, or of anything computed from it, until the store has it on disk
+// (see durable). A change that cannot be saved is undone.
 type table struct {
-	store   *fileStore
-	journal *journal
-	now     func() time.Time
-	log     *slog.Logger
-	wake    chan struct{} // tells the expiry loop that a new lease may come first
+	store Store
+	now   func() time.Time
+	log   *slog.Logger
+	wake  chan struct{} // tells the expiry loop that a new lease may come first
 
 	mu        sync.Mutex // guards the fields below
 	locks     map[string]Lock
 	queues    map[string][]*waiter // waiters per lock, first come first served
-	lastToken uint64
+	lastToken uint64               // the highest fencing token handed out
 	leases    leaseHeap
 	seq       uint64 // the change the table now shows; replies wait for it
 	lastSeq   uint64 // the last seq handed out; seqs are never reused
-	undo      []undo // changes not yet known to be on disk, oldest first
+	undo      []undo // changes not yet known to be durable, oldest first
+
+	// durableSeq is the latest change that a wait found durable: the
+	// changes up to it can no longer be undone.
+	durableSeq atomic.Uint64
 }
 
-// undo is what one change replaced, to put back if it cannot be written.
+// undo is what one change replaced, to put back if it cannot be saved.
 type undo struct {
 	seq       uint64
 	oldLocks  map[string]Lock // free (zero) for locks that were not held
 	lastToken uint64
 }
 
-// newTable returns the table holding st, which the journal has up to seq.
-func newTable(store *fileStore, j *journal, st state, seq uint64, now func() time.Time, log *slog.Logger) *table {
+// openTable returns the table that store keeps.
+func openTable(store Store, now func() time.Time, log *slog.Logger) (*table, error) {
 	t := &table{
-		store:   store,
-		journal: j,
+		store: store,
 		// Milliseconds are precise enough for leases and easier to read.
-		now:       func() time.Time { return now().UTC().Truncate(time.Millisecond) },
-		log:       log,
-		wake:      make(chan struct{}, 1),
-		locks:     st.Locks,
-		queues:    make(map[string][]*waiter),
-		lastToken: st.LastToken,
-		seq:       seq,
-		lastSeq:   seq,
+		now:    func() time.Time { return now().UTC().Truncate(time.Millisecond) },
+		log:    log,
+		wake:   make(chan struct{}, 1),
+		queues: make(map[string][]*waiter),
 	}
+	st, err := store.Open(t.rollback)
+	if err != nil {
+		return nil, err
+	}
+	if faults.Planted == faults.ForgetTokens {
+		st.LastToken = 0
+		for _, l := range st.Locks {
+			st.LastToken = max(st.LastToken, l.Token)
+		}
+	}
+	t.locks, t.lastToken, t.seq, t.lastSeq = st.Locks, st.LastToken, st.Seq, st.Seq
+	t.durableSeq.Store(st.Seq)
 	if t.locks == nil {
 		t.locks = make(map[string]Lock)
 	}
 	for name, l := range t.locks {
 		t.scheduleLeases(name, Lock{}, l)
 	}
-	j.rollback = t.rollback
-	return t
+	return t, nil
+}
+
+// durable returns once change seq is durable, or why it never will be.
+func (t *table) durable(seq uint64) error {
+	if faults.Planted == faults.EarlyAck {
+		return nil
+	}
+	err := t.store.Wait(seq)
+	for old := t.durableSeq.Load(); err == nil && seq > old && !t.durableSeq.CompareAndSwap(old, seq); {
+		old = t.durableSeq.Load()
+	}
+	return err
 }
 
 // Get returns the lock called name and its queue; a lock no one holds is free.
@@ -194,7 +135,7 @@ func (t *table) Get(name string) (Snapshot, error) {
 	t.mu.Lock()
 	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
-	return s, t.journal.wait(seq)
+	return s, t.durable(seq)
 }
 
 // List returns every lock that is held or waited for.
@@ -209,7 +150,7 @@ func (t *table) List() (map[string]Snapshot, error) {
 	}
 	seq := t.seq
 	t.mu.Unlock()
-	return out, t.journal.wait(seq)
+	return out, t.durable(seq)
 }
 
 // Len returns the number of held locks.
@@ -221,28 +162,24 @@ func (t *table) Len() int {
 
 // snapshot copies the lock called name and its queue. Callers hold t.mu.
 func (t *table) snapshot(name string) Snapshot {
-	s := Snapshot{Lock: t.locks[name].clone()}
+	s := Snapshot{Lock: t.locks[name].Clone()}
 	for _, w := range t.queues[name] {
-		s.Waiting = append(s.Waiting, Waiting{Key: w.req.Key, Requestor: w.req.Requestor, Since: w.since})
+		s.Waiting = append(s.Waiting, lock.Waiting{Key: w.req.Key, Requestor: w.req.Requestor, Since: w.since})
 	}
 	return s
 }
 
-// copyState returns the table as it is now, sharing its Lock values, and
-// the change it shows.
-func (t *table) copyState() (state, uint64) {
+// saved returns the table as it is now, sharing its Lock values.
+func (t *table) saved() Saved {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return state{LastToken: t.lastToken, Locks: maps.Clone(t.locks)}, t.seq
+	return Saved{Seq: t.seq, LastToken: t.lastToken, Locks: maps.Clone(t.locks)}
 }
 
-// Acquire takes the lock called name for req.Requestor with req.Key.
-//
-// It is granted at once when the requestor already holds the lock with that
-// key (re-entrant), or when the lock is free or held with that key and no
-// one is queued before it. Otherwise, without req.Wait it is refused with
-// errLockHeld; with it, it joins the lock's queue until it is granted, the
-// wait runs out (errLockHeld), or ctx is done.
+// Acquire takes the lock called name for req.Requestor with req.Key, as
+// lock.Decide rules: at once, refused with errLockHeld, or, with req.Wait,
+// after waiting in the lock's queue until it is granted, the wait runs out
+// (errLockHeld), or ctx is done.
 func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (Snapshot, error) {
 	w, s, err := t.acquireOrQueue(name, req)
 	if err != nil || w == nil {
@@ -255,62 +192,66 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 		if w.err != nil {
 			return Snapshot{}, w.err
 		}
-		return w.snap, t.journal.wait(w.seq)
+		return w.snap, t.durable(w.seq)
 	case <-timer.C:
 		if s, seq, granted := t.leave(w); granted {
-			return s, t.journal.wait(seq) // granted just as time ran out
+			return s, t.durable(seq) // granted just as time ran out
 		}
 		s, err := t.Get(name)
 		if err != nil {
 			return Snapshot{}, err
 		}
-		return Snapshot{}, fmt.Errorf("%w: timed out after %v waiting: %s", errLockHeld, req.Wait, describe(name, s, req.Key))
+		return Snapshot{}, fmt.Errorf("%w: timed out after %v waiting: %s", errLockHeld, req.Wait, refusal(name, s, req.Key))
 	case <-ctx.Done():
-		s, seq, granted := t.leave(w)
-		if errors.Is(context.Cause(ctx), errShuttingDown) {
-			if granted {
-				return s, t.journal.wait(seq) // the client is still there to hear it
-			}
-			return Snapshot{}, errShuttingDown
-		}
-		if granted {
-			// No one will hear of this grant: give it back.
-			if _, _, err := t.Release(name, req.Key, req.Requestor, false); err != nil {
-				t.log.Error("giving back a lock granted to a client that went away", "lock", name, "requestor", req.Requestor, "err", err)
-			}
-		}
-		return Snapshot{}, errClientGone
+		return t.abandon(ctx, w)
 	}
+}
+
+// abandon takes w out of the queue because its request's context is done.
+// A waiter granted meanwhile keeps the lock if its client is still there
+// to hear of it (the server is shutting down); otherwise it gives it back.
+func (t *table) abandon(ctx context.Context, w *waiter) (Snapshot, error) {
+	s, seq, granted := t.leave(w)
+	if errors.Is(context.Cause(ctx), errShuttingDown) {
+		if granted {
+			return s, t.durable(seq)
+		}
+		return Snapshot{}, errShuttingDown
+	}
+	if granted {
+		if _, _, err := t.Release(w.name, w.req.Key, w.req.Requestor, false); err != nil {
+			t.log.Error("giving back a lock granted to a client that went away", "lock", w.name, "requestor", w.req.Requestor, "err", err)
+		}
+	}
+	return Snapshot{}, errClientGone
 }
 
 // acquireOrQueue grants req at once, refuses it, or queues it and returns
 // its waiter.
 func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapshot, error) {
 	t.mu.Lock()
-	l := t.locks[name]
-	queue := t.queues[name]
-	if plantedBug == "toctou" {
-		// Check, then act on what was checked, without the mutex between.
+	l, queue := t.locks[name], t.queues[name]
+	if faults.Planted == faults.TOCTOU {
 		t.mu.Unlock()
 		time.Sleep(time.Millisecond)
 		t.mu.Lock()
 	}
-	_, holds := l.holder(req.Requestor)
-	reentrant := holds && l.Key == req.Key
-	compatible := l.free() || l.Key == req.Key
-	switch {
-	case reentrant || (compatible && len(queue) == 0):
+	switch lock.Decide(l, len(queue), req.Request, req.Wait > 0) {
+	case lock.Grant:
 		x := t.begin()
-		x.grant(name, req)
+		x.set(name, lock.Give(l, req.Request, t.now(), x.nextToken))
 		err := x.commit()
 		s, seq := t.snapshot(name), t.seq
 		t.mu.Unlock()
-		return nil, s, cmpErr(err, t.journal.wait(seq))
-	case req.Wait <= 0:
-		refusal := fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, describe(name, t.snapshot(name), req.Key))
+		return nil, s, cmp.Or(err, t.durable(seq))
+	case lock.Refuse:
+		err := fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, t.snapshot(name), req.Key))
 		seq := t.seq
 		t.mu.Unlock()
-		return nil, Snapshot{}, cmpErr(t.journal.wait(seq), refusal)
+		if derr := t.durable(seq); derr != nil {
+			return nil, Snapshot{}, derr
+		}
+		return nil, Snapshot{}, err
 	}
 	w := &waiter{name: name, req: req, since: t.now(), done: make(chan struct{})}
 	t.queues[name] = append(queue, w)
@@ -318,21 +259,11 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	return w, Snapshot{}, nil
 }
 
-// cmpErr returns the first error that is not nil.
-func cmpErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// describe says why a request with key cannot have the lock called name,
+// refusal says why a request with key cannot have the lock called name,
 // whose state is s.
-func describe(name string, s Snapshot, key string) string {
-	if !s.free() && s.Key != key {
-		msg := fmt.Sprintf("%q is held with key %q by %s", name, s.Key, s.holdersString())
+func refusal(name string, s Snapshot, key string) string {
+	if !s.Free() && s.Key != key {
+		msg := fmt.Sprintf("%q is held with key %q by %s", name, s.Key, s.HoldersString())
 		if n := len(s.Waiting); n > 0 {
 			msg += fmt.Sprintf(", and %s waiting for it", plural(n, "request is", "requests are"))
 		}
@@ -365,7 +296,7 @@ func (t *table) leave(w *waiter) (Snapshot, uint64, bool) {
 	}
 	// Whoever queued behind w may now be at the head.
 	x := t.begin()
-	x.grantWaiters(w.name)
+	x.giveQueue(w.name)
 	if err := x.commit(); err != nil {
 		t.log.Error("granting waiters after one left", "lock", w.name, "err", err)
 	}
@@ -378,55 +309,41 @@ func (t *table) leave(w *waiter) (Snapshot, uint64, bool) {
 // changes nothing; a lock held with another key is refused with errLockHeld.
 func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, error) {
 	t.mu.Lock()
-	released, err := t.release(name, key, requestor, all)
+	l := t.locks[name]
+	if faults.Planted == faults.ReleaseAnyKey {
+		key = l.Key
+	}
+	next, released, ok := lock.Release(l, key, requestor, all)
+	var err error
+	if !ok {
+		err = fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
+			errLockHeld, name, l.Key, l.HoldersString())
+	} else if released > 0 {
+		x := t.begin()
+		x.set(name, next)
+		x.giveQueue(name)
+		err = x.commit()
+	}
 	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
-	if err := cmpErr(t.journal.wait(seq), err); err != nil {
+	if err := cmp.Or(t.durable(seq), err); err != nil {
 		return Snapshot{}, 0, err
 	}
 	return s, released, nil
-}
-
-// release is Release without the wait. Callers hold t.mu.
-func (t *table) release(name, key, requestor string, all bool) (int, error) {
-	l := t.locks[name].clone()
-	if l.free() {
-		return 0, nil
-	}
-	if l.Key != key && plantedBug != "release_key" {
-		return 0, fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
-			errLockHeld, name, l.Key, l.holdersString())
-	}
-	h, ok := l.holder(requestor)
-	if !ok {
-		return 0, nil
-	}
-	released := 1
-	if all || h.Count == 1 {
-		released = h.Count
-		l.removeHolder(requestor)
-	} else {
-		h.Count--
-		l.setHolder(h)
-	}
-	x := t.begin()
-	x.set(name, l)
-	x.grantWaiters(name)
-	return released, x.commit()
 }
 
 // ForceRelease frees the lock called name whoever holds it, and returns
 // what it was.
 func (t *table) ForceRelease(name string) (Lock, error) {
 	t.mu.Lock()
-	old := t.locks[name].clone()
+	old := t.locks[name].Clone()
 	x := t.begin()
 	x.set(name, Lock{})
-	x.grantWaiters(name)
+	x.giveQueue(name)
 	err := x.commit()
 	seq := t.seq
 	t.mu.Unlock()
-	if err := cmpErr(err, t.journal.wait(seq)); err != nil {
+	if err := cmp.Or(err, t.durable(seq)); err != nil {
 		return Lock{}, err
 	}
 	return old, nil
@@ -437,23 +354,57 @@ func (t *table) ForceRelease(name string) (Lock, error) {
 // holds nothing under key.
 func (t *table) Renew(name, key, requestor string, ttl time.Duration) (Snapshot, error) {
 	t.mu.Lock()
-	l := t.locks[name].clone()
-	h, ok := l.holder(requestor)
+	next, ok := lock.Renew(t.locks[name], key, requestor, t.now().Add(ttl))
 	var err error
-	if !ok || l.Key != key {
+	if !ok {
 		err = fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
 			errLockHeld, requestor, name, key)
 	} else {
-		h.ExpiresAt = t.now().Add(ttl)
-		l.setHolder(h)
 		x := t.begin()
-		x.set(name, l)
+		x.set(name, next)
 		err = x.commit()
 	}
 	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
-	if err := cmpErr(t.journal.wait(seq), err); err != nil {
+	if err := cmp.Or(t.durable(seq), err); err != nil {
 		return Snapshot{}, err
 	}
 	return s, nil
+}
+
+// checkpoint has the store save the whole table, so that it can forget
+// the changes it holds. The table is copied under its mutex, a quick copy
+// of the map, and saved without it.
+func (t *table) checkpoint() error {
+	st := t.saved()
+	if err := t.durable(st.Seq); err != nil {
+		return err
+	}
+	return t.store.Checkpoint(st)
+}
+
+// checkpointLoop checkpoints whenever the store asks, until ctx is done.
+func (t *table) checkpointLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.store.CheckpointDue():
+			start := time.Now()
+			if err := t.checkpoint(); err != nil {
+				t.log.Error("checkpointing the journal into the state file", "err", err)
+				continue
+			}
+			t.log.Info("journal checkpointed into the state file", "locks", t.Len(), "duration", time.Since(start))
+		}
+	}
+}
+
+// close checkpoints and closes the store, so that at rest the state file
+// alone holds the table. Callers make sure no change is under way.
+func (t *table) close() error {
+	if err := t.checkpoint(); err != nil {
+		return errors.Join(err, t.store.Close(false))
+	}
+	return t.store.Close(true)
 }

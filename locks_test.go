@@ -12,6 +12,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/journal"
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // fakeClock is a clock that moves only when told to.
@@ -41,31 +45,29 @@ var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newTestTable returns an empty table saved to a file in a temp directory
 // through d (the real disk when d is nil), and the file's path.
-func newTestTable(tb testing.TB, d disk) (*table, string) {
+func newTestTable(tb testing.TB, d atomicfile.FS) (*table, string) {
 	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "locks.yml")
 	return loadTestTable(tb, path, d, time.Now), path
 }
 
 // loadTestTable loads the table saved in path and its journal, as the
-// server does at start. The journal is closed when the test ends.
-func loadTestTable(tb testing.TB, path string, d disk, now func() time.Time) *table {
+// server does at start. The store is closed when the test ends.
+func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.Time) *table {
 	tb.Helper()
 	if d == nil {
-		d = osDisk{}
+		d = atomicfile.OS{}
 	}
-	store := newFileStore(path, d)
-	st, seq, size, err := store.load()
+	tab, err := openTable(newFileStore(path, d), now, discardLog)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	j, seq, err := openJournal(store.journalPath(), d, &st, seq, size)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = j.close(false) })
-	return newTable(store, j, st, seq, now, discardLog)
+	tb.Cleanup(func() { _ = tab.store.Close(false) })
+	return tab
 }
+
+// journalOf returns the journal of tab's file store.
+func journalOf(tab *table) *journal.Journal { return tab.store.(*fileStore).journal }
 
 // onDisk returns what the state file at path and its journal hold.
 func onDisk(tb testing.TB, path string) string {
@@ -73,9 +75,9 @@ func onDisk(tb testing.TB, path string) string {
 	return string(readFile(tb, path)) + "\n--- journal ---\n" + string(readJournal(tb, path))
 }
 
-// h returns the holder called name, or a zero Holder.
-func (l Lock) h(name string) Holder {
-	h, _ := l.holder(name)
+// holderOf returns the holder of l called name, or a zero Holder.
+func holderOf(l Snapshot, name string) Holder {
+	h, _ := l.Holder(name)
 	return h
 }
 
@@ -104,15 +106,15 @@ type brief struct {
 }
 
 func briefOf(l Lock) brief {
-	if l.free() {
+	if l.Free() {
 		return brief{}
 	}
-	return brief{Key: l.Key, LockedBy: l.lockedBy()}
+	return brief{Key: l.Key, LockedBy: l.LockedBy()}
 }
 
 // acquire takes a lock without waiting.
 func acquire(t *table, name, key, requestor string) (Snapshot, error) {
-	return t.Acquire(context.Background(), name, acquireRequest{Key: key, Requestor: requestor})
+	return t.Acquire(context.Background(), name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor}})
 }
 
 // step is one call on the table and what it must return.
@@ -251,7 +253,7 @@ func TestReleasedLocksDisappear(t *testing.T) {
 }
 
 func TestFailedSaveChangesNothing(t *testing.T) {
-	d := &faultyDisk{}
+	d := &atomicfile.Faulty{}
 	tab, path := newTestTable(t, d)
 	if _, err := acquire(tab, "held", "k", "a"); err != nil {
 		t.Fatal(err)
@@ -259,7 +261,7 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 	before := onDisk(t, path)
 	want := tab.list()
 
-	d.fail("jwrite")
+	d.Fail("jwrite")
 	changes := []struct {
 		name string
 		do   func() error
@@ -273,7 +275,7 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 	}
 	for _, c := range changes {
 		err := c.do()
-		if !errors.Is(err, errSave) || !errors.Is(err, errInjected) {
+		if !errors.Is(err, errSave) || !errors.Is(err, atomicfile.ErrInjected) {
 			t.Errorf("%s with saving failing = %v; want errSave", c.name, err)
 		}
 		if got := tab.list(); !reflect.DeepEqual(got, want) {
@@ -285,7 +287,7 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 	}
 
 	// The token handed out by the failed grant was taken back too.
-	d.fail("")
+	d.Fail("")
 	got, err := acquire(tab, "new", "k", "a")
 	if err != nil {
 		t.Fatalf("acquire once the disk works again = %v", err)
@@ -296,12 +298,12 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 }
 
 func TestNoOpChangesDoNotWrite(t *testing.T) {
-	d := &faultyDisk{}
+	d := &atomicfile.Faulty{}
 	tab, _ := newTestTable(t, d)
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
-	d.took()
+	d.Took()
 	if _, _, err := tab.Release("free", "k", "a", false); err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +313,7 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 	if _, err := acquire(tab, "l", "other", "b"); !errors.Is(err, errLockHeld) {
 		t.Fatal(err)
 	}
-	if ops := d.took(); len(ops) != 0 {
+	if ops := d.Took(); len(ops) != 0 {
 		t.Errorf("requests that changed nothing touched the disk: %v", ops)
 	}
 }
@@ -325,7 +327,7 @@ func TestListAndGetReturnCopies(t *testing.T) {
 	l.Holders[0].Count = 99
 	tab.get("l").Holders[0].Count = 99
 	tab.list()["l"].Holders[0].Count = 99
-	if got := tab.get("l").h("a").Count; got != 1 {
+	if got := holderOf(tab.get("l"), "a").Count; got != 1 {
 		t.Errorf("count after callers changed their copies = %d; want 1", got)
 	}
 }
@@ -337,7 +339,7 @@ func queued(tb testing.TB, ctx context.Context, tab *table, name, key, requestor
 	before := len(tab.get(name).Waiting)
 	done := make(chan error, 1)
 	go func() {
-		_, err := tab.Acquire(ctx, name, acquireRequest{Key: key, Requestor: requestor, Wait: time.Hour})
+		_, err := tab.Acquire(ctx, name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor}, Wait: time.Hour})
 		done <- err
 	}()
 	waitFor(tb, "request to join the queue", func() bool { return len(tab.get(name).Waiting) > before })
@@ -473,8 +475,8 @@ func TestNewRequestsDoNotJumpTheQueue(t *testing.T) {
 	}
 	// A holder taking its lock again is granted at once.
 	s, err := acquire(tab, "l", "A", "a0")
-	if err != nil || s.h("a0").Count != 2 {
-		t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, s.h("a0").Count)
+	if err != nil || holderOf(s, "a0").Count != 2 {
+		t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, holderOf(s, "a0").Count)
 	}
 	if granted(t, b1) {
 		t.Fatal("b1 was granted while a0 holds the lock")
@@ -516,7 +518,7 @@ func TestWaitTimesOut(t *testing.T) {
 	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "B", Requestor: "b1", Wait: 20 * time.Millisecond})
+	_, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: 20 * time.Millisecond})
 	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "timed out after 20ms") || !strings.Contains(err.Error(), `key "A" by a0 (1)`) {
 		t.Errorf("wait that runs out = %v; want errLockHeld saying it timed out and who holds the lock", err)
 	}
@@ -544,7 +546,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 		t.Fatal(err)
 	}
 	tab.mu.Lock()
-	w := &waiter{name: "l", req: acquireRequest{Key: "B", Requestor: "b1", Wait: time.Hour}, done: make(chan struct{})}
+	w := &waiter{name: "l", req: acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: time.Hour}, done: make(chan struct{})}
 	tab.queues["l"] = []*waiter{w}
 	tab.mu.Unlock()
 	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
@@ -553,7 +555,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 	// The grant is made before the waiter notices its wait ended: leaving
 	// then must report the grant instead of dropping it.
 	s, seq, ok := tab.leave(w)
-	if !ok || s.h("b1").Count != 1 || seq == 0 {
+	if !ok || holderOf(s, "b1").Count != 1 || seq == 0 {
 		t.Errorf("leave after the grant = %+v, %d, %v; want the granted lock and its change", s, seq, ok)
 	}
 }
@@ -563,13 +565,13 @@ func TestLeases(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, clock.Now)
 	start := clock.Now()
-	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "k", Requestor: "a", TTL: time.Minute}); err != nil {
+	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Minute}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := acquire(tab, "l", "k", "b"); err != nil { // no lease
 		t.Fatal(err)
 	}
-	if got := tab.get("l").h("a").ExpiresAt; !got.Equal(start.Add(time.Minute)) {
+	if got := holderOf(tab.get("l"), "a").ExpiresAt; !got.Equal(start.Add(time.Minute)) {
 		t.Errorf("expires_at = %v; want %v", got, start.Add(time.Minute))
 	}
 
@@ -582,7 +584,7 @@ func TestLeases(t *testing.T) {
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
 	}
-	h := tab.get("l").h("a")
+	h := holderOf(tab.get("l"), "a")
 	if want := start.Add(110 * time.Second); !h.ExpiresAt.Equal(want) || h.Count != 2 {
 		t.Errorf("after renew: expires_at %v, count %d; want %v, 2", h.ExpiresAt, h.Count, want)
 	}
@@ -597,7 +599,7 @@ func TestLeases(t *testing.T) {
 	if err := tab.expire(start.Add(61 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if got := tab.get("l").h("a").Count; got != 2 {
+	if got := holderOf(tab.get("l"), "a").Count; got != 2 {
 		t.Fatalf("count after the renewed lease's old expiry = %d; want 2", got)
 	}
 
@@ -629,7 +631,7 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	clock := newFakeClock()
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, clock.Now)
-	if _, err := tab.Acquire(context.Background(), "leased", acquireRequest{Key: "k", Requestor: "a", TTL: time.Minute, Note: "build 42"}); err != nil {
+	if _, err := tab.Acquire(context.Background(), "leased", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Minute, Note: "build 42"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := acquire(tab, "kept", "k", "a"); err != nil {
@@ -637,7 +639,7 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	}
 	// Restarted before the lease runs out: it is still there, note and all.
 	early := loadTestTable(t, path, nil, clock.Now)
-	if h := early.get("leased").h("a"); h.Note != "build 42" || h.ExpiresAt.IsZero() {
+	if h := holderOf(early.get("leased"), "a"); h.Note != "build 42" || h.ExpiresAt.IsZero() {
 		t.Errorf("holder after a restart = %+v; want its note and lease", h)
 	}
 	// Restarted after: it is gone, the other lock is not.
@@ -646,7 +648,7 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	if err := late.expire(late.now()); err != nil {
 		t.Fatal(err)
 	}
-	if !late.get("leased").free() || late.get("kept").free() {
+	if !late.get("leased").Free() || late.get("kept").Free() {
 		t.Errorf("after a restart past the lease: leased = %+v, kept = %+v; want leased free, kept held",
 			late.get("leased").Lock, late.get("kept").Lock)
 	}
@@ -661,10 +663,10 @@ func TestExpireLoopReleasesOnTime(t *testing.T) {
 		tab.expireLoop(ctx)
 	}()
 	defer func() { cancel(); <-done }()
-	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Key: "k", Requestor: "a", TTL: 30 * time.Millisecond}); err != nil {
+	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: 30 * time.Millisecond}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the lease to expire", func() bool { return tab.get("l").free() })
+	waitFor(t, "the lease to expire", func() bool { return tab.get("l").Free() })
 }
 
 func TestTokens(t *testing.T) {

@@ -9,9 +9,11 @@
 // state file named by LOCKER_CONFIG, and folded into that file from time to
 // time and at shutdown. Run "locker -h" for the configuration.
 //
-// The pieces: api.go and request.go answer HTTP; locks.go and tx.go are the
-// lock table and its changes; leases.go expires holds; journal.go, record.go,
-// store.go and statefile.go keep the table on disk.
+// The pieces, top down: api.go and request.go answer HTTP; locks.go is the
+// lock table, running the rules of internal/lock (tx.go makes and undoes
+// its changes, leases.go expires holds); store.go is the interface to
+// persistence and the file store, built from internal/journal,
+// internal/statefile and internal/atomicfile.
 package main
 
 import (
@@ -29,6 +31,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -173,69 +178,71 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, osDisk{}, stderr)
+	return serve(ctx, cfg, atomicfile.OS{}, stderr)
 }
 
-// serve runs the server described by cfg, keeping its state through d,
+// serve runs the server described by cfg, keeping its state through fsys,
 // until ctx is done; then it shuts down gracefully.
-func serve(ctx context.Context, cfg config, d disk, stderr io.Writer) error {
+func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer) error {
 	log, logs := newLogger(stderr)
 	defer logs.Close()
 
-	var tlsConfig *tls.Config
-	if cfg.certFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.certFile, cfg.keyFile)
-		if err != nil {
-			return fmt.Errorf("SSL_CERT/SSL_KEY: %w", err)
-		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-
-	store := newFileStore(cfg.statePath, d)
-	st, seq, snapBytes, err := store.load()
+	tlsConfig, err := loadTLS(cfg)
 	if err != nil {
-		return fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
+		return err
 	}
-	journal, seq, err := openJournal(store.journalPath(), d, &st, seq, snapBytes)
-	if plantedBug == "token" {
-		st.LastToken = 0 // the token counter is not kept across restarts
-		for _, l := range st.Locks {
-			st.LastToken = max(st.LastToken, l.Token)
-		}
-	}
+	locks, err := openTable(newFileStore(cfg.statePath, faults.FS(fsys)), time.Now, log)
 	if err != nil {
-		return fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
+		return err
 	}
-	locks := newTable(store, journal, st, seq, time.Now, log)
 	// Holds whose lease ran out while the server was down go first.
 	if err := locks.expire(locks.now()); err != nil {
-		_ = journal.close(false)
+		_ = locks.store.Close(false)
 		return fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", cfg.port))
+	if err != nil {
+		return errors.Join(fmt.Errorf("PORT: %w", err), locks.close())
 	}
 	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, writeTimeout: defaultTimeouts.write}
 	if cfg.user != "" {
 		srv.auth = newCredentials(cfg.user, cfg.pass)
 	}
+	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
+		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
+	logs.Flush()
+	return serveUntilDone(ctx, ln, tlsConfig, srv, log)
+}
 
-	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", cfg.port))
-	if err != nil {
-		return errors.Join(fmt.Errorf("PORT: %w", err), locks.close())
+// loadTLS returns the TLS configuration cfg asks for, or nil for plain HTTP.
+func loadTLS(cfg config) (*tls.Config, error) {
+	if cfg.certFile == "" {
+		return nil, nil
 	}
+	cert, err := tls.LoadX509KeyPair(cfg.certFile, cfg.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("SSL_CERT/SSL_KEY: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// serveUntilDone serves srv on ln, with the table's background loops,
+// until ctx is done or the store breaks; then it shuts the server down and
+// closes the table.
+func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, log *slog.Logger) error {
+	locks := srv.locks
 	// Requests see errShuttingDown as their context's cause when the server
 	// stops, so that waiters answer 503 instead of holding up the shutdown.
 	base, stopRequests := context.WithCancelCause(context.Background())
 	defer stopRequests(nil)
 	httpSrv := newHTTPServer(srv.routes(), log, defaultTimeouts, base)
 	httpSrv.TLSConfig = tlsConfig
-	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
-		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
-	logs.Flush()
 
-	// The expiry and fold loops run until the HTTP server has stopped.
+	// The expiry and checkpoint loops run until the HTTP server has stopped.
 	background, stopBackground := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
 	loops.Go(func() { locks.expireLoop(background) })
-	loops.Go(func() { locks.foldLoop(background) })
+	loops.Go(func() { locks.checkpointLoop(background) })
 	stopLoops := func() {
 		stopBackground()
 		loops.Wait()
@@ -254,10 +261,10 @@ func serve(ctx context.Context, cfg config, d disk, stderr io.Writer) error {
 	select {
 	case err := <-served:
 		stopLoops()
-		return errors.Join(fmt.Errorf("serving: %w", err), journal.close(false))
+		return errors.Join(fmt.Errorf("serving: %w", err), locks.store.Close(false))
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err := <-journal.fatal:
+	case err := <-locks.store.Broken():
 		stopErr = fmt.Errorf("stopping, the lock state on disk is in doubt: %w", err)
 		log.Error("stopping so that a restart reads the state from disk again", "err", err)
 	}
@@ -267,7 +274,7 @@ func serve(ctx context.Context, cfg config, d disk, stderr io.Writer) error {
 	shutdownErr := httpSrv.Shutdown(shutdownCtx)
 	stopLoops()
 	if stopErr != nil {
-		_ = journal.close(false) // the journal keeps what it has; nothing more can be trusted
+		_ = locks.store.Close(false) // the store keeps what it has; nothing more can be trusted
 		return stopErr
 	}
 	if err := locks.close(); err != nil {

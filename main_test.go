@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/statefile"
 	"github.com/locker-ci/locker/internal/testcert"
 )
 
@@ -60,7 +62,7 @@ func startRun(tb testing.TB, env map[string]string) *liveServer {
 
 // startServe is startRun with the server's disk operations going through d
 // (the real disk when d is nil).
-func startServe(tb testing.TB, env map[string]string, d disk) *liveServer {
+func startServe(tb testing.TB, env map[string]string, d atomicfile.FS) *liveServer {
 	tb.Helper()
 	if _, ok := env["PORT"]; !ok {
 		env["PORT"] = "0"
@@ -220,8 +222,8 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := readFile(t, path)
-	got, _, err := decodeState(data)
-	if err != nil || !bytes.HasPrefix(data, []byte(stateHeader)) {
+	got, err := statefile.Decode(data)
+	if err != nil || !bytes.HasPrefix(data, []byte("# Locker's lock table.")) {
 		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
 	}
 	if want := map[string]Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2})}; !reflect.DeepEqual(got.Locks, want) {

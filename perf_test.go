@@ -4,21 +4,23 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
 )
 
 // unsyncedDisk is the real file system with journal syncs skipped, so that
 // a benchmark measures the request path's own CPU, not the disk.
-type unsyncedDisk struct{ osDisk }
+type unsyncedDisk struct{ atomicfile.OS }
 
-func (unsyncedDisk) OpenJournal(name string) (journalFile, error) {
-	f, err := osDisk{}.OpenJournal(name)
+func (unsyncedDisk) OpenInPlace(name string) (atomicfile.InPlaceFile, error) {
+	f, err := atomicfile.OS{}.OpenInPlace(name)
 	if err != nil {
 		return nil, err
 	}
 	return unsyncedJournal{f}, nil
 }
 
-type unsyncedJournal struct{ journalFile }
+type unsyncedJournal struct{ atomicfile.InPlaceFile }
 
 func (unsyncedJournal) Sync() error { return nil }
 

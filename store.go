@@ -1,195 +1,212 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/journal"
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/statefile"
 )
+
+// Store keeps the lock table durable. The table makes each change in
+// memory, under its mutex, and hands it to the store in order; no client
+// hears of a change, or of anything computed from it, until Wait says it
+// is durable.
+type Store interface {
+	// Open returns the table as the store kept it. The store calls undo
+	// when changes it was given could not be made durable: the table
+	// undoes every change from seq from on and returns the last one it
+	// undid.
+	Open(undo func(from uint64, err error) (undoneTo uint64)) (Saved, error)
+	// Append queues change c. Callers hold the table's mutex, so that
+	// changes are queued in the order they were made.
+	Append(c Change) error
+	// Wait returns once change seq is durable, or says why it never will
+	// be.
+	Wait(seq uint64) error
+	// CheckpointDue is signalled when the store would like a Checkpoint.
+	CheckpointDue() <-chan struct{}
+	// Checkpoint saves the whole table, which holds every change up to
+	// s.Seq, so that the store can forget those changes.
+	Checkpoint(s Saved) error
+	// Broken delivers the failure after which nothing more is durable:
+	// the server must stop and start again from what the store kept.
+	Broken() <-chan error
+	// Close stops the store. checkpointed says that a Checkpoint of the
+	// final table has just succeeded.
+	Close(checkpointed bool) error
+}
+
+// Saved is the lock table as a store keeps it.
+type Saved = statefile.State
+
+// Change is one change to the table: the locks it touched as they are
+// after it (nil for a lock it freed), and the token counter.
+type Change struct {
+	Seq       uint64                `json:"seq"`
+	LastToken uint64                `json:"last_token"`
+	Locks     map[string]*lock.Lock `json:"locks"`
+}
 
 // errUncertain marks a failure after which the server cannot know what the
 // disk holds (a failed fsync): changes may or may not survive a crash.
-var errUncertain = errors.New("the lock state on disk is in doubt")
+var errUncertain = atomicfile.ErrUncertain
 
-// fileStore keeps the snapshot of the lock table in the state file.
+// minCheckpointBytes is the journal size below which no checkpoint is
+// asked for: replaying a few megabytes at start takes milliseconds.
+const minCheckpointBytes = 8 << 20
+
+// fileStore keeps the table in the YAML state file at path, as a snapshot,
+// and each change since in a journal beside it (path + ".journal"), one
+// line a change, group-committed.
 type fileStore struct {
-	path string
-	disk disk
+	path    string
+	fsys    atomicfile.FS
+	journal *journal.Journal
 }
 
-func newFileStore(path string, d disk) *fileStore {
-	return &fileStore{path: path, disk: d}
+func newFileStore(path string, fsys atomicfile.FS) *fileStore {
+	return &fileStore{path: path, fsys: fsys}
 }
 
 // journalPath is where the changes since the snapshot are kept.
 func (s *fileStore) journalPath() string { return s.path + ".journal" }
 
-// load reads the state file and returns the table, the last journal record
-// it holds and its size. A missing file is created empty; leftover
-// temporary files of an interrupted save are removed. A file that cannot
-// be parsed is an error and is left untouched.
-func (s *fileStore) load() (state, uint64, int64, error) {
-	if err := s.removeTemps(); err != nil {
-		return state{}, 0, 0, err
+// Open reads the state file, creating it empty if it is missing, and
+// replays the journal onto it. A file that cannot be read is an error and
+// is left as it is.
+func (s *fileStore) Open(undo func(from uint64, err error) uint64) (Saved, error) {
+	st, size, err := s.load()
+	if err != nil {
+		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
-	data, err := os.ReadFile(s.path) // #nosec G304 -- the operator\'s LOCKER_CONFIG
+	snapSeq := st.Seq
+	j, _, err := journal.Open(s.journalPath(), s.fsys, snapSeq, func(payload []byte) (uint64, error) {
+		return replay(&st, snapSeq, payload)
+	}, func(from uint64, err error) uint64 {
+		return undo(from, fmt.Errorf("%w: %w", errSave, err))
+	})
+	if err != nil {
+		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
+	}
+	j.CompactAt(max(minCheckpointBytes, 2*size))
+	s.journal = j
+	return st, nil
+}
+
+// load reads the state file and returns it and its size. Leftover
+// temporary files of an interrupted save are removed first.
+func (s *fileStore) load() (Saved, int64, error) {
+	for _, p := range []string{s.path, s.journalPath()} {
+		if err := atomicfile.RemoveTemps(s.fsys, p); err != nil {
+			return Saved{}, 0, err
+		}
+	}
+	data, err := os.ReadFile(s.path) // #nosec G304 -- the operator's LOCKER_CONFIG
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, err := os.Stat(s.journalPath()); err == nil {
-			return state{}, 0, 0, fmt.Errorf("state file %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",
+			return Saved{}, 0, fmt.Errorf("state file %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",
 				s.path, s.journalPath())
 		}
-		st := state{Locks: map[string]Lock{}}
-		n, err := s.save(st, 0)
+		st := Saved{Locks: map[string]lock.Lock{}}
+		n, err := s.save(st)
 		if err != nil {
-			return state{}, 0, 0, fmt.Errorf("creating state file: %w", err)
+			return Saved{}, 0, fmt.Errorf("creating state file: %w", err)
 		}
-		return st, 0, n, nil
+		return st, n, nil
 	}
 	if err != nil {
-		return state{}, 0, 0, fmt.Errorf("reading state file: %w", err)
+		return Saved{}, 0, fmt.Errorf("reading state file: %w", err)
 	}
-	st, seq, err := decodeState(data)
+	st, err := statefile.Decode(data)
 	if err != nil {
-		return state{}, 0, 0, fmt.Errorf("state file %s: %w", s.path, err)
+		return Saved{}, 0, fmt.Errorf("state file %s: %w", s.path, err)
 	}
-	return st, seq, int64(len(data)), nil
+	return st, int64(len(data)), nil
 }
 
-// save writes st, which holds the journal up to seq, to the state file and
-// returns its size; when it returns, the file is on disk.
-func (s *fileStore) save(st state, seq uint64) (int64, error) {
-	var n countingWriter
-	err := writeFileAtomic(s.disk, s.path, func(w io.Writer) error {
-		n.w = w
-		return encodeState(&n, st, seq)
+// replay applies one journal record to st, which holds every change up to
+// snapSeq, and returns its seq.
+func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
+	var c Change
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return 0, fmt.Errorf("record: %w", err)
+	}
+	if c.Seq <= st.Seq {
+		if c.Seq > snapSeq {
+			return 0, fmt.Errorf("seq %d does not follow seq %d", c.Seq, st.Seq)
+		}
+		return c.Seq, nil // already in the snapshot
+	}
+	for name, l := range c.Locks {
+		if l == nil || l.Free() {
+			delete(st.Locks, name)
+		} else {
+			st.Locks[name] = *l
+		}
+	}
+	st.Seq, st.LastToken = c.Seq, c.LastToken
+	return c.Seq, nil
+}
+
+// save writes st to the state file and returns its size; when it returns,
+// the file is on disk.
+func (s *fileStore) save(st Saved) (int64, error) {
+	return atomicfile.WriteFile(s.fsys, s.path, func(w io.Writer) error {
+		return statefile.Encode(w, st)
 	})
-	return n.n, err
 }
 
-// countingWriter counts the bytes written through it.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// removeTemps removes the temporary files of a save or a journal
-// compaction that a crash interrupted.
-func (s *fileStore) removeTemps() error {
-	dir, base := filepath.Dir(s.path), filepath.Base(s.path)
-	for _, pattern := range []string{"." + base + ".tmp-*", "." + base + ".journal.tmp-*"} {
-		temps, err := filepath.Glob(filepath.Join(dir, pattern))
-		if err != nil {
-			return err
-		}
-		for _, t := range temps {
-			if err := s.disk.Remove(t); err != nil {
-				return fmt.Errorf("removing a leftover temporary file: %w", err)
-			}
-		}
+// Append queues c as one journal line.
+func (s *fileStore) Append(c Change) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // names and notes hold URLs; keep & and < readable
+	if err := enc.Encode(c); err != nil {
+		return fmt.Errorf("%w: encoding the change: %w", errSave, err)
 	}
-	return nil
+	err := s.journal.Append(c.Seq, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	if errors.Is(err, journal.ErrClosed) {
+		return errShuttingDown
+	}
+	return err
 }
 
-// writeFileAtomic replaces path with what write writes, so that a crash at
-// any point leaves either the old file or the new one, never a mix: write a
-// temporary file in the same directory, sync it, rename it over path, sync
-// the directory so the rename itself is durable. A failure after the rename
-// is errUncertain: the new file is in place but may not survive a crash.
-func writeFileAtomic(d disk, path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := d.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+// Wait returns once change seq is in the journal on disk. A change that
+// could not be written was undone: errSave.
+func (s *fileStore) Wait(seq uint64) error {
+	err := s.journal.Wait(seq)
+	if err != nil && !errors.Is(err, errUncertain) && !errors.Is(err, errSave) {
+		return fmt.Errorf("%w: %w", errSave, err)
+	}
+	return err
+}
+
+func (s *fileStore) CheckpointDue() <-chan struct{} { return s.journal.Full() }
+func (s *fileStore) Broken() <-chan error           { return s.journal.Fatal() }
+
+// Checkpoint writes st to the state file, then drops the journal records
+// that it holds.
+func (s *fileStore) Checkpoint(st Saved) error {
+	n, err := s.save(st)
 	if err != nil {
-		return fmt.Errorf("creating a temporary file in %s: %w", dir, err)
+		return fmt.Errorf("writing a snapshot: %w", err)
 	}
-	tmp := f.Name()
-	closed := false
-	defer func() {
-		if err != nil && !errors.Is(err, errUncertain) {
-			if !closed {
-				_ = f.Close() // the write already failed; that error is the one to report
-			}
-			_ = d.Remove(tmp) // best effort; a leftover is removed at the next start
-		}
-	}()
-	bw := bufio.NewWriterSize(f, 64<<10)
-	if err := write(bw); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", tmp, err)
-	}
-	closed = true
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmp, err)
-	}
-	if err := d.Rename(tmp, path); err != nil {
-		return fmt.Errorf("renaming %s to %s: %w", tmp, path, err)
-	}
-	if err := d.SyncDir(dir); err != nil {
-		return fmt.Errorf("%w: syncing directory %s: %w", errUncertain, dir, err)
-	}
-	return nil
+	s.journal.CompactAt(max(minCheckpointBytes, 2*n))
+	return s.journal.Compact(st.Seq)
 }
 
-// disk is the few file operations the store makes, so that tests can make
-// them fail or record their order.
-type disk interface {
-	CreateTemp(dir, pattern string) (tempFile, error)
-	OpenJournal(name string) (journalFile, error)
-	Rename(oldpath, newpath string) error
-	Remove(name string) error
-	SyncDir(dir string) error
-}
-
-// tempFile is the part of *os.File the store writes through.
-type tempFile interface {
-	Write(p []byte) (int, error)
-	Sync() error
-	Close() error
-	Name() string
-}
-
-// osDisk is the real file system.
-type osDisk struct{}
-
-func (osDisk) CreateTemp(dir, pattern string) (tempFile, error) {
-	f, err := os.CreateTemp(dir, pattern) // mode 0600: the file holds the keys
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// OpenJournal opens name for writing in place, creating it (mode 0600) if
-// needed.
-func (osDisk) OpenJournal(name string) (journalFile, error) {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE, 0o600) // #nosec G304 -- the operator's LOCKER_CONFIG plus ".journal"
-	if err != nil {
-		return nil, err
-	}
-	return newJournalFile(f), nil
-}
-
-func (osDisk) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
-func (osDisk) Remove(name string) error             { return os.Remove(name) }
-
-func (osDisk) SyncDir(dir string) error {
-	d, err := os.Open(dir) // #nosec G304 -- the directory of the operator's LOCKER_CONFIG
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+// Close stops the journal; after a checkpoint the state file holds it all,
+// and the journal file is removed.
+func (s *fileStore) Close(checkpointed bool) error {
+	return s.journal.Close(checkpointed)
 }

@@ -1,20 +1,18 @@
-//go:build linux && !lazyfs
+//go:build linux
 
-package main
+package atomicfile
 
 import (
 	"os"
 	"syscall"
 )
 
-// osJournal is a journal file on Linux: fdatasync, and fallocate for room.
-type osJournal struct{ *os.File }
-
-func newJournalFile(f *os.File) journalFile { return osJournal{f} }
+// osFile is an in-place file on Linux: fdatasync, and fallocate for room.
+type osFile struct{ *os.File }
 
 // Sync flushes the file's data and what is needed to read it back, without
 // the timestamps fsync would also write.
-func (f osJournal) Sync() error {
+func (f osFile) Sync() error {
 	for {
 		err := syscall.Fdatasync(int(f.Fd()))
 		if err != syscall.EINTR {
@@ -24,7 +22,7 @@ func (f osJournal) Sync() error {
 }
 
 // Allocate gives the file size bytes, zero-filled, without writing them.
-func (f osJournal) Allocate(size int64) error {
+func (f osFile) Allocate(size int64) error {
 	for {
 		err := syscall.Fallocate(int(f.Fd()), 0, 0, size)
 		switch err {

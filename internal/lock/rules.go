@@ -1,0 +1,123 @@
+package lock
+
+import "time"
+
+// Request is what a client asks of a lock.
+type Request struct {
+	Key, Requestor, Note string
+	TTL                  time.Duration // lease from now; 0 leaves the holder's lease as it is
+}
+
+// Verdict is what becomes of a request for a lock.
+type Verdict int
+
+const (
+	Grant  Verdict = iota // take it now
+	Refuse                // held with another key, or others queue first
+	Queue                 // wait in line for it
+)
+
+// Decide says what becomes of req for l, which has queued requests
+// waiting, when the client may wait (or not). A requestor that already
+// holds l with req's key is granted again (re-entrant); a request
+// compatible with the holders is granted only when no one queues before
+// it: no barging.
+func Decide(l Lock, queued int, req Request, mayWait bool) Verdict {
+	_, holds := l.Holder(req.Requestor)
+	reentrant := holds && l.Key == req.Key
+	compatible := l.Free() || l.Key == req.Key
+	switch {
+	case reentrant || (compatible && queued == 0):
+		return Grant
+	case mayWait:
+		return Queue
+	}
+	return Refuse
+}
+
+// Give returns l with one more count for req.Requestor, at now. A free
+// lock gets a new fencing token from next.
+func Give(l Lock, req Request, now time.Time, next func() uint64) Lock {
+	l = l.Clone()
+	if l.Free() {
+		l = Lock{Key: req.Key, Token: next(), AcquiredAt: now}
+	}
+	h, ok := l.Holder(req.Requestor)
+	if !ok {
+		h = Holder{Name: req.Requestor, Hold: Hold{Since: now}}
+	}
+	h.Count++
+	if req.Note != "" {
+		h.Note = req.Note
+	}
+	if req.TTL > 0 {
+		h.ExpiresAt = now.Add(req.TTL)
+	}
+	l.SetHolder(h)
+	return l
+}
+
+// GiveQueue grants the head of the queue, and the requests right behind
+// it, for as long as each is compatible with the holders: a batch of
+// same-key waiters goes in together. It returns the lock and how many
+// requests were granted.
+func GiveQueue(l Lock, queue []Request, now time.Time, next func() uint64) (Lock, int) {
+	n := 0
+	for ; n < len(queue); n++ {
+		if !l.Free() && l.Key != queue[n].Key {
+			break
+		}
+		l = Give(l, queue[n], now, next)
+	}
+	return l, n
+}
+
+// Release returns l with one count of requestor's hold given back, or
+// every count when all is set, and how many it gave back. Releasing a free
+// lock, or for a requestor that holds nothing, gives back nothing; ok is
+// false when l is held with another key.
+func Release(l Lock, key, requestor string, all bool) (next Lock, released int, ok bool) {
+	if l.Free() {
+		return l, 0, true
+	}
+	if l.Key != key {
+		return l, 0, false
+	}
+	h, holds := l.Holder(requestor)
+	if !holds {
+		return l, 0, true
+	}
+	l = l.Clone()
+	if all || h.Count == 1 {
+		l.RemoveHolder(requestor)
+		return l, h.Count, true
+	}
+	h.Count--
+	l.SetHolder(h)
+	return l, 1, true
+}
+
+// Renew returns l with requestor's lease ending at until, its count as it
+// was; ok is false when requestor holds nothing under key.
+func Renew(l Lock, key, requestor string, until time.Time) (Lock, bool) {
+	h, holds := l.Holder(requestor)
+	if !holds || l.Key != key {
+		return l, false
+	}
+	l = l.Clone()
+	h.ExpiresAt = until
+	l.SetHolder(h)
+	return l, true
+}
+
+// Expire returns l without requestor if its lease ends at at, which is now
+// or past; ok is false when the lease was renewed or released since.
+func Expire(l Lock, requestor string, at time.Time) (Lock, bool) {
+	h, holds := l.Holder(requestor)
+	if !holds || !h.ExpiresAt.Equal(at) {
+		return l, false
+	}
+	l = l.Clone()
+	l.RemoveHolder(requestor)
+	return l, true
+}

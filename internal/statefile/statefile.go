@@ -1,0 +1,125 @@
+// Package statefile reads and writes the state file: the YAML document
+// that holds the lock table at rest, and the original locker's JSON, which
+// it reads as it is.
+package statefile
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"gopkg.in/yaml.v2"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// Version is the version of the format this package writes.
+const Version = 1
+
+// header opens every state file this package writes.
+const header = `# Locker's lock table. While the locker server runs, newer changes are in
+# the .journal file beside this one. Stop the server before editing by hand.
+`
+
+// State is what a state file holds.
+type State struct {
+	Seq       uint64 // the last journal record the file holds
+	LastToken uint64 // the highest fencing token ever handed out
+	Locks     map[string]lock.Lock
+}
+
+// document is the YAML document, as yaml.v2 reads and writes it.
+type document struct {
+	Version   int                   `yaml:"version"`
+	Seq       uint64                `yaml:"seq"`
+	LastToken uint64                `yaml:"last_token"`
+	Locks     map[string]lock.Entry `yaml:"locks"`
+}
+
+// Decode parses a state file: this server's YAML, or the original locker's
+// JSON. Released entries (no holder left) are dropped; anything that does
+// not describe a valid lock table is an error.
+func Decode(data []byte) (State, error) {
+	st := State{Locks: map[string]lock.Lock{}}
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 {
+		return st, nil
+	}
+	var entries map[string]lock.Entry
+	if trimmed[0] == '{' {
+		// The original locker wrote JSON: {"name": {"key": ..., "locked_by": {...}}}.
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&entries); err != nil {
+			return State{}, fmt.Errorf("not valid JSON in the original locker's format: %w", err)
+		}
+		if dec.More() {
+			return State{}, errors.New("not valid JSON in the original locker's format: data after the closing brace")
+		}
+	} else {
+		doc, ok := parse(data)
+		if !ok {
+			// Not exactly as Encode writes it (edited by hand, say):
+			// yaml.v2 reads it, or says what is wrong with it.
+			if err := yaml.UnmarshalStrict(data, &doc); err != nil {
+				return State{}, fmt.Errorf("not a valid Locker state file: %w", err)
+			}
+		}
+		if doc.Version != Version {
+			return State{}, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", doc.Version, Version)
+		}
+		entries, st.LastToken, st.Seq = doc.Locks, doc.LastToken, doc.Seq
+	}
+
+	for _, name := range slices.Sorted(maps.Keys(entries)) {
+		if name == "" {
+			return State{}, errors.New("a lock has an empty name")
+		}
+		l, err := fromEntry(entries[name])
+		if err != nil {
+			return State{}, fmt.Errorf("lock %q: %w", name, err)
+		}
+		if l.Free() {
+			continue
+		}
+		if l.Token > st.LastToken {
+			return State{}, fmt.Errorf("lock %q has token %d, above last_token %d: tokens would be handed out twice", name, l.Token, st.LastToken)
+		}
+		st.Locks[name] = l
+	}
+	return st, nil
+}
+
+// fromEntry checks e and returns it as a Lock, without holders at zero.
+func fromEntry(e lock.Entry) (lock.Lock, error) {
+	l := lock.Lock{Key: e.Key, Token: e.Token, AcquiredAt: e.AcquiredAt}
+	for _, r := range slices.Sorted(maps.Keys(e.LockedBy)) {
+		n := e.LockedBy[r]
+		switch {
+		case n < 0:
+			return lock.Lock{}, fmt.Errorf("holder %q has a negative count (%d)", r, n)
+		case n == 0:
+			continue // released; the original left these behind
+		case r == "":
+			return lock.Lock{}, errors.New("a holder has an empty name")
+		}
+		h := e.Holders[r]
+		h.Count = n
+		l.Holders = append(l.Holders, lock.Holder{Name: r, Hold: h}) // sorted: r comes sorted
+	}
+	for _, r := range slices.Sorted(maps.Keys(e.Holders)) {
+		if _, ok := l.Holder(r); !ok {
+			return lock.Lock{}, fmt.Errorf("holders lists %q, which has no count in locked_by", r)
+		}
+	}
+	if l.Free() {
+		return lock.Lock{}, nil
+	}
+	if l.Key == "" {
+		return lock.Lock{}, fmt.Errorf("held by %s but has no key", l.HoldersString())
+	}
+	return l, nil
+}

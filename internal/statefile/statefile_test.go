@@ -1,0 +1,161 @@
+package statefile
+
+import (
+	"bytes"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v2"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+func TestStateRoundTrip(t *testing.T) {
+	locks := map[string]lock.Lock{
+		"prod":             lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1}),
+		"a/b":              lockOf("k", map[string]int{"k": 1}),
+		"déploy vers prod": lockOf("clé", map[string]int{"qui: moi": 3}),
+		"line\nbreak\x00":  lockOf("- not a list", map[string]int{"{}": 1}),
+		"version":          lockOf("true", map[string]int{"null": 1, "123": 4}),
+		"locks":            lockOf("~", map[string]int{"#": 1}),
+	}
+	at := time.Date(2026, 11, 25, 9, 30, 15, 123456789, time.UTC)
+	locks["leased"] = lock.Lock{Key: "k", Token: 41, AcquiredAt: at, Holders: []lock.Holder{
+		{Name: "a", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at.Add(time.Hour), Note: "https://ci.example.com/builds/42?x=1&y=2"}},
+		{Name: "b", Hold: lock.Hold{Count: 1}},
+	}}
+	st := State{Seq: 1234, LastToken: 42, Locks: locks}
+	var buf bytes.Buffer
+	if err := Encode(&buf, st); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(buf.Bytes())
+	if err != nil {
+		t.Fatalf("Decode(Encode(locks)) = %v\nfile:\n%s", err, buf.String())
+	}
+	if !reflect.DeepEqual(got, st) {
+		t.Errorf("round trip = %+v; want %+v", got, st)
+	}
+}
+
+// TestParseAgreesWithYAML checks that the fast parser reads what the
+// encoder writes, and reads it as yaml.v2 does.
+func TestParseAgreesWithYAML(t *testing.T) {
+	at := time.Date(2026, 11, 25, 9, 30, 15, 120000000, time.UTC)
+	states := []State{
+		{},
+		{LastToken: 7, Locks: map[string]lock.Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})}},
+		{LastToken: 9, Locks: map[string]lock.Lock{
+			"a/b: c #d":       {Key: "yes", Token: 3, AcquiredAt: at, Holders: []lock.Holder{{Name: "123", Hold: lock.Hold{Count: 1, Since: at, Note: "line\nbreak \"quoted\" ü"}}}},
+			"line\nbreak\x00": {Key: "- not a list", Holders: []lock.Holder{{Name: "{}", Hold: lock.Hold{Count: 4, ExpiresAt: at.Add(time.Hour)}}}},
+			"plain.name/ok-1": {Key: "k", Token: 9, AcquiredAt: at, Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}, {Name: "b", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at, Note: "n"}}}},
+		}},
+	}
+	for i, st := range states {
+		var buf bytes.Buffer
+		st.Seq = uint64(i)
+		if err := Encode(&buf, st); err != nil {
+			t.Fatal(err)
+		}
+		fast, ok := parse(buf.Bytes())
+		if !ok {
+			t.Fatalf("state %d: the fast parser refused the encoder's output:\n%s", i, buf.String())
+		}
+		var slow document
+		if err := yaml.UnmarshalStrict(buf.Bytes(), &slow); err != nil {
+			t.Fatal(err)
+		}
+		if len(slow.Locks) == 0 {
+			slow.Locks = map[string]lock.Entry{}
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Errorf("state %d: fast parser read\n%+v\nyaml.v2 read\n%+v", i, fast, slow)
+		}
+	}
+	// Anything else goes to yaml.v2.
+	for _, other := range []string{
+		"version: 1\nlocks:\n  prod:\n    key: k\n    locked_by: {a: 1}\n",
+		"version: 1\nseq: 0\nlast_token: 0\nlocks:\n  prod:\n     key: k\n",
+		"version: 1\nseq: 0\nlast_token: 0\nlocks:\n  prod:\n    key: k\n    locked_by:\n      a: 1\n  prod:\n    key: k\n    locked_by:\n      a: 1\n",
+	} {
+		if _, ok := parse([]byte(other)); ok {
+			t.Errorf("the fast parser took a file it does not own:\n%s", other)
+		}
+	}
+}
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name    string
+		data    string
+		want    map[string]lock.Lock
+		wantErr string // "" when the file is valid
+	}{
+		{name: "empty", data: "", want: map[string]lock.Lock{}},
+		{name: "white space", data: "\n  \n", want: map[string]lock.Lock{}},
+		{name: "original empty", data: "{}", want: map[string]lock.Lock{}},
+		{
+			name: "original JSON",
+			data: `{"prod":{"locked_by":{"prod-cf":2,"node-a":1},"key":"prod-cf"},"staging":{"locked_by":{"x":1},"key":"k"}}`,
+			want: map[string]lock.Lock{
+				"prod":    lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1}),
+				"staging": lockOf("k", map[string]int{"x": 1}),
+			},
+		},
+		{
+			name: "original JSON drops released entries and zero counts",
+			data: `{"old":{"locked_by":{"x":0},"key":""},"prod":{"locked_by":{"a":0,"b":1},"key":"k"},"gone":{"locked_by":{},"key":"k"}}`,
+			want: map[string]lock.Lock{"prod": lockOf("k", map[string]int{"b": 1})},
+		},
+		{
+			name: "YAML",
+			data: "version: 1\nlocks:\n  prod:\n    key: prod-cf\n    locked_by:\n      prod-cf: 2\n",
+			want: map[string]lock.Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2})},
+		},
+		{name: "YAML without locks", data: "version: 1\n", want: map[string]lock.Lock{}},
+		{name: "wrong version", data: "version: 7\nlocks: {}\n", wantErr: `"version: 7" is not a format this locker reads`},
+		{name: "no version", data: "locks: {}\n", wantErr: `"version: 0" is not a format`},
+		{name: "unknown field", data: "version: 1\nlocks:\n  p:\n    key: k\n    lokced_by: {a: 1}\n", wantErr: "lokced_by"},
+		{name: "legacy shape written as YAML", data: "prod:\n  key: k\n  locked_by: {a: 1}\n", wantErr: "not a valid Locker state file"},
+		{name: "invalid YAML", data: "version: 1\nlocks: [\n", wantErr: "not a valid Locker state file"},
+		{name: "truncated JSON", data: `{"prod":{"locked_by":{"a":1},"ke`, wantErr: "not valid JSON"},
+		{name: "JSON with trailing data", data: `{"prod":{"locked_by":{"a":1},"key":"k"}} {}`, wantErr: "data after the closing brace"},
+		{name: "JSON unknown field", data: `{"prod":{"locked_by":{"a":1},"key":"k","owner":"x"}}`, wantErr: "owner"},
+		{name: "negative count", data: `{"prod":{"locked_by":{"a":-1},"key":"k"}}`, wantErr: `lock "prod": holder "a" has a negative count (-1)`},
+		{name: "holder without key", data: `{"prod":{"locked_by":{"a":1},"key":""}}`, wantErr: `lock "prod": held by a (1) but has no key`},
+		{name: "empty holder name", data: `{"prod":{"locked_by":{"":1},"key":"k"}}`, wantErr: "a holder has an empty name"},
+		{name: "empty lock name", data: `{"":{"locked_by":{"a":1},"key":"k"}}`, wantErr: "a lock has an empty name"},
+		{name: "count not a number", data: "version: 1\nlocks:\n  p:\n    key: k\n    locked_by: {a: many}\n", wantErr: "not a valid Locker state file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Decode([]byte(tt.data))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Decode = %v, %v; want an error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if !reflect.DeepEqual(got.Locks, tt.want) {
+				t.Errorf("Decode = %v; want %v", got.Locks, tt.want)
+			}
+		})
+	}
+}
+
+// lockOf returns a lock held with key by requestors with the given counts.
+func lockOf(key string, counts map[string]int) lock.Lock {
+	var l lock.Lock
+	for _, r := range slices.Sorted(maps.Keys(counts)) {
+		l.Holders = append(l.Holders, lock.Holder{Name: r, Hold: lock.Hold{Count: counts[r]}})
+	}
+	l.Key = key
+	return l
+}
