@@ -1,4 +1,4 @@
-package main
+package blackbox
 
 import (
 	"encoding/json"
@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,9 +13,6 @@ import (
 	"testing"
 	"time"
 )
-
-// stress reports whether the long runs were asked for (make stress).
-func stress() bool { return os.Getenv("LOCKER_STRESS") != "" }
 
 // TestCrashKill kills the server with SIGKILL while clients change locks,
 // over and over, and after every restart checks that each change the server

@@ -1,0 +1,135 @@
+package blackbox
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/locker-ci/locker/internal/statefile"
+)
+
+// TestTenThousandWaiters queues 10,000 waiters on one lock of the real
+// server, in groups that share a key, then lets them all through: each
+// group is granted together and gives the lock back. No request fails and
+// the server is left with nothing held or queued. (The server runs as its
+// own process: with both ends of 10,000 connections, this one would pass
+// its open-file limit.)
+func TestTenThousandWaiters(t *testing.T) {
+	total, group := 10000, 100
+	if testing.Short() {
+		total = 1000
+	}
+	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
+	if status := httpDo(t, p.url, "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+		t.Fatalf("PUT = %d", status)
+	}
+	transport := &http.Transport{DisableKeepAlives: true}
+	client := &http.Client{Transport: transport}
+	var wg sync.WaitGroup
+	failures := make(chan string, total)
+	for g := range total / group {
+		for i := range group {
+			wg.Go(func() {
+				key := fmt.Sprintf(`{"key": "group-%d", "lock_by": "w-%d-%d"}`, g, g, i)
+				for _, r := range []struct{ method, path string }{{"PUT", "/lock/busy?wait=5m"}, {"DELETE", "/lock/busy"}} {
+					req, _ := http.NewRequest(r.method, p.url+r.path, strings.NewReader(key))
+					resp, err := client.Do(req)
+					if err != nil {
+						failures <- err.Error()
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						failures <- fmt.Sprintf("%s = %d", r.method, resp.StatusCode)
+						return
+					}
+				}
+			})
+		}
+		// Let each group queue before the next, so that groups stay together.
+		waitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return waiting(t, p.url, "busy") == (g+1)*group })
+	}
+	if status := httpDo(t, p.url, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+		t.Fatalf("DELETE = %d", status)
+	}
+	wg.Wait()
+	close(failures)
+	for f := range failures {
+		t.Fatalf("a waiter failed: %s", f)
+	}
+	if n := waiting(t, p.url, "busy"); n != 0 {
+		t.Errorf("%d still waiting", n)
+	}
+	if status, body := httpGet(t, p.url, "/locks"); status != http.StatusOK || body != "{}\n" {
+		t.Errorf("GET /locks after every waiter came and went = %d %s; want {}", status, body)
+	}
+}
+
+// TestSIGTERMUnderLoad stops the server with SIGTERM while 16 clients
+// change locks: it exits 0 within 10 s, and every change it acknowledged
+// is in the state file it leaves.
+func TestSIGTERMUnderLoad(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "locks.yml")
+	p := startProc(t, state)
+	var mu sync.Mutex
+	acked := map[string]int{} // lock name -> acknowledged holds
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for c := range 16 {
+		wg.Go(func() {
+			client := &http.Client{Timeout: 5 * time.Second}
+			for i := 0; ctx.Err() == nil; i++ {
+				name := fmt.Sprintf("c%d-%d", c, i)
+				req, _ := http.NewRequest("PUT", p.url+"/lock/"+name, strings.NewReader(`{"key": "k"}`))
+				resp, err := client.Do(req)
+				if err != nil {
+					return // the server is going away
+				}
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					mu.Lock()
+					acked[name]++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond) // let the load build up
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("locker did not exit within 10 s of SIGTERM under load")
+	}
+	stop()
+	wg.Wait()
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d; want 0\n%s", code, p.log)
+	}
+	t.Logf("exited %v after SIGTERM; %d changes acknowledged", time.Since(start), len(acked))
+	st, err := statefile.Decode(readFile(t, state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state + ".journal"); err == nil {
+		t.Error("the journal is still there after a clean shutdown")
+	}
+	for name := range acked {
+		if st.Locks[name].Free() {
+			t.Errorf("acknowledged lock %s is not in the state file", name)
+		}
+	}
+	if len(acked) == 0 {
+		t.Error("no change was acknowledged: the test did not load the server")
+	}
+}

@@ -1,0 +1,214 @@
+package blackbox
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// The tests here drive the locker binary as its own process, over HTTP on
+// loopback, and read the files it leaves: crashes (SIGKILL) and restarts,
+// linearizability, SIGTERM under load, thousands of waiters. They know
+// nothing of the server's code but its file format.
+
+// binDir holds the binary built for these tests; TestMain removes it.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "locker-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// stress reports whether the long runs were asked for (make stress).
+func stress() bool { return os.Getenv("LOCKER_STRESS") != "" }
+
+// syncBuffer is a bytes.Buffer that a process's log reader and the test
+// can use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
+
+var (
+	buildOnce   sync.Once
+	lockerBin   string
+	buildFailed error
+)
+
+// buildLocker builds the locker binary once for the tests that need a real
+// process to signal.
+func buildLocker(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		lockerBin = filepath.Join(binDir, "locker")
+		// The crash tests kill this binary: lazyfs makes a kill lose what
+		// was not synced, as a power cut would (see internal/faults/lazyfs.go).
+		tags := "lazyfs"
+		if faults.Planted != "" {
+			tags += ",bug_" + faults.Planted // the same server as this test binary
+		}
+		args := []string{"build", "-tags", tags, "-o", lockerBin}
+		out, err := exec.Command("go", append(args, "github.com/locker-ci/locker")...).CombinedOutput()
+		if err != nil {
+			buildFailed = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildFailed != nil {
+		tb.Fatal(buildFailed)
+	}
+	return lockerBin
+}
+
+// proc is the locker binary running as its own process.
+type proc struct {
+	cmd  *exec.Cmd
+	url  string
+	log  *syncBuffer
+	done chan struct{}
+}
+
+// startProc starts the locker binary on state and waits until it serves.
+func startProc(tb testing.TB, state string) *proc {
+	tb.Helper()
+	cmd := exec.Command(buildLocker(tb))
+	cmd.Env = []string{"PORT=0", "LOCKER_CONFIG=" + state}
+	p := &proc{cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	port := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			fmt.Fprintln(p.log, sc.Text())
+			if m := listenAddr.FindStringSubmatch(sc.Text()); m != nil {
+				_, pt, _ := net.SplitHostPort(m[1])
+				select {
+				case port <- pt:
+				default:
+				}
+			}
+		}
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	tb.Cleanup(func() { p.kill() })
+	select {
+	case pt := <-port:
+		p.url = "http://127.0.0.1:" + pt
+	case <-p.done:
+		tb.Fatalf("locker exited at start:\n%s", p.log)
+	case <-time.After(20 * time.Second):
+		tb.Fatalf("locker did not start:\n%s", p.log)
+	}
+	return p
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// waitFor polls cond until it holds, for at most 10 s.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// httpDo sends a request and returns its status, 0 if it could not.
+func httpDo(tb testing.TB, base, method, path, body string) int {
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		tb.Error(err)
+		return 0
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Error(err)
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+func httpGet(tb testing.TB, base, path string) (int, string) {
+	tb.Helper()
+	resp, err := http.Get(base + path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// waiting returns how many requests wait for the lock called name.
+func waiting(tb testing.TB, base, name string) int {
+	tb.Helper()
+	status, body := httpGet(tb, base, "/lock/"+name)
+	var v lock.View
+	if err := json.Unmarshal([]byte(body), &v); status != http.StatusOK || err != nil {
+		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
+	}
+	return len(v.Waiting)
+}
+
+// readFile returns the bytes of path, failing the test if it cannot.
+func readFile(tb testing.TB, path string) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return data
+}
