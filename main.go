@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"syscall"
@@ -195,6 +196,11 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	// Loading leaves garbage a few times the table's size (the file's
+	// bytes, the parsed document): give it back to the system now, or the
+	// process keeps that size for minutes (230 MB instead of 70 at 100,000
+	// locks).
+	debug.FreeOSMemory()
 	// Holds whose lease ran out while the server was down go first.
 	if err := locks.expire(locks.now()); err != nil {
 		_ = locks.store.Close(false)

@@ -109,7 +109,7 @@ func (s *fileStore) load() (Saved, int64, error) {
 			return Saved{}, 0, err
 		}
 	}
-	data, err := os.ReadFile(s.path) // #nosec G304 -- the operator's LOCKER_CONFIG
+	data, err := os.ReadFile(s.path) // the operator's LOCKER_CONFIG
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, err := os.Stat(s.journalPath()); err == nil {
 			return Saved{}, 0, fmt.Errorf("state file %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",

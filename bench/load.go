@@ -32,7 +32,7 @@ func listenLoopback() (net.Listener, error) { return net.Listen("tcp", "127.0.0.
 
 // start runs bin with args and env and waits until it listens.
 func start(bin string, args []string, env []string) (*process, error) {
-	cmd := exec.Command(bin, args...) // #nosec G204 -- the benchmark runs the binary it was told to measure
+	cmd := exec.Command(bin, args...) // the benchmark runs the binary it was told to measure
 	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

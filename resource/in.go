@@ -31,14 +31,14 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 	}
 	// dest is the directory Concourse names on the command line: writing
 	// there is the in step's job.
-	if err := os.MkdirAll(dest, 0o750); err != nil { // #nosec G703 -- see above
+	if err := os.MkdirAll(dest, 0o750); err != nil { // see above
 		return Response{}, fmt.Errorf("creating the destination: %w", err)
 	}
 	token := strconv.FormatUint(l.Token, 10)
 	for file, data := range map[string][]byte{"lock": raw, "name": []byte(name), "token": []byte(token)} {
 		// Readable by the job's tasks, which may run as another user, as the
 		// original resource's files were.
-		if err := os.WriteFile(filepath.Join(dest, file), data, 0o644); err != nil { // #nosec G306 G703 -- see above
+		if err := os.WriteFile(filepath.Join(dest, file), data, 0o644); err != nil { // see above
 			return Response{}, fmt.Errorf("writing %s: %w", file, err)
 		}
 	}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proves that TestLinearizable has teeth: each server variant with a planted
-# bug (build tags in bug_*.go) must be caught in at least 9 runs out of 10,
+# bug (build tags in internal/faults) must be caught in at least 9 runs out of 10,
 # and the real server must pass every run. Takes about half an hour.
 #   scripts/calibrate.sh [runs [variant...]]   (variants: none toctou early_ack token release_key)
 set -uo pipefail
@@ -15,7 +15,7 @@ for bug in "${variants[@]}"; do
   [ "$bug" != none ] && tags=(-tags "bug_$bug")
   caught=0
   for _ in $(seq "$runs"); do
-    out=$(go test "${tags[@]}" -count=1 -run '^TestLinearizable$' . 2>&1)
+    out=$(go test "${tags[@]}" -count=1 -run '^TestLinearizable$' ./blackbox 2>&1)
     if grep -q 'is not linearizable' <<<"$out"; then
       caught=$((caught + 1))
     elif ! grep -q '^ok' <<<"$out"; then
