@@ -50,7 +50,7 @@ func Decode(data []byte) (State, error) {
 	}
 	var entries map[string]lock.Entry
 	if trimmed[0] == '{' {
-		// The original locker wrote JSON: {"name": {"key": ..., "locked_by": {...}}}.
+		// The original locker wrote JSON, a map of lock.Entry.
 		dec := json.NewDecoder(bytes.NewReader(trimmed))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&entries); err != nil {
