@@ -14,6 +14,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // testServer is the real router over a table saved in a temp directory.
@@ -482,7 +483,7 @@ func TestExclusion(t *testing.T) {
 			defer wg.Done()
 			body := `{"key": "key-` + string(rune('a'+i)) + `"}`
 			for time.Now().Before(deadline) {
-				status := httpDo(t, httpSrv.URL, "PUT", "/lock/shared", body)
+				status := testutil.HTTPDo(t, httpSrv.URL, "PUT", "/lock/shared", body)
 				if status == http.StatusLocked {
 					continue
 				}
@@ -495,7 +496,7 @@ func TestExclusion(t *testing.T) {
 				}
 				grants.Add(1)
 				holders.Add(-1)
-				if status := httpDo(t, httpSrv.URL, "DELETE", "/lock/shared", body); status != http.StatusOK {
+				if status := testutil.HTTPDo(t, httpSrv.URL, "DELETE", "/lock/shared", body); status != http.StatusOK {
 					t.Errorf("DELETE = %d", status)
 					return
 				}
@@ -513,23 +514,6 @@ func TestExclusion(t *testing.T) {
 		t.Errorf("after every client let go GET /locks = %v; want none", got)
 	}
 	t.Logf("%d grants in %v", grants.Load(), duration)
-}
-
-// httpDo sends one request to a live server and returns its status.
-func httpDo(tb testing.TB, base, method, path, body string) int {
-	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-	if err != nil {
-		tb.Error(err)
-		return 0
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Error(err)
-		return 0
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
 }
 
 func TestLockDetailsShown(t *testing.T) {

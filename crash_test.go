@@ -16,6 +16,7 @@ import (
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/journal"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // Durability end to end: the order of the disk operations behind a 200,
@@ -186,8 +187,8 @@ func writeTestFile(tb testing.TB, path, data string) {
 func dirContents(tb testing.TB, dir string) map[string]string {
 	tb.Helper()
 	out := map[string]string{}
-	for _, name := range dirEntries(tb, dir) {
-		out[name] = string(readFile(tb, filepath.Join(dir, name)))
+	for _, name := range testutil.DirEntries(tb, dir) {
+		out[name] = string(testutil.ReadFile(tb, filepath.Join(dir, name)))
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // End-to-end tests of waiting, over real HTTP against a real state file.
@@ -75,7 +76,7 @@ func TestWaitIsHandedTheLockOnRelease(t *testing.T) {
 	_ = json.Unmarshal(body, &first)
 
 	second := putAsync(context.Background(), ls.url, "/lock/prod?wait=10s", `{"key": "B", "lock_by": "second"}`)
-	waitFor(t, "the second PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
+	testutil.WaitFor(t, "the second PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
 
 	// A PUT with the holder's key does not jump the queue.
 	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "A", "lock_by": "third"}`); status != http.StatusLocked || !strings.Contains(string(body), "jump the queue") {
@@ -129,14 +130,14 @@ func TestClientThatLeavesIsNeverGranted(t *testing.T) {
 	for i := range leavers {
 		results = append(results, putAsync(ctx, ls.url, "/lock/prod?wait=1m", `{"key": "B", "lock_by": "b`+string(rune('a'+i))+`"}`))
 	}
-	waitFor(t, "every PUT to queue", func() bool { return ls.waiting(t, "prod") == leavers })
+	testutil.WaitFor(t, "every PUT to queue", func() bool { return ls.waiting(t, "prod") == leavers })
 	cancel()
 	for _, ch := range results {
 		if r := result(t, ch); r.status != 0 {
 			t.Errorf("a cancelled PUT got an answer: %d %s", r.status, r.body)
 		}
 	}
-	waitFor(t, "the queue to empty", func() bool { return ls.waiting(t, "prod") == 0 })
+	testutil.WaitFor(t, "the queue to empty", func() bool { return ls.waiting(t, "prod") == 0 })
 
 	ls.call(t, "DELETE", "/lock/prod", `{"key": "A"}`)
 	if got := ls.listLocks(t); len(got) != 0 {
@@ -144,15 +145,15 @@ func TestClientThatLeavesIsNeverGranted(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 	ls.client.CloseIdleConnections()
-	waitFor(t, "the waiters' goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
-	waitFor(t, "the log to show the abandoned requests", func() bool { return strings.Contains(ls.log.String(), "status=499") })
+	testutil.WaitFor(t, "the waiters' goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	testutil.WaitFor(t, "the log to show the abandoned requests", func() bool { return strings.Contains(ls.log.String(), "status=499") })
 }
 
 func TestShutdownAnswersWaiters(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
 	ls.call(t, "PUT", "/lock/prod", `{"key": "A"}`)
 	waiter := putAsync(context.Background(), ls.url, "/lock/prod?wait=1m", `{"key": "B"}`)
-	waitFor(t, "the PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
+	testutil.WaitFor(t, "the PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
 
 	start := time.Now()
 	if err := ls.shutdown(); err != nil {
@@ -174,13 +175,13 @@ func TestWaitOutlivesServerTimeouts(t *testing.T) {
 	addr, tab := startWithTimeouts(t, short)
 	url := "http://" + addr
 
-	if status := httpDo(t, url, "PUT", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, url, "PUT", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)
 	}
 	waiter := putAsync(context.Background(), url, "/lock/l?wait=5s", `{"key": "B"}`)
-	waitFor(t, "the PUT to queue", func() bool { return len(tab.get("l").Waiting) == 1 })
+	testutil.WaitFor(t, "the PUT to queue", func() bool { return len(tab.get("l").Waiting) == 1 })
 	time.Sleep(3 * short.read) // outlive both timeouts while queued
-	if status := httpDo(t, url, "DELETE", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, url, "DELETE", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)
 	}
 	if r := result(t, waiter); r.status != http.StatusOK {
@@ -196,8 +197,8 @@ func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
 	if status, body := ls.call(t, "PUT", "/lock/leased", `{"key": "k", "lock_by": "build-7", "ttl": "100ms"}`, "ci", "s3cret"); status != http.StatusOK {
 		t.Fatalf("PUT = %d %s", status, body)
 	}
-	waitFor(t, "the lease to run out", func() bool { return len(ls.listLocks(t, "ci", "s3cret")) == 0 })
-	waitFor(t, "the log to say which lease expired", func() bool {
+	testutil.WaitFor(t, "the lease to run out", func() bool { return len(ls.listLocks(t, "ci", "s3cret")) == 0 })
+	testutil.WaitFor(t, "the log to say which lease expired", func() bool {
 		return strings.Contains(ls.log.String(), `msg="lease expired; hold released" lock=leased requestor=build-7`)
 	})
 
@@ -215,7 +216,7 @@ func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
 func TestDefaultTTL(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "LOCKER_DEFAULT_TTL": "150ms"})
 	ls.call(t, "PUT", "/lock/l", `{"key": "k"}`)
-	waitFor(t, "the default lease to run out", func() bool { return len(ls.listLocks(t)) == 0 })
+	testutil.WaitFor(t, "the default lease to run out", func() bool { return len(ls.listLocks(t)) == 0 })
 }
 
 // TestManyWaiters holds hundreds of waiters on one lock at once, then lets
@@ -244,7 +245,7 @@ func TestManyWaiters(t *testing.T) {
 			statuses <- resp.StatusCode
 		}()
 	}
-	waitFor(t, "every waiter to queue", func() bool { return ls.waiting(t, "busy") == n })
+	testutil.WaitFor(t, "every waiter to queue", func() bool { return ls.waiting(t, "busy") == n })
 	ls.call(t, "DELETE", "/lock/busy", `{"key": "A"}`)
 	wg.Wait()
 	close(statuses)

@@ -17,6 +17,7 @@ import (
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/statefile"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // readJournal returns the records in the journal beside the state file at
@@ -132,7 +133,7 @@ func TestCheckpointWritesASnapshotAndCompacts(t *testing.T) {
 	if got := readJournal(t, path); len(got) != 0 {
 		t.Errorf("journal after a checkpoint holds %q; want nothing", got)
 	}
-	st, err := statefile.Decode(readFile(t, path))
+	st, err := statefile.Decode(testutil.ReadFile(t, path))
 	if err != nil || st.Seq != tab.seq || len(st.Locks) != len(want) {
 		t.Errorf("state file after a checkpoint: %d locks, seq %d, %v; want %d locks, seq %d", len(st.Locks), st.Seq, err, len(want), tab.seq)
 	}
@@ -179,8 +180,8 @@ func TestCheckpointRunsWhenTheJournalGrows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "a checkpoint", func() bool {
-		st, err := statefile.Decode(readFile(t, path))
+	testutil.WaitFor(t, "a checkpoint", func() bool {
+		st, err := statefile.Decode(testutil.ReadFile(t, path))
 		return err == nil && st.Seq > 0
 	})
 	cancel()
@@ -202,7 +203,7 @@ func TestCloseLeavesTheStateFileAlone(t *testing.T) {
 	if err := tab.close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := dirEntries(t, dir); !slices.Equal(got, []string{"locks.yml"}) {
+	if got := testutil.DirEntries(t, dir); !slices.Equal(got, []string{"locks.yml"}) {
 		t.Errorf("directory after close = %v; want the state file alone", got)
 	}
 	if got := loadTestTable(t, path, nil, time.Now).list(); !reflect.DeepEqual(got, want) {
@@ -268,7 +269,7 @@ func TestRepliesWaitForTheDisk(t *testing.T) {
 			go func() { s, err := tab.Get("l"); read <- answer{s, err} }()
 			go func() { _, err := acquire(tab, "l", "other", "b"); refused <- err }()
 			// The PUT, the GET and the refused PUT all wait for the disk.
-			waitFor(t, "all three requests to wait for the disk", func() bool {
+			testutil.WaitFor(t, "all three requests to wait for the disk", func() bool {
 				return journalOf(tab).Blocked() == 3
 			})
 			release()

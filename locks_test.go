@@ -16,6 +16,7 @@ import (
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/journal"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // fakeClock is a clock that moves only when told to.
@@ -72,7 +73,7 @@ func journalOf(tab *table) *journal.Journal { return tab.store.(*fileStore).jour
 // onDisk returns what the state file at path and its journal hold.
 func onDisk(tb testing.TB, path string) string {
 	tb.Helper()
-	return string(readFile(tb, path)) + "\n--- journal ---\n" + string(readJournal(tb, path))
+	return string(testutil.ReadFile(tb, path)) + "\n--- journal ---\n" + string(readJournal(tb, path))
 }
 
 // holderOf returns the holder of l called name, or a zero Holder.
@@ -342,20 +343,8 @@ func queued(tb testing.TB, ctx context.Context, tab *table, name, key, requestor
 		_, err := tab.Acquire(ctx, name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor}, Wait: time.Hour})
 		done <- err
 	}()
-	waitFor(tb, "request to join the queue", func() bool { return len(tab.get(name).Waiting) > before })
+	testutil.WaitFor(tb, "request to join the queue", func() bool { return len(tab.get(name).Waiting) > before })
 	return done
-}
-
-// waitFor polls cond until it holds, failing the test after 10 seconds.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // granted reports whether the queued request behind done was granted,
@@ -510,7 +499,7 @@ func TestAbandonedWaiterLeavesTheQueue(t *testing.T) {
 	if n := len(tab.get("l").Waiting); n != 0 {
 		t.Errorf("%d waiters left in the queue; want 0", n)
 	}
-	waitFor(t, "waiter goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	testutil.WaitFor(t, "waiter goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
 }
 
 func TestWaitTimesOut(t *testing.T) {
@@ -666,7 +655,7 @@ func TestExpireLoopReleasesOnTime(t *testing.T) {
 	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: 30 * time.Millisecond}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the lease to expire", func() bool { return tab.get("l").Free() })
+	testutil.WaitFor(t, "the lease to expire", func() bool { return tab.get("l").Free() })
 }
 
 func TestTokens(t *testing.T) {

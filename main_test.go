@@ -14,38 +14,19 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/statefile"
 	"github.com/locker-ci/locker/internal/testcert"
+	"github.com/locker-ci/locker/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer that the server's logger and the test can
-// use at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // liveServer is run() serving on a real port.
 type liveServer struct {
 	url    string // http(s)://127.0.0.1:port
-	log    *syncBuffer
+	log    *testutil.SyncBuffer
 	stop   context.CancelFunc
 	done   chan error
 	client *http.Client
@@ -68,7 +49,7 @@ func startServe(tb testing.TB, env map[string]string, d atomicfile.FS) *liveServ
 		env["PORT"] = "0"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ls := &liveServer{log: &syncBuffer{}, stop: cancel, done: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
+	ls := &liveServer{log: &testutil.SyncBuffer{}, stop: cancel, done: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
 	getenv := func(k string) string { return env[k] }
 	go func() {
 		if d == nil {
@@ -221,7 +202,7 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 	if err := ls.shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	data := readFile(t, path)
+	data := testutil.ReadFile(t, path)
 	got, err := statefile.Decode(data)
 	if err != nil || !bytes.HasPrefix(data, []byte("# Locker's lock table.")) {
 		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
@@ -263,7 +244,7 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 			}
 		})
 	}
-	if got := readFile(t, corrupt); !bytes.Equal(got, corruptData) {
+	if got := testutil.ReadFile(t, corrupt); !bytes.Equal(got, corruptData) {
 		t.Errorf("run changed the corrupt state file to %q", got)
 	}
 	if _, err := os.Stat(state); err == nil {

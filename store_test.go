@@ -12,31 +12,8 @@ import (
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/statefile"
+	"github.com/locker-ci/locker/internal/testutil"
 )
-
-// readFile returns the bytes of path, failing the test if it cannot.
-func readFile(tb testing.TB, path string) []byte {
-	tb.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return data
-}
-
-// dirEntries lists the names in dir.
-func dirEntries(tb testing.TB, dir string) []string {
-	tb.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
-}
 
 func TestLoadMissingFileCreatesIt(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
@@ -55,7 +32,7 @@ func TestLoadMissingFileCreatesIt(t *testing.T) {
 	if got := info.Mode().Perm(); got != 0o600 {
 		t.Errorf("state file mode = %v; want 0600 (it holds the keys)", got)
 	}
-	if _, err := statefile.Decode(readFile(t, path)); err != nil {
+	if _, err := statefile.Decode(testutil.ReadFile(t, path)); err != nil {
 		t.Errorf("created file does not parse: %v", err)
 	}
 }
@@ -70,7 +47,7 @@ func TestLoadCorruptFileIsLeftAlone(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("load of a corrupt file = %v; want an error naming %s", err, path)
 	}
-	if got := readFile(t, path); !bytes.Equal(got, corrupt) {
+	if got := testutil.ReadFile(t, path); !bytes.Equal(got, corrupt) {
 		t.Errorf("corrupt file was changed to %q", got)
 	}
 }
@@ -86,7 +63,7 @@ func TestLoadRemovesLeftoverTempFiles(t *testing.T) {
 	if _, _, err := newFileStore(path, atomicfile.OS{}).load(); err != nil {
 		t.Fatal(err)
 	}
-	got := dirEntries(t, dir)
+	got := testutil.DirEntries(t, dir)
 	if want := []string{"locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
 		t.Errorf("directory after load = %v; want %v", got, want)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/statefile"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // TestTenThousandWaiters queues 10,000 waiters on one lock of the real
@@ -27,7 +28,7 @@ func TestTenThousandWaiters(t *testing.T) {
 		total = 1000
 	}
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
-	if status := httpDo(t, p.url, "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, p.url, "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)
 	}
 	transport := &http.Transport{DisableKeepAlives: true}
@@ -54,9 +55,9 @@ func TestTenThousandWaiters(t *testing.T) {
 			})
 		}
 		// Let each group queue before the next, so that groups stay together.
-		waitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return waiting(t, p.url, "busy") == (g+1)*group })
+		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return waiting(t, p.url, "busy") == (g+1)*group })
 	}
-	if status := httpDo(t, p.url, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, p.url, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)
 	}
 	wg.Wait()
@@ -117,7 +118,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Errorf("exit code after SIGTERM = %d; want 0\n%s", code, p.log)
 	}
 	t.Logf("exited %v after SIGTERM; %d changes acknowledged", time.Since(start), len(acked))
-	st, err := statefile.Decode(readFile(t, state))
+	st, err := statefile.Decode(testutil.ReadFile(t, state))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package blackbox
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,13 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // The tests here drive the locker binary as its own process, over HTTP on
@@ -43,25 +42,6 @@ func TestMain(m *testing.M) {
 
 // stress reports whether the long runs were asked for (make stress).
 func stress() bool { return os.Getenv("LOCKER_STRESS") != "" }
-
-// syncBuffer is a bytes.Buffer that a process's log reader and the test
-// can use at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
 
@@ -99,7 +79,7 @@ func buildLocker(tb testing.TB) string {
 type proc struct {
 	cmd  *exec.Cmd
 	url  string
-	log  *syncBuffer
+	log  *testutil.SyncBuffer
 	done chan struct{}
 }
 
@@ -108,7 +88,7 @@ func startProc(tb testing.TB, state string) *proc {
 	tb.Helper()
 	cmd := exec.Command(buildLocker(tb))
 	cmd.Env = []string{"PORT=0", "LOCKER_CONFIG=" + state}
-	p := &proc{cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -149,35 +129,6 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// waitFor polls cond until it holds, for at most 10 s.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// httpDo sends a request and returns its status, 0 if it could not.
-func httpDo(tb testing.TB, base, method, path, body string) int {
-	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-	if err != nil {
-		tb.Error(err)
-		return 0
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Error(err)
-		return 0
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
-}
-
 func httpGet(tb testing.TB, base, path string) (int, string) {
 	tb.Helper()
 	resp, err := http.Get(base + path)
@@ -201,14 +152,4 @@ func waiting(tb testing.TB, base, name string) int {
 		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
 	}
 	return len(v.Waiting)
-}
-
-// readFile returns the bytes of path, failing the test if it cannot.
-func readFile(tb testing.TB, path string) []byte {
-	tb.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return data
 }

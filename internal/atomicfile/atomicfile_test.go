@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 func writeString(s string) func(io.Writer) error {
@@ -15,20 +17,6 @@ func writeString(s string) func(io.Writer) error {
 		_, err := io.WriteString(w, s)
 		return err
 	}
-}
-
-// dirEntries lists the names in dir.
-func dirEntries(tb testing.TB, dir string) []string {
-	tb.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 func TestWriteFileIsAtomicAndDurable(t *testing.T) {
@@ -54,7 +42,7 @@ func TestWriteFileIsAtomicAndDurable(t *testing.T) {
 	if got := info.Mode().Perm(); got != 0o600 {
 		t.Errorf("file mode = %v; want 0600 (state files hold keys)", got)
 	}
-	if names := dirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
+	if names := testutil.DirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
 		t.Errorf("directory after WriteFile = %v; want only the file", names)
 	}
 }
@@ -77,7 +65,7 @@ func TestWriteFileFailureLeavesFileAsItWas(t *testing.T) {
 			if got, _ := os.ReadFile(path); !bytes.Equal(got, []byte("old")) {
 				t.Errorf("file changed after a failed write: %q", got)
 			}
-			if names := dirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
+			if names := testutil.DirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
 				t.Errorf("directory after a failed write = %v; want the temporary file removed", names)
 			}
 		})
@@ -103,7 +91,7 @@ func TestRemoveTemps(t *testing.T) {
 	if err := RemoveTemps(OS{}, path); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := dirEntries(t, dir), []string{".other.tmp-1", "locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
+	if got, want := testutil.DirEntries(t, dir), []string{".other.tmp-1", "locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
 		t.Errorf("directory after RemoveTemps = %v; want %v", got, want)
 	}
 }

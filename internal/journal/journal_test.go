@@ -3,7 +3,6 @@ package journal
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -171,7 +170,7 @@ func FuzzReadLines(f *testing.F) {
 			again = append(again, Line(p)...)
 		}
 		if err == nil && !bytes.Equal(again, data[:good]) {
-			t.Fatal(fmt.Sprintf("the lines taken do not make up the first %d bytes", good))
+			t.Fatalf("the lines taken do not make up the first %d bytes", good)
 		}
 	})
 }
