@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -244,10 +245,19 @@ func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, 
 	s.writeJSON(w, r, http.StatusOK, lockReply{View: l.View(name, l.Waiting), Response: response})
 }
 
+// replyBuffers recycles the buffers replies are encoded into.
+var replyBuffers = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 1024)) }}
+
 // writeJSON answers v as JSON with status. It encodes v before writing
 // the header, so that an encoding failure can still be answered with a 500.
 func (s *server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
-	buf := bytes.NewBuffer(make([]byte, 0, 512))
+	buf := replyBuffers.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 { // a listing of many locks is not kept
+			replyBuffers.Put(buf)
+		}
+	}()
+	buf.Reset()
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false) // notes and names hold URLs; keep & and < readable
 	if err := enc.Encode(v); err != nil {

@@ -70,10 +70,18 @@ type fileStore struct {
 	path    string
 	fsys    atomicfile.FS
 	journal *journal.Journal
+
+	// buf and enc encode one change at a time: Append's callers hold the
+	// table's mutex.
+	buf bytes.Buffer
+	enc *json.Encoder
 }
 
 func newFileStore(path string, fsys atomicfile.FS) *fileStore {
-	return &fileStore{path: path, fsys: fsys}
+	s := &fileStore{path: path, fsys: fsys}
+	s.enc = json.NewEncoder(&s.buf)
+	s.enc.SetEscapeHTML(false) // names and notes hold URLs; keep & and < readable
+	return s
 }
 
 // journalPath is where the changes since the snapshot are kept.
@@ -168,13 +176,12 @@ func (s *fileStore) save(st Saved) (int64, error) {
 
 // Append queues c as one journal line.
 func (s *fileStore) Append(c Change) error {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // names and notes hold URLs; keep & and < readable
-	if err := enc.Encode(c); err != nil {
+	s.buf.Reset()
+	if err := s.enc.Encode(c); err != nil {
 		return fmt.Errorf("%w: encoding the change: %w", errSave, err)
 	}
-	err := s.journal.Append(c.Seq, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	// The journal copies the line; buf is free again when Append returns.
+	err := s.journal.Append(c.Seq, bytes.TrimSuffix(s.buf.Bytes(), []byte("\n")))
 	if errors.Is(err, journal.ErrClosed) {
 		return errShuttingDown
 	}
