@@ -63,29 +63,10 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 	if err != nil {
 		return "", req, err
 	}
-	var query url.Values
-	if r.URL.RawQuery != "" {
-		query = r.URL.Query()
+	query, err := decodeQuery(r, &req)
+	if err != nil {
+		return "", req, err
 	}
-	if p, ok := firstUnknown(query, queryParams[r.Method]); ok {
-		return "", req, fmt.Errorf("%w: unknown query parameter %q; %s /lock/<name> accepts %s", errBadRequest, p, r.Method, acceptedQuery(r.Method))
-	}
-	for _, p := range slices.Sorted(maps.Keys(query)) {
-		if len(query[p]) > 1 {
-			return "", req, fmt.Errorf("%w: query parameter %q is given %d times; give it once", errBadRequest, p, len(query[p]))
-		}
-	}
-	if v, ok := query["force"]; ok {
-		if req.Force, err = strconv.ParseBool(v[0]); err != nil {
-			return "", req, fmt.Errorf("%w: force must be true or false, e.g. DELETE /lock/<name>?force=true (got %q)", errBadRequest, v[0])
-		}
-	}
-	if v, ok := query["wait"]; ok {
-		if req.Wait, err = parseDuration("wait", v[0], true); err != nil {
-			return "", req, err
-		}
-	}
-
 	fields, err := decodeObject(w, r, req.Force)
 	if err != nil {
 		return "", req, err
@@ -94,50 +75,8 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 		return "", req, fmt.Errorf("%w: unknown field %q in the body; %s /lock/<name> accepts %s",
 			errBadRequest, f, r.Method, joinList(quoted(bodyFields[r.Method]), "and"))
 	}
-	if err := stringField(fields, "key", &req.Key); err != nil {
+	if err := decodeFields(fields, query, &req); err != nil {
 		return "", req, err
-	}
-	if req.Key == "" && !req.Force {
-		return "", req, fmt.Errorf("%w: the body needs a non-empty \"key\" string, e.g. %s", errBadRequest, bodyExample)
-	}
-	from := ""
-	for _, f := range requestorFields {
-		var v string
-		if err := stringField(fields, f, &v); err != nil {
-			return "", req, err
-		}
-		if v == "" {
-			continue // absent, null or empty: the original treated all three as "use the key"
-		}
-		if req.Requestor != "" && v != req.Requestor {
-			return "", req, fmt.Errorf("%w: %q is %q but %q is %q; they name the same thing, send one of them",
-				errBadRequest, from, req.Requestor, f, v)
-		}
-		req.Requestor, from = v, f
-	}
-	if req.Requestor == "" {
-		req.Requestor = req.Key
-	}
-	if raw, ok := fields["all"]; ok {
-		if err := json.Unmarshal(raw, &req.All); err != nil {
-			return "", req, fmt.Errorf("%w: \"all\" must be true or false, e.g. {\"key\": \"prod-cf\", \"all\": true}", errBadRequest)
-		}
-	}
-	if err := stringField(fields, "note", &req.Note); err != nil {
-		return "", req, err
-	}
-	if req.TTL, err = durationField(fields, "ttl", false); err != nil {
-		return "", req, err
-	}
-	if _, ok := fields["wait"]; ok {
-		wait, err := durationField(fields, "wait", true)
-		if err != nil {
-			return "", req, err
-		}
-		if _, inQuery := query["wait"]; inQuery && wait != req.Wait {
-			return "", req, fmt.Errorf("%w: wait is %v in the query but %v in the body; give it once", errBadRequest, req.Wait, wait)
-		}
-		req.Wait = wait
 	}
 	for _, f := range []struct{ name, value string }{{"key", req.Key}, {"lock_by", req.Requestor}, {"note", req.Note}} {
 		if len(f.value) > maxFieldBytes {
@@ -145,6 +84,96 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 		}
 	}
 	return name, req, nil
+}
+
+// decodeQuery checks r's query parameters and sets req.Force and req.Wait
+// from them.
+func decodeQuery(r *http.Request, req *lockRequest) (url.Values, error) {
+	var query url.Values
+	if r.URL.RawQuery != "" {
+		query = r.URL.Query()
+	}
+	if p, ok := firstUnknown(query, queryParams[r.Method]); ok {
+		return nil, fmt.Errorf("%w: unknown query parameter %q; %s /lock/<name> accepts %s", errBadRequest, p, r.Method, acceptedQuery(r.Method))
+	}
+	for _, p := range slices.Sorted(maps.Keys(query)) {
+		if len(query[p]) > 1 {
+			return nil, fmt.Errorf("%w: query parameter %q is given %d times; give it once", errBadRequest, p, len(query[p]))
+		}
+	}
+	var err error
+	if v, ok := query["force"]; ok {
+		if req.Force, err = strconv.ParseBool(v[0]); err != nil {
+			return nil, fmt.Errorf("%w: force must be true or false, e.g. DELETE /lock/<name>?force=true (got %q)", errBadRequest, v[0])
+		}
+	}
+	if v, ok := query["wait"]; ok {
+		if req.Wait, err = parseDuration("wait", v[0], true); err != nil {
+			return nil, err
+		}
+	}
+	return query, nil
+}
+
+// decodeFields sets req from the body's fields, which hold only known
+// names; query is the request's query, for a wait given in both.
+func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lockRequest) error {
+	if err := stringField(fields, "key", &req.Key); err != nil {
+		return err
+	}
+	if req.Key == "" && !req.Force {
+		return fmt.Errorf("%w: the body needs a non-empty \"key\" string, e.g. %s", errBadRequest, bodyExample)
+	}
+	if err := decodeRequestor(fields, req); err != nil {
+		return err
+	}
+	if raw, ok := fields["all"]; ok {
+		if err := json.Unmarshal(raw, &req.All); err != nil {
+			return fmt.Errorf("%w: \"all\" must be true or false, e.g. {\"key\": \"prod-cf\", \"all\": true}", errBadRequest)
+		}
+	}
+	if err := stringField(fields, "note", &req.Note); err != nil {
+		return err
+	}
+	var err error
+	if req.TTL, err = durationField(fields, "ttl", false); err != nil {
+		return err
+	}
+	if _, ok := fields["wait"]; ok {
+		wait, err := durationField(fields, "wait", true)
+		if err != nil {
+			return err
+		}
+		if _, inQuery := query["wait"]; inQuery && wait != req.Wait {
+			return fmt.Errorf("%w: wait is %v in the query but %v in the body; give it once", errBadRequest, req.Wait, wait)
+		}
+		req.Wait = wait
+	}
+	return nil
+}
+
+// decodeRequestor sets req.Requestor from whichever of requestorFields the
+// body has, or to the key when it has none.
+func decodeRequestor(fields map[string]json.RawMessage, req *lockRequest) error {
+	from := ""
+	for _, f := range requestorFields {
+		var v string
+		if err := stringField(fields, f, &v); err != nil {
+			return err
+		}
+		if v == "" {
+			continue // absent, null or empty: the original treated all three as "use the key"
+		}
+		if req.Requestor != "" && v != req.Requestor {
+			return fmt.Errorf("%w: %q is %q but %q is %q; they name the same thing, send one of them",
+				errBadRequest, from, req.Requestor, f, v)
+		}
+		req.Requestor, from = v, f
+	}
+	if req.Requestor == "" {
+		req.Requestor = req.Key
+	}
+	return nil
 }
 
 // firstUnknown returns the first of m's keys, in sorted order, that known
