@@ -64,7 +64,7 @@ func TestJournalReplaysChanges(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, nil, time.Now)
 	want := fill(t, tab)
-	// A crash: nothing folded, the journal holds every change.
+	// A crash: no checkpoint, the journal holds every change.
 	reloaded := loadTestTable(t, path, nil, time.Now)
 	if got := reloaded.list(); !reflect.DeepEqual(got, want) {
 		t.Errorf("after replay:\n%v\nwant\n%v", got, want)

@@ -5,9 +5,9 @@
 // A client takes a lock with PUT /lock/<name> and a key, and gives it back
 // with DELETE. Holders that send the same key share the lock; a different
 // key is refused with 423 Locked until they have all let go. Every change is
-// on disk before the client hears 200: appended to a journal beside the YAML
-// state file named by LOCKER_CONFIG, and folded into that file from time to
-// time and at shutdown. Run "locker -h" for the configuration.
+// on disk before the client hears 200: appended to a journal beside the
+// YAML state file named by LOCKER_CONFIG, and checkpointed into that file
+// from time to time and at shutdown. Run "locker -h" for the configuration.
 //
 // The pieces, top down: api.go and request.go answer HTTP; locks.go is the
 // lock table, running the rules of internal/lock (tx.go makes and undoes
