@@ -60,11 +60,14 @@ resource:
 	for cmd in check in out; do CGO_ENABLED=0 go build -trimpath -o bin/resource/$$cmd ./resource/cmd/$$cmd || exit 1; done
 
 # bench: measure the server on this machine (a few minutes); prints a table
-# and writes bench/results.json. BENCHFLAGS=-runs 5 for more runs.
+# and writes it to bin/bench-results.json. BENCHFLAGS=-runs 5 for more runs;
+# BENCHFLAGS="-json bench/results.json" to update the figures in the repository.
 bench: build
 	go build -o bin/locker-bench ./bench
 	bin/locker-bench -locker ./locker $(BENCHFLAGS)
 
-# clean: remove what build, run and resource made.
+# clean: remove what build, run, resource and bench made, and run's state
+# (state file, journal and lock file together, so that the next run starts
+# empty). The linters in bin/tools stay.
 clean:
-	rm -rf locker bin $(STATE)
+	rm -rf locker bin/resource bin/locker-bench bin/bench-results.json $(STATE) $(STATE).journal $(STATE).lock

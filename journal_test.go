@@ -114,6 +114,7 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	if err := os.WriteFile(path+".journal", []byte(damaged), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	_ = tab.store.(*fileStore).owner.Release() // as if its process had died
 	_, err := newFileStore(path, atomicfile.OS{}).Open(nil)
 	if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "damaged line") {
 		t.Errorf("opening a journal damaged in the middle = %v; want an error naming it", err)
@@ -203,8 +204,8 @@ func TestCloseLeavesTheStateFileAlone(t *testing.T) {
 	if err := tab.close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.DirEntries(t, dir); !slices.Equal(got, []string{"locks.yml"}) {
-		t.Errorf("directory after close = %v; want the state file alone", got)
+	if got := testutil.DirEntries(t, dir); !slices.Equal(got, []string{"locks.yml", "locks.yml.lock"}) {
+		t.Errorf("directory after close = %v; want the state file alone (and its lock file)", got)
 	}
 	if got := loadTestTable(t, path, nil, time.Now).list(); !reflect.DeepEqual(got, want) {
 		t.Errorf("after close:\n%v\nwant\n%v", got, want)

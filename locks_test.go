@@ -52,14 +52,24 @@ func newTestTable(tb testing.TB, d atomicfile.FS) (*table, string) {
 	return loadTestTable(tb, path, d, time.Now), path
 }
 
+// openStores is the file store last opened on each path by loadTestTable.
+var openStores sync.Map // path -> *fileStore
+
 // loadTestTable loads the table saved in path and its journal, as the
-// server does at start. The store is closed when the test ends.
+// server does at start. A table still open on path is left as a crashed
+// process leaves it: the kernel lock on its state is dropped, nothing is
+// written. The store is closed when the test ends.
 func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.Time) *table {
 	tb.Helper()
 	if d == nil {
 		d = atomicfile.OS{}
 	}
-	tab, err := openTable(newFileStore(path, d), now, discardLog)
+	if earlier, ok := openStores.Load(path); ok {
+		_ = earlier.(*fileStore).owner.Release()
+	}
+	store := newFileStore(path, d)
+	openStores.Store(path, store)
+	tab, err := openTable(store, now, discardLog)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -234,7 +235,8 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 		{"key without cert", map[string]string{"LOCKER_CONFIG": state, "SSL_KEY": "k.pem"}, "SSL_KEY is set but SSL_CERT is not"},
 		{"missing cert files", map[string]string{"LOCKER_CONFIG": state, "SSL_CERT": "/nonexistent/c.pem", "SSL_KEY": "/nonexistent/k.pem"}, "SSL_CERT/SSL_KEY"},
 		{"corrupt state file", map[string]string{"LOCKER_CONFIG": corrupt}, corrupt + `: lock "prod": holder "a" has a negative count`},
-		{"state file in a missing directory", map[string]string{"LOCKER_CONFIG": filepath.Join(dir, "nope", "locks.yml")}, "creating state file"},
+		{"state file in a missing directory", map[string]string{"LOCKER_CONFIG": filepath.Join(dir, "nope", "locks.yml")},
+			"LOCKER_CONFIG " + filepath.Join(dir, "nope", "locks.yml") + ": the directory " + filepath.Join(dir, "nope") + " does not exist"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -249,6 +251,26 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	}
 	if _, err := os.Stat(state); err == nil {
 		t.Errorf("a refused configuration created the state file")
+	}
+}
+
+// TestRunRefusesASecondServerOnTheSameStateFile starts a second server on
+// a state file that one already serves: it must refuse at once, naming the
+// file and the first one's process, and leave the first untouched.
+func TestRunRefusesASecondServerOnTheSameStateFile(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "locks.yml")
+	first := startRun(t, map[string]string{"LOCKER_CONFIG": state})
+	if status, body := first.call(t, "PUT", "/lock/prod", `{"key": "a"}`); status != http.StatusOK {
+		t.Fatalf("PUT = %d %s", status, body)
+	}
+	env := map[string]string{"LOCKER_CONFIG": state, "PORT": "0"}
+	err := run(context.Background(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	want := fmt.Sprintf("LOCKER_CONFIG %s is in use by another locker server, process %d", state, os.Getpid())
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("second run = %v; want an error containing %q", err, want)
+	}
+	if status, body := first.call(t, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
+		t.Errorf("PUT with another key on the first server = %d %s; want 423: it must still hold the lock", status, body)
 	}
 }
 

@@ -8,8 +8,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/filelock"
 	"github.com/locker-ci/locker/internal/journal"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/statefile"
@@ -70,6 +72,7 @@ type fileStore struct {
 	path    string
 	fsys    atomicfile.FS
 	journal *journal.Journal
+	owner   *filelock.Lock // held from Open to Close: one server per state file
 
 	// buf and enc encode one change at a time: Append's callers hold the
 	// table's mutex.
@@ -87,10 +90,21 @@ func newFileStore(path string, fsys atomicfile.FS) *fileStore {
 // journalPath is where the changes since the snapshot are kept.
 func (s *fileStore) journalPath() string { return s.path + ".journal" }
 
+// lockPath is the file whose kernel lock says which server owns the state.
+func (s *fileStore) lockPath() string { return s.path + ".lock" }
+
 // Open reads the state file, creating it empty if it is missing, and
 // replays the journal onto it. A file that cannot be read is an error and
 // is left as it is.
-func (s *fileStore) Open(undo func(from uint64, err error) uint64) (Saved, error) {
+func (s *fileStore) Open(undo func(from uint64, err error) uint64) (st Saved, err error) {
+	if err := s.lock(); err != nil {
+		return Saved{}, err
+	}
+	defer func() {
+		if err != nil {
+			_ = s.owner.Release()
+		}
+	}()
 	st, size, err := s.load()
 	if err != nil {
 		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
@@ -107,6 +121,25 @@ func (s *fileStore) Open(undo func(from uint64, err error) uint64) (Saved, error
 	j.CompactAt(max(minCheckpointBytes, 2*size))
 	s.journal = j
 	return st, nil
+}
+
+// lock takes the state file for this server alone, before anything is
+// read: a second server on the same file would grant the same locks.
+func (s *fileStore) lock() error {
+	owner, err := filelock.Acquire(s.lockPath())
+	var held *filelock.HeldError
+	switch {
+	case errors.As(err, &held) && held.PID > 0:
+		return fmt.Errorf("LOCKER_CONFIG %s is in use by another locker server, process %d (it holds %s): stop it first, or give this server its own LOCKER_CONFIG", s.path, held.PID, held.Path)
+	case errors.As(err, &held):
+		return fmt.Errorf("LOCKER_CONFIG %s is in use by another locker server (it holds %s): stop it first, or give this server its own LOCKER_CONFIG", s.path, held.Path)
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("LOCKER_CONFIG %s: the directory %s does not exist: create it, or point LOCKER_CONFIG at a file in a directory that does", s.path, filepath.Dir(s.path))
+	case err != nil:
+		return fmt.Errorf("LOCKER_CONFIG %s: taking it for this server: %w", s.path, err)
+	}
+	s.owner = owner
+	return nil
 }
 
 // load reads the state file and returns it and its size. Leftover
@@ -215,5 +248,5 @@ func (s *fileStore) Checkpoint(st Saved) error {
 // Close stops the journal; after a checkpoint the state file holds it all,
 // and the journal file is removed.
 func (s *fileStore) Close(checkpointed bool) error {
-	return s.journal.Close(checkpointed)
+	return errors.Join(s.journal.Close(checkpointed), s.owner.Release())
 }

@@ -5,7 +5,7 @@
 // Every figure is the median of several runs, with the min-max beside it so
 // that noise is visible. It asserts nothing: it measures.
 //
-//	go run ./bench -locker ./locker [-runs 3] [-duration 3s] [-json bench/results.json]
+//	go run ./bench -locker ./locker [-runs 3] [-duration 3s] [-json bin/bench-results.json]
 //	    [-only parallel,handoff] [-server-env "GOMAXPROCS=1"]
 //
 // Two reference servers run from this same binary (-noop): a do-nothing
@@ -21,10 +21,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -55,7 +57,7 @@ func run() error {
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
 	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "length of one throughput run")
 	flag.IntVar(&cfg.clients, "clients", 16, "clients in the parallel, contended and large runs")
-	flag.StringVar(&cfg.jsonOut, "json", "bench/results.json", "write the figures here as JSON")
+	flag.StringVar(&cfg.jsonOut, "json", "bin/bench-results.json", "write the figures here as JSON")
 	largeFlag := flag.String("large", "10000,100000", "numbers of other locks held in the large runs")
 	serverEnv := flag.String("server-env", "", "extra environment for the locker server, space-separated, e.g. \"GOMAXPROCS=1 GOGC=400\"")
 	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, large); targets whose figures were not measured are not checked")
@@ -81,6 +83,15 @@ func run() error {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
+	// Ctrl-C must not leave tens of megabytes of state files behind.
+	interrupted := make(chan os.Signal, 1)
+	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-interrupted
+		fmt.Fprintf(os.Stderr, "bench: interrupted; removing %s\n", dir)
+		_ = os.RemoveAll(dir)
+		os.Exit(130)
+	}()
 
 	r := &report{Machine: machine(), Runs: cfg.runs, Duration: cfg.duration.String(), Clients: cfg.clients}
 	steps := []struct {
@@ -119,6 +130,9 @@ func run() error {
 	r.print(os.Stdout)
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.jsonOut), 0o750); err != nil {
 		return err
 	}
 	return os.WriteFile(cfg.jsonOut, append(data, '\n'), 0o600)

@@ -2,9 +2,11 @@ package blackbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -132,5 +134,37 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 	if len(acked) == 0 {
 		t.Error("no change was acknowledged: the test did not load the server")
+	}
+}
+
+// TestSecondServerOnOneStateFile starts a second server on the state file
+// of a running one: it exits 1 at once, naming the file and the first
+// one's pid, and the first goes on. Once the first is killed with SIGKILL
+// (no clean-up), a new server starts on the file and has its locks.
+func TestSecondServerOnOneStateFile(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "locks.yml")
+	first := startProc(t, state)
+	if status := testutil.HTTPDo(t, first.url, "PUT", "/lock/prod", `{"key": "a"}`); status != http.StatusOK {
+		t.Fatalf("PUT = %d", status)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	second := exec.CommandContext(ctx, buildLocker(t))
+	second.Env = []string{"PORT=0", "LOCKER_CONFIG=" + state}
+	out, err := second.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("second server = %v; want exit code 1\n%s", err, out)
+	}
+	if want := fmt.Sprintf("LOCKER_CONFIG %s is in use by another locker server, process %d", state, first.cmd.Process.Pid); !strings.Contains(string(out), want) {
+		t.Errorf("second server said:\n%s\nwant it to contain %q", out, want)
+	}
+	if status := testutil.HTTPDo(t, first.url, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
+		t.Errorf("PUT with another key on the first server = %d; want 423", status)
+	}
+	first.kill() // SIGKILL: the kernel drops its lock
+	third := startProc(t, state)
+	if status := testutil.HTTPDo(t, third.url, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
+		t.Errorf("PUT with another key after the restart = %d; want 423: the lock taken before the kill is held", status)
 	}
 }
