@@ -75,11 +75,12 @@ func (t *table) nextExpiry() (time.Time, bool) {
 	return t.leases[0].at, true
 }
 
-// expire releases every count of each holder whose lease ran out by now,
-// as lock.Expire rules, and grants the waiters that this lets in.
-func (t *table) expire(now time.Time) error {
-	t.mu.Lock()
-	x := t.begin()
+// expireDue releases, in x, every count of each holder whose lease ran out
+// by now, as lock.Expire rules, and grants the waiters that this lets in.
+// It returns the leases it ended, to log once x is committed. Callers hold
+// t.mu. Every operation calls it first, so that a lease is judged when a
+// request comes, not when the expiry loop next wakes.
+func (t *table) expireDue(x *tx, now time.Time) []lease {
 	var due []lease
 	for {
 		e, ok := t.leases.popDue(now)
@@ -96,20 +97,28 @@ func (t *table) expire(now time.Time) error {
 	for _, e := range due {
 		x.giveQueue(e.name)
 	}
+	return due
+}
+
+// logExpired logs the leases a committed change ended.
+func (t *table) logExpired(due []lease) {
+	for _, e := range due {
+		t.log.Info("lease expired; hold released", "lock", e.name, "requestor", e.requestor, "expired_at", e.at)
+	}
+}
+
+// expire releases every hold whose lease ran out by now.
+func (t *table) expire(now time.Time) error {
+	t.mu.Lock()
+	x := t.begin()
+	due := t.expireDue(x, now)
 	err := x.commit()
 	seq := t.seq
 	t.mu.Unlock()
 	if err := cmp.Or(err, t.durable(seq)); err != nil {
-		t.mu.Lock()
-		for _, e := range due {
-			t.leases.push(e) // the change was undone: try again later
-		}
-		t.mu.Unlock()
-		return err
+		return err // the change was undone, and its leases are back in the heap
 	}
-	for _, e := range due {
-		t.log.Info("lease expired; hold released", "lock", e.name, "requestor", e.requestor, "expired_at", e.at)
-	}
+	t.logExpired(due)
 	return nil
 }
 

@@ -133,14 +133,35 @@ func (t *table) durable(seq uint64) error {
 // Get returns the lock called name and its queue; a lock no one holds is free.
 func (t *table) Get(name string) (Snapshot, error) {
 	t.mu.Lock()
+	due, err := t.settle()
 	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
-	return s, t.durable(seq)
+	return s, t.done(due, err, seq)
+}
+
+// settle ends the leases that ran out by now, so that what a request sees
+// or changes is the lock as it is now. Callers hold t.mu.
+func (t *table) settle() ([]lease, error) {
+	x := t.begin()
+	due := t.expireDue(x, t.now())
+	return due, x.commit()
+}
+
+// done waits for change seq, which a request's answer depends on, and
+// logs the leases it ended. It returns the first of err and the wait's
+// error.
+func (t *table) done(due []lease, err error, seq uint64) error {
+	if err := cmp.Or(err, t.durable(seq)); err != nil {
+		return err
+	}
+	t.logExpired(due)
+	return nil
 }
 
 // List returns every lock that is held or waited for.
 func (t *table) List() (map[string]Snapshot, error) {
 	t.mu.Lock()
+	due, err := t.settle()
 	out := make(map[string]Snapshot, len(t.locks))
 	for name := range t.locks {
 		out[name] = t.snapshot(name)
@@ -150,7 +171,7 @@ func (t *table) List() (map[string]Snapshot, error) {
 	}
 	seq := t.seq
 	t.mu.Unlock()
-	return out, t.durable(seq)
+	return out, t.done(due, err, seq)
 }
 
 // Len returns the number of held locks.
@@ -192,7 +213,15 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 		if w.err != nil {
 			return Snapshot{}, w.err
 		}
-		return w.snap, t.durable(w.seq)
+		// The client may have hung up just as the lock came its way: check
+		// at the grant and again once the grant is on disk, or a client
+		// no one can answer holds the lock for good. (A reply can still
+		// be lost on the wire after this; leases cover that.)
+		err := t.durable(w.seq)
+		if clientGone(ctx) {
+			return t.giveBack(w)
+		}
+		return w.snap, err
 	case <-timer.C:
 		if s, seq, granted := t.leave(w); granted {
 			return s, t.durable(seq) // granted just as time ran out
@@ -212,16 +241,30 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 // to hear of it (the server is shutting down); otherwise it gives it back.
 func (t *table) abandon(ctx context.Context, w *waiter) (Snapshot, error) {
 	s, seq, granted := t.leave(w)
-	if errors.Is(context.Cause(ctx), errShuttingDown) {
-		if granted {
-			return s, t.durable(seq)
-		}
+	switch {
+	case !clientGone(ctx) && granted:
+		return s, t.durable(seq)
+	case !clientGone(ctx):
 		return Snapshot{}, errShuttingDown
+	case granted:
+		return t.giveBack(w)
 	}
-	if granted {
-		if _, _, err := t.Release(w.name, w.req.Key, w.req.Requestor, false); err != nil {
-			t.log.Error("giving back a lock granted to a client that went away", "lock", w.name, "requestor", w.req.Requestor, "err", err)
-		}
+	return Snapshot{}, errClientGone
+}
+
+// clientGone reports whether the request behind ctx has no client left to
+// answer: its context is done, and not because the server is shutting down
+// (then the client still hears a 503, or its grant).
+func clientGone(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), errShuttingDown)
+}
+
+// giveBack releases the count granted to w, whose client went away.
+func (t *table) giveBack(w *waiter) (Snapshot, error) {
+	if _, _, err := t.Release(w.name, w.req.Key, w.req.Requestor, false); err != nil {
+		t.log.Error("giving back a lock granted to a client that went away", "lock", w.name, "requestor", w.req.Requestor, "err", err)
+	} else {
+		t.log.Info("lock given back: its waiter went away as it was granted", "lock", w.name, "requestor", w.req.Requestor)
 	}
 	return Snapshot{}, errClientGone
 }
@@ -230,33 +273,32 @@ func (t *table) abandon(ctx context.Context, w *waiter) (Snapshot, error) {
 // its waiter.
 func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapshot, error) {
 	t.mu.Lock()
+	x := t.begin()
+	due := t.expireDue(x, t.now())
 	l, queue := t.locks[name], t.queues[name]
 	if faults.Planted == faults.TOCTOU {
 		t.mu.Unlock()
 		time.Sleep(time.Millisecond)
 		t.mu.Lock()
 	}
-	switch lock.Decide(l, len(queue), req.Request, req.Wait > 0) {
-	case lock.Grant:
-		x := t.begin()
+	verdict := lock.Decide(l, len(queue), req.Request, req.Wait > 0)
+	if verdict == lock.Grant {
 		x.set(name, lock.Give(l, req.Request, t.now(), x.nextToken))
-		err := x.commit()
-		s, seq := t.snapshot(name), t.seq
-		t.mu.Unlock()
-		return nil, s, cmp.Or(err, t.durable(seq))
-	case lock.Refuse:
-		err := fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, t.snapshot(name), req.Key))
-		seq := t.seq
-		t.mu.Unlock()
-		if derr := t.durable(seq); derr != nil {
-			return nil, Snapshot{}, derr
-		}
-		return nil, Snapshot{}, err
 	}
-	w := &waiter{name: name, req: req, since: t.now(), done: make(chan struct{})}
-	t.queues[name] = append(queue, w)
+	err := x.commit()
+	s, seq := t.snapshot(name), t.seq
+	if verdict == lock.Queue && err == nil {
+		w := &waiter{name: name, req: req, since: t.now(), done: make(chan struct{})}
+		t.queues[name] = append(t.queues[name], w)
+		t.mu.Unlock()
+		t.logExpired(due) // the waiter's own answer waits for the change
+		return w, Snapshot{}, nil
+	}
 	t.mu.Unlock()
-	return w, Snapshot{}, nil
+	if err := t.done(due, err, seq); err != nil || verdict == lock.Grant {
+		return nil, s, err
+	}
+	return nil, Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
 }
 
 // refusal says why a request with key cannot have the lock called name,
@@ -269,8 +311,18 @@ func refusal(name string, s Snapshot, key string) string {
 		}
 		return msg
 	}
-	return fmt.Sprintf("%q has %s with another key waiting first, and a new request does not jump the queue",
-		name, plural(len(s.Waiting), "request", "requests"))
+	other := 0
+	for _, w := range s.Waiting {
+		if w.Key != key {
+			other++
+		}
+	}
+	if other == len(s.Waiting) {
+		return fmt.Sprintf("%q has %s with another key waiting first, and a new request does not jump the queue",
+			name, plural(other, "request", "requests"))
+	}
+	return fmt.Sprintf("%q has %s waiting first (%d with another key), and a new request does not jump the queue",
+		name, plural(len(s.Waiting), "request", "requests"), other)
 }
 
 // plural returns "1 request", "2 requests" and so on.
@@ -309,6 +361,8 @@ func (t *table) leave(w *waiter) (Snapshot, uint64, bool) {
 // changes nothing; a lock held with another key is refused with errLockHeld.
 func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, error) {
 	t.mu.Lock()
+	x := t.begin()
+	due := t.expireDue(x, t.now())
 	l := t.locks[name]
 	if faults.Planted == faults.ReleaseAnyKey {
 		key = l.Key
@@ -319,14 +373,13 @@ func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, e
 		err = fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
 			errLockHeld, name, l.Key, l.HoldersString())
 	} else if released > 0 {
-		x := t.begin()
 		x.set(name, next)
 		x.giveQueue(name)
-		err = x.commit()
 	}
+	cerr := x.commit()
 	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
-	if err := cmp.Or(t.durable(seq), err); err != nil {
+	if err := cmp.Or(t.done(due, cerr, seq), err); err != nil {
 		return Snapshot{}, 0, err
 	}
 	return s, released, nil
@@ -336,14 +389,15 @@ func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, e
 // what it was.
 func (t *table) ForceRelease(name string) (Lock, error) {
 	t.mu.Lock()
-	old := t.locks[name].Clone()
 	x := t.begin()
+	due := t.expireDue(x, t.now())
+	old := t.locks[name].Clone()
 	x.set(name, Lock{})
 	x.giveQueue(name)
 	err := x.commit()
 	seq := t.seq
 	t.mu.Unlock()
-	if err := cmp.Or(err, t.durable(seq)); err != nil {
+	if err := t.done(due, err, seq); err != nil {
 		return Lock{}, err
 	}
 	return old, nil
@@ -354,19 +408,20 @@ func (t *table) ForceRelease(name string) (Lock, error) {
 // holds nothing under key.
 func (t *table) Renew(name, key, requestor string, ttl time.Duration) (Snapshot, error) {
 	t.mu.Lock()
+	x := t.begin()
+	due := t.expireDue(x, t.now())
 	next, ok := lock.Renew(t.locks[name], key, requestor, t.now().Add(ttl))
 	var err error
 	if !ok {
 		err = fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
 			errLockHeld, requestor, name, key)
 	} else {
-		x := t.begin()
 		x.set(name, next)
-		err = x.commit()
 	}
+	cerr := x.commit()
 	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
-	if err := cmp.Or(t.durable(seq), err); err != nil {
+	if err := cmp.Or(t.done(due, cerr, seq), err); err != nil {
 		return Snapshot{}, err
 	}
 	return s, nil

@@ -125,7 +125,7 @@ func briefOf(l Lock) brief {
 
 // acquire takes a lock without waiting.
 func acquire(t *table, name, key, requestor string) (Snapshot, error) {
-	return t.Acquire(context.Background(), name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor}})
+	return t.Acquire(context.Background(), name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor, Named: true}})
 }
 
 // step is one call on the table and what it must return.
@@ -350,7 +350,7 @@ func queued(tb testing.TB, ctx context.Context, tab *table, name, key, requestor
 	before := len(tab.get(name).Waiting)
 	done := make(chan error, 1)
 	go func() {
-		_, err := tab.Acquire(ctx, name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor}, Wait: time.Hour})
+		_, err := tab.Acquire(ctx, name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor, Named: true}, Wait: time.Hour})
 		done <- err
 	}()
 	testutil.WaitFor(tb, "request to join the queue", func() bool { return len(tab.get(name).Waiting) > before })
@@ -718,5 +718,73 @@ func TestForceRelease(t *testing.T) {
 	mustGrant(t, c, "c")
 	if got, want := briefOf(tab.get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
 		t.Errorf("lock after force release = %v; want the waiter's, %v", got, want)
+	}
+}
+
+// TestLeaseIsJudgedAtTheRequest lets a lease run out with no expiry loop
+// running: every request must see it ended, not only the loop. A renewal
+// is refused and another key is granted at once.
+func TestLeaseIsJudgedAtTheRequest(t *testing.T) {
+	clock := newFakeClock()
+	tab := loadTestTable(t, filepath.Join(t.TempDir(), "locks.yml"), nil, clock.Now)
+	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Minute, Named: true}}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute + time.Millisecond)
+	if _, err := tab.Renew("l", "k", "a", time.Minute); !errors.Is(err, errLockHeld) {
+		t.Errorf("renewing a lease 1 ms after it ran out = %v; want errLockHeld", err)
+	}
+	if _, err := acquire(tab, "l", "other", "b"); err != nil {
+		t.Errorf("another key 1 ms after the only lease ran out = %v; want it granted", err)
+	}
+}
+
+// TestRollbackRestoresLeases makes a renewal fail to be written after the
+// lease's first expiry time has passed (and the expiry loop has dropped
+// that time as renewed): the renewal is undone, and the lease must still
+// end at its first time.
+func TestRollbackRestoresLeases(t *testing.T) {
+	clock := newFakeClock()
+	d := &atomicfile.Faulty{}
+	tab := loadTestTable(t, filepath.Join(t.TempDir(), "locks.yml"), d, clock.Now)
+	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Minute, Named: true}}); err != nil {
+		t.Fatal(err)
+	}
+	held, release := d.Hold("jwrite")
+	d.Fail("jwrite")
+	renewed := make(chan error, 1)
+	go func() { _, err := tab.Renew("l", "k", "a", time.Hour); renewed <- err }()
+	<-held // the renewal is in memory; its write is stuck
+	expired := make(chan error, 1)
+	go func() { expired <- tab.expire(clock.Advance(2 * time.Minute)) }()
+	testutil.WaitFor(t, "the expiry loop to wait for the stuck write", func() bool { return journalOf(tab).Blocked() >= 2 })
+	release()
+	if err := <-renewed; !errors.Is(err, errSave) {
+		t.Fatalf("renewal whose write failed = %v; want errSave", err)
+	}
+	<-expired
+	d.Fail("")
+	if err := tab.expire(clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if s := tab.get("l"); !s.Free() {
+		t.Errorf("after the renewal was undone and its first lease ran out, the lock is %+v; want it free", s.Lock)
+	}
+}
+
+// TestRefusalCountsWaitersByKey checks what a 423 says of the queue: how
+// many wait first, and how many of them with another key.
+func TestRefusalCountsWaitersByKey(t *testing.T) {
+	tab, _ := newTestTable(t, nil)
+	if _, err := acquire(tab, "l", "k", "a"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	queued(t, ctx, tab, "l", "x", "b")
+	queued(t, ctx, tab, "l", "k", "c")
+	_, err := acquire(tab, "l", "k", "d")
+	if want := `"l" has 2 requests waiting first (1 with another key)`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("refusal = %v; want it to say %s", err, want)
 	}
 }

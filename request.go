@@ -170,7 +170,8 @@ func decodeRequestor(fields map[string]json.RawMessage, req *lockRequest) error 
 		}
 		req.Requestor, from = v, f
 	}
-	if req.Requestor == "" {
+	req.Named = req.Requestor != ""
+	if !req.Named {
 		req.Requestor = req.Key
 	}
 	return nil

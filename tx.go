@@ -136,9 +136,17 @@ func (x *tx) commit() error {
 // undo puts back what x replaced.
 func (x *tx) undo() {
 	for name, l := range x.oldLocks {
-		x.t.put(name, l)
+		x.t.restore(name, l)
 	}
 	x.t.lastToken = x.lastToken
+}
+
+// restore puts back l, which a change replaced, with its leases: the
+// expiry loop may have dropped them from the heap in that change. Callers
+// hold t.mu.
+func (t *table) restore(name string, l Lock) {
+	t.put(name, l)
+	t.scheduleLeases(name, Lock{}, l)
 }
 
 // rollback undoes every change from seq from on: the store could not save
@@ -150,7 +158,7 @@ func (t *table) rollback(from uint64, err error) uint64 {
 	for len(t.undo) > 0 && t.undo[len(t.undo)-1].seq >= from {
 		u := t.undo[len(t.undo)-1]
 		for name, l := range u.oldLocks {
-			t.put(name, l)
+			t.restore(name, l)
 		}
 		t.lastToken = u.lastToken
 		t.undo = t.undo[:len(t.undo)-1]

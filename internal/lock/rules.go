@@ -6,6 +6,10 @@ import "time"
 type Request struct {
 	Key, Requestor, Note string
 	TTL                  time.Duration // lease from now; 0 leaves the holder's lease as it is
+	// Named says the client gave its requestor's name. A request that did
+	// not is one more anonymous job with the key as its name, not the
+	// holder coming back: it must not bypass the queue.
+	Named bool
 }
 
 // Verdict is what becomes of a request for a lock.
@@ -18,13 +22,13 @@ const (
 )
 
 // Decide says what becomes of req for l, which has queued requests
-// waiting, when the client may wait (or not). A requestor that already
-// holds l with req's key is granted again (re-entrant); a request
-// compatible with the holders is granted only when no one queues before
-// it: no barging.
+// waiting, when the client may wait (or not). A requestor that named
+// itself and already holds l with req's key is granted again
+// (re-entrant); a request compatible with the holders is granted only when
+// no one queues before it: no barging.
 func Decide(l Lock, queued int, req Request, mayWait bool) Verdict {
 	_, holds := l.Holder(req.Requestor)
-	reentrant := holds && l.Key == req.Key
+	reentrant := holds && req.Named && l.Key == req.Key
 	compatible := l.Free() || l.Key == req.Key
 	switch {
 	case reentrant || (compatible && queued == 0):
