@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"runtime"
@@ -258,5 +259,84 @@ func TestManyWaiters(t *testing.T) {
 	_, body := ls.call(t, "GET", "/lock/busy", "")
 	if err := json.Unmarshal(body, &v); err != nil || len(v.Holders) != n || len(v.Waiting) != 0 {
 		t.Errorf("after the release: %d holders, %d waiting; want %d, 0", len(v.Holders), len(v.Waiting), n)
+	}
+}
+
+// TestWaiterThatHangsUpIsNotLeftHolding queues a waiter, closes its
+// connection, and releases the lock 0 to 1.5 ms later, over and over: the
+// release can grant the departed waiter, which must then give the lock
+// back rather than hold it for good.
+func TestWaiterThatHangsUpIsNotLeftHolding(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	addr := strings.TrimPrefix(ls.url, "http://")
+	const tries = 200
+	leaked := 0
+	for i := range tries {
+		if status, body := ls.call(t, "PUT", "/lock/L", `{"key": "A"}`); status != http.StatusOK {
+			t.Fatalf("PUT A = %d %s", status, body)
+		}
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := `{"key": "B", "lock_by": "b"}`
+		fmt.Fprintf(conn, "PUT /lock/L?wait=5s HTTP/1.1\r\nHost: locker\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		testutil.WaitFor(t, "the waiter to queue", func() bool { return ls.waiting(t, "L") == 1 })
+		conn.Close()
+		time.Sleep(time.Duration(i%16) * 100 * time.Microsecond) // the race: 0 to 1.5 ms
+		if status, body := ls.call(t, "DELETE", "/lock/L", `{"key": "A"}`); status != http.StatusOK {
+			t.Fatalf("DELETE A = %d %s", status, body)
+		}
+		// A grant to the departed waiter is given back within moments.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			_, body := ls.call(t, "GET", "/lock/L", "")
+			var v lock.View
+			if err := json.Unmarshal(body, &v); err != nil {
+				t.Fatal(err)
+			}
+			if len(v.Holders) == 0 && len(v.Waiting) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				leaked++
+				ls.call(t, "DELETE", "/lock/L?force=true", "")
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if leaked > 0 {
+		t.Errorf("in %d of %d tries a waiter that had hung up was left holding the lock", leaked, tries)
+	}
+}
+
+// TestAnonymousSameKeyJobsDoNotStarveAnotherKey sends jobs that give only
+// a key, as the README's first example does, while a job with another key
+// waits: they all default to the same requestor name, yet none of them is
+// the holder coming back, so none may jump the queue.
+func TestAnonymousSameKeyJobsDoNotStarveAnotherKey(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	if status, body := ls.call(t, "PUT", "/lock/staging", `{"key": "tests"}`); status != http.StatusOK {
+		t.Fatalf("PUT = %d %s", status, body)
+	}
+	upgrade := putAsync(t.Context(), ls.url, "/lock/staging?wait=10s", `{"key": "upgrade"}`)
+	testutil.WaitFor(t, "the upgrade to queue", func() bool { return ls.waiting(t, "staging") == 1 })
+	for _, body := range []string{`{"key": "tests"}`, `{"key": "tests", "lock_by": "other-tests"}`} {
+		if status, reply := ls.call(t, "PUT", "/lock/staging", body); status != http.StatusLocked {
+			t.Errorf("PUT %s while another key waits = %d %s; want 423: it must not jump the queue", body, status, reply)
+		}
+	}
+	// A holder that names itself is the same job coming back: granted.
+	if status, reply := ls.call(t, "PUT", "/lock/staging", `{"key": "tests", "lock_by": "tests"}`); status != http.StatusOK {
+		t.Errorf("PUT by the named holder = %d %s; want 200", status, reply)
+	}
+	for range 2 {
+		if status, reply := ls.call(t, "DELETE", "/lock/staging", `{"key": "tests"}`); status != http.StatusOK {
+			t.Fatalf("DELETE = %d %s", status, reply)
+		}
+	}
+	if r := result(t, upgrade); r.status != http.StatusOK {
+		t.Errorf("the upgrade = %d %s; want it granted once the tests let go", r.status, r.body)
 	}
 }
