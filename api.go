@@ -58,6 +58,7 @@ type server struct {
 	auth         *credentials  // nil when the API is open
 	maxWait      time.Duration // longer waits are cut to this
 	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
+	maxTTL       time.Duration // the longest lease a request may ask for
 	writeTimeout time.Duration // how long writing a reply may take, after any wait
 }
 
@@ -69,8 +70,9 @@ func (s *server) routes() http.Handler {
 	r.UseEncodedPath()
 	r.SkipClean(true)
 
-	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet)
-	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet)
+	// HEAD answers as GET without the body (net/http drops it).
+	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleLock).Methods(http.MethodPut)
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
 	r.HandleFunc("/lock/{name:.+}", s.handleUnlock).Methods(http.MethodDelete)
@@ -90,7 +92,7 @@ func (s *server) routes() http.Handler {
 // allowedMethods lists the methods that router serves for req's path.
 func allowedMethods(router *mux.Router, req *http.Request) []string {
 	var allowed []string
-	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		probe := req.Clone(req.Context())
 		probe.Method = m
 		var match mux.RouteMatch
@@ -104,6 +106,10 @@ func allowedMethods(router *mux.Router, req *http.Request) []string {
 // handleList handles GET /locks: every lock that is held or waited for,
 // by name.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
+	if _, err := checkQuery(r, "/locks"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	locks, err := s.locks.List()
 	if err != nil {
 		s.writeError(w, r, err)
@@ -119,6 +125,9 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
 // handleGet handles GET /lock/{name}.
 func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 	name, err := lockName(r)
+	if err == nil {
+		_, err = checkQuery(r, "/lock/<name>")
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -141,6 +150,11 @@ func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 	if req.TTL == 0 {
 		req.TTL = s.defaultTTL
 	}
+	if err := s.checkTTL(req.TTL); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	asked := req.Wait
 	req.Wait = min(req.Wait, s.maxWait)
 	if req.Wait > 0 {
 		// The wait must not be cut by the server's timeouts. A read deadline
@@ -151,11 +165,22 @@ func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 		_ = rc.SetReadDeadline(deadline)
 	}
 	l, err := s.locks.Acquire(r.Context(), name, req.acquireRequest)
+	if errors.Is(err, errLockHeld) && asked > req.Wait {
+		err = fmt.Errorf("%w (the wait asked for, %v, was cut to LOCKER_MAX_WAIT, %v: ask again)", err, asked, s.maxWait)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	s.writeLock(w, r, name, l, "lock for "+name+" acquired by "+req.Requestor)
+}
+
+// checkTTL refuses a lease longer than the server allows.
+func (s *server) checkTTL(ttl time.Duration) error {
+	if s.maxTTL > 0 && ttl > s.maxTTL {
+		return fmt.Errorf("%w: ttl is %v, over LOCKER_MAX_TTL (%v); ask for a shorter lease and renew it with PATCH", errBadRequest, ttl, s.maxTTL)
+	}
+	return nil
 }
 
 // handleRenew handles PATCH /lock/{name}: a lease heartbeat.
@@ -168,6 +193,10 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 	ttl := cmp.Or(req.TTL, s.defaultTTL)
 	if ttl == 0 {
 		s.writeError(w, r, fmt.Errorf("%w: PATCH renews a lease and needs its length, e.g. {\"key\": \"prod-cf\", \"lock_by\": \"my-job\", \"ttl\": \"10m\"}", errBadRequest))
+		return
+	}
+	if err := s.checkTTL(ttl); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	l, err := s.locks.Renew(name, req.Key, req.Requestor, ttl)

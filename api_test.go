@@ -28,7 +28,7 @@ type testServer struct {
 func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServer {
 	tb.Helper()
 	tab, path := newTestTable(tb, d)
-	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, writeTimeout: defaultTimeouts.write}
+	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write}
 	if user != "" {
 		s.auth = newCredentials(user, pass)
 	}
@@ -321,7 +321,36 @@ func TestAPI(t *testing.T) {
 		{name: "PATCH takes no note", req: request{"PATCH", "/lock/l", `{"key": "k", "ttl": "1m", "note": "x"}`}, wantStatus: 400, wantError: `unknown field "note"`, wantLocks: map[string]shown{}},
 		{name: "unknown route", req: request{"GET", "/lockz", ""}, wantStatus: 404, wantError: "GET /locks", wantLocks: map[string]shown{}},
 		{name: "lock without a name", req: request{"PUT", "/lock/", `{"key": "k"}`}, wantStatus: 404, wantError: "no such endpoint", wantLocks: map[string]shown{}},
-		{name: "POST on a lock", req: request{"POST", "/lock/l", `{"key": "k"}`}, wantStatus: 405, wantError: "GET, PUT, PATCH or DELETE", wantLocks: map[string]shown{}},
+		{name: "POST on a lock", req: request{"POST", "/lock/l", `{"key": "k"}`}, wantStatus: 405, wantError: "GET, HEAD, PUT, PATCH or DELETE", wantLocks: map[string]shown{}},
+		// Inputs that encoding/json or net/http would take quietly.
+		{name: "a field given twice", req: request{"PUT", "/lock/l", `{"key": "a", "key": "b"}`}, wantStatus: 400,
+			wantError: `the field "key" is given twice`, wantLocks: map[string]shown{}},
+		{name: "a requestor given twice", req: request{"PUT", "/lock/l", `{"key": "a", "lock_by": "x", "lock_by": "y"}`}, wantStatus: 400,
+			wantError: `the field "lock_by" is given twice`, wantLocks: map[string]shown{}},
+		{name: "invalid UTF-8 in a key", req: request{"PUT", "/lock/l", "{\"key\": \"a\xffb\"}"}, wantStatus: 400,
+			wantError: `"key" is not valid UTF-8`, wantLocks: map[string]shown{}},
+		{name: "half a surrogate pair in a note", req: request{"PUT", "/lock/l", `{"key": "k", "note": "x\ud800y"}`}, wantStatus: 400,
+			wantError: `"note" is not valid UTF-8`, wantLocks: map[string]shown{}},
+		{name: "an escaped U+FFFD is text", req: request{"PUT", "/lock/l", `{"key": "k\ufffd", "lock_by": "a"}`}, wantStatus: 200,
+			wantLocks: map[string]shown{"l": held("k\ufffd", map[string]int{"a": 1})}},
+		{name: "a tab in a key", req: request{"PUT", "/lock/l", `{"key": "a\tb"}`}, wantStatus: 400,
+			wantError: `"key" holds the control character U+0009`, wantLocks: map[string]shown{}},
+		{name: "a NUL in a requestor", req: request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a\u0000"}`}, wantStatus: 400,
+			wantError: `"lock_by" holds the control character U+0000`, wantLocks: map[string]shown{}},
+		{name: "a newline in a lock name", req: request{"PUT", "/lock/a%0Ab", `{"key": "k"}`}, wantStatus: 400,
+			wantError: "the lock name holds the control character U+000A", wantLocks: map[string]shown{}},
+		{name: "a lease under a second", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "500ms"}`}, wantStatus: 400,
+			wantError: "a lease must be at least 1s", wantLocks: map[string]shown{}},
+		{name: "a lease over LOCKER_MAX_TTL", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "1000000h"}`}, wantStatus: 400,
+			wantError: "over LOCKER_MAX_TTL (168h0m0s)", wantLocks: map[string]shown{}},
+		{name: "a renewal over LOCKER_MAX_TTL", setup: []request{putA}, req: request{"PATCH", "/lock/l", `{"key": "k", "lock_by": "a", "ttl": "200h"}`}, wantStatus: 400,
+			wantError: "over LOCKER_MAX_TTL", wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
+		{name: "GET with a query parameter it does not take", setup: []request{putA}, req: request{"GET", "/lock/l?force=true", ""}, wantStatus: 400,
+			wantError: `unknown query parameter "force"; GET /lock/<name> accepts no query parameters`, wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
+		{name: "GET /locks with a query parameter", req: request{"GET", "/locks?all=1", ""}, wantStatus: 400,
+			wantError: `unknown query parameter "all"; GET /locks accepts no query parameters`, wantLocks: map[string]shown{}},
+		{name: "HEAD answers as GET", setup: []request{putA}, req: request{"HEAD", "/lock/l", ""}, wantStatus: 200,
+			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
 		{name: "PUT on the list", req: request{"PUT", "/locks", `{"key": "k"}`}, wantStatus: 405, wantError: "this path takes GET", wantLocks: map[string]shown{}},
 	}
 	for _, tt := range tests {
@@ -347,7 +376,7 @@ func TestAPI(t *testing.T) {
 				if tt.wantLock != nil && !reflect.DeepEqual(got.shown, *tt.wantLock) {
 					t.Errorf("reply = %+v; want %+v", got.shown, *tt.wantLock)
 				}
-				if tt.req.method != "GET" && (got.Response == nil || *got.Response == "") {
+				if tt.req.method != "GET" && tt.req.method != "HEAD" && (got.Response == nil || *got.Response == "") {
 					t.Errorf("reply %s has no \"response\" sentence", rec.Body)
 				}
 			} else {
@@ -367,7 +396,7 @@ func TestAPI(t *testing.T) {
 
 func TestMethodNotAllowedSaysWhatIsAllowed(t *testing.T) {
 	ts := newTestServer(t, nil, "", "")
-	for target, want := range map[string]string{"/lock/x": "GET, PUT, PATCH, DELETE", "/locks": "GET"} {
+	for target, want := range map[string]string{"/lock/x": "GET, HEAD, PUT, PATCH, DELETE", "/locks": "GET, HEAD"} {
 		rec := ts.send(t, request{"POST", target, ""})
 		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != want {
 			t.Errorf("POST %s = %d, Allow %q; want 405, Allow %q", target, rec.Code, got, want)

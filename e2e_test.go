@@ -115,8 +115,9 @@ func TestMaxWaitCapsWaits(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "LOCKER_MAX_WAIT": "300ms"})
 	ls.call(t, "PUT", "/lock/prod", `{"key": "A"}`)
 	status, body := ls.call(t, "PUT", "/lock/prod?wait=1h", `{"key": "B"}`)
-	if status != http.StatusLocked || !strings.Contains(string(body), "timed out after 300ms") {
-		t.Errorf("PUT ?wait=1h with LOCKER_MAX_WAIT=300ms = %d %s; want 423 after 300ms", status, body)
+	if status != http.StatusLocked || !strings.Contains(string(body), "timed out after 300ms") ||
+		!strings.Contains(string(body), "the wait asked for, 1h0m0s, was cut to LOCKER_MAX_WAIT, 300ms") {
+		t.Errorf("PUT ?wait=1h with LOCKER_MAX_WAIT=300ms = %d %s; want 423 after 300ms, saying the wait was cut", status, body)
 	}
 }
 
@@ -195,7 +196,7 @@ func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
 		"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"),
 		"AUTH_USER":     "ci", "AUTH_PASS": "s3cret",
 	})
-	if status, body := ls.call(t, "PUT", "/lock/leased", `{"key": "k", "lock_by": "build-7", "ttl": "100ms"}`, "ci", "s3cret"); status != http.StatusOK {
+	if status, body := ls.call(t, "PUT", "/lock/leased", `{"key": "k", "lock_by": "build-7", "ttl": "1s"}`, "ci", "s3cret"); status != http.StatusOK {
 		t.Fatalf("PUT = %d %s", status, body)
 	}
 	testutil.WaitFor(t, "the lease to run out", func() bool { return len(ls.listLocks(t, "ci", "s3cret")) == 0 })
@@ -215,7 +216,7 @@ func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
 }
 
 func TestDefaultTTL(t *testing.T) {
-	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "LOCKER_DEFAULT_TTL": "150ms"})
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "LOCKER_DEFAULT_TTL": "1s"})
 	ls.call(t, "PUT", "/lock/l", `{"key": "k"}`)
 	testutil.WaitFor(t, "the default lease to run out", func() bool { return len(ls.listLocks(t)) == 0 })
 }

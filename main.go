@@ -55,6 +55,7 @@ Configuration is read from the environment:
   LOCKER_MAX_WAIT     longest ?wait= a request gets (default 15m); longer
                       waits are cut to it and the client asks again.
   LOCKER_DEFAULT_TTL  lease for PUTs that send no ttl (default: none).
+  LOCKER_MAX_TTL      the longest lease a request may ask for (default 168h).
 
 API:
   GET    /locks         every held lock
@@ -86,6 +87,9 @@ const (
 	// defaultMaxWait keeps waits below what proxies and load balancers
 	// usually allow a request.
 	defaultMaxWait = 15 * time.Minute
+	// defaultMaxTTL is a week: longer than any CI job, short enough that a
+	// typo (1000000h) does not hold a lock for a century.
+	defaultMaxTTL = 7 * 24 * time.Hour
 )
 
 func main() {
@@ -105,6 +109,7 @@ type config struct {
 	certFile, keyFile string
 	maxWait           time.Duration
 	defaultTTL        time.Duration
+	maxTTL            time.Duration
 }
 
 // loadConfig reads and checks the configuration; an error names the variable.
@@ -117,6 +122,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		certFile:  getenv("SSL_CERT"),
 		keyFile:   getenv("SSL_KEY"),
 		maxWait:   defaultMaxWait,
+		maxTTL:    defaultMaxTTL,
 	}
 	if cfg.statePath == "" {
 		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml")
@@ -131,7 +137,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	for _, d := range []struct {
 		name string
 		dst  *time.Duration
-	}{{"LOCKER_MAX_WAIT", &cfg.maxWait}, {"LOCKER_DEFAULT_TTL", &cfg.defaultTTL}} {
+	}{{"LOCKER_MAX_WAIT", &cfg.maxWait}, {"LOCKER_DEFAULT_TTL", &cfg.defaultTTL}, {"LOCKER_MAX_TTL", &cfg.maxTTL}} {
 		v := getenv(d.name)
 		if v == "" {
 			continue
@@ -141,6 +147,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", d.name, v)
 		}
 		*d.dst = n
+	}
+	if cfg.defaultTTL > cfg.maxTTL {
+		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL (%v) is over LOCKER_MAX_TTL (%v): lower the one or raise the other", cfg.defaultTTL, cfg.maxTTL)
+	}
+	if cfg.defaultTTL > 0 && cfg.defaultTTL < minTTL {
+		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL: %v is under the shortest lease, %v", cfg.defaultTTL, minTTL)
 	}
 	if err := bothOrNeither("AUTH_USER", cfg.user, "AUTH_PASS", cfg.pass); err != nil {
 		return config{}, err
@@ -210,7 +222,7 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return errors.Join(fmt.Errorf("PORT: %w", err), locks.close())
 	}
-	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, writeTimeout: defaultTimeouts.write}
+	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL, writeTimeout: defaultTimeouts.write}
 	if cfg.user != "" {
 		srv.auth = newCredentials(cfg.user, cfg.pass)
 	}

@@ -26,6 +26,9 @@ const maxBodyBytes = 64 << 10
 // kept in memory, in every listing and in the state file.
 const maxFieldBytes = 1024
 
+// minTTL is the shortest lease a request may ask for.
+const minTTL = time.Second
+
 // bodyExample is shown in errors about request bodies.
 const bodyExample = `{"key": "prod-cf", "lock_by": "my-job"}`
 
@@ -83,25 +86,54 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 			return "", req, fmt.Errorf("%w: %q is %d bytes long; the limit is %d", errBadRequest, f.name, len(f.value), maxFieldBytes)
 		}
 	}
+	for _, f := range []struct{ name, value string }{{`"key"`, req.Key}, {`"lock_by"`, req.Requestor}} {
+		if err := printable(f.name, f.value); err != nil {
+			return "", req, err
+		}
+	}
+	if req.TTL > 0 && req.TTL < minTTL {
+		return "", req, fmt.Errorf("%w: ttl is %v; a lease must be at least %v (a shorter one would end before the reply arrives)", errBadRequest, req.TTL, minTTL)
+	}
 	return name, req, nil
 }
 
-// decodeQuery checks r's query parameters and sets req.Force and req.Wait
-// from them.
-func decodeQuery(r *http.Request, req *lockRequest) (url.Values, error) {
-	var query url.Values
-	if r.URL.RawQuery != "" {
-		query = r.URL.Query()
+// checkQuery returns r's query parameters, refusing any that r's method
+// does not take on path (as the API writes it, e.g. "/lock/<name>"), and
+// any given twice. Every method and path is checked alike, so that a
+// misspelt or misplaced parameter is never ignored.
+func checkQuery(r *http.Request, path string) (url.Values, error) {
+	if r.URL.RawQuery == "" {
+		return nil, nil
 	}
-	if p, ok := firstUnknown(query, queryParams[r.Method]); ok {
-		return nil, fmt.Errorf("%w: unknown query parameter %q; %s /lock/<name> accepts %s", errBadRequest, p, r.Method, acceptedQuery(r.Method))
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the query is not valid URL encoding (%v)", errBadRequest, err)
+	}
+	method := r.Method
+	if method == http.MethodHead {
+		method = http.MethodGet
+	}
+	if path != "/lock/<name>" {
+		method = "" // the other paths take no parameters
+	}
+	if p, ok := firstUnknown(query, queryParams[method]); ok {
+		return nil, fmt.Errorf("%w: unknown query parameter %q; %s %s accepts %s", errBadRequest, p, r.Method, path, acceptedQuery(method))
 	}
 	for _, p := range slices.Sorted(maps.Keys(query)) {
 		if len(query[p]) > 1 {
 			return nil, fmt.Errorf("%w: query parameter %q is given %d times; give it once", errBadRequest, p, len(query[p]))
 		}
 	}
-	var err error
+	return query, nil
+}
+
+// decodeQuery checks r's query parameters and sets req.Force and req.Wait
+// from them.
+func decodeQuery(r *http.Request, req *lockRequest) (url.Values, error) {
+	query, err := checkQuery(r, "/lock/<name>")
+	if err != nil {
+		return nil, err
+	}
 	if v, ok := query["force"]; ok {
 		if req.Force, err = strconv.ParseBool(v[0]); err != nil {
 			return nil, fmt.Errorf("%w: force must be true or false, e.g. DELETE /lock/<name>?force=true (got %q)", errBadRequest, v[0])
@@ -215,7 +247,22 @@ func lockName(r *http.Request) (string, error) {
 	case len(name) > maxFieldBytes:
 		return "", fmt.Errorf("%w: the lock name is %d bytes long; the limit is %d", errBadRequest, len(name), maxFieldBytes)
 	}
+	if err := printable("the lock name", name); err != nil {
+		return "", err
+	}
 	return name, nil
+}
+
+// printable refuses a name or key with a control character (U+0000 to
+// U+001F, U+007F): a tab or a newline in a name cannot be told apart from
+// its neighbours in a log, a listing or a shell.
+func printable(what, s string) error {
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: %s holds the control character %U; names and keys are printable text", errBadRequest, what, c)
+		}
+	}
+	return nil
 }
 
 // decodeObject reads r's body as exactly one JSON object. An empty body is
@@ -232,12 +279,69 @@ func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[st
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err == nil && fields != nil {
+		if topLevelKeys(data) != len(fields) {
+			return nil, fmt.Errorf("%w: the field %q is given twice in the body; give each field once", errBadRequest, duplicateKey(data))
+		}
 		return fields, nil
 	}
 	if err := explainBody(data, optional); err != nil {
 		return nil, err
 	}
 	return map[string]json.RawMessage{}, nil // an empty body, allowed
+}
+
+// topLevelKeys counts the keys of the JSON object in data, which
+// json.Unmarshal has taken: more than its map holds means one is given
+// twice (encoding/json keeps the last one silently).
+func topLevelKeys(data []byte) int {
+	keys, depth, inString, afterValue := 0, 0, false, false
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		switch {
+		case inString && c == '\\':
+			i++ // skip the escaped character
+		case inString && c == '"':
+			inString = false
+		case inString:
+		case c == '"':
+			if depth == 1 && !afterValue {
+				keys++
+			}
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			depth--
+		case c == ':' && depth == 1:
+			afterValue = true
+		case c == ',' && depth == 1:
+			afterValue = false
+		}
+	}
+	return keys
+}
+
+// duplicateKey returns the first key that the JSON object in data gives
+// twice (the slow path, for the error message).
+func duplicateKey(data []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	seen := map[string]bool{}
+	if _, err := dec.Token(); err != nil {
+		return ""
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		key, _ := t.(string)
+		if err != nil || seen[key] {
+			return key
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return ""
+		}
+	}
+	return ""
 }
 
 // explainBody says what is wrong with a body that is not one JSON object,
@@ -287,6 +391,12 @@ func stringField(fields map[string]json.RawMessage, name string, dst *string) er
 	}
 	if err := json.Unmarshal(raw, dst); err != nil {
 		return fmt.Errorf("%w: %q must be a string, e.g. %s", errBadRequest, name, bodyExample)
+	}
+	// encoding/json turns invalid UTF-8, and escapes of lone surrogates,
+	// into U+FFFD: two different keys would become one.
+	if !utf8.Valid(raw) || (strings.ContainsRune(*dst, utf8.RuneError) &&
+		!bytes.Contains(raw, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(raw), []byte(`\ufffd`))) {
+		return fmt.Errorf("%w: %q is not valid UTF-8 (or escapes half a surrogate pair); send text", errBadRequest, name)
 	}
 	return nil
 }
