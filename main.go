@@ -56,6 +56,8 @@ Configuration is read from the environment:
                       waits are cut to it and the client asks again.
   LOCKER_DEFAULT_TTL  lease for PUTs that send no ttl (default: none).
   LOCKER_MAX_TTL      the longest lease a request may ask for (default 168h).
+  LOCKER_CHECKPOINT_BYTES  journal size before it is checkpointed into the
+                      state file (default 8 MiB; tests make it small).
 
 API:
   GET    /locks         every held lock
@@ -110,6 +112,7 @@ type config struct {
 	maxWait           time.Duration
 	defaultTTL        time.Duration
 	maxTTL            time.Duration
+	checkpointBytes   int64 // journal size that asks for a checkpoint, at least
 }
 
 // loadConfig reads and checks the configuration; an error names the variable.
@@ -123,6 +126,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 		keyFile:   getenv("SSL_KEY"),
 		maxWait:   defaultMaxWait,
 		maxTTL:    defaultMaxTTL,
+
+		checkpointBytes: defaultCheckpointBytes,
 	}
 	if cfg.statePath == "" {
 		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml")
@@ -147,6 +152,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", d.name, v)
 		}
 		*d.dst = n
+	}
+	if v := getenv("LOCKER_CHECKPOINT_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return config{}, fmt.Errorf("LOCKER_CHECKPOINT_BYTES: not a positive number of bytes: %q (e.g. 8388608)", v)
+		}
+		cfg.checkpointBytes = n
 	}
 	if cfg.defaultTTL > cfg.maxTTL {
 		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL (%v) is over LOCKER_MAX_TTL (%v): lower the one or raise the other", cfg.defaultTTL, cfg.maxTTL)
@@ -204,7 +216,9 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	locks, err := openTable(newFileStore(cfg.statePath, faults.FS(fsys)), time.Now, log)
+	store := newFileStore(cfg.statePath, faults.FS(fsys))
+	store.checkpointBytes = cfg.checkpointBytes
+	locks, err := openTable(store, time.Now, log)
 	if err != nil {
 		return err
 	}

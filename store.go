@@ -61,9 +61,9 @@ type Change struct {
 // disk holds (a failed fsync): changes may or may not survive a crash.
 var errUncertain = atomicfile.ErrUncertain
 
-// minCheckpointBytes is the journal size below which no checkpoint is
+// defaultCheckpointBytes is the journal size below which no checkpoint is
 // asked for: replaying a few megabytes at start takes milliseconds.
-const minCheckpointBytes = 8 << 20
+const defaultCheckpointBytes = 8 << 20
 
 // fileStore keeps the table in the YAML state file at path, as a snapshot,
 // and each change since in a journal beside it (path + ".journal"), one
@@ -74,6 +74,11 @@ type fileStore struct {
 	journal *journal.Journal
 	owner   *filelock.Lock // held from Open to Close: one server per state file
 
+	// checkpointBytes is the journal size below which no checkpoint is
+	// asked for; past it, a checkpoint is asked for once the journal is
+	// twice the state file's size.
+	checkpointBytes int64
+
 	// buf and enc encode one change at a time: Append's callers hold the
 	// table's mutex.
 	buf bytes.Buffer
@@ -81,7 +86,7 @@ type fileStore struct {
 }
 
 func newFileStore(path string, fsys atomicfile.FS) *fileStore {
-	s := &fileStore{path: path, fsys: fsys}
+	s := &fileStore{path: path, fsys: fsys, checkpointBytes: defaultCheckpointBytes}
 	s.enc = json.NewEncoder(&s.buf)
 	s.enc.SetEscapeHTML(false) // names and notes hold URLs; keep & and < readable
 	return s
@@ -118,7 +123,7 @@ func (s *fileStore) Open(undo func(from uint64, err error) uint64) (st Saved, er
 	if err != nil {
 		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
 	}
-	j.CompactAt(max(minCheckpointBytes, 2*size))
+	j.CompactAt(max(s.checkpointBytes, 2*size))
 	s.journal = j
 	return st, nil
 }
@@ -241,7 +246,7 @@ func (s *fileStore) Checkpoint(st Saved) error {
 	if err != nil {
 		return fmt.Errorf("writing a snapshot: %w", err)
 	}
-	s.journal.CompactAt(max(minCheckpointBytes, 2*n))
+	s.journal.CompactAt(max(s.checkpointBytes, 2*n))
 	return s.journal.Compact(st.Seq)
 }
 

@@ -31,6 +31,7 @@ func TestCrashKill(t *testing.T) {
 	maybe := map[string]int{}
 	var maxToken uint64
 	rng := rand.New(rand.NewPCG(1, 2))
+	checkpoints := 0 // across all cycles: kills must land among them
 
 	for cycle := range cycles {
 		p := startProc(t, state)
@@ -83,12 +84,17 @@ func TestCrashKill(t *testing.T) {
 		p.kill()
 		close(stop)
 		wg.Wait()
+		checkpoints += strings.Count(p.log.String(), "journal checkpointed into the state file")
 		if t.Failed() {
 			t.Fatalf("cycle %d failed; server log:\n%s", cycle, p.log)
 		}
 	}
 	p := startProc(t, state)
 	check(t, cycles, p.url, counts, maybe, &maxToken)
+	t.Logf("%d cycles, %d checkpoints between the kills", cycles, checkpoints)
+	if checkpoints < cycles {
+		t.Errorf("only %d checkpoints in %d cycles: the kills hardly ever met one (LOCKER_CHECKPOINT_BYTES=%s)", checkpoints, cycles, checkpointBytes)
+	}
 }
 
 func hasKey(m map[string]int, k string) bool { _, ok := m[k]; return ok }

@@ -43,6 +43,10 @@ func TestMain(m *testing.M) {
 // stress reports whether the long runs were asked for (make stress).
 func stress() bool { return os.Getenv("LOCKER_STRESS") != "" }
 
+// checkpointBytes is the journal size at which the servers here
+// checkpoint: a few dozen changes.
+const checkpointBytes = "4096"
+
 var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
 
 var (
@@ -87,7 +91,9 @@ type proc struct {
 func startProc(tb testing.TB, state string) *proc {
 	tb.Helper()
 	cmd := exec.Command(buildLocker(tb))
-	cmd.Env = []string{"PORT=0", "LOCKER_CONFIG=" + state}
+	// A small checkpoint threshold makes kills land during and right after
+	// checkpoints, not only between journal writes.
+	cmd.Env = []string{"PORT=0", "LOCKER_CONFIG=" + state, "LOCKER_CHECKPOINT_BYTES=" + checkpointBytes}
 	p := &proc{cmd: cmd, log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
