@@ -356,6 +356,9 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, pass, ok := r.BasicAuth()
 		if !ok || !s.auth.match(user, pass) {
+			// The user name tried, never the password; the client is told
+			// the same whatever the cause.
+			s.log.Warn("authentication failed", "user", user, "credentials_sent", ok, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.EscapedPath())
 			w.Header().Set("WWW-Authenticate", `Basic realm="locker"`)
 			s.writeError(w, r, errUnauthorized)
 			return

@@ -48,6 +48,8 @@ Configuration is read from the environment:
   LOCKER_CONFIG  required: the YAML file that holds the locks; created if
                  missing. The original locker's JSON files load as they are.
   PORT           TCP port to listen on (default 3000).
+  LOCKER_LISTEN  the address to listen on, e.g. 127.0.0.1 (default: every
+                 interface).
   AUTH_USER      with AUTH_PASS: require HTTP basic auth on every request.
   AUTH_PASS      the password for AUTH_USER.
   SSL_CERT       with SSL_KEY: serve HTTPS with this PEM certificate file.
@@ -106,6 +108,7 @@ func main() {
 // config is everything read from the environment.
 type config struct {
 	statePath         string
+	listen            string // host or IP to listen on; "" for every interface
 	port              int
 	user, pass        string
 	certFile, keyFile string
@@ -119,6 +122,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
 		statePath: getenv("LOCKER_CONFIG"),
+		listen:    getenv("LOCKER_LISTEN"),
 		port:      3000,
 		user:      getenv("AUTH_USER"),
 		pass:      getenv("AUTH_PASS"),
@@ -217,7 +221,7 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 		return err
 	}
 	store := newFileStore(cfg.statePath, faults.FS(fsys))
-	store.checkpointBytes = cfg.checkpointBytes
+	store.checkpointBytes, store.log = cfg.checkpointBytes, log
 	locks, err := openTable(store, time.Now, log)
 	if err != nil {
 		return err
@@ -232,9 +236,9 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 		_ = locks.store.Close(false)
 		return fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
 	}
-	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", cfg.port))
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
 	if err != nil {
-		return errors.Join(fmt.Errorf("PORT: %w", err), locks.close())
+		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), locks.close())
 	}
 	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL, writeTimeout: defaultTimeouts.write}
 	if cfg.user != "" {
@@ -242,8 +246,18 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	}
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
 		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
+	if srv.auth == nil && !loopback(ln.Addr()) {
+		log.Warn("auth is off and locker listens beyond this machine: anyone who can reach it can take and free every lock; set AUTH_USER and AUTH_PASS, or LOCKER_LISTEN=127.0.0.1",
+			"addr", ln.Addr().String())
+	}
 	logs.Flush()
 	return serveUntilDone(ctx, ln, tlsConfig, srv, log)
+}
+
+// loopback reports whether addr is on the loopback interface only.
+func loopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 // loadTLS returns the TLS configuration cfg asks for, or nil for plain HTTP.

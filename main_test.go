@@ -189,11 +189,23 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(legacy), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A server that changes nothing leaves the file as it found it.
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": path})
 	want := named(map[string]shown{"prod": held("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})})
 	if got := ls.listLocks(t); !reflect.DeepEqual(got, want) {
 		t.Fatalf("GET /locks on the original's file = %v; want %v", got, want)
 	}
+	if err := ls.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(testutil.ReadFile(t, path)); got != legacy {
+		t.Fatalf("a server that changed nothing rewrote the original's file:\n%s", got)
+	}
+	if _, err := os.Stat(path + ".orig"); err == nil {
+		t.Error("a server that changed nothing made a .orig copy")
+	}
+
+	ls = startRun(t, map[string]string{"LOCKER_CONFIG": path})
 	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "other"}`); status != http.StatusLocked {
 		t.Errorf("PUT with another key = %d %s; want 423", status, body)
 	}
@@ -211,6 +223,13 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 	if want := map[string]Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2})}; !reflect.DeepEqual(got.Locks, want) {
 		t.Errorf("state file holds %v; want %v", got, want)
 	}
+	// The original's bytes are kept, to roll back with, and the log says so.
+	if got := string(testutil.ReadFile(t, path+".orig")); got != legacy {
+		t.Errorf("%s.orig holds %q; want the original file", path, got)
+	}
+	if !strings.Contains(ls.log.String(), "original="+path+".orig") {
+		t.Errorf("the log does not say where the original file was kept:\n%s", ls.log)
+	}
 }
 
 func TestRunRefusesBadConfiguration(t *testing.T) {
@@ -218,6 +237,10 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	state := filepath.Join(dir, "locks.yml")
 	corrupt := filepath.Join(dir, "corrupt.yml")
 	corruptData := []byte("version: 1\nlocks: {prod: {key: k, locked_by: {a: -3}}}\n")
+	plain := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(plain, []byte("hello\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(corrupt, corruptData, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +260,9 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 		{"default lease over the longest", map[string]string{"LOCKER_CONFIG": state, "LOCKER_DEFAULT_TTL": "200h"}, "LOCKER_DEFAULT_TTL (200h0m0s) is over LOCKER_MAX_TTL (168h0m0s)"},
 		{"default lease under a second", map[string]string{"LOCKER_CONFIG": state, "LOCKER_DEFAULT_TTL": "10ms"}, "LOCKER_DEFAULT_TTL: 10ms is under the shortest lease, 1s"},
 		{"max lease not a duration", map[string]string{"LOCKER_CONFIG": state, "LOCKER_MAX_TTL": "a week"}, `LOCKER_MAX_TTL: not a positive duration: "a week"`},
-		{"corrupt state file", map[string]string{"LOCKER_CONFIG": corrupt}, corrupt + `: lock "prod": holder "a" has a negative count`},
+		{"state file that is plain text", map[string]string{"LOCKER_CONFIG": plain}, "LOCKER_CONFIG " + plain + ": not a valid Locker state file: yaml: unmarshal errors:\n  line 1: cannot unmarshal !!str `hello` into the top level, which holds version, seq, last_token and locks"},
+		{"state file that is a directory", map[string]string{"LOCKER_CONFIG": dir}, "LOCKER_CONFIG " + dir + " cannot be read"},
+		{"corrupt state file", map[string]string{"LOCKER_CONFIG": corrupt}, "LOCKER_CONFIG " + corrupt + `: lock "prod": holder "a" has a negative count`},
 		{"state file in a missing directory", map[string]string{"LOCKER_CONFIG": filepath.Join(dir, "nope", "locks.yml")},
 			"LOCKER_CONFIG " + filepath.Join(dir, "nope", "locks.yml") + ": the directory " + filepath.Join(dir, "nope") + " does not exist"},
 	}
@@ -324,5 +349,55 @@ func TestRunServesHTTPSWithAuth(t *testing.T) {
 	}
 	if got := ls.listLocks(t, "ci", "s3cret"); len(got) != 1 {
 		t.Errorf("GET /locks = %v; want the one lock", got)
+	}
+}
+
+// TestListenAddressAndOpenServerWarning checks LOCKER_LISTEN, and that a
+// server without auth that listens beyond this machine says so at start.
+func TestListenAddressAndOpenServerWarning(t *testing.T) {
+	const warning = "auth is off and locker listens beyond this machine"
+	tests := []struct {
+		name        string
+		env         map[string]string
+		wantAddr    string // prefix of the address it listens on
+		wantWarning bool
+	}{
+		{"every interface, no auth", map[string]string{}, "[::]:", true},
+		{"every interface, auth", map[string]string{"AUTH_USER": "ci", "AUTH_PASS": "s3cret"}, "[::]:", false},
+		{"loopback, no auth", map[string]string{"LOCKER_LISTEN": "127.0.0.1"}, "127.0.0.1:", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.env["LOCKER_CONFIG"] = filepath.Join(t.TempDir(), "locks.yml")
+			ls := startRun(t, tt.env)
+			m := listenAddr.FindStringSubmatch(ls.log.String())
+			if m == nil || !strings.HasPrefix(m[1], tt.wantAddr) {
+				t.Errorf("listening on %v; want %s...", m, tt.wantAddr)
+			}
+			if got := strings.Contains(ls.log.String(), warning); got != tt.wantWarning {
+				t.Errorf("warned %v; want %v\n%s", got, tt.wantWarning, ls.log)
+			}
+		})
+	}
+}
+
+// TestFailedLoginIsLogged checks that a failed login is logged with the
+// user name tried, never the password, and that the client is told the
+// same whatever was wrong.
+func TestFailedLoginIsLogged(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "AUTH_USER": "ci", "AUTH_PASS": "s3cret"})
+	_, wrongPass := ls.call(t, "GET", "/locks", "", "ci", "guess-1")
+	_, wrongUser := ls.call(t, "GET", "/locks", "", "intruder", "s3cret")
+	if !bytes.Equal(wrongPass, wrongUser) {
+		t.Errorf("the replies differ by cause: %s / %s", wrongPass, wrongUser)
+	}
+	log := ls.log.String()
+	for _, want := range []string{`msg="authentication failed" user=ci`, `msg="authentication failed" user=intruder`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "guess-1") {
+		t.Errorf("the log holds a password that was tried:\n%s", log)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -74,6 +75,13 @@ type fileStore struct {
 	journal *journal.Journal
 	owner   *filelock.Lock // held from Open to Close: one server per state file
 
+	// savedSeq is the last change the state file holds; original holds
+	// the file's bytes while it is still in the original locker's format.
+	// Both are used by Checkpoint only.
+	savedSeq uint64
+	original []byte
+	log      *slog.Logger
+
 	// checkpointBytes is the journal size below which no checkpoint is
 	// asked for; past it, a checkpoint is asked for once the journal is
 	// twice the state file's size.
@@ -86,7 +94,7 @@ type fileStore struct {
 }
 
 func newFileStore(path string, fsys atomicfile.FS) *fileStore {
-	s := &fileStore{path: path, fsys: fsys, checkpointBytes: defaultCheckpointBytes}
+	s := &fileStore{path: path, fsys: fsys, checkpointBytes: defaultCheckpointBytes, log: slog.New(slog.DiscardHandler)}
 	s.enc = json.NewEncoder(&s.buf)
 	s.enc.SetEscapeHTML(false) // names and notes hold URLs; keep & and < readable
 	return s
@@ -111,7 +119,11 @@ func (s *fileStore) Open(undo func(from uint64, err error) uint64) (st Saved, er
 		}
 	}()
 	st, size, err := s.load()
-	if err != nil {
+	var pathErr *fs.PathError
+	switch {
+	case errors.As(err, &pathErr):
+		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the file as it was: make it readable and writable by the user locker runs as (do not move it aside: it holds the locks)", err)
+	case err != nil:
 		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
 	snapSeq := st.Seq
@@ -158,7 +170,7 @@ func (s *fileStore) load() (Saved, int64, error) {
 	data, err := os.ReadFile(s.path) // the operator's LOCKER_CONFIG
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, err := os.Stat(s.journalPath()); err == nil {
-			return Saved{}, 0, fmt.Errorf("state file %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",
+			return Saved{}, 0, fmt.Errorf("LOCKER_CONFIG %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",
 				s.path, s.journalPath())
 		}
 		st := Saved{Locks: map[string]lock.Lock{}}
@@ -169,12 +181,16 @@ func (s *fileStore) load() (Saved, int64, error) {
 		return st, n, nil
 	}
 	if err != nil {
-		return Saved{}, 0, fmt.Errorf("reading state file: %w", err)
+		return Saved{}, 0, fmt.Errorf("LOCKER_CONFIG %s cannot be read: %w", s.path, err)
 	}
 	st, err := statefile.Decode(data)
 	if err != nil {
-		return Saved{}, 0, fmt.Errorf("state file %s: %w", s.path, err)
+		return Saved{}, 0, fmt.Errorf("LOCKER_CONFIG %s: %w", s.path, err)
 	}
+	if st.Original {
+		s.original = data
+	}
+	s.savedSeq = st.Seq
 	return st, int64(len(data)), nil
 }
 
@@ -240,14 +256,48 @@ func (s *fileStore) CheckpointDue() <-chan struct{} { return s.journal.Full() }
 func (s *fileStore) Broken() <-chan error           { return s.journal.Fatal() }
 
 // Checkpoint writes st to the state file, then drops the journal records
-// that it holds.
+// that it holds. A file that already holds st.Seq is left alone, so that
+// a server that changed nothing leaves the file as it found it. Before the
+// first rewrite of a file in the original locker's format, its bytes are
+// kept beside it as LOCKER_CONFIG.orig.
 func (s *fileStore) Checkpoint(st Saved) error {
+	if st.Seq == s.savedSeq {
+		return nil
+	}
+	if s.original != nil {
+		if err := s.keepOriginal(); err != nil {
+			return err
+		}
+	}
 	n, err := s.save(st)
 	if err != nil {
 		return fmt.Errorf("writing a snapshot: %w", err)
 	}
+	s.savedSeq = st.Seq
 	s.journal.CompactAt(max(s.checkpointBytes, 2*n))
 	return s.journal.Compact(st.Seq)
+}
+
+// keepOriginal saves the original locker's state file as LOCKER_CONFIG.orig,
+// unless a .orig is there already (from an earlier upgrade: that one is
+// the original).
+func (s *fileStore) keepOriginal() error {
+	orig := s.path + ".orig"
+	if _, err := os.Stat(orig); err == nil {
+		s.original = nil
+		return nil
+	}
+	if _, err := atomicfile.WriteFile(s.fsys, orig, func(w io.Writer) error {
+		_, err := w.Write(s.original)
+		return err
+	}); err != nil {
+		return fmt.Errorf("keeping the original locker's state file as %s: %w", orig, err)
+	}
+	s.log.Warn("the state file was in the original locker's format; it is rewritten in Locker's, and its old bytes are kept",
+		"state_file", s.path, "original", orig,
+		"to_roll_back", "stop this server and move the .orig file back over the state file")
+	s.original = nil
+	return nil
 }
 
 // Close stops the journal; after a checkpoint the state file holds it all,

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"gopkg.in/yaml.v2"
 
@@ -29,6 +30,9 @@ type State struct {
 	Seq       uint64 // the last journal record the file holds
 	LastToken uint64 // the highest fencing token ever handed out
 	Locks     map[string]lock.Lock
+	// Original says the file is in the original locker's JSON format
+	// (Decode sets it; Encode writes this package's YAML regardless).
+	Original bool
 }
 
 // document is the YAML document, as yaml.v2 reads and writes it.
@@ -59,13 +63,14 @@ func Decode(data []byte) (State, error) {
 		if dec.More() {
 			return State{}, errors.New("not valid JSON in the original locker's format: data after the closing brace")
 		}
+		st.Original = true
 	} else {
 		doc, ok := parse(data)
 		if !ok {
 			// Not exactly as Encode writes it (edited by hand, say):
 			// yaml.v2 reads it, or says what is wrong with it.
 			if err := yaml.UnmarshalStrict(data, &doc); err != nil {
-				return State{}, fmt.Errorf("not a valid Locker state file: %w", err)
+				return State{}, fmt.Errorf("not a valid Locker state file: %s", goTypes.Replace(err.Error()))
 			}
 		}
 		if doc.Version != Version {
@@ -92,6 +97,15 @@ func Decode(data []byte) (State, error) {
 	}
 	return st, nil
 }
+
+// goTypes turns the Go type names in yaml.v2's errors into what a reader
+// of the file knows them as.
+var goTypes = strings.NewReplacer(
+	"into statefile.document", "into the top level, which holds version, seq, last_token and locks",
+	"statefile.document", "the top level",
+	"lock.Entry", "a lock",
+	"lock.Hold", "a holder",
+)
 
 // fromEntry checks e and returns it as a Lock, without holders at zero.
 func fromEntry(e lock.Entry) (lock.Lock, error) {
