@@ -235,7 +235,7 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	default:
 		msg = fmt.Sprintf("lock for %s released by %s; held by %s", name, req.Requestor, l.HoldersString())
 	}
-	s.writeLock(w, r, name, l, msg)
+	s.writeRelease(w, r, name, l, released, msg)
 }
 
 // forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
@@ -265,6 +265,7 @@ func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name strin
 // lock.View shows it and, for a change, a sentence saying what happened.
 type lockReply struct {
 	lock.View
+	Released *int   `json:"released,omitempty"` // DELETE: how many counts it gave back
 	Response string `json:"response,omitempty"`
 }
 
@@ -272,6 +273,12 @@ type lockReply struct {
 // sentence saying what happened.
 func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, l Snapshot, response string) {
 	s.writeJSON(w, r, http.StatusOK, lockReply{View: l.View(name, l.Waiting), Response: response})
+}
+
+// writeRelease answers a DELETE as writeLock does, and says how many
+// counts it gave back: a client can tell "released" from "held nothing".
+func (s *server) writeRelease(w http.ResponseWriter, r *http.Request, name string, l Snapshot, released int, response string) {
+	s.writeJSON(w, r, http.StatusOK, lockReply{View: l.View(name, l.Waiting), Released: &released, Response: response})
 }
 
 // replyBuffers recycles the buffers replies are encoded into.

@@ -591,3 +591,28 @@ func TestLockDetailsShown(t *testing.T) {
 		t.Errorf("GET a free lock = %s; want %s", rec.Body, want)
 	}
 }
+
+// TestDeleteSaysHowManyCountsItGaveBack checks the "released" field of a
+// DELETE's reply: a client can tell a release from a request that held
+// nothing.
+func TestDeleteSaysHowManyCountsItGaveBack(t *testing.T) {
+	ts := newTestServer(t, nil, "", "")
+	put := request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`}
+	ts.mustSend(t, put)
+	ts.mustSend(t, put)
+	for _, tt := range []struct {
+		body string
+		want int
+	}{
+		{`{"key": "k", "lock_by": "nobody"}`, 0},
+		{`{"key": "k", "lock_by": "a"}`, 1},
+		{`{"key": "k", "lock_by": "a", "all": true}`, 1},
+		{`{"key": "k", "lock_by": "a"}`, 0},
+	} {
+		rec := ts.send(t, request{"DELETE", "/lock/l", tt.body})
+		var got struct{ Released *int }
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || got.Released == nil || *got.Released != tt.want {
+			t.Errorf("DELETE %s = %d %s; want \"released\": %d", tt.body, rec.Code, rec.Body, tt.want)
+		}
+	}
+}
