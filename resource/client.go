@@ -154,7 +154,14 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 		req.SetBasicAuth(c.user, c.pass)
 	}
 	resp, err := c.http.Do(req)
-	if err != nil {
+	var unknownCA x509.UnknownAuthorityError
+	var unverified *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknownCA) || (errors.As(err, &unverified) && errors.As(unverified.Err, &unknownCA)):
+		return nil, fmt.Errorf("%w: the locker's certificate is not signed by a CA this resource trusts: set source.ca_cert to the CA's certificate (PEM), or source.skip_ssl_validation: true to trust any (not recommended)", err)
+	case errors.As(err, &unverified):
+		return nil, fmt.Errorf("%w: the locker's certificate does not check out: fix it, or set source.skip_ssl_validation: true to trust any (not recommended)", err)
+	case err != nil:
 		return nil, err
 	}
 	defer resp.Body.Close()

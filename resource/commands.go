@@ -1,12 +1,16 @@
 package resource
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -14,7 +18,7 @@ import (
 // the versions on stdout. It returns the exit code.
 func RunCheck(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	var req CheckRequest
-	if err := decodeRequest(stdin, &req); err != nil {
+	if err := decodeRequest(stdin, map[string]any{"source": &req.Source, "version": &req.Version}); err != nil {
 		return fail(stderr, err)
 	}
 	versions, err := Check(ctx, req, stderr)
@@ -27,7 +31,7 @@ func RunCheck(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 // RunIn is the in command: args[0] is the destination directory.
 func RunIn(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	var req InRequest
-	if err := decodeRequest(stdin, &req); err != nil {
+	if err := decodeRequest(stdin, map[string]any{"source": &req.Source, "version": &req.Version, "params": &req.Params}); err != nil {
 		return fail(stderr, err)
 	}
 	dest := ""
@@ -44,7 +48,7 @@ func RunIn(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 // RunOut is the out command: it takes or gives back the lock.
 func RunOut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	var req OutRequest
-	if err := decodeRequest(stdin, &req); err != nil {
+	if err := decodeRequest(stdin, map[string]any{"source": &req.Source, "params": &req.Params}); err != nil {
 		return fail(stderr, err)
 	}
 	resp, err := Out(ctx, req, getenv, stderr)
@@ -54,13 +58,24 @@ func RunOut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	return answer(stdout, stderr, resp)
 }
 
-// decodeRequest reads Concourse's JSON request. Unknown fields are errors,
-// so that a misspelt source or param is not silently ignored.
-func decodeRequest(stdin io.Reader, v any) error {
-	dec := json.NewDecoder(stdin)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("the request on stdin is not valid: %w (check the resource's source and params in the pipeline)", err)
+// decodeRequest reads Concourse's JSON request into parts, one pointer per
+// top-level field. Unknown fields are errors that say where they are, so
+// that a misspelt source field or param is not silently ignored.
+func decodeRequest(stdin io.Reader, parts map[string]any) error {
+	var top map[string]json.RawMessage
+	if err := json.NewDecoder(stdin).Decode(&top); err != nil {
+		return fmt.Errorf("the request on stdin is not valid JSON: %w", err)
+	}
+	for _, field := range slices.Sorted(maps.Keys(top)) {
+		dst, ok := parts[field]
+		if !ok {
+			return fmt.Errorf("the request has an unknown top-level field %q (this resource reads %s)", field, strings.Join(slices.Sorted(maps.Keys(parts)), ", "))
+		}
+		dec := json.NewDecoder(bytes.NewReader(top[field]))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(dst); err != nil {
+			return fmt.Errorf("%s: %w (check the resource's %s in the pipeline)", field, err, field)
+		}
 	}
 	return nil
 }

@@ -381,8 +381,9 @@ func TestHTTPSWithCACert(t *testing.T) {
 
 	src.CACert = ""
 	r := runBinary(t, "check", CheckRequest{Source: src})
-	if r.code != 1 || !strings.Contains(r.stderr, "certificate") {
-		t.Errorf("check without the CA = %d %q; want a certificate error", r.code, r.stderr)
+	if r.code != 1 || !strings.Contains(r.stderr, "not signed by a CA this resource trusts: set source.ca_cert") ||
+		!strings.Contains(r.stderr, "source.skip_ssl_validation: true") {
+		t.Errorf("check without the CA = %d %q; want a certificate error naming source.ca_cert and source.skip_ssl_validation", r.code, r.stderr)
 	}
 	src.SkipSSLValidation = true
 	if r := runBinary(t, "check", CheckRequest{Source: src}); r.code != 0 {
@@ -435,6 +436,49 @@ func TestUnlockWithAnotherKeyFails(t *testing.T) {
 	}
 }
 
+// TestUnlockThatReleasesNothingFails: an unlock whose key or locked_by
+// matches no holder (a typo in an ensure:) fails the step with the
+// server's reason, unless allow_not_held says that is fine.
+func TestUnlockThatReleasesNothingFails(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	mustSucceed(t, "lock", runBinary(t, "out", outReq(src, "lock", "deploy", "deploy-job")))
+	r := runBinary(t, "out", outReq(src, "unlock", "deploy", "deploy-jbo"))
+	if r.code != 1 || !strings.Contains(r.stderr, `unlock of "prod" gave back nothing: deploy-jbo holds no count of prod`) ||
+		!strings.Contains(r.stderr, "params.allow_not_held: true") {
+		t.Errorf("unlock by a requestor that holds nothing = %d %q; want exit 1 with the server's reason", r.code, r.stderr)
+	}
+	if l := ls.getLock(t, "prod", src); l.LockedBy["deploy-job"] != 1 {
+		t.Errorf("the lock after the failed unlock = %v; want it still held", l.LockedBy)
+	}
+	allowed := outReq(src, "unlock", "deploy", "never-locked")
+	allowed.Params.AllowNotHeld = true
+	if r := runBinary(t, "out", allowed); r.code != 0 || !strings.Contains(r.stderr, "allowed by allow_not_held") {
+		t.Errorf("unlock with allow_not_held = %d %q; want exit 0, saying so", r.code, r.stderr)
+	}
+	mustSucceed(t, "unlock by the holder", runBinary(t, "out", outReq(src, "unlock", "deploy", "deploy-job")))
+}
+
+// TestInWritesTheVersionsToken: after a lease ran out and another job took
+// the lock, a get of the old version gets the old version's token, not the
+// new holder's.
+func TestInWritesTheVersionsToken(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	first := mustSucceed(t, "lock", runBinary(t, "out", outReq(src, "lock", "a", "")))
+	mustSucceed(t, "unlock", runBinary(t, "out", outReq(src, "unlock", "a", "")))
+	second := mustSucceed(t, "lock by another job", runBinary(t, "out", outReq(src, "lock", "b", "")))
+	if metadata(first, "token") == metadata(second, "token") {
+		t.Fatalf("both grants have token %s", metadata(first, "token"))
+	}
+	dest := t.TempDir()
+	mustSucceed(t, "in", runBinary(t, "in", InRequest{Source: src, Version: &first.Version}, dest))
+	if got, _ := os.ReadFile(filepath.Join(dest, "token")); string(got) != metadata(first, "token") {
+		t.Errorf("in of the first version wrote token %q; want %s (the version's), not the current holder's %s",
+			got, metadata(first, "token"), metadata(second, "token"))
+	}
+}
+
 func TestUnreachableServerIsRetried(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -465,7 +509,9 @@ func TestBadPayloads(t *testing.T) {
 		{"unknown lock_op", "out", outReq(src, "grab", "k", ""), nil, `params.lock_op is "grab"`},
 		{"missing key", "out", outReq(src, "lock", "", ""), nil, "params.key is missing"},
 		{"malformed JSON", "out", `{"source": {`, nil, "the request on stdin is not valid"},
-		{"misspelt source field", "check", `{"source": {"locker_uri": "http://x", "lock_nmae": "prod"}}`, nil, `unknown field "lock_nmae"`},
+		{"misspelt source field", "check", `{"source": {"locker_uri": "http://x", "lock_nmae": "prod"}}`, nil, `source: json: unknown field "lock_nmae"`},
+		{"misspelt param", "out", `{"source": {"locker_uri": "http://x", "lock_name": "p"}, "params": {"lock_op": "lock", "key": "k", "tll": "1h"}}`, nil, `params: json: unknown field "tll"`},
+		{"unknown top-level field", "out", `{"source": {"locker_uri": "http://x", "lock_name": "p"}, "parms": {}}`, nil, `unknown top-level field "parms"`},
 		{"missing destination", "in", InRequest{Source: src}, nil, "in needs the destination directory"},
 	}
 	for _, tt := range tests {
@@ -517,5 +563,32 @@ func TestCommandsInProcess(t *testing.T) {
 	}
 	if l := ls.getLock(t, src.LockName, src); len(l.LockedBy) != 0 {
 		t.Errorf("after unlock the lock is held by %v", l.LockedBy)
+	}
+}
+
+// TestOutReportsWhileWaiting: a lock that waits says at once who holds it
+// and its place in the queue, then again at every interval.
+func TestOutReportsWhileWaiting(t *testing.T) {
+	first, every := reportFirst, reportEvery
+	reportFirst, reportEvery = 100*time.Millisecond, 200*time.Millisecond
+	t.Cleanup(func() { reportFirst, reportEvery = first, every })
+
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	holder := outReq(src, "lock", "deploy", "deploy-job")
+	holder.Params.TTL, holder.Params.Note = "2h", "https://ci.example.com/builds/42"
+	mustSucceed(t, "lock", runBinary(t, "out", holder))
+
+	var stderr bytes.Buffer
+	req := outReq(src, "lock", "upgrade", "upgrade-job")
+	req.Params.Timeout = "1s"
+	_, err := Out(context.Background(), req, func(string) string { return "" }, &stderr)
+	if err == nil {
+		t.Fatal("the lock was granted while another key held it")
+	}
+	reports := strings.Count(stderr.String(), `waiting for "prod": held with key "deploy" by deploy-job (1, since `)
+	if reports < 3 || !strings.Contains(stderr.String(), "lease until ") || !strings.Contains(stderr.String(), "https://ci.example.com/builds/42") ||
+		!strings.Contains(stderr.String(), "this job is number 1 of 1 in the queue") {
+		t.Errorf("stderr during a 1 s wait with reports every 200 ms (%d reports):\n%s", reports, stderr.String())
 	}
 }

@@ -12,8 +12,9 @@ import (
 )
 
 // In writes the lock as it is now into dest: "lock" (its JSON, as GET
-// /lock/<name> shows it), "name" and "token". It answers with the version
-// it was asked for, so that a get after a put sees the put's version.
+// /lock/<name> shows it), "name", and "token", the fencing token of the
+// version it was asked for. It answers with that version, so that a get
+// after a put sees the put's version.
 func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Response, error) {
 	if dest == "" {
 		return Response{}, errors.New("in needs the destination directory as its argument: in <destination>")
@@ -34,7 +35,17 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 	if err := os.MkdirAll(dest, 0o750); err != nil { // see above
 		return Response{}, fmt.Errorf("creating the destination: %w", err)
 	}
+	// The token is the version's: after a lease ran out and another job
+	// took the lock, the job that held this version must not be handed the
+	// new holder's fencing token.
 	token := strconv.FormatUint(l.Token, 10)
+	if req.Version != nil && req.Version.Ref != "" {
+		t, ok := req.Version.token()
+		if !ok {
+			return Response{}, fmt.Errorf("version %q is not one this resource made (<token>:<digest>): run check again", req.Version.Ref)
+		}
+		token = strconv.FormatUint(t, 10)
+	}
 	for file, data := range map[string][]byte{"lock": raw, "name": []byte(name), "token": []byte(token)} {
 		// Readable by the job's tasks, which may run as another user, as the
 		// original resource's files were.

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -29,6 +30,14 @@ const (
 // pollInterval is how often out asks a server that answers 423 without
 // waiting (the original locker had no ?wait=).
 const pollInterval = 10 * time.Second
+
+// While a lock waits, out says who holds it and its place in the queue
+// after reportFirst (unless granted by then), then every reportEvery.
+// Variables, so that tests can shorten them.
+var (
+	reportFirst = time.Second
+	reportEvery = 30 * time.Second
+)
 
 // unlockPatience bounds how long an unlock without a timeout keeps retrying
 // an unreachable server.
@@ -54,6 +63,7 @@ func Out(ctx context.Context, req OutRequest, env func(string) string, stderr io
 		deadline = time.Now().Add(timeout)
 	}
 	c := newClient(req.Source)
+	stderr = &syncWriter{w: stderr} // the wait's reports come from another goroutine
 	var l lockInfo
 	if p.LockOp == "lock" {
 		l, err = lock(ctx, c, name, p, buildNote(env), deadline, stderr)
@@ -92,6 +102,8 @@ func lock(ctx context.Context, c *client, name string, p OutParams, defaultNote 
 	if note := cmp.Or(p.Note, defaultNote); note != "" {
 		body["note"] = note
 	}
+	stopReports := reportWhileWaiting(ctx, c, name, p, stderr)
+	defer stopReports()
 	backoff := firstBackoff
 	var last error
 	for {
@@ -120,7 +132,6 @@ func lock(ctx context.Context, c *client, name string, p OutParams, defaultNote 
 		switch {
 		case errors.As(err, &ae) && ae.status == http.StatusLocked:
 			backoff = firstBackoff
-			reportWait(ctx, c, name, stderr)
 			if time.Since(start) < wait/2 {
 				// The server did not wait: it predates ?wait=. Poll instead.
 				fmt.Fprintf(stderr, "the server answered at once; asking again in %v\n", pollInterval)
@@ -140,18 +151,73 @@ func lock(ctx context.Context, c *client, name string, p OutParams, defaultNote 
 	}
 }
 
-// reportWait says on stderr who holds the lock and who else waits for it.
-func reportWait(ctx context.Context, c *client, name string, stderr io.Writer) {
-	l, _, err := c.getLock(ctx, name)
+// reportWhileWaiting says on stderr, after reportFirst and then every
+// reportEvery until stopped, who holds the lock called name and where this
+// request stands in its queue.
+func reportWhileWaiting(ctx context.Context, c *client, name string, p OutParams, stderr io.Writer) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTimer(reportFirst)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			reportWait(ctx, c, name, p, stderr)
+			t.Reset(reportEvery)
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+// reportWait says on stderr who holds the lock and where this request
+// stands in its queue.
+func reportWait(ctx context.Context, c *client, name string, p OutParams, stderr io.Writer) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	l, _, err := c.getLock(rctx, name)
 	if err != nil {
-		fmt.Fprintf(stderr, "still waiting for %q (could not see who holds it: %v)\n", name, err)
+		if ctx.Err() == nil {
+			fmt.Fprintf(stderr, "still waiting for %q (could not see who holds it: %v)\n", name, err)
+		}
 		return
 	}
-	msg := fmt.Sprintf("still waiting for %q: held with key %q by %s", name, l.Key, l.holdersString())
-	if len(l.Waiting) > 0 {
-		msg += fmt.Sprintf("; %d other request(s) waiting, you go after them", len(l.Waiting))
+	msg := fmt.Sprintf("waiting for %q: held with key %q by %s", name, l.Key, cmp.Or(l.holdersString(), "no one"))
+	me := cmp.Or(p.requestor(), p.Key)
+	place := 0
+	for i, w := range l.Waiting {
+		if w.Requestor == me && w.Key == p.Key {
+			place = i + 1
+			break
+		}
+	}
+	if place > 0 {
+		msg += fmt.Sprintf("; this job is number %d of %d in the queue", place, len(l.Waiting))
+	} else if len(l.Waiting) > 0 {
+		msg += fmt.Sprintf("; %d request(s) in the queue", len(l.Waiting))
 	}
 	fmt.Fprintln(stderr, msg)
+}
+
+// syncWriter lets several goroutines write whole lines to one writer.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // unlock gives back the lock called name, retrying while the server cannot
@@ -170,8 +236,7 @@ func unlock(ctx context.Context, c *client, name string, p OutParams, deadline t
 		data, err := c.do(rctx, http.MethodDelete, lockPath(name), nil, body)
 		cancel()
 		if err == nil {
-			fmt.Fprintf(stderr, "unlocked %q with key %q\n", name, p.Key)
-			return decodeLock(data)
+			return released(data, name, p, stderr)
 		}
 		if !retryable(err) || ctx.Err() != nil {
 			return lockInfo{}, err
@@ -182,6 +247,32 @@ func unlock(ctx context.Context, c *client, name string, p OutParams, deadline t
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// released reads an unlock's answer. One that gave back nothing fails,
+// with the server's reason, unless the params allow it: an unlock with a
+// misspelt key or locked_by would otherwise pass and leave the lock held.
+// (A server older than the "released" field is taken at its word.)
+func released(data []byte, name string, p OutParams, stderr io.Writer) (lockInfo, error) {
+	l, err := decodeLock(data)
+	if err != nil {
+		return lockInfo{}, err
+	}
+	var reply struct {
+		Released *int   `json:"released"`
+		Response string `json:"response"`
+	}
+	_ = json.Unmarshal(data, &reply) // decodeLock took it: it is JSON
+	if reply.Released != nil && *reply.Released == 0 {
+		if !p.AllowNotHeld {
+			return lockInfo{}, fmt.Errorf("unlock of %q gave back nothing: %s. Check params.key and params.locked_by; if this step may run when the lock is not held (an ensure: after a lock that failed), set params.allow_not_held: true",
+				name, reply.Response)
+		}
+		fmt.Fprintf(stderr, "nothing to unlock on %q with key %q (allowed by allow_not_held): %s\n", name, p.Key, reply.Response)
+		return l, nil
+	}
+	fmt.Fprintf(stderr, "unlocked %q with key %q\n", name, p.Key)
+	return l, nil
 }
 
 // buildNote returns a link to the running build, from the variables

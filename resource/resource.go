@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -48,9 +49,17 @@ func (s Source) Validate() error {
 	return joinProblems(problems)
 }
 
-// Version identifies one state of the lock: its token and who holds it.
+// Version identifies one state of the lock: its token and who holds it,
+// as "<token>:<digest of key and holders>".
 type Version struct {
 	Ref string `json:"ref"`
+}
+
+// token returns the fencing token in v.
+func (v Version) token() (uint64, bool) {
+	t, _, ok := strings.Cut(v.Ref, ":")
+	n, err := strconv.ParseUint(t, 10, 64)
+	return n, ok && err == nil
 }
 
 // MetadataField is one line of a build's metadata in the Concourse UI.
@@ -88,6 +97,9 @@ type OutParams struct {
 	Note     string `json:"note,omitempty"`      // lock: defaults to the build's URL
 	Timeout  string `json:"timeout,omitempty"`   // give up after this long; default: never
 	All      bool   `json:"all,omitempty"`       // unlock: every count of locked_by
+	// AllowNotHeld lets an unlock that finds nothing to give back pass;
+	// without it that fails the step, as it usually means a typo.
+	AllowNotHeld bool `json:"allow_not_held,omitempty"`
 }
 
 // Response is what in and out write on stdout.
@@ -128,8 +140,8 @@ func (p OutParams) Validate() error {
 	if p.LockOp == "unlock" && (p.TTL != "" || p.Note != "") {
 		problems = append(problems, "params.ttl and params.note only apply to lock_op: lock")
 	}
-	if p.LockOp == "lock" && p.All {
-		problems = append(problems, "params.all only applies to lock_op: unlock")
+	if p.LockOp == "lock" && (p.All || p.AllowNotHeld) {
+		problems = append(problems, "params.all and params.allow_not_held only apply to lock_op: unlock")
 	}
 	return joinProblems(problems)
 }

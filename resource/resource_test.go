@@ -64,7 +64,7 @@ func TestOutParamsValidate(t *testing.T) {
 		{"bad ttl", OutParams{LockOp: "lock", Key: "k", TTL: "2 hours"}, `params.ttl is "2 hours"`},
 		{"negative timeout", OutParams{LockOp: "lock", Key: "k", Timeout: "-1m"}, `params.timeout is "-1m"`},
 		{"ttl on unlock", OutParams{LockOp: "unlock", Key: "k", TTL: "1h"}, "only apply to lock_op: lock"},
-		{"all on lock", OutParams{LockOp: "lock", Key: "k", All: true}, "only applies to lock_op: unlock"},
+		{"all on lock", OutParams{LockOp: "lock", Key: "k", All: true}, "only apply to lock_op: unlock"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
