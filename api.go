@@ -45,6 +45,7 @@ var errorStatuses = []struct {
 	{errMethod, http.StatusMethodNotAllowed},
 	{errBodyTooLarge, http.StatusRequestEntityTooLarge},
 	{errLockHeld, http.StatusLocked},
+	{errKeyReused, http.StatusUnprocessableEntity},
 	{errClientGone, statusClientClosed},
 	{errShuttingDown, http.StatusServiceUnavailable},
 	{errUncertain, http.StatusInternalServerError},
@@ -199,7 +200,7 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	l, err := s.locks.Renew(name, req.Key, req.Requestor, ttl)
+	l, err := s.locks.Renew(name, req.Key, req.Requestor, ttl, req.Idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -216,10 +217,10 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Force {
-		s.forceRelease(w, r, name)
+		s.forceRelease(w, r, name, req.Idem)
 		return
 	}
-	l, released, err := s.locks.Release(name, req.Key, req.Requestor, req.All)
+	l, released, err := s.locks.Release(name, req.Key, req.Requestor, req.All, req.Idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -240,8 +241,8 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 
 // forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
 // stuck lock. It is logged with who asked.
-func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string) {
-	old, err := s.locks.ForceRelease(name)
+func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string, idem *idemRequest) {
+	old, now, err := s.locks.ForceRelease(name, idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -250,13 +251,10 @@ func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name strin
 	msg := fmt.Sprintf("lock for %s was not held; nothing to release", name)
 	if !old.Free() {
 		msg = fmt.Sprintf("lock for %s force-released; it was held with key %q by %s", name, old.Key, old.HoldersString())
-		s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
-			"key", old.Key, "holders", old.HoldersString(), "token", old.Token)
-	}
-	now, err := s.locks.Get(name)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
+		if !now.Replayed {
+			s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
+				"key", old.Key, "holders", old.HoldersString(), "token", old.Token)
+		}
 	}
 	s.writeLock(w, r, name, now, msg)
 }
@@ -272,12 +270,22 @@ type lockReply struct {
 // writeLock answers 200 with the lock called name and, for a change, a
 // sentence saying what happened.
 func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, l Snapshot, response string) {
+	markReplay(w, l)
 	s.writeJSON(w, r, http.StatusOK, lockReply{View: l.View(name, l.Waiting), Response: response})
+}
+
+// markReplay says in a header that the answer is a repeat of the first
+// answer to the request's Idempotency-Key, and that nothing changed.
+func markReplay(w http.ResponseWriter, l Snapshot) {
+	if l.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 }
 
 // writeRelease answers a DELETE as writeLock does, and says how many
 // counts it gave back: a client can tell "released" from "held nothing".
 func (s *server) writeRelease(w http.ResponseWriter, r *http.Request, name string, l Snapshot, released int, response string) {
+	markReplay(w, l)
 	s.writeJSON(w, r, http.StatusOK, lockReply{View: l.View(name, l.Waiting), Released: &released, Response: response})
 }
 

@@ -51,10 +51,10 @@ func fill(tb testing.TB, tab *table) map[string]Snapshot {
 			}
 		}
 	}
-	if _, _, err := tab.Release("b", "k", "r", false); err != nil {
+	if _, _, err := tab.Release("b", "k", "r", false, nil); err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := tab.ForceRelease("c"); err != nil {
+	if _, _, err := tab.ForceRelease("c", nil); err != nil {
 		tb.Fatal(err)
 	}
 	return tab.list()
@@ -224,7 +224,7 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 				if _, err := acquire(tab, name, "k", "r"); err != nil {
 					t.Error(err)
 				}
-				if _, _, err := tab.Release(name, "k", "r", false); err != nil {
+				if _, _, err := tab.Release(name, "k", "r", false, nil); err != nil {
 					t.Error(err)
 				}
 				_ = i

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -22,6 +24,7 @@ var (
 	errSave         = errors.New("could not save the lock state")
 	errShuttingDown = errors.New("locker is shutting down; send the request again in a moment")
 	errClientGone   = errors.New("the client went away while waiting")
+	errKeyReused    = errors.New("Idempotency-Key reused")
 )
 
 // Lock and Holder are a lock's shape, defined in internal/lock.
@@ -34,12 +37,29 @@ type (
 type Snapshot struct {
 	Lock
 	Waiting []lock.Waiting
+	// Replayed says the request was answered before, by its
+	// Idempotency-Key: this is the first answer again, and nothing changed.
+	Replayed bool `json:"-"`
+}
+
+// idemRequest is a request's Idempotency-Key, scoped to its method and
+// lock, and a fingerprint of the request, to tell a repeat from a reuse.
+type idemRequest struct {
+	scope, fingerprint string
+}
+
+// outcome is what a request with an Idempotency-Key is answered again.
+type outcome struct {
+	Lock     Snapshot `json:"lock"`          // the lock as the first answer showed it
+	Old      *Lock    `json:"old,omitempty"` // force release: what it freed
+	Released int      `json:"released"`      // release: how many counts it gave back
 }
 
 // acquireRequest is what a PUT asks for.
 type acquireRequest struct {
 	lock.Request
 	Wait time.Duration // how long to queue for the lock; 0 answers at once
+	Idem *idemRequest  // its Idempotency-Key, if it sent one
 }
 
 // waiter is a queued acquireRequest.
@@ -71,9 +91,10 @@ type table struct {
 	queues    map[string][]*waiter // waiters per lock, first come first served
 	lastToken uint64               // the highest fencing token handed out
 	leases    leaseHeap
-	seq       uint64 // the change the table now shows; replies wait for it
-	lastSeq   uint64 // the last seq handed out; seqs are never reused
-	undo      []undo // changes not yet known to be durable, oldest first
+	seq       uint64          // the change the table now shows; replies wait for it
+	lastSeq   uint64          // the last seq handed out; seqs are never reused
+	undo      []undo          // changes not yet known to be durable, oldest first
+	requests  idempotency.Set // outcomes by Idempotency-Key
 
 	// durableSeq is the latest change that a wait found durable: the
 	// changes up to it can no longer be undone.
@@ -82,9 +103,11 @@ type table struct {
 
 // undo is what one change replaced, to put back if it cannot be saved.
 type undo struct {
-	seq       uint64
-	oldLocks  map[string]Lock // free (zero) for locks that were not held
-	lastToken uint64
+	seq        uint64
+	oldLocks   map[string]Lock // free (zero) for locks that were not held
+	lastToken  uint64
+	remembered []idempotency.Entry // outcomes it remembered
+	forgotten  []idempotency.Entry // outcomes it forgot
 }
 
 // openTable returns the table that store keeps.
@@ -108,6 +131,9 @@ func openTable(store Store, now func() time.Time, log *slog.Logger) (*table, err
 		}
 	}
 	t.locks, t.lastToken, t.seq, t.lastSeq = st.Locks, st.LastToken, st.Seq, st.Seq
+	for _, e := range st.Requests {
+		t.requests.Put(e)
+	}
 	t.durableSeq.Store(st.Seq)
 	if t.locks == nil {
 		t.locks = make(map[string]Lock)
@@ -116,6 +142,36 @@ func openTable(store Store, now func() time.Time, log *slog.Logger) (*table, err
 		t.scheduleLeases(name, Lock{}, l)
 	}
 	return t, nil
+}
+
+// recall finds the outcome of an earlier request with idem's key: seen
+// says there was one, and err is errKeyReused when it was another request.
+// Only requests that changed something are remembered. Callers hold t.mu.
+func (t *table) recall(idem *idemRequest) (o outcome, seen bool, err error) {
+	if idem == nil {
+		return outcome{}, false, nil
+	}
+	e, ok := t.requests.Get(idem.scope, t.now())
+	if !ok {
+		return outcome{}, false, nil
+	}
+	if e.Fingerprint != idem.fingerprint {
+		return outcome{}, true, fmt.Errorf("%w: this Idempotency-Key was sent at %s with another request; send a new key with a new request",
+			errKeyReused, e.At.Format(time.RFC3339))
+	}
+	if err := json.Unmarshal([]byte(e.Outcome), &o); err != nil {
+		return outcome{}, true, fmt.Errorf("reading a remembered outcome: %w", err)
+	}
+	o.Lock.Replayed = true
+	return o, true, nil
+}
+
+// replay answers a request seen before: its outcome once the change it
+// made is durable (it may still be on its way to disk).
+func (t *table) replay(o outcome, err error) (outcome, error) {
+	seq := t.seq
+	t.mu.Unlock()
+	return o, cmp.Or(err, t.durable(seq))
 }
 
 // durable returns once change seq is durable, or why it never will be.
@@ -194,7 +250,8 @@ func (t *table) snapshot(name string) Snapshot {
 func (t *table) saved() Saved {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return Saved{Seq: t.seq, LastToken: t.lastToken, Locks: maps.Clone(t.locks)}
+	t.requests.Prune(t.now())
+	return Saved{Seq: t.seq, LastToken: t.lastToken, Locks: maps.Clone(t.locks), Requests: t.requests.All()}
 }
 
 // Acquire takes the lock called name for req.Requestor with req.Key, as
@@ -259,9 +316,23 @@ func clientGone(ctx context.Context) bool {
 	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), errShuttingDown)
 }
 
-// giveBack releases the count granted to w, whose client went away.
+// giveBack releases the count granted to w, whose client went away, and
+// forgets the grant's outcome: the client never heard of it.
 func (t *table) giveBack(w *waiter) (Snapshot, error) {
-	if _, _, err := t.Release(w.name, w.req.Key, w.req.Requestor, false); err != nil {
+	t.mu.Lock()
+	x := t.begin()
+	next, released, _ := lock.Release(t.locks[w.name], w.req.Key, w.req.Requestor, false)
+	if released > 0 {
+		x.set(w.name, next)
+		x.giveQueue(w.name)
+	}
+	if w.req.Idem != nil {
+		x.forget(w.req.Idem.scope)
+	}
+	err := x.commit()
+	seq := t.seq
+	t.mu.Unlock()
+	if err := cmp.Or(err, t.durable(seq)); err != nil {
 		t.log.Error("giving back a lock granted to a client that went away", "lock", w.name, "requestor", w.req.Requestor, "err", err)
 	} else {
 		t.log.Info("lock given back: its waiter went away as it was granted", "lock", w.name, "requestor", w.req.Requestor)
@@ -273,6 +344,10 @@ func (t *table) giveBack(w *waiter) (Snapshot, error) {
 // its waiter.
 func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapshot, error) {
 	t.mu.Lock()
+	if o, seen, err := t.recall(req.Idem); seen {
+		o, err := t.replay(o, err)
+		return nil, o.Lock, err
+	}
 	x := t.begin()
 	due := t.expireDue(x, t.now())
 	l, queue := t.locks[name], t.queues[name]
@@ -284,6 +359,7 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	verdict := lock.Decide(l, len(queue), req.Request, req.Wait > 0)
 	if verdict == lock.Grant {
 		x.set(name, lock.Give(l, req.Request, t.now(), x.nextToken))
+		x.remember(name, req.Idem, outcome{})
 	}
 	err := x.commit()
 	s, seq := t.snapshot(name), t.seq
@@ -359,8 +435,12 @@ func (t *table) leave(w *waiter) (Snapshot, uint64, bool) {
 // or every count when all is set, and says how many counts it gave back.
 // Releasing a free lock, or for a requestor that holds nothing under key,
 // changes nothing; a lock held with another key is refused with errLockHeld.
-func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, error) {
+func (t *table) Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error) {
 	t.mu.Lock()
+	if o, seen, err := t.recall(idem); seen {
+		o, err := t.replay(o, err)
+		return o.Lock, o.Released, err
+	}
 	x := t.begin()
 	due := t.expireDue(x, t.now())
 	l := t.locks[name]
@@ -375,6 +455,7 @@ func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, e
 	} else if released > 0 {
 		x.set(name, next)
 		x.giveQueue(name)
+		x.remember(name, idem, outcome{Released: released})
 	}
 	cerr := x.commit()
 	s, seq := t.snapshot(name), t.seq
@@ -386,28 +467,42 @@ func (t *table) Release(name, key, requestor string, all bool) (Snapshot, int, e
 }
 
 // ForceRelease frees the lock called name whoever holds it, and returns
-// what it was.
-func (t *table) ForceRelease(name string) (Lock, error) {
+// what it was and what it is now (the next waiters may have it).
+func (t *table) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error) {
 	t.mu.Lock()
+	if o, seen, err := t.recall(idem); seen {
+		o, err := t.replay(o, err)
+		if o.Old == nil {
+			o.Old = &Lock{}
+		}
+		return *o.Old, o.Lock, err
+	}
 	x := t.begin()
 	due := t.expireDue(x, t.now())
 	old := t.locks[name].Clone()
 	x.set(name, Lock{})
 	x.giveQueue(name)
+	if !old.Free() {
+		x.remember(name, idem, outcome{Old: &old})
+	}
 	err := x.commit()
-	seq := t.seq
+	s, seq := t.snapshot(name), t.seq
 	t.mu.Unlock()
 	if err := t.done(due, err, seq); err != nil {
-		return Lock{}, err
+		return Lock{}, Snapshot{}, err
 	}
-	return old, nil
+	return old, s, nil
 }
 
 // Renew sets requestor's lease on the lock called name to end ttl from now,
 // without changing its count. It is refused with errLockHeld when requestor
 // holds nothing under key.
-func (t *table) Renew(name, key, requestor string, ttl time.Duration) (Snapshot, error) {
+func (t *table) Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error) {
 	t.mu.Lock()
+	if o, seen, err := t.recall(idem); seen {
+		o, err := t.replay(o, err)
+		return o.Lock, err
+	}
 	x := t.begin()
 	due := t.expireDue(x, t.now())
 	next, ok := lock.Renew(t.locks[name], key, requestor, t.now().Add(ttl))
@@ -417,6 +512,7 @@ func (t *table) Renew(name, key, requestor string, ttl time.Duration) (Snapshot,
 			errLockHeld, requestor, name, key)
 	} else {
 		x.set(name, next)
+		x.remember(name, idem, outcome{})
 	}
 	cerr := x.commit()
 	s, seq := t.snapshot(name), t.seq

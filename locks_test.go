@@ -222,7 +222,7 @@ func TestLockRules(t *testing.T) {
 				case "acquire":
 					_, err = acquire(tab, "l", s.key, s.by)
 				case "release", "release-all":
-					_, released, err = tab.Release("l", s.key, s.by, s.op == "release-all")
+					_, released, err = tab.Release("l", s.key, s.by, s.op == "release-all", nil)
 				default:
 					t.Fatalf("unknown op %q", s.op)
 				}
@@ -251,7 +251,7 @@ func TestReleasedLocksDisappear(t *testing.T) {
 		if _, err := acquire(tab, name, "k", "r"); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.Release(name, "k", "r", false); err != nil {
+		if _, _, err := tab.Release(name, "k", "r", false, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -280,9 +280,9 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 		{"acquire a free lock", func() error { _, err := acquire(tab, "new", "k", "a"); return err }},
 		{"acquire again", func() error { _, err := acquire(tab, "held", "k", "a"); return err }},
 		{"share the lock", func() error { _, err := acquire(tab, "held", "k", "b"); return err }},
-		{"release", func() error { _, _, err := tab.Release("held", "k", "a", false); return err }},
-		{"renew", func() error { _, err := tab.Renew("held", "k", "a", time.Minute); return err }},
-		{"force release", func() error { _, err := tab.ForceRelease("held"); return err }},
+		{"release", func() error { _, _, err := tab.Release("held", "k", "a", false, nil); return err }},
+		{"renew", func() error { _, err := tab.Renew("held", "k", "a", time.Minute, nil); return err }},
+		{"force release", func() error { _, _, err := tab.ForceRelease("held", nil); return err }},
 	}
 	for _, c := range changes {
 		err := c.do()
@@ -315,10 +315,10 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Took()
-	if _, _, err := tab.Release("free", "k", "a", false); err != nil {
+	if _, _, err := tab.Release("free", "k", "a", false, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := tab.Release("l", "k", "nobody", false); err != nil {
+	if _, _, err := tab.Release("l", "k", "nobody", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := acquire(tab, "l", "other", "b"); !errors.Is(err, errLockHeld) {
@@ -406,7 +406,7 @@ func TestQueueIsFirstComeFirstServed(t *testing.T) {
 		t.Fatalf("queue = %v; want %v", got, want)
 	}
 
-	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
+	if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustGrant(t, b1, "b1")
@@ -417,14 +417,14 @@ func TestQueueIsFirstComeFirstServed(t *testing.T) {
 		t.Errorf("lock = %v; want %v", got, want)
 	}
 
-	if _, _, err := tab.Release("l", "B", "b1", false); err != nil {
+	if _, _, err := tab.Release("l", "B", "b1", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustGrant(t, a2, "a2")
 	if granted(t, b3) {
 		t.Fatal("b3 was granted while a2 holds the lock with another key")
 	}
-	if _, _, err := tab.Release("l", "A", "a2", false); err != nil {
+	if _, _, err := tab.Release("l", "A", "a2", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustGrant(t, b3, "b3")
@@ -442,7 +442,7 @@ func TestQueueGrantsSameKeyWaitersTogether(t *testing.T) {
 	c4 := queued(t, ctx, tab, "l", "C", "c4")
 	b5 := queued(t, ctx, tab, "l", "B", "b5")
 
-	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
+	if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	for i, done := range []<-chan error{b1, b2, b3} {
@@ -548,7 +548,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 	w := &waiter{name: "l", req: acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: time.Hour}, done: make(chan struct{})}
 	tab.queues["l"] = []*waiter{w}
 	tab.mu.Unlock()
-	if _, _, err := tab.Release("l", "A", "a0", false); err != nil {
+	if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	// The grant is made before the waiter notices its wait ended: leaving
@@ -577,7 +577,7 @@ func TestLeases(t *testing.T) {
 	// Renewing moves the expiry without changing the count; a PUT without
 	// ttl leaves the lease as it was.
 	clock.Advance(50 * time.Second)
-	if _, err := tab.Renew("l", "k", "a", time.Minute); err != nil {
+	if _, err := tab.Renew("l", "k", "a", time.Minute, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
@@ -587,10 +587,10 @@ func TestLeases(t *testing.T) {
 	if want := start.Add(110 * time.Second); !h.ExpiresAt.Equal(want) || h.Count != 2 {
 		t.Errorf("after renew: expires_at %v, count %d; want %v, 2", h.ExpiresAt, h.Count, want)
 	}
-	if _, err := tab.Renew("l", "other", "a", time.Minute); !errors.Is(err, errLockHeld) {
+	if _, err := tab.Renew("l", "other", "a", time.Minute, nil); !errors.Is(err, errLockHeld) {
 		t.Errorf("renew with the wrong key = %v; want errLockHeld", err)
 	}
-	if _, err := tab.Renew("l", "k", "nobody", time.Minute); !errors.Is(err, errLockHeld) {
+	if _, err := tab.Renew("l", "k", "nobody", time.Minute, nil); !errors.Is(err, errLockHeld) {
 		t.Errorf("renew by a non-holder = %v; want errLockHeld", err)
 	}
 
@@ -614,7 +614,7 @@ func TestLeases(t *testing.T) {
 	if granted(t, c) {
 		t.Fatal("c was granted while b holds the lock")
 	}
-	if _, _, err := tab.Release("l", "k", "b", false); err != nil {
+	if _, _, err := tab.Release("l", "k", "b", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustGrant(t, c, "c")
@@ -684,11 +684,11 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("token of another lock = %d, %v; want above %d", other.Token, err, first.Token)
 	}
 	for _, r := range []string{"a", "b"} {
-		if _, _, err := tab.Release("l", "k", r, false); err != nil {
+		if _, _, err := tab.Release("l", "k", r, false, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := tab.Release("m", "k", "a", false); err != nil {
+	if _, _, err := tab.Release("m", "k", "a", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Every lock is free and gone from the file, yet a restart does not
@@ -708,7 +708,7 @@ func TestForceRelease(t *testing.T) {
 		}
 	}
 	c := queued(t, context.Background(), tab, "l", "other", "c")
-	old, err := tab.ForceRelease("l")
+	old, _, err := tab.ForceRelease("l", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -731,7 +731,7 @@ func TestLeaseIsJudgedAtTheRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Minute + time.Millisecond)
-	if _, err := tab.Renew("l", "k", "a", time.Minute); !errors.Is(err, errLockHeld) {
+	if _, err := tab.Renew("l", "k", "a", time.Minute, nil); !errors.Is(err, errLockHeld) {
 		t.Errorf("renewing a lease 1 ms after it ran out = %v; want errLockHeld", err)
 	}
 	if _, err := acquire(tab, "l", "other", "b"); err != nil {
@@ -753,7 +753,7 @@ func TestRollbackRestoresLeases(t *testing.T) {
 	held, release := d.Hold("jwrite")
 	d.Fail("jwrite")
 	renewed := make(chan error, 1)
-	go func() { _, err := tab.Renew("l", "k", "a", time.Hour); renewed <- err }()
+	go func() { _, err := tab.Renew("l", "k", "a", time.Hour, nil); renewed <- err }()
 	<-held // the renewal is in memory; its write is stuck
 	expired := make(chan error, 1)
 	go func() { expired <- tab.expire(clock.Advance(2 * time.Minute)) }()

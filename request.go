@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,6 +53,9 @@ var (
 	}
 )
 
+// maxIdempotencyKeyBytes limits an Idempotency-Key: a UUID is 36.
+const maxIdempotencyKeyBytes = 255
+
 // lockRequest is a request to change the lock in the path.
 type lockRequest struct {
 	acquireRequest      // Key and Requestor always; TTL, Wait and Note on PUT
@@ -70,8 +75,11 @@ func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequ
 	if err != nil {
 		return "", req, err
 	}
-	fields, err := decodeObject(w, r, req.Force)
+	fields, body, err := decodeObject(w, r, req.Force)
 	if err != nil {
+		return "", req, err
+	}
+	if req.Idem, err = idempotencyKey(r, name, body, req.Force); err != nil {
 		return "", req, err
 	}
 	if f, ok := firstUnknown(fields, bodyFields[r.Method]); ok {
@@ -267,27 +275,55 @@ func printable(what, s string) error {
 
 // decodeObject reads r's body as exactly one JSON object. An empty body is
 // an error unless optional is set.
-func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[string]json.RawMessage, error) {
+func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[string]json.RawMessage, []byte, error) {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
+		return nil, nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
 			errBodyTooLarge, maxBodyBytes, bodyExample)
 	case err != nil:
-		return nil, fmt.Errorf("%w: the body could not be read (%v); send a JSON object such as %s", errBadRequest, err, bodyExample)
+		return nil, nil, fmt.Errorf("%w: the body could not be read (%v); send a JSON object such as %s", errBadRequest, err, bodyExample)
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err == nil && fields != nil {
 		if topLevelKeys(data) != len(fields) {
-			return nil, fmt.Errorf("%w: the field %q is given twice in the body; give each field once", errBadRequest, duplicateKey(data))
+			return nil, nil, fmt.Errorf("%w: the field %q is given twice in the body; give each field once", errBadRequest, duplicateKey(data))
 		}
-		return fields, nil
+		return fields, data, nil
 	}
 	if err := explainBody(data, optional); err != nil {
+		return nil, nil, err
+	}
+	return map[string]json.RawMessage{}, data, nil // an empty body, allowed
+}
+
+// idempotencyKey reads r's Idempotency-Key header, if any: the key scoped
+// to r's method and the lock called name, and a fingerprint of what the
+// request asks (method, body and force; not wait, which a client that
+// asks again may shorten).
+func idempotencyKey(r *http.Request, name string, body []byte, force bool) (*idemRequest, error) {
+	values := r.Header.Values("Idempotency-Key")
+	switch {
+	case len(values) == 0:
+		return nil, nil
+	case len(values) > 1:
+		return nil, fmt.Errorf("%w: the Idempotency-Key header is given %d times; give it once", errBadRequest, len(values))
+	}
+	key := values[0]
+	if key == "" || len(key) > maxIdempotencyKeyBytes {
+		return nil, fmt.Errorf("%w: the Idempotency-Key header must be 1 to %d bytes, e.g. a UUID", errBadRequest, maxIdempotencyKeyBytes)
+	}
+	if err := printable("the Idempotency-Key header", key); err != nil {
 		return nil, err
 	}
-	return map[string]json.RawMessage{}, nil // an empty body, allowed
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%t\n", r.Method, force)
+	h.Write(bytes.TrimSpace(body))
+	return &idemRequest{
+		scope:       r.Method + " " + name + " " + key,
+		fingerprint: hex.EncodeToString(h.Sum(nil)),
+	}, nil
 }
 
 // topLevelKeys counts the keys of the JSON object in data, which

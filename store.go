@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filelock"
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/journal"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/statefile"
@@ -56,6 +58,10 @@ type Change struct {
 	Seq       uint64                `json:"seq"`
 	LastToken uint64                `json:"last_token"`
 	Locks     map[string]*lock.Lock `json:"locks"`
+	// Remember and Forget are the outcomes by Idempotency-Key that the
+	// change remembers and forgets, durable with it.
+	Remember []idempotency.Entry `json:"remember,omitempty"`
+	Forget   []string            `json:"forget,omitempty"`
 }
 
 // errUncertain marks a failure after which the server cannot know what the
@@ -217,6 +223,10 @@ func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
 		}
 	}
 	st.Seq, st.LastToken = c.Seq, c.LastToken
+	if len(c.Forget) > 0 {
+		st.Requests = slices.DeleteFunc(st.Requests, func(e idempotency.Entry) bool { return slices.Contains(c.Forget, e.Scope) })
+	}
+	st.Requests = append(st.Requests, c.Remember...)
 	return c.Seq, nil
 }
 

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -29,7 +31,28 @@ type tx struct {
 	oldLocks  map[string]Lock
 	lastToken uint64
 	granted   []*waiter
+	remembers []remembrance // outcomes to remember by Idempotency-Key
+	forgets   []string      // scopes whose outcome to forget
 }
+
+// remembrance is an outcome to remember once the change is made: the lock
+// called name as the change leaves it, with o's other fields.
+type remembrance struct {
+	name string
+	idem *idemRequest
+	o    outcome
+}
+
+// remember has the change remember, for idem's key, the lock called name
+// as the change leaves it and o's other fields. A nil idem does nothing.
+func (x *tx) remember(name string, idem *idemRequest, o outcome) {
+	if idem != nil {
+		x.remembers = append(x.remembers, remembrance{name: name, idem: idem, o: o})
+	}
+}
+
+// forget has the change forget the outcome remembered for scope.
+func (x *tx) forget(scope string) { x.forgets = append(x.forgets, scope) }
 
 func (t *table) begin() *tx {
 	return &tx{t: t, oldLocks: map[string]Lock{}, lastToken: t.lastToken}
@@ -87,10 +110,19 @@ func (x *tx) giveQueue(name string) {
 // the change is undone at once.
 func (x *tx) commit() error {
 	t := x.t
-	if len(x.oldLocks) == 0 {
+	if len(x.oldLocks) == 0 && len(x.forgets) == 0 {
 		return nil // nothing changed
 	}
-	c := Change{Seq: t.lastSeq + 1, LastToken: t.lastToken, Locks: make(map[string]*Lock, len(x.oldLocks))}
+	c := Change{Seq: t.lastSeq + 1, LastToken: t.lastToken, Locks: make(map[string]*Lock, len(x.oldLocks)), Forget: x.forgets}
+	for _, w := range x.granted {
+		x.remember(w.name, w.req.Idem, outcome{})
+	}
+	remembered, err := x.outcomes()
+	if err != nil {
+		x.undo()
+		return fmt.Errorf("%w: %w", errSave, err)
+	}
+	c.Remember = remembered
 	for name := range x.oldLocks {
 		if l, ok := t.locks[name]; ok {
 			c.Locks[name] = &l
@@ -111,11 +143,20 @@ func (x *tx) commit() error {
 	}
 	t.lastSeq++
 	t.seq = t.lastSeq
+	var forgotten []idempotency.Entry
+	for _, scope := range x.forgets {
+		if e, ok := t.requests.Take(scope); ok {
+			forgotten = append(forgotten, e)
+		}
+	}
+	for _, e := range remembered {
+		t.requests.Put(e)
+	}
 	durable := t.durableSeq.Load()
 	for len(t.undo) > 0 && t.undo[0].seq <= durable {
 		t.undo = t.undo[1:]
 	}
-	t.undo = append(t.undo, undo{seq: t.seq, oldLocks: x.oldLocks, lastToken: x.lastToken})
+	t.undo = append(t.undo, undo{seq: t.seq, oldLocks: x.oldLocks, lastToken: x.lastToken, remembered: remembered, forgotten: forgotten})
 	for name, old := range x.oldLocks {
 		t.scheduleLeases(name, old, t.locks[name])
 	}
@@ -131,6 +172,22 @@ func (x *tx) commit() error {
 		close(w.done)
 	}
 	return nil
+}
+
+// outcomes returns the entries x remembers, with the locks as x leaves
+// them.
+func (x *tx) outcomes() ([]idempotency.Entry, error) {
+	var out []idempotency.Entry
+	for _, r := range x.remembers {
+		o := r.o
+		o.Lock = x.t.snapshot(r.name)
+		data, err := json.Marshal(o)
+		if err != nil {
+			return nil, fmt.Errorf("encoding an outcome to remember: %w", err)
+		}
+		out = append(out, idempotency.Entry{Scope: r.idem.scope, Fingerprint: r.idem.fingerprint, At: x.t.now(), Outcome: string(data)})
+	}
+	return out, nil
 }
 
 // undo puts back what x replaced.
@@ -159,6 +216,12 @@ func (t *table) rollback(from uint64, err error) uint64 {
 		u := t.undo[len(t.undo)-1]
 		for name, l := range u.oldLocks {
 			t.restore(name, l)
+		}
+		for _, e := range u.remembered {
+			t.requests.Delete(e)
+		}
+		for _, e := range u.forgotten {
+			t.requests.Put(e)
 		}
 		t.lastToken = u.lastToken
 		t.undo = t.undo[:len(t.undo)-1]

@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v2"
 
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -30,6 +31,9 @@ type State struct {
 	Seq       uint64 // the last journal record the file holds
 	LastToken uint64 // the highest fencing token ever handed out
 	Locks     map[string]lock.Lock
+	// Requests are the outcomes remembered by Idempotency-Key, oldest
+	// first.
+	Requests []idempotency.Entry
 	// Original says the file is in the original locker's JSON format
 	// (Decode sets it; Encode writes this package's YAML regardless).
 	Original bool
@@ -41,6 +45,7 @@ type document struct {
 	Seq       uint64                `yaml:"seq"`
 	LastToken uint64                `yaml:"last_token"`
 	Locks     map[string]lock.Entry `yaml:"locks"`
+	Requests  []idempotency.Entry   `yaml:"requests,omitempty"`
 }
 
 // Decode parses a state file: this server's YAML, or the original locker's
@@ -76,7 +81,7 @@ func Decode(data []byte) (State, error) {
 		if doc.Version != Version {
 			return State{}, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", doc.Version, Version)
 		}
-		entries, st.LastToken, st.Seq = doc.Locks, doc.LastToken, doc.Seq
+		entries, st.LastToken, st.Seq, st.Requests = doc.Locks, doc.LastToken, doc.Seq, doc.Requests
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(entries)) {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -26,11 +27,18 @@ func Encode(w io.Writer, st State) error {
 	ew.printf("%sversion: %d\nseq: %d\nlast_token: %d\n", header, Version, st.Seq, st.LastToken)
 	if len(st.Locks) == 0 {
 		ew.printf("locks: {}\n")
-		return ew.err
+	} else {
+		ew.printf("locks:\n")
+		for _, name := range slices.Sorted(maps.Keys(st.Locks)) {
+			encodeLock(ew, name, st.Locks[name])
+		}
 	}
-	ew.printf("locks:\n")
-	for _, name := range slices.Sorted(maps.Keys(st.Locks)) {
-		encodeLock(ew, name, st.Locks[name])
+	if len(st.Requests) > 0 {
+		ew.printf("requests:\n")
+		for _, e := range st.Requests {
+			ew.printf("  - scope: %s\n    fingerprint: %s\n    at: %s\n    outcome: %s\n",
+				scalar(e.Scope), scalar(e.Fingerprint), e.At.Format(time.RFC3339Nano), scalar(e.Outcome))
+		}
 	}
 	return ew.err
 }
@@ -139,12 +147,12 @@ func parse(data []byte) (document, bool) {
 	doc.Locks = map[string]lock.Entry{}
 	switch line := p.next(); string(line) {
 	case "locks: {}":
-		return doc, p.peek() == nil
+		return doc, p.requests(&doc)
 	case "locks:":
 	default:
 		return doc, false
 	}
-	for p.peek() != nil {
+	for p.peek() != nil && bytes.HasPrefix(p.peek(), []byte("  ")) {
 		name, ok := p.key("  ")
 		if !ok {
 			return doc, false
@@ -158,7 +166,47 @@ func parse(data []byte) (document, bool) {
 		}
 		doc.Locks[name] = e
 	}
-	return doc, true
+	return doc, p.requests(&doc)
+}
+
+// requests reads the requests section, if there is one, to the end of the
+// file.
+func (p *parser) requests(doc *document) bool {
+	if p.peek() == nil {
+		return true
+	}
+	if string(p.next()) != "requests:" {
+		return false
+	}
+	for p.peek() != nil {
+		var e idempotency.Entry
+		var ok1, ok2, ok3 bool
+		var outcome string
+		scope, ok := p.field("  - ", "scope")
+		if e.Scope, ok1 = unscalar(scope); !ok || !ok1 {
+			return false
+		}
+		fp, ok := p.scalarField("    ", "fingerprint")
+		if !ok {
+			return false
+		}
+		e.Fingerprint = fp
+		at, ok := p.field("    ", "at")
+		t, err := time.Parse(time.RFC3339Nano, at)
+		if !ok || err != nil {
+			return false
+		}
+		e.At = t
+		if outcome, ok2 = p.scalarField("    ", "outcome"); !ok2 {
+			return false
+		}
+		e.Outcome, ok3 = outcome, true
+		if !ok3 {
+			return false
+		}
+		doc.Requests = append(doc.Requests, e)
+	}
+	return true
 }
 
 // parser reads the lines of a state file written by Encode.

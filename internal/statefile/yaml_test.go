@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v2"
 
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -30,6 +31,8 @@ func fill(r *rand.Rand, v reflect.Value) {
 			f.SetUint(1 + r.Uint64N(1000))
 		case f.Kind() == reflect.Struct:
 			fill(r, f)
+		case f.Type() == reflect.TypeFor[[]byte]():
+			f.SetBytes([]byte(randomString(r)))
 		case f.Kind() == reflect.Slice && f.Type() == reflect.TypeFor[[]lock.Holder]():
 			// Holders: filled by randomLock, sorted and unique.
 		default:
@@ -77,6 +80,11 @@ func TestEncodeIsYAML(t *testing.T) {
 			st.Locks[randomString(r)] = l
 			st.LastToken = max(st.LastToken, l.Token)
 		}
+		for range r.IntN(3) {
+			var e idempotency.Entry
+			fill(r, reflect.ValueOf(&e).Elem())
+			st.Requests = append(st.Requests, e)
+		}
 		var buf bytes.Buffer
 		if err := Encode(&buf, st); err != nil {
 			t.Fatal(err)
@@ -85,7 +93,7 @@ func TestEncodeIsYAML(t *testing.T) {
 		if err := yaml.UnmarshalStrict(buf.Bytes(), &got); err != nil {
 			t.Fatalf("yaml.v2 cannot read Encode's output: %v\n%s", err, buf.String())
 		}
-		want := document{Version: Version, Seq: st.Seq, LastToken: st.LastToken, Locks: map[string]lock.Entry{}}
+		want := document{Version: Version, Seq: st.Seq, LastToken: st.LastToken, Locks: map[string]lock.Entry{}, Requests: st.Requests}
 		for name, l := range st.Locks {
 			want.Locks[name] = l.Entry()
 		}
