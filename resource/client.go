@@ -98,6 +98,10 @@ type client struct {
 	base       string // locker_uri without a trailing slash
 	user, pass string
 	http       *http.Client
+	// idempotencyKey goes with every change the client asks for: the same
+	// for all the tries of one step, so that a retry after a lost reply is
+	// not counted twice.
+	idempotencyKey string
 }
 
 func newClient(src Source) *client {
@@ -152,6 +156,9 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	if c.user != "" {
 		req.SetBasicAuth(c.user, c.pass)
+	}
+	if c.idempotencyKey != "" && method != http.MethodGet {
+		req.Header.Set("Idempotency-Key", c.idempotencyKey)
 	}
 	resp, err := c.http.Do(req)
 	var unknownCA x509.UnknownAuthorityError

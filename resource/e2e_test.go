@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/testcert"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // End-to-end tests: the real locker server, built from this repository and
@@ -590,5 +591,28 @@ func TestOutReportsWhileWaiting(t *testing.T) {
 	if reports < 3 || !strings.Contains(stderr.String(), "lease until ") || !strings.Contains(stderr.String(), "https://ci.example.com/builds/42") ||
 		!strings.Contains(stderr.String(), "this job is number 1 of 1 in the queue") {
 		t.Errorf("stderr during a 1 s wait with reports every 200 ms (%d reports):\n%s", reports, stderr.String())
+	}
+}
+
+// TestLostReplyIsNotCountedTwice puts a proxy in front of the server that
+// loses the reply to the first lock: out tries again, with the same
+// Idempotency-Key, and the unlock then leaves the lock free.
+func TestLostReplyIsNotCountedTwice(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: testutil.DropFirstReply(t, ls.url, "PUT"), LockName: "prod"}
+	r := runBinary(t, "out", outReq(src, "lock", "deploy", "deploy-job"))
+	resp := mustSucceed(t, "lock through a proxy that loses the first reply", r)
+	if !strings.Contains(r.stderr, "trying again") {
+		t.Fatalf("out did not retry; the test needs the first reply lost:\n%s", r.stderr)
+	}
+	if l := ls.getLock(t, "prod", src); l.LockedBy["deploy-job"] != 1 {
+		t.Fatalf("after the retry the lock is held %v; want deploy-job once", l.LockedBy)
+	}
+	if metadata(resp, "token") != "1" {
+		t.Errorf("token = %s; want 1", metadata(resp, "token"))
+	}
+	mustSucceed(t, "unlock", runBinary(t, "out", outReq(src, "unlock", "deploy", "deploy-job")))
+	if l := ls.getLock(t, "prod", src); len(l.LockedBy) != 0 {
+		t.Errorf("after lock, lost reply, retry and unlock, the lock is held %v; want it free", l.LockedBy)
 	}
 }

@@ -3,6 +3,8 @@ package resource
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,6 +65,7 @@ func Out(ctx context.Context, req OutRequest, env func(string) string, stderr io
 		deadline = time.Now().Add(timeout)
 	}
 	c := newClient(req.Source)
+	c.idempotencyKey = newIdempotencyKey()
 	stderr = &syncWriter{w: stderr} // the wait's reports come from another goroutine
 	var l lockInfo
 	if p.LockOp == "lock" {
@@ -273,6 +276,14 @@ func released(data []byte, name string, p OutParams, stderr io.Writer) (lockInfo
 	}
 	fmt.Fprintf(stderr, "unlocked %q with key %q\n", name, p.Key)
 	return l, nil
+}
+
+// newIdempotencyKey returns a key for this step's requests: random, so
+// that another step (or another run of this one) never shares it.
+func newIdempotencyKey() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand does not fail on the systems Go supports
+	return hex.EncodeToString(b)
 }
 
 // buildNote returns a link to the running build, from the variables

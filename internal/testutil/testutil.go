@@ -5,9 +5,13 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -83,4 +87,31 @@ func DirEntries(tb testing.TB, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// DropFirstReply starts a proxy in front of target that forwards every
+// request, but cuts the connection instead of passing on the reply to the
+// first one with method: the request was made, the client never hears.
+// It returns the proxy's URL.
+func DropFirstReply(tb testing.TB, target, method string) string {
+	tb.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	var dropped atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == method && dropped.CompareAndSwap(false, true) {
+			proxy.ServeHTTP(httptest.NewRecorder(), r) // made upstream, reply thrown away
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	tb.Cleanup(srv.Close)
+	return srv.URL
 }
