@@ -78,7 +78,7 @@ func TestIdempotencyKeyRules(t *testing.T) {
 	if first.StatusCode != 200 || again.StatusCode != 200 || againReply != firstReply || again.Header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("repeat = %d %s; want the first answer again (%d %s), marked as replayed", again.StatusCode, againReply, first.StatusCode, firstReply)
 	}
-	if r, reply := put(`{"key": "a", "lock_by": "y"}`, "k1"); r.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(reply, "sent at") {
+	if r, reply := put(`{"key": "a", "lock_by": "y"}`, "k1"); r.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(reply, "with another request") {
 		t.Errorf("key reused with another body = %d %s; want 422", r.StatusCode, reply)
 	}
 	if r, _ := put(`{"key": "b", "lock_by": "z"}`, "k2"); r.StatusCode != http.StatusLocked {
@@ -130,5 +130,52 @@ func TestRememberedOutcomesSurviveACrash(t *testing.T) {
 	s, err = reloaded.Acquire(context.Background(), "l", failed)
 	if err != nil || s.Replayed || holderOf(s, "b").Count != 1 {
 		t.Errorf("the request whose write failed, sent again = %+v, %v; want it taken as new", s, err)
+	}
+}
+
+// TestWaiterComingBackKeepsItsPlace: a waiter with an Idempotency-Key
+// whose wait runs out, and that asks again with the key within 30 s, is
+// granted before a request that queued in between; one that comes back
+// later goes to the back.
+func TestWaiterComingBackKeepsItsPlace(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		away  time.Duration // how long it is gone
+		first string        // who is granted when the holder lets go
+	}{
+		{"back within 30 s", 10 * time.Second, "b"},
+		{"back after 30 s", 31 * time.Second, "c"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			tab := loadTestTable(t, filepath.Join(t.TempDir(), "locks.yml"), nil, clock.Now)
+			if _, err := acquire(tab, "l", "A", "a"); err != nil {
+				t.Fatal(err)
+			}
+			b := acquireRequest{Request: lock.Request{Key: "B", Requestor: "b", Named: true}, Wait: 20 * time.Millisecond,
+				Idem: &idemRequest{scope: "PUT l step-b", fingerprint: "fb"}}
+			if _, err := tab.Acquire(context.Background(), "l", b); !errors.Is(err, errLockHeld) {
+				t.Fatalf("b's first round = %v; want it to time out", err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			c := queued(t, ctx, tab, "l", "C", "c")
+			clock.Advance(tt.away)
+			b.Wait = time.Hour
+			bDone := make(chan error, 1)
+			go func() { _, err := tab.Acquire(ctx, "l", b); bDone <- err }()
+			testutil.WaitFor(t, "b to queue again", func() bool { return len(tab.get("l").Waiting) == 2 })
+			if _, _, err := tab.Release("l", "A", "a", false, nil); err != nil {
+				t.Fatal(err)
+			}
+			if tt.first == "b" {
+				mustGrant(t, bDone, "b")
+				if granted(t, c) {
+					t.Error("c was granted too")
+				}
+			} else {
+				mustGrant(t, c, "c")
+			}
+		})
 	}
 }

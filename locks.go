@@ -62,12 +62,22 @@ type acquireRequest struct {
 	Idem *idemRequest  // its Idempotency-Key, if it sent one
 }
 
+// placeHold is how long a waiter whose wait ran out keeps its place in the
+// queue for a request with its Idempotency-Key: a client that waits in
+// rounds (the Concourse resource) asks again at once, and must not go to
+// the back each time.
+const placeHold = 30 * time.Second
+
 // waiter is a queued acquireRequest.
 type waiter struct {
 	name  string
 	req   acquireRequest
 	since time.Time
 	done  chan struct{} // closed once it is granted, or its grant failed
+	// left is when its wait ran out, for a waiter with an Idempotency-Key:
+	// it stays in the queue as a placeholder for placeHold, is granted
+	// nothing, and a request with its key that queues takes its place.
+	left time.Time
 
 	// Guarded by table.mu; read by the waiter once done is closed.
 	granted bool
@@ -156,7 +166,7 @@ func (t *table) recall(idem *idemRequest) (o outcome, seen bool, err error) {
 		return outcome{}, false, nil
 	}
 	if e.Fingerprint != idem.fingerprint {
-		return outcome{}, true, fmt.Errorf("%w: this Idempotency-Key was sent at %s with another request; send a new key with a new request",
+		return outcome{}, true, fmt.Errorf("%w: it came at %s with another request; send a new key with a new request",
 			errKeyReused, e.At.Format(time.RFC3339))
 	}
 	if err := json.Unmarshal([]byte(e.Outcome), &o); err != nil {
@@ -223,7 +233,9 @@ func (t *table) List() (map[string]Snapshot, error) {
 		out[name] = t.snapshot(name)
 	}
 	for name := range t.queues {
-		out[name] = t.snapshot(name)
+		if s := t.snapshot(name); len(s.Waiting) > 0 {
+			out[name] = s
+		}
 	}
 	seq := t.seq
 	t.mu.Unlock()
@@ -241,7 +253,9 @@ func (t *table) Len() int {
 func (t *table) snapshot(name string) Snapshot {
 	s := Snapshot{Lock: t.locks[name].Clone()}
 	for _, w := range t.queues[name] {
-		s.Waiting = append(s.Waiting, lock.Waiting{Key: w.req.Key, Requestor: w.req.Requestor, Since: w.since})
+		if w.left.IsZero() {
+			s.Waiting = append(s.Waiting, lock.Waiting{Key: w.req.Key, Requestor: w.req.Requestor, Since: w.since})
+		}
 	}
 	return s
 }
@@ -280,7 +294,7 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 		}
 		return w.snap, err
 	case <-timer.C:
-		if s, seq, granted := t.leave(w); granted {
+		if s, seq, granted := t.leave(w, w.req.Idem != nil); granted {
 			return s, t.durable(seq) // granted just as time ran out
 		}
 		s, err := t.Get(name)
@@ -297,7 +311,7 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 // A waiter granted meanwhile keeps the lock if its client is still there
 // to hear of it (the server is shutting down); otherwise it gives it back.
 func (t *table) abandon(ctx context.Context, w *waiter) (Snapshot, error) {
-	s, seq, granted := t.leave(w)
+	s, seq, granted := t.leave(w, false)
 	switch {
 	case !clientGone(ctx) && granted:
 		return s, t.durable(seq)
@@ -350,13 +364,13 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	}
 	x := t.begin()
 	due := t.expireDue(x, t.now())
-	l, queue := t.locks[name], t.queues[name]
+	l, queued := t.locks[name], t.waiting(name)
 	if faults.Planted == faults.TOCTOU {
 		t.mu.Unlock()
 		time.Sleep(time.Millisecond)
 		t.mu.Lock()
 	}
-	verdict := lock.Decide(l, len(queue), req.Request, req.Wait > 0)
+	verdict := lock.Decide(l, queued, req.Request, req.Wait > 0)
 	if verdict == lock.Grant {
 		x.set(name, lock.Give(l, req.Request, t.now(), x.nextToken))
 		x.remember(name, req.Idem, outcome{})
@@ -365,7 +379,7 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	s, seq := t.snapshot(name), t.seq
 	if verdict == lock.Queue && err == nil {
 		w := &waiter{name: name, req: req, since: t.now(), done: make(chan struct{})}
-		t.queues[name] = append(t.queues[name], w)
+		t.enqueue(w)
 		t.mu.Unlock()
 		t.logExpired(due) // the waiter's own answer waits for the change
 		return w, Snapshot{}, nil
@@ -375,6 +389,38 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 		return nil, s, err
 	}
 	return nil, Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
+}
+
+// waiting counts the waiters in the queue of the lock called name, and
+// drops the placeholders whose time is up. Callers hold t.mu.
+func (t *table) waiting(name string) int {
+	now, n := t.now(), 0
+	queue := slices.DeleteFunc(slices.Clone(t.queues[name]), func(w *waiter) bool {
+		return !w.left.IsZero() && now.Sub(w.left) > placeHold
+	})
+	for _, w := range queue {
+		if w.left.IsZero() {
+			n++
+		}
+	}
+	t.setQueue(name, queue)
+	return n
+}
+
+// enqueue puts w at the back of its lock's queue, or in the place of the
+// placeholder left by an earlier request with its Idempotency-Key.
+// Callers hold t.mu.
+func (t *table) enqueue(w *waiter) {
+	queue := slices.Clone(t.queues[w.name])
+	for i, p := range queue {
+		if !p.left.IsZero() && w.req.Idem != nil && p.req.Idem != nil && *p.req.Idem == *w.req.Idem {
+			w.since = p.since // it has waited since then
+			queue[i] = w
+			t.queues[w.name] = queue
+			return
+		}
+	}
+	t.queues[w.name] = append(queue, w)
 }
 
 // refusal says why a request with key cannot have the lock called name,
@@ -409,17 +455,20 @@ func plural(n int, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
-// leave takes w out of its queue because its wait ended. If w was granted
-// in the meantime it stays granted, and leave returns the lock it got and
-// the change that granted it.
-func (t *table) leave(w *waiter) (Snapshot, uint64, bool) {
+// leave takes w out of its queue because its wait ended, leaving a
+// placeholder in its place when hold is set. If w was granted in the
+// meantime it stays granted, and leave returns the lock it got and the
+// change that granted it.
+func (t *table) leave(w *waiter, hold bool) (Snapshot, uint64, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if w.granted {
 		return w.snap, w.seq, true
 	}
 	queue := t.queues[w.name]
-	if i := slices.Index(queue, w); i >= 0 {
+	if i := slices.Index(queue, w); i >= 0 && hold {
+		w.left = t.now()
+	} else if i >= 0 {
 		t.setQueue(w.name, slices.Delete(slices.Clone(queue), i, i+1))
 	}
 	// Whoever queued behind w may now be at the head.

@@ -553,7 +553,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 	}
 	// The grant is made before the waiter notices its wait ended: leaving
 	// then must report the grant instead of dropping it.
-	s, seq, ok := tab.leave(w)
+	s, seq, ok := tab.leave(w, false)
 	if !ok || holderOf(s, "b1").Count != 1 || seq == 0 {
 		t.Errorf("leave after the grant = %+v, %d, %v; want the granted lock and its change", s, seq, ok)
 	}

@@ -88,21 +88,27 @@ func (t *table) put(name string, l Lock) {
 // fails its waiter, which then leaves.
 func (x *tx) giveQueue(name string) {
 	t := x.t
-	queue := t.queues[name]
-	if len(queue) == 0 {
+	if t.waiting(name) == 0 {
 		return
 	}
-	reqs := make([]lock.Request, len(queue))
-	for i, w := range queue {
+	queue := t.queues[name]
+	var live []*waiter // placeholders are granted nothing
+	for _, w := range queue {
+		if w.left.IsZero() {
+			live = append(live, w)
+		}
+	}
+	reqs := make([]lock.Request, len(live))
+	for i, w := range live {
 		reqs[i] = w.req.Request
 	}
 	l, n := lock.GiveQueue(t.locks[name], reqs, t.now(), x.nextToken)
 	if n == 0 {
 		return
 	}
-	x.granted = append(x.granted, queue[:n]...)
+	x.granted = append(x.granted, live[:n]...)
 	x.set(name, l)
-	t.setQueue(name, slices.Clone(queue[n:]))
+	t.setQueue(name, slices.DeleteFunc(slices.Clone(queue), func(w *waiter) bool { return slices.Contains(live[:n], w) }))
 }
 
 // commit hands the change to the store under a new seq, which the table
