@@ -616,3 +616,22 @@ func TestLostReplyIsNotCountedTwice(t *testing.T) {
 		t.Errorf("after lock, lost reply, retry and unlock, the lock is held %v; want it free", l.LockedBy)
 	}
 }
+
+// TestLockTakesALeaseByDefault: a lock without params.ttl takes a day's
+// lease, so that an aborted job's lock frees itself; ttl: none takes none.
+func TestLockTakesALeaseByDefault(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	r := runBinary(t, "out", outReq(src, "lock", "a", "job-a"))
+	mustSucceed(t, "lock", r)
+	l := ls.getLock(t, "prod", src)
+	if left := time.Until(l.Holders["job-a"].ExpiresAt); left < 23*time.Hour || left > 25*time.Hour || !strings.Contains(r.stderr, "a lease of 24h, the default") {
+		t.Errorf("a lock without ttl has %v of lease left, and said %q; want about 24h, said", left, r.stderr)
+	}
+	none := outReq(src, "lock", "a", "job-b")
+	none.Params.TTL = "none"
+	mustSucceed(t, "lock with ttl: none", runBinary(t, "out", none))
+	if exp := ls.getLock(t, "prod", src).Holders["job-b"].ExpiresAt; !exp.IsZero() {
+		t.Errorf("a lock with ttl: none has a lease until %v; want none", exp)
+	}
+}

@@ -99,8 +99,11 @@ func lock(ctx context.Context, c *client, name string, p OutParams, defaultNote 
 	if r := p.requestor(); r != "" {
 		body["lock_by"] = r
 	}
-	if p.TTL != "" {
-		body["ttl"] = p.TTL
+	if ttl := p.lease(); ttl != "" {
+		body["ttl"] = ttl
+		if p.TTL == "" {
+			fmt.Fprintf(stderr, "taking %q with a lease of %s, the default: set params.ttl for another, or ttl: none to hold it until it is unlocked\n", name, ttl)
+		}
 	}
 	if note := cmp.Or(p.Note, defaultNote); note != "" {
 		body["note"] = note

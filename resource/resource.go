@@ -93,7 +93,7 @@ type OutParams struct {
 	Key      string `json:"key"`                 // holders with the same key share the lock
 	LockedBy string `json:"locked_by,omitempty"` // who holds it; defaults to the key
 	LockBy   string `json:"lock_by,omitempty"`   // the same as locked_by
-	TTL      string `json:"ttl,omitempty"`       // lock: a lease, e.g. "2h"
+	TTL      string `json:"ttl,omitempty"`       // lock: a lease, e.g. "2h"; "none" for none; default defaultTTL
 	Note     string `json:"note,omitempty"`      // lock: defaults to the build's URL
 	Timeout  string `json:"timeout,omitempty"`   // give up after this long; default: never
 	All      bool   `json:"all,omitempty"`       // unlock: every count of locked_by
@@ -106,6 +106,26 @@ type OutParams struct {
 type Response struct {
 	Version  Version         `json:"version"`
 	Metadata []MetadataField `json:"metadata"`
+}
+
+// defaultTTL is the lease a lock takes when params.ttl is not set: a job
+// that is aborted, or whose grant never reached it, never runs its unlock
+// step, and the lease is what frees the lock then. A day covers the
+// longest deploys; "none" keeps a lock until it is unlocked.
+const defaultTTL = "24h"
+
+// noTTL in params.ttl asks for no lease.
+const noTTL = "none"
+
+// lease returns the ttl to send with a lock, "" for none.
+func (p OutParams) lease() string {
+	switch p.TTL {
+	case "":
+		return defaultTTL
+	case noTTL:
+		return ""
+	}
+	return p.TTL
 }
 
 // requestor returns the holder name the params give, or "" for the key.
@@ -132,7 +152,11 @@ func (p OutParams) Validate() error {
 	if p.LockedBy != "" && p.LockBy != "" && p.LockedBy != p.LockBy {
 		problems = append(problems, fmt.Sprintf("params.locked_by (%q) and params.lock_by (%q) name the same thing: keep one", p.LockedBy, p.LockBy))
 	}
-	for _, d := range []struct{ name, value string }{{"ttl", p.TTL}, {"timeout", p.Timeout}} {
+	ttl := p.TTL
+	if ttl == noTTL {
+		ttl = ""
+	}
+	for _, d := range []struct{ name, value string }{{"ttl", ttl}, {"timeout", p.Timeout}} {
 		if _, err := parseDuration(d.value); err != nil {
 			problems = append(problems, fmt.Sprintf("params.%s is %q: use a duration such as 30m or 2h", d.name, d.value))
 		}
