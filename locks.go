@@ -394,8 +394,12 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 // waiting counts the waiters in the queue of the lock called name, and
 // drops the placeholders whose time is up. Callers hold t.mu.
 func (t *table) waiting(name string) int {
+	queue := t.queues[name]
+	if len(queue) == 0 {
+		return 0 // most locks: nothing to scan or copy
+	}
 	now, n := t.now(), 0
-	queue := slices.DeleteFunc(slices.Clone(t.queues[name]), func(w *waiter) bool {
+	queue = slices.DeleteFunc(slices.Clone(queue), func(w *waiter) bool {
 		return !w.left.IsZero() && now.Sub(w.left) > placeHold
 	})
 	for _, w := range queue {
