@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ var (
 	errUnauthorized = errors.New("authentication required: send the locker's username and password with HTTP basic auth (curl -u USER:PASS)")
 	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>")
 	errMethod       = errors.New("method not allowed")
+	errNotReady     = errors.New("not ready")
 )
 
 // statusClientClosed is logged when a client leaves before its answer, as
@@ -48,6 +50,7 @@ var errorStatuses = []struct {
 	{errKeyReused, http.StatusUnprocessableEntity},
 	{errClientGone, statusClientClosed},
 	{errShuttingDown, http.StatusServiceUnavailable},
+	{errNotReady, http.StatusServiceUnavailable},
 	{errUncertain, http.StatusInternalServerError},
 	{errSave, http.StatusInternalServerError},
 }
@@ -71,6 +74,9 @@ func (s *server) routes() http.Handler {
 	r.UseEncodedPath()
 	r.SkipClean(true)
 
+	// Health checks, which requireAuth lets through.
+	r.HandleFunc("/healthz", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/readyz", s.handleReady).Methods(http.MethodGet, http.MethodHead)
 	// HEAD answers as GET without the body (net/http drops it).
 	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet, http.MethodHead)
@@ -102,6 +108,26 @@ func allowedMethods(router *mux.Router, req *http.Request) []string {
 		}
 	}
 	return allowed
+}
+
+// openPaths are served without authentication: load balancers and
+// monit check them without credentials, and they tell nothing of locks.
+var openPaths = []string{"/healthz", "/readyz"}
+
+// handleHealth handles GET /healthz: the process serves.
+func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// handleReady handles GET /readyz: 200 when the store can make a change
+// durable, 503 with the reason when it cannot (the details go to the log).
+func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if err := s.locks.store.Ready(); err != nil {
+		s.log.Warn("not ready", "err", err)
+		s.writeError(w, r, fmt.Errorf("%w: the last change could not be saved to disk, so changes are refused until a write succeeds; the server's log has the details", errNotReady))
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 // handleList handles GET /locks: every lock that is held or waited for,
@@ -369,6 +395,10 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slices.Contains(openPaths, r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
 		user, pass, ok := r.BasicAuth()
 		if !ok || !s.auth.match(user, pass) {
 			// The user name tried, never the password; the client is told

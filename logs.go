@@ -84,9 +84,15 @@ func (h flushingHandler) WithGroup(name string) slog.Handler {
 	return flushingHandler{h.Handler.WithGroup(name), h.buf}
 }
 
-// newLogger returns the server's logger, writing text lines to out through
-// a buffer; close it to write out the rest.
-func newLogger(out io.Writer) (*slog.Logger, *logBuffer) {
+// newLogger returns the server's logger, writing text lines (or JSON, with
+// asJSON) of level and above to out through a buffer; close it to write
+// out the rest.
+func newLogger(out io.Writer, asJSON bool, level slog.Level) (*slog.Logger, *logBuffer) {
 	buf := newLogBuffer(out)
-	return slog.New(flushingHandler{slog.NewTextHandler(buf, nil), buf}), buf
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(buf, opts)
+	if asJSON {
+		h = slog.NewJSONHandler(buf, opts)
+	}
+	return slog.New(flushingHandler{h, buf}), buf
 }

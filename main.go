@@ -58,6 +58,8 @@ Configuration is read from the environment:
                       waits are cut to it and the client asks again.
   LOCKER_DEFAULT_TTL  lease for PUTs that send no ttl (default: none).
   LOCKER_MAX_TTL      the longest lease a request may ask for (default 168h).
+  LOG_FORMAT     text (the default) or json, for every log line.
+  LOG_LEVEL      debug, info (the default), warn or error.
   LOCKER_CHECKPOINT_BYTES  journal size before it is checkpointed into the
                       state file (default 8 MiB; tests make it small).
 
@@ -116,6 +118,8 @@ type config struct {
 	defaultTTL        time.Duration
 	maxTTL            time.Duration
 	checkpointBytes   int64 // journal size that asks for a checkpoint, at least
+	logJSON           bool  // LOG_FORMAT=json
+	logLevel          slog.Level
 }
 
 // loadConfig reads and checks the configuration; an error names the variable.
@@ -156,6 +160,18 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", d.name, v)
 		}
 		*d.dst = n
+	}
+	switch f := getenv("LOG_FORMAT"); f {
+	case "", "text":
+	case "json":
+		cfg.logJSON = true
+	default:
+		return config{}, fmt.Errorf("LOG_FORMAT: %q is not a log format: use text (the default) or json", f)
+	}
+	if v := getenv("LOG_LEVEL"); v != "" {
+		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
+			return config{}, fmt.Errorf("LOG_LEVEL: %q is not a level: use debug, info (the default), warn or error", v)
+		}
 	}
 	if v := getenv("LOCKER_CHECKPOINT_BYTES"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -213,7 +229,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // serve runs the server described by cfg, keeping its state through fsys,
 // until ctx is done; then it shuts down gracefully.
 func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer) error {
-	log, logs := newLogger(stderr)
+	log, logs := newLogger(stderr, cfg.logJSON, cfg.logLevel)
 	defer logs.Close()
 
 	tlsConfig, err := loadTLS(cfg)

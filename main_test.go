@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -259,6 +260,8 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 		{"missing cert files", map[string]string{"LOCKER_CONFIG": state, "SSL_CERT": "/nonexistent/c.pem", "SSL_KEY": "/nonexistent/k.pem"}, "SSL_CERT/SSL_KEY"},
 		{"default lease over the longest", map[string]string{"LOCKER_CONFIG": state, "LOCKER_DEFAULT_TTL": "200h"}, "LOCKER_DEFAULT_TTL (200h0m0s) is over LOCKER_MAX_TTL (168h0m0s)"},
 		{"default lease under a second", map[string]string{"LOCKER_CONFIG": state, "LOCKER_DEFAULT_TTL": "10ms"}, "LOCKER_DEFAULT_TTL: 10ms is under the shortest lease, 1s"},
+		{"unknown log format", map[string]string{"LOCKER_CONFIG": state, "LOG_FORMAT": "xml"}, `LOG_FORMAT: "xml" is not a log format`},
+		{"unknown log level", map[string]string{"LOCKER_CONFIG": state, "LOG_LEVEL": "loud"}, `LOG_LEVEL: "loud" is not a level`},
 		{"max lease not a duration", map[string]string{"LOCKER_CONFIG": state, "LOCKER_MAX_TTL": "a week"}, `LOCKER_MAX_TTL: not a positive duration: "a week"`},
 		{"state file that is plain text", map[string]string{"LOCKER_CONFIG": plain}, "LOCKER_CONFIG " + plain + ": not a valid Locker state file: yaml: unmarshal errors:\n  line 1: cannot unmarshal !!str `hello` into the top level, which holds version, seq, last_token and locks"},
 		{"state file that is a directory", map[string]string{"LOCKER_CONFIG": dir}, "LOCKER_CONFIG " + dir + " cannot be read"},
@@ -399,5 +402,90 @@ func TestFailedLoginIsLogged(t *testing.T) {
 	}
 	if strings.Contains(log, "guess-1") {
 		t.Errorf("the log holds a password that was tried:\n%s", log)
+	}
+}
+
+// TestHealthAndReadiness checks /healthz and /readyz, which answer without
+// credentials: ready while the disk takes changes, 503 with the reason
+// from a failed write until a write succeeds again.
+func TestHealthAndReadiness(t *testing.T) {
+	d := &atomicfile.Faulty{}
+	ls := startServe(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "AUTH_USER": "ci", "AUTH_PASS": "s3cret"}, d)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		status, body := ls.call(t, "GET", path, "")
+		if status != http.StatusOK || !json.Valid(body) {
+			t.Errorf("GET %s without credentials = %d %s; want 200 and JSON", path, status, body)
+		}
+		if status, _ := ls.call(t, "HEAD", path, ""); status != http.StatusOK {
+			t.Errorf("HEAD %s = %d; want 200", path, status)
+		}
+	}
+	if status, _ := ls.call(t, "GET", "/locks", ""); status != http.StatusUnauthorized {
+		t.Errorf("GET /locks without credentials = %d; want 401: only the health checks are open", status)
+	}
+
+	d.Fail("jwrite")
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`, "ci", "s3cret"); status != http.StatusInternalServerError {
+		t.Fatalf("PUT with the disk failing = %d %s; want 500", status, body)
+	}
+	status, body := ls.call(t, "GET", "/readyz", "")
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "not ready: the last change could not be saved") {
+		t.Errorf("GET /readyz after a failed write = %d %s; want 503 with the reason", status, body)
+	}
+	if status, _ := ls.call(t, "GET", "/healthz", ""); status != http.StatusOK {
+		t.Errorf("GET /healthz after a failed write = %d; want 200: the process still serves", status)
+	}
+	d.Fail("")
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`, "ci", "s3cret"); status != http.StatusOK {
+		t.Fatalf("PUT once the disk works = %d %s", status, body)
+	}
+	if status, body := ls.call(t, "GET", "/readyz", ""); status != http.StatusOK {
+		t.Errorf("GET /readyz after a write succeeded = %d %s; want 200", status, body)
+	}
+}
+
+// TestLogFormatAndLevel checks LOG_FORMAT=json (every line is a JSON
+// object) and LOG_LEVEL=warn (request lines gone, warnings kept).
+func TestLogFormatAndLevel(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close() // run listens there now
+	env := map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "PORT": port, "LOCKER_LISTEN": "127.0.0.1",
+		"LOG_FORMAT": "json", "LOG_LEVEL": "warn"}
+	var log testutil.SyncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, &log) }()
+	url := "http://127.0.0.1:" + port
+	testutil.WaitFor(t, "the server to serve", func() bool {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	testutil.HTTPDo(t, url, "PUT", "/lock/prod", `{"key": "k"}`)
+	testutil.HTTPDo(t, url, "DELETE", "/lock/prod?force=true", "")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	warned := false
+	for _, line := range lines {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+		}
+		if v["level"] == "INFO" {
+			t.Errorf("an info line with LOG_LEVEL=warn: %q", line)
+		}
+		warned = warned || v["msg"] == "lock force-released"
+	}
+	if !warned {
+		t.Errorf("the forced release's warning is missing:\n%s", log.String())
 	}
 }

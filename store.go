@@ -41,6 +41,8 @@ type Store interface {
 	// Checkpoint saves the whole table, which holds every change up to
 	// s.Seq, so that the store can forget those changes.
 	Checkpoint(s Saved) error
+	// Ready returns why the store cannot make a change durable now, or nil.
+	Ready() error
 	// Broken delivers the failure after which nothing more is durable:
 	// the server must stop and start again from what the store kept.
 	Broken() <-chan error
@@ -263,7 +265,16 @@ func (s *fileStore) Wait(seq uint64) error {
 }
 
 func (s *fileStore) CheckpointDue() <-chan struct{} { return s.journal.Full() }
-func (s *fileStore) Broken() <-chan error           { return s.journal.Fatal() }
+
+// Ready says whether the journal can take changes: its last write
+// succeeded, and no sync has failed.
+func (s *fileStore) Ready() error {
+	if err := s.journal.Healthy(); err != nil {
+		return fmt.Errorf("the journal beside LOCKER_CONFIG cannot be written: %w", err)
+	}
+	return nil
+}
+func (s *fileStore) Broken() <-chan error { return s.journal.Fatal() }
 
 // Checkpoint writes st to the state file, then drops the journal records
 // that it holds. A file that already holds st.Seq is left alone, so that

@@ -77,6 +77,7 @@ type Journal struct {
 	failed   []seqRange    // records that will never be on disk
 	failing  error         // set while FailFunc runs: Append refuses
 	broken   error         // set once a failure leaves the disk in doubt
+	lastErr  error         // why the last write failed; nil once one succeeds
 	advanced chan struct{} // closed and replaced whenever durable, failed or broken change
 	closing  bool
 	blocked  int // how many Wait calls are blocked, for tests
@@ -212,6 +213,20 @@ func (j *Journal) Wait(seq uint64) error {
 	}
 }
 
+// Healthy returns why the journal cannot take records now: the last write
+// failed (until one succeeds), it is broken for good, or it is closed.
+func (j *Journal) Healthy() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch {
+	case j.broken != nil:
+		return j.broken
+	case j.closing:
+		return ErrClosed
+	}
+	return j.lastErr
+}
+
 // Blocked says how many Wait calls are waiting for the disk.
 func (j *Journal) Blocked() int {
 	j.mu.Lock()
@@ -281,6 +296,7 @@ func (j *Journal) flush() bool {
 
 	j.mu.Lock()
 	j.durable = last
+	j.lastErr = nil
 	j.broadcast()
 	j.mu.Unlock()
 	if full {
@@ -316,6 +332,7 @@ func (j *Journal) fail(from uint64, err error) {
 	to := j.onFail(from, err)
 	j.mu.Lock()
 	j.failing = nil
+	j.lastErr = err
 	j.failed = append(j.failed, seqRange{from: from, to: to, err: err})
 	j.broadcast()
 	j.mu.Unlock()
