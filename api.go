@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/metrics"
 )
 
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
@@ -64,6 +66,8 @@ type server struct {
 	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
 	maxTTL       time.Duration // the longest lease a request may ask for
 	writeTimeout time.Duration // how long writing a reply may take, after any wait
+	metrics      *metrics.Metrics
+	metricsOpen  bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
 }
 
 // routes returns the whole API, wrapped in authentication and request logs.
@@ -77,6 +81,9 @@ func (s *server) routes() http.Handler {
 	// Health checks, which requireAuth lets through.
 	r.HandleFunc("/healthz", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/readyz", s.handleReady).Methods(http.MethodGet, http.MethodHead)
+	if s.metrics != nil {
+		r.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet, http.MethodHead)
+	}
 	// HEAD answers as GET without the body (net/http drops it).
 	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet, http.MethodHead)
@@ -84,6 +91,18 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
 	r.HandleFunc("/lock/{name:.+}", s.handleUnlock).Methods(http.MethodDelete)
 
+	// The request log and the metrics learn the route's template, never
+	// the path: a lock's name must not become a label.
+	r.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if e, ok := req.Context().Value(logEntryKey{}).(*logEntry); ok {
+				if tpl, err := mux.CurrentRoute(req).GetPathTemplate(); err == nil {
+					e.route = tpl
+				}
+			}
+			next.ServeHTTP(w, req)
+		})
+	})
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errNotFound)
 	})
@@ -395,7 +414,7 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if slices.Contains(openPaths, r.URL.Path) {
+		if slices.Contains(openPaths, r.URL.Path) || (s.metricsOpen && r.URL.Path == "/metrics") {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -419,6 +438,7 @@ type logEntry struct {
 	http.ResponseWriter
 	status int
 	err    error
+	route  string // the route's template, once the router matched one
 }
 
 // logEntryKey finds a request's *logEntry in its context.
@@ -436,8 +456,9 @@ func (e *logEntry) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 func (s *server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		e := &logEntry{ResponseWriter: w, status: http.StatusOK}
+		e := &logEntry{ResponseWriter: w, status: http.StatusOK, route: "other"}
 		next.ServeHTTP(e, r.WithContext(context.WithValue(r.Context(), logEntryKey{}, e)))
+		s.metrics.Request(e.route, r.Method, e.status, time.Since(start))
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.EscapedPath()),

@@ -102,6 +102,7 @@ func (t *table) expireDue(x *tx, now time.Time) []lease {
 
 // logExpired logs the leases a committed change ended.
 func (t *table) logExpired(due []lease) {
+	t.metrics.Expired(len(due))
 	for _, e := range due {
 		t.log.Info("lease expired; hold released", "lock", e.name, "requestor", e.requestor, "expired_at", e.at)
 	}

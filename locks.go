@@ -16,6 +16,7 @@ import (
 	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/metrics"
 )
 
 // Domain errors; api.go maps each one to an HTTP status.
@@ -91,10 +92,11 @@ type waiter struct {
 // it, or of anything computed from it, until the store has it on disk
 // (see durable). A change that cannot be saved is undone.
 type table struct {
-	store Store
-	now   func() time.Time
-	log   *slog.Logger
-	wake  chan struct{} // tells the expiry loop that a new lease may come first
+	store   Store
+	now     func() time.Time
+	log     *slog.Logger
+	metrics *metrics.Metrics // nil records nothing
+	wake    chan struct{}    // tells the expiry loop that a new lease may come first
 
 	mu        sync.Mutex // guards the fields below
 	locks     map[string]Lock
@@ -242,6 +244,24 @@ func (t *table) List() (map[string]Snapshot, error) {
 	return out, t.done(due, err, seq)
 }
 
+// sizes returns how many locks are held, by how many holders, and how
+// many requests wait: the gauges' figures.
+func (t *table) sizes() (locks, holders, waiters int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, l := range t.locks {
+		holders += len(l.Holders)
+	}
+	for _, q := range t.queues {
+		for _, w := range q {
+			if w.left.IsZero() {
+				waiters++
+			}
+		}
+	}
+	return len(t.locks), holders, waiters
+}
+
 // Len returns the number of held locks.
 func (t *table) Len() int {
 	t.mu.Lock()
@@ -292,11 +312,15 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 		if clientGone(ctx) {
 			return t.giveBack(w)
 		}
+		if err == nil {
+			t.metrics.Acquired(time.Since(w.since), true)
+		}
 		return w.snap, err
 	case <-timer.C:
 		if s, seq, granted := t.leave(w, w.req.Idem != nil); granted {
 			return s, t.durable(seq) // granted just as time ran out
 		}
+		t.metrics.WaitTimedOut()
 		s, err := t.Get(name)
 		if err != nil {
 			return Snapshot{}, err
@@ -386,8 +410,12 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	}
 	t.mu.Unlock()
 	if err := t.done(due, err, seq); err != nil || verdict == lock.Grant {
+		if err == nil {
+			t.metrics.Acquired(0, false)
+		}
 		return nil, s, err
 	}
+	t.metrics.Refused()
 	return nil, Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
 }
 
@@ -516,6 +544,7 @@ func (t *table) Release(name, key, requestor string, all bool, idem *idemRequest
 	if err := cmp.Or(t.done(due, cerr, seq), err); err != nil {
 		return Snapshot{}, 0, err
 	}
+	t.metrics.Released(released)
 	return s, released, nil
 }
 
@@ -543,6 +572,9 @@ func (t *table) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, er
 	t.mu.Unlock()
 	if err := t.done(due, err, seq); err != nil {
 		return Lock{}, Snapshot{}, err
+	}
+	if !old.Free() {
+		t.metrics.Forced()
 	}
 	return old, s, nil
 }
@@ -599,6 +631,7 @@ func (t *table) checkpointLoop(ctx context.Context) {
 				t.log.Error("checkpointing the journal into the state file", "err", err)
 				continue
 			}
+			t.metrics.Checkpointed(time.Since(start))
 			t.log.Info("journal checkpointed into the state file", "locks", t.Len(), "duration", time.Since(start))
 		}
 	}

@@ -35,6 +35,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/metrics"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -58,6 +59,7 @@ Configuration is read from the environment:
                       waits are cut to it and the client asks again.
   LOCKER_DEFAULT_TTL  lease for PUTs that send no ttl (default: none).
   LOCKER_MAX_TTL      the longest lease a request may ask for (default 168h).
+  LOCKER_METRICS_AUTH  false: serve /metrics without the basic auth.
   LOG_FORMAT     text (the default) or json, for every log line.
   LOG_LEVEL      debug, info (the default), warn or error.
   LOCKER_CHECKPOINT_BYTES  journal size before it is checkpointed into the
@@ -119,6 +121,7 @@ type config struct {
 	maxTTL            time.Duration
 	checkpointBytes   int64 // journal size that asks for a checkpoint, at least
 	logJSON           bool  // LOG_FORMAT=json
+	metricsAuth       bool  // /metrics behind the API's basic auth
 	logLevel          slog.Level
 }
 
@@ -136,6 +139,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		maxTTL:    defaultMaxTTL,
 
 		checkpointBytes: defaultCheckpointBytes,
+		metricsAuth:     true,
 	}
 	if cfg.statePath == "" {
 		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml")
@@ -160,6 +164,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return config{}, fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", d.name, v)
 		}
 		*d.dst = n
+	}
+	if v := getenv("LOCKER_METRICS_AUTH"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return config{}, fmt.Errorf("LOCKER_METRICS_AUTH: %q is not true or false", v)
+		}
+		cfg.metricsAuth = b
 	}
 	switch f := getenv("LOG_FORMAT"); f {
 	case "", "text":
@@ -242,6 +253,13 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	m := metrics.New(version, metrics.Gauges{
+		Locks:   func() float64 { n, _, _ := locks.sizes(); return float64(n) },
+		Holders: func() float64 { _, n, _ := locks.sizes(); return float64(n) },
+		Waiters: func() float64 { _, _, n := locks.sizes(); return float64(n) },
+	})
+	locks.metrics = m
+	store.journal.OnSync(m.Synced)
 	// Loading leaves garbage a few times the table's size (the file's
 	// bytes, the parsed document): give it back to the system now, or the
 	// process keeps that size for minutes (230 MB instead of 70 at 100,000
@@ -256,7 +274,8 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), locks.close())
 	}
-	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL, writeTimeout: defaultTimeouts.write}
+	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL,
+		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.metricsAuth}
 	if cfg.user != "" {
 		srv.auth = newCredentials(cfg.user, cfg.pass)
 	}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 )
@@ -60,6 +61,8 @@ type Journal struct {
 	full   chan struct{} // the file has grown past CompactAt; room for one
 	wake   chan struct{} // wakes the committer; room for one
 	done   chan struct{} // closed when the committer has stopped
+
+	onSync func(d time.Duration, records int) // told of each batch written and synced; set before appends
 
 	fileMu    sync.Mutex // guards the fields below: the committer and Compact
 	file      atomicfile.InPlaceFile
@@ -151,6 +154,10 @@ func (j *Journal) cutTail(f atomicfile.InPlaceFile, size, good int, created bool
 	}
 	return nil
 }
+
+// OnSync has f told how long each batch took to write and sync, and how
+// many records it held. Call it before the first Append.
+func (j *Journal) OnSync(f func(d time.Duration, records int)) { j.onSync = f }
 
 // Fatal delivers the failure after which nothing more is durable: the
 // process must stop and start again from its files.
@@ -261,6 +268,7 @@ func (j *Journal) flush() bool {
 		return !closing
 	}
 
+	start := time.Now()
 	j.fileMu.Lock()
 	err := j.reserve(int64(len(buf)))
 	if err == nil {
@@ -299,6 +307,9 @@ func (j *Journal) flush() bool {
 	j.lastErr = nil
 	j.broadcast()
 	j.mu.Unlock()
+	if j.onSync != nil {
+		j.onSync(time.Since(start), len(ends))
+	}
 	if full {
 		select {
 		case j.full <- struct{}{}:
