@@ -107,7 +107,9 @@ func (m *Metrics) Acquired(waited time.Duration, queued bool) {
 func (m *Metrics) Refused() { m.add(func(m *Metrics) prometheus.Counter { return m.refusals }, 1) }
 
 // Released counts n counts given back.
-func (m *Metrics) Released(n int) { m.add(func(m *Metrics) prometheus.Counter { return m.releases }, n) }
+func (m *Metrics) Released(n int) {
+	m.add(func(m *Metrics) prometheus.Counter { return m.releases }, n)
+}
 
 // Expired counts n holds released by their lease.
 func (m *Metrics) Expired(n int) { m.add(func(m *Metrics) prometheus.Counter { return m.expiries }, n) }
@@ -116,7 +118,9 @@ func (m *Metrics) Expired(n int) { m.add(func(m *Metrics) prometheus.Counter { r
 func (m *Metrics) Forced() { m.add(func(m *Metrics) prometheus.Counter { return m.forced }, 1) }
 
 // WaitTimedOut counts a wait that ran out.
-func (m *Metrics) WaitTimedOut() { m.add(func(m *Metrics) prometheus.Counter { return m.waitTimeouts }, 1) }
+func (m *Metrics) WaitTimedOut() {
+	m.add(func(m *Metrics) prometheus.Counter { return m.waitTimeouts }, 1)
+}
 
 // Request times one HTTP request by its route template. Methods other
 // than the API's are counted as "other": a client chooses the method, and
