@@ -14,6 +14,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -28,7 +29,9 @@ type testServer struct {
 func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServer {
 	tb.Helper()
 	tab, path := newTestTable(tb, d)
-	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write}
+	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write,
+		metrics: metrics.New("test", metrics.Gauges{Locks: func() float64 { return 0 }, Holders: func() float64 { return 0 }, Waiters: func() float64 { return 0 }})}
+	tab.metrics = s.metrics
 	if user != "" {
 		s.auth = newCredentials(user, pass)
 	}
