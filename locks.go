@@ -262,6 +262,20 @@ func (t *table) sizes() (locks, holders, waiters int) {
 	return len(t.locks), holders, waiters
 }
 
+// oldestAge returns how long the longest-held lock has been held.
+func (t *table) oldestAge() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	var oldest time.Duration
+	for _, l := range t.locks {
+		if !l.AcquiredAt.IsZero() {
+			oldest = max(oldest, now.Sub(l.AcquiredAt))
+		}
+	}
+	return oldest
+}
+
 // Len returns the number of held locks.
 func (t *table) Len() int {
 	t.mu.Lock()

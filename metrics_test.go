@@ -70,7 +70,7 @@ func TestMetrics(t *testing.T) {
 	m := scrape(t, body)
 	for name, want := range map[string]float64{
 		"locker_acquisitions_total": 2, "locker_refusals_total": 1, "locker_wait_timeouts_total": 1,
-		"locker_releases_total": 1, "locker_locks_held": 1, "locker_holders": 1, "locker_waiters": 1,
+		"locker_releases_total": 1, "locker_locks_held": 1, "locker_holders": 1, "locker_waiters": 1, "locker_ready": 1,
 	} {
 		if got := value(t, m, name); got != want {
 			t.Errorf("%s = %v; want %v", name, got, want)
@@ -90,6 +90,9 @@ func TestMetrics(t *testing.T) {
 	}
 	if h := m["locker_wait_seconds"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 1 {
 		t.Errorf("locker_wait_seconds has %d samples; want the one waiter's", h.GetSampleCount())
+	}
+	if age := value(t, m, "locker_oldest_lock_age_seconds"); age <= 0 || age > 60 {
+		t.Errorf("locker_oldest_lock_age_seconds = %v; want the age of prod's hold, a few seconds at most", age)
 	}
 	for _, name := range []string{"locker_journal_sync_seconds", "locker_journal_records_per_sync", "locker_build_info", "locker_http_request_duration_seconds"} {
 		if _, ok := m[name]; !ok {

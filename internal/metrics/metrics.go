@@ -13,9 +13,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// Gauges reads the lock table's sizes at each scrape.
+// Gauges reads the lock table at each scrape.
 type Gauges struct {
 	Locks, Holders, Waiters func() float64
+	OldestAge               func() float64 // seconds the longest-held lock has been held
+	Ready                   func() float64 // 1 while changes can be saved, else 0
 }
 
 // Metrics are the instruments. A nil *Metrics records nothing, so that
@@ -73,7 +75,12 @@ func New(version string, g Gauges) *Metrics {
 		{"locker_locks_held", "Locks held now.", g.Locks},
 		{"locker_holders", "Holders of all locks now.", g.Holders},
 		{"locker_waiters", "Requests waiting in a lock's queue now.", g.Waiters},
+		{"locker_oldest_lock_age_seconds", "How long the longest-held lock has been held (0 for none).", g.OldestAge},
+		{"locker_ready", "1 while changes can be saved to disk, 0 when they cannot (see /readyz).", g.Ready},
 	} {
+		if gf.f == nil {
+			continue
+		}
 		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: gf.name, Help: gf.help}, gf.f))
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
