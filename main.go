@@ -35,6 +35,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
 )
 
@@ -144,52 +145,16 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if cfg.statePath == "" {
 		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml")
 	}
-	if p := getenv("PORT"); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || n > 65535 {
-			return config{}, fmt.Errorf("PORT: not a port number: %q (want 0 to 65535)", p)
-		}
-		cfg.port = n
-	}
-	for _, d := range []struct {
-		name string
-		dst  *time.Duration
-	}{{"LOCKER_MAX_WAIT", &cfg.maxWait}, {"LOCKER_DEFAULT_TTL", &cfg.defaultTTL}, {"LOCKER_MAX_TTL", &cfg.maxTTL}} {
-		v := getenv(d.name)
-		if v == "" {
-			continue
-		}
-		n, err := time.ParseDuration(v)
-		if err != nil || n <= 0 {
-			return config{}, fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", d.name, v)
-		}
-		*d.dst = n
-	}
-	if v := getenv("LOCKER_METRICS_AUTH"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return config{}, fmt.Errorf("LOCKER_METRICS_AUTH: %q is not true or false", v)
-		}
-		cfg.metricsAuth = b
-	}
-	switch f := getenv("LOG_FORMAT"); f {
-	case "", "text":
-	case "json":
-		cfg.logJSON = true
-	default:
-		return config{}, fmt.Errorf("LOG_FORMAT: %q is not a log format: use text (the default) or json", f)
-	}
-	if v := getenv("LOG_LEVEL"); v != "" {
-		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
-			return config{}, fmt.Errorf("LOG_LEVEL: %q is not a level: use debug, info (the default), warn or error", v)
-		}
-	}
-	if v := getenv("LOCKER_CHECKPOINT_BYTES"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 {
-			return config{}, fmt.Errorf("LOCKER_CHECKPOINT_BYTES: not a positive number of bytes: %q (e.g. 8388608)", v)
-		}
-		cfg.checkpointBytes = n
+	e := env{getenv: getenv}
+	e.port("PORT", &cfg.port)
+	e.duration("LOCKER_MAX_WAIT", &cfg.maxWait)
+	e.duration("LOCKER_DEFAULT_TTL", &cfg.defaultTTL)
+	e.duration("LOCKER_MAX_TTL", &cfg.maxTTL)
+	e.boolean("LOCKER_METRICS_AUTH", &cfg.metricsAuth)
+	e.bytes("LOCKER_CHECKPOINT_BYTES", &cfg.checkpointBytes)
+	e.logging(&cfg)
+	if e.err != nil {
+		return config{}, e.err
 	}
 	if cfg.defaultTTL > cfg.maxTTL {
 		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL (%v) is over LOCKER_MAX_TTL (%v): lower the one or raise the other", cfg.defaultTTL, cfg.maxTTL)
@@ -204,6 +169,83 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return config{}, err
 	}
 	return cfg, nil
+}
+
+// env reads settings from the environment into their fields, leaving a
+// field as it is when its variable is unset. It keeps the first error,
+// which names its variable.
+type env struct {
+	getenv func(string) string
+	err    error
+}
+
+// value returns the variable's value, or "" once an error was found.
+func (e *env) value(name string) string {
+	if e.err != nil {
+		return ""
+	}
+	return e.getenv(name)
+}
+
+func (e *env) port(name string, dst *int) {
+	if v := e.value(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 65535 {
+			e.err = fmt.Errorf("%s: not a port number: %q (want 0 to 65535)", name, v)
+			return
+		}
+		*dst = n
+	}
+}
+
+func (e *env) duration(name string, dst *time.Duration) {
+	if v := e.value(name); v != "" {
+		n, err := time.ParseDuration(v)
+		if err != nil || n <= 0 {
+			e.err = fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", name, v)
+			return
+		}
+		*dst = n
+	}
+}
+
+func (e *env) boolean(name string, dst *bool) {
+	if v := e.value(name); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			e.err = fmt.Errorf("%s: %q is not true or false", name, v)
+			return
+		}
+		*dst = b
+	}
+}
+
+func (e *env) bytes(name string, dst *int64) {
+	if v := e.value(name); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			e.err = fmt.Errorf("%s: not a positive number of bytes: %q (e.g. 8388608)", name, v)
+			return
+		}
+		*dst = n
+	}
+}
+
+// logging reads LOG_FORMAT and LOG_LEVEL.
+func (e *env) logging(cfg *config) {
+	switch f := e.value("LOG_FORMAT"); f {
+	case "", "text":
+	case "json":
+		cfg.logJSON = true
+	default:
+		e.err = fmt.Errorf("LOG_FORMAT: %q is not a log format: use text (the default) or json", f)
+		return
+	}
+	if v := e.value("LOG_LEVEL"); v != "" {
+		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
+			e.err = fmt.Errorf("LOG_LEVEL: %q is not a level: use debug, info (the default), warn or error", v)
+		}
+	}
 }
 
 func bothOrNeither(aName, a, bName, b string) error {
@@ -388,4 +430,17 @@ func newHTTPServer(h http.Handler, log *slog.Logger, t timeouts, base context.Co
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
+}
+
+// newLogger returns the server's logger, writing text lines (or JSON, with
+// asJSON) of level and above to out through a buffer; close it to write
+// out the rest.
+func newLogger(out io.Writer, asJSON bool, level slog.Level) (*slog.Logger, *logbuf.Buffer) {
+	buf := logbuf.New(out)
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(buf, opts)
+	if asJSON {
+		h = slog.NewJSONHandler(buf, opts)
+	}
+	return slog.New(buf.Handler(h)), buf
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
@@ -119,32 +121,15 @@ func (x *tx) commit() error {
 	if len(x.oldLocks) == 0 && len(x.forgets) == 0 {
 		return nil // nothing changed
 	}
-	c := Change{Seq: t.lastSeq + 1, LastToken: t.lastToken, Locks: make(map[string]*Lock, len(x.oldLocks)), Forget: x.forgets}
-	for _, w := range x.granted {
-		x.remember(w.name, w.req.Idem, outcome{})
+	c, err := x.change()
+	if err == nil {
+		err = t.store.Append(c)
 	}
-	remembered, err := x.outcomes()
 	if err != nil {
-		x.undo()
-		return fmt.Errorf("%w: %w", errSave, err)
-	}
-	c.Remember = remembered
-	for name := range x.oldLocks {
-		if l, ok := t.locks[name]; ok {
-			c.Locks[name] = &l
-		} else {
-			c.Locks[name] = nil
-		}
-	}
-	if err := t.store.Append(c); err != nil {
-		x.undo()
 		if !errors.Is(err, errShuttingDown) {
 			err = fmt.Errorf("%w: %w", errSave, err)
 		}
-		for _, w := range x.granted {
-			w.err = err
-			close(w.done)
-		}
+		x.fail(err)
 		return err
 	}
 	t.lastSeq++
@@ -155,29 +140,65 @@ func (x *tx) commit() error {
 			forgotten = append(forgotten, e)
 		}
 	}
-	for _, e := range remembered {
+	for _, e := range c.Remember {
 		t.requests.Put(e)
 	}
 	durable := t.durableSeq.Load()
 	for len(t.undo) > 0 && t.undo[0].seq <= durable {
 		t.undo = t.undo[1:]
 	}
-	t.undo = append(t.undo, undo{seq: t.seq, oldLocks: x.oldLocks, lastToken: x.lastToken, remembered: remembered, forgotten: forgotten})
+	t.undo = append(t.undo, undo{seq: t.seq, oldLocks: x.oldLocks, lastToken: x.lastToken, remembered: c.Remember, forgotten: forgotten})
 	for name, old := range x.oldLocks {
 		t.scheduleLeases(name, old, t.locks[name])
 	}
-	// Waiters granted together share one snapshot; none of them changes it.
+	x.tellGranted()
+	return nil
+}
+
+// change returns the record of x for the store: the locks it touched as
+// they are now (nil for one it freed), the token counter, and the
+// outcomes it remembers and forgets.
+func (x *tx) change() (Change, error) {
+	t := x.t
+	c := Change{Seq: t.lastSeq + 1, LastToken: t.lastToken, Locks: make(map[string]*Lock, len(x.oldLocks)), Forget: x.forgets}
+	for name := range x.oldLocks {
+		if l, ok := t.locks[name]; ok {
+			c.Locks[name] = &l
+		} else {
+			c.Locks[name] = nil
+		}
+	}
+	for _, w := range x.granted {
+		x.remember(w.name, w.req.Idem, outcome{})
+	}
+	var err error
+	c.Remember, err = x.outcomes()
+	return c, err
+}
+
+// fail undoes x, which could not be saved, and tells its granted waiters
+// why.
+func (x *tx) fail(err error) {
+	x.undo()
+	for _, w := range x.granted {
+		w.err = err
+		close(w.done)
+	}
+}
+
+// tellGranted hands the waiters x granted their lock. Waiters granted
+// together share one snapshot; none of them changes it.
+func (x *tx) tellGranted() {
 	snaps := make(map[string]Snapshot)
 	for _, w := range x.granted {
 		snap, ok := snaps[w.name]
 		if !ok {
-			snap = t.snapshot(w.name)
+			snap = x.t.snapshot(w.name)
 			snaps[w.name] = snap
 		}
-		w.granted, w.snap, w.seq = true, snap, t.seq
+		w.granted, w.snap, w.seq = true, snap, x.t.seq
 		close(w.done)
 	}
-	return nil
 }
 
 // outcomes returns the entries x remembers, with the locks as x leaves
@@ -241,4 +262,47 @@ func (t *table) rollback(from uint64, err error) uint64 {
 	}
 	t.log.Error("changes could not be saved and were undone", "from_seq", from, "to_seq", t.lastSeq, "err", err)
 	return t.lastSeq
+}
+
+// idemRequest is a request's Idempotency-Key, scoped to its method and
+// lock, and a fingerprint of the request, to tell a repeat from a reuse.
+type idemRequest struct {
+	scope, fingerprint string
+}
+
+// outcome is what a request with an Idempotency-Key is answered again.
+type outcome struct {
+	Lock     Snapshot `json:"lock"`          // the lock as the first answer showed it
+	Old      *Lock    `json:"old,omitempty"` // force release: what it freed
+	Released int      `json:"released"`      // release: how many counts it gave back
+}
+
+// recall finds the outcome of an earlier request with idem's key: seen
+// says there was one, and err is errKeyReused when it was another request.
+// Only requests that changed something are remembered. Callers hold t.mu.
+func (t *table) recall(idem *idemRequest) (o outcome, seen bool, err error) {
+	if idem == nil {
+		return outcome{}, false, nil
+	}
+	e, ok := t.requests.Get(idem.scope, t.now())
+	if !ok {
+		return outcome{}, false, nil
+	}
+	if e.Fingerprint != idem.fingerprint {
+		return outcome{}, true, fmt.Errorf("%w: it came at %s with another request; send a new key with a new request",
+			errKeyReused, e.At.Format(time.RFC3339))
+	}
+	if err := json.Unmarshal([]byte(e.Outcome), &o); err != nil {
+		return outcome{}, true, fmt.Errorf("reading a remembered outcome: %w", err)
+	}
+	o.Lock.Replayed = true
+	return o, true, nil
+}
+
+// replay answers a request seen before: its outcome once the change it
+// made is durable (it may still be on its way to disk).
+func (t *table) replay(o outcome, err error) (outcome, error) {
+	seq := t.seq
+	t.mu.Unlock()
+	return o, cmp.Or(err, t.durable(seq))
 }
