@@ -201,7 +201,7 @@ func TestLeaseExpiryAndForceReleaseAreLogged(t *testing.T) {
 	}
 	testutil.WaitFor(t, "the lease to run out", func() bool { return len(ls.listLocks(t, "ci", "s3cret")) == 0 })
 	testutil.WaitFor(t, "the log to say which lease expired", func() bool {
-		return strings.Contains(ls.log.String(), `msg="lease expired; hold released" lock=leased requestor=build-7`)
+		return strings.Contains(ls.log.String(), `msg="lease expired; hold released" lock=leased key=k holder=build-7 token=1`)
 	})
 
 	ls.call(t, "PUT", "/lock/stuck", `{"key": "k", "lock_by": "aborted-build"}`, "ci", "s3cret")
@@ -339,5 +339,25 @@ func TestAnonymousSameKeyJobsDoNotStarveAnotherKey(t *testing.T) {
 	}
 	if r := result(t, upgrade); r.status != http.StatusOK {
 		t.Errorf("the upgrade = %d %s; want it granted once the tests let go", r.status, r.body)
+	}
+}
+
+// TestGrantsAndReleasesAreLogged checks the log line of each grant (with
+// how long a waiter waited) and each release.
+func TestGrantsAndReleasesAreLogged(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	ls.call(t, "PUT", "/lock/prod", `{"key": "a", "lock_by": "deploy-1"}`)
+	waiter := putAsync(t.Context(), ls.url, "/lock/prod?wait=10s", `{"key": "b", "lock_by": "deploy-2"}`)
+	testutil.WaitFor(t, "the waiter to queue", func() bool { return ls.waiting(t, "prod") == 1 })
+	ls.call(t, "DELETE", "/lock/prod", `{"key": "a", "lock_by": "deploy-1"}`)
+	if r := result(t, waiter); r.status != http.StatusOK {
+		t.Fatalf("the waiter = %d %s", r.status, r.body)
+	}
+	for _, want := range []string{
+		`msg="lock granted" lock=prod key=a holder=deploy-1 token=1`,
+		`msg="lock released" lock=prod key=a holder=deploy-1 token=1 counts=1 now_free=false`,
+		`msg="lock granted" lock=prod key=b holder=deploy-2 token=2 waited=`,
+	} {
+		testutil.WaitFor(t, "the log line "+want, func() bool { return strings.Contains(ls.log.String(), want) })
 	}
 }

@@ -14,6 +14,10 @@ import (
 type lease struct {
 	at              time.Time
 	name, requestor string
+
+	// Set when the lease ends, for the log: the lock's key and token.
+	key   string
+	token uint64
 }
 
 // leaseHeap orders leases by expiry, earliest first.
@@ -87,10 +91,12 @@ func (t *table) expireDue(x *tx, now time.Time) []lease {
 		if !ok {
 			break
 		}
-		l, ok := lock.Expire(t.locks[e.name], e.requestor, e.at)
+		before := t.locks[e.name]
+		l, ok := lock.Expire(before, e.requestor, e.at)
 		if !ok {
 			continue // released or renewed since
 		}
+		e.key, e.token = before.Key, before.Token
 		due = append(due, e)
 		x.set(e.name, l)
 	}
@@ -104,7 +110,7 @@ func (t *table) expireDue(x *tx, now time.Time) []lease {
 func (t *table) logExpired(due []lease) {
 	t.metrics.Expired(len(due))
 	for _, e := range due {
-		t.log.Info("lease expired; hold released", "lock", e.name, "requestor", e.requestor, "expired_at", e.at)
+		t.log.Info("lease expired; hold released", "lock", e.name, "key", e.key, "holder", e.requestor, "token", e.token, "expired_at", e.at)
 	}
 }
 

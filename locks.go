@@ -267,6 +267,7 @@ func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapsh
 	if err := t.done(due, err, seq); err != nil || verdict == lock.Grant {
 		if err == nil {
 			t.metrics.Acquired(0, false)
+			t.log.Info("lock granted", "lock", name, "key", req.Key, "holder", req.Requestor, "token", s.Token)
 		}
 		return nil, s, err
 	}
@@ -339,6 +340,9 @@ func (t *table) Release(name, key, requestor string, all bool, idem *idemRequest
 		return Snapshot{}, 0, err
 	}
 	t.metrics.Released(released)
+	if released > 0 {
+		t.log.Info("lock released", "lock", name, "key", l.Key, "holder", requestor, "token", l.Token, "counts", released, "now_free", s.Free())
+	}
 	return s, released, nil
 }
 

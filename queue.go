@@ -64,7 +64,10 @@ func (t *table) Acquire(ctx context.Context, name string, req acquireRequest) (S
 			return t.giveBack(w)
 		}
 		if err == nil {
-			t.metrics.Acquired(time.Since(w.since), true)
+			waited := time.Since(w.since)
+			t.metrics.Acquired(waited, true)
+			t.log.Info("lock granted", "lock", w.name, "key", w.req.Key, "holder", w.req.Requestor, "token", w.snap.Token,
+				"waited", waited.Round(time.Millisecond))
 		}
 		return w.snap, err
 	case <-timer.C:
