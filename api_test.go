@@ -30,7 +30,7 @@ func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServe
 	tb.Helper()
 	tab, path := newTestTable(tb, d)
 	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write,
-		metrics: metrics.New("test", metrics.Gauges{Locks: func() float64 { return 0 }, Holders: func() float64 { return 0 }, Waiters: func() float64 { return 0 }})}
+		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	tab.metrics = s.metrics
 	if user != "" {
 		s.auth = newCredentials(user, pass)

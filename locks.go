@@ -175,36 +175,28 @@ func (t *table) List() (map[string]Snapshot, error) {
 	return out, t.done(due, err, seq)
 }
 
-// sizes returns how many locks are held, by how many holders, and how
-// many requests wait: the gauges' figures.
-func (t *table) sizes() (locks, holders, waiters int) {
+// stats returns the gauges' figures, in one pass under the mutex: locks
+// held, their holders, requests waiting, and how long the longest-held
+// lock has been held.
+func (t *table) stats() metrics.TableStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	now := t.now()
+	st := metrics.TableStats{Locks: len(t.locks)}
 	for _, l := range t.locks {
-		holders += len(l.Holders)
+		st.Holders += len(l.Holders)
+		if !l.AcquiredAt.IsZero() {
+			st.OldestAge = max(st.OldestAge, now.Sub(l.AcquiredAt))
+		}
 	}
 	for _, q := range t.queues {
 		for _, w := range q {
 			if w.left.IsZero() {
-				waiters++
+				st.Waiters++
 			}
 		}
 	}
-	return len(t.locks), holders, waiters
-}
-
-// oldestAge returns how long the longest-held lock has been held.
-func (t *table) oldestAge() time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := t.now()
-	var oldest time.Duration
-	for _, l := range t.locks {
-		if !l.AcquiredAt.IsZero() {
-			oldest = max(oldest, now.Sub(l.AcquiredAt))
-		}
-	}
-	return oldest
+	return st
 }
 
 // Len returns the number of held locks.

@@ -296,16 +296,8 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 		return err
 	}
 	m := metrics.New(version, metrics.Gauges{
-		Locks:     func() float64 { n, _, _ := locks.sizes(); return float64(n) },
-		Holders:   func() float64 { _, n, _ := locks.sizes(); return float64(n) },
-		Waiters:   func() float64 { _, _, n := locks.sizes(); return float64(n) },
-		OldestAge: func() float64 { return locks.oldestAge().Seconds() },
-		Ready: func() float64 {
-			if store.Ready() != nil {
-				return 0
-			}
-			return 1
-		},
+		Table: locks.stats,
+		Ready: func() bool { return store.Ready() == nil },
 	})
 	locks.metrics = m
 	store.journal.OnSync(m.Synced)

@@ -131,7 +131,7 @@ func putAsyncAuth(tb testing.TB, base, path, body string) <-chan int {
 func TestMetricsLabelsStayBounded(t *testing.T) {
 	tab, _ := newTestTable(t, unsyncedDisk{})
 	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: time.Second,
-		metrics: metrics.New("test", metrics.Gauges{Locks: func() float64 { return 0 }, Holders: func() float64 { return 0 }, Waiters: func() float64 { return 0 }})}
+		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	h := s.routes()
 	for i := range 100_000 {
 		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", fmt.Sprintf("/lock/name-%d", i), nil))

@@ -140,15 +140,16 @@ func (t *table) waiting(name string) int {
 		return 0 // most locks: nothing to scan or copy
 	}
 	now, n := t.now(), 0
-	queue = slices.DeleteFunc(slices.Clone(queue), func(w *waiter) bool {
-		return !w.left.IsZero() && now.Sub(w.left) > placeHold
-	})
+	expired := func(w *waiter) bool { return !w.left.IsZero() && now.Sub(w.left) > placeHold }
+	if slices.ContainsFunc(queue, expired) {
+		queue = slices.DeleteFunc(slices.Clone(queue), expired)
+		t.setQueue(name, queue)
+	}
 	for _, w := range queue {
 		if w.left.IsZero() {
 			n++
 		}
 	}
-	t.setQueue(name, queue)
 	return n
 }
 

@@ -13,11 +13,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
+// TableStats is what the gauges show of the lock table.
+type TableStats struct {
+	Locks, Holders, Waiters int
+	OldestAge               time.Duration // how long the longest-held lock has been held
+}
+
 // Gauges reads the lock table at each scrape.
 type Gauges struct {
-	Locks, Holders, Waiters func() float64
-	OldestAge               func() float64 // seconds the longest-held lock has been held
-	Ready                   func() float64 // 1 while changes can be saved, else 0
+	Table func() TableStats // one pass over the table for all its gauges
+	Ready func() bool       // changes can be saved now
 }
 
 // Metrics are the instruments. A nil *Metrics records nothing, so that
@@ -68,20 +73,16 @@ func New(version string, g Gauges) *Metrics {
 		Buckets: []float64{.001, .01, .1, .5, 1, 2, 5, 10, 30},
 	})
 	r.MustRegister(m.waited, m.requests, m.syncSeconds, m.syncRecords, m.checkpointSeconds)
-	for _, gf := range []struct {
-		name, help string
-		f          func() float64
-	}{
-		{"locker_locks_held", "Locks held now.", g.Locks},
-		{"locker_holders", "Holders of all locks now.", g.Holders},
-		{"locker_waiters", "Requests waiting in a lock's queue now.", g.Waiters},
-		{"locker_oldest_lock_age_seconds", "How long the longest-held lock has been held (0 for none).", g.OldestAge},
-		{"locker_ready", "1 while changes can be saved to disk, 0 when they cannot (see /readyz).", g.Ready},
-	} {
-		if gf.f == nil {
-			continue
-		}
-		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: gf.name, Help: gf.help}, gf.f))
+	r.MustRegister(tableCollector{read: g.Table})
+	if g.Ready != nil {
+		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "locker_ready", Help: "1 while changes can be saved to disk, 0 when they cannot (see /readyz).",
+		}, func() float64 {
+			if g.Ready() {
+				return 1
+			}
+			return 0
+		}))
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "locker_build_info", Help: "Always 1; the labels say which build runs.",
@@ -90,6 +91,32 @@ func New(version string, g Gauges) *Metrics {
 	build.Set(1)
 	r.MustRegister(build, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// The table's gauges, read together at each scrape.
+var (
+	locksHeldDesc = prometheus.NewDesc("locker_locks_held", "Locks held now.", nil, nil)
+	holdersDesc   = prometheus.NewDesc("locker_holders", "Holders of all locks now.", nil, nil)
+	waitersDesc   = prometheus.NewDesc("locker_waiters", "Requests waiting in a lock's queue now.", nil, nil)
+	oldestAgeDesc = prometheus.NewDesc("locker_oldest_lock_age_seconds", "How long the longest-held lock has been held (0 for none).", nil, nil)
+)
+
+// tableCollector reports the table's gauges from one read of it: the
+// table is walked once per scrape, under its mutex, not once per gauge.
+type tableCollector struct{ read func() TableStats }
+
+func (c tableCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{locksHeldDesc, holdersDesc, waitersDesc, oldestAgeDesc} {
+		ch <- d
+	}
+}
+
+func (c tableCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.read()
+	ch <- prometheus.MustNewConstMetric(locksHeldDesc, prometheus.GaugeValue, float64(st.Locks))
+	ch <- prometheus.MustNewConstMetric(holdersDesc, prometheus.GaugeValue, float64(st.Holders))
+	ch <- prometheus.MustNewConstMetric(waitersDesc, prometheus.GaugeValue, float64(st.Waiters))
+	ch <- prometheus.MustNewConstMetric(oldestAgeDesc, prometheus.GaugeValue, st.OldestAge.Seconds())
 }
 
 // add adds n to the counter pick chooses, if m records anything.
