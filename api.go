@@ -28,7 +28,7 @@ var (
 	errBadRequest   = errors.New("bad request")
 	errBodyTooLarge = errors.New("request body too large")
 	errUnauthorized = errors.New("authentication required: send the locker's username and password with HTTP basic auth (curl -u USER:PASS)")
-	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>")
+	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
 	errNotReady     = errors.New("not ready")
 )
@@ -85,6 +85,7 @@ func (s *server) routes() http.Handler {
 		r.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet, http.MethodHead)
 	}
 	// HEAD answers as GET without the body (net/http drops it).
+	r.HandleFunc("/", s.handleStatus).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleLock).Methods(http.MethodPut)

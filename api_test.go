@@ -29,6 +29,11 @@ type testServer struct {
 func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServer {
 	tb.Helper()
 	tab, path := newTestTable(tb, d)
+	return serveTable(tab, path, user, pass)
+}
+
+// serveTable is the real router over tab, saved in path.
+func serveTable(tab *table, path, user, pass string) *testServer {
 	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	tab.metrics = s.metrics

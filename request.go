@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -47,9 +48,15 @@ var (
 		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
 		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all")...),
 	}
-	queryParams = map[string][]string{
-		http.MethodPut:    {"wait"},
-		http.MethodDelete: {"force"},
+	// queryParams lists the query parameters each route takes, by method
+	// and path as the API writes them, with an example for error messages.
+	queryParams = map[string]struct {
+		names   []string
+		example string
+	}{
+		"PUT /lock/<name>":    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
+		"DELETE /lock/<name>": {[]string{"force"}, "?force=true"},
+		"GET /":               {[]string{"q", "held_over"}, "?q=<text to filter by> and ?held_over=<duration>, e.g. ?q=prod&held_over=2h"},
 	}
 )
 
@@ -121,11 +128,9 @@ func checkQuery(r *http.Request, path string) (url.Values, error) {
 	if method == http.MethodHead {
 		method = http.MethodGet
 	}
-	if path != "/lock/<name>" {
-		method = "" // the other paths take no parameters
-	}
-	if p, ok := firstUnknown(query, queryParams[method]); ok {
-		return nil, fmt.Errorf("%w: unknown query parameter %q; %s %s accepts %s", errBadRequest, p, r.Method, path, acceptedQuery(method))
+	accepted := queryParams[method+" "+path]
+	if p, ok := firstUnknown(query, accepted.names); ok {
+		return nil, fmt.Errorf("%w: unknown query parameter %q; %s %s accepts %s", errBadRequest, p, r.Method, path, cmp.Or(accepted.example, "no query parameters"))
 	}
 	for _, p := range slices.Sorted(maps.Keys(query)) {
 		if len(query[p]) > 1 {
@@ -231,17 +236,6 @@ func firstUnknown[V any](m map[string]V, known []string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// acceptedQuery says which query parameters method takes on /lock/<name>.
-func acceptedQuery(method string) string {
-	switch method {
-	case http.MethodPut:
-		return "?wait=<duration>, e.g. ?wait=5m"
-	case http.MethodDelete:
-		return "?force=true"
-	}
-	return "no query parameters"
 }
 
 // lockName returns the lock name in r's path, unescaped.

@@ -19,6 +19,7 @@ import (
 // acknowledged is there, each acknowledged release is gone, and no token
 // goes backwards.
 func TestCrashKill(t *testing.T) {
+	t.Parallel() // mostly waits on kills and restarts (under a core): it runs beside the others
 	cycles := 200
 	if stress() {
 		cycles = 2000

@@ -25,6 +25,7 @@ import (
 // own process: with both ends of 10,000 connections, this one would pass
 // its open-file limit.)
 func TestTenThousandWaiters(t *testing.T) {
+	t.Parallel() // the heaviest: it runs beside the two lighter ones
 	total, group := 10000, 100
 	if testing.Short() {
 		total = 1000
@@ -57,7 +58,7 @@ func TestTenThousandWaiters(t *testing.T) {
 			})
 		}
 		// Let each group queue before the next, so that groups stay together.
-		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return waiting(t, p.url, "busy") == (g+1)*group })
+		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, p.url, "locker_waiters") == float64((g+1)*group) })
 	}
 	if status := testutil.HTTPDo(t, p.url, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)

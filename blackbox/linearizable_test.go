@@ -22,6 +22,7 @@ import (
 // every 2-5 s, records every operation, and checks with porcupine that the
 // history is linearizable against the lock rules.
 func TestLinearizable(t *testing.T) {
+	t.Parallel() // mostly waits on its clients (half a core): it runs beside the others
 	for _, locks := range []int{1, 10} {
 		t.Run(fmt.Sprintf("%d locks", locks), func(t *testing.T) {
 			d := 12 * time.Second

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -158,4 +160,22 @@ func waiting(tb testing.TB, base, name string) int {
 		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
 	}
 	return len(v.Waiting)
+}
+
+// gauge returns the value of an unlabelled gauge from GET /metrics: a
+// cheap poll where a lock's JSON would be a megabyte of waiters.
+func gauge(tb testing.TB, base, name string) float64 {
+	tb.Helper()
+	status, body := httpGet(tb, base, "/metrics")
+	for line := range strings.Lines(body) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok && status == http.StatusOK {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				tb.Fatalf("GET /metrics: %s is %q: %v", name, v, err)
+			}
+			return f
+		}
+	}
+	tb.Fatalf("GET /metrics = %d without %s:\n%s", status, name, body)
+	return 0
 }

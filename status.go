@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// The status page, GET /: every lock, who holds it and who waits, for a
+// person on a wall screen or a phone. It is rendered here with
+// html/template, which escapes every name, key and note, and refreshes
+// itself: by a few lines of JavaScript that fetch the page again, or, with
+// JavaScript off, by a meta refresh.
+
+var (
+	//go:embed web/status.html
+	statusHTML string
+	//go:embed web/status.css
+	statusCSS string
+	//go:embed web/status.js
+	statusJS string
+
+	statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
+		"plural": func(n int, one, many string) string {
+			if n == 1 {
+				return one
+			}
+			return many
+		},
+	}).Parse(statusHTML))
+
+	// statusPolicy lets the page run its own script and style and nothing
+	// else: were a name ever to slip past the escaping, no script in it
+	// would run. The hashes are of the embedded files, as the page holds them.
+	statusPolicy = fmt.Sprintf("default-src 'none'; script-src '%s'; style-src '%s'; connect-src 'self'; "+
+		"form-action 'self'; base-uri 'none'; frame-ancestors 'none'", cspHash(statusJS), cspHash(statusCSS))
+)
+
+// Tuned for the status page.
+const (
+	// statusRefresh is how often, in seconds, the page reloads its list: a
+	// wall screen is no more than this behind, and a hundred open pages
+	// cost the server twenty renders a second.
+	statusRefresh = 5
+	// statusMaxLocks caps the locks one page shows, so that a table of
+	// 100,000 locks does not make a page of 100 MB every few seconds.
+	statusMaxLocks = 500
+	// statusHeldOver is how long a lock may be held before it stands out,
+	// unless ?held_over= says otherwise; the README's sample alert fires then too.
+	statusHeldOver = 6 * time.Hour
+	// statusHeldOverText is statusHeldOver as the page says it.
+	statusHeldOverText = "6h"
+)
+
+// cspHash returns the Content-Security-Policy source for an inline script
+// or style whose text is s.
+func cspHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return "sha256-" + base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// statusPage is what the status template shows.
+type statusPage struct {
+	Title       string
+	Now         time.Time
+	Filter      string        // ?q=: show only locks whose name, key, holders or queue contain it
+	HeldOver    string        // locks held longer than this stand out, e.g. "6h"
+	HeldOverSet bool          // ?held_over= was given, so the filter form keeps it
+	heldOver    time.Duration // HeldOver, parsed
+	Held        int           // locks held, in the whole table
+	Waiting     int           // requests waiting, in the whole table
+	Matching    int           // locks that match Filter
+	Hidden      int           // matching locks not shown (over statusMaxLocks)
+	Locks       []statusLock
+	Refresh     int
+	Version     string
+	Style       template.CSS
+	Script      template.JS
+}
+
+// statusLock is one lock as the status page shows it.
+type statusLock struct {
+	Name, Key  string
+	Token      uint64
+	AcquiredAt string // RFC 3339, or "" when the state file did not say
+	HeldFor    string // how long ago AcquiredAt was, e.g. "12 min"
+	Long       bool   // held longer than the page's HeldOver
+	Holders    []statusHolder
+	Queue      []statusWaiter
+}
+
+// statusHolder is one holder of a lock.
+type statusHolder struct {
+	Name    string
+	Count   int
+	Since   string // how long ago it took its first count, e.g. "3 min"
+	Lease   string // how long until its lease ends; "" for no lease
+	Note    string
+	NoteURL string // Note, when it is an http(s) URL to link to
+}
+
+// statusWaiter is one request in a lock's queue.
+type statusWaiter struct {
+	Requestor, Key, Waited string
+}
+
+// handleStatus handles GET / : the status page.
+func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	query, err := checkQuery(r, "/")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	page := statusPage{HeldOver: statusHeldOverText, heldOver: statusHeldOver, Filter: strings.TrimSpace(query.Get("q")),
+		Refresh: statusRefresh, Version: version, Style: template.CSS(statusCSS), Script: template.JS(statusJS)}
+	if v, ok := query["held_over"]; ok {
+		if page.heldOver, err = parseDuration("held_over", v[0], false); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		page.HeldOver, page.HeldOverSet = v[0], true
+	}
+	locks, err := s.locks.List()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	page.Now = s.locks.now().UTC()
+	page.fill(locks)
+
+	var buf bytes.Buffer
+	if err := statusTemplate.Execute(&buf, page); err != nil {
+		s.writeError(w, r, fmt.Errorf("rendering the status page: %w", err))
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Security-Policy", statusPolicy)
+	h.Set("Cache-Control", "no-store")
+	h.Set("Referrer-Policy", "no-referrer") // the filter is in the URL
+	h.Set("X-Content-Type-Options", "nosniff")
+	_, _ = buf.WriteTo(w) // a client that went away cannot be told
+}
+
+// fill sets the page's locks and counts from the table's locks, filtered
+// by p.Filter and sorted by name.
+func (p *statusPage) fill(locks map[string]Snapshot) {
+	names := make([]string, 0, len(locks))
+	for name, l := range locks {
+		if !l.Free() {
+			p.Held++
+		}
+		p.Waiting += len(l.Waiting)
+		if matches(name, l, p.Filter) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	p.Matching = len(names)
+	if len(names) > statusMaxLocks {
+		p.Hidden = len(names) - statusMaxLocks
+		names = names[:statusMaxLocks]
+	}
+	p.Locks = make([]statusLock, len(names))
+	for i, name := range names {
+		p.Locks[i] = p.lock(name, locks[name])
+	}
+	p.Title = fmt.Sprintf("Locker: %d held, %d waiting", p.Held, p.Waiting)
+}
+
+// lock returns l, called name, as the page shows it.
+func (p *statusPage) lock(name string, l Snapshot) statusLock {
+	sl := statusLock{Name: name, Key: l.Key, Token: l.Token}
+	if !l.AcquiredAt.IsZero() {
+		sl.AcquiredAt = l.AcquiredAt.UTC().Format(time.RFC3339)
+		sl.HeldFor = humanDuration(p.Now.Sub(l.AcquiredAt))
+		sl.Long = !l.Free() && p.Now.Sub(l.AcquiredAt) > p.heldOver
+	}
+	for _, h := range l.Holders {
+		sh := statusHolder{Name: h.Name, Count: h.Count, Note: h.Note, NoteURL: linkable(h.Note)}
+		if !h.Since.IsZero() {
+			sh.Since = humanDuration(p.Now.Sub(h.Since))
+		}
+		if !h.ExpiresAt.IsZero() {
+			sh.Lease = humanDuration(h.ExpiresAt.Sub(p.Now))
+		}
+		sl.Holders = append(sl.Holders, sh)
+	}
+	for _, q := range l.Waiting {
+		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humanDuration(p.Now.Sub(q.Since))})
+	}
+	return sl
+}
+
+// matches reports whether filter, case aside, is part of the lock's name,
+// key, a holder's name or note, or a waiter's name or key. An empty
+// filter matches every lock.
+func matches(name string, l Snapshot, filter string) bool {
+	if filter == "" {
+		return true
+	}
+	filter = strings.ToLower(filter)
+	has := func(s string) bool { return strings.Contains(strings.ToLower(s), filter) }
+	if has(name) || (!l.Free() && has(l.Key)) {
+		return true
+	}
+	return slices.ContainsFunc(l.Holders, func(h lock.Holder) bool { return has(h.Name) || has(h.Note) }) ||
+		slices.ContainsFunc(l.Waiting, func(w lock.Waiting) bool { return has(w.Requestor) || has(w.Key) })
+}
+
+// linkable returns note if it is an absolute http or https URL, the kind
+// a pipeline leaves there (its build's page), and "" otherwise: no other
+// scheme becomes a link.
+func linkable(note string) string {
+	u, err := url.Parse(note)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return ""
+	}
+	return note
+}
+
+// humanDuration says d the way a person reads it at a glance, to the
+// second under a minute and to the minute above: "42 s", "12 min",
+// "3 h 5 min", "2 d 4 h". Negative durations (a lease that just ran out,
+// a clock step) read as "0 s".
+func humanDuration(d time.Duration) string {
+	d = max(d, 0)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%d s", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d min", int(d.Minutes()))
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%d h %d min", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%d d %d h", int(d.Hours())/24, int(d.Hours())%24)
+}

@@ -1,0 +1,68 @@
+// The status page refreshes itself every few seconds by fetching itself
+// and swapping in the new lock list, so the filter box keeps its focus and
+// what is typed in it. Typing in the filter asks the server at once. If
+// the server cannot be reached, the page says so and keeps the last list.
+(() => {
+  "use strict";
+  const every = Number(document.body.dataset.refresh) * 1000;
+  const form = document.getElementById("filter");
+  const stale = document.getElementById("stale");
+  let timer = 0;
+  let latest = 0; // the newest refresh; an older answer arriving late is dropped
+
+  async function refresh() {
+    clearTimeout(timer);
+    const mine = ++latest;
+    try {
+      // The page's address may hold credentials (http://user:pass@host/),
+      // which fetch refuses; the browser sends the ones it has anyway.
+      const url = new URL(location.href);
+      url.username = url.password = "";
+      const res = await fetch(url, { cache: "no-store" });
+      if (!res.ok) {
+        throw new Error(`it answered ${res.status} ${res.statusText}`);
+      }
+      const text = await res.text();
+      if (mine !== latest) {
+        return;
+      }
+      const page = new DOMParser().parseFromString(text, "text/html");
+      for (const id of ["summary", "locks"]) {
+        document.getElementById(id).replaceWith(page.getElementById(id));
+      }
+      document.title = page.title;
+      stale.hidden = true;
+    } catch (err) {
+      if (mine !== latest) {
+        return;
+      }
+      const at = new Date().toLocaleTimeString();
+      stale.textContent = `Could not refresh at ${at}: ${err.message}. The list below is from the time it says; trying again every ${every / 1000} s.`;
+      stale.hidden = false;
+    }
+    timer = setTimeout(refresh, every);
+  }
+
+  // Filtering keeps the URL in step, so that a reload or a shared link
+  // shows the same locks.
+  function filter() {
+    const query = new URLSearchParams(new FormData(form));
+    if (!query.get("q")) {
+      query.delete("q");
+    }
+    const search = query.toString();
+    history.replaceState(null, "", search ? `?${search}` : location.pathname);
+    refresh();
+  }
+  let typing = 0;
+  form.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(filter, 200);
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearTimeout(typing);
+    filter();
+  });
+  timer = setTimeout(refresh, every);
+})();
