@@ -182,7 +182,7 @@ func TestStatusPagePolicyAllowsItsOwnScript(t *testing.T) {
 	rec := ts.send(t, request{"GET", "/", ""})
 	policy := rec.Header().Get("Content-Security-Policy")
 	for _, tc := range []struct{ element, directive string }{{"script", "script-src"}, {"style", "style-src"}} {
-		m := regexp.MustCompile(`(?s)<` + tc.element + `>(.*?)</` + tc.element + `>`).FindAllStringSubmatch(rec.Body.String(), -1)
+		m := regexp.MustCompile(`(?s)<`+tc.element+`>(.*?)</`+tc.element+`>`).FindAllStringSubmatch(rec.Body.String(), -1)
 		if len(m) != 1 {
 			t.Fatalf("page has %d <%s> elements; want 1", len(m), tc.element)
 		}
