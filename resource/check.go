@@ -11,13 +11,9 @@ func Check(ctx context.Context, req CheckRequest, stderr io.Writer) ([]Version, 
 	if err := req.Source.Validate(); err != nil {
 		return nil, err
 	}
-	name, err := lockName(ctx, req.Source)
+	l, _, err := getLock(ctx, req.Source)
 	if err != nil {
 		return nil, err
 	}
-	l, _, err := newClient(req.Source).getLock(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	return []Version{l.version()}, nil
+	return []Version{version(l)}, nil
 }

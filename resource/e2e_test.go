@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/client"
 	"github.com/locker-ci/locker/internal/testcert"
 	"github.com/locker-ci/locker/internal/testutil"
 )
@@ -202,9 +203,10 @@ func (rc *runningCmd) wait(tb testing.TB) result {
 }
 
 // getLock reads the lock called name straight from the server.
-func (ls *lockerServer) getLock(tb testing.TB, name string, src Source) lockInfo {
+func (ls *lockerServer) getLock(tb testing.TB, name string, src Source) client.Reply {
 	tb.Helper()
-	l, _, err := newClient(src).getLock(context.Background(), name)
+	src.LockName, src.BoshLock = name, ""
+	l, _, err := getLock(context.Background(), src)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -382,7 +384,7 @@ func TestHTTPSWithCACert(t *testing.T) {
 
 	src.CACert = ""
 	r := runBinary(t, "check", CheckRequest{Source: src})
-	if r.code != 1 || !strings.Contains(r.stderr, "not signed by a CA this resource trusts: set source.ca_cert") ||
+	if r.code != 1 || !strings.Contains(r.stderr, "not signed by a CA this client trusts: set source.ca_cert") ||
 		!strings.Contains(r.stderr, "source.skip_ssl_validation: true") {
 		t.Errorf("check without the CA = %d %q; want a certificate error naming source.ca_cert and source.skip_ssl_validation", r.code, r.stderr)
 	}
@@ -589,7 +591,7 @@ func TestOutReportsWhileWaiting(t *testing.T) {
 	}
 	reports := strings.Count(stderr.String(), `waiting for "prod": held with key "deploy" by deploy-job (1, since `)
 	if reports < 3 || !strings.Contains(stderr.String(), "lease until ") || !strings.Contains(stderr.String(), "https://ci.example.com/builds/42") ||
-		!strings.Contains(stderr.String(), "this job is number 1 of 1 in the queue") {
+		!strings.Contains(stderr.String(), "number 1 of 1 in the queue") {
 		t.Errorf("stderr during a 1 s wait with reports every 200 ms (%d reports):\n%s", reports, stderr.String())
 	}
 }

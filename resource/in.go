@@ -22,11 +22,7 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 	if err := req.Source.Validate(); err != nil {
 		return Response{}, err
 	}
-	name, err := lockName(ctx, req.Source)
-	if err != nil {
-		return Response{}, err
-	}
-	l, raw, err := newClient(req.Source).getLock(ctx, name)
+	l, name, err := getLock(ctx, req.Source)
 	if err != nil {
 		return Response{}, err
 	}
@@ -46,18 +42,18 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 		}
 		token = strconv.FormatUint(t, 10)
 	}
-	for file, data := range map[string][]byte{"lock": raw, "name": []byte(name), "token": []byte(token)} {
+	for file, data := range map[string][]byte{"lock": l.Raw, "name": []byte(name), "token": []byte(token)} {
 		// Readable by the job's tasks, which may run as another user, as the
 		// original resource's files were.
 		if err := os.WriteFile(filepath.Join(dest, file), data, 0o644); err != nil { // see above
 			return Response{}, fmt.Errorf("writing %s: %w", file, err)
 		}
 	}
-	v := l.version()
+	v := version(l)
 	if req.Version != nil && req.Version.Ref != "" {
 		v = *req.Version
 	}
-	fmt.Fprintf(stderr, "%q: key %q, held by %s\n", name, l.Key, cmp.Or(l.holdersString(), "no one"))
+	fmt.Fprintf(stderr, "%q: key %q, held by %s\n", name, l.Key, cmp.Or(l.HoldersString(), "no one"))
 	return Response{Version: v, Metadata: []MetadataField{
 		{Name: "lock_name", Value: name},
 		{Name: "locked", Value: strconv.FormatBool(len(l.LockedBy) > 0)},

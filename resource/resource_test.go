@@ -3,6 +3,9 @@ package resource
 import (
 	"strings"
 	"testing"
+
+	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 func TestSourceValidate(t *testing.T) {
@@ -83,20 +86,23 @@ func TestOutParamsValidate(t *testing.T) {
 }
 
 func TestVersionFollowsTheLock(t *testing.T) {
-	base := lockInfo{Key: "k", Token: 3, LockedBy: map[string]int{"a": 1, "b": 2}}
-	same := lockInfo{Key: "k", Token: 3, LockedBy: map[string]int{"b": 2, "a": 1}}
-	if base.version() != same.version() {
-		t.Errorf("the same lock has two versions: %v, %v", base.version(), same.version())
+	held := func(key string, token uint64, lockedBy map[string]int) client.Reply {
+		return client.Reply{View: lock.View{Key: key, Token: token, LockedBy: lockedBy}}
 	}
-	for name, other := range map[string]lockInfo{
-		"another token":    {Key: "k", Token: 4, LockedBy: map[string]int{"a": 1, "b": 2}},
-		"another count":    {Key: "k", Token: 3, LockedBy: map[string]int{"a": 2, "b": 2}},
-		"another holder":   {Key: "k", Token: 3, LockedBy: map[string]int{"a": 1, "c": 2}},
-		"another key":      {Key: "j", Token: 3, LockedBy: map[string]int{"a": 1, "b": 2}},
+	base := held("k", 3, map[string]int{"a": 1, "b": 2})
+	same := held("k", 3, map[string]int{"b": 2, "a": 1})
+	if version(base) != version(same) {
+		t.Errorf("the same lock has two versions: %v, %v", version(base), version(same))
+	}
+	for name, other := range map[string]client.Reply{
+		"another token":    held("k", 4, map[string]int{"a": 1, "b": 2}),
+		"another count":    held("k", 3, map[string]int{"a": 2, "b": 2}),
+		"another holder":   held("k", 3, map[string]int{"a": 1, "c": 2}),
+		"another key":      held("j", 3, map[string]int{"a": 1, "b": 2}),
 		"the lock is free": {},
 	} {
-		if other.version() == base.version() {
-			t.Errorf("%s: version did not change (%v)", name, base.version())
+		if version(other) == version(base) {
+			t.Errorf("%s: version did not change (%v)", name, version(base))
 		}
 	}
 }

@@ -1,0 +1,256 @@
+// Package client talks to a Locker server over its HTTP API. It is the one
+// client the locker command line and the Concourse resource share: the
+// requests, their Idempotency-Keys, the errors, and waiting for a lock
+// with retries and progress reports.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// RequestTimeout bounds one request that does not wait for a lock.
+const RequestTimeout = 30 * time.Second
+
+// maxReplyBytes bounds a reply read into memory: a listing of 100,000
+// locks is about 20 MB.
+const maxReplyBytes = 64 << 20
+
+// Config says which server to talk to and how.
+type Config struct {
+	URL            string // e.g. https://locker.example.com:8910
+	User, Password string // basic auth; no auth when User is ""
+	CACert         []byte // PEM certificates trusted besides the system's
+	Insecure       bool   // trust any certificate (not recommended)
+	// TLSAdvice ends a certificate error: how the user of this client
+	// trusts the server, in the words of its own settings.
+	TLSAdvice string
+}
+
+// Client talks to one locker server. It is safe for concurrent use.
+type Client struct {
+	base       string // the URL without a trailing slash
+	user, pass string
+	http       *http.Client
+	tlsAdvice  string
+}
+
+// New returns a client for cfg, or an error that says what is wrong with it.
+func New(cfg Config) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("the locker's URL must be http:// or https:// and a host, e.g. https://locker.example.com:8910 (got %q)", cfg.URL)
+	}
+	t, err := NewTransport(cfg.CACert, cfg.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{base: strings.TrimRight(cfg.URL, "/"), user: cfg.User, pass: cfg.Password,
+		http: &http.Client{Transport: t}, tlsAdvice: cfg.TLSAdvice}, nil
+}
+
+// NewTransport returns an HTTP transport that trusts the certificates in
+// caCert (PEM) as well as the system's CAs, or any certificate when
+// insecure is set.
+func NewTransport(caCert []byte, insecure bool) (*http.Transport, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if len(caCert) > 0 {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(caCert) {
+			return nil, errors.New("the CA certificate holds no PEM certificate (it should start with -----BEGIN CERTIFICATE-----)")
+		}
+		t.TLSClientConfig.RootCAs = pool
+	}
+	t.TLSClientConfig.InsecureSkipVerify = insecure // only when the user asked for it
+	return t, nil
+}
+
+// Error is an answer other than 200 from the server.
+type Error struct {
+	Status  int
+	Message string // the server's "error", or the body
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("locker answered %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+}
+
+// IsStatus reports whether err is the server's answer with status.
+func IsStatus(err error, status int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == status
+}
+
+// Retryable reports whether err may go away if the request is sent again:
+// the server could not be reached, or failed on its side. Sent again with
+// its Idempotency-Key, a change is never made twice.
+func Retryable(err error) bool {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status >= 500
+	}
+	return err != nil && !errors.Is(err, context.Canceled)
+}
+
+// NewIdempotencyKey returns a random key for one change and its retries:
+// no other change shares it.
+func NewIdempotencyKey() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand does not fail on the systems Go supports
+	return hex.EncodeToString(b)
+}
+
+// Do sends a request and returns the body of a 200; any other answer is
+// an *Error. A change carries idempotencyKey, unless it is "".
+func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body any, idempotencyKey string) ([]byte, error) {
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.user != "" {
+		req.SetBasicAuth(c.user, c.pass)
+	}
+	if idempotencyKey != "" {
+		req.Header.Set("Idempotency-Key", idempotencyKey)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.explain(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBytes))
+	if err != nil {
+		return nil, fmt.Errorf("reading the answer to %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		msg := strings.TrimSpace(string(data))
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		return nil, &Error{Status: resp.StatusCode, Message: msg}
+	}
+	return data, nil
+}
+
+// explain adds to a certificate error what the user can do about it.
+func (c *Client) explain(err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	var unverified *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknownCA) || (errors.As(err, &unverified) && errors.As(unverified.Err, &unknownCA)):
+		return fmt.Errorf("%w: the locker's certificate is not signed by a CA this client trusts: %s", err, c.tlsAdvice)
+	case errors.As(err, &unverified):
+		return fmt.Errorf("%w: the locker's certificate does not check out: fix it, or %s", err, c.tlsAdvice)
+	}
+	return err
+}
+
+// Path is the API path of the lock called name.
+func Path(name string) string {
+	return "/lock/" + url.PathEscape(name)
+}
+
+// Reply is the server's answer about one lock: the lock and its queue and,
+// for a change, what happened.
+type Reply struct {
+	lock.View
+	Released *int   `json:"released,omitempty"` // DELETE: how many counts it gave back (nil from an older server)
+	Response string `json:"response,omitempty"`
+	Raw      []byte `json:"-"` // the JSON as the server sent it
+}
+
+// HoldersString lists the lock's holders for a person: "a (2, since
+// 10:04:05Z, lease until 10:34:05Z, https://ci/builds/1), b (1)".
+func (r Reply) HoldersString() string {
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(r.LockedBy)) {
+		h := r.Holders[name]
+		p := fmt.Sprintf("%s (%d", name, r.LockedBy[name])
+		if !h.Since.IsZero() {
+			p += ", since " + h.Since.Format(time.RFC3339)
+		}
+		if !h.ExpiresAt.IsZero() {
+			p += ", lease until " + h.ExpiresAt.Format(time.RFC3339)
+		}
+		if h.Note != "" {
+			p += ", " + h.Note
+		}
+		parts = append(parts, p+")")
+	}
+	return strings.Join(parts, ", ")
+}
+
+// decodeReply reads the server's answer about the lock called name.
+func decodeReply(name string, data []byte) (Reply, error) {
+	var r Reply
+	if err := json.Unmarshal(data, &r); err != nil {
+		return Reply{}, fmt.Errorf("the locker's answer about %q is not a lock: %w", name, err)
+	}
+	r.Raw = data
+	return r, nil
+}
+
+// Get returns the lock called name and its queue.
+func (c *Client) Get(ctx context.Context, name string) (Reply, error) {
+	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	data, err := c.Do(ctx, http.MethodGet, Path(name), nil, nil, "")
+	if err != nil {
+		return Reply{}, err
+	}
+	return decodeReply(name, data)
+}
+
+// List returns every lock held or waited for, by name, and the server's
+// JSON for them.
+func (c *Client) List(ctx context.Context) (map[string]lock.View, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	data, err := c.Do(ctx, http.MethodGet, "/locks", nil, nil, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	var locks map[string]lock.View
+	if err := json.Unmarshal(data, &locks); err != nil {
+		return nil, nil, fmt.Errorf("the locker's answer to GET /locks is not a list of locks: %w", err)
+	}
+	return locks, data, nil
+}

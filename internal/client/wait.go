@@ -1,0 +1,288 @@
+package client
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// Waiting is done in rounds of at most waitRound, so that a proxy in front
+// of the server never sees a request longer than that; the server cuts
+// longer waits to its LOCKER_MAX_WAIT (15m by default) anyway.
+const waitRound = 5 * time.Minute
+
+// After an error worth retrying (the server is down, or failed), a call
+// waits firstBackoff, doubling up to maxBackoff.
+const (
+	firstBackoff = time.Second
+	maxBackoff   = 30 * time.Second
+)
+
+// pollInterval is how often Lock asks a server that answers 423 without
+// waiting (the original locker had no ?wait=).
+const pollInterval = 10 * time.Second
+
+// Request is one change to a lock, sent as many times as it takes.
+type Request struct {
+	Key       string
+	Requestor string // lock_by; "" sends none, and the server takes the key
+	TTL       string // the lease, e.g. "10m"; "" for the server's default
+	Note      string // shown to others, e.g. a build's URL
+	All       bool   // Unlock: every count the requestor holds
+	// IdempotencyKey goes with every try, so that a retry after a lost
+	// reply is not counted twice. Lock, Unlock and Renew make one when it
+	// is "".
+	IdempotencyKey string
+}
+
+func (r Request) body() map[string]any {
+	body := map[string]any{"key": r.Key}
+	if r.Requestor != "" {
+		body["lock_by"] = r.Requestor
+	}
+	if r.TTL != "" {
+		body["ttl"] = r.TTL
+	}
+	if r.Note != "" {
+		body["note"] = r.Note
+	}
+	if r.All {
+		body["all"] = true
+	}
+	return body
+}
+
+// Options say how long a call keeps trying and whom it tells.
+type Options struct {
+	// Deadline ends the waiting and the retrying; zero never ends them.
+	Deadline time.Time
+	// Progress, when set, is told of each retry and, while a lock is
+	// waited for, who holds it and where the request stands in the queue:
+	// after ReportFirst (1 s if zero), then every ReportEvery (30 s).
+	Progress                 func(msg string)
+	ReportFirst, ReportEvery time.Duration
+}
+
+func (o Options) say(format string, args ...any) {
+	if o.Progress != nil {
+		o.Progress(fmt.Sprintf(format, args...))
+	}
+}
+
+// TimedOut is the error of a call whose Deadline passed: Last is the last
+// thing that went wrong (a 423 saying who holds the lock, or why the
+// server could not be reached).
+type TimedOut struct{ Last error }
+
+func (e *TimedOut) Error() string {
+	if e.Last == nil {
+		return "the time to wait ran out"
+	}
+	return e.Last.Error()
+}
+func (e *TimedOut) Unwrap() error { return e.Last }
+
+// Lock takes the lock called name. With wait, it queues for it, in rounds,
+// until it is granted, ctx is done or the deadline passes (a *TimedOut);
+// without, a refusal (423) is returned at once. Network errors and 5xx
+// answers are retried, with the same Idempotency-Key, until the deadline.
+func (c *Client) Lock(ctx context.Context, name string, r Request, wait bool, o Options) (Reply, error) {
+	r.IdempotencyKey = cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
+	if wait {
+		defer c.reportWhileWaiting(ctx, name, r, o)()
+	}
+	backoff := firstBackoff
+	var last error
+	for {
+		round := time.Duration(0)
+		if wait {
+			round = waitRound
+			if !o.Deadline.IsZero() {
+				round = min(round, time.Until(o.Deadline).Truncate(time.Millisecond))
+				if round <= 0 {
+					return Reply{}, &TimedOut{last}
+				}
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return Reply{}, err
+		}
+		// The request outlives the wait, so that the server's answer (who
+		// holds the lock) arrives even when the wait runs out.
+		start := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, round+RequestTimeout)
+		var query url.Values
+		if round > 0 {
+			query = url.Values{"wait": {round.String()}}
+		}
+		data, err := c.Do(rctx, http.MethodPut, Path(name), query, r.body(), r.IdempotencyKey)
+		cancel()
+		if err == nil {
+			return decodeReply(name, data)
+		}
+		last = err
+		switch {
+		case IsStatus(err, http.StatusLocked) && !wait:
+			return Reply{}, err
+		case IsStatus(err, http.StatusLocked):
+			backoff = firstBackoff
+			if time.Since(start) < round/2 {
+				// The server did not wait: it predates ?wait=. Poll instead.
+				o.say("the server answered at once; asking again in %v", pollInterval)
+				if err := sleep(ctx, pollInterval, o.Deadline); err != nil {
+					return Reply{}, stopped(err, last)
+				}
+			}
+		case Retryable(err) && ctx.Err() == nil:
+			if backoff, err = o.retry(ctx, "lock", name, err, backoff); err != nil {
+				return Reply{}, err
+			}
+		default:
+			return Reply{}, err
+		}
+	}
+}
+
+// retry says that the call will be tried again after backoff, sleeps, and
+// returns the next backoff, or why to stop trying.
+func (o Options) retry(ctx context.Context, what, name string, err error, backoff time.Duration) (time.Duration, error) {
+	o.say("could not %s %q: %v; trying again in %v", what, name, err, backoff)
+	if serr := sleep(ctx, backoff, o.Deadline); serr != nil {
+		return 0, stopped(serr, err)
+	}
+	return min(2*backoff, maxBackoff), nil
+}
+
+// Unlock gives back the requestor's count of the lock called name (every
+// count with All), retrying while the server cannot be reached.
+func (c *Client) Unlock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
+	return c.change(ctx, http.MethodDelete, "unlock", name, nil, r.body(), r, o)
+}
+
+// Renew extends the requestor's lease on the lock called name to r.TTL
+// from now, retrying while the server cannot be reached.
+func (c *Client) Renew(ctx context.Context, name string, r Request, o Options) (Reply, error) {
+	return c.change(ctx, http.MethodPatch, "renew", name, nil, r.body(), r, o)
+}
+
+// ForceUnlock frees the lock called name, whoever holds it.
+func (c *Client) ForceUnlock(ctx context.Context, name string, o Options) (Reply, error) {
+	return c.change(ctx, http.MethodDelete, "force-unlock", name, url.Values{"force": {"true"}}, map[string]any{}, Request{}, o)
+}
+
+// change sends a change that does not wait, retrying it with one
+// Idempotency-Key while the server cannot be reached.
+func (c *Client) change(ctx context.Context, method, what, name string, query url.Values, body any, r Request, o Options) (Reply, error) {
+	idem := cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
+	backoff := firstBackoff
+	for {
+		rctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+		data, err := c.Do(rctx, method, Path(name), query, body, idem)
+		cancel()
+		if err == nil {
+			return decodeReply(name, data)
+		}
+		if !Retryable(err) || ctx.Err() != nil {
+			return Reply{}, err
+		}
+		if backoff, err = o.retry(ctx, what, name, err, backoff); err != nil {
+			return Reply{}, err
+		}
+	}
+}
+
+// reportWhileWaiting tells o.Progress, after o.ReportFirst and then every
+// o.ReportEvery until stopped, who holds the lock called name and where
+// r stands in its queue.
+func (c *Client) reportWhileWaiting(ctx context.Context, name string, r Request, o Options) (stop func()) {
+	if o.Progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTimer(cmp.Or(o.ReportFirst, time.Second))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			c.reportWait(ctx, name, r, o)
+			t.Reset(cmp.Or(o.ReportEvery, 30*time.Second))
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done) })
+		<-finished
+	}
+}
+
+// reportWait tells o.Progress who holds the lock and where r stands in
+// its queue.
+func (c *Client) reportWait(ctx context.Context, name string, r Request, o Options) {
+	l, err := c.Get(ctx, name)
+	if err != nil {
+		if ctx.Err() == nil {
+			o.say("still waiting for %q (could not see who holds it: %v)", name, err)
+		}
+		return
+	}
+	msg := fmt.Sprintf("waiting for %q: held with key %q by %s", name, l.Key, cmp.Or(l.HoldersString(), "no one"))
+	me := cmp.Or(r.Requestor, r.Key)
+	place := 0
+	for i, w := range l.Waiting {
+		if w.Requestor == me && w.Key == r.Key {
+			place = i + 1
+			break
+		}
+	}
+	if place > 0 {
+		msg += fmt.Sprintf("; number %d of %d in the queue", place, len(l.Waiting))
+	} else if len(l.Waiting) > 0 {
+		msg += fmt.Sprintf("; %d request(s) in the queue", len(l.Waiting))
+	}
+	o.say("%s", msg)
+}
+
+// errDeadline stops a sleep that would end past the deadline.
+var errDeadline = errors.New("deadline reached")
+
+// stopped returns why a retry loop stopped: the deadline passed (last
+// says what was wrong then), or ctx was done.
+func stopped(sleepErr, last error) error {
+	if errors.Is(sleepErr, errDeadline) {
+		return &TimedOut{last}
+	}
+	return sleepErr
+}
+
+// sleep waits for d, or until the deadline (unless zero) if that comes
+// first; it fails at once if the deadline has passed, or when ctx is done.
+func sleep(ctx context.Context, d time.Duration, deadline time.Time) error {
+	if !deadline.IsZero() {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return errDeadline
+		}
+		d = min(d, left)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
