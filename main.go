@@ -9,6 +9,10 @@
 // YAML state file named by LOCKER_CONFIG, and checkpointed into that file
 // from time to time and at shutdown. Run "locker -h" for the configuration.
 //
+// The same binary is the client, "locker run NAME -- CMD" and the rest
+// (package cli): main hands it the command line when its first word is
+// one of the client's commands.
+//
 // The pieces, top down: api.go and request.go answer HTTP; locks.go is the
 // lock table, running the rules of internal/lock (tx.go makes and undoes
 // its changes, leases.go expires holds); store.go is the interface to
@@ -33,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/logbuf"
@@ -44,7 +49,10 @@ var version = "dev"
 
 const usage = `locker: an HTTP server that hands out named locks to CI pipelines.
 
-Usage: locker [-h | --version]
+Usage: locker [serve] [-h | --version]
+
+With no arguments, or serve, locker serves the lock API. The same binary
+is the client: locker run, lock, unlock, ls, ... (locker help lists them).
 
 Configuration is read from the environment:
   LOCKER_CONFIG  required: the YAML file that holds the locks; created if
@@ -102,6 +110,9 @@ const (
 )
 
 func main() {
+	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+		os.Exit(cli.Main(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
@@ -260,6 +271,9 @@ func bothOrNeither(aName, a, bName, b string) error {
 
 // run reads the configuration and serves the lock API until ctx is done.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "serve" {
+		args = args[1:]
+	}
 	for _, a := range args {
 		switch a {
 		case "-h", "-help", "--help":
@@ -269,7 +283,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			fmt.Fprintf(stdout, "locker %s\n", version)
 			return nil
 		default:
-			return fmt.Errorf("unknown argument %q: locker is configured through environment variables (locker -h lists them)", a)
+			return fmt.Errorf("unknown argument %q: the server is configured through environment variables (locker serve -h lists them), and locker help lists the client's commands", a)
 		}
 	}
 	cfg, err := loadConfig(getenv)

@@ -36,7 +36,7 @@ func TestCrashKill(t *testing.T) {
 
 	for cycle := range cycles {
 		p := startProc(t, state)
-		check(t, cycle, p.url, counts, maybe, &maxToken)
+		check(t, cycle, p.URL, counts, maybe, &maxToken)
 
 		// Traffic for a random while, then SIGKILL.
 		var mu sync.Mutex
@@ -64,7 +64,7 @@ func TestCrashKill(t *testing.T) {
 					if n > 0 && r.IntN(2) == 0 {
 						method, next = "DELETE", n-1
 					}
-					status, body, err := send(client, method, p.url+"/lock/"+name, `{"key": "k"}`)
+					status, body, err := send(client, method, p.URL+"/lock/"+name, `{"key": "k"}`)
 					mu.Lock()
 					switch {
 					case err != nil || status >= 500:
@@ -82,16 +82,16 @@ func TestCrashKill(t *testing.T) {
 			})
 		}
 		time.Sleep(time.Duration(50+rng.IntN(451)) * time.Millisecond)
-		p.kill()
+		p.Kill()
 		close(stop)
 		wg.Wait()
-		checkpoints += strings.Count(p.log.String(), "journal checkpointed into the state file")
+		checkpoints += strings.Count(p.Log.String(), "journal checkpointed into the state file")
 		if t.Failed() {
-			t.Fatalf("cycle %d failed; server log:\n%s", cycle, p.log)
+			t.Fatalf("cycle %d failed; server log:\n%s", cycle, p.Log)
 		}
 	}
 	p := startProc(t, state)
-	check(t, cycles, p.url, counts, maybe, &maxToken)
+	check(t, cycles, p.URL, counts, maybe, &maxToken)
 	t.Logf("%d cycles, %d checkpoints between the kills", cycles, checkpoints)
 	if checkpoints < cycles {
 		t.Errorf("only %d checkpoints in %d cycles: the kills hardly ever met one (LOCKER_CHECKPOINT_BYTES=%s)", checkpoints, cycles, checkpointBytes)

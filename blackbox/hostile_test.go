@@ -31,7 +31,7 @@ func TestTenThousandWaiters(t *testing.T) {
 		total = 1000
 	}
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
-	if status := testutil.HTTPDo(t, p.url, "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, p.URL, "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)
 	}
 	transport := &http.Transport{DisableKeepAlives: true}
@@ -43,7 +43,7 @@ func TestTenThousandWaiters(t *testing.T) {
 			wg.Go(func() {
 				key := fmt.Sprintf(`{"key": "group-%d", "lock_by": "w-%d-%d"}`, g, g, i)
 				for _, r := range []struct{ method, path string }{{"PUT", "/lock/busy?wait=5m"}, {"DELETE", "/lock/busy"}} {
-					req, _ := http.NewRequest(r.method, p.url+r.path, strings.NewReader(key))
+					req, _ := http.NewRequest(r.method, p.URL+r.path, strings.NewReader(key))
 					resp, err := client.Do(req)
 					if err != nil {
 						failures <- err.Error()
@@ -58,9 +58,9 @@ func TestTenThousandWaiters(t *testing.T) {
 			})
 		}
 		// Let each group queue before the next, so that groups stay together.
-		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, p.url, "locker_waiters") == float64((g+1)*group) })
+		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, p.URL, "locker_waiters") == float64((g+1)*group) })
 	}
-	if status := testutil.HTTPDo(t, p.url, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, p.URL, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)
 	}
 	wg.Wait()
@@ -68,10 +68,10 @@ func TestTenThousandWaiters(t *testing.T) {
 	for f := range failures {
 		t.Fatalf("a waiter failed: %s", f)
 	}
-	if n := waiting(t, p.url, "busy"); n != 0 {
+	if n := waiting(t, p.URL, "busy"); n != 0 {
 		t.Errorf("%d still waiting", n)
 	}
-	if status, body := httpGet(t, p.url, "/locks"); status != http.StatusOK || body != "{}\n" {
+	if status, body := httpGet(t, p.URL, "/locks"); status != http.StatusOK || body != "{}\n" {
 		t.Errorf("GET /locks after every waiter came and went = %d %s; want {}", status, body)
 	}
 }
@@ -91,7 +91,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			client := &http.Client{Timeout: 5 * time.Second}
 			for i := 0; ctx.Err() == nil; i++ {
 				name := fmt.Sprintf("c%d-%d", c, i)
-				req, _ := http.NewRequest("PUT", p.url+"/lock/"+name, strings.NewReader(`{"key": "k"}`))
+				req, _ := http.NewRequest("PUT", p.URL+"/lock/"+name, strings.NewReader(`{"key": "k"}`))
 				resp, err := client.Do(req)
 				if err != nil {
 					return // the server is going away
@@ -107,18 +107,18 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // let the load build up
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("locker did not exit within 10 s of SIGTERM under load")
 	}
 	stop()
 	wg.Wait()
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit code after SIGTERM = %d; want 0\n%s", code, p.log)
+	if code := p.ExitCode(); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d; want 0\n%s", code, p.Log)
 	}
 	t.Logf("exited %v after SIGTERM; %d changes acknowledged", time.Since(start), len(acked))
 	st, err := statefile.Decode(testutil.ReadFile(t, state))
@@ -145,7 +145,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 func TestSecondServerOnOneStateFile(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "locks.yml")
 	first := startProc(t, state)
-	if status := testutil.HTTPDo(t, first.url, "PUT", "/lock/prod", `{"key": "a"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, first.URL, "PUT", "/lock/prod", `{"key": "a"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -157,15 +157,15 @@ func TestSecondServerOnOneStateFile(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 		t.Fatalf("second server = %v; want exit code 1\n%s", err, out)
 	}
-	if want := fmt.Sprintf("LOCKER_CONFIG %s is in use by another locker server, process %d", state, first.cmd.Process.Pid); !strings.Contains(string(out), want) {
+	if want := fmt.Sprintf("LOCKER_CONFIG %s is in use by another locker server, process %d", state, first.Pid()); !strings.Contains(string(out), want) {
 		t.Errorf("second server said:\n%s\nwant it to contain %q", out, want)
 	}
-	if status := testutil.HTTPDo(t, first.url, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
+	if status := testutil.HTTPDo(t, first.URL, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
 		t.Errorf("PUT with another key on the first server = %d; want 423", status)
 	}
-	first.kill() // SIGKILL: the kernel drops its lock
+	first.Kill() // SIGKILL: the kernel drops its lock
 	third := startProc(t, state)
-	if status := testutil.HTTPDo(t, third.url, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
+	if status := testutil.HTTPDo(t, third.URL, "PUT", "/lock/prod", `{"key": "b"}`); status != http.StatusLocked {
 		t.Errorf("PUT with another key after the restart = %d; want 423: the lock taken before the kill is held", status)
 	}
 }

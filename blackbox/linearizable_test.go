@@ -191,7 +191,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 		history []porcupine.Operation
 		nextID  = 8
 		base    = time.Now()
-		url     = p.url
+		url     = p.URL
 		killing sync.RWMutex // held for writing while the server is down
 		// killSoon is closed when the next acknowledged change should be
 		// followed by a kill; guarded by mu.
@@ -313,10 +313,10 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 		case <-time.After(time.Second):
 		}
 		killing.Lock()
-		p.kill()
+		p.Kill()
 		settle()
 		p = startProc(t, state)
-		url = p.url
+		url = p.URL
 		mu.Lock()
 		killSoon = make(chan struct{})
 		mu.Unlock()
@@ -325,7 +325,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 	}
 	close(stop)
 	wg.Wait()
-	p.kill()
+	p.Kill()
 	settle()
 
 	model := lockModel.ToModel()
@@ -341,7 +341,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 		}
 		keep, _ := os.MkdirTemp("", "locker-linearizability-state")
 		_ = os.CopyFS(keep, os.DirFS(dir))
-		_ = os.WriteFile(filepath.Join(keep, "server.log"), []byte(p.log.String()), 0o600)
+		_ = os.WriteFile(filepath.Join(keep, "server.log"), []byte(p.Log.String()), 0o600)
 		t.Fatalf("history is not linearizable (%v): see %s; state file and server log kept in %s", res, out, keep)
 	}
 }

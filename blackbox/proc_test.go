@@ -1,21 +1,17 @@
 package blackbox
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
@@ -49,8 +45,6 @@ func stress() bool { return os.Getenv("LOCKER_STRESS") != "" }
 // checkpoint: a few dozen changes.
 const checkpointBytes = "4096"
 
-var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
-
 var (
 	buildOnce   sync.Once
 	lockerBin   string
@@ -81,60 +75,12 @@ func buildLocker(tb testing.TB) string {
 	return lockerBin
 }
 
-// proc is the locker binary running as its own process.
-type proc struct {
-	cmd  *exec.Cmd
-	url  string
-	log  *testutil.SyncBuffer
-	done chan struct{}
-}
-
 // startProc starts the locker binary on state and waits until it serves.
-func startProc(tb testing.TB, state string) *proc {
+// A small checkpoint threshold makes kills land during and right after
+// checkpoints, not only between journal writes.
+func startProc(tb testing.TB, state string) *testutil.Server {
 	tb.Helper()
-	cmd := exec.Command(buildLocker(tb))
-	// A small checkpoint threshold makes kills land during and right after
-	// checkpoints, not only between journal writes.
-	cmd.Env = []string{"PORT=0", "LOCKER_CONFIG=" + state, "LOCKER_CHECKPOINT_BYTES=" + checkpointBytes}
-	p := &proc{cmd: cmd, log: &testutil.SyncBuffer{}, done: make(chan struct{})}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	port := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			fmt.Fprintln(p.log, sc.Text())
-			if m := listenAddr.FindStringSubmatch(sc.Text()); m != nil {
-				_, pt, _ := net.SplitHostPort(m[1])
-				select {
-				case port <- pt:
-				default:
-				}
-			}
-		}
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	tb.Cleanup(func() { p.kill() })
-	select {
-	case pt := <-port:
-		p.url = "http://127.0.0.1:" + pt
-	case <-p.done:
-		tb.Fatalf("locker exited at start:\n%s", p.log)
-	case <-time.After(20 * time.Second):
-		tb.Fatalf("locker did not start:\n%s", p.log)
-	}
-	return p
-}
-
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
+	return testutil.StartServer(tb, buildLocker(tb), "LOCKER_CONFIG="+state, "LOCKER_CHECKPOINT_BYTES="+checkpointBytes)
 }
 
 func httpGet(tb testing.TB, base, path string) (int, string) {

@@ -81,7 +81,7 @@ func TestREADME(t *testing.T) {
 		t.Fatalf("found %d examples in the README; want its console blocks", len(examples))
 	}
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
-	env := append(os.Environ(), "LOCKER="+p.url)
+	env := append(os.Environ(), "LOCKER="+p.URL)
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)

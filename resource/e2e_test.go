@@ -1,7 +1,6 @@
 package resource
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -13,10 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -67,70 +63,15 @@ func build(dir string) int {
 // lockerServer is the locker binary running on a loopback port.
 type lockerServer struct {
 	url string
-	log *lineLog
 }
-
-// lineLog collects a process's stderr.
-type lineLog struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *lineLog) add(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, s)
-}
-
-func (l *lineLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n")
-}
-
-var listening = regexp.MustCompile(`msg="locker listening" addr=\S+:(\d+)`)
 
 // startLocker runs the locker binary with env added to a fresh state file
 // and waits until it listens. It is stopped when the test ends.
 func startLocker(tb testing.TB, env ...string) *lockerServer {
 	tb.Helper()
-	cmd := exec.Command(filepath.Join(bin, "locker"))
-	cmd.Env = append([]string{"PORT=0", "LOCKER_CONFIG=" + filepath.Join(tb.TempDir(), "locks.yml")}, env...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
-	ls := &lockerServer{log: &lineLog{}}
-	port := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			ls.log.add(sc.Text())
-			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
-				port <- m[1]
-			}
-		}
-	}()
-	scheme := "http"
-	for _, e := range env {
-		if strings.HasPrefix(e, "SSL_CERT=") {
-			scheme = "https"
-		}
-	}
-	select {
-	case p := <-port:
-		ls.url = scheme + "://127.0.0.1:" + p
-	case <-time.After(10 * time.Second):
-		tb.Fatalf("locker did not start:\n%s", ls.log)
-	}
-	return ls
+	s := testutil.StartServer(tb, filepath.Join(bin, "locker"), append([]string{"LOCKER_CONFIG=" + filepath.Join(tb.TempDir(), "locks.yml")}, env...)...)
+	tb.Cleanup(s.Stop)
+	return &lockerServer{url: s.URL}
 }
 
 // result is what one run of a command printed and returned.

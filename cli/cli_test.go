@@ -1,0 +1,433 @@
+package cli_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/locker-ci/locker/internal/testutil"
+)
+
+// The tests here drive the real locker binary, as a server and as the
+// client, over HTTP on loopback.
+
+// lockerBin is the locker binary TestMain builds.
+var lockerBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "locker-cli")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	lockerBin = filepath.Join(dir, "locker")
+	if out, err := exec.Command("go", "build", "-o", lockerBin, "github.com/locker-ci/locker").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building locker: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// server starts a locker server with basic auth for one test.
+func server(t *testing.T) *testutil.Server {
+	t.Helper()
+	return testutil.StartServer(t, lockerBin, "LOCKER_CONFIG="+filepath.Join(t.TempDir(), "locks.yml"),
+		"AUTH_USER=ci", "AUTH_PASS=s3cret")
+}
+
+// client is the locker binary run as a client of one server.
+type client struct {
+	url string
+	dir string // the commands' working directory
+}
+
+func newClient(t *testing.T, s *testutil.Server) client {
+	return client{url: s.URL, dir: t.TempDir()}
+}
+
+// result is what one run of the client printed and returned.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+}
+
+// command returns prog with args, not started, with the client's
+// settings in its environment.
+func (c client) command(prog string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	cmd := exec.Command(prog, args...)
+	cmd.Dir = c.dir
+	cmd.Env = append(os.Environ(), "LOCKER_URL="+c.url, "LOCKER_USER=ci", "LOCKER_PASSWORD=s3cret")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	return cmd, &stdout, &stderr
+}
+
+// run runs the client with args and returns what it did.
+func (c client) run(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd, stdout, stderr := c.command(lockerBin, args...)
+	err := cmd.Run()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatalf("locker %q: %v", args, err)
+	}
+	return result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String()}
+}
+
+// started is a client command running in the background.
+type started struct {
+	cmd  *exec.Cmd
+	done chan result
+}
+
+func (c client) start(t *testing.T, args ...string) *started {
+	t.Helper()
+	return c.startProgram(t, lockerBin, args...)
+}
+
+// shell starts sh -c script in the background.
+func (c client) shell(t *testing.T, script string) *started {
+	t.Helper()
+	return c.startProgram(t, "/bin/sh", "-c", script)
+}
+
+func (c client) startProgram(t *testing.T, prog string, args ...string) *started {
+	t.Helper()
+	cmd, stdout, stderr := c.command(prog, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &started{cmd: cmd, done: make(chan result, 1)}
+	go func() {
+		_ = cmd.Wait()
+		s.done <- result{code: exitCode(cmd.ProcessState), stdout: stdout.String(), stderr: stderr.String()}
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return s
+}
+
+func exitCode(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+func (s *started) wait(t *testing.T, within time.Duration) result {
+	t.Helper()
+	select {
+	case r := <-s.done:
+		return r
+	case <-time.After(within):
+		t.Fatalf("locker %q did not exit within %v", s.cmd.Args[1:], within)
+		return result{}
+	}
+}
+
+// held reports whether the lock called name is held, by asking for it
+// with another key, without waiting.
+func (c client) held(t *testing.T, name string) bool {
+	t.Helper()
+	r := c.run(t, "lock", name, "--key", "probe")
+	switch r.code {
+	case 1:
+		return true
+	case 0:
+		if u := c.run(t, "unlock", name, "--key", "probe"); u.code != 0 {
+			t.Fatalf("unlock after a probe: %v", u)
+		}
+		return false
+	}
+	t.Fatalf("probing %q: %v", name, r)
+	return false
+}
+
+// waitForFile waits for the command run runs to make a file in the
+// client's directory: it has started.
+func (c client) waitForFile(t *testing.T, name string) {
+	t.Helper()
+	waitUntil(t, "the command to start", 5*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(c.dir, name))
+		return err == nil
+	})
+}
+
+// waitUntil polls cond, every 50 ms, for up to within.
+func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestRunReturnsTheCommandsExitCode(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	for _, tc := range []struct {
+		script string
+		want   int
+	}{
+		{"exit 0", 0},
+		{"exit 1", 1},
+		{"exit 42", 42},
+		{"kill -TERM $$", 128 + int(syscall.SIGTERM)},
+		{"kill -KILL $$", 128 + int(syscall.SIGKILL)},
+	} {
+		r := c.run(t, "run", "prod", "--", "sh", "-c", tc.script)
+		if r.code != tc.want {
+			t.Errorf("locker run prod -- sh -c %q = %v; want exit %d", tc.script, r, tc.want)
+		}
+		if c.held(t, "prod") {
+			t.Errorf("after sh -c %q the lock is still held", tc.script)
+		}
+	}
+	// The command sees the token and the lock's name.
+	r := c.run(t, "run", "prod", "--", "sh", "-c", `echo "$LOCKER_LOCK $LOCKER_TOKEN"`)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "prod ") {
+		t.Fatalf("run printing its environment: %v", r)
+	}
+	if token, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(r.stdout, "prod "))); err != nil || token < 6 {
+		t.Errorf("LOCKER_TOKEN = %q; want the fencing token, 6 or more after five runs", r.stdout)
+	}
+	if r := c.run(t, "run", "prod", "--", "no-such-command-here"); r.code != 127 || !strings.Contains(r.stderr, "no-such-command-here") {
+		t.Errorf("run of a missing command = %v; want 127 and the command named", r)
+	}
+	if c.held(t, "prod") {
+		t.Errorf("after a command that could not start, the lock is still held")
+	}
+}
+
+// TestRunsNeverOverlap runs two loops of locker run on one lock; each
+// command writes its start and end to one file: no start ever follows
+// another start.
+func TestRunsNeverOverlap(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	log := filepath.Join(c.dir, "log")
+	script := fmt.Sprintf(`echo "start $$" >> %[1]s; sleep 0.5; echo "end $$" >> %[1]s`, log)
+	loop := fmt.Sprintf(`for i in 1 2 3; do %s run shared --ttl 2s -- sh -c '%s' || exit 1; done`, lockerBin, script)
+	loops := []*started{c.shell(t, loop), c.shell(t, loop)}
+	waits := 0
+	for _, l := range loops {
+		r := l.wait(t, 30*time.Second)
+		if r.code != 0 {
+			t.Fatalf("a loop of locker run failed: %v", r)
+		}
+		waits += strings.Count(r.stderr, `waiting for "shared": held with key "run-`)
+	}
+	lines := strings.Fields(strings.ReplaceAll(string(testutil.ReadFile(t, log)), "\n", " "))
+	if len(lines) != 2*3*4 { // two loops of three runs, each "start PID end PID"
+		t.Fatalf("log has %d words; want 6 runs of start and end:\n%s", len(lines), testutil.ReadFile(t, log))
+	}
+	for i := 0; i < len(lines); i += 4 {
+		if lines[i] != "start" || lines[i+2] != "end" || lines[i+1] != lines[i+3] {
+			t.Fatalf("runs overlapped:\n%s", testutil.ReadFile(t, log))
+		}
+	}
+	if waits == 0 {
+		t.Errorf("no run said, while it waited, who held the lock")
+	}
+}
+
+// TestRunKeepsTheLockLongerThanItsTTL runs a command three times as long
+// as the lease: the lock stays held throughout, renewed by run.
+func TestRunKeepsTheLockLongerThanItsTTL(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	run := c.start(t, "run", "prod", "--ttl", "1s", "--", "sleep", "3")
+	waitUntil(t, "run to take the lock", 5*time.Second, func() bool { return c.held(t, "prod") })
+	probes := 0
+	for {
+		select {
+		case r := <-run.done:
+			if r.code != 0 {
+				t.Fatalf("run = %v; want exit 0", r)
+			}
+			if probes < 5 {
+				t.Errorf("only %d probes while the command ran", probes)
+			}
+			if c.held(t, "prod") {
+				t.Error("the lock is held after run exited")
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		// The command may end between the select and the probe.
+		if !c.held(t, "prod") && run.cmd.ProcessState == nil {
+			select {
+			case <-run.done:
+				t.Fatal("run exited while probing; cannot tell")
+			default:
+				t.Fatalf("the lock was free while the command ran (probe %d)", probes)
+			}
+		}
+		probes++
+	}
+}
+
+// TestSIGTERMToRunReachesTheCommandAndReleasesAfter sends SIGTERM to run:
+// the command gets it, finishes (still holding the lock, as it checks),
+// and run then gives the lock back and exits with the command's code.
+func TestSIGTERMToRunReachesTheCommandAndReleasesAfter(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	script := fmt.Sprintf(`trap '%s lock prod --key other; echo "probe $?" > probe; exit 7' TERM; touch ready; while :; do sleep 0.05; done`, lockerBin)
+	run := c.start(t, "run", "prod", "--ttl", "5s", "--", "sh", "-c", script)
+	c.waitForFile(t, "ready")
+	if err := run.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	r := run.wait(t, 10*time.Second)
+	if r.code != 7 || !strings.Contains(r.stderr, `released "prod"`) {
+		t.Errorf("run after SIGTERM = %v; want the command's exit code 7, and the lock released", r)
+	}
+	if probe := strings.TrimSpace(string(testutil.ReadFile(t, filepath.Join(c.dir, "probe")))); probe != "probe 1" {
+		t.Errorf("while the command handled SIGTERM, locking with another key gave %q; want exit 1 (still held)", probe)
+	}
+	if c.held(t, "prod") {
+		t.Error("the lock is held after run exited")
+	}
+}
+
+// TestKilledRunFreesTheLockWhenItsLeaseRunsOut kills run with SIGKILL:
+// nothing gives the lock back, and the lease frees it.
+func TestKilledRunFreesTheLockWhenItsLeaseRunsOut(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	run := c.start(t, "run", "prod", "--ttl", "1s", "--", "sh", "-c", "echo $$ > pid; exec sleep 60")
+	c.waitForFile(t, "pid")
+	t.Cleanup(func() { // the command outlives run: kill -9 leaves it orphaned
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(testutil.ReadFile(t, filepath.Join(c.dir, "pid"))))); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	if !c.held(t, "prod") {
+		t.Fatal("the lock is not held while run runs")
+	}
+	if err := run.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitUntil(t, "the lease to free the lock", 5*time.Second, func() bool { return !c.held(t, "prod") })
+	t.Logf("the lock was free %v after kill -9 (ttl 1s)", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// TestForceUnlockStopsTheCommand force-releases the lock a run holds:
+// run stops its command, which ignores SIGTERM, with SIGKILL after the
+// grace period, and exits 3 saying the lock was lost.
+func TestForceUnlockStopsTheCommand(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	run := c.start(t, "run", "prod", "--ttl", "2s", "--grace", "300ms", "--", "sh", "-c", `trap "" TERM; echo $$ > pid; exec sleep 60`)
+	c.waitForFile(t, "pid")
+	if r := c.run(t, "force-unlock", "prod"); r.code != 0 {
+		t.Fatalf("force-unlock = %v", r)
+	}
+	r := run.wait(t, 5*time.Second)
+	if r.code != 3 || !strings.Contains(r.stderr, `LOST THE LOCK on "prod"`) || !strings.Contains(r.stderr, "killing it") {
+		t.Errorf("run after a force release = %v; want exit 3, saying the lock was lost and the command killed", r)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(testutil.ReadFile(t, filepath.Join(c.dir, "pid")))))
+	if err := syscall.Kill(pid, 0); err == nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Errorf("the command (pid %d) still runs after run lost the lock", pid)
+	}
+}
+
+// TestLockUnlockLsShow covers the commands for scripts: their output and
+// exit codes.
+func TestLockUnlockLsShow(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	r := c.run(t, "lock", "prod", "--key", "deploy", "--ttl", "10m", "--note", "https://ci.example.com/builds/7")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "1" {
+		t.Fatalf("lock = %v; want exit 0 and token 1", r)
+	}
+	if r := c.run(t, "lock", "prod", "--key", "upgrade"); r.code != 1 || !strings.Contains(r.stderr, `held with key "deploy"`) {
+		t.Errorf("lock with another key = %v; want exit 1 saying who holds it", r)
+	}
+	if r := c.run(t, "lock", "prod", "--key", "upgrade", "--wait", "300ms"); r.code != 1 || !strings.Contains(r.stderr, "timed out") {
+		t.Errorf("lock --wait 300ms on a held lock = %v; want exit 1, timed out", r)
+	}
+	r = c.run(t, "ls")
+	if r.code != 0 || !strings.Contains(r.stdout, "NAME") || !regexpMatch(`(?m)^prod\s+deploy×1\s+\S+ ago\s+in \S+\s+0\s+https://ci.example.com/builds/7$`, r.stdout) {
+		t.Errorf("ls = %v; want a table row for prod", r)
+	}
+	if r := c.run(t, "ls", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"locked_by":{"deploy":1}`) {
+		t.Errorf("ls --json = %v; want the server's JSON", r)
+	}
+	if r := c.run(t, "show", "prod"); r.code != 0 || !strings.Contains(r.stdout, `prod is held with key "deploy", token 1`) {
+		t.Errorf("show = %v", r)
+	}
+	if r := c.run(t, "renew", "prod", "--key", "deploy", "--ttl", "1h"); r.code != 0 {
+		t.Errorf("renew = %v", r)
+	} else if until, err := time.Parse(time.RFC3339, strings.TrimSpace(r.stdout)); err != nil || time.Until(until) < 59*time.Minute {
+		t.Errorf("renew printed %q; want the lease's end, an hour from now", r.stdout)
+	}
+	if r := c.run(t, "unlock", "prod", "--key", "upgrade"); r.code != 1 {
+		t.Errorf("unlock with a key that does not hold it = %v; want exit 1", r)
+	}
+	if r := c.run(t, "unlock", "prod", "--key", "deploy"); r.code != 0 || !strings.Contains(r.stderr, "now free") {
+		t.Errorf("unlock = %v; want exit 0, now free", r)
+	}
+	if r := c.run(t, "unlock", "prod", "--key", "deploy"); r.code != 1 || !strings.Contains(r.stderr, "nothing given back") {
+		t.Errorf("unlock of a free lock = %v; want exit 1, nothing given back", r)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lock", "prod"}, "--key is missing"},
+		{[]string{"lock", "--key", "k"}, "NAME is missing"},
+		{[]string{"lock", "prod", "--key", "k", "--ttl", "soon"}, "--ttl must be a positive duration"},
+		{[]string{"run", "prod", "sleep", "1"}, "the command to run goes after --"},
+		{[]string{"run", "prod", "--ttl", "500ms", "--", "true"}, "--ttl must be a duration of at least 1s"},
+		{[]string{"ls", "--url", "http://127.0.0.1:1"}, "connection refused"},
+		{[]string{"ls", "--url", "ftp://x"}, "must be http:// or https://"},
+		{[]string{"nonsense"}, `unknown argument "nonsense"`},
+	} {
+		if r := c.run(t, tc.args...); r.code == 0 || r.code == 1 && tc.args[0] != "nonsense" || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("locker %q = %v; want exit 2 and %q", tc.args, r, tc.want)
+		}
+	}
+	if r := c.run(t, "help", "run"); r.code != 0 || !strings.Contains(r.stdout, "Examples:") {
+		t.Errorf("help run = %v", r)
+	}
+}
+
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+// TestRunStopsTheCommandWhenTheServerIsGone kills the server: run cannot
+// renew the lease, and stops the command before the lease would run out
+// (ttl 2 s, grace 500 ms), and exits 3.
+func TestRunStopsTheCommandWhenTheServerIsGone(t *testing.T) {
+	t.Parallel()
+	s := server(t)
+	c := newClient(t, s)
+	run := c.start(t, "run", "prod", "--ttl", "2s", "--grace", "500ms", "--", "sh", "-c", "touch ready; exec sleep 60")
+	c.waitForFile(t, "ready")
+	s.Kill()
+	gone := time.Now()
+	r := run.wait(t, 10*time.Second)
+	if r.code != 3 || !strings.Contains(r.stderr, "could not be renewed before it ran out") {
+		t.Errorf("run after its server died = %v; want exit 3, the lease not renewed", r)
+	}
+	t.Logf("run stopped its command %v after the server died (ttl 2s)", time.Since(gone).Round(10*time.Millisecond))
+}

@@ -1,0 +1,324 @@
+package cli
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// holdFlags are the flags of the commands that change a hold.
+type holdFlags struct {
+	key, lockBy, ttl, note string
+	wait                   time.Duration
+	all                    bool
+}
+
+func (e *env) keyFlags(h *holdFlags) {
+	e.flags.StringVar(&h.key, "key", "", "")
+	e.flags.StringVar(&h.lockBy, "lock-by", "", "")
+}
+
+// request checks the hold flags and returns them as a request.
+func (e *env) request(h holdFlags) (client.Request, int, bool) {
+	if h.key == "" {
+		return client.Request{}, e.usageError("--key is missing: holders with the same key share a lock, e.g. --key deploy-v1.4"), false
+	}
+	if h.ttl != "" {
+		if d, err := time.ParseDuration(h.ttl); err != nil || d <= 0 {
+			return client.Request{}, e.usageError("--ttl must be a positive duration such as 90s, 10m or 2h (got %q)", h.ttl), false
+		}
+	}
+	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl, Note: h.note, All: h.all}, exitOK, true
+}
+
+// holdArgs reads the arguments of a command that changes a hold (NAME and
+// the hold flags), and connects. ok is false when the command is done,
+// with code.
+func (e *env) holdArgs(args []string, h *holdFlags) (name string, r client.Request, code int, ok bool) {
+	pos, code, ok := e.parse(args, "NAME")
+	if !ok {
+		return "", r, code, false
+	}
+	if r, code, ok = e.request(*h); !ok {
+		return "", r, code, false
+	}
+	if code := e.connect(); code != exitOK {
+		return "", r, code, false
+	}
+	return pos[0], r, exitOK, true
+}
+
+const lockUsage = `Usage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R]
+
+Takes the lock called NAME with key K and prints its fencing token.
+Holders with the same key share the lock; another key is refused until
+they have all let go. Give it back with locker unlock.
+
+  --key K       the key (required)
+  --wait D      queue for the lock for up to D, e.g. 30m (default: do not wait)
+  --ttl D       a lease: the lock is freed D after it is taken unless
+                renewed (locker renew); default: the server's
+  --note TEXT   shown to others, e.g. the build's URL
+  --lock-by R   who holds it (default: the key); a holder may hold a
+                lock more than once, and unlock gives back one count
+
+Examples:
+  token=$(locker lock prod --key deploy --wait 30m --ttl 2h --note "$BUILD_URL")
+  locker unlock prod --key deploy
+` + connectionHelp
+
+// cmdLock handles locker lock.
+func cmdLock(e *env, args []string) int {
+	var h holdFlags
+	e.keyFlags(&h)
+	e.flags.DurationVar(&h.wait, "wait", 0, "")
+	e.flags.StringVar(&h.ttl, "ttl", "", "")
+	e.flags.StringVar(&h.note, "note", "", "")
+	name, r, code, ok := e.holdArgs(args, &h)
+	if !ok {
+		return code
+	}
+	deadline := time.Now().Add(cmp.Or(h.wait, patience))
+	l, err := e.client.Lock(e.ctx, name, r, h.wait > 0, e.progress(deadline))
+	if err != nil {
+		code := e.fail(err)
+		if code == exitRefused && h.wait == 0 {
+			fmt.Fprintln(e.stderr, "  (locker lock --wait 30m queues for it)")
+		}
+		return code
+	}
+	fmt.Fprintln(e.stdout, l.Token)
+	return exitOK
+}
+
+const unlockUsage = `Usage: locker unlock NAME --key K [--all] [--lock-by R]
+
+Gives back one count of the lock called NAME held with key K (every
+count with --all). Unlocking a lock you do not hold is an error (exit 1),
+so that a misspelt key does not go unnoticed.
+
+Examples:
+  locker unlock prod --key deploy
+  locker unlock prod --key deploy --lock-by job-42 --all
+` + connectionHelp
+
+// cmdUnlock handles locker unlock.
+func cmdUnlock(e *env, args []string) int {
+	var h holdFlags
+	e.keyFlags(&h)
+	e.flags.BoolVar(&h.all, "all", false, "")
+	name, r, code, ok := e.holdArgs(args, &h)
+	if !ok {
+		return code
+	}
+	l, err := e.client.Unlock(e.ctx, name, r, e.progress(time.Now().Add(patience)))
+	if err != nil {
+		return e.fail(err)
+	}
+	if l.Released != nil && *l.Released == 0 {
+		fmt.Fprintf(e.stderr, "locker unlock: nothing given back: %s\n", l.Response)
+		return exitRefused
+	}
+	fmt.Fprintf(e.stderr, "locker unlock: %s\n", l.Response)
+	return exitOK
+}
+
+const renewUsage = `Usage: locker renew NAME --key K [--ttl D] [--lock-by R]
+
+Extends your lease on the lock called NAME to D from now (default: the
+server's default ttl). Prints when it now runs out.
+
+Example:
+  locker renew prod --key deploy --ttl 30m
+` + connectionHelp
+
+// cmdRenew handles locker renew.
+func cmdRenew(e *env, args []string) int {
+	var h holdFlags
+	e.keyFlags(&h)
+	e.flags.StringVar(&h.ttl, "ttl", "", "")
+	name, r, code, ok := e.holdArgs(args, &h)
+	if !ok {
+		return code
+	}
+	l, err := e.client.Renew(e.ctx, name, r, e.progress(time.Now().Add(patience)))
+	if err != nil {
+		return e.fail(err)
+	}
+	fmt.Fprintln(e.stdout, l.Holders[cmp.Or(r.Requestor, r.Key)].ExpiresAt.Format(time.RFC3339))
+	return exitOK
+}
+
+const forceUsage = `Usage: locker force-unlock NAME
+
+Frees the lock called NAME whoever holds it: for a lock left by a build
+that will not come back. The server logs who asked. Its holders are not
+told; if what the lock guards checks fencing tokens, their writes are
+refused from now on.
+
+Example:
+  locker show prod && locker force-unlock prod
+` + connectionHelp
+
+// cmdForceUnlock handles locker force-unlock.
+func cmdForceUnlock(e *env, args []string) int {
+	pos, code, ok := e.parse(args, "NAME")
+	if !ok {
+		return code
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	l, err := e.client.ForceUnlock(e.ctx, pos[0], e.progress(time.Now().Add(patience)))
+	if err != nil {
+		return e.fail(err)
+	}
+	fmt.Fprintf(e.stderr, "locker force-unlock: %s\n", l.Response)
+	return exitOK
+}
+
+const lsUsage = `Usage: locker ls [--json]
+
+Lists the locks that are held or waited for: name, holders (with their
+counts), how long ago it was taken, the soonest lease to run out, how many
+wait, and the notes. --json prints the server's answer as it is.
+
+Example:
+  locker ls
+` + connectionHelp
+
+// cmdLs handles locker ls.
+func cmdLs(e *env, args []string) int {
+	asJSON := e.flags.Bool("json", false, "")
+	if _, code, ok := e.parse(args); !ok {
+		return code
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	locks, raw, err := e.client.List(e.ctx)
+	if err != nil {
+		return e.fail(err)
+	}
+	if *asJSON {
+		_, _ = e.stdout.Write(raw)
+		return exitOK
+	}
+	now := time.Now()
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tHOLDERS\tSINCE\tLEASE\tQUEUE\tNOTE")
+	for _, name := range slices.Sorted(maps.Keys(locks)) {
+		l := locks[name]
+		var holders, notes []string
+		var lease time.Time
+		for _, h := range slices.Sorted(maps.Keys(l.Holders)) {
+			hold := l.Holders[h]
+			holders = append(holders, fmt.Sprintf("%s×%d", h, hold.Count))
+			if hold.Note != "" {
+				notes = append(notes, hold.Note)
+			}
+			if !hold.ExpiresAt.IsZero() && (lease.IsZero() || hold.ExpiresAt.Before(lease)) {
+				lease = hold.ExpiresAt
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", oneLine(name), cmp.Or(oneLine(strings.Join(holders, ",")), "-"),
+			ago(now, l.AcquiredAt), until(now, lease), len(l.Waiting), oneLine(strings.Join(notes, " ")))
+	}
+	_ = w.Flush()
+	return exitOK
+}
+
+const showUsage = `Usage: locker show NAME [--json]
+
+Shows the lock called NAME: its key and fencing token, each holder with
+its count, lease and note, and the queue in order. Exit code 0 whether it
+is held or free.
+
+Example:
+  locker show prod
+` + connectionHelp
+
+// cmdShow handles locker show.
+func cmdShow(e *env, args []string) int {
+	asJSON := e.flags.Bool("json", false, "")
+	pos, code, ok := e.parse(args, "NAME")
+	if !ok {
+		return code
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	l, err := e.client.Get(e.ctx, pos[0])
+	if err != nil {
+		return e.fail(err)
+	}
+	if *asJSON {
+		_, _ = e.stdout.Write(l.Raw)
+		return exitOK
+	}
+	writeLock(e.stdout, pos[0], l.View, time.Now())
+	return exitOK
+}
+
+// writeLock describes a lock for a person.
+func writeLock(w io.Writer, name string, l lock.View, now time.Time) {
+	if len(l.Holders) == 0 {
+		fmt.Fprintf(w, "%s is free\n", oneLine(name))
+	} else {
+		fmt.Fprintf(w, "%s is held with key %q, token %d, taken %s\n", oneLine(name), l.Key, l.Token, ago(now, l.AcquiredAt))
+	}
+	for _, h := range slices.Sorted(maps.Keys(l.Holders)) {
+		hold := l.Holders[h]
+		fmt.Fprintf(w, "  holder %s ×%d, since %s, lease %s", oneLine(h), hold.Count, ago(now, hold.Since), until(now, hold.ExpiresAt))
+		if hold.Note != "" {
+			fmt.Fprintf(w, ", note: %s", oneLine(hold.Note))
+		}
+		fmt.Fprintln(w)
+	}
+	for i, q := range l.Waiting {
+		fmt.Fprintf(w, "  waiting %d: %s with key %q, for %s\n", i+1, oneLine(q.Requestor), q.Key, round(now.Sub(q.Since)))
+	}
+}
+
+// ago says how long ago t was, e.g. "12m ago"; "-" for an unknown time.
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return round(now.Sub(t)) + " ago"
+}
+
+// until says how long until t, e.g. "in 4m10s"; "none" for no lease.
+func until(now, t time.Time) string {
+	if t.IsZero() {
+		return "none"
+	}
+	return "in " + round(t.Sub(now))
+}
+
+// round says d to the second, and to the minute above an hour.
+func round(d time.Duration) string {
+	d = max(d, 0)
+	if d >= time.Hour {
+		return d.Round(time.Minute).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+// oneLine keeps a table one line a lock, whatever a name or note holds:
+// a string with a control character or a quote is shown quoted.
+func oneLine(s string) string {
+	if q := strconv.Quote(s); q[1:len(q)-1] != s {
+		return q
+	}
+	return s
+}

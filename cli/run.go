@@ -1,0 +1,283 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/locker-ci/locker/internal/client"
+)
+
+const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] -- CMD [ARGS...]
+
+Takes the lock called NAME (queueing for it, and saying every 30 s who
+holds it and where this run stands in the queue), runs CMD, and gives the
+lock back when CMD ends. The lock has a lease of --ttl, renewed every third
+of it while CMD runs, so that a run killed with kill -9, or on a machine
+that died, frees the lock when the lease runs out.
+
+If the lease cannot be renewed (the server unreachable until the lease
+would run out, or the lock force-released), CMD is stopped: SIGTERM, then
+SIGKILL after --grace. It never runs on without the lock. SIGINT and
+SIGTERM sent to locker run are passed to CMD; the lock is given back after
+CMD exits. CMD finds the fencing token in $LOCKER_TOKEN and the lock's name
+in $LOCKER_LOCK.
+
+  --key K       the key; runs with the same key share the lock
+                (default: a key of this run's own, so it runs alone)
+  --ttl D       the lease (default 2m; at least 1s)
+  --wait D      how long to queue for the lock: a duration, 0 not to
+                wait, or forever (the default)
+  --note TEXT   shown to others (default: the command line)
+  --lock-by R   who holds it (default: HOST:PID)
+  --grace D     between SIGTERM and SIGKILL when the lock is lost
+                (default 10s, at most a quarter of the ttl)
+
+Exit code: CMD's (128+N if a signal N killed it); 1 if the lock was
+refused or the wait ran out; 2 for a usage or connection error; 3 if the
+lock was lost while CMD ran.
+
+Examples:
+  locker run prod -- ./deploy.sh
+  locker run staging --key tests --wait 30m --note "$BUILD_URL" -- make integration-test
+` + connectionHelp
+
+// Tuned for run.
+const (
+	defaultTTL = 2 * time.Minute // a run killed by kill -9 holds the lock this long
+	minRunTTL  = time.Second     // the server's shortest lease; renewals come every third of it
+	maxGrace   = 10 * time.Second
+	maxNote    = 200 // bytes of the command line shown as the default note
+	// releasePatience bounds the release after CMD: if the server cannot
+	// be reached by then, the lease frees the lock.
+	releasePatience = 30 * time.Second
+)
+
+// runFlags are locker run's settings.
+type runFlags struct {
+	holdFlags
+	waitFor string // "forever", "0" or a duration
+	grace   time.Duration
+}
+
+// cmdRun handles locker run.
+func cmdRun(e *env, args []string) int {
+	dash := slices.Index(args, "--")
+	if dash < 0 && slices.ContainsFunc(args, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
+		fmt.Fprint(e.stdout, e.usage)
+		return exitOK
+	}
+	if dash < 0 || dash == len(args)-1 {
+		return e.usageError("the command to run goes after --, e.g. locker run prod -- ./deploy.sh")
+	}
+	command := args[dash+1:]
+	var f runFlags
+	e.keyFlags(&f.holdFlags)
+	e.flags.StringVar(&f.ttl, "ttl", defaultTTL.String(), "")
+	e.flags.StringVar(&f.waitFor, "wait", "forever", "")
+	e.flags.StringVar(&f.note, "note", "", "")
+	e.flags.DurationVar(&f.grace, "grace", 0, "")
+	pos, code, ok := e.parse(args[:dash], "NAME")
+	if !ok {
+		return code
+	}
+	r, ttl, deadline, code := e.runRequest(&f, command)
+	if code != exitOK {
+		return code
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	return e.runHolding(pos[0], r, ttl, f.waitFor != "0" && f.waitFor != "0s", deadline, f.grace, command)
+}
+
+// runRequest checks run's flags and fills in their defaults.
+func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl time.Duration, deadline time.Time, code int) {
+	ttl, err := time.ParseDuration(f.ttl)
+	if err != nil || ttl < minRunTTL {
+		return r, 0, deadline, e.usageError("--ttl must be a duration of at least %v, e.g. 2m (got %q): run renews it every third", minRunTTL, f.ttl)
+	}
+	if f.waitFor != "forever" {
+		d, err := time.ParseDuration(f.waitFor)
+		if err != nil || d < 0 {
+			return r, 0, deadline, e.usageError("--wait must be a duration such as 30m, 0 not to wait, or forever (got %q)", f.waitFor)
+		}
+		if d > 0 {
+			deadline = time.Now().Add(d)
+		}
+	}
+	if f.grace == 0 {
+		f.grace = min(maxGrace, ttl/4)
+	}
+	if f.grace < 0 || f.grace > ttl/4 {
+		return r, 0, deadline, e.usageError("--grace must be positive and at most a quarter of the ttl (%v), so that the command is stopped before the lease runs out (got %v)", ttl/4, f.grace)
+	}
+	if f.key == "" {
+		f.key = "run-" + client.NewIdempotencyKey()[:16]
+	}
+	if f.lockBy == "" {
+		host, _ := os.Hostname()
+		f.lockBy = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	if f.note == "" {
+		f.note = strings.Join(command, " ")
+		if len(f.note) > maxNote {
+			f.note = strings.ToValidUTF8(f.note[:maxNote], "") + "…"
+		}
+	}
+	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl, Note: f.note}, ttl, deadline, exitOK
+}
+
+// runHolding takes the lock, runs command while keeping the lease alive,
+// gives the lock back, and returns the exit code.
+func (e *env) runHolding(name string, r client.Request, ttl time.Duration, wait bool, deadline time.Time, grace time.Duration, command []string) int {
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(signals)
+
+	// Until the command starts, a signal ends the wait for the lock.
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	interrupted := make(chan os.Signal, 1)
+	waiting, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case sig := <-signals:
+			interrupted <- sig
+			cancel()
+		case <-waiting:
+		}
+	}()
+	l, err := e.client.Lock(ctx, name, r, wait, e.progress(deadline))
+	granted := time.Now()
+	close(waiting)
+	<-watched
+	select {
+	case sig := <-interrupted:
+		fmt.Fprintf(e.stderr, "locker run: %v while waiting for %q; the command was not run\n", sig, name)
+		if err == nil { // granted just as the signal came
+			e.release(name, r)
+		}
+		return 128 + int(sig.(syscall.Signal))
+	default:
+	}
+	if err != nil {
+		return e.fail(err)
+	}
+	fmt.Fprintf(e.stderr, "locker run: locked %q with key %q (token %d); running %s\n", name, r.Key, l.Token, strings.Join(command, " "))
+
+	cmd := exec.Command(command[0], command[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
+	cmd.Env = append(os.Environ(), "LOCKER_TOKEN="+strconv.FormatUint(l.Token, 10), "LOCKER_LOCK="+name)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(e.stderr, "locker run: starting %s: %v\n", command[0], err)
+		e.release(name, r)
+		return 127 // as a shell says of a command it cannot run
+	}
+
+	// The lease is counted from the grant, which came just before the
+	// answer: a margin keeps the estimate on the safe side.
+	lost := make(chan error, 1)
+	keepCtx, stopKeeping := context.WithCancel(context.Background())
+	var kept sync.WaitGroup
+	kept.Go(func() {
+		e.keepAlive(keepCtx, name, r, ttl, granted.Add(ttl-min(ttl/10, time.Second)), grace, lost)
+	})
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	var lostErr error
+	var killTimer <-chan time.Time
+	for {
+		select {
+		case sig := <-signals:
+			_ = cmd.Process.Signal(sig) // it may have exited already
+			continue
+		case lostErr = <-lost:
+			fmt.Fprintf(e.stderr, "locker run: LOST THE LOCK on %q: %v; stopping the command (SIGTERM, then SIGKILL after %v)\n", name, lostErr, grace)
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			killTimer = time.After(grace)
+			continue
+		case <-killTimer:
+			fmt.Fprintf(e.stderr, "locker run: the command did not stop within %v of SIGTERM; killing it\n", grace)
+			_ = cmd.Process.Kill()
+			continue
+		case <-exited:
+		}
+		break
+	}
+	stopKeeping()
+	kept.Wait()
+	code := exitCode(cmd.ProcessState)
+	if lostErr != nil {
+		fmt.Fprintf(e.stderr, "locker run: the command was stopped because the lock on %q was lost (it exited with %d)\n", name, code)
+		return exitLockLost
+	}
+	e.release(name, r)
+	return code
+}
+
+// keepAlive renews the lease every third of ttl until ctx is done. A
+// renewal that cannot land before the lease would run out, less grace
+// for stopping the command, or that the server refuses (the lock was
+// force-released, or expired), sends the reason on lost.
+func (e *env) keepAlive(ctx context.Context, name string, r client.Request, ttl time.Duration, expires time.Time, grace time.Duration, lost chan<- error) {
+	renew := client.Request{Key: r.Key, Requestor: r.Requestor, TTL: r.TTL}
+	t := time.NewTimer(ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sent := time.Now()
+		rctx, cancel := context.WithDeadline(ctx, expires.Add(-grace))
+		_, err := e.client.Renew(rctx, name, renew, e.progress(expires.Add(-grace)))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			if errors.Is(err, context.DeadlineExceeded) || errors.As(err, new(*client.TimedOut)) {
+				err = fmt.Errorf("the lease could not be renewed before it ran out (last: %w)", err)
+			}
+			lost <- err
+			return
+		}
+		expires = sent.Add(ttl) // the server counts from when it got the renewal, after sent
+		t.Reset(ttl / 3)
+	}
+}
+
+// release gives back run's count of the lock; if it cannot, the lease
+// frees the lock, and it says so.
+func (e *env) release(name string, r client.Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), releasePatience)
+	defer cancel()
+	unlock := client.Request{Key: r.Key, Requestor: r.Requestor}
+	if _, err := e.client.Unlock(ctx, name, unlock, e.progress(time.Now().Add(releasePatience))); err != nil {
+		fmt.Fprintf(e.stderr, "locker run: could not give back %q (%v); its lease of %s frees it\n", name, err, r.TTL)
+		return
+	}
+	fmt.Fprintf(e.stderr, "locker run: released %q\n", name)
+}
+
+// exitCode is a finished command's exit code, 128+N when signal N killed
+// it, as shells report it.
+func exitCode(ps *os.ProcessState) int {
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}

@@ -1,0 +1,98 @@
+package testutil
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Server is the locker binary running as its own process on a loopback
+// port, for tests that drive the real thing.
+type Server struct {
+	URL  string // http(s)://127.0.0.1:port
+	Log  *SyncBuffer
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+}
+
+var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
+
+// StartServer starts the locker binary bin with env (and PORT=0 unless env
+// sets PORT) and waits until it serves: over HTTPS when env sets SSL_CERT.
+// It is killed when the test ends, if not before.
+func StartServer(tb testing.TB, bin string, env ...string) *Server {
+	tb.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append([]string{"PORT=0"}, env...)
+	s := &Server{cmd: cmd, Log: &SyncBuffer{}, done: make(chan struct{})}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	port := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			fmt.Fprintln(s.Log, sc.Text())
+			if m := listenAddr.FindStringSubmatch(sc.Text()); m != nil {
+				_, pt, _ := net.SplitHostPort(m[1])
+				select {
+				case port <- pt:
+				default:
+				}
+			}
+		}
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	tb.Cleanup(s.Kill)
+	scheme := "http"
+	for _, e := range env {
+		if strings.HasPrefix(e, "SSL_CERT=") {
+			scheme = "https"
+		}
+	}
+	select {
+	case pt := <-port:
+		s.URL = scheme + "://127.0.0.1:" + pt
+	case <-s.done:
+		tb.Fatalf("locker exited at start:\n%s", s.Log)
+	case <-time.After(20 * time.Second):
+		tb.Fatalf("locker did not start within 20 s:\n%s", s.Log)
+	}
+	return s
+}
+
+// Kill stops the server with SIGKILL and waits for it to exit.
+func (s *Server) Kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// Stop stops the server with SIGTERM, as a service manager does, and
+// waits for it to exit.
+func (s *Server) Stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	<-s.done
+}
+
+// Signal sends sig to the server.
+func (s *Server) Signal(sig syscall.Signal) error { return s.cmd.Process.Signal(sig) }
+
+// Done is closed when the server has exited.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// ExitCode is the server's exit code, once Done is closed.
+func (s *Server) ExitCode() int { return s.cmd.ProcessState.ExitCode() }
+
+// Pid is the server's process ID.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
