@@ -11,7 +11,7 @@ STATE ?= locker-state.yml
 TOOLS := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build run test chromium stress calibrate lint resource bench clean
+.PHONY: build run test test-packages stress calibrate lint resource bench clean
 
 # build: compile the server to ./locker.
 build:
@@ -29,9 +29,9 @@ FUZZ_STATE ?= 200000x
 FUZZ_JOURNAL ?= 200000x
 
 # test: lint, every test under the race detector (the black-box tests in
-# blackbox/ and the status page's browser test too), each fuzz target
-# briefly. CI runs this.
-test: lint chromium
+# blackbox/, the status page's browser test and the BOSH release's too),
+# each fuzz target briefly. CI runs this.
+test: lint test-packages
 	go test -race -count=1 ./...
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_STATE) ./internal/statefile
@@ -47,10 +47,10 @@ stress:
 calibrate:
 	scripts/calibrate.sh
 
-# chromium: install Debian's chromium for the browser test, if it is missing
-# (needs root or sudo; otherwise it says so and that test is skipped).
-chromium:
-	@scripts/install-chromium.sh
+# test-packages: install Debian's chromium (the browser test) and ruby (the
+# BOSH templates) if missing; needs root or sudo, else those tests are skipped.
+test-packages:
+	@scripts/install-test-packages.sh
 
 # lint: gofmt, go vet and staticcheck must have nothing to say.
 lint: $(TOOLS)/staticcheck

@@ -25,7 +25,7 @@ import (
 
 // The status page in a real browser: Debian's chromium, headless, driven
 // by chromedp. `make test` installs chromium when it is missing (see
-// scripts/install-chromium.sh); the test installs nothing itself.
+// scripts/install-test-packages.sh); the test installs nothing itself.
 
 var screenshotPath = flag.String("screenshot", filepath.Join(os.TempDir(), "locker-status.png"),
 	"where TestStatusPageInBrowser saves its screenshot; -screenshot docs/status.png updates the README's")

@@ -48,6 +48,7 @@ var commands = []command{
 	{"ls", "list the locks", lsUsage, cmdLs},
 	{"show", "show one lock, its holders and its queue", showUsage, cmdShow},
 	{"force-unlock", "free a stuck lock, whoever holds it", forceUsage, cmdForceUnlock},
+	{"health", "check that a server serves (for container and monit health checks)", healthUsage, cmdHealth},
 }
 
 // command is one of the client's commands.

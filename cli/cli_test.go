@@ -407,6 +407,12 @@ func TestLockUnlockLsShow(t *testing.T) {
 			t.Errorf("locker %q = %v; want exit 2 and %q", tc.args, r, tc.want)
 		}
 	}
+	if r := c.run(t, "health"); r.code != 0 {
+		t.Errorf("health = %v; want exit 0", r)
+	}
+	if r := c.run(t, "health", "--url", "http://127.0.0.1:1"); r.code != 1 || !strings.Contains(r.stderr, "connection refused") {
+		t.Errorf("health of a closed port = %v; want exit 1", r)
+	}
 	if r := c.run(t, "help", "run"); r.code != 0 || !strings.Contains(r.stdout, "Examples:") {
 		t.Errorf("help run = %v", r)
 	}

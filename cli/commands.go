@@ -2,9 +2,11 @@ package cli
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"io"
 	"maps"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -321,4 +323,40 @@ func oneLine(s string) string {
 		return q
 	}
 	return s
+}
+
+const healthUsage = `Usage: locker health [--url URL]
+
+Asks the server's GET /healthz and exits 0 if it answers 200, 1 if not.
+Without --url or LOCKER_URL, it asks the server this environment
+configures, on this machine: https when SSL_CERT is set (its certificate
+is not checked: the address is the loopback), on PORT (default 3000).
+For a container's HEALTHCHECK or a monit check.
+
+Example:
+  locker health --url https://locker.example.com:8910
+` + connectionHelp
+
+// cmdHealth handles locker health.
+func cmdHealth(e *env, args []string) int {
+	if _, code, ok := e.parse(args); !ok {
+		return code
+	}
+	if e.conn.url == "" {
+		scheme := "http"
+		if e.getenv("SSL_CERT") != "" {
+			scheme, e.conn.insecure = "https", true
+		}
+		e.conn.url = fmt.Sprintf("%s://127.0.0.1:%s", scheme, cmp.Or(e.getenv("PORT"), "3000"))
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	defer cancel()
+	if _, err := e.client.Do(ctx, http.MethodGet, "/healthz", nil, nil, ""); err != nil {
+		fmt.Fprintf(e.stderr, "locker health: %s: %v\n", e.conn.url, err)
+		return exitRefused
+	}
+	return exitOK
 }

@@ -96,3 +96,15 @@ func (s *Server) ExitCode() int { return s.cmd.ProcessState.ExitCode() }
 
 // Pid is the server's process ID.
 func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
+// FreePort returns a TCP port on the loopback that was free a moment ago,
+// for a server whose port comes from a configuration under test.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

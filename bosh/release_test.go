@@ -1,0 +1,314 @@
+// Package bosh holds the tests of the BOSH release in this directory: its
+// layout, its templates rendered with Ruby's ERB as the director renders
+// them, a server started from what they rendered, and the package's
+// compilation without network. (The bosh CLI cannot be installed here, so
+// bosh create-release does not run.)
+package bosh
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v2"
+
+	"github.com/locker-ci/locker/internal/testcert"
+	"github.com/locker-ci/locker/internal/testutil"
+)
+
+// jobSpec is the part of a job's spec the tests read.
+type jobSpec struct {
+	Name        string                    `yaml:"name"`
+	Description string                    `yaml:"description"`
+	Templates   map[string]string         `yaml:"templates"`
+	Packages    []string                  `yaml:"packages"`
+	Properties  map[string]map[string]any `yaml:"properties"`
+	Provides    []struct {
+		Name       string   `yaml:"name"`
+		Type       string   `yaml:"type"`
+		Properties []string `yaml:"properties"`
+	} `yaml:"provides"`
+}
+
+// packageSpec is the part of a package's spec the tests read.
+type packageSpec struct {
+	Name         string   `yaml:"name"`
+	Dependencies []string `yaml:"dependencies"`
+	Files        []string `yaml:"files"`
+}
+
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(testutil.ReadFile(t, path), v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestReleaseLayout checks the release is laid out as the BOSH docs
+// describe, and that every file a spec names exists.
+func TestReleaseLayout(t *testing.T) {
+	var final struct {
+		Name      string         `yaml:"name"`
+		Blobstore map[string]any `yaml:"blobstore"`
+	}
+	readYAML(t, "config/final.yml", &final)
+	if final.Name != "locker" || final.Blobstore["provider"] == nil {
+		t.Errorf("config/final.yml = %+v; want name locker and a blobstore provider", final)
+	}
+	jobs, _ := filepath.Glob("jobs/*")
+	if len(jobs) == 0 {
+		t.Fatal("no jobs")
+	}
+	for _, dir := range jobs {
+		var spec jobSpec
+		readYAML(t, filepath.Join(dir, "spec"), &spec)
+		if spec.Name != filepath.Base(dir) {
+			t.Errorf("%s/spec names the job %q", dir, spec.Name)
+		}
+		for source := range spec.Templates {
+			if _, err := os.Stat(filepath.Join(dir, "templates", source)); err != nil {
+				t.Errorf("%s/spec names template %s: %v", dir, source, err)
+			}
+		}
+		if entries, _ := os.ReadDir(filepath.Join(dir, "templates")); len(entries) != len(spec.Templates) {
+			t.Errorf("%s/templates has %d files; the spec names %d", dir, len(entries), len(spec.Templates))
+		}
+		if _, err := os.Stat(filepath.Join(dir, "monit")); err != nil {
+			t.Errorf("%s: %v", dir, err)
+		}
+		for _, p := range spec.Packages {
+			checkPackage(t, p)
+		}
+		for _, link := range spec.Provides {
+			for _, p := range link.Properties {
+				if _, ok := spec.Properties[p]; !ok {
+					t.Errorf("%s: link %s provides undeclared property %s", dir, link.Name, p)
+				}
+			}
+		}
+	}
+}
+
+// checkPackage checks the package called name has a spec and a packaging
+// script, and that its dependencies are in the release. golang-1-linux is
+// vendored from golang-release by scripts/prepare.
+func checkPackage(t *testing.T, name string) {
+	t.Helper()
+	var spec packageSpec
+	readYAML(t, filepath.Join("packages", name, "spec"), &spec)
+	if spec.Name != name || len(spec.Files) == 0 {
+		t.Errorf("packages/%s/spec = %+v; want its name and its files", name, spec)
+	}
+	if info, err := os.Stat(filepath.Join("packages", name, "packaging")); err != nil || info.Mode()&0o111 == 0 {
+		t.Errorf("packages/%s/packaging: %v (it must be there, and executable)", name, err)
+	}
+	for _, dep := range spec.Dependencies {
+		if dep == "golang-1-linux" {
+			if !strings.Contains(string(testutil.ReadFile(t, "scripts/prepare")), "bosh vendor-package golang-1-linux") {
+				t.Errorf("packages/%s depends on golang-1-linux, which scripts/prepare does not vendor", name)
+			}
+			continue
+		}
+		checkPackage(t, dep)
+	}
+}
+
+// ruby returns Ruby's path; where there is none the test is skipped, with
+// how to get it, unless CI is set.
+func ruby(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("ruby")
+	if err == nil {
+		return path
+	}
+	msg := "no ruby on this machine, so the BOSH templates were not rendered; install it with `sudo apt-get install ruby` (make test does so as root)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg + " (CI is set, and CI must run it)")
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// render renders the locker job with the manifest's YAML and returns the
+// directory of what it rendered, laid out as /var/vcap/jobs/locker is.
+func render(t *testing.T, manifest string) (string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	props := filepath.Join(dir, "manifest.yml")
+	if err := os.WriteFile(props, []byte(manifest), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "job")
+	if b, err := exec.Command(ruby(t), "scripts/render.rb", "jobs/locker", props, out).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%v: %s", err, b)
+	}
+	return out, nil
+}
+
+// bpmProcess is a process of a rendered bpm.yml.
+type bpmProcess struct {
+	Name           string            `yaml:"name"`
+	Executable     string            `yaml:"executable"`
+	Args           []string          `yaml:"args"`
+	Env            map[string]string `yaml:"env"`
+	PersistentDisk bool              `yaml:"persistent_disk"`
+}
+
+func bpm(t *testing.T, job string) bpmProcess {
+	t.Helper()
+	var config struct {
+		Processes []bpmProcess `yaml:"processes"`
+	}
+	readYAML(t, filepath.Join(job, "config/bpm.yml"), &config)
+	if len(config.Processes) != 1 {
+		t.Fatalf("bpm.yml has %d processes; want 1", len(config.Processes))
+	}
+	return config.Processes[0]
+}
+
+// originalProperties is the properties block of a manifest written for the
+// original locker-boshrelease, with a certificate and key.
+func originalProperties(t *testing.T, port int) (manifest, caPEM string) {
+	t.Helper()
+	certFile, keyFile, certPEM := testcert.Write(t, t.TempDir())
+	indent := func(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n      ") }
+	return fmt.Sprintf(`properties:
+  locker:
+    port: %d
+    user: concourse
+    password: "p4ss: with 'quotes' and \"more\""
+    ssl_cert: |
+      %s
+    ssl_key: |
+      %s
+`, port, indent(certPEM), indent(string(testutil.ReadFile(t, keyFile)))), string(testutil.ReadFile(t, certFile))
+}
+
+func TestTemplatesRenderTheOriginalManifest(t *testing.T) {
+	manifest, _ := originalProperties(t, 8910)
+	job, err := render(t, manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := bpm(t, job)
+	want := map[string]string{
+		"PORT": "8910", "AUTH_USER": "concourse", "AUTH_PASS": `p4ss: with 'quotes' and "more"`,
+		"LOCKER_CONFIG": "/var/vcap/store/locker/locker.yml",
+		"SSL_CERT":      "/var/vcap/jobs/locker/config/cert.pem", "SSL_KEY": "/var/vcap/jobs/locker/config/key.pem",
+	}
+	for k, v := range want {
+		if p.Env[k] != v {
+			t.Errorf("bpm.yml env %s = %q; want %q", k, p.Env[k], v)
+		}
+	}
+	if p.Executable != "/var/vcap/packages/locker/bin/locker" || !p.PersistentDisk {
+		t.Errorf("bpm.yml process = %+v; want the package's binary, with the persistent disk", p)
+	}
+	if monit := string(testutil.ReadFile(t, filepath.Join(job, "monit"))); !strings.Contains(monit, `port 8910 type tcpssl protocol http`) ||
+		!strings.Contains(monit, `request "/healthz"`) {
+		t.Errorf("monit does not check /healthz over TLS on 8910:\n%s", monit)
+	}
+
+	// A property the spec does not declare is an error, not ignored.
+	if _, err := render(t, "properties:\n  locker:\n    prot: 8910\n"); err == nil || !strings.Contains(err.Error(), "not declared") {
+		t.Errorf("rendering with locker.prot = %v; want it refused as undeclared", err)
+	}
+	// Without TLS and auth, the server is plain HTTP and open.
+	job, err = render(t, "properties: {}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := bpm(t, job).Env; env["SSL_CERT"] != "" || env["AUTH_USER"] != "" || env["PORT"] != "8910" {
+		t.Errorf("bpm.yml env with no properties = %v; want port 8910, no TLS, no auth", env)
+	}
+}
+
+// TestRenderedJobServes starts the locker binary as BPM would from the
+// rendered bpm.yml (its /var/vcap paths moved into a temp directory) and
+// talks to it over HTTPS with the credentials; then runs the rendered
+// drain script against it.
+func TestRenderedJobServes(t *testing.T) {
+	port := testutil.FreePort(t)
+	manifest, caPEM := originalProperties(t, port)
+	job, err := render(t, manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := bpm(t, job)
+	store := t.TempDir()
+	var env []string
+	for k, v := range p.Env {
+		v = strings.Replace(v, "/var/vcap/jobs/locker", job, 1)
+		v = strings.Replace(v, "/var/vcap/store/locker", store, 1)
+		env = append(env, k+"="+v)
+	}
+	bin := filepath.Join(t.TempDir(), "locker")
+	if b, err := exec.Command("go", "build", "-o", bin, "github.com/locker-ci/locker").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	s := testutil.StartServer(t, bin, env...)
+	if s.URL != "https://127.0.0.1:"+strconv.Itoa(port) {
+		t.Fatalf("server at %s; want https on port %d", s.URL, port)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(caPEM))
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for _, tc := range []struct {
+		user, pass string
+		want       int
+	}{{"concourse", `p4ss: with 'quotes' and "more"`, 200}, {"concourse", "wrong", 401}} {
+		req, _ := http.NewRequest("GET", s.URL+"/locks", nil)
+		req.SetBasicAuth(tc.user, tc.pass)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET /locks as %s:%s = %d; want %d", tc.user, tc.pass, resp.StatusCode, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(store, "locker.yml")); err != nil {
+		t.Errorf("the state file is not on the persistent disk: %v", err)
+	}
+
+	// The drain script finds no one waiting and lets BOSH stop the job.
+	start := time.Now()
+	out, err := exec.Command("bash", filepath.Join(job, "bin/drain")).Output()
+	if err != nil || strings.TrimSpace(string(out)) != "0" || time.Since(start) > 10*time.Second {
+		t.Errorf("drain = %q, %v after %v; want 0 at once", out, err, time.Since(start))
+	}
+}
+
+// TestPackagingCompilesOffline runs the package's packaging script as a
+// compilation VM would, on the sources scripts/vendor-src prepares, with
+// the module proxy off.
+func TestPackagingCompilesOffline(t *testing.T) {
+	work := t.TempDir()
+	if b, err := exec.Command("scripts/vendor-src", filepath.Join(work, "locker")).CombinedOutput(); err != nil {
+		t.Fatalf("vendor-src: %v\n%s", err, b)
+	}
+	// golang-1-linux's compile.env puts Go on the PATH; here it is there.
+	script := strings.Replace(string(testutil.ReadFile(t, "packages/locker/packaging")),
+		"source /var/vcap/packages/golang-1-linux/bosh/compile.env", "", 1)
+	target := filepath.Join(work, "install")
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "BOSH_INSTALL_TARGET="+target, "GOPROXY=off", "GOFLAGS=-mod=vendor",
+		"GOMODCACHE="+filepath.Join(work, "empty-module-cache")) // nothing from the machine's cache either
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("packaging: %v\n%s", err, b)
+	}
+	out, err := exec.Command(filepath.Join(target, "bin/locker"), "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "locker ") {
+		t.Errorf("the compiled locker --version = %q, %v", out, err)
+	}
+}
