@@ -8,7 +8,7 @@ set -eu
 
 missing=""
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && ! command -v google-chrome >/dev/null 2>&1; then
-	missing="chromium"
+	missing=" chromium"
 fi
 if ! command -v ruby >/dev/null 2>&1; then
 	missing="$missing ruby"
