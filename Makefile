@@ -29,9 +29,11 @@ FUZZ_STATE ?= 200000x
 FUZZ_JOURNAL ?= 200000x
 
 # test: lint, every test under the race detector (the black-box tests in
-# blackbox/, the status page's browser test and the BOSH release's too),
-# each fuzz target briefly. CI runs this.
+# blackbox/, the status page's browser test, the BOSH release's and the
+# PostgreSQL store's too), each fuzz target briefly. CI runs this.
 test: lint test-packages
+	@bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null || [ -n "$$LOCKER_TEST_DATABASE_URL" ] || \
+		echo "make test: no PostgreSQL on 127.0.0.1:5432 and LOCKER_TEST_DATABASE_URL unset: the PostgreSQL store's tests are skipped (set LOCKER_TEST_DATABASE_URL=postgres://... to run them)"
 	go test -race -count=1 ./...
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_STATE) ./internal/statefile

@@ -1,0 +1,229 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// Refused is the error of a request the lock was not granted to: ErrHeld,
+// with the lock as it was.
+type Refused struct {
+	State
+	TimedOut bool // the request waited, and the wait ran out
+}
+
+func (r *Refused) Error() string {
+	if r.TimedOut {
+		return "held: the wait ran out"
+	}
+	return "held"
+}
+func (r *Refused) Unwrap() error { return ErrHeld }
+
+// Acquire takes the lock called name for req, waiting for it up to wait
+// (0 answers at once). While it waits, its place is a row in the queue;
+// when ctx is done first, the row is taken out, and a grant that came at
+// that moment is given back: a client that left is never left holding.
+func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait time.Duration) (State, error) {
+	var id int64
+	var refused bool
+	st, err := s.change(ctx, name, func(t *tx) error {
+		switch lock.Decide(t.lock, len(t.queue), req, wait > 0) {
+		case lock.Grant:
+			t.lock = lock.Give(t.lock, req, t.now, t.next)
+			return t.err
+		case lock.Refuse:
+			refused = true
+			return nil
+		}
+		return t.QueryRow(t.ctx, `INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
+			name, s.node, req.Key, req.Requestor, req.Note, req.TTL.Milliseconds(), req.Named, t.now).Scan(&id)
+	})
+	switch {
+	case err != nil:
+		return State{}, err
+	case refused:
+		return State{}, &Refused{State: st}
+	case id == 0:
+		return st, nil
+	}
+	return s.await(ctx, name, id, req, time.Now().Add(wait))
+}
+
+// await waits for the queue row id to be granted, until the deadline.
+func (s *Store) await(ctx context.Context, name string, id int64, req lock.Request, deadline time.Time) (State, error) {
+	woken, unsubscribe := s.subscribe(name)
+	defer unsubscribe()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	tick := time.NewTicker(recheck)
+	defer tick.Stop()
+	for {
+		st, granted, err := s.claim(ctx, name, id, false)
+		if err != nil || granted {
+			return st, err
+		}
+		select {
+		case <-woken:
+		case <-tick.C:
+			// Nothing said: end the leases that ran out, grant whoever is
+			// next (perhaps this one), and look again.
+			if _, err := s.change(ctx, name, func(*tx) error { return nil }); err != nil && ctx.Err() == nil {
+				return State{}, err
+			}
+		case <-timer.C:
+			st, granted, err := s.claim(context.WithoutCancel(ctx), name, id, true)
+			if err == nil && !granted {
+				err = &Refused{State: st, TimedOut: true}
+			}
+			return st, err
+		case <-ctx.Done():
+			s.leave(context.WithoutCancel(ctx), name, id, req)
+			return State{}, ctx.Err()
+		}
+	}
+}
+
+// claim looks at queue row id: once granted, it takes the row out and
+// returns the lock as granted. With giveUp, a row not yet granted is taken
+// out too, under the lock's row lock, so that no grant can come after.
+func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool) (st State, granted bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
+		if giveUp {
+			if _, err := ptx.Exec(ctx, "SELECT 1 FROM locker_locks WHERE name = $1 FOR UPDATE", name); err != nil {
+				return err
+			}
+		}
+		var raw []byte
+		err := ptx.QueryRow(ctx, "SELECT granted FROM locker_queue WHERE id = $1", id).Scan(&raw)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: the database did not hear from this node for %v", ErrDropped, deadAfter)
+		}
+		if err != nil {
+			return err
+		}
+		if raw == nil && !giveUp {
+			return nil
+		}
+		if raw != nil {
+			granted = true
+			if err := json.Unmarshal(raw, &st.Lock); err != nil {
+				return err
+			}
+		}
+		_, err = ptx.Exec(ctx, "DELETE FROM locker_queue WHERE id = $1", id)
+		return err
+	})
+	if giveUp && !granted && err == nil {
+		st, err = s.Get(ctx, name)
+	}
+	return st, granted, err
+}
+
+// leave takes a waiter whose client went away out of the queue; if it was
+// granted meanwhile, its count is given back.
+func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Request) {
+	_, _ = s.change(ctx, name, func(t *tx) error {
+		var raw []byte
+		err := t.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
+		if err != nil || raw == nil {
+			return nil // gone already, or never granted
+		}
+		t.lock, _, _ = lock.Release(t.lock, req.Key, req.Requestor, false)
+		return nil
+	})
+}
+
+// Release gives back one count of requestor's hold on the lock called
+// name (every count with all), and grants the queue what it can. It
+// returns ErrHeld when the lock is held with another key.
+func (s *Store) Release(ctx context.Context, name, key, requestor string, all bool) (State, int, error) {
+	var released int
+	var ok bool
+	st, err := s.change(ctx, name, func(t *tx) error {
+		t.lock, released, ok = lock.Release(t.lock, key, requestor, all)
+		return nil
+	})
+	if err == nil && !ok {
+		return State{}, 0, &Refused{State: st}
+	}
+	return st, released, err
+}
+
+// Renew moves requestor's lease on the lock called name to ttl from now,
+// by the database's clock.
+func (s *Store) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration) (State, error) {
+	var ok bool
+	st, err := s.change(ctx, name, func(t *tx) error {
+		t.lock, ok = lock.Renew(t.lock, key, requestor, t.now.Add(ttl))
+		return nil
+	})
+	if err == nil && !ok {
+		return st, ErrNotHeld
+	}
+	return st, err
+}
+
+// ForceRelease frees the lock called name, whoever holds it, and returns
+// it as it was and as it is now (granted to the queue, perhaps).
+func (s *Store) ForceRelease(ctx context.Context, name string) (old, now State, err error) {
+	now, err = s.change(ctx, name, func(t *tx) error {
+		old = t.state()
+		t.lock = lock.Lock{}
+		return nil
+	})
+	return old, now, err
+}
+
+// Get returns the lock called name and its queue, its leases judged by the
+// database's clock.
+func (s *Store) Get(ctx context.Context, name string) (State, error) {
+	var st State
+	err := pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
+		t, err := s.read(ctx, ptx, name)
+		st = t.state()
+		return err
+	})
+	return st, err
+}
+
+// read reads the lock called name without its row lock: what a reader
+// sees, with the leases that ran out ended (only in what it returns).
+func (s *Store) read(ctx context.Context, ptx pgx.Tx, name string) (*tx, error) {
+	return s.begin(ctx, ptx, name, false)
+}
+
+// List returns every lock that is held or waited for, by name.
+func (s *Store) List(ctx context.Context) (map[string]State, error) {
+	out := map[string]State{}
+	err := pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
+		rows, err := ptx.Query(ctx, `SELECT name FROM locker_locks WHERE lock IS NOT NULL
+			UNION SELECT DISTINCT name FROM locker_queue WHERE granted IS NULL`)
+		if err != nil {
+			return err
+		}
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			t, err := s.read(ctx, ptx, name)
+			if err != nil {
+				return err
+			}
+			if st := t.state(); !st.Lock.Free() || len(st.Waiting) > 0 {
+				out[name] = st
+			}
+		}
+		return nil
+	})
+	return out, err
+}

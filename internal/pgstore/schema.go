@@ -1,0 +1,77 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// migrationLock is the advisory lock nodes take to migrate the schema, so
+// that several nodes starting at once migrate it once.
+const migrationLock = 0x6c6f636b6572 // "locker"
+
+// migrations are the schema's versions, in order; the schema records the
+// last one applied. Never edit one that shipped: add the next.
+var migrations = []string{
+	// 1: the table, the token sequence, the queue and the nodes.
+	`CREATE TABLE locker_locks (
+		name text PRIMARY KEY,
+		lock jsonb -- the lock as internal/lock.Lock encodes it; NULL when free
+	);
+	CREATE SEQUENCE locker_tokens;
+	CREATE TABLE locker_nodes (
+		node text PRIMARY KEY,
+		seen timestamptz NOT NULL -- the node's last heartbeat, by the database's clock
+	);
+	CREATE TABLE locker_queue (
+		id bigserial PRIMARY KEY, -- first come, first served across nodes
+		name text NOT NULL,
+		node text NOT NULL, -- the node whose client waits: only it answers
+		key text NOT NULL,
+		requestor text NOT NULL,
+		note text NOT NULL,
+		ttl_ms bigint NOT NULL,
+		named boolean NOT NULL,
+		since timestamptz NOT NULL,
+		granted jsonb -- the lock as granted to it; NULL while it waits
+	);
+	CREATE INDEX locker_queue_by_name ON locker_queue (name, id);`,
+}
+
+// migrate brings the schema to the last version, under the advisory lock.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", migrationLock); err != nil {
+		return fmt.Errorf("taking the migration lock: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLock) }()
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS locker_schema (version int NOT NULL)"); err != nil {
+		return fmt.Errorf("creating locker_schema: %w", err)
+	}
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM locker_schema").Scan(&version); err != nil {
+		return err
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("the database's schema is version %d, newer than this locker knows (%d): upgrade this node", version, len(migrations))
+	}
+	for v := version + 1; v <= len(migrations); v++ {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, migrations[v-1]); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO locker_schema (version) VALUES ($1)", v)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migrating the schema to version %d: %w", v, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,323 @@
+package pgstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// The tests here run against a real PostgreSQL: LOCKER_TEST_DATABASE_URL,
+// or the one on 127.0.0.1:5432. Each test has a schema of its own, made
+// and dropped by the test. Without a server they are skipped, saying how
+// to run them, unless CI is set.
+
+const defaultTestURL = "postgres://127.0.0.1:5432/test?sslmode=disable"
+
+// testURL returns the URL of a new, empty schema for t.
+func testURL(t *testing.T) string {
+	t.Helper()
+	base := os.Getenv("LOCKER_TEST_DATABASE_URL")
+	if base == "" {
+		base = defaultTestURL
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		msg := "no PostgreSQL at " + base + " (" + err.Error() + "), so the PostgreSQL store's tests did not run; " +
+			"start one there, or set LOCKER_TEST_DATABASE_URL=postgres://..."
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg + " (CI is set, and CI must run them)")
+		}
+		t.Skip(msg)
+	}
+	defer conn.Close(context.Background())
+	suffix := make([]byte, 6)
+	_, _ = rand.Read(suffix)
+	schema := "locker_test_" + hex.EncodeToString(suffix)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), base)
+		if err == nil {
+			_, _ = conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+			conn.Close(context.Background())
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// open opens a node on the database at url, closed when the test ends.
+func open(t *testing.T, dbURL, name string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), dbURL, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func req(key, requestor string) lock.Request {
+	return lock.Request{Key: key, Requestor: requestor, Named: true}
+}
+
+func mustAcquire(t *testing.T, s *Store, name string, r lock.Request) State {
+	t.Helper()
+	st, err := s.Acquire(context.Background(), name, r, 0)
+	if err != nil {
+		t.Fatalf("%s: acquire %s with %q by %s: %v", s.Node(), name, r.Key, r.Requestor, err)
+	}
+	return st
+}
+
+func mustRelease(t *testing.T, s *Store, name, key, requestor string) State {
+	t.Helper()
+	st, n, err := s.Release(context.Background(), name, key, requestor, false)
+	if err != nil || n != 1 {
+		t.Fatalf("%s: release %s by %s = %d, %v", s.Node(), name, requestor, n, err)
+	}
+	return st
+}
+
+func TestNodesMigrateTheSchemaAtOnce(t *testing.T) {
+	u := testURL(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			s, err := Open(context.Background(), u, "n")
+			if err == nil {
+				s.Close()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("a node starting with three others: %v", err)
+		}
+	}
+	conn, err := pgx.Connect(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n, v int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*), max(version) FROM locker_schema").Scan(&n, &v); err != nil || n != len(migrations) || v != len(migrations) {
+		t.Errorf("locker_schema has %d rows up to version %d (%v); want each of the %d migrations once", n, v, err, len(migrations))
+	}
+}
+
+func TestRulesHoldAcrossNodes(t *testing.T) {
+	u := testURL(t)
+	a, b := open(t, u, "a"), open(t, u, "b")
+	ctx := context.Background()
+
+	first := mustAcquire(t, a, "prod", req("deploy", "job-1"))
+	var refused *Refused
+	if _, err := b.Acquire(ctx, "prod", req("upgrade", "job-2"), 0); !errors.As(err, &refused) || refused.Lock.Key != "deploy" {
+		t.Fatalf("another key on node b = %v; want refused, held with deploy", err)
+	}
+	shared := mustAcquire(t, b, "prod", req("deploy", "job-3"))
+	if shared.Lock.Token != first.Lock.Token || len(shared.Lock.Holders) != 2 {
+		t.Errorf("same key on node b: %+v; want a second holder under token %d", shared.Lock, first.Lock.Token)
+	}
+	// Both nodes see the same lock.
+	for _, s := range []*Store{a, b} {
+		st, err := s.Get(ctx, "prod")
+		if err != nil || st.Lock.LockedBy()["job-1"] != 1 || st.Lock.LockedBy()["job-3"] != 1 {
+			t.Errorf("%s sees %+v, %v", s.Node(), st.Lock, err)
+		}
+	}
+	if _, err := b.Renew(ctx, "prod", "deploy", "nobody", time.Minute); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("renew by a requestor that holds nothing = %v; want ErrNotHeld", err)
+	}
+	if _, _, err := a.Release(ctx, "prod", "upgrade", "job-1", false); !errors.As(err, &refused) {
+		t.Errorf("release with another key = %v; want refused", err)
+	}
+	mustRelease(t, a, "prod", "deploy", "job-1")
+	mustRelease(t, b, "prod", "deploy", "job-3")
+	list, err := b.List(ctx)
+	if err != nil || len(list) != 0 {
+		t.Errorf("List after every release = %v, %v; want nothing", list, err)
+	}
+
+	// Tokens come from one sequence: strictly increasing across nodes, and
+	// a node that joins later goes on from there.
+	last := first.Lock.Token
+	for i, s := range []*Store{a, b, a, open(t, u, "c")} {
+		st := mustAcquire(t, s, "tokens", req("k", "r"))
+		if st.Lock.Token <= last {
+			t.Errorf("grant %d on %s: token %d after %d", i, s.Node(), st.Lock.Token, last)
+		}
+		last = st.Lock.Token
+		mustRelease(t, s, "tokens", "k", "r")
+	}
+
+	old, now, err := b.ForceRelease(ctx, "forced")
+	if err != nil || !old.Lock.Free() || !now.Lock.Free() {
+		t.Errorf("force release of a free lock = %+v, %+v, %v", old, now, err)
+	}
+	mustAcquire(t, a, "forced", req("k", "r"))
+	if old, now, err = b.ForceRelease(ctx, "forced"); err != nil || old.Lock.Free() || !now.Lock.Free() {
+		t.Errorf("force release on another node = %+v, %+v, %v; want it freed", old, now, err)
+	}
+}
+
+// TestLeasesAreJudgedByTheDatabasesClock: a lease of one second ends for
+// every node one second after the grant.
+func TestLeasesAreJudgedByTheDatabasesClock(t *testing.T) {
+	u := testURL(t)
+	a, b := open(t, u, "a"), open(t, u, "b")
+	r := req("deploy", "job-1")
+	r.TTL = time.Second
+	st := mustAcquire(t, a, "prod", r)
+	if got := st.Lock.Holders[0].ExpiresAt.Sub(st.Lock.AcquiredAt); got != time.Second {
+		t.Errorf("lease ends %v after the grant; want 1s", got)
+	}
+	if _, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 0); err == nil {
+		t.Fatal("granted another key while the lease runs")
+	}
+	// b waits, and is granted once the lease has run out.
+	start := time.Now()
+	got, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 10*time.Second)
+	if err != nil || got.Lock.Key != "other" {
+		t.Fatalf("waiting for the lease to end: %+v, %v", got, err)
+	}
+	t.Logf("granted %v after the wait began (the lease had under 1 s left)", time.Since(start).Round(time.Millisecond))
+}
+
+// TestQueueIsFirstComeFirstServedAcrossNodes: a waiter on node b that
+// queued before a waiter on node c is granted first, when the holder on
+// node a lets go.
+func TestQueueIsFirstComeFirstServedAcrossNodes(t *testing.T) {
+	u := testURL(t)
+	a, b, c := open(t, u, "a"), open(t, u, "b"), open(t, u, "c")
+	mustAcquire(t, a, "prod", req("holder", "h"))
+	type result struct {
+		who string
+		st  State
+		err error
+		at  time.Time
+	}
+	results := make(chan result, 2)
+	wait := func(s *Store, key string) {
+		st, err := s.Acquire(context.Background(), "prod", req(key, key), 30*time.Second)
+		results <- result{key, st, err, time.Now()}
+	}
+	go wait(b, "first")
+	waitForQueue(t, a, "prod", 1)
+	go wait(c, "second")
+	waitForQueue(t, a, "prod", 2)
+
+	released := time.Now()
+	mustRelease(t, a, "prod", "holder", "h")
+	r := <-results
+	if r.err != nil || r.who != "first" {
+		t.Fatalf("after the release, %s got %+v, %v; want first", r.who, r.st.Lock, r.err)
+	}
+	t.Logf("handoff from node a to a waiter on node b: %v", r.at.Sub(released).Round(time.Millisecond))
+	select {
+	case r := <-results:
+		t.Fatalf("%s was granted while first holds the lock: %+v", r.who, r.st.Lock)
+	case <-time.After(300 * time.Millisecond):
+	}
+	mustRelease(t, b, "prod", "first", "first")
+	if r := <-results; r.err != nil || r.who != "second" {
+		t.Fatalf("second got %+v, %v", r.st.Lock, r.err)
+	}
+}
+
+func waitForQueue(t *testing.T, s *Store, name string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := s.Get(context.Background(), name)
+		if err == nil && len(st.Waiting) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never had %d waiting (%+v, %v)", name, n, st.Waiting, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWaitsEnd: a wait that runs out is refused and leaves the queue; a
+// waiter whose client leaves is never left holding, even when the grant
+// comes at that moment.
+func TestWaitsEnd(t *testing.T) {
+	u := testURL(t)
+	a, b := open(t, u, "a"), open(t, u, "b")
+	mustAcquire(t, a, "prod", req("holder", "h"))
+	var refused *Refused
+	if _, err := b.Acquire(context.Background(), "prod", req("other", "w"), 300*time.Millisecond); !errors.As(err, &refused) || !refused.TimedOut {
+		t.Errorf("a wait that ran out = %v; want refused, timed out", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Acquire(ctx, "prod", req("other", "gone"), time.Minute)
+		done <- err
+	}()
+	waitForQueue(t, a, "prod", 1)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("a wait whose client left = %v", err)
+	}
+	mustRelease(t, a, "prod", "holder", "h")
+	if st, err := a.Get(context.Background(), "prod"); err != nil || !st.Lock.Free() || len(st.Waiting) != 0 {
+		t.Errorf("after the holder let go: %+v, %v; want free, no one waiting", st, err)
+	}
+}
+
+// TestADeadNodesWaitersAreDropped: a node that stops beating (as after
+// kill -9) has its waiters dropped, and they are never granted; the locks
+// it granted stay held.
+func TestADeadNodesWaitersAreDropped(t *testing.T) {
+	u := testURL(t)
+	a := open(t, u, "a")
+	dead, err := Open(context.Background(), u, "dead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAcquire(t, dead, "held-by-dead", req("k", "r"))
+	mustAcquire(t, a, "prod", req("holder", "h"))
+	go func() { _, _ = dead.Acquire(context.Background(), "prod", req("other", "w"), time.Minute) }()
+	waitForQueue(t, a, "prod", 1)
+	dead.stop() // no more heartbeats; its pool and its wait stay, as in a process the kernel has not reaped
+	dead.done.Wait()
+	t.Cleanup(dead.pool.Close)
+
+	start := time.Now()
+	waitForQueue(t, a, "prod", 0)
+	t.Logf("the dead node's waiter was dropped %v after its last heartbeat could be missed", time.Since(start).Round(100*time.Millisecond))
+	st := mustRelease(t, a, "prod", "holder", "h")
+	if !st.Lock.Free() {
+		t.Errorf("after the release the lock went to %+v; want free: the dead node's waiter is never granted", st.Lock)
+	}
+	if st, err := a.Get(context.Background(), "held-by-dead"); err != nil || st.Lock.Free() {
+		t.Errorf("the lock the dead node granted: %+v, %v; want it still held", st.Lock, err)
+	}
+}
