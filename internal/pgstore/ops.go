@@ -31,13 +31,13 @@ func (r *Refused) Unwrap() error { return ErrHeld }
 // (0 answers at once). While it waits, its place is a row in the queue;
 // when ctx is done first, the row is taken out, and a grant that came at
 // that moment is given back: a client that left is never left holding.
-func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait time.Duration) (State, error) {
+func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait time.Duration, idem *Idem) (State, error) {
 	var id int64
 	var refused bool
-	st, err := s.change(ctx, name, func(t *tx) error {
+	st, replay, err := s.change(ctx, name, idem, func(t *tx) error {
 		switch lock.Decide(t.lock, len(t.queue), req, wait > 0) {
 		case lock.Grant:
-			t.lock = lock.Give(t.lock, req, t.now, t.next)
+			t.lock, t.keep = lock.Give(t.lock, req, t.now, t.next), true
 			return t.err
 		case lock.Refuse:
 			refused = true
@@ -50,16 +50,18 @@ func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait
 	switch {
 	case err != nil:
 		return State{}, err
+	case replay != nil:
+		return replay.State, nil
 	case refused:
 		return State{}, &Refused{State: st}
 	case id == 0:
 		return st, nil
 	}
-	return s.await(ctx, name, id, req, time.Now().Add(wait))
+	return s.await(ctx, name, id, req, time.Now().Add(wait), idem)
 }
 
 // await waits for the queue row id to be granted, until the deadline.
-func (s *Store) await(ctx context.Context, name string, id int64, req lock.Request, deadline time.Time) (State, error) {
+func (s *Store) await(ctx context.Context, name string, id int64, req lock.Request, deadline time.Time, idem *Idem) (State, error) {
 	woken, unsubscribe := s.subscribe(name)
 	defer unsubscribe()
 	timer := time.NewTimer(time.Until(deadline))
@@ -67,7 +69,7 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 	tick := time.NewTicker(recheck)
 	defer tick.Stop()
 	for {
-		st, granted, err := s.claim(ctx, name, id, false)
+		st, granted, err := s.claim(ctx, name, id, false, idem)
 		if err != nil || granted {
 			return st, err
 		}
@@ -76,11 +78,11 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 		case <-tick.C:
 			// Nothing said: end the leases that ran out, grant whoever is
 			// next (perhaps this one), and look again.
-			if _, err := s.change(ctx, name, func(*tx) error { return nil }); err != nil && ctx.Err() == nil {
+			if _, _, err := s.change(ctx, name, nil, func(*tx) error { return nil }); err != nil && ctx.Err() == nil {
 				return State{}, err
 			}
 		case <-timer.C:
-			st, granted, err := s.claim(context.WithoutCancel(ctx), name, id, true)
+			st, granted, err := s.claim(context.WithoutCancel(ctx), name, id, true, idem)
 			if err == nil && !granted {
 				err = &Refused{State: st, TimedOut: true}
 			}
@@ -93,9 +95,10 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 }
 
 // claim looks at queue row id: once granted, it takes the row out and
-// returns the lock as granted. With giveUp, a row not yet granted is taken
-// out too, under the lock's row lock, so that no grant can come after.
-func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool) (st State, granted bool, err error) {
+// returns the lock as granted (remembered for idem). With giveUp, a row
+// not yet granted is taken out too, under the lock's row lock, so that no
+// grant can come after.
+func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, idem *Idem) (st State, granted bool, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
 		if giveUp {
 			if _, err := ptx.Exec(ctx, "SELECT 1 FROM locker_locks WHERE name = $1 FOR UPDATE", name); err != nil {
@@ -113,14 +116,18 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool) (
 		if raw == nil && !giveUp {
 			return nil
 		}
-		if raw != nil {
-			granted = true
-			if err := json.Unmarshal(raw, &st.Lock); err != nil {
-				return err
-			}
+		if _, err := ptx.Exec(ctx, "DELETE FROM locker_queue WHERE id = $1", id); err != nil || raw == nil {
+			return err
 		}
-		_, err = ptx.Exec(ctx, "DELETE FROM locker_queue WHERE id = $1", id)
-		return err
+		granted = true
+		if err := json.Unmarshal(raw, &st.Lock); err != nil {
+			return err
+		}
+		t := &tx{Tx: ptx, ctx: ctx}
+		if err := ptx.QueryRow(ctx, "SELECT date_trunc('milliseconds', clock_timestamp())").Scan(&t.now); err != nil {
+			return err
+		}
+		return t.remember(idem, outcome{State: st})
 	})
 	if giveUp && !granted && err == nil {
 		st, err = s.Get(ctx, name)
@@ -131,7 +138,7 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool) (
 // leave takes a waiter whose client went away out of the queue; if it was
 // granted meanwhile, its count is given back.
 func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Request) {
-	_, _ = s.change(ctx, name, func(t *tx) error {
+	_, _, _ = s.change(ctx, name, nil, func(t *tx) error {
 		var raw []byte
 		err := t.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
 		if err != nil || raw == nil {
@@ -145,41 +152,59 @@ func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Reque
 // Release gives back one count of requestor's hold on the lock called
 // name (every count with all), and grants the queue what it can. It
 // returns ErrHeld when the lock is held with another key.
-func (s *Store) Release(ctx context.Context, name, key, requestor string, all bool) (State, int, error) {
+func (s *Store) Release(ctx context.Context, name, key, requestor string, all bool, idem *Idem) (State, int, error) {
 	var released int
 	var ok bool
-	st, err := s.change(ctx, name, func(t *tx) error {
+	st, replay, err := s.change(ctx, name, idem, func(t *tx) error {
 		t.lock, released, ok = lock.Release(t.lock, key, requestor, all)
+		t.keep, t.released = ok && released > 0, released
 		return nil
 	})
-	if err == nil && !ok {
+	switch {
+	case err != nil:
+		return State{}, 0, err
+	case replay != nil:
+		return replay.State, replay.Released, nil
+	case !ok:
 		return State{}, 0, &Refused{State: st}
 	}
-	return st, released, err
+	return st, released, nil
 }
 
 // Renew moves requestor's lease on the lock called name to ttl from now,
 // by the database's clock.
-func (s *Store) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration) (State, error) {
+func (s *Store) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration, idem *Idem) (State, error) {
 	var ok bool
-	st, err := s.change(ctx, name, func(t *tx) error {
+	st, replay, err := s.change(ctx, name, idem, func(t *tx) error {
 		t.lock, ok = lock.Renew(t.lock, key, requestor, t.now.Add(ttl))
+		t.keep = ok
 		return nil
 	})
-	if err == nil && !ok {
+	switch {
+	case err != nil:
+		return State{}, err
+	case replay != nil:
+		return replay.State, nil
+	case !ok:
 		return st, ErrNotHeld
 	}
-	return st, err
+	return st, nil
 }
 
 // ForceRelease frees the lock called name, whoever holds it, and returns
 // it as it was and as it is now (granted to the queue, perhaps).
-func (s *Store) ForceRelease(ctx context.Context, name string) (old, now State, err error) {
-	now, err = s.change(ctx, name, func(t *tx) error {
+func (s *Store) ForceRelease(ctx context.Context, name string, idem *Idem) (old, now State, err error) {
+	now, replay, err := s.change(ctx, name, idem, func(t *tx) error {
 		old = t.state()
-		t.lock = lock.Lock{}
+		t.lock, t.old, t.keep = lock.Lock{}, &old, !old.Lock.Free()
 		return nil
 	})
+	if replay != nil && replay.Old != nil {
+		return *replay.Old, replay.State, nil
+	}
+	if replay != nil {
+		return State{}, replay.State, nil
+	}
 	return old, now, err
 }
 

@@ -38,6 +38,16 @@ var migrations = []string{
 		granted jsonb -- the lock as granted to it; NULL while it waits
 	);
 	CREATE INDEX locker_queue_by_name ON locker_queue (name, id);`,
+
+	// 2: outcomes of requests with an Idempotency-Key, to answer a retry
+	// with the first answer.
+	`CREATE TABLE locker_requests (
+		scope text PRIMARY KEY, -- method, lock and key
+		fingerprint text NOT NULL, -- of the rest of the request
+		outcome jsonb NOT NULL,
+		at timestamptz NOT NULL
+	);
+	CREATE INDEX locker_requests_by_age ON locker_requests (at);`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -47,13 +47,32 @@ var (
 	// ErrDropped: the node lost its place in the queue (the database did
 	// not hear its heartbeat in time).
 	ErrDropped = errors.New("dropped from the queue")
+	// ErrKeyReused: an Idempotency-Key came again with another request.
+	ErrKeyReused = errors.New("Idempotency-Key reused")
 )
 
 // State is a lock and its queue as a request sees them.
 type State struct {
-	Lock    lock.Lock
-	Waiting []lock.Waiting
+	Lock    lock.Lock      `json:"lock"`
+	Waiting []lock.Waiting `json:"waiting"`
+	// Replayed says this is the first answer to a request with the same
+	// Idempotency-Key, given again; nothing changed.
+	Replayed bool `json:"-"`
 }
+
+// Idem is a request's Idempotency-Key: Scope names the method, the lock
+// and the key; Fingerprint the rest of the request.
+type Idem struct{ Scope, Fingerprint string }
+
+// outcome is what a request with an Idempotency-Key is answered again.
+type outcome struct {
+	State    State  `json:"state"`
+	Old      *State `json:"old,omitempty"`
+	Released int    `json:"released"`
+}
+
+// Retention is how long an outcome is kept for a retry.
+const Retention = 24 * time.Hour
 
 // Store is one node's view of the shared table.
 type Store struct {
@@ -141,8 +160,9 @@ func (s *Store) heartbeats(ctx context.Context) {
 			continue
 		}
 		for _, name := range names {
-			_, _ = s.change(ctx, name, func(*tx) error { return nil }) // grants whoever is next
+			_, _, _ = s.change(ctx, name, nil, func(*tx) error { return nil }) // grants whoever is next
 		}
+		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", Retention.String())
 	}
 }
 
@@ -222,6 +242,12 @@ type tx struct {
 	lock  lock.Lock
 	queue []queued
 	err   error // the first error of next
+
+	// What a request with an Idempotency-Key is answered again: set by
+	// the change when it is to be remembered (refusals are not).
+	keep     bool
+	old      *State
+	released int
 }
 
 // next returns the next fencing token from the sequence.
@@ -245,12 +271,16 @@ func (t *tx) state() State {
 // change runs f on the lock called name in a transaction, under the row
 // lock: the leases that ran out by the database's clock are ended first,
 // and after f the head of the queue is granted whatever it can be. The
-// waiters of the lock, on every node, are told when it commits.
-func (s *Store) change(ctx context.Context, name string, f func(*tx) error) (State, error) {
-	var st State
-	err := pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
+// waiters of the lock, on every node, are told when it commits. A request
+// seen before, by its Idempotency-Key, gets its first outcome (replay)
+// and changes nothing.
+func (s *Store) change(ctx context.Context, name string, idem *Idem, f func(*tx) error) (st State, replay *outcome, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
 		t, err := s.begin(ctx, ptx, name, true)
 		if err != nil {
+			return err
+		}
+		if replay, err = t.recall(idem); err != nil || replay != nil {
 			return err
 		}
 		if err := f(t); err != nil {
@@ -263,9 +293,53 @@ func (s *Store) change(ctx context.Context, name string, f func(*tx) error) (Sta
 			return err
 		}
 		st = t.state()
+		if t.keep {
+			return t.remember(idem, outcome{State: st, Old: t.old, Released: t.released})
+		}
 		return nil
 	})
-	return st, err
+	return st, replay, err
+}
+
+// recall returns the outcome of the request idem names, if it was seen.
+func (t *tx) recall(idem *Idem) (*outcome, error) {
+	if idem == nil {
+		return nil, nil
+	}
+	var fingerprint string
+	var raw []byte
+	var at time.Time
+	err := t.QueryRow(t.ctx, "SELECT fingerprint, outcome, at FROM locker_requests WHERE scope = $1 AND at > $2",
+		idem.Scope, t.now.Add(-Retention)).Scan(&fingerprint, &raw, &at)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case fingerprint != idem.Fingerprint:
+		return nil, fmt.Errorf("%w: it came at %s with another request; send a new key with a new request", ErrKeyReused, at.UTC().Format(time.RFC3339))
+	}
+	var o outcome
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return nil, fmt.Errorf("reading a remembered outcome: %w", err)
+	}
+	o.State.Replayed = true
+	return &o, nil
+}
+
+// remember keeps o as the answer to the request idem names.
+func (t *tx) remember(idem *Idem, o outcome) error {
+	if idem == nil {
+		return nil
+	}
+	raw, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	_, err = t.Exec(t.ctx, `INSERT INTO locker_requests (scope, fingerprint, outcome, at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (scope) DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, at = excluded.at`,
+		idem.Scope, idem.Fingerprint, raw, t.now)
+	return err
 }
 
 // begin locks the row of the lock called name (made if missing) and

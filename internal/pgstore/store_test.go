@@ -82,7 +82,7 @@ func req(key, requestor string) lock.Request {
 
 func mustAcquire(t *testing.T, s *Store, name string, r lock.Request) State {
 	t.Helper()
-	st, err := s.Acquire(context.Background(), name, r, 0)
+	st, err := s.Acquire(context.Background(), name, r, 0, nil)
 	if err != nil {
 		t.Fatalf("%s: acquire %s with %q by %s: %v", s.Node(), name, r.Key, r.Requestor, err)
 	}
@@ -91,7 +91,7 @@ func mustAcquire(t *testing.T, s *Store, name string, r lock.Request) State {
 
 func mustRelease(t *testing.T, s *Store, name, key, requestor string) State {
 	t.Helper()
-	st, n, err := s.Release(context.Background(), name, key, requestor, false)
+	st, n, err := s.Release(context.Background(), name, key, requestor, false, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("%s: release %s by %s = %d, %v", s.Node(), name, requestor, n, err)
 	}
@@ -136,7 +136,7 @@ func TestRulesHoldAcrossNodes(t *testing.T) {
 
 	first := mustAcquire(t, a, "prod", req("deploy", "job-1"))
 	var refused *Refused
-	if _, err := b.Acquire(ctx, "prod", req("upgrade", "job-2"), 0); !errors.As(err, &refused) || refused.Lock.Key != "deploy" {
+	if _, err := b.Acquire(ctx, "prod", req("upgrade", "job-2"), 0, nil); !errors.As(err, &refused) || refused.Lock.Key != "deploy" {
 		t.Fatalf("another key on node b = %v; want refused, held with deploy", err)
 	}
 	shared := mustAcquire(t, b, "prod", req("deploy", "job-3"))
@@ -150,10 +150,10 @@ func TestRulesHoldAcrossNodes(t *testing.T) {
 			t.Errorf("%s sees %+v, %v", s.Node(), st.Lock, err)
 		}
 	}
-	if _, err := b.Renew(ctx, "prod", "deploy", "nobody", time.Minute); !errors.Is(err, ErrNotHeld) {
+	if _, err := b.Renew(ctx, "prod", "deploy", "nobody", time.Minute, nil); !errors.Is(err, ErrNotHeld) {
 		t.Errorf("renew by a requestor that holds nothing = %v; want ErrNotHeld", err)
 	}
-	if _, _, err := a.Release(ctx, "prod", "upgrade", "job-1", false); !errors.As(err, &refused) {
+	if _, _, err := a.Release(ctx, "prod", "upgrade", "job-1", false, nil); !errors.As(err, &refused) {
 		t.Errorf("release with another key = %v; want refused", err)
 	}
 	mustRelease(t, a, "prod", "deploy", "job-1")
@@ -175,12 +175,12 @@ func TestRulesHoldAcrossNodes(t *testing.T) {
 		mustRelease(t, s, "tokens", "k", "r")
 	}
 
-	old, now, err := b.ForceRelease(ctx, "forced")
+	old, now, err := b.ForceRelease(ctx, "forced", nil)
 	if err != nil || !old.Lock.Free() || !now.Lock.Free() {
 		t.Errorf("force release of a free lock = %+v, %+v, %v", old, now, err)
 	}
 	mustAcquire(t, a, "forced", req("k", "r"))
-	if old, now, err = b.ForceRelease(ctx, "forced"); err != nil || old.Lock.Free() || !now.Lock.Free() {
+	if old, now, err = b.ForceRelease(ctx, "forced", nil); err != nil || old.Lock.Free() || !now.Lock.Free() {
 		t.Errorf("force release on another node = %+v, %+v, %v; want it freed", old, now, err)
 	}
 }
@@ -196,12 +196,12 @@ func TestLeasesAreJudgedByTheDatabasesClock(t *testing.T) {
 	if got := st.Lock.Holders[0].ExpiresAt.Sub(st.Lock.AcquiredAt); got != time.Second {
 		t.Errorf("lease ends %v after the grant; want 1s", got)
 	}
-	if _, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 0); err == nil {
+	if _, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 0, nil); err == nil {
 		t.Fatal("granted another key while the lease runs")
 	}
 	// b waits, and is granted once the lease has run out.
 	start := time.Now()
-	got, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 10*time.Second)
+	got, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 10*time.Second, nil)
 	if err != nil || got.Lock.Key != "other" {
 		t.Fatalf("waiting for the lease to end: %+v, %v", got, err)
 	}
@@ -223,7 +223,7 @@ func TestQueueIsFirstComeFirstServedAcrossNodes(t *testing.T) {
 	}
 	results := make(chan result, 2)
 	wait := func(s *Store, key string) {
-		st, err := s.Acquire(context.Background(), "prod", req(key, key), 30*time.Second)
+		st, err := s.Acquire(context.Background(), "prod", req(key, key), 30*time.Second, nil)
 		results <- result{key, st, err, time.Now()}
 	}
 	go wait(b, "first")
@@ -272,13 +272,13 @@ func TestWaitsEnd(t *testing.T) {
 	a, b := open(t, u, "a"), open(t, u, "b")
 	mustAcquire(t, a, "prod", req("holder", "h"))
 	var refused *Refused
-	if _, err := b.Acquire(context.Background(), "prod", req("other", "w"), 300*time.Millisecond); !errors.As(err, &refused) || !refused.TimedOut {
+	if _, err := b.Acquire(context.Background(), "prod", req("other", "w"), 300*time.Millisecond, nil); !errors.As(err, &refused) || !refused.TimedOut {
 		t.Errorf("a wait that ran out = %v; want refused, timed out", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := b.Acquire(ctx, "prod", req("other", "gone"), time.Minute)
+		_, err := b.Acquire(ctx, "prod", req("other", "gone"), time.Minute, nil)
 		done <- err
 	}()
 	waitForQueue(t, a, "prod", 1)
@@ -304,7 +304,7 @@ func TestADeadNodesWaitersAreDropped(t *testing.T) {
 	}
 	mustAcquire(t, dead, "held-by-dead", req("k", "r"))
 	mustAcquire(t, a, "prod", req("holder", "h"))
-	go func() { _, _ = dead.Acquire(context.Background(), "prod", req("other", "w"), time.Minute) }()
+	go func() { _, _ = dead.Acquire(context.Background(), "prod", req("other", "w"), time.Minute, nil) }()
 	waitForQueue(t, a, "prod", 1)
 	dead.stop() // no more heartbeats; its pool and its wait stay, as in a process the kernel has not reaped
 	dead.done.Wait()
@@ -319,5 +319,40 @@ func TestADeadNodesWaitersAreDropped(t *testing.T) {
 	}
 	if st, err := a.Get(context.Background(), "held-by-dead"); err != nil || st.Lock.Free() {
 		t.Errorf("the lock the dead node granted: %+v, %v; want it still held", st.Lock, err)
+	}
+}
+
+// TestIdempotencyKeysAcrossNodes: a retry of a change with the same
+// Idempotency-Key, on any node, gets the first answer and changes
+// nothing; the key with another request is refused.
+func TestIdempotencyKeysAcrossNodes(t *testing.T) {
+	u := testURL(t)
+	a, b := open(t, u, "a"), open(t, u, "b")
+	ctx := context.Background()
+	put := &Idem{Scope: "PUT prod k1", Fingerprint: "f1"}
+	first, err := a.Acquire(ctx, "prod", req("deploy", "job"), 0, put)
+	if err != nil || first.Replayed {
+		t.Fatalf("first PUT: %+v, %v", first, err)
+	}
+	again, err := b.Acquire(ctx, "prod", req("deploy", "job"), 0, put)
+	if err != nil || !again.Replayed || again.Lock.Token != first.Lock.Token {
+		t.Errorf("the retry on node b = %+v, %v; want the first answer, replayed", again, err)
+	}
+	if st, _ := a.Get(ctx, "prod"); st.Lock.LockedBy()["job"] != 1 {
+		t.Errorf("after the retry, job holds %d counts; want 1", st.Lock.LockedBy()["job"])
+	}
+	if _, err := b.Acquire(ctx, "prod", req("deploy", "other"), 0, &Idem{Scope: "PUT prod k1", Fingerprint: "f2"}); !errors.Is(err, ErrKeyReused) {
+		t.Errorf("the key with another request = %v; want ErrKeyReused", err)
+	}
+	del := &Idem{Scope: "DELETE prod k2", Fingerprint: "f3"}
+	if _, n, err := b.Release(ctx, "prod", "deploy", "job", false, del); err != nil || n != 1 {
+		t.Fatalf("DELETE: %d, %v", n, err)
+	}
+	mustAcquire(t, a, "prod", req("deploy", "job")) // taken again meanwhile
+	if st, n, err := a.Release(ctx, "prod", "deploy", "job", false, del); err != nil || n != 1 || !st.Replayed {
+		t.Errorf("the DELETE's retry = %d, %+v, %v; want the first answer (1 count), replayed", n, st, err)
+	}
+	if st, _ := a.Get(ctx, "prod"); st.Lock.LockedBy()["job"] != 1 {
+		t.Errorf("the DELETE's retry gave back a second count: %+v", st.Lock)
 	}
 }
