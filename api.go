@@ -31,6 +31,7 @@ var (
 	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
 	errNotReady     = errors.New("not ready")
+	errDatabase     = errors.New("the database cannot be reached")
 )
 
 // statusClientClosed is logged when a client leaves before its answer, as
@@ -53,13 +54,14 @@ var errorStatuses = []struct {
 	{errClientGone, statusClientClosed},
 	{errShuttingDown, http.StatusServiceUnavailable},
 	{errNotReady, http.StatusServiceUnavailable},
+	{errDatabase, http.StatusServiceUnavailable},
 	{errUncertain, http.StatusInternalServerError},
 	{errSave, http.StatusInternalServerError},
 }
 
 // server answers the lock API.
 type server struct {
-	locks        *table
+	locks        Locks
 	log          *slog.Logger
 	auth         *credentials  // nil when the API is open
 	maxWait      time.Duration // longer waits are cut to this
@@ -142,12 +144,21 @@ func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
 // handleReady handles GET /readyz: 200 when the store can make a change
 // durable, 503 with the reason when it cannot (the details go to the log).
 func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
-	if err := s.locks.store.Ready(); err != nil {
+	if err := s.locks.Ready(); err != nil {
 		s.log.Warn("not ready", "err", err)
-		s.writeError(w, r, fmt.Errorf("%w: the last change could not be saved to disk, so changes are refused until a write succeeds; the server's log has the details", errNotReady))
+		s.writeError(w, r, notReady(err))
 		return
 	}
 	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// notReady is /readyz's answer when the store cannot make a change
+// durable: what is wrong, and that changes are refused meanwhile.
+func notReady(err error) error {
+	if errors.Is(err, errDatabase) {
+		return fmt.Errorf("%w: the database cannot be reached, so changes are refused until it answers; the server's log has the details", errNotReady)
+	}
+	return fmt.Errorf("%w: the last change could not be saved to disk, so changes are refused until a write succeeds; the server's log has the details", errNotReady)
 }
 
 // handleList handles GET /locks: every lock that is held or waited for,

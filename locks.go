@@ -41,6 +41,31 @@ type Snapshot struct {
 	Replayed bool `json:"-"`
 }
 
+// Locks is the lock table the API serves: the one in this process, kept
+// by the file store (table), or the one several nodes share in PostgreSQL
+// (pgTable). Both run the rules of internal/lock, and answer with the same
+// errors.
+type Locks interface {
+	Acquire(ctx context.Context, name string, req acquireRequest) (Snapshot, error)
+	Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error)
+	Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error)
+	ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error)
+	Get(name string) (Snapshot, error)
+	List() (map[string]Snapshot, error)
+	Ready() error   // nil while a change can be made durable; else why not
+	Now() time.Time // the clock leases are judged by
+}
+
+// backend is a Locks with what serve runs beside the HTTP server.
+type backend interface {
+	Locks
+	Len() int                       // locks held, for the log
+	stats() metrics.TableStats      // the gauges' figures
+	background(ctx context.Context) // its loops, until ctx is done
+	broken() <-chan error           // says when nothing it holds can be trusted
+	shutdown(clean bool) error      // clean: save everything; else keep what it has
+}
+
 // acquireRequest is what a PUT asks for.
 type acquireRequest struct {
 	lock.Request
@@ -197,6 +222,33 @@ func (t *table) stats() metrics.TableStats {
 		}
 	}
 	return st
+}
+
+// Ready reports whether the store can make a change durable.
+func (t *table) Ready() error { return t.store.Ready() }
+
+// Now is the table's clock, to the millisecond.
+func (t *table) Now() time.Time { return t.now() }
+
+// background runs the expiry and checkpoint loops until ctx is done.
+func (t *table) background(ctx context.Context) {
+	var loops sync.WaitGroup
+	loops.Go(func() { t.expireLoop(ctx) })
+	loops.Go(func() { t.checkpointLoop(ctx) })
+	loops.Wait()
+}
+
+// broken says when a write failed in a way that leaves the state on disk
+// in doubt.
+func (t *table) broken() <-chan error { return t.store.Broken() }
+
+// shutdown closes the table: clean, it checkpoints the state; else the
+// store keeps what it has.
+func (t *table) shutdown(clean bool) error {
+	if !clean {
+		return t.store.Close(false)
+	}
+	return t.close()
 }
 
 // Len returns the number of held locks.

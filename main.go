@@ -17,7 +17,9 @@
 // lock table, running the rules of internal/lock (tx.go makes and undoes
 // its changes, leases.go expires holds); store.go is the interface to
 // persistence and the file store, built from internal/journal,
-// internal/statefile and internal/atomicfile.
+// internal/statefile and internal/atomicfile. With LOCKER_DATABASE_URL,
+// pgtable.go serves the table several nodes share in PostgreSQL
+// (internal/pgstore) instead.
 package main
 
 import (
@@ -53,10 +55,14 @@ Usage: locker [serve] [-h | --version]
 
 With no arguments, or serve, locker serves the lock API. The same binary
 is the client: locker run, lock, unlock, ls, ... (locker help lists them).
+locker migrate copies locks between a state file and PostgreSQL.
 
 Configuration is read from the environment:
-  LOCKER_CONFIG  required: the YAML file that holds the locks; created if
-                 missing. The original locker's JSON files load as they are.
+  LOCKER_CONFIG  the YAML file that holds the locks; created if missing.
+                 The original locker's JSON files load as they are.
+  LOCKER_DATABASE_URL  instead of LOCKER_CONFIG: keep the locks in
+                 PostgreSQL (postgres://user:pass@host:5432/db?sslmode=...),
+                 shared by every node that names the same database.
   PORT           TCP port to listen on (default 3000).
   LOCKER_LISTEN  the address to listen on, e.g. 127.0.0.1 (default: every
                  interface).
@@ -124,6 +130,7 @@ func main() {
 // config is everything read from the environment.
 type config struct {
 	statePath         string
+	databaseURL       string // LOCKER_DATABASE_URL: the PostgreSQL store instead of the file
 	listen            string // host or IP to listen on; "" for every interface
 	port              int
 	user, pass        string
@@ -140,21 +147,25 @@ type config struct {
 // loadConfig reads and checks the configuration; an error names the variable.
 func loadConfig(getenv func(string) string) (config, error) {
 	cfg := config{
-		statePath: getenv("LOCKER_CONFIG"),
-		listen:    getenv("LOCKER_LISTEN"),
-		port:      3000,
-		user:      getenv("AUTH_USER"),
-		pass:      getenv("AUTH_PASS"),
-		certFile:  getenv("SSL_CERT"),
-		keyFile:   getenv("SSL_KEY"),
-		maxWait:   defaultMaxWait,
-		maxTTL:    defaultMaxTTL,
+		statePath:   getenv("LOCKER_CONFIG"),
+		databaseURL: getenv("LOCKER_DATABASE_URL"),
+		listen:      getenv("LOCKER_LISTEN"),
+		port:        3000,
+		user:        getenv("AUTH_USER"),
+		pass:        getenv("AUTH_PASS"),
+		certFile:    getenv("SSL_CERT"),
+		keyFile:     getenv("SSL_KEY"),
+		maxWait:     defaultMaxWait,
+		maxTTL:      defaultMaxTTL,
 
 		checkpointBytes: defaultCheckpointBytes,
 		metricsAuth:     true,
 	}
-	if cfg.statePath == "" {
-		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml")
+	switch {
+	case cfg.statePath == "" && cfg.databaseURL == "":
+		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml (or set LOCKER_DATABASE_URL to keep them in PostgreSQL)")
+	case cfg.statePath != "" && cfg.databaseURL != "":
+		return config{}, errors.New("LOCKER_CONFIG and LOCKER_DATABASE_URL are both set: the locks are kept in one place; unset one (locker migrate moves locks between them)")
 	}
 	e := env{getenv: getenv}
 	e.port("PORT", &cfg.port)
@@ -271,6 +282,9 @@ func bothOrNeither(aName, a, bName, b string) error {
 
 // run reads the configuration and serves the lock API until ctx is done.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "migrate" {
+		return runMigrate(ctx, args[1:], stdout)
+	}
 	if len(args) > 0 && args[0] == "serve" {
 		args = args[1:]
 	}
@@ -303,16 +317,50 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	var locks backend
+	m := metrics.New(version, metrics.Gauges{
+		Table: func() metrics.TableStats { return locks.stats() },
+		Ready: func() bool { return locks.Ready() == nil },
+	})
+	if cfg.databaseURL != "" {
+		locks, err = openPGTable(ctx, cfg.databaseURL, log, m)
+	} else {
+		locks, err = openFileTable(cfg, fsys, log, m)
+	}
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
+	if err != nil {
+		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), locks.shutdown(true))
+	}
+	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL,
+		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.metricsAuth}
+	if cfg.user != "" {
+		srv.auth = newCredentials(cfg.user, cfg.pass)
+	}
+	store := "state_file=" + cfg.statePath
+	if cfg.databaseURL != "" {
+		store = "postgresql"
+	}
+	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
+		"auth", srv.auth != nil, "store", store, "locks", locks.Len(), "version", version)
+	if srv.auth == nil && !loopback(ln.Addr()) {
+		log.Warn("auth is off and locker listens beyond this machine: anyone who can reach it can take and free every lock; set AUTH_USER and AUTH_PASS, or LOCKER_LISTEN=127.0.0.1",
+			"addr", ln.Addr().String())
+	}
+	logs.Flush()
+	return serveUntilDone(ctx, ln, tlsConfig, srv, locks, log)
+}
+
+// openFileTable opens the table kept in the state file and its journal.
+func openFileTable(cfg config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (*table, error) {
 	store := newFileStore(cfg.statePath, faults.FS(fsys))
 	store.checkpointBytes, store.log = cfg.checkpointBytes, log
 	locks, err := openTable(store, time.Now, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	m := metrics.New(version, metrics.Gauges{
-		Table: locks.stats,
-		Ready: func() bool { return store.Ready() == nil },
-	})
 	locks.metrics = m
 	store.journal.OnSync(m.Synced)
 	// Loading leaves garbage a few times the table's size (the file's
@@ -323,25 +371,9 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	// Holds whose lease ran out while the server was down go first.
 	if err := locks.expire(locks.now()); err != nil {
 		_ = locks.store.Close(false)
-		return fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
+		return nil, fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
-	if err != nil {
-		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), locks.close())
-	}
-	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL,
-		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.metricsAuth}
-	if cfg.user != "" {
-		srv.auth = newCredentials(cfg.user, cfg.pass)
-	}
-	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
-		"auth", srv.auth != nil, "state_file", cfg.statePath, "locks", locks.Len(), "version", version)
-	if srv.auth == nil && !loopback(ln.Addr()) {
-		log.Warn("auth is off and locker listens beyond this machine: anyone who can reach it can take and free every lock; set AUTH_USER and AUTH_PASS, or LOCKER_LISTEN=127.0.0.1",
-			"addr", ln.Addr().String())
-	}
-	logs.Flush()
-	return serveUntilDone(ctx, ln, tlsConfig, srv, log)
+	return locks, nil
 }
 
 // loopback reports whether addr is on the loopback interface only.
@@ -365,8 +397,7 @@ func loadTLS(cfg config) (*tls.Config, error) {
 // serveUntilDone serves srv on ln, with the table's background loops,
 // until ctx is done or the store breaks; then it shuts the server down and
 // closes the table.
-func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, log *slog.Logger) error {
-	locks := srv.locks
+func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, locks backend, log *slog.Logger) error {
 	// Requests see errShuttingDown as their context's cause when the server
 	// stops, so that waiters answer 503 instead of holding up the shutdown.
 	base, stopRequests := context.WithCancelCause(context.Background())
@@ -374,11 +405,10 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	httpSrv := newHTTPServer(srv.routes(), log, defaultTimeouts, base)
 	httpSrv.TLSConfig = tlsConfig
 
-	// The expiry and checkpoint loops run until the HTTP server has stopped.
+	// The table's loops run until the HTTP server has stopped.
 	background, stopBackground := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
-	loops.Go(func() { locks.expireLoop(background) })
-	loops.Go(func() { locks.checkpointLoop(background) })
+	loops.Go(func() { locks.background(background) })
 	stopLoops := func() {
 		stopBackground()
 		loops.Wait()
@@ -397,10 +427,10 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	select {
 	case err := <-served:
 		stopLoops()
-		return errors.Join(fmt.Errorf("serving: %w", err), locks.store.Close(false))
+		return errors.Join(fmt.Errorf("serving: %w", err), locks.shutdown(false))
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err := <-locks.store.Broken():
+	case err := <-locks.broken():
 		stopErr = fmt.Errorf("stopping, the lock state on disk is in doubt: %w", err)
 		log.Error("stopping so that a restart reads the state from disk again", "err", err)
 	}
@@ -410,10 +440,10 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	shutdownErr := httpSrv.Shutdown(shutdownCtx)
 	stopLoops()
 	if stopErr != nil {
-		_ = locks.store.Close(false) // the store keeps what it has; nothing more can be trusted
+		_ = locks.shutdown(false) // the store keeps what it has; nothing more can be trusted
 		return stopErr
 	}
-	if err := locks.close(); err != nil {
+	if err := locks.shutdown(true); err != nil {
 		return fmt.Errorf("saving the lock state at shutdown: %w (the journal beside the state file still holds every change)", err)
 	}
 	if shutdownErr != nil {

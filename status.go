@@ -135,7 +135,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	page.Now = s.locks.now().UTC()
+	page.Now = s.locks.Now().UTC()
 	page.fill(locks)
 
 	var buf bytes.Buffer

@@ -19,4 +19,10 @@ const (
 	TOCTOU = "toctou"
 	// ForgetTokens does not keep the token counter across restarts.
 	ForgetTokens = "token"
+	// PGNoRowLock: the PostgreSQL store reads and changes a lock without
+	// its row lock.
+	PGNoRowLock = "pg_no_row_lock"
+	// PGNodeTokens: the PostgreSQL store hands out tokens from a counter
+	// of its own node instead of the database's sequence.
+	PGNodeTokens = "pg_node_tokens"
 )

@@ -1,4 +1,4 @@
-//go:build !bug_toctou && !bug_early_ack && !bug_token && !bug_release_key
+//go:build !bug_toctou && !bug_early_ack && !bug_token && !bug_release_key && !bug_pg_no_row_lock && !bug_pg_node_tokens
 
 package faults
 

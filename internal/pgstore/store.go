@@ -15,11 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -250,8 +252,14 @@ type tx struct {
 	released int
 }
 
+// nodeTokens is the per-node counter the planted bug PGNodeTokens uses.
+var nodeTokens atomic.Uint64
+
 // next returns the next fencing token from the sequence.
 func (t *tx) next() uint64 {
+	if faults.Planted == faults.PGNodeTokens {
+		return nodeTokens.Add(1)
+	}
 	var token int64
 	if err := t.QueryRow(t.ctx, "SELECT nextval('locker_tokens')").Scan(&token); err != nil && t.err == nil {
 		t.err = err
@@ -352,7 +360,9 @@ func (s *Store) begin(ctx context.Context, ptx pgx.Tx, name string, forUpdate bo
 		if _, err := ptx.Exec(ctx, "INSERT INTO locker_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name); err != nil {
 			return nil, err
 		}
-		query += " FOR UPDATE"
+		if faults.Planted != faults.PGNoRowLock {
+			query += " FOR UPDATE"
+		}
 	}
 	var raw []byte
 	if err := ptx.QueryRow(ctx, query, name).Scan(&raw); err != nil && !errors.Is(err, pgx.ErrNoRows) {

@@ -2,11 +2,7 @@ package pgstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net/url"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,56 +10,11 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
-// The tests here run against a real PostgreSQL: LOCKER_TEST_DATABASE_URL,
-// or the one on 127.0.0.1:5432. Each test has a schema of its own, made
-// and dropped by the test. Without a server they are skipped, saying how
-// to run them, unless CI is set.
-
-const defaultTestURL = "postgres://127.0.0.1:5432/test?sslmode=disable"
-
-// testURL returns the URL of a new, empty schema for t.
-func testURL(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("LOCKER_TEST_DATABASE_URL")
-	if base == "" {
-		base = defaultTestURL
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		msg := "no PostgreSQL at " + base + " (" + err.Error() + "), so the PostgreSQL store's tests did not run; " +
-			"start one there, or set LOCKER_TEST_DATABASE_URL=postgres://..."
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg + " (CI is set, and CI must run them)")
-		}
-		t.Skip(msg)
-	}
-	defer conn.Close(context.Background())
-	suffix := make([]byte, 6)
-	_, _ = rand.Read(suffix)
-	schema := "locker_test_" + hex.EncodeToString(suffix)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(context.Background(), base)
-		if err == nil {
-			_, _ = conn.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
-			conn.Close(context.Background())
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
+// testURL returns the URL of a new, empty schema on the test database.
+func testURL(t *testing.T) string { return testutil.PostgresSchema(t) }
 
 // open opens a node on the database at url, closed when the test ends.
 func open(t *testing.T, dbURL, name string) *Store {

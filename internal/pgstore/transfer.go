@@ -1,0 +1,90 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// ErrNotEmpty: Import's target holds locks or waiters already.
+var ErrNotEmpty = errors.New("the database's lock table is not empty")
+
+// Export returns every held lock and the last fencing token handed out,
+// as one consistent snapshot.
+func (s *Store) Export(ctx context.Context) (locks map[string]lock.Lock, lastToken uint64, err error) {
+	locks = map[string]lock.Lock{}
+	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, "SELECT name, lock FROM locker_locks WHERE lock IS NOT NULL")
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var name string
+			var raw []byte
+			var l lock.Lock
+			if err := rows.Scan(&name, &raw); err != nil {
+				return err
+			}
+			if err := json.Unmarshal(raw, &l); err != nil {
+				return fmt.Errorf("lock %q in the database: %w", name, err)
+			}
+			locks[name] = l
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var last int64
+		var called bool
+		if err := tx.QueryRow(ctx, "SELECT last_value, is_called FROM locker_tokens").Scan(&last, &called); err != nil {
+			return err
+		}
+		if called {
+			lastToken = uint64(last)
+		}
+		return nil
+	})
+	return locks, lastToken, err
+}
+
+// Import puts locks into an empty table, and moves the token sequence past
+// lastToken and every lock's token, so that no token is handed out twice.
+func (s *Store) Import(ctx context.Context, locks map[string]lock.Lock, lastToken uint64) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// No other node may change the table meanwhile.
+		if _, err := tx.Exec(ctx, "LOCK TABLE locker_locks, locker_queue IN EXCLUSIVE MODE"); err != nil {
+			return err
+		}
+		var held, waiting int
+		if err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM locker_locks WHERE lock IS NOT NULL),
+			(SELECT count(*) FROM locker_queue)`).Scan(&held, &waiting); err != nil {
+			return err
+		}
+		if held > 0 || waiting > 0 {
+			return fmt.Errorf("%w: %d locks held, %d waiting", ErrNotEmpty, held, waiting)
+		}
+		for name, l := range locks {
+			lastToken = max(lastToken, l.Token)
+			raw, err := json.Marshal(l)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO locker_locks (name, lock) VALUES ($1, $2)
+				ON CONFLICT (name) DO UPDATE SET lock = excluded.lock`, name, raw); err != nil {
+				return err
+			}
+		}
+		if lastToken == 0 {
+			return nil
+		}
+		// The sequence never goes back: a target that handed out higher
+		// tokens before keeps them.
+		_, err := tx.Exec(ctx, `SELECT setval('locker_tokens', greatest($1::bigint,
+			(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM locker_tokens)))`, int64(lastToken))
+		return err
+	})
+}

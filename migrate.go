@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/pgstore"
+)
+
+const migrateUsage = `Usage: locker migrate --from SOURCE --to TARGET
+
+Copies every held lock, and the fencing token counter, from SOURCE to
+TARGET; each is a state file (the path LOCKER_CONFIG names) or a
+PostgreSQL URL (postgres://...). TARGET must be empty: a state file that
+does not exist or holds no lock, or a database with no lock held or waited
+for. SOURCE is left as it was. Stop the servers on both first: requests
+that wait and Idempotency-Key outcomes are not copied.
+
+Examples:
+  locker migrate --from /var/vcap/store/locker/locker.yml --to 'postgres://locker@db:5432/locker'
+  locker migrate --from 'postgres://locker@db:5432/locker' --to /var/lib/locker/locker.yml
+`
+
+// runMigrate handles locker migrate.
+func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("locker migrate", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	from := fs.String("from", "", "")
+	to := fs.String("to", "", "")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, migrateUsage)
+		return nil
+	} else if err != nil || *from == "" || *to == "" || fs.NArg() > 0 {
+		return fmt.Errorf("migrate needs --from and --to, each a state file or a postgres:// URL (locker migrate -h)")
+	}
+	locks, lastToken, err := readLocks(ctx, *from)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", describe(*from), err)
+	}
+	if err := writeLocks(ctx, *to, locks, lastToken); err != nil {
+		return fmt.Errorf("writing %s: %w", describe(*to), err)
+	}
+	fmt.Fprintf(stdout, "copied %d locks (fencing tokens go on after %d) from %s to %s\n", len(locks), lastToken, describe(*from), describe(*to))
+	return nil
+}
+
+func isDatabase(where string) bool {
+	return strings.HasPrefix(where, "postgres://") || strings.HasPrefix(where, "postgresql://")
+}
+
+// describe names a source or target without a database password.
+func describe(where string) string {
+	if !isDatabase(where) {
+		return "the state file " + where
+	}
+	if at := strings.LastIndex(where, "@"); at >= 0 {
+		scheme, _, _ := strings.Cut(where, "://")
+		where = scheme + "://…" + where[at:]
+	}
+	return "the database " + where
+}
+
+// readLocks reads the held locks and the last token from a state file (its
+// journal replayed) or a database.
+func readLocks(ctx context.Context, from string) (map[string]lock.Lock, uint64, error) {
+	if isDatabase(from) {
+		s, err := pgstore.Open(ctx, from, "migrate")
+		if err != nil {
+			return nil, 0, err
+		}
+		defer s.Close()
+		return s.Export(ctx)
+	}
+	store := newFileStore(from, atomicfile.OS{})
+	st, err := store.Open(func(uint64, error) uint64 { return 0 })
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = store.Close(false) }()
+	return st.Locks, st.LastToken, nil
+}
+
+// writeLocks writes locks into an empty target.
+func writeLocks(ctx context.Context, to string, locks map[string]lock.Lock, lastToken uint64) error {
+	if isDatabase(to) {
+		s, err := pgstore.Open(ctx, to, "migrate")
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		err = s.Import(ctx, locks, lastToken)
+		if errors.Is(err, pgstore.ErrNotEmpty) {
+			return fmt.Errorf("%w: migrate does not overwrite locks; free them, or use another database", err)
+		}
+		return err
+	}
+	store := newFileStore(to, atomicfile.OS{})
+	st, err := store.Open(func(uint64, error) uint64 { return 0 })
+	if err != nil {
+		return err
+	}
+	if len(st.Locks) > 0 {
+		_ = store.Close(false)
+		return fmt.Errorf("it holds %d locks: migrate does not overwrite locks; give it a new file", len(st.Locks))
+	}
+	// Written as a checkpoint is: the state file whole and synced, then
+	// the journal, which it covers, removed.
+	st.Locks, st.LastToken = locks, max(st.LastToken, lastToken)
+	for _, l := range locks {
+		st.LastToken = max(st.LastToken, l.Token)
+	}
+	if _, err := store.save(st); err != nil {
+		_ = store.Close(false)
+		return err
+	}
+	return store.Close(true)
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
+)
+
+// TestNodesShareOneTableInPostgreSQL runs two servers on one database,
+// over real HTTP: what one grants the other refuses, a waiter on one is
+// handed the lock when the holder lets go on the other, a retry with the
+// same Idempotency-Key on the other node is answered again, and both show
+// the same table on the status page and in /metrics.
+func TestNodesShareOneTableInPostgreSQL(t *testing.T) {
+	db := testutil.PostgresSchema(t)
+	a := startRun(t, map[string]string{"LOCKER_DATABASE_URL": db})
+	b := startRun(t, map[string]string{"LOCKER_DATABASE_URL": db})
+
+	if status, body := a.call(t, "PUT", "/lock/prod", `{"key": "deploy", "lock_by": "job-1", "ttl": "10m"}`); status != 200 {
+		t.Fatalf("PUT on a = %d %s", status, body)
+	}
+	if status, body := b.call(t, "PUT", "/lock/prod", `{"key": "upgrade"}`); status != 423 || !strings.Contains(string(body), `held with key \"deploy\" by job-1 (1)`) {
+		t.Errorf("PUT with another key on b = %d %s; want 423 naming the holder", status, body)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waiter := putAsync(ctx, b.url, "/lock/prod?wait=20s", `{"key": "upgrade", "lock_by": "job-2"}`)
+	testutil.WaitFor(t, "the waiter on b to show on a", func() bool { return a.waiting(t, "prod") == 1 })
+	if status, body := a.call(t, "DELETE", "/lock/prod", `{"key": "deploy", "lock_by": "job-1"}`); status != 200 {
+		t.Fatalf("DELETE on a = %d %s", status, body)
+	}
+	r := result(t, waiter)
+	var got lock.View
+	if err := json.Unmarshal(r.body, &got); r.status != 200 || err != nil || got.Key != "upgrade" || got.Token != 2 {
+		t.Fatalf("the waiter on b = %d %s; want the lock with key upgrade, token 2", r.status, r.body)
+	}
+
+	// A retry on the other node, with the same Idempotency-Key, changes nothing.
+	body := `{"key": "upgrade", "lock_by": "job-3"}`
+	first, _, err := sendWithKey(t, a.url, "PUT", "/lock/prod", body, "retry-1")
+	if err != nil || first.StatusCode != 200 {
+		t.Fatalf("PUT with a key on a: %v %v", first, err)
+	}
+	again, _, err := sendWithKey(t, b.url, "PUT", "/lock/prod", body, "retry-1")
+	if err != nil || again.StatusCode != 200 || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the retry on b: %v %v; want 200, Idempotent-Replayed", again, err)
+	}
+	if n := a.listLocks(t)["prod"].LockedBy["job-3"]; n != 1 {
+		t.Errorf("job-3 holds %d counts after a retry; want 1", n)
+	}
+
+	for _, s := range []*liveServer{a, b} {
+		if status, _ := s.call(t, "GET", "/readyz", ""); status != 200 {
+			t.Errorf("GET /readyz = %d; want 200", status)
+		}
+		if status, page := s.call(t, "GET", "/", ""); status != 200 || !strings.Contains(string(page), "<h2>prod</h2>") {
+			t.Errorf("status page = %d; want prod on it", status)
+		}
+		if _, metrics := s.call(t, "GET", "/metrics", ""); !strings.Contains(string(metrics), "locker_holders 2") {
+			t.Errorf("/metrics does not count the two holders")
+		}
+	}
+}
+
+func TestRunRefusesBothStores(t *testing.T) {
+	err := run(context.Background(), nil, func(k string) string {
+		return map[string]string{"LOCKER_CONFIG": "x.yml", "LOCKER_DATABASE_URL": "postgres://h/db"}[k]
+	}, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "LOCKER_CONFIG and LOCKER_DATABASE_URL are both set") {
+		t.Errorf("run with both = %v", err)
+	}
+}
+
+// TestMigrateBetweenAFileAndPostgreSQL moves the locks of a state file
+// into a database and back: the same holders, leases and notes, the
+// fencing tokens going on from where they were, and a target that holds
+// locks refused.
+func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
+	db := testutil.PostgresSchema(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "locks.yml")
+	s := startRun(t, map[string]string{"LOCKER_CONFIG": file})
+	for _, put := range []struct{ name, body string }{
+		{"prod", `{"key": "deploy", "lock_by": "job-1", "ttl": "1h", "note": "https://ci/builds/1"}`},
+		{"staging", `{"key": "tests", "lock_by": "unit"}`},
+		{"staging", `{"key": "tests", "lock_by": "unit"}`},
+	} {
+		if status, body := s.call(t, "PUT", "/lock/"+put.name, put.body); status != 200 {
+			t.Fatalf("PUT = %d %s", status, body)
+		}
+	}
+	want := s.listLocks(t)
+	if err := s.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	migrate := func(from, to string) (string, error) {
+		var out strings.Builder
+		err := run(context.Background(), []string{"migrate", "--from", from, "--to", to}, func(string) string { return "" }, &out, io.Discard)
+		return out.String(), err
+	}
+	if out, err := migrate(file, db); err != nil || !strings.Contains(out, "copied 2 locks") {
+		t.Fatalf("migrate to the database = %q, %v", out, err)
+	}
+	if _, err := migrate(file, db); err == nil || !strings.Contains(err.Error(), "migrate does not overwrite locks") {
+		t.Errorf("a second migrate into the same database = %v; want it refused", err)
+	}
+	p := startRun(t, map[string]string{"LOCKER_DATABASE_URL": db})
+	if got := p.listLocks(t); !reflect.DeepEqual(got, want) {
+		t.Errorf("on PostgreSQL the locks are %v; want %v", got, want)
+	}
+	if status, body := p.call(t, "PUT", "/lock/new", `{"key": "k"}`); status != 200 || !strings.Contains(string(body), `"token":3`) {
+		t.Errorf("a new lock on PostgreSQL = %d %s; want token 3, after the file's 2", status, body)
+	}
+	if err := p.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	back := filepath.Join(dir, "back.yml")
+	if out, err := migrate(db, back); err != nil || !strings.Contains(out, "copied 3 locks") {
+		t.Fatalf("migrate back = %q, %v", out, err)
+	}
+	if _, err := migrate(db, back); err == nil || !strings.Contains(err.Error(), "it holds 3 locks") {
+		t.Errorf("migrate onto a state file with locks = %v; want it refused", err)
+	}
+	f := startRun(t, map[string]string{"LOCKER_CONFIG": back})
+	if got := f.listLocks(t)["prod"]; !reflect.DeepEqual(got, want["prod"]) {
+		t.Errorf("back in a file, prod is %v; want %v", got, want["prod"])
+	}
+	if status, body := f.call(t, "PUT", "/lock/newer", `{"key": "k"}`); status != 200 || !strings.Contains(string(body), `"token":4`) {
+		t.Errorf("a new lock after migrating back = %d %s; want token 4", status, body)
+	}
+}
