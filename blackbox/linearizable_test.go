@@ -182,166 +182,209 @@ var lockModel = porcupine.NondeterministicModel{
 	},
 }
 
-func checkLinearizable(t *testing.T, locks int, d time.Duration) {
-	dir := t.TempDir()
-	state := filepath.Join(dir, "locks.yml")
-	p := startProc(t, state)
-	var (
-		mu      sync.Mutex
-		history []porcupine.Operation
-		nextID  = 8
-		base    = time.Now()
-		url     = p.URL
-		killing sync.RWMutex // held for writing while the server is down
-		// killSoon is closed when the next acknowledged change should be
-		// followed by a kill; guarded by mu.
-		killSoon = make(chan struct{})
-		acked    = make(chan struct{}, 1)
-	)
-	now := func() int64 { return int64(time.Since(base)) }
-	pending := map[int]*porcupine.Operation{} // unanswered ops, finished at the next kill
-	// After each 2-5 s, the kill comes right after the server acknowledges
-	// a release that leaves a lock free: a server that answers before its
-	// change is on disk would lose that release, and one that forgets its
-	// token counter would hand that lock's token out again.
+// recorder keeps the history the clients make, and the operations that
+// got no answer: those may take effect until the next disruption ends (a
+// kill, a database cut), and are given that as their return.
+type recorder struct {
+	mu      sync.Mutex
+	history []porcupine.Operation
+	pending map[int]*porcupine.Operation // by client id
+	nextID  int                          // ids for clients that go on as new ones
+	base    time.Time
+	// killSoon is closed when the next acknowledged release that frees a
+	// lock should be followed by a kill, which acked then says.
+	killSoon chan struct{}
+	acked    chan struct{}
+}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for c := range 8 {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(uint64(c), 7))
-			// Four keys, two clients each; a client gives back what it holds
-			// before it takes again, so that locks change hands often.
-			key := []string{"A", "B", "C", "D"}[c%4]
-			requestor := fmt.Sprintf("client-%d", c)
-			holding := map[string]bool{}
-			id := c
-			client := &http.Client{Timeout: 3 * time.Second}
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(time.Duration(5+r.IntN(20)) * time.Millisecond):
-				}
-				in := lockOp{Lock: fmt.Sprintf("l%d", r.IntN(locks)), Key: key, Requestor: requestor}
-				switch n := r.IntN(10); {
-				case n < 2:
-					in.Method = "GET"
-				case c >= 6 && n < 4:
-					in.Method, in.Key = "DELETE", "wrong-key" // clients 6 and 7 also release with a key they never held
-				case holding[in.Lock]:
-					in.Method = "DELETE"
-				default:
-					in.Method = "PUT"
-				}
-				killing.RLock()
-				u := url
-				killing.RUnlock()
-				op := porcupine.Operation{ClientId: id, Input: in, Call: now()}
-				body := ""
-				if in.Method != "GET" {
-					body = fmt.Sprintf(`{"key": %q, "lock_by": %q}`, in.Key, in.Requestor)
-				}
-				status, reply, err := send(client, in.Method, u+"/lock/"+in.Lock, body)
-				out := lockResult{Status: status}
-				if err != nil || status >= 500 {
-					out.Status = 0
-				} else if err := json.Unmarshal([]byte(reply), &out); err != nil && status == 200 {
-					t.Errorf("%s: reply %q: %v", in.Method, reply, err)
-				}
-				op.Output = out
-				if in.Key == key {
-					switch {
-					case out.Status == 0:
-						holding[in.Lock] = true // maybe: release it next, to be sure
-					case in.Method == "PUT":
-						holding[in.Lock] = out.Status == 200
-					case in.Method == "DELETE" && out.Status == 200:
-						holding[in.Lock] = false
-					}
-				}
-				mu.Lock()
-				if out.Status == 0 {
-					// It may take effect until the server dies: its return is
-					// set at the next kill. The client goes on as a new one.
-					pending[id] = &op
-					id = nextID
-					nextID++
-				} else {
-					op.Return = now()
-					history = append(history, op)
-				}
-				ks := killSoon
-				mu.Unlock()
-				if in.Method == "DELETE" && out.Status == 200 && out.Key == "" {
-					select {
-					case <-ks:
-						select {
-						case acked <- struct{}{}:
-						default:
-						}
-					default:
-					}
-				}
-			}
-		})
+func newRecorder(clients int) *recorder {
+	return &recorder{pending: map[int]*porcupine.Operation{}, nextID: clients, base: time.Now(),
+		killSoon: make(chan struct{}), acked: make(chan struct{}, 1)}
+}
+
+func (r *recorder) now() int64 { return int64(time.Since(r.base)) }
+
+// record adds op, answered with out, and returns the id the client goes on
+// with: a new one after an operation without an answer.
+func (r *recorder) record(op porcupine.Operation, out lockResult, id int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	op.Output = out
+	if out.Status == 0 {
+		r.pending[id] = &op
+		id = r.nextID
+		r.nextID++
+		return id
 	}
+	op.Return = r.now()
+	r.history = append(r.history, op)
+	return id
+}
 
-	// settle ends the unanswered operations once the server is dead: they
-	// took effect before it died, or never.
-	settle := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		dead := now()
-		for _, op := range pending {
-			op.Return = dead
-			history = append(history, *op)
-		}
-		clear(pending)
-	}
-
-	deadline := time.Now().Add(d)
-	rng := rand.New(rand.NewPCG(99, 1))
-	kills := 0
-	for time.Now().Before(deadline) {
-		time.Sleep(time.Duration(2000+rng.IntN(3000)) * time.Millisecond)
-		mu.Lock()
-		close(killSoon)
-		mu.Unlock()
+// released says a release that freed a lock was acknowledged.
+func (r *recorder) released() {
+	r.mu.Lock()
+	ks := r.killSoon
+	r.mu.Unlock()
+	select {
+	case <-ks:
 		select {
-		case <-acked:
-		case <-time.After(time.Second):
+		case r.acked <- struct{}{}:
+		default:
 		}
-		killing.Lock()
-		p.Kill()
-		settle()
-		p = startProc(t, state)
-		url = p.URL
-		mu.Lock()
-		killSoon = make(chan struct{})
-		mu.Unlock()
-		killing.Unlock()
-		kills++
+	default:
 	}
-	close(stop)
-	wg.Wait()
-	p.Kill()
-	settle()
+}
 
+// awaitRelease asks for the next freeing release, and waits up to a
+// second for it: the kill that follows would lose it if it were not durable.
+func (r *recorder) awaitRelease() {
+	r.mu.Lock()
+	close(r.killSoon)
+	r.mu.Unlock()
+	select {
+	case <-r.acked:
+	case <-time.After(time.Second):
+	}
+}
+
+// settle ends the unanswered operations now: they took effect before, or
+// never. It re-arms the kill signal.
+func (r *recorder) settle() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	end := r.now()
+	for _, op := range r.pending {
+		op.Return = end
+		r.history = append(r.history, *op)
+	}
+	clear(r.pending)
+	select {
+	case <-r.killSoon:
+		r.killSoon = make(chan struct{})
+	default:
+	}
+}
+
+// runClient takes, releases and reads locks on the server url gives, until
+// stop: client c of eight, four keys, two clients each.
+func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, stop <-chan struct{}) {
+	r := rand.New(rand.NewPCG(uint64(c), 7))
+	// A client gives back what it holds before it takes again, so that
+	// locks change hands often.
+	key := []string{"A", "B", "C", "D"}[c%4]
+	requestor := fmt.Sprintf("client-%d", c)
+	holding := map[string]bool{}
+	id := c
+	client := &http.Client{Timeout: 3 * time.Second}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Duration(5+r.IntN(20)) * time.Millisecond):
+		}
+		in := lockOp{Lock: fmt.Sprintf("l%d", r.IntN(locks)), Key: key, Requestor: requestor}
+		switch n := r.IntN(10); {
+		case n < 2:
+			in.Method = "GET"
+		case c >= 6 && n < 4:
+			in.Method, in.Key = "DELETE", "wrong-key" // clients 6 and 7 also release with a key they never held
+		case holding[in.Lock]:
+			in.Method = "DELETE"
+		default:
+			in.Method = "PUT"
+		}
+		op := porcupine.Operation{ClientId: id, Input: in, Call: rec.now()}
+		body := ""
+		if in.Method != "GET" {
+			body = fmt.Sprintf(`{"key": %q, "lock_by": %q}`, in.Key, in.Requestor)
+		}
+		status, reply, err := send(client, in.Method, url()+"/lock/"+in.Lock, body)
+		out := lockResult{Status: status}
+		if err != nil || status >= 500 {
+			out.Status = 0
+		} else if err := json.Unmarshal([]byte(reply), &out); err != nil && status == 200 {
+			t.Errorf("%s: reply %q: %v", in.Method, reply, err)
+		}
+		if in.Key == key {
+			switch {
+			case out.Status == 0:
+				holding[in.Lock] = true // maybe: release it next, to be sure
+			case in.Method == "PUT":
+				holding[in.Lock] = out.Status == 200
+			case in.Method == "DELETE" && out.Status == 200:
+				holding[in.Lock] = false
+			}
+		}
+		id = rec.record(op, out, id)
+		if in.Method == "DELETE" && out.Status == 200 && out.Key == "" {
+			rec.released()
+		}
+	}
+}
+
+// check checks the history with porcupine; a failure keeps what helps to
+// see why (a visualisation, and whatever keep saves) and names it.
+func (r *recorder) check(t *testing.T, d time.Duration, disruptions string, keep func(dir string)) {
 	model := lockModel.ToModel()
-	res, info := porcupine.CheckOperationsVerbose(model, history, 60*time.Second)
-	t.Logf("%d operations (%.0f/s), %d kills: %v", len(history), float64(len(history))/d.Seconds(), kills, res)
-	if len(history) < int(100*d.Seconds()) {
-		t.Errorf("only %d operations in %v; want at least 100/s", len(history), d)
+	res, info := porcupine.CheckOperationsVerbose(model, r.history, 60*time.Second)
+	t.Logf("%d operations (%.0f/s), %s: %v", len(r.history), float64(len(r.history))/d.Seconds(), disruptions, res)
+	if len(r.history) < int(100*d.Seconds()) {
+		t.Errorf("only %d operations in %v; want at least 100/s", len(r.history), d)
 	}
 	if res != porcupine.Ok {
 		out := filepath.Join(os.TempDir(), fmt.Sprintf("locker-linearizability-%d.html", time.Now().UnixNano()))
 		if err := porcupine.VisualizePath(model, info, out); err != nil {
 			t.Logf("writing the visualisation: %v", err)
 		}
-		keep, _ := os.MkdirTemp("", "locker-linearizability-state")
+		dir, _ := os.MkdirTemp("", "locker-linearizability-state")
+		keep(dir)
+		t.Fatalf("history is not linearizable (%v): see %s; state and server logs kept in %s", res, out, dir)
+	}
+}
+
+// checkLinearizable runs eight clients against one server on a state
+// file. After each 2-5 s, the server is killed right after it acknowledges
+// a release that leaves a lock free: a server that answers before its
+// change is on disk would lose that release, and one that forgets its
+// token counter would hand that lock's token out again.
+func checkLinearizable(t *testing.T, locks int, d time.Duration) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "locks.yml")
+	p := startProc(t, state)
+	rec := newRecorder(8)
+	var killing sync.RWMutex // held for writing while the server is down
+	url := p.URL
+	current := func() string {
+		killing.RLock()
+		defer killing.RUnlock()
+		return url
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for c := range 8 {
+		wg.Go(func() { runClient(t, rec, c, locks, current, stop) })
+	}
+	deadline := time.Now().Add(d)
+	rng := rand.New(rand.NewPCG(99, 1))
+	kills := 0
+	for time.Now().Before(deadline) {
+		time.Sleep(time.Duration(2000+rng.IntN(3000)) * time.Millisecond)
+		rec.awaitRelease()
+		killing.Lock()
+		p.Kill()
+		rec.settle()
+		p = startProc(t, state)
+		url = p.URL
+		killing.Unlock()
+		kills++
+	}
+	close(stop)
+	wg.Wait()
+	p.Kill()
+	rec.settle()
+	rec.check(t, d, fmt.Sprintf("%d kills", kills), func(keep string) {
 		_ = os.CopyFS(keep, os.DirFS(dir))
 		_ = os.WriteFile(filepath.Join(keep, "server.log"), []byte(p.Log.String()), 0o600)
-		t.Fatalf("history is not linearizable (%v): see %s; state file and server log kept in %s", res, out, keep)
-	}
+	})
 }

@@ -60,7 +60,10 @@ func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait
 	return s.await(ctx, name, id, req, time.Now().Add(wait), idem)
 }
 
-// await waits for the queue row id to be granted, until the deadline.
+// await waits for the queue row id to be granted, until the deadline. A
+// database that goes away meanwhile does not end the wait: the waiter
+// looks again every second, and only a deadline that passes with the
+// database still away is an error.
 func (s *Store) await(ctx context.Context, name string, id int64, req lock.Request, deadline time.Time, idem *Idem) (State, error) {
 	woken, unsubscribe := s.subscribe(name)
 	defer unsubscribe()
@@ -70,17 +73,19 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 	defer tick.Stop()
 	for {
 		st, granted, err := s.claim(ctx, name, id, false, idem)
-		if err != nil || granted {
+		switch {
+		case errors.Is(err, ErrDropped) || err == nil && granted:
 			return st, err
+		case err != nil && ctx.Err() != nil:
+			s.leave(context.WithoutCancel(ctx), name, id, req)
+			return State{}, ctx.Err()
 		}
 		select {
 		case <-woken:
 		case <-tick.C:
 			// Nothing said: end the leases that ran out, grant whoever is
 			// next (perhaps this one), and look again.
-			if _, _, err := s.change(ctx, name, nil, func(*tx) error { return nil }); err != nil && ctx.Err() == nil {
-				return State{}, err
-			}
+			_, _, _ = s.change(ctx, name, nil, func(*tx) error { return nil })
 		case <-timer.C:
 			st, granted, err := s.claim(context.WithoutCancel(ctx), name, id, true, idem)
 			if err == nil && !granted {

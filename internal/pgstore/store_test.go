@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"errors"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -305,5 +306,77 @@ func TestIdempotencyKeysAcrossNodes(t *testing.T) {
 	}
 	if st, _ := a.Get(ctx, "prod"); st.Lock.LockedBy()["job"] != 1 {
 		t.Errorf("the DELETE's retry gave back a second count: %+v", st.Lock)
+	}
+}
+
+// throughProxy returns the URL of u through a proxy that can cut the
+// database away.
+func throughProxy(t *testing.T, u string) (string, *testutil.Proxy) {
+	t.Helper()
+	parsed, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := testutil.NewProxy(t, parsed.Host)
+	parsed.Host = px.Addr()
+	return parsed.String(), px
+}
+
+// TestDatabaseLossWithWaiters cuts the database away while a request
+// waits: changes fail at once with an error (never a hang), the wait ends
+// with its answer or an error by its deadline, and once the database is
+// back the store goes on, tokens still going up.
+func TestDatabaseLossWithWaiters(t *testing.T) {
+	u, px := throughProxy(t, testURL(t))
+	a, b := open(t, u, "a"), open(t, u, "b")
+	ctx := context.Background()
+	first := mustAcquire(t, a, "prod", req("holder", "h"))
+	type answer struct {
+		st  State
+		err error
+		at  time.Time
+	}
+	waiter := make(chan answer, 1)
+	start := time.Now()
+	go func() {
+		st, err := b.Acquire(ctx, "prod", req("other", "w"), 4*time.Second, nil)
+		waiter <- answer{st, err, time.Now()}
+	}()
+	waitForQueue(t, a, "prod", 1)
+
+	down := make(chan struct{})
+	go func() { px.Outage(1500 * time.Millisecond); close(down) }()
+	time.Sleep(200 * time.Millisecond)
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := a.Acquire(cctx, "other", req("k", "r"), 0, nil); err == nil {
+		t.Error("a change while the database is away succeeded")
+	}
+	if err := a.Ready(ctx); err == nil {
+		t.Error("Ready while the database is away = nil")
+	}
+	<-down
+	// Back: the holder lets go, and the waiter, whose wait has 2 s left, gets it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, _, err := a.Release(ctx, "prod", "holder", "h", false, nil)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("release after the database came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	w := <-waiter
+	if w.err != nil || w.st.Lock.Key != "other" || w.st.Lock.Token <= first.Lock.Token {
+		t.Errorf("the waiter, through the outage = %+v, %v; want the lock, with a token above %d", w.st.Lock, w.err, first.Lock.Token)
+	}
+	if w.at.Sub(start) > 4*time.Second {
+		t.Errorf("the waiter answered %v after it began, past its 4 s wait", w.at.Sub(start))
+	}
+	next := mustAcquire(t, b, "after", req("k", "r"))
+	if next.Lock.Token <= first.Lock.Token {
+		t.Errorf("after the outage a grant got token %d, not above %d", next.Lock.Token, first.Lock.Token)
 	}
 }
