@@ -172,8 +172,8 @@ func (l loadResult) perSecond(n int) float64 { return float64(n) / l.elapsed.Sec
 
 // loop runs clients goroutines, each calling step until d has passed, and
 // collects every request's latency. step returns how many requests it made
-// and whether it was granted a lock.
-func loop(base string, clients int, d time.Duration, step func(c *client, id int, lat *[]time.Duration) (grants int, err error)) (loadResult, error) {
+// and whether it was granted a lock. Client i talks to bases[i % len].
+func loop(bases []string, clients int, d time.Duration, step func(c *client, id int, lat *[]time.Duration) (grants int, err error)) (loadResult, error) {
 	var (
 		mu     sync.Mutex
 		res    loadResult
@@ -185,7 +185,7 @@ func loop(base string, clients int, d time.Duration, step func(c *client, id int
 	startAt := time.Now()
 	for id := range clients {
 		wg.Go(func() {
-			c := newClient(base)
+			c := newClient(bases[id%len(bases)])
 			var lat []time.Duration
 			grants := 0
 			for time.Now().Before(deadline) {

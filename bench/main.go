@@ -47,6 +47,7 @@ type config struct {
 	jsonOut   string        // where to write the figures
 	large     []int         // numbers of preloaded locks for the large runs
 	serverEnv []string      // extra environment for the locker server
+	database  string        // PostgreSQL for the postgres step; "" skips it
 }
 
 func run() error {
@@ -60,7 +61,8 @@ func run() error {
 	flag.StringVar(&cfg.jsonOut, "json", "bin/bench-results.json", "write the figures here as JSON")
 	largeFlag := flag.String("large", "10000,100000", "numbers of other locks held in the large runs")
 	serverEnv := flag.String("server-env", "", "extra environment for the locker server, space-separated, e.g. \"GOMAXPROCS=1 GOGC=400\"")
-	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, large); targets whose figures were not measured are not checked")
+	flag.StringVar(&cfg.database, "database", "postgres://127.0.0.1:5432/test?sslmode=disable", "the PostgreSQL server of the postgres step (each run makes and drops a schema); \"\" skips the step")
+	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
 		return serveNoop(*noopDir)
@@ -103,6 +105,7 @@ func run() error {
 		{"parallel (with the ceilings)", benchParallel},
 		{"contended", benchContended},
 		{"handoff", benchHandoff},
+		{"postgres (1 and 3 nodes, pgbench)", benchPostgres},
 		{"large and restart", benchLarge},
 	}
 	var names, chosen []string

@@ -36,6 +36,7 @@ type report struct {
 	Overlaps      int            `json:"contended_overlaps"`
 	HandoffP50Ms  figure         `json:"handoff_p50_ms"`
 	HandoffP99Ms  figure         `json:"handoff_p99_ms"`
+	Postgres      *pgFigures     `json:"postgres,omitempty"`
 	Large         []largeFigures `json:"large"`
 	RestartMs     figure         `json:"restart_ms"`
 	RestartLocks  int            `json:"restart_locks"`
@@ -91,7 +92,7 @@ func benchFsync(cfg config, dir string, r *report) error {
 // with stop.
 func runOnce(cfg config, p *process, clients int, work func(c *client, id int, lat *[]time.Duration) (int, error), stop func() error) (loadResult, error) {
 	cpu0 := p.cpuSeconds()
-	out, err := loop(p.url, clients, cfg.duration, work)
+	out, err := loop([]string{p.url}, clients, cfg.duration, work)
 	out.serverCPU = p.cpuSeconds() - cpu0
 	if stopErr := stop(); err == nil {
 		err = stopErr
@@ -250,7 +251,7 @@ func benchHandoff(cfg config, dir string, r *report) error {
 		if err != nil {
 			return err
 		}
-		ds, err := handoffRounds(p, 200)
+		ds, err := handoffRounds(p.url, p.url, 200)
 		stopErr := p.stop()
 		if err != nil {
 			return err
@@ -265,9 +266,12 @@ func benchHandoff(cfg config, dir string, r *report) error {
 	return nil
 }
 
-func handoffRounds(p *process, rounds int) ([]time.Duration, error) {
-	holder, waiter := newClient(p.url), newClient(p.url)
-	probe := newClient(p.url)
+// handoffRounds measures, rounds times, from a holder's release to the
+// answer of the request waiting for the lock; the holder and the waiter
+// take turns, on servers a and b.
+func handoffRounds(a, b string, rounds int) ([]time.Duration, error) {
+	holder, waiter := newClient(a), newClient(b)
+	probe := newClient(a)
 	keys := [2]string{`{"key":"a"}`, `{"key":"b"}`}
 	if status, err := holder.do("PUT", "/lock/handoff", keys[0]); err != nil || status != 200 {
 		return nil, fmt.Errorf("first PUT: %d %v", status, err)
@@ -345,7 +349,7 @@ func benchLarge(cfg config, dir string, r *report) error {
 		lf := largeFigures{Locks: n}
 		var rs, p99s, rss []float64
 		for range cfg.runs {
-			res, err := loop(p.url, cfg.clients, cfg.duration, ownLock("large"))
+			res, err := loop([]string{p.url}, cfg.clients, cfg.duration, ownLock("large"))
 			if err != nil {
 				_ = p.stop()
 				return err
@@ -379,7 +383,7 @@ func benchLarge(cfg config, dir string, r *report) error {
 			return fmt.Errorf("first GET after restart: %d %v", status, err)
 		}
 		runs = append(runs, ms(time.Since(t0)))
-		if _, err := loop(p.url, cfg.clients, cfg.duration, ownLock("restarted")); err != nil {
+		if _, err := loop([]string{p.url}, cfg.clients, cfg.duration, ownLock("restarted")); err != nil {
 			_ = p.stop()
 			return err
 		}
@@ -429,6 +433,15 @@ func (r *report) rows() [][3]string {
 	}
 	f("handoff p50", r.HandoffP50Ms, 3)
 	f("handoff p99", r.HandoffP99Ms, 3)
+	if pg := r.Postgres; pg != nil {
+		f("pgbench, one-row UPDATE (reference)", pg.PgbenchTPS, 0)
+		f("PostgreSQL, 1 node", pg.OneNodeRPS, 0)
+		f("PostgreSQL, 1 node p99", pg.OneNodeP99Ms, 3)
+		f("PostgreSQL, 3 nodes", pg.ThreeNodesRPS, 0)
+		f("PostgreSQL, 3 nodes p99", pg.ThreeNodesP99Ms, 3)
+		f("PostgreSQL, handoff across nodes p50", pg.HandoffP50Ms, 3)
+		f("PostgreSQL, handoff across nodes p99", pg.HandoffP99Ms, 3)
+	}
 	for _, l := range r.Large {
 		name := fmt.Sprintf("large %d", l.Locks)
 		f(name, l.RPS, 0)
@@ -462,6 +475,17 @@ func (r *report) check() {
 			100*r.DurableRPS.Median/r.CeilingRPS.Median, 100*r.ParallelRPS.Median/r.DurableRPS.Median))
 	}
 	add("handoff p99 <= 5 ms", r.HandoffP99Ms.Median <= 5, []figure{r.HandoffP99Ms}, "%.3f ms", r.HandoffP99Ms.Median)
+	if pg := r.Postgres; pg != nil {
+		// A PUT and a DELETE are each one transaction; pgbench's is one UPDATE.
+		for _, n := range []struct {
+			name string
+			rps  figure
+		}{{"1 node", pg.OneNodeRPS}, {"3 nodes", pg.ThreeNodesRPS}} {
+			add("PostgreSQL "+n.name+" >= 0.5 x pgbench", n.rps.Median >= 0.5*pg.PgbenchTPS.Median, []figure{n.rps, pg.PgbenchTPS},
+				"%.2f x (%.0f req/s vs %.0f tps)", n.rps.Median/pg.PgbenchTPS.Median, n.rps.Median, pg.PgbenchTPS.Median)
+		}
+		add("PostgreSQL handoff across nodes p99 <= 50 ms", pg.HandoffP99Ms.Median <= 50, []figure{pg.HandoffP99Ms}, "%.3f ms", pg.HandoffP99Ms.Median)
+	}
 	add("contended: never two holders", r.Overlaps == 0, []figure{r.ContendedRPS}, "%d overlaps", r.Overlaps)
 	for _, l := range r.Large {
 		want := 0.8
