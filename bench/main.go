@@ -53,6 +53,7 @@ type config struct {
 func run() error {
 	noop := flag.Bool("noop", false, "serve a do-nothing HTTP handler on a loopback port (used by the ceiling figures)")
 	noopDir := flag.String("noop-durable", "", "with -noop: group-commit a line per request to a file in this directory before answering")
+	noopDB := flag.String("noop-database", "", "with -noop: run a one-row UPDATE of bench_row in this database before answering")
 	var cfg config
 	flag.StringVar(&cfg.locker, "locker", "./locker", "the locker server binary")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
@@ -65,7 +66,7 @@ func run() error {
 	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
-		return serveNoop(*noopDir)
+		return serveNoop(*noopDir, *noopDB)
 	}
 	for _, f := range strings.Split(*largeFlag, ",") {
 		var n int

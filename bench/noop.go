@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // serveNoop answers every request with 200 and a small JSON body, for the
@@ -16,9 +20,18 @@ import (
 // fdatasync'd to a file there, with one write and one sync shared by every
 // request that waits at the time (group commit). That is the least any
 // server that promises "200 means on disk" does per request, and nothing
-// else: what the transport and the disk alone cost here.
-func serveNoop(dir string) error {
+// else: what the transport and the disk alone cost here. With a database,
+// each request runs pgbench's one-row UPDATE there first: the least a
+// server over PostgreSQL does per request.
+func serveNoop(dir, database string) error {
 	var log *groupLog
+	var pool *pgxpool.Pool
+	if database != "" {
+		var err error
+		if pool, err = pgxpool.New(context.Background(), database); err != nil {
+			return err
+		}
+	}
 	if dir != "" {
 		var err error
 		if log, err = openGroupLog(filepath.Join(dir, "noop.log")); err != nil {
@@ -27,6 +40,13 @@ func serveNoop(dir string) error {
 	}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
+		if pool != nil {
+			// The database ceiling: pgbench's one-row UPDATE, one per request.
+			if _, err := pool.Exec(r.Context(), "UPDATE bench_row SET n = n + 1 WHERE id = $1", 1+rand.IntN(1000)); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
 		if log != nil {
 			if err := log.commit([]byte(`{"seq":1,"lock":"parallel-1","key":"k1","holders":[{"name":"k1","count":1}]}` + "\n")); err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)

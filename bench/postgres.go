@@ -21,6 +21,7 @@ import (
 type pgFigures struct {
 	Database        string `json:"database"`
 	PgbenchTPS      figure `json:"pgbench_tps"`
+	CeilingRPS      figure `json:"ceiling_rps"` // a no-op HTTP server running pgbench's UPDATE per request
 	OneNodeRPS      figure `json:"one_node_rps"`
 	OneNodeP99Ms    figure `json:"one_node_p99_ms"`
 	ThreeNodesRPS   figure `json:"three_nodes_rps"`
@@ -39,7 +40,7 @@ func benchPostgres(cfg config, dir string, r *report) error {
 		return nil
 	}
 	pg := &pgFigures{Database: redact(cfg.database)}
-	var pgbench, one, three, p50s, p99s []float64
+	var pgbench, ceiling, one, three, p50s, p99s []float64
 	var oneRes, threeRes []loadResult
 	for range cfg.runs {
 		tps, err := runPgbench(cfg, dir)
@@ -47,6 +48,11 @@ func benchPostgres(cfg config, dir string, r *report) error {
 			return fmt.Errorf("pgbench: %w", err)
 		}
 		pgbench = append(pgbench, tps)
+		rps, err := pgCeiling(cfg)
+		if err != nil {
+			return fmt.Errorf("the database ceiling: %w", err)
+		}
+		ceiling = append(ceiling, rps)
 		for _, nodes := range []int{1, 3} {
 			res, ds, err := pgRun(cfg, nodes)
 			if err != nil {
@@ -60,7 +66,7 @@ func benchPostgres(cfg config, dir string, r *report) error {
 			}
 		}
 	}
-	pg.PgbenchTPS = newFigure("tps", pgbench)
+	pg.PgbenchTPS, pg.CeilingRPS = newFigure("tps", pgbench), newFigure("req/s", ceiling)
 	pg.OneNodeRPS, pg.OneNodeP99Ms = newFigure("req/s", one), latencyFigure(oneRes, 99)
 	pg.ThreeNodesRPS, pg.ThreeNodesP99Ms = newFigure("req/s", three), latencyFigure(threeRes, 99)
 	pg.HandoffP50Ms, pg.HandoffP99Ms = newFigure("ms", p50s), newFigure("ms", p99s)
@@ -99,6 +105,42 @@ func pgRun(cfg config, nodes int) (loadResult, []time.Duration, error) {
 	return res, ds, err
 }
 
+// pgCeiling runs the parallel workload against this binary started with
+// -noop -noop-database: an HTTP server that runs pgbench's one-row UPDATE
+// per request, through pgx, and nothing else.
+func pgCeiling(cfg config) (float64, error) {
+	db, drop, err := newSchema(cfg.database)
+	if err != nil {
+		return 0, err
+	}
+	defer drop()
+	if err := benchTable(db); err != nil {
+		return 0, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	p, err := start(self, []string{"-noop", "-noop-database", db}, nil)
+	if err != nil {
+		return 0, err
+	}
+	res, err := runOnce(cfg, p, cfg.clients, ownLock("parallel"), p.kill)
+	return res.perSecond(res.requests), err
+}
+
+// benchTable makes pgbench's table of the reference figures: 1,000 rows.
+func benchTable(db string) error {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "CREATE TABLE bench_row (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO bench_row SELECT g, 0 FROM generate_series(1, 1000) g")
+	return err
+}
+
 // runPgbench runs pgbench's one-row UPDATE (-b simple-update would be
 // three statements) with cfg.clients clients on a new schema.
 func runPgbench(cfg config, dir string) (float64, error) {
@@ -107,13 +149,7 @@ func runPgbench(cfg config, dir string) (float64, error) {
 		return 0, err
 	}
 	defer drop()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE TABLE bench_row (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO bench_row SELECT g, 0 FROM generate_series(1, 1000) g"); err != nil {
+	if err := benchTable(db); err != nil {
 		return 0, err
 	}
 	script := filepath.Join(dir, "one-row-update.sql")

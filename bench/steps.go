@@ -435,6 +435,7 @@ func (r *report) rows() [][3]string {
 	f("handoff p99", r.HandoffP99Ms, 3)
 	if pg := r.Postgres; pg != nil {
 		f("pgbench, one-row UPDATE (reference)", pg.PgbenchTPS, 0)
+		f("HTTP + that UPDATE per request (the ceiling)", pg.CeilingRPS, 0)
 		f("PostgreSQL, 1 node", pg.OneNodeRPS, 0)
 		f("PostgreSQL, 1 node p99", pg.OneNodeP99Ms, 3)
 		f("PostgreSQL, 3 nodes", pg.ThreeNodesRPS, 0)
@@ -484,6 +485,8 @@ func (r *report) check() {
 			add("PostgreSQL "+n.name+" >= 0.5 x pgbench", n.rps.Median >= 0.5*pg.PgbenchTPS.Median, []figure{n.rps, pg.PgbenchTPS},
 				"%.2f x (%.0f req/s vs %.0f tps)", n.rps.Median/pg.PgbenchTPS.Median, n.rps.Median, pg.PgbenchTPS.Median)
 		}
+		r.Notes = append(r.Notes, fmt.Sprintf("over PostgreSQL, 1 node is %.0f%% and 3 nodes %.0f%% of the ceiling (an HTTP server doing one UPDATE per request: %.2f x pgbench)",
+			100*pg.OneNodeRPS.Median/pg.CeilingRPS.Median, 100*pg.ThreeNodesRPS.Median/pg.CeilingRPS.Median, pg.CeilingRPS.Median/pg.PgbenchTPS.Median))
 		add("PostgreSQL handoff across nodes p99 <= 50 ms", pg.HandoffP99Ms.Median <= 50, []figure{pg.HandoffP99Ms}, "%.3f ms", pg.HandoffP99Ms.Median)
 	}
 	add("contended: never two holders", r.Overlaps == 0, []figure{r.ContendedRPS}, "%d overlaps", r.Overlaps)

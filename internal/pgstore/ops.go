@@ -32,9 +32,9 @@ func (r *Refused) Unwrap() error { return ErrHeld }
 // when ctx is done first, the row is taken out, and a grant that came at
 // that moment is given back: a client that left is never left holding.
 func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait time.Duration, idem *Idem) (State, error) {
-	var id int64
 	var refused bool
-	st, replay, err := s.change(ctx, name, idem, func(t *tx) error {
+	var queuedAs *tx
+	st, replay, err := s.change(ctx, name, idem, true, func(t *tx) error {
 		switch lock.Decide(t.lock, len(t.queue), req, wait > 0) {
 		case lock.Grant:
 			t.lock, t.keep = lock.Give(t.lock, req, t.now, t.next), true
@@ -43,9 +43,8 @@ func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait
 			refused = true
 			return nil
 		}
-		return t.QueryRow(t.ctx, `INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
-			name, s.node, req.Key, req.Requestor, req.Note, req.TTL.Milliseconds(), req.Named, t.now).Scan(&id)
+		t.insert, queuedAs = &queued{req: req, node: s.node}, t
+		return nil
 	})
 	switch {
 	case err != nil:
@@ -54,10 +53,10 @@ func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait
 		return replay.State, nil
 	case refused:
 		return State{}, &Refused{State: st}
-	case id == 0:
+	case queuedAs == nil:
 		return st, nil
 	}
-	return s.await(ctx, name, id, req, time.Now().Add(wait), idem)
+	return s.await(ctx, name, queuedAs.id, req, time.Now().Add(wait), idem)
 }
 
 // await waits for the queue row id to be granted, until the deadline. A
@@ -85,7 +84,7 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 		case <-tick.C:
 			// Nothing said: end the leases that ran out, grant whoever is
 			// next (perhaps this one), and look again.
-			_, _, _ = s.change(ctx, name, nil, func(*tx) error { return nil })
+			_, _, _ = s.change(ctx, name, nil, false, func(*tx) error { return nil })
 		case <-timer.C:
 			st, granted, err := s.claim(context.WithoutCancel(ctx), name, id, true, idem)
 			if err == nil && !granted {
@@ -128,11 +127,7 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, i
 		if err := json.Unmarshal(raw, &st.Lock); err != nil {
 			return err
 		}
-		t := &tx{Tx: ptx, ctx: ctx}
-		if err := ptx.QueryRow(ctx, "SELECT date_trunc('milliseconds', clock_timestamp())").Scan(&t.now); err != nil {
-			return err
-		}
-		return t.remember(idem, outcome{State: st})
+		return remember(ctx, ptx, idem, outcome{State: st})
 	})
 	if giveUp && !granted && err == nil {
 		st, err = s.Get(ctx, name)
@@ -143,9 +138,9 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, i
 // leave takes a waiter whose client went away out of the queue; if it was
 // granted meanwhile, its count is given back.
 func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Request) {
-	_, _, _ = s.change(ctx, name, nil, func(t *tx) error {
+	_, _, _ = s.change(ctx, name, nil, false, func(t *tx) error {
 		var raw []byte
-		err := t.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
+		err := t.conn.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
 		if err != nil || raw == nil {
 			return nil // gone already, or never granted
 		}
@@ -160,7 +155,7 @@ func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Reque
 func (s *Store) Release(ctx context.Context, name, key, requestor string, all bool, idem *Idem) (State, int, error) {
 	var released int
 	var ok bool
-	st, replay, err := s.change(ctx, name, idem, func(t *tx) error {
+	st, replay, err := s.change(ctx, name, idem, false, func(t *tx) error {
 		t.lock, released, ok = lock.Release(t.lock, key, requestor, all)
 		t.keep, t.released = ok && released > 0, released
 		return nil
@@ -180,7 +175,7 @@ func (s *Store) Release(ctx context.Context, name, key, requestor string, all bo
 // by the database's clock.
 func (s *Store) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration, idem *Idem) (State, error) {
 	var ok bool
-	st, replay, err := s.change(ctx, name, idem, func(t *tx) error {
+	st, replay, err := s.change(ctx, name, idem, false, func(t *tx) error {
 		t.lock, ok = lock.Renew(t.lock, key, requestor, t.now.Add(ttl))
 		t.keep = ok
 		return nil
@@ -199,7 +194,7 @@ func (s *Store) Renew(ctx context.Context, name, key, requestor string, ttl time
 // ForceRelease frees the lock called name, whoever holds it, and returns
 // it as it was and as it is now (granted to the queue, perhaps).
 func (s *Store) ForceRelease(ctx context.Context, name string, idem *Idem) (old, now State, err error) {
-	now, replay, err := s.change(ctx, name, idem, func(t *tx) error {
+	now, replay, err := s.change(ctx, name, idem, false, func(t *tx) error {
 		old = t.state()
 		t.lock, t.old, t.keep = lock.Lock{}, &old, !old.Lock.Free()
 		return nil
@@ -216,19 +211,36 @@ func (s *Store) ForceRelease(ctx context.Context, name string, idem *Idem) (old,
 // Get returns the lock called name and its queue, its leases judged by the
 // database's clock.
 func (s *Store) Get(ctx context.Context, name string) (State, error) {
-	var st State
-	err := pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
-		t, err := s.read(ctx, ptx, name)
-		st = t.state()
-		return err
-	})
-	return st, err
+	t, err := s.read(ctx, s.pool, name)
+	if err != nil {
+		return State{}, err
+	}
+	return t.state(), nil
 }
 
-// read reads the lock called name without its row lock: what a reader
-// sees, with the leases that ran out ended (only in what it returns).
-func (s *Store) read(ctx context.Context, ptx pgx.Tx, name string) (*tx, error) {
-	return s.begin(ctx, ptx, name, false)
+// querier is a pool or a transaction.
+type querier interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// read reads the lock called name without its row lock, in one round
+// trip: what a reader sees, with the leases that ran out ended (only in
+// what it returns).
+func (s *Store) read(ctx context.Context, q querier, name string) (*tx, error) {
+	t := &tx{ctx: ctx, name: name}
+	b := &pgx.Batch{}
+	b.Queue("SELECT (SELECT lock FROM locker_locks WHERE name = $1), date_trunc('milliseconds', clock_timestamp())", name)
+	queueQuery(b, name)
+	br := q.SendBatch(ctx, b)
+	defer br.Close()
+	var raw []byte
+	if err := br.QueryRow().Scan(&raw, &t.now); err != nil {
+		return nil, err
+	}
+	if err := t.read(raw, br); err != nil {
+		return nil, err
+	}
+	return t, br.Close()
 }
 
 // List returns every lock that is held or waited for, by name.
