@@ -38,8 +38,8 @@ func TestNodesShareOneTableInPostgreSQL(t *testing.T) {
 	}
 	r := result(t, waiter)
 	var got lock.View
-	if err := json.Unmarshal(r.body, &got); r.status != 200 || err != nil || got.Key != "upgrade" || got.Token != 2 {
-		t.Fatalf("the waiter on b = %d %s; want the lock with key upgrade, token 2", r.status, r.body)
+	if err := json.Unmarshal(r.body, &got); r.status != 200 || err != nil || got.Key != "upgrade" || got.Token < 2 {
+		t.Fatalf("the waiter on b = %d %s; want the lock with key upgrade, a new token", r.status, r.body)
 	}
 
 	// A retry on the other node, with the same Idempotency-Key, changes nothing.

@@ -3,7 +3,10 @@ package pgstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
+	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -378,5 +381,44 @@ func TestDatabaseLossWithWaiters(t *testing.T) {
 	next := mustAcquire(t, b, "after", req("k", "r"))
 	if next.Lock.Token <= first.Lock.Token {
 		t.Errorf("after the outage a grant got token %d, not above %d", next.Lock.Token, first.Lock.Token)
+	}
+}
+
+// TestTokensAcrossADatabaseRestart restarts PostgreSQL itself with the
+// command in LOCKER_TEST_RESTART_POSTGRES (make test runs it on its own,
+// after the other tests, when that is set; .ci/run sets it): the node
+// reconnects by itself, and the tokens go on from the sequence, above
+// every one handed out before.
+func TestTokensAcrossADatabaseRestart(t *testing.T) {
+	restart := os.Getenv("LOCKER_TEST_RESTART_POSTGRES")
+	if restart == "" {
+		t.Skip("LOCKER_TEST_RESTART_POSTGRES is not set: PostgreSQL was not restarted (it is the command that restarts it, e.g. pg_ctlcluster 15 main restart)")
+	}
+	u := testURL(t)
+	a := open(t, u, "a")
+	var last uint64
+	for i := range 5 {
+		st := mustAcquire(t, a, fmt.Sprintf("l%d", i), req("k", "r"))
+		last = st.Lock.Token
+	}
+	if out, err := exec.Command("sh", "-c", restart).CombinedOutput(); err != nil {
+		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", restart, err, out)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := a.Acquire(context.Background(), "after-restart", req("k", "r"), 0, nil)
+		if err == nil {
+			if st.Lock.Token <= last {
+				t.Errorf("after the restart a grant got token %d, not above %d", st.Lock.Token, last)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node did not get through to PostgreSQL within 30 s of its restart: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st, err := a.Get(context.Background(), "l4"); err != nil || st.Lock.Free() {
+		t.Errorf("a lock taken before the restart: %+v, %v; want it held", st.Lock, err)
 	}
 }
