@@ -101,7 +101,8 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 // claim looks at queue row id: once granted, it takes the row out and
 // returns the lock as granted (remembered for idem). With giveUp, a row
 // not yet granted is taken out too, under the lock's row lock, so that no
-// grant can come after.
+// grant can come after; for a request with an Idempotency-Key it stays as
+// the place kept for its next round (PlaceHold), granted nothing.
 func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, idem *Idem) (st State, granted bool, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
 		if giveUp {
@@ -119,6 +120,10 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, i
 		}
 		if raw == nil && !giveUp {
 			return nil
+		}
+		if raw == nil && idem != nil {
+			_, err := ptx.Exec(ctx, "UPDATE locker_queue SET left_at = clock_timestamp() WHERE id = $1", id)
+			return err
 		}
 		if _, err := ptx.Exec(ctx, "DELETE FROM locker_queue WHERE id = $1", id); err != nil || raw == nil {
 			return err
@@ -248,7 +253,7 @@ func (s *Store) List(ctx context.Context) (map[string]State, error) {
 	out := map[string]State{}
 	err := pgx.BeginFunc(ctx, s.pool, func(ptx pgx.Tx) error {
 		rows, err := ptx.Query(ctx, `SELECT name FROM locker_locks WHERE lock IS NOT NULL
-			UNION SELECT DISTINCT name FROM locker_queue WHERE granted IS NULL`)
+			UNION SELECT DISTINCT name FROM locker_queue WHERE granted IS NULL AND left_at IS NULL`)
 		if err != nil {
 			return err
 		}

@@ -48,6 +48,11 @@ var migrations = []string{
 		at timestamptz NOT NULL
 	);
 	CREATE INDEX locker_requests_by_age ON locker_requests (at);`,
+
+	// 3: places kept in the queue for a waiter with an Idempotency-Key
+	// whose wait ran out, until it asks again (clients that wait in rounds).
+	`ALTER TABLE locker_queue ADD COLUMN idem text, ADD COLUMN left_at timestamptz;
+	CREATE INDEX locker_queue_by_idem ON locker_queue (name, idem) WHERE idem IS NOT NULL;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

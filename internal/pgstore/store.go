@@ -34,6 +34,11 @@ const (
 	recheck = time.Second
 	// channel is the LISTEN/NOTIFY channel; the payload is a lock's name.
 	channel = "locker"
+	// PlaceHold is how long a waiter with an Idempotency-Key whose wait ran
+	// out keeps its place in the queue: a client that waits in rounds (the
+	// Concourse resource) asks again at once, and must not go to the back
+	// each time. The file store keeps places as long.
+	PlaceHold = 30 * time.Second
 )
 
 // Errors of the store; the server maps them to its own.
@@ -162,6 +167,7 @@ func (s *Store) heartbeats(ctx context.Context) {
 			_, _, _ = s.change(ctx, name, nil, false, func(*tx) error { return nil }) // grants whoever is next
 		}
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", Retention.String())
+		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", PlaceHold.String())
 	}
 }
 

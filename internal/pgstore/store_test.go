@@ -422,3 +422,44 @@ func TestTokensAcrossADatabaseRestart(t *testing.T) {
 		t.Errorf("a lock taken before the restart: %+v, %v; want it held", st.Lock, err)
 	}
 }
+
+// TestAWaiterThatComesBackKeepsItsPlace: a request with an
+// Idempotency-Key whose wait ran out keeps its place for its next round,
+// on any node; a request without one that queued meanwhile stays behind.
+func TestAWaiterThatComesBackKeepsItsPlace(t *testing.T) {
+	u := testURL(t)
+	a, b := open(t, u, "a"), open(t, u, "b")
+	ctx := context.Background()
+	mustAcquire(t, a, "prod", req("holder", "h"))
+	round := &Idem{Scope: "PUT prod round", Fingerprint: "f"}
+	var refused *Refused
+	if _, err := b.Acquire(ctx, "prod", req("first", "first"), 200*time.Millisecond, round); !errors.As(err, &refused) || !refused.TimedOut {
+		t.Fatalf("the first round = %v; want it timed out", err)
+	}
+	type answer struct {
+		who string
+		err error
+	}
+	answers := make(chan answer, 2)
+	go func() {
+		_, err := a.Acquire(ctx, "prod", req("second", "second"), 20*time.Second, nil)
+		answers <- answer{"second", err}
+	}()
+	waitForQueue(t, a, "prod", 1)
+	go func() {
+		_, err := a.Acquire(ctx, "prod", req("first", "first"), 20*time.Second, round) // the next round, on another node
+		answers <- answer{"first", err}
+	}()
+	waitForQueue(t, b, "prod", 2)
+	if st, _ := b.Get(ctx, "prod"); st.Waiting[0].Requestor != "first" {
+		t.Errorf("queue = %+v; want first, back in its place, ahead of second", st.Waiting)
+	}
+	mustRelease(t, a, "prod", "holder", "h")
+	if got := <-answers; got.who != "first" || got.err != nil {
+		t.Fatalf("after the release %s got it (%v); want first", got.who, got.err)
+	}
+	mustRelease(t, b, "prod", "first", "first")
+	if got := <-answers; got.who != "second" || got.err != nil {
+		t.Errorf("then %s (%v); want second", got.who, got.err)
+	}
+}

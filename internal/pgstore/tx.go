@@ -162,7 +162,7 @@ func (s *Store) begin(ctx context.Context, conn *pgxpool.Conn, name string, idem
 // queueQuery queues the read of the lock's waiters from live nodes.
 func queueQuery(b *pgx.Batch, name string) {
 	b.Queue(`SELECT id, key, requestor, note, ttl_ms, named, node, since FROM locker_queue
-		WHERE name = $1 AND granted IS NULL
+		WHERE name = $1 AND granted IS NULL AND left_at IS NULL
 		AND node IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval)
 		ORDER BY id`, name, deadAfter.String())
 }
@@ -254,9 +254,23 @@ func (t *tx) commit(idem *Idem) error {
 		b.Queue("UPDATE locker_queue SET granted = $1 WHERE id = ANY($2)", raw, t.granted)
 	}
 	if q := t.insert; q != nil {
-		b.Queue(`INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
-			t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now)
+		// A request with an Idempotency-Key takes the place its earlier
+		// round kept, if any, and has waited since then.
+		var scope *string
+		if idem != nil {
+			scope = &idem.Scope
+		}
+		b.Queue(`WITH taken AS (
+				UPDATE locker_queue SET node = $2, key = $3, requestor = $4, note = $5, ttl_ms = $6, named = $7, left_at = NULL
+				WHERE id = (SELECT id FROM locker_queue WHERE name = $1 AND idem = $9 AND granted IS NULL
+					AND left_at > $8::timestamptz - $10::interval ORDER BY id LIMIT 1)
+				RETURNING id),
+			added AS (
+				INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since, idem)
+				SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM taken)
+				RETURNING id)
+			SELECT id FROM taken UNION ALL SELECT id FROM added`,
+			t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now, scope, PlaceHold.String())
 	}
 	if t.waited {
 		b.Queue("SELECT pg_notify($1, $2)", channel, t.name)
