@@ -253,32 +253,35 @@ func TestRunKeepsTheLockLongerThanItsTTL(t *testing.T) {
 	c := newClient(t, server(t))
 	run := c.start(t, "run", "prod", "--ttl", "1s", "--", "sleep", "3")
 	waitUntil(t, "run to take the lock", 5*time.Second, func() bool { return c.held(t, "prod") })
-	probes := 0
-	for {
+	finish := func(r result, probes int) {
+		t.Helper()
+		if r.code != 0 {
+			t.Fatalf("run = %v; want exit 0", r)
+		}
+		if probes < 5 {
+			t.Errorf("only %d probes while the command ran", probes)
+		}
+		if c.held(t, "prod") {
+			t.Error("the lock is held after run exited")
+		}
+	}
+	for probes := 0; ; probes++ {
 		select {
 		case r := <-run.done:
-			if r.code != 0 {
-				t.Fatalf("run = %v; want exit 0", r)
-			}
-			if probes < 5 {
-				t.Errorf("only %d probes while the command ran", probes)
-			}
-			if c.held(t, "prod") {
-				t.Error("the lock is held after run exited")
-			}
+			finish(r, probes)
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		// The command may end between the select and the probe.
-		if !c.held(t, "prod") && run.cmd.ProcessState == nil {
-			select {
-			case <-run.done:
-				t.Fatal("run exited while probing; cannot tell")
-			default:
-				t.Fatalf("the lock was free while the command ran (probe %d)", probes)
-			}
+		held := c.held(t, "prod")
+		select {
+		case r := <-run.done: // it ended meanwhile: the probe tells nothing
+			finish(r, probes)
+			return
+		default:
 		}
-		probes++
+		if !held {
+			t.Fatalf("the lock was free while the command ran (probe %d)", probes)
+		}
 	}
 }
 
