@@ -21,6 +21,11 @@ build:
 run: build
 	LOCKER_CONFIG="$${LOCKER_CONFIG:-$(STATE)}" exec ./locker
 
+# How many parallel tests of a package run at once. The black-box tests
+# mostly wait (on kills, restarts, their clients), so four of them share
+# the two cores here well; the default, one per core, left cores idle.
+TEST_PARALLEL ?= 4
+
 # How many inputs `make test` gives each fuzz target (at most 20 s each here).
 # Counts, not durations: with a duration, go1.26's fuzzing can end in a
 # spurious "context deadline exceeded" (go.dev/issue/75804, fixed in 1.27).
@@ -34,9 +39,9 @@ FUZZ_JOURNAL ?= 200000x
 test: lint test-packages
 	@bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null || [ -n "$$LOCKER_TEST_DATABASE_URL" ] || \
 		echo "make test: no PostgreSQL on 127.0.0.1:5432 and LOCKER_TEST_DATABASE_URL unset: the PostgreSQL store's tests are skipped (set LOCKER_TEST_DATABASE_URL=postgres://... to run them)"
-	go test -race -count=1 ./...
+	go test -race -count=1 -parallel $(TEST_PARALLEL) ./...
 	@if [ -n "$$LOCKER_TEST_RESTART_POSTGRES" ]; then echo "restarting PostgreSQL for TestTokensAcrossADatabaseRestart"; \
-		go test -count=1 -run '^TestTokensAcrossADatabaseRestart$$' ./internal/pgstore || exit 1; fi
+		go test -race -count=1 -run '^TestTokensAcrossADatabaseRestart$$' ./internal/pgstore || exit 1; fi
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_STATE) ./internal/statefile
 	go test -run '^$$' -fuzz '^FuzzReadLines$$' -fuzztime $(FUZZ_JOURNAL) ./internal/journal
