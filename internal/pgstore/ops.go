@@ -34,7 +34,12 @@ func (r *Refused) Unwrap() error { return ErrHeld }
 func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait time.Duration, idem *Idem) (State, error) {
 	var refused bool
 	var queuedAs *tx
-	st, replay, err := s.change(ctx, name, idem, true, func(t *tx) error {
+	// The change runs to its end even if the client leaves meanwhile: a
+	// waiter committed to the queue whose request gave up before hearing
+	// so would be granted to no one. A client that left is seen below.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
+	defer cancel()
+	st, replay, err := s.change(cctx, name, idem, true, func(t *tx) error {
 		switch lock.Decide(t.lock, len(t.queue), req, wait > 0) {
 		case lock.Grant:
 			t.lock, t.keep = lock.Give(t.lock, req, t.now, t.next), true
@@ -71,8 +76,16 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 	tick := time.NewTicker(recheck)
 	defer tick.Stop()
 	for {
-		st, granted, err := s.claim(ctx, name, id, false, idem)
+		// A claim runs to its end whatever the client does, so that a
+		// grant it takes is never lost on the way: given back below if
+		// the client has left.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
+		st, granted, err := s.claim(cctx, name, id, false, idem)
+		cancel()
 		switch {
+		case err == nil && granted && ctx.Err() != nil:
+			s.giveBack(context.WithoutCancel(ctx), name, req)
+			return State{}, ctx.Err()
 		case errors.Is(err, ErrDropped) || err == nil && granted:
 			return st, err
 		case err != nil && ctx.Err() != nil:
@@ -141,14 +154,35 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, i
 }
 
 // leave takes a waiter whose client went away out of the queue; if it was
-// granted meanwhile, its count is given back.
+// granted meanwhile, its count is given back. It tries a few times: a
+// waiter left in the queue would be granted to no one (until its lease,
+// if it has one, runs out).
 func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Request) {
-	_, _, _ = s.change(ctx, name, nil, false, func(t *tx) error {
-		var raw []byte
-		err := t.conn.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
-		if err != nil || raw == nil {
-			return nil // gone already, or never granted
+	for try := range 5 {
+		_, _, err := s.change(ctx, name, nil, false, func(t *tx) error {
+			var raw []byte
+			err := t.conn.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				return nil // gone already
+			case err != nil:
+				return err
+			case raw != nil:
+				t.lock, _, _ = lock.Release(t.lock, req.Key, req.Requestor, false)
+			}
+			return nil
+		})
+		if err == nil {
+			return
 		}
+		time.Sleep(time.Duration(try+1) * 100 * time.Millisecond)
+	}
+}
+
+// giveBack returns the count granted to a waiter whose client left as it
+// was granted.
+func (s *Store) giveBack(ctx context.Context, name string, req lock.Request) {
+	_, _, _ = s.change(ctx, name, nil, false, func(t *tx) error {
 		t.lock, _, _ = lock.Release(t.lock, req.Key, req.Requestor, false)
 		return nil
 	})

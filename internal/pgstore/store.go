@@ -32,6 +32,9 @@ const (
 	// a lost notification, or a lease that ran out with no one to notice,
 	// costs at most this.
 	recheck = time.Second
+	// changeTimeout bounds a change that must run to its end whatever its
+	// client does (the one that queues a waiter).
+	changeTimeout = 10 * time.Second
 	// channel is the LISTEN/NOTIFY channel; the payload is a lock's name.
 	channel = "locker"
 	// PlaceHold is how long a waiter with an Idempotency-Key whose wait ran
