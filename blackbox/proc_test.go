@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -59,12 +58,11 @@ func buildLocker(tb testing.TB) string {
 		lockerBin = filepath.Join(binDir, "locker")
 		// The crash tests kill this binary: lazyfs makes a kill lose what
 		// was not synced, as a power cut would (see internal/faults/lazyfs.go).
-		tags := "lazyfs"
+		tags := []string{"lazyfs"}
 		if faults.Planted != "" {
-			tags += ",bug_" + faults.Planted // the same server as this test binary
+			tags = append(tags, "bug_"+faults.Planted) // the same server as this test binary
 		}
-		args := []string{"build", "-tags", tags, "-o", lockerBin}
-		out, err := exec.Command("go", append(args, "github.com/locker-ci/locker")...).CombinedOutput()
+		out, err := testutil.GoBuild(lockerBin, "github.com/locker-ci/locker", tags...)
 		if err != nil {
 			buildFailed = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -251,7 +251,7 @@ func TestRenderedJobServes(t *testing.T) {
 		env = append(env, k+"="+v)
 	}
 	bin := filepath.Join(t.TempDir(), "locker")
-	if b, err := exec.Command("go", "build", "-o", bin, "github.com/locker-ci/locker").CombinedOutput(); err != nil {
+	if b, err := testutil.GoBuild(bin, "github.com/locker-ci/locker"); err != nil {
 		t.Fatalf("go build: %v\n%s", err, b)
 	}
 	s := testutil.StartServer(t, bin, env...)

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	lockerBin = filepath.Join(dir, "locker")
-	if out, err := exec.Command("go", "build", "-o", lockerBin, "github.com/locker-ci/locker").CombinedOutput(); err != nil {
+	if out, err := testutil.GoBuild(lockerBin, "github.com/locker-ci/locker"); err != nil {
 		fmt.Fprintf(os.Stderr, "building locker: %v\n%s", err, out)
 		os.Exit(1)
 	}

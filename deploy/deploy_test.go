@@ -106,7 +106,7 @@ func TestSystemdUnit(t *testing.T) {
 		t.Skip("systemd-analyze is not installed (Debian's systemd package), so the unit was not verified")
 	}
 	bin := filepath.Join(t.TempDir(), "locker")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/locker-ci/locker").CombinedOutput(); err != nil {
+	if out, err := testutil.GoBuild(bin, "github.com/locker-ci/locker"); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	unit := string(testutil.ReadFile(t, "locker.service"))

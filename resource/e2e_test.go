@@ -50,9 +50,7 @@ func build(dir string) int {
 		"in":     "github.com/locker-ci/locker/resource/cmd/in",
 		"out":    "github.com/locker-ci/locker/resource/cmd/out",
 	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
+		if out, err := testutil.GoBuild(filepath.Join(dir, name), pkg); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", name, err, out)
 			return 1
 		}

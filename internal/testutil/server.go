@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -107,4 +108,18 @@ func FreePort(tb testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// GoBuild builds the package pkg into the binary out, with tags, the way
+// every test here builds its binaries: static (CGO off) and -trimpath,
+// as the Dockerfile and the BOSH package do, so that all these builds
+// share one compilation in the build cache.
+func GoBuild(out, pkg string, tags ...string) ([]byte, error) {
+	args := []string{"build", "-trimpath", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return cmd.CombinedOutput()
 }
