@@ -97,7 +97,8 @@ func cmdRun(e *env, args []string) int {
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	return e.runHolding(pos[0], r, ttl, f.waitFor != "0" && f.waitFor != "0s", deadline, f.grace, command)
+	return e.runHolding(runPlan{name: pos[0], req: r, ttl: ttl, wait: f.waitFor != "0" && f.waitFor != "0s",
+		deadline: deadline, grace: f.grace, command: command})
 }
 
 // runRequest checks run's flags and fills in their defaults.
@@ -137,14 +138,50 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl, Note: f.note}, ttl, deadline, exitOK
 }
 
-// runHolding takes the lock, runs command while keeping the lease alive,
-// gives the lock back, and returns the exit code.
-func (e *env) runHolding(name string, r client.Request, ttl time.Duration, wait bool, deadline time.Time, grace time.Duration, command []string) int {
+// runPlan is what locker run was asked to do.
+type runPlan struct {
+	name     string
+	req      client.Request
+	ttl      time.Duration
+	wait     bool      // queue for the lock
+	deadline time.Time // of the wait; zero for none
+	grace    time.Duration
+	command  []string
+}
+
+// runHolding takes the lock, runs the command while keeping the lease
+// alive, gives the lock back, and returns the exit code.
+func (e *env) runHolding(p runPlan) int {
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
-	// Until the command starts, a signal ends the wait for the lock.
+	l, granted, code, ok := e.takeLock(p, signals)
+	if !ok {
+		return code
+	}
+	fmt.Fprintf(e.stderr, "locker run: locked %q with key %q (token %d); running %s\n", p.name, p.req.Key, l.Token, strings.Join(p.command, " "))
+	cmd := exec.Command(p.command[0], p.command[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
+	cmd.Env = append(os.Environ(), "LOCKER_TOKEN="+strconv.FormatUint(l.Token, 10), "LOCKER_LOCK="+p.name)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(e.stderr, "locker run: starting %s: %v\n", p.command[0], err)
+		e.release(p.name, p.req)
+		return 127 // as a shell says of a command it cannot run
+	}
+	code, lost := e.supervise(p, cmd, granted, signals)
+	if lost {
+		fmt.Fprintf(e.stderr, "locker run: the command was stopped because the lock on %q was lost (it exited with %d)\n", p.name, code)
+		return exitLockLost
+	}
+	e.release(p.name, p.req)
+	return code
+}
+
+// takeLock takes the lock, queueing for it as p says; a signal meanwhile
+// ends the wait, and the command is not run. ok is false when it is not
+// to run, with the exit code.
+func (e *env) takeLock(p runPlan, signals <-chan os.Signal) (l client.Reply, granted time.Time, code int, ok bool) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
 	interrupted := make(chan os.Signal, 1)
@@ -158,73 +195,60 @@ func (e *env) runHolding(name string, r client.Request, ttl time.Duration, wait 
 		case <-waiting:
 		}
 	}()
-	l, err := e.client.Lock(ctx, name, r, wait, e.progress(deadline))
-	granted := time.Now()
+	l, err := e.client.Lock(ctx, p.name, p.req, p.wait, e.progress(p.deadline))
+	granted = time.Now()
 	close(waiting)
 	<-watched
 	select {
 	case sig := <-interrupted:
-		fmt.Fprintf(e.stderr, "locker run: %v while waiting for %q; the command was not run\n", sig, name)
+		fmt.Fprintf(e.stderr, "locker run: %v while waiting for %q; the command was not run\n", sig, p.name)
 		if err == nil { // granted just as the signal came
-			e.release(name, r)
+			e.release(p.name, p.req)
 		}
-		return 128 + int(sig.(syscall.Signal))
+		return l, granted, 128 + int(sig.(syscall.Signal)), false
 	default:
 	}
 	if err != nil {
-		return e.fail(err)
+		return l, granted, e.fail(err), false
 	}
-	fmt.Fprintf(e.stderr, "locker run: locked %q with key %q (token %d); running %s\n", name, r.Key, l.Token, strings.Join(command, " "))
+	return l, granted, exitOK, true
+}
 
-	cmd := exec.Command(command[0], command[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
-	cmd.Env = append(os.Environ(), "LOCKER_TOKEN="+strconv.FormatUint(l.Token, 10), "LOCKER_LOCK="+name)
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(e.stderr, "locker run: starting %s: %v\n", command[0], err)
-		e.release(name, r)
-		return 127 // as a shell says of a command it cannot run
-	}
-
+// supervise waits for cmd to exit, passing signals on and renewing the
+// lease; if the lease is lost, it stops cmd (SIGTERM, then SIGKILL after
+// the grace). It returns cmd's exit code, and whether the lock was lost.
+func (e *env) supervise(p runPlan, cmd *exec.Cmd, granted time.Time, signals <-chan os.Signal) (code int, lost bool) {
 	// The lease is counted from the grant, which came just before the
 	// answer: a margin keeps the estimate on the safe side.
-	lost := make(chan error, 1)
+	lostc := make(chan error, 1)
 	keepCtx, stopKeeping := context.WithCancel(context.Background())
 	var kept sync.WaitGroup
 	kept.Go(func() {
-		e.keepAlive(keepCtx, name, r, ttl, granted.Add(ttl-min(ttl/10, time.Second)), grace, lost)
+		e.keepAlive(keepCtx, p.name, p.req, p.ttl, granted.Add(p.ttl-min(p.ttl/10, time.Second)), p.grace, lostc)
 	})
+	defer func() {
+		stopKeeping()
+		kept.Wait()
+	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-
-	var lostErr error
 	var killTimer <-chan time.Time
 	for {
 		select {
 		case sig := <-signals:
 			_ = cmd.Process.Signal(sig) // it may have exited already
-			continue
-		case lostErr = <-lost:
-			fmt.Fprintf(e.stderr, "locker run: LOST THE LOCK on %q: %v; stopping the command (SIGTERM, then SIGKILL after %v)\n", name, lostErr, grace)
+		case err := <-lostc:
+			lost = true
+			fmt.Fprintf(e.stderr, "locker run: LOST THE LOCK on %q: %v; stopping the command (SIGTERM, then SIGKILL after %v)\n", p.name, err, p.grace)
 			_ = cmd.Process.Signal(syscall.SIGTERM)
-			killTimer = time.After(grace)
-			continue
+			killTimer = time.After(p.grace)
 		case <-killTimer:
-			fmt.Fprintf(e.stderr, "locker run: the command did not stop within %v of SIGTERM; killing it\n", grace)
+			fmt.Fprintf(e.stderr, "locker run: the command did not stop within %v of SIGTERM; killing it\n", p.grace)
 			_ = cmd.Process.Kill()
-			continue
 		case <-exited:
+			return exitCode(cmd.ProcessState), lost
 		}
-		break
 	}
-	stopKeeping()
-	kept.Wait()
-	code := exitCode(cmd.ProcessState)
-	if lostErr != nil {
-		fmt.Fprintf(e.stderr, "locker run: the command was stopped because the lock on %q was lost (it exited with %d)\n", name, code)
-		return exitLockLost
-	}
-	e.release(name, r)
-	return code
 }
 
 // keepAlive renews the lease every third of ttl until ctx is done. A

@@ -236,7 +236,7 @@ func (t *tx) grantQueue() error {
 
 // commit grants the queue what it can, then, in one round trip, writes the
 // lock, the grants, a new waiter, the outcome for idem, tells the nodes,
-// and commits.
+// and commits. Each statement's answer is read, in order, by Close.
 func (t *tx) commit(idem *Idem) error {
 	if err := t.grantQueue(); err != nil {
 		return err
@@ -253,32 +253,14 @@ func (t *tx) commit(idem *Idem) error {
 	if len(t.granted) > 0 {
 		b.Queue("UPDATE locker_queue SET granted = $1 WHERE id = ANY($2)", raw, t.granted)
 	}
-	if q := t.insert; q != nil {
-		// A request with an Idempotency-Key takes the place its earlier
-		// round kept, if any, and has waited since then.
-		var scope *string
-		if idem != nil {
-			scope = &idem.Scope
-		}
-		b.Queue(`WITH taken AS (
-				UPDATE locker_queue SET node = $2, key = $3, requestor = $4, note = $5, ttl_ms = $6, named = $7, left_at = NULL
-				WHERE id = (SELECT id FROM locker_queue WHERE name = $1 AND idem = $9 AND granted IS NULL
-					AND left_at > $8::timestamptz - $10::interval ORDER BY id LIMIT 1)
-				RETURNING id),
-			added AS (
-				INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since, idem)
-				SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM taken)
-				RETURNING id)
-			SELECT id FROM taken UNION ALL SELECT id FROM added`,
-			t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now, scope, PlaceHold.String())
+	if t.insert != nil {
+		t.queueWaiter(b, idem)
 	}
 	if t.waited {
 		b.Queue("SELECT pg_notify($1, $2)", channel, t.name)
 	}
-	remember := t.keep && idem != nil
-	if remember {
-		o := outcome{Old: t.old, Released: t.released}
-		o.State = t.state()
+	if t.keep && idem != nil {
+		o := outcome{State: t.state(), Old: t.old, Released: t.released}
 		out, err := json.Marshal(o)
 		if err != nil {
 			return err
@@ -288,35 +270,30 @@ func (t *tx) commit(idem *Idem) error {
 			idem.Scope, idem.Fingerprint, out, t.now)
 	}
 	b.Queue("COMMIT")
-	br := t.conn.SendBatch(t.ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return err
+	return t.conn.SendBatch(t.ctx, b).Close()
+}
+
+// queueWaiter queues the statement that puts t.insert in the queue and
+// reads its row's id into t.id. A request with an Idempotency-Key takes
+// the place its earlier round kept, if any, and has waited since then.
+func (t *tx) queueWaiter(b *pgx.Batch, idem *Idem) {
+	q := t.insert
+	var scope *string
+	if idem != nil {
+		scope = &idem.Scope
 	}
-	if len(t.granted) > 0 {
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-	}
-	if t.insert != nil {
-		if err := br.QueryRow().Scan(&t.id); err != nil {
-			return err
-		}
-	}
-	if t.waited {
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-	}
-	if remember {
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-	}
-	if _, err := br.Exec(); err != nil {
-		return err
-	}
-	return br.Close()
+	b.Queue(`WITH taken AS (
+			UPDATE locker_queue SET node = $2, key = $3, requestor = $4, note = $5, ttl_ms = $6, named = $7, left_at = NULL
+			WHERE id = (SELECT id FROM locker_queue WHERE name = $1 AND idem = $9 AND granted IS NULL
+				AND left_at > $8::timestamptz - $10::interval ORDER BY id LIMIT 1)
+			RETURNING id),
+		added AS (
+			INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since, idem)
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM taken)
+			RETURNING id)
+		SELECT id FROM taken UNION ALL SELECT id FROM added`,
+		t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now, scope, PlaceHold.String()).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&t.id) })
 }
 
 // remember keeps o as the answer to the request idem names, in ptx.
