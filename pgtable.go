@@ -36,6 +36,12 @@ func openPGTable(ctx context.Context, url string, log *slog.Logger, m *metrics.M
 		return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 	}
 	log.Info("joined the lock table in PostgreSQL", "node", store.Node())
+	store.OnExpired(func(name string, holds []pgstore.Expiry) {
+		m.Expired(len(holds))
+		for _, h := range holds {
+			log.Info("lease expired; hold released", "lock", name, "key", h.Key, "holder", h.Holder, "token", h.Token, "expired_at", h.At)
+		}
+	})
 	return &pgTable{store: store, log: log, metrics: m}, nil
 }
 

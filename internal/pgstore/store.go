@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -67,6 +68,13 @@ type State struct {
 	Replayed bool `json:"-"`
 }
 
+// Expiry is a hold a lease ended.
+type Expiry struct {
+	Key, Holder string
+	Token       uint64
+	At          time.Time // when the lease ran out
+}
+
 // Idem is a request's Idempotency-Key: Scope names the method, the lock
 // and the key; Fingerprint the rest of the request.
 type Idem struct{ Scope, Fingerprint string }
@@ -88,6 +96,10 @@ type Store struct {
 
 	mu     sync.Mutex               // guards wakeup
 	wakeup map[string][]chan string // the local waiters of each lock
+
+	// expired, when set, is told of the holds each committed change of
+	// this node ended because their lease ran out.
+	expired atomic.Pointer[func(name string, holds []Expiry)]
 
 	stop context.CancelFunc
 	done sync.WaitGroup
@@ -117,6 +129,10 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	s.done.Go(func() { s.listen(bg) })
 	return s, nil
 }
+
+// OnExpired has f told, after each change of this node commits, of the
+// holds it ended because their lease ran out.
+func (s *Store) OnExpired(f func(name string, holds []Expiry)) { s.expired.Store(&f) }
 
 // Node is this node's name in the database.
 func (s *Store) Node() string { return s.node }

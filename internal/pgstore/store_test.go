@@ -154,13 +154,28 @@ func TestLeasesAreJudgedByTheDatabasesClock(t *testing.T) {
 	if _, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 0, nil); err == nil {
 		t.Fatal("granted another key while the lease runs")
 	}
-	// b waits, and is granted once the lease has run out.
+	// b waits, and is granted once the lease has run out; the node whose
+	// change ended the hold says so.
+	var mu sync.Mutex
+	var ended []Expiry
+	for _, s := range []*Store{a, b} {
+		s.OnExpired(func(name string, holds []Expiry) {
+			mu.Lock()
+			defer mu.Unlock()
+			ended = append(ended, holds...)
+		})
+	}
 	start := time.Now()
 	got, err := b.Acquire(context.Background(), "prod", req("other", "job-2"), 10*time.Second, nil)
 	if err != nil || got.Lock.Key != "other" {
 		t.Fatalf("waiting for the lease to end: %+v, %v", got, err)
 	}
 	t.Logf("granted %v after the wait began (the lease had under 1 s left)", time.Since(start).Round(time.Millisecond))
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ended) != 1 || ended[0].Holder != "job-1" || ended[0].Key != "deploy" || !ended[0].At.Equal(st.Lock.Holders[0].ExpiresAt) {
+		t.Errorf("expiries told = %+v; want job-1's hold on deploy, once, at its lease's end", ended)
+	}
 }
 
 // TestQueueIsFirstComeFirstServedAcrossNodes: a waiter on node b that

@@ -46,10 +46,11 @@ type tx struct {
 	old      *State
 	released int
 
-	granted []int64 // queue rows granted by this change
-	waited  bool    // the lock had waiters: tell the nodes
-	insert  *queued // a waiter to add to the queue (Acquire)
-	id      int64   // its row, once added
+	expired []Expiry // holds whose lease ran out, ended by this change
+	granted []int64  // queue rows granted by this change
+	waited  bool     // the lock had waiters: tell the nodes
+	insert  *queued  // a waiter to add to the queue (Acquire)
+	id      int64    // its row, once added
 }
 
 // nodeTokens is the per-node counter the planted bug PGNodeTokens uses.
@@ -103,6 +104,9 @@ func (s *Store) change(ctx context.Context, name string, idem *Idem, token bool,
 		// A connection left in a failed transaction is closed by the pool.
 		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		return State{}, replay, err
+	}
+	if f := s.expired.Load(); f != nil && len(t.expired) > 0 {
+		(*f)(name, t.expired)
 	}
 	return t.state(), nil, nil
 }
@@ -178,6 +182,7 @@ func (t *tx) read(raw []byte, br pgx.BatchResults) error {
 	}
 	for _, h := range t.lock.Holders {
 		if !h.ExpiresAt.IsZero() && !h.ExpiresAt.After(t.now) {
+			t.expired = append(t.expired, Expiry{Key: t.lock.Key, Holder: h.Name, Token: t.lock.Token, At: h.ExpiresAt})
 			t.lock, _ = lock.Expire(t.lock, h.Name, h.ExpiresAt)
 		}
 	}
