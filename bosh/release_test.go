@@ -229,6 +229,14 @@ func TestTemplatesRenderTheOriginalManifest(t *testing.T) {
 	if env := bpm(t, job).Env; env["SSL_CERT"] != "" || env["AUTH_USER"] != "" || env["PORT"] != "8910" {
 		t.Errorf("bpm.yml env with no properties = %v; want port 8910, no TLS, no auth", env)
 	}
+	// With a database, the locks are there and not on the disk.
+	job, err = render(t, "properties:\n  locker:\n    database_url: postgres://locker@db:5432/locker\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := bpm(t, job).Env; env["LOCKER_DATABASE_URL"] != "postgres://locker@db:5432/locker" || env["LOCKER_CONFIG"] != "" {
+		t.Errorf("bpm.yml env with locker.database_url = %v; want LOCKER_DATABASE_URL and no LOCKER_CONFIG", env)
+	}
 }
 
 // TestRenderedJobServes starts the locker binary as BPM would from the
