@@ -80,6 +80,9 @@ func (p *pgTable) fail(ctx context.Context, name, key string, wait time.Duration
 		return errClientGone
 	}
 	p.log.Error("database request failed", "lock", name, "err", err)
+	if errors.Is(err, pgstore.ErrUncertain) {
+		return fmt.Errorf("%w: the connection failed as the change was committed, so it may or may not have been made; check GET /lock/%s, or send the request again with its Idempotency-Key", errDatabase, name)
+	}
 	if errors.Is(err, pgstore.ErrDropped) {
 		return fmt.Errorf("%w: this node lost its place in the queue while it could not reach the database; ask again", errDatabase)
 	}

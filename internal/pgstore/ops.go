@@ -2,6 +2,8 @@ package pgstore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +36,7 @@ func (r *Refused) Unwrap() error { return ErrHeld }
 func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait time.Duration, idem *Idem) (State, error) {
 	var refused bool
 	var queuedAs *tx
+	ticket := newTicket()
 	// The change runs to its end even if the client leaves meanwhile: a
 	// waiter committed to the queue whose request gave up before hearing
 	// so would be granted to no one. A client that left is seen below.
@@ -48,9 +51,13 @@ func (s *Store) Acquire(ctx context.Context, name string, req lock.Request, wait
 			refused = true
 			return nil
 		}
-		t.insert, queuedAs = &queued{req: req, node: s.node}, t
+		t.insert, queuedAs = &queued{req: req, node: s.node, ticket: ticket}, t
 		return nil
 	})
+	if errors.Is(err, ErrUncertain) && queuedAs != nil {
+		// The waiter may be in the queue with no one to answer it.
+		s.withdraw(context.WithoutCancel(ctx), name, ticket, req)
+	}
 	switch {
 	case err != nil:
 		return State{}, err
@@ -100,8 +107,14 @@ func (s *Store) await(ctx context.Context, name string, id int64, req lock.Reque
 			_, _, _ = s.change(ctx, name, nil, false, func(*tx) error { return nil })
 		case <-timer.C:
 			st, granted, err := s.claim(context.WithoutCancel(ctx), name, id, true, idem)
-			if err == nil && !granted {
+			switch {
+			case err == nil && !granted:
 				err = &Refused{State: st, TimedOut: true}
+			case err != nil && !errors.Is(err, ErrDropped):
+				// The database is away as the wait ends: the waiter must
+				// not stay queued with no one to answer it once it is back.
+				go s.leave(context.WithoutCancel(ctx), name, id, req)
+				err = fmt.Errorf("%w: the wait ended while the database could not be reached: %w", ErrUncertain, err)
 			}
 			return st, err
 		case <-ctx.Done():
@@ -154,17 +167,30 @@ func (s *Store) claim(ctx context.Context, name string, id int64, giveUp bool, i
 }
 
 // leave takes a waiter whose client went away out of the queue; if it was
-// granted meanwhile, its count is given back. It tries a few times: a
-// waiter left in the queue would be granted to no one (until its lease,
-// if it has one, runs out).
+// granted meanwhile, its count is given back.
 func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Request) {
-	for try := range 5 {
+	s.takeOut(ctx, name, "id = $1", id, req)
+}
+
+// withdraw takes out of the queue the waiter whose row has ticket, if the
+// commit that queued it went through after all, giving back a grant it
+// may have had meanwhile.
+func (s *Store) withdraw(ctx context.Context, name, ticket string, req lock.Request) {
+	s.takeOut(ctx, name, "ticket = $1", ticket, req)
+}
+
+// takeOut deletes the queue row of the lock called name that where
+// (with arg) picks, and gives back its grant, if it had one. It tries for
+// about 8 s: a waiter left in the queue would be granted to no one (until
+// its lease, if it has one, runs out), and the database may be away.
+func (s *Store) takeOut(ctx context.Context, name, where string, arg any, req lock.Request) {
+	for try := range 12 {
 		_, _, err := s.change(ctx, name, nil, false, func(t *tx) error {
 			var raw []byte
-			err := t.conn.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE id = $1 RETURNING granted", id).Scan(&raw)
+			err := t.conn.QueryRow(t.ctx, "DELETE FROM locker_queue WHERE "+where+" RETURNING granted", arg).Scan(&raw)
 			switch {
 			case errors.Is(err, pgx.ErrNoRows):
-				return nil // gone already
+				return nil // gone already, or never queued
 			case err != nil:
 				return err
 			case raw != nil:
@@ -177,6 +203,13 @@ func (s *Store) leave(ctx context.Context, name string, id int64, req lock.Reque
 		}
 		time.Sleep(time.Duration(try+1) * 100 * time.Millisecond)
 	}
+}
+
+// newTicket returns a random name for a waiter's row.
+func newTicket() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // giveBack returns the count granted to a waiter whose client left as it

@@ -53,6 +53,11 @@ var migrations = []string{
 	// whose wait ran out, until it asks again (clients that wait in rounds).
 	`ALTER TABLE locker_queue ADD COLUMN idem text, ADD COLUMN left_at timestamptz;
 	CREATE INDEX locker_queue_by_idem ON locker_queue (name, idem) WHERE idem IS NOT NULL;`,
+
+	// 4: a random name for each waiter's row, to take it out when the
+	// commit that queued it is in doubt.
+	`ALTER TABLE locker_queue ADD COLUMN ticket text;
+	CREATE INDEX locker_queue_by_ticket ON locker_queue (ticket) WHERE ticket IS NOT NULL;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

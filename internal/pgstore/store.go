@@ -57,6 +57,10 @@ var (
 	ErrDropped = errors.New("dropped from the queue")
 	// ErrKeyReused: an Idempotency-Key came again with another request.
 	ErrKeyReused = errors.New("Idempotency-Key reused")
+	// ErrUncertain: the connection failed while the change was being
+	// committed: it may or may not have been made. Every other error
+	// means it was not.
+	ErrUncertain = errors.New("the change may or may not have been committed")
 )
 
 // State is a lock and its queue as a request sees them.

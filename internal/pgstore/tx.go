@@ -22,10 +22,11 @@ import (
 
 // queued is a waiter in the database.
 type queued struct {
-	id    int64
-	req   lock.Request
-	node  string
-	since time.Time
+	id     int64
+	req    lock.Request
+	node   string
+	since  time.Time
+	ticket string // a random name for its row, to find it when the commit that made it is in doubt
 }
 
 // tx is one change to one lock, made under its row lock: the lock as it
@@ -97,7 +98,9 @@ func (s *Store) change(ctx context.Context, name string, idem *Idem, token bool,
 	t, replay, err := s.begin(ctx, conn, name, idem, token)
 	if err == nil && replay == nil {
 		if err = f(t); err == nil {
-			err = t.commit(idem)
+			if err = t.commit(idem); err != nil {
+				err = fmt.Errorf("%w: %w", ErrUncertain, err)
+			}
 		}
 	}
 	if err != nil || replay != nil {
@@ -288,16 +291,16 @@ func (t *tx) queueWaiter(b *pgx.Batch, idem *Idem) {
 		scope = &idem.Scope
 	}
 	b.Queue(`WITH taken AS (
-			UPDATE locker_queue SET node = $2, key = $3, requestor = $4, note = $5, ttl_ms = $6, named = $7, left_at = NULL
+			UPDATE locker_queue SET node = $2, key = $3, requestor = $4, note = $5, ttl_ms = $6, named = $7, left_at = NULL, ticket = $11
 			WHERE id = (SELECT id FROM locker_queue WHERE name = $1 AND idem = $9 AND granted IS NULL
 				AND left_at > $8::timestamptz - $10::interval ORDER BY id LIMIT 1)
 			RETURNING id),
 		added AS (
-			INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since, idem)
-			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM taken)
+			INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since, idem, ticket)
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11 WHERE NOT EXISTS (SELECT 1 FROM taken)
 			RETURNING id)
 		SELECT id FROM taken UNION ALL SELECT id FROM added`,
-		t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now, scope, PlaceHold.String()).
+		t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now, scope, PlaceHold.String(), q.ticket).
 		QueryRow(func(row pgx.Row) error { return row.Scan(&t.id) })
 }
 
