@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
@@ -59,11 +60,11 @@ func describe(where string) string {
 	if !isDatabase(where) {
 		return "the state file " + where
 	}
-	if at := strings.LastIndex(where, "@"); at >= 0 {
-		scheme, _, _ := strings.Cut(where, "://")
-		where = scheme + "://…" + where[at:]
+	u, err := url.Parse(where)
+	if err != nil {
+		return "the database (a URL that does not parse)"
 	}
-	return "the database " + where
+	return "the database " + u.Redacted()
 }
 
 // readLocks reads the held locks and the last token from a state file (its

@@ -109,24 +109,27 @@ func pgRun(cfg config, nodes int) (loadResult, []time.Duration, error) {
 // -noop -noop-database: an HTTP server that runs pgbench's one-row UPDATE
 // per request, through pgx, and nothing else.
 func pgCeiling(cfg config) (float64, error) {
-	db, drop, err := newSchema(cfg.database)
+	db, drop, err := benchSchema(cfg.database)
 	if err != nil {
 		return 0, err
 	}
 	defer drop()
-	if err := benchTable(db); err != nil {
-		return 0, err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return 0, err
-	}
-	p, err := start(self, []string{"-noop", "-noop-database", db}, nil)
-	if err != nil {
-		return 0, err
-	}
-	res, err := runOnce(cfg, p, cfg.clients, ownLock("parallel"), p.kill)
+	res, err := noopRun(cfg, "-noop-database", db)
 	return res.perSecond(res.requests), err
+}
+
+// benchSchema makes a new schema with pgbench's table of the reference
+// figures in it (1,000 rows), and returns its URL and how to drop it.
+func benchSchema(database string) (string, func(), error) {
+	db, drop, err := newSchema(database)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := benchTable(db); err != nil {
+		drop()
+		return "", nil, err
+	}
+	return db, drop, nil
 }
 
 // benchTable makes pgbench's table of the reference figures: 1,000 rows.
@@ -144,14 +147,11 @@ func benchTable(db string) error {
 // runPgbench runs pgbench's one-row UPDATE (-b simple-update would be
 // three statements) with cfg.clients clients on a new schema.
 func runPgbench(cfg config, dir string) (float64, error) {
-	db, drop, err := newSchema(cfg.database)
+	db, drop, err := benchSchema(cfg.database)
 	if err != nil {
 		return 0, err
 	}
 	defer drop()
-	if err := benchTable(db); err != nil {
-		return 0, err
-	}
 	script := filepath.Join(dir, "one-row-update.sql")
 	if err := os.WriteFile(script, []byte("\\set id random(1, 1000)\nUPDATE bench_row SET n = n + 1 WHERE id = :id;\n"), 0o600); err != nil {
 		return 0, err

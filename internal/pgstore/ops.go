@@ -309,7 +309,7 @@ func (s *Store) read(ctx context.Context, q querier, name string) (*tx, error) {
 	if err := br.QueryRow().Scan(&raw, &t.now); err != nil {
 		return nil, err
 	}
-	if err := t.read(raw, br); err != nil {
+	if err := t.read(raw, br, false); err != nil {
 		return nil, err
 	}
 	return t, br.Close()

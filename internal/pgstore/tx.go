@@ -1,6 +1,7 @@
 package pgstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -47,6 +48,7 @@ type tx struct {
 	old      *State
 	released int
 
+	before  []byte   // the lock as read, encoded; nil when it was free
 	expired []Expiry // holds whose lease ran out, ended by this change
 	granted []int64  // queue rows granted by this change
 	waited  bool     // the lock had waiters: tell the nodes
@@ -148,7 +150,7 @@ func (s *Store) begin(ctx context.Context, conn *pgxpool.Conn, name string, idem
 	if err := br.QueryRow().Scan(&raw, &t.now); err != nil {
 		return nil, nil, err
 	}
-	if err := t.read(raw, br); err != nil {
+	if err := t.read(raw, br, true); err != nil {
 		return nil, nil, err
 	}
 	var replay *outcome
@@ -175,12 +177,17 @@ func queueQuery(b *pgx.Batch, name string) {
 }
 
 // read takes the lock from raw, ends the leases that ran out by t.now,
-// and reads the queue's rows from br.
-func (t *tx) read(raw []byte, br pgx.BatchResults) error {
+// and reads the queue's rows from br. For a change, it keeps the lock as
+// read, encoded as commit encodes it, so that commit writes only a lock
+// that changed.
+func (t *tx) read(raw []byte, br pgx.BatchResults, forChange bool) error {
 	t.now = t.now.UTC()
 	if raw != nil {
 		if err := json.Unmarshal(raw, &t.lock); err != nil {
 			return fmt.Errorf("lock %q in the database: %w", t.name, err)
+		}
+		if forChange && !t.lock.Free() {
+			t.before, _ = json.Marshal(t.lock) // it was just decoded: it encodes
 		}
 	}
 	for _, h := range t.lock.Holders {
@@ -257,7 +264,11 @@ func (t *tx) commit(idem *Idem) error {
 		}
 	}
 	b := &pgx.Batch{}
-	b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", t.name, raw)
+	// A change that changed nothing (a waiter's re-check, most often)
+	// writes nothing.
+	if !bytes.Equal(raw, t.before) {
+		b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", t.name, raw)
+	}
 	if len(t.granted) > 0 {
 		b.Queue("UPDATE locker_queue SET granted = $1 WHERE id = ANY($2)", raw, t.granted)
 	}

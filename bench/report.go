@@ -1,0 +1,159 @@
+package main
+
+import "fmt"
+
+// The report: every figure of a run, its rows as the table prints them,
+// and its targets.
+
+// report is every figure of one benchmark run.
+type report struct {
+	Machine  string `json:"machine"`
+	Runs     int    `json:"runs"`
+	Duration string `json:"duration"`
+	Clients  int    `json:"clients"`
+
+	FsyncMs       figure         `json:"fsync_ms"`
+	CeilingRPS    figure         `json:"ceiling_rps"`
+	CeilingCPUus  figure         `json:"ceiling_server_cpu_us_per_request"`
+	DurableRPS    figure         `json:"durable_ceiling_rps"`
+	DurableCPUus  figure         `json:"durable_ceiling_server_cpu_us_per_request"`
+	ClientCPUus   figure         `json:"load_generator_cpu_us_per_request"`
+	SerialRPS     figure         `json:"serial_rps"`
+	SerialP50Ms   figure         `json:"serial_p50_ms"`
+	SerialP99Ms   figure         `json:"serial_p99_ms"`
+	ParallelRPS   figure         `json:"parallel_rps"`
+	ParallelP50Ms figure         `json:"parallel_p50_ms"`
+	ParallelP99Ms figure         `json:"parallel_p99_ms"`
+	ParallelCPUus figure         `json:"parallel_server_cpu_us_per_request"`
+	ContendedRPS  figure         `json:"contended_rps"`
+	ContendedGPS  figure         `json:"contended_grants_per_s"`
+	Overlaps      int            `json:"contended_overlaps"`
+	HandoffP50Ms  figure         `json:"handoff_p50_ms"`
+	HandoffP99Ms  figure         `json:"handoff_p99_ms"`
+	Postgres      *pgFigures     `json:"postgres,omitempty"`
+	Large         []largeFigures `json:"large"`
+	RestartMs     figure         `json:"restart_ms"`
+	RestartLocks  int            `json:"restart_locks"`
+	RestartRSSMB  figure         `json:"restart_rss_mb"` // after a restart and a parallel run
+
+	Targets []target `json:"targets"`
+	Notes   []string `json:"notes,omitempty"` // figures beside the targets
+}
+
+// largeFigures are the parallel figures with many other locks held.
+type largeFigures struct {
+	Locks      int    `json:"locks"`
+	RPS        figure `json:"rps"`
+	P99Ms      figure `json:"p99_ms"`
+	StateBytes int64  `json:"state_file_bytes"`
+	RSSMB      figure `json:"rss_mb"`
+}
+
+type target struct {
+	Name   string `json:"name"`
+	Met    bool   `json:"met"`
+	Detail string `json:"detail"`
+}
+
+// rows returns the table's lines: figure, median, min-max.
+func (r *report) rows() [][3]string {
+	var rows [][3]string
+	f := func(name string, x figure, prec int) {
+		if len(x.Runs) == 0 {
+			return // not measured in this run (-only)
+		}
+		rows = append(rows, [3]string{name, fmt.Sprintf("%.*f %s", prec, x.Median, x.Unit), fmt.Sprintf("%.*f-%.*f", prec, x.Min, prec, x.Max)})
+	}
+	f("fsync (write+fsync, p50)", r.FsyncMs, 3)
+	f("ceiling (no-op server, 16 clients)", r.CeilingRPS, 0)
+	f("ceiling server CPU", r.CeilingCPUus, 1)
+	f("load generator CPU", r.ClientCPUus, 1)
+	f("durable ceiling (no-op + group-committed fdatasync)", r.DurableRPS, 0)
+	f("durable ceiling server CPU", r.DurableCPUus, 1)
+	f("serial", r.SerialRPS, 0)
+	f("serial p50", r.SerialP50Ms, 3)
+	f("serial p99", r.SerialP99Ms, 3)
+	f("parallel", r.ParallelRPS, 0)
+	f("parallel p50", r.ParallelP50Ms, 3)
+	f("parallel p99", r.ParallelP99Ms, 3)
+	f("parallel server CPU", r.ParallelCPUus, 1)
+	f("contended", r.ContendedRPS, 0)
+	f("contended grants", r.ContendedGPS, 0)
+	if len(r.ContendedRPS.Runs) > 0 {
+		rows = append(rows, [3]string{"contended overlaps (must be 0)", fmt.Sprint(r.Overlaps), ""})
+	}
+	f("handoff p50", r.HandoffP50Ms, 3)
+	f("handoff p99", r.HandoffP99Ms, 3)
+	if pg := r.Postgres; pg != nil {
+		f("pgbench, one-row UPDATE (reference)", pg.PgbenchTPS, 0)
+		f("HTTP + that UPDATE per request (the ceiling)", pg.CeilingRPS, 0)
+		f("PostgreSQL, 1 node", pg.OneNodeRPS, 0)
+		f("PostgreSQL, 1 node p99", pg.OneNodeP99Ms, 3)
+		f("PostgreSQL, 3 nodes", pg.ThreeNodesRPS, 0)
+		f("PostgreSQL, 3 nodes p99", pg.ThreeNodesP99Ms, 3)
+		f("PostgreSQL, handoff across nodes p50", pg.HandoffP50Ms, 3)
+		f("PostgreSQL, handoff across nodes p99", pg.HandoffP99Ms, 3)
+	}
+	for _, l := range r.Large {
+		name := fmt.Sprintf("large %d", l.Locks)
+		f(name, l.RPS, 0)
+		f(name+" p99", l.P99Ms, 3)
+		rows = append(rows, [3]string{name + " state file", fmt.Sprintf("%.1f MB", float64(l.StateBytes)/1e6), ""})
+		f(name+" RSS", l.RSSMB, 1)
+	}
+	f(fmt.Sprintf("restart with %d locks", r.RestartLocks), r.RestartMs, 0)
+	f(fmt.Sprintf("RSS after the restart with %d locks", r.RestartLocks), r.RestartRSSMB, 1)
+	return rows
+}
+
+// check fills in r.Targets from the issue's targets.
+func (r *report) check() {
+	// add records a target whose figures were all measured (-only can
+	// leave some out).
+	add := func(name string, met bool, figs []figure, format string, args ...any) {
+		for _, f := range figs {
+			if len(f.Runs) == 0 {
+				return
+			}
+		}
+		r.Targets = append(r.Targets, target{Name: name, Met: met, Detail: fmt.Sprintf(format, args...)})
+	}
+	add("serial p50 <= fsync + 0.25 ms", r.SerialP50Ms.Median <= r.FsyncMs.Median+0.25, []figure{r.SerialP50Ms, r.FsyncMs},
+		"%.3f ms vs %.3f + 0.25 ms", r.SerialP50Ms.Median, r.FsyncMs.Median)
+	add("parallel >= 50% of ceiling", r.ParallelRPS.Median >= 0.5*r.CeilingRPS.Median, []figure{r.ParallelRPS, r.CeilingRPS},
+		"%.0f%% (%.0f of %.0f req/s)", 100*r.ParallelRPS.Median/r.CeilingRPS.Median, r.ParallelRPS.Median, r.CeilingRPS.Median)
+	if len(r.DurableRPS.Runs) > 0 && len(r.ParallelRPS.Runs) > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("the durable ceiling is %.0f%% of the ceiling; parallel is %.0f%% of the durable ceiling",
+			100*r.DurableRPS.Median/r.CeilingRPS.Median, 100*r.ParallelRPS.Median/r.DurableRPS.Median))
+	}
+	add("handoff p99 <= 5 ms", r.HandoffP99Ms.Median <= 5, []figure{r.HandoffP99Ms}, "%.3f ms", r.HandoffP99Ms.Median)
+	if pg := r.Postgres; pg != nil {
+		// A PUT and a DELETE are each one transaction; pgbench's is one UPDATE.
+		for _, n := range []struct {
+			name string
+			rps  figure
+		}{{"1 node", pg.OneNodeRPS}, {"3 nodes", pg.ThreeNodesRPS}} {
+			add("PostgreSQL "+n.name+" >= 0.5 x pgbench", n.rps.Median >= 0.5*pg.PgbenchTPS.Median, []figure{n.rps, pg.PgbenchTPS},
+				"%.2f x (%.0f req/s vs %.0f tps)", n.rps.Median/pg.PgbenchTPS.Median, n.rps.Median, pg.PgbenchTPS.Median)
+		}
+		r.Notes = append(r.Notes, fmt.Sprintf("over PostgreSQL, 1 node is %.0f%% and 3 nodes %.0f%% of the ceiling (an HTTP server doing one UPDATE per request: %.2f x pgbench)",
+			100*pg.OneNodeRPS.Median/pg.CeilingRPS.Median, 100*pg.ThreeNodesRPS.Median/pg.CeilingRPS.Median, pg.CeilingRPS.Median/pg.PgbenchTPS.Median))
+		add("PostgreSQL handoff across nodes p99 <= 50 ms", pg.HandoffP99Ms.Median <= 50, []figure{pg.HandoffP99Ms}, "%.3f ms", pg.HandoffP99Ms.Median)
+	}
+	add("contended: never two holders", r.Overlaps == 0, []figure{r.ContendedRPS}, "%d overlaps", r.Overlaps)
+	for _, l := range r.Large {
+		want := 0.8
+		if l.Locks >= 100000 {
+			want = 0.7
+		}
+		add(fmt.Sprintf("large %d >= %.0f%% of parallel", l.Locks, 100*want), l.RPS.Median >= want*r.ParallelRPS.Median, []figure{l.RPS, r.ParallelRPS},
+			"%.0f%% (%.0f of %.0f req/s)", 100*l.RPS.Median/r.ParallelRPS.Median, l.RPS.Median, r.ParallelRPS.Median)
+		if l.Locks >= 100000 {
+			add("RSS at 100,000 locks <= 100 MB", l.RSSMB.Median <= 100, []figure{l.RSSMB}, "%.1f MB", l.RSSMB.Median)
+		}
+	}
+	add("restart <= 2 s", r.RestartMs.Median <= 2000, []figure{r.RestartMs}, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
+	if r.RestartLocks >= 100000 {
+		add("RSS after a restart at 100,000 locks <= 100 MB", r.RestartRSSMB.Median <= 100, []figure{r.RestartRSSMB}, "%.1f MB", r.RestartRSSMB.Median)
+	}
+}
