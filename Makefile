@@ -41,7 +41,7 @@ test: lint test-packages
 		echo "make test: no PostgreSQL on 127.0.0.1:5432 and LOCKER_TEST_DATABASE_URL unset: the PostgreSQL store's tests are skipped (set LOCKER_TEST_DATABASE_URL=postgres://... to run them)"
 	go test -race -count=1 -parallel $(TEST_PARALLEL) ./...
 	@if [ -n "$$LOCKER_TEST_RESTART_POSTGRES" ]; then echo "restarting PostgreSQL for TestTokensAcrossADatabaseRestart"; \
-		go test -race -count=1 -run '^TestTokensAcrossADatabaseRestart$$' ./internal/pgstore || exit 1; fi
+		go test -race -count=1 -run '^TestTokensAcrossADatabaseRestart$$' . || exit 1; fi
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_STATE) ./internal/statefile
 	go test -run '^$$' -fuzz '^FuzzReadLines$$' -fuzztime $(FUZZ_JOURNAL) ./internal/journal

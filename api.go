@@ -31,7 +31,6 @@ var (
 	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
 	errNotReady     = errors.New("not ready")
-	errDatabase     = errors.New("the database cannot be reached")
 )
 
 // statusClientClosed is logged when a client leaves before its answer, as
@@ -61,7 +60,7 @@ var errorStatuses = []struct {
 
 // server answers the lock API.
 type server struct {
-	locks        Locks
+	locks        *engine
 	log          *slog.Logger
 	auth         *credentials  // nil when the API is open
 	maxWait      time.Duration // longer waits are cut to this

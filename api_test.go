@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -33,7 +34,7 @@ func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServe
 }
 
 // serveTable is the real router over tab, saved in path.
-func serveTable(tab *table, path, user, pass string) *testServer {
+func serveTable(tab *engine, path, user, pass string) *testServer {
 	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	tab.metrics = s.metrics
@@ -470,7 +471,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestSaveFailureIsA500AndChangesNothing(t *testing.T) {
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	ts := newTestServer(t, d, "", "")
 	ts.mustSend(t, request{"PUT", "/lock/l", `{"key": "k", "lock_by": "a"}`})
 	before := onDisk(t, ts.path)

@@ -13,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/journal"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -26,7 +27,7 @@ import (
 // PUT: everything that makes the change durable, the journal's directory
 // entry included, happens before the client has its 200.
 func TestSyscallOrder(t *testing.T) {
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	ls := startServe(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")}, d)
 	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d %s", status, body)
@@ -62,7 +63,7 @@ func isSubsequence(want, got []string) bool {
 
 func TestSaveFailure(t *testing.T) {
 	t.Run("write fails: 500, nothing changes, reads go on", func(t *testing.T) {
-		d := &atomicfile.Faulty{}
+		d := &faults.Faulty{}
 		path := filepath.Join(t.TempDir(), "locks.yml")
 		ls := startServe(t, map[string]string{"LOCKER_CONFIG": path}, d)
 		ls.call(t, "PUT", "/lock/held", `{"key": "k", "lock_by": "a"}`)
@@ -90,7 +91,7 @@ func TestSaveFailure(t *testing.T) {
 	})
 
 	t.Run("fsync fails: 500, and the server stops with an error", func(t *testing.T) {
-		d := &atomicfile.Faulty{}
+		d := &faults.Faulty{}
 		path := filepath.Join(t.TempDir(), "locks.yml")
 		ls := startServe(t, map[string]string{"LOCKER_CONFIG": path}, d)
 		ls.call(t, "PUT", "/lock/held", `{"key": "k", "lock_by": "a"}`)
@@ -119,7 +120,7 @@ func TestSaveFailure(t *testing.T) {
 func TestBadStateFile(t *testing.T) {
 	const good = "version: 1\nseq: 2\nlast_token: 5\nlocks:\n  prod:\n    key: k\n    locked_by:\n      a: 1\n    token: 5\n"
 	goodJournal := func(tb testing.TB) string {
-		payload, err := json.Marshal(Change{Seq: 3, LastToken: 6, Locks: map[string]*Lock{"next": {Key: "j", Token: 6, Holders: []Holder{{Name: "b", Hold: lock.Hold{Count: 1}}}}}})
+		payload, err := json.Marshal(filestore.Change{Seq: 3, LastToken: 6, Locks: map[string]*Lock{"next": {Key: "j", Token: 6, Holders: []Holder{{Name: "b", Hold: lock.Hold{Count: 1}}}}}})
 		if err != nil {
 			tb.Fatal(err)
 		}

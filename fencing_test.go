@@ -57,7 +57,7 @@ func runFencedClients(t *testing.T, fencing bool) (lost, writes int) {
 	tab, _ := newTestTable(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	var loop sync.WaitGroup
-	loop.Go(func() { tab.expireLoop(ctx) })
+	loop.Go(func() { tab.background(ctx) })
 	defer func() { cancel(); loop.Wait() }()
 
 	counter := &fencedCounter{fencing: fencing}

@@ -17,14 +17,14 @@ import (
 var shortTimeouts = timeouts{readHeader: 300 * time.Millisecond, read: time.Second, write: time.Second, idle: time.Second}
 
 // startShortTimeouts serves the router on 127.0.0.1 with shortTimeouts.
-func startShortTimeouts(tb testing.TB) (string, *table) {
+func startShortTimeouts(tb testing.TB) (string, *engine) {
 	tb.Helper()
 	return startWithTimeouts(tb, shortTimeouts)
 }
 
 // startWithTimeouts serves the router on 127.0.0.1 with the given server
 // timeouts and returns its address and table.
-func startWithTimeouts(tb testing.TB, short timeouts) (string, *table) {
+func startWithTimeouts(tb testing.TB, short timeouts) (string, *engine) {
 	tb.Helper()
 	tab, _ := newTestTable(tb, nil)
 	s := &server{locks: tab, log: discardLog, maxWait: time.Minute, writeTimeout: short.write}

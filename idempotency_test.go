@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
 )
@@ -107,7 +107,7 @@ func TestIdempotencyKeyRules(t *testing.T) {
 // change (no checkpoint ran), and one whose change failed to be written
 // is not remembered.
 func TestRememberedOutcomesSurviveACrash(t *testing.T) {
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	tab := loadTestTable(t, path, d, time.Now)
 	idem := &idemRequest{scope: "PUT l k1", fingerprint: "f1"}

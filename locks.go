@@ -1,29 +1,38 @@
 package main
 
 import (
-	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
+	"github.com/locker-ci/locker/internal/txn"
 )
+
+// The lock engine: each request's steps, written once, as functions over
+// a transaction of the store (store.go), whichever it is. The steps are
+// those of every change: end the leases that ran out, recall the
+// Idempotency-Key, decide by internal/lock's rules, grant or queue, grant
+// the queue's head whatever it can have, remember the outcome.
 
 // Domain errors; api.go maps each one to an HTTP status.
 var (
 	errLockHeld     = errors.New("locked")
-	errSave         = errors.New("could not save the lock state")
-	errShuttingDown = errors.New("locker is shutting down; send the request again in a moment")
 	errClientGone   = errors.New("the client went away while waiting")
 	errKeyReused    = errors.New("Idempotency-Key reused")
+	errShuttingDown = txn.ErrClosed
+	errSave         = txn.ErrNotSaved
+	errDatabase     = txn.ErrUnavailable
+	// errUncertain marks a failure after which the server cannot know what
+	// the disk holds (a failed fsync): changes may or may not survive a
+	// crash, and the server stops.
+	errUncertain = atomicfile.ErrUncertain
 )
 
 // Lock and Holder are a lock's shape, defined in internal/lock.
@@ -41,31 +50,6 @@ type Snapshot struct {
 	Replayed bool `json:"-"`
 }
 
-// Locks is the lock table the API serves: the one in this process, kept
-// by the file store (table), or the one several nodes share in PostgreSQL
-// (pgTable). Both run the rules of internal/lock, and answer with the same
-// errors.
-type Locks interface {
-	Acquire(ctx context.Context, name string, req acquireRequest) (Snapshot, error)
-	Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error)
-	Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error)
-	ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error)
-	Get(name string) (Snapshot, error)
-	List() (map[string]Snapshot, error)
-	Ready() error   // nil while a change can be made durable; else why not
-	Now() time.Time // the clock leases are judged by
-}
-
-// backend is a Locks with what serve runs beside the HTTP server.
-type backend interface {
-	Locks
-	Len() int                       // locks held, for the log
-	stats() metrics.TableStats      // the gauges' figures
-	background(ctx context.Context) // its loops, until ctx is done
-	broken() <-chan error           // says when nothing it holds can be trusted
-	shutdown(clean bool) error      // clean: save everything; else keep what it has
-}
-
 // acquireRequest is what a PUT asks for.
 type acquireRequest struct {
 	lock.Request
@@ -73,250 +57,472 @@ type acquireRequest struct {
 	Idem *idemRequest  // its Idempotency-Key, if it sent one
 }
 
-// table is the in-memory lock table. A change is made in memory, under mu,
-// by the rules in internal/lock, and queued in the store; no one hears of
-// it, or of anything computed from it, until the store has it on disk
-// (see durable). A change that cannot be saved is undone.
-type table struct {
+// idemRequest is a request's Idempotency-Key, scoped to its method and
+// lock, and a fingerprint of the request, to tell a repeat from a reuse.
+type idemRequest struct {
+	scope, fingerprint string
+}
+
+// outcome is what a request with an Idempotency-Key is answered again.
+type outcome struct {
+	Lock     Snapshot `json:"lock"`          // the lock as the first answer showed it
+	Old      *Lock    `json:"old,omitempty"` // force release: what it freed
+	Released int      `json:"released"`      // release: how many counts it gave back
+}
+
+// Tuned numbers.
+const (
+	// placeHold is how long a waiter whose wait ran out keeps its place in
+	// the queue for a request with its Idempotency-Key: a client that
+	// waits in rounds (the Concourse resource) asks again at once, and
+	// must not go to the back each time.
+	placeHold = 30 * time.Second
+	// changeTimeout bounds a change that does not wait for a lock when the
+	// store is slow or away: the client hears 503 instead of hanging.
+	changeTimeout = 10 * time.Second
+	// takeOutTries is how often a waiter that must leave the queue tries
+	// to, about 8 s in all: the database may be away for a while.
+	takeOutTries = 12
+)
+
+// engine is the lock table the API serves, over a store.
+type engine struct {
 	store   Store
-	now     func() time.Time
 	log     *slog.Logger
 	metrics *metrics.Metrics // nil records nothing
-	wake    chan struct{}    // tells the expiry loop that a new lease may come first
-
-	mu        sync.Mutex // guards the fields below
-	locks     map[string]Lock
-	queues    map[string][]*waiter // waiters per lock, first come first served
-	lastToken uint64               // the highest fencing token handed out
-	leases    leaseHeap
-	seq       uint64          // the change the table now shows; replies wait for it
-	lastSeq   uint64          // the last seq handed out; seqs are never reused
-	undo      []undo          // changes not yet known to be durable, oldest first
-	requests  idempotency.Set // outcomes by Idempotency-Key
-
-	// durableSeq is the latest change that a wait found durable: the
-	// changes up to it can no longer be undone.
-	durableSeq atomic.Uint64
 }
 
-// undo is what one change replaced, to put back if it cannot be saved.
-type undo struct {
-	seq        uint64
-	oldLocks   map[string]Lock // free (zero) for locks that were not held
-	lastToken  uint64
-	remembered []idempotency.Entry // outcomes it remembered
-	forgotten  []idempotency.Entry // outcomes it forgot
+// expiry is a hold whose lease ran out, ended by a change.
+type expiry struct {
+	name, key, holder string
+	token             uint64
+	at                time.Time
 }
 
-// openTable returns the table that store keeps.
-func openTable(store Store, now func() time.Time, log *slog.Logger) (*table, error) {
-	t := &table{
-		store: store,
-		// Milliseconds are precise enough for leases and easier to read.
-		now:    func() time.Time { return now().UTC().Truncate(time.Millisecond) },
-		log:    log,
-		wake:   make(chan struct{}, 1),
-		queues: make(map[string][]*waiter),
-	}
-	st, err := store.Open(t.rollback)
-	if err != nil {
-		return nil, err
-	}
-	if faults.Planted == faults.ForgetTokens {
-		st.LastToken = 0
-		for _, l := range st.Locks {
-			st.LastToken = max(st.LastToken, l.Token)
+// update runs apply in a transaction over the locks named, after the
+// first step of every change: the leases that ran out are ended, the
+// places kept too long are dropped, and the queues' heads granted what
+// they can have. It logs the leases it ended once the change is durable.
+func (e *engine) update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
+	var ended []expiry
+	err := e.store.Update(ctx, names, opts, func(tx txn.Tx) error {
+		ended = ended[:0]
+		for _, name := range names {
+			ended = append(ended, settle(tx, name)...)
 		}
-	}
-	t.locks, t.lastToken, t.seq, t.lastSeq = st.Locks, st.LastToken, st.Seq, st.Seq
-	for _, e := range st.Requests {
-		t.requests.Put(e)
-	}
-	t.durableSeq.Store(st.Seq)
-	if t.locks == nil {
-		t.locks = make(map[string]Lock)
-	}
-	for name, l := range t.locks {
-		t.scheduleLeases(name, Lock{}, l)
-	}
-	return t, nil
-}
-
-// durable returns once change seq is durable, or why it never will be.
-func (t *table) durable(seq uint64) error {
-	if faults.Planted == faults.EarlyAck {
-		return nil
-	}
-	err := t.store.Wait(seq)
-	for old := t.durableSeq.Load(); err == nil && seq > old && !t.durableSeq.CompareAndSwap(old, seq); {
-		old = t.durableSeq.Load()
+		return apply(tx)
+	})
+	if err == nil {
+		e.metrics.Expired(len(ended))
+		for _, x := range ended {
+			e.log.Info("lease expired; hold released", "lock", x.name, "key", x.key, "holder", x.holder, "token", x.token, "expired_at", x.at)
+		}
 	}
 	return err
 }
 
-// Get returns the lock called name and its queue; a lock no one holds is free.
-func (t *table) Get(name string) (Snapshot, error) {
-	t.mu.Lock()
-	due, err := t.settle()
-	s, seq := t.snapshot(name), t.seq
-	t.mu.Unlock()
-	return s, t.done(due, err, seq)
-}
-
-// settle ends the leases that ran out by now, so that what a request sees
-// or changes is the lock as it is now. Callers hold t.mu.
-func (t *table) settle() ([]lease, error) {
-	x := t.begin()
-	due := t.expireDue(x, t.now())
-	return due, x.commit()
-}
-
-// done waits for change seq, which a request's answer depends on, and
-// logs the leases it ended. It returns the first of err and the wait's
-// error.
-func (t *table) done(due []lease, err error, seq uint64) error {
-	if err := cmp.Or(err, t.durable(seq)); err != nil {
-		return err
-	}
-	t.logExpired(due)
-	return nil
-}
-
-// List returns every lock that is held or waited for.
-func (t *table) List() (map[string]Snapshot, error) {
-	t.mu.Lock()
-	due, err := t.settle()
-	out := make(map[string]Snapshot, len(t.locks))
-	for name := range t.locks {
-		out[name] = t.snapshot(name)
-	}
-	for name := range t.queues {
-		if s := t.snapshot(name); len(s.Waiting) > 0 {
-			out[name] = s
+// settle ends the holds of the lock called name whose lease ran out by
+// tx's clock, drops the places kept past placeHold, and grants the queue.
+func settle(tx txn.Tx, name string) []expiry {
+	now := tx.Now()
+	l := tx.Lock(name)
+	var ended []expiry
+	for _, h := range l.Holders {
+		if !h.ExpiresAt.IsZero() && !h.ExpiresAt.After(now) {
+			ended = append(ended, expiry{name: name, key: l.Key, holder: h.Name, token: l.Token, at: h.ExpiresAt})
 		}
 	}
-	seq := t.seq
-	t.mu.Unlock()
-	return out, t.done(due, err, seq)
-}
-
-// stats returns the gauges' figures, in one pass under the mutex: locks
-// held, their holders, requests waiting, and how long the longest-held
-// lock has been held.
-func (t *table) stats() metrics.TableStats {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := t.now()
-	st := metrics.TableStats{Locks: len(t.locks)}
-	for _, l := range t.locks {
-		st.Holders += len(l.Holders)
-		if !l.AcquiredAt.IsZero() {
-			st.OldestAge = max(st.OldestAge, now.Sub(l.AcquiredAt))
+	for _, x := range ended {
+		l, _ = lock.Expire(l, x.holder, x.at)
+	}
+	if len(ended) > 0 {
+		tx.Set(name, l)
+	}
+	var stale []int64
+	for _, w := range tx.Queue(name) {
+		if !w.Left.IsZero() && now.Sub(w.Left) > placeHold {
+			stale = append(stale, w.ID)
 		}
 	}
-	for _, q := range t.queues {
-		for _, w := range q {
-			if w.left.IsZero() {
-				st.Waiters++
-			}
+	for _, id := range stale {
+		tx.RemoveWaiter(name, id)
+	}
+	grantQueue(tx, name)
+	return ended
+}
+
+// grantQueue grants the head of the lock's queue, and the waiters right
+// behind it for as long as each is compatible with the holders
+// (lock.Compatible): a batch of same-key waiters goes in together. A
+// grant waits in the queue until its request takes it up (claim).
+func grantQueue(tx txn.Tx, name string) {
+	l := tx.Lock(name)
+	var granted []txn.Waiter
+	for _, w := range tx.Queue(name) {
+		if !w.Waiting() {
+			continue // a kept place, or a grant not yet taken up
+		}
+		if !lock.Compatible(l, w.Req.Key) {
+			break
+		}
+		l = lock.Give(l, w.Req, tx.Now(), tx.NextToken)
+		granted = append(granted, w)
+	}
+	if len(granted) == 0 {
+		return
+	}
+	tx.Set(name, l)
+	for _, w := range granted {
+		w.Granted = &l
+		tx.PutWaiter(name, w)
+	}
+}
+
+// waiting counts the waiters of queue that wait to be granted.
+func waiting(queue []txn.Waiter) int {
+	n := 0
+	for _, w := range queue {
+		if w.Waiting() {
+			n++
 		}
 	}
-	return st
+	return n
 }
 
-// Ready reports whether the store can make a change durable.
-func (t *table) Ready() error { return t.store.Ready() }
-
-// Now is the table's clock, to the millisecond.
-func (t *table) Now() time.Time { return t.now() }
-
-// background runs the expiry and checkpoint loops until ctx is done.
-func (t *table) background(ctx context.Context) {
-	var loops sync.WaitGroup
-	loops.Go(func() { t.expireLoop(ctx) })
-	loops.Go(func() { t.checkpointLoop(ctx) })
-	loops.Wait()
-}
-
-// broken says when a write failed in a way that leaves the state on disk
-// in doubt.
-func (t *table) broken() <-chan error { return t.store.Broken() }
-
-// shutdown closes the table: clean, it checkpoints the state; else the
-// store keeps what it has.
-func (t *table) shutdown(clean bool) error {
-	if !clean {
-		return t.store.Close(false)
+// snapshot returns the lock called name and its waiters as r sees them,
+// with the leases that ran out ended (in what it returns only).
+func snapshot(r txn.Reader, name string) Snapshot {
+	l := r.Lock(name)
+	for _, h := range l.Holders {
+		if !h.ExpiresAt.IsZero() && !h.ExpiresAt.After(r.Now()) {
+			l, _ = lock.Expire(l, h.Name, h.ExpiresAt)
+		}
 	}
-	return t.close()
-}
-
-// Len returns the number of held locks.
-func (t *table) Len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.locks)
-}
-
-// snapshot copies the lock called name and its queue. Callers hold t.mu.
-func (t *table) snapshot(name string) Snapshot {
-	s := Snapshot{Lock: t.locks[name].Clone()}
-	for _, w := range t.queues[name] {
-		if w.left.IsZero() {
-			s.Waiting = append(s.Waiting, lock.Waiting{Key: w.req.Key, Requestor: w.req.Requestor, Since: w.since})
+	s := Snapshot{Lock: l.Clone()}
+	for _, w := range r.Queue(name) {
+		if w.Waiting() {
+			s.Waiting = append(s.Waiting, lock.Waiting{Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since})
 		}
 	}
 	return s
 }
 
-// saved returns the table as it is now, sharing its Lock values.
-func (t *table) saved() Saved {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.requests.Prune(t.now())
-	return Saved{Seq: t.seq, LastToken: t.lastToken, Locks: maps.Clone(t.locks), Requests: t.requests.All()}
+// scope returns idem's scope, or "" for a request without a key.
+func (i *idemRequest) scopeOrNone() string {
+	if i == nil {
+		return ""
+	}
+	return i.scope
 }
 
-// acquireOrQueue grants req at once, refuses it, or queues it and returns
-// its waiter.
-func (t *table) acquireOrQueue(name string, req acquireRequest) (*waiter, Snapshot, error) {
-	t.mu.Lock()
-	if o, seen, err := t.recall(req.Idem); seen {
-		o, err := t.replay(o, err)
-		return nil, o.Lock, err
+// recall returns the outcome remembered for idem's key, or nil; a key
+// seen with another request is errKeyReused. Only requests that changed
+// something are remembered.
+func recall(tx txn.Tx, idem *idemRequest) (*outcome, error) {
+	if idem == nil {
+		return nil, nil
 	}
-	x := t.begin()
-	due := t.expireDue(x, t.now())
-	l, queued := t.locks[name], t.waiting(name)
-	if faults.Planted == faults.TOCTOU {
-		t.mu.Unlock()
-		time.Sleep(time.Millisecond)
-		t.mu.Lock()
+	e, ok := tx.Recall(idem.scope)
+	if !ok {
+		return nil, nil
 	}
-	verdict := lock.Decide(l, queued, req.Request, req.Wait > 0)
-	if verdict == lock.Grant {
-		x.set(name, lock.Give(l, req.Request, t.now(), x.nextToken))
-		x.remember(name, req.Idem, outcome{})
+	if e.Fingerprint != idem.fingerprint {
+		return nil, fmt.Errorf("%w: it came at %s with another request; send a new key with a new request",
+			errKeyReused, e.At.Format(time.RFC3339))
 	}
-	err := x.commit()
-	s, seq := t.snapshot(name), t.seq
-	if verdict == lock.Queue && err == nil {
-		w := &waiter{name: name, req: req, since: t.now(), done: make(chan struct{})}
-		t.enqueue(w)
-		t.mu.Unlock()
-		t.logExpired(due) // the waiter's own answer waits for the change
-		return w, Snapshot{}, nil
+	var o outcome
+	if err := json.Unmarshal([]byte(e.Outcome), &o); err != nil {
+		return nil, fmt.Errorf("reading a remembered outcome: %w", err)
 	}
-	t.mu.Unlock()
-	if err := t.done(due, err, seq); err != nil || verdict == lock.Grant {
-		if err == nil {
-			t.metrics.Acquired(0, false)
-			t.log.Info("lock granted", "lock", name, "key", req.Key, "holder", req.Requestor, "token", s.Token)
+	o.Lock.Replayed = true
+	return &o, nil
+}
+
+// remember keeps o as the answer to idem's key, with the change. A nil
+// idem does nothing.
+func remember(tx txn.Tx, idem *idemRequest, o outcome) error {
+	if idem == nil {
+		return nil
+	}
+	data, err := json.Marshal(o)
+	if err != nil {
+		return fmt.Errorf("encoding an outcome to remember: %w", err)
+	}
+	tx.Remember(idempotency.Entry{Scope: idem.scope, Fingerprint: idem.fingerprint, At: tx.Now(), Outcome: string(data)})
+	return nil
+}
+
+// Acquire takes the lock called name for req.Requestor with req.Key, as
+// lock.Decide rules: at once, refused with errLockHeld, or, with req.Wait,
+// after waiting in the lock's queue until it is granted, the wait runs out
+// (errLockHeld), or ctx is done.
+func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (Snapshot, error) {
+	start := time.Now()
+	var (
+		verdict lock.Verdict
+		s       Snapshot
+		w       txn.Waiter
+		replay  *outcome
+		woken   <-chan struct{}
+		stop    = func() {}
+	)
+	defer func() { stop() }()
+	// The change runs to its end whatever the client does: a waiter queued
+	// by a request that gave up before hearing so would wait for no one.
+	// A client that left is seen in the wait.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
+	defer cancel()
+	opts := txn.Options{Recall: req.Idem.scopeOrNone(), Token: true, NewWait: req.Wait > 0}
+	err := e.update(cctx, []string{name}, opts, func(tx txn.Tx) error {
+		var err error
+		if replay, err = recall(tx, req.Idem); replay != nil || err != nil {
+			return err
 		}
-		return nil, s, err
+		l := tx.Lock(name)
+		verdict = lock.Decide(l, waiting(tx.Queue(name)), req.Request, req.Wait > 0)
+		switch verdict {
+		case lock.Grant:
+			tx.Set(name, lock.Give(l, req.Request, tx.Now(), tx.NextToken))
+			s = snapshot(tx, name)
+			return remember(tx, req.Idem, outcome{Lock: s})
+		case lock.Queue:
+			w = enqueue(tx, name, req)
+			stop()
+			woken, stop = e.store.Watch(w.ID)
+			return nil
+		}
+		s = snapshot(tx, name) // for the refusal
+		return nil
+	})
+	switch {
+	case err != nil && verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
+		// The waiter may be in the queue with no one to answer it.
+		e.takeOut(context.WithoutCancel(ctx), name, w.ID, req)
+		return Snapshot{}, e.fail(name, err)
+	case err != nil:
+		return Snapshot{}, e.fail(name, err)
+	case replay != nil:
+		return replay.Lock, nil
+	case verdict == lock.Grant:
+		e.granted(name, req, s.Token, 0)
+		return s, nil
+	case verdict == lock.Refuse:
+		e.metrics.Refused()
+		return Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
 	}
-	t.metrics.Refused()
-	return nil, Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
+	return e.await(ctx, name, w, req, woken, start)
+}
+
+// enqueue puts req at the back of the lock's queue, or in the place kept
+// by an earlier round of the same request (its Idempotency-Key), and
+// returns its waiter.
+func enqueue(tx txn.Tx, name string, req acquireRequest) txn.Waiter {
+	w := txn.Waiter{Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone()}
+	for _, p := range tx.Queue(name) {
+		if w.Idem != "" && p.Idem == w.Idem && !p.Left.IsZero() && p.Granted == nil {
+			w.ID, w.Since = p.ID, p.Since // it has waited since then
+			tx.PutWaiter(name, w)
+			return w
+		}
+	}
+	w.ID = tx.NewWaiterID()
+	tx.PutWaiter(name, w)
+	return w
+}
+
+// granted logs and counts a grant.
+func (e *engine) granted(name string, req acquireRequest, token uint64, waited time.Duration) {
+	e.metrics.Acquired(waited, waited > 0)
+	attrs := []any{"lock", name, "key", req.Key, "holder", req.Requestor, "token", token}
+	if waited > 0 {
+		attrs = append(attrs, "waited", waited.Round(time.Millisecond))
+	}
+	e.log.Info("lock granted", attrs...)
+}
+
+// await waits for waiter w to be granted, until req.Wait runs out or ctx
+// is done. The store tells of a grant; a store whose notifications can be
+// lost is also looked at every Recheck. A store that goes away meanwhile
+// does not end the wait: only a wait that ends with it still away is an
+// error.
+func (e *engine) await(ctx context.Context, name string, w txn.Waiter, req acquireRequest, woken <-chan struct{}, start time.Time) (Snapshot, error) {
+	timer := time.NewTimer(req.Wait)
+	defer timer.Stop()
+	var tick <-chan time.Time
+	if d := e.store.Recheck(); d > 0 {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-woken:
+		case <-tick:
+		case <-timer.C:
+			return e.endWait(ctx, name, w, req, true, start)
+		case <-ctx.Done():
+			return e.endWait(ctx, name, w, req, false, start)
+		}
+		// A claim runs to its end whatever the client does, so that a
+		// grant it takes is never lost on the way: given back in taken
+		// if the client has left.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
+		s, granted, err := e.claim(cctx, name, w.ID, req, false, false)
+		cancel()
+		switch {
+		case granted:
+			return e.taken(ctx, name, req, s, start)
+		case errors.Is(err, txn.ErrDropped):
+			return Snapshot{}, e.fail(name, err)
+		case err != nil && ctx.Err() != nil:
+			return e.endWait(ctx, name, w, req, false, start)
+		}
+	}
+}
+
+// endWait ends the wait of w, which ran out (timedOut) or whose context
+// is done, under the lock's transaction, so that no grant can come after:
+// a grant that came meanwhile is taken, a waiter with an Idempotency-Key
+// whose wait ran out keeps its place for placeHold, any other leaves.
+func (e *engine) endWait(ctx context.Context, name string, w txn.Waiter, req acquireRequest, timedOut bool, start time.Time) (Snapshot, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
+	defer cancel()
+	s, granted, err := e.claim(cctx, name, w.ID, req, true, timedOut && req.Idem != nil)
+	switch {
+	case errors.Is(err, txn.ErrDropped):
+		return Snapshot{}, e.fail(name, err)
+	case err != nil:
+		// The store is away as the wait ends: the waiter must not stay
+		// queued with no one to answer it once it is back.
+		go e.takeOut(context.WithoutCancel(ctx), name, w.ID, req)
+		if errors.Is(err, txn.ErrUnavailable) {
+			err = fmt.Errorf("%w: the wait ended while the database could not be reached: %w", txn.ErrUncertain, err)
+		}
+		return Snapshot{}, e.fail(name, err)
+	case granted:
+		return e.taken(ctx, name, req, s, start)
+	case timedOut:
+		e.metrics.WaitTimedOut()
+		return Snapshot{}, fmt.Errorf("%w: timed out after %v waiting: %s", errLockHeld, req.Wait, refusal(name, s, req.Key))
+	case !clientGone(ctx):
+		return Snapshot{}, errShuttingDown
+	}
+	return Snapshot{}, errClientGone
+}
+
+// claim looks at waiter id of the lock called name: once granted, it
+// takes the grant up (the waiter leaves the queue, the outcome is
+// remembered) and returns the lock as granted. With end, a waiter not yet
+// granted leaves, or keeps its place with hold. The lock as it is now is
+// returned either way.
+func (e *engine) claim(ctx context.Context, name string, id int64, req acquireRequest, end, hold bool) (s Snapshot, granted bool, err error) {
+	err = e.update(ctx, []string{name}, txn.Options{}, func(tx txn.Tx) error {
+		granted = false
+		w, ok := find(tx.Queue(name), id)
+		switch {
+		case !ok:
+			return txn.ErrDropped
+		case w.Granted != nil:
+			tx.RemoveWaiter(name, id)
+			granted = true
+			s = snapshot(tx, name)
+			s.Lock = w.Granted.Clone()
+			return remember(tx, req.Idem, outcome{Lock: s})
+		case !end:
+			return nil
+		case hold:
+			w.Left = tx.Now()
+			tx.PutWaiter(name, w)
+		default:
+			tx.RemoveWaiter(name, id)
+		}
+		grantQueue(tx, name) // whoever queued behind it may now be at the head
+		s = snapshot(tx, name)
+		return nil
+	})
+	return s, granted, err
+}
+
+// find returns the waiter with id in queue.
+func find(queue []txn.Waiter, id int64) (txn.Waiter, bool) {
+	for _, w := range queue {
+		if w.ID == id {
+			return w, true
+		}
+	}
+	return txn.Waiter{}, false
+}
+
+// taken answers a waiter whose grant it took up, unless its client went
+// away meanwhile: then the lock is given back, or a client no one can
+// answer holds it for good. (A reply can still be lost on the wire after
+// this; leases and Idempotency-Keys cover that.)
+func (e *engine) taken(ctx context.Context, name string, req acquireRequest, s Snapshot, start time.Time) (Snapshot, error) {
+	if clientGone(ctx) {
+		e.giveBack(context.WithoutCancel(ctx), name, req)
+		return Snapshot{}, errClientGone
+	}
+	e.granted(name, req, s.Token, time.Since(start))
+	return s, nil
+}
+
+// clientGone reports whether the request behind ctx has no client left to
+// answer: its context is done, and not because the server is shutting down
+// (then the client still hears a 503, or its grant).
+func clientGone(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), errShuttingDown)
+}
+
+// giveBack releases the count granted to req, whose client went away,
+// and forgets the grant's outcome: the client never heard of it.
+func (e *engine) giveBack(ctx context.Context, name string, req acquireRequest) {
+	ctx, cancel := context.WithTimeout(ctx, changeTimeout)
+	defer cancel()
+	err := e.update(ctx, []string{name}, txn.Options{}, func(tx txn.Tx) error {
+		if next, released, _ := lock.Release(tx.Lock(name), req.Key, req.Requestor, false); released > 0 {
+			tx.Set(name, next)
+			grantQueue(tx, name)
+		}
+		if req.Idem != nil {
+			tx.Forget(req.Idem.scope)
+		}
+		return nil
+	})
+	if err != nil {
+		e.log.Error("giving back a lock granted to a client that went away", "lock", name, "requestor", req.Requestor, "err", err)
+		return
+	}
+	e.log.Info("lock given back: its waiter went away as it was granted", "lock", name, "requestor", req.Requestor)
+}
+
+// takeOut takes waiter id out of the queue, giving back its grant if it
+// had one, trying for a while: it is there for a request that will not
+// take it up (the commit that queued it was in doubt, or the store was
+// away as its wait ended), and would otherwise be granted to no one.
+func (e *engine) takeOut(ctx context.Context, name string, id int64, req acquireRequest) {
+	for try := range takeOutTries {
+		cctx, cancel := context.WithTimeout(ctx, changeTimeout)
+		err := e.update(cctx, []string{name}, txn.Options{}, func(tx txn.Tx) error {
+			w, ok := find(tx.Queue(name), id)
+			if !ok {
+				return nil // gone already, or never queued
+			}
+			tx.RemoveWaiter(name, id)
+			if w.Granted != nil {
+				if next, released, _ := lock.Release(tx.Lock(name), req.Key, req.Requestor, false); released > 0 {
+					tx.Set(name, next)
+				}
+			}
+			grantQueue(tx, name)
+			return nil
+		})
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(time.Duration(try+1) * 100 * time.Millisecond)
+	}
+	e.log.Error("a waiter could not be taken out of the queue; a lease, if it has one, will free what it is granted", "lock", name, "requestor", req.Requestor)
 }
 
 // refusal says why a request with key cannot have the lock called name,
@@ -355,68 +561,85 @@ func plural(n int, one, many string) string {
 // or every count when all is set, and says how many counts it gave back.
 // Releasing a free lock, or for a requestor that holds nothing under key,
 // changes nothing; a lock held with another key is refused with errLockHeld.
-func (t *table) Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error) {
-	t.mu.Lock()
-	if o, seen, err := t.recall(idem); seen {
-		o, err := t.replay(o, err)
-		return o.Lock, o.Released, err
+func (e *engine) Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	var (
+		s        Snapshot
+		held     Lock
+		released int
+		ok       bool
+		replay   *outcome
+	)
+	err := e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
+		var err error
+		if replay, err = recall(tx, idem); replay != nil || err != nil {
+			return err
+		}
+		held = tx.Lock(name)
+		var next Lock
+		next, released, ok = lock.Release(held, key, requestor, all)
+		if released > 0 {
+			tx.Set(name, next)
+			grantQueue(tx, name)
+		}
+		s = snapshot(tx, name)
+		if released > 0 {
+			return remember(tx, idem, outcome{Lock: s, Released: released})
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return Snapshot{}, 0, e.fail(name, err)
+	case replay != nil:
+		return replay.Lock, replay.Released, nil
+	case !ok:
+		return Snapshot{}, 0, fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
+			errLockHeld, name, held.Key, held.HoldersString())
 	}
-	x := t.begin()
-	due := t.expireDue(x, t.now())
-	l := t.locks[name]
-	if faults.Planted == faults.ReleaseAnyKey {
-		key = l.Key
-	}
-	next, released, ok := lock.Release(l, key, requestor, all)
-	var err error
-	if !ok {
-		err = fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
-			errLockHeld, name, l.Key, l.HoldersString())
-	} else if released > 0 {
-		x.set(name, next)
-		x.giveQueue(name)
-		x.remember(name, idem, outcome{Released: released})
-	}
-	cerr := x.commit()
-	s, seq := t.snapshot(name), t.seq
-	t.mu.Unlock()
-	if err := cmp.Or(t.done(due, cerr, seq), err); err != nil {
-		return Snapshot{}, 0, err
-	}
-	t.metrics.Released(released)
+	e.metrics.Released(released)
 	if released > 0 {
-		t.log.Info("lock released", "lock", name, "key", l.Key, "holder", requestor, "token", l.Token, "counts", released, "now_free", s.Free())
+		e.log.Info("lock released", "lock", name, "key", held.Key, "holder", requestor, "token", held.Token, "counts", released, "now_free", s.Free())
 	}
 	return s, released, nil
 }
 
 // ForceRelease frees the lock called name whoever holds it, and returns
 // what it was and what it is now (the next waiters may have it).
-func (t *table) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error) {
-	t.mu.Lock()
-	if o, seen, err := t.recall(idem); seen {
-		o, err := t.replay(o, err)
-		if o.Old == nil {
-			o.Old = &Lock{}
+func (e *engine) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	var (
+		s      Snapshot
+		old    Lock
+		replay *outcome
+	)
+	err := e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
+		var err error
+		if replay, err = recall(tx, idem); replay != nil || err != nil {
+			return err
 		}
-		return *o.Old, o.Lock, err
+		old = tx.Lock(name).Clone()
+		if old.Free() {
+			s = snapshot(tx, name)
+			return nil
+		}
+		tx.Set(name, Lock{})
+		grantQueue(tx, name)
+		s = snapshot(tx, name)
+		return remember(tx, idem, outcome{Lock: s, Old: &old})
+	})
+	switch {
+	case err != nil:
+		return Lock{}, Snapshot{}, e.fail(name, err)
+	case replay != nil && replay.Old != nil:
+		return *replay.Old, replay.Lock, nil
+	case replay != nil:
+		return Lock{}, replay.Lock, nil
 	}
-	x := t.begin()
-	due := t.expireDue(x, t.now())
-	old := t.locks[name].Clone()
-	x.set(name, Lock{})
-	x.giveQueue(name)
 	if !old.Free() {
-		x.remember(name, idem, outcome{Old: &old})
-	}
-	err := x.commit()
-	s, seq := t.snapshot(name), t.seq
-	t.mu.Unlock()
-	if err := t.done(due, err, seq); err != nil {
-		return Lock{}, Snapshot{}, err
-	}
-	if !old.Free() {
-		t.metrics.Forced()
+		e.metrics.Forced()
 	}
 	return old, s, nil
 }
@@ -424,66 +647,135 @@ func (t *table) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, er
 // Renew sets requestor's lease on the lock called name to end ttl from now,
 // without changing its count. It is refused with errLockHeld when requestor
 // holds nothing under key.
-func (t *table) Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error) {
-	t.mu.Lock()
-	if o, seen, err := t.recall(idem); seen {
-		o, err := t.replay(o, err)
-		return o.Lock, err
-	}
-	x := t.begin()
-	due := t.expireDue(x, t.now())
-	next, ok := lock.Renew(t.locks[name], key, requestor, t.now().Add(ttl))
-	var err error
-	if !ok {
-		err = fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
+func (e *engine) Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	var (
+		s      Snapshot
+		ok     bool
+		replay *outcome
+	)
+	err := e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
+		var err error
+		if replay, err = recall(tx, idem); replay != nil || err != nil {
+			return err
+		}
+		var next Lock
+		if next, ok = lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl)); !ok {
+			return nil
+		}
+		tx.Set(name, next)
+		s = snapshot(tx, name)
+		return remember(tx, idem, outcome{Lock: s})
+	})
+	switch {
+	case err != nil:
+		return Snapshot{}, e.fail(name, err)
+	case replay != nil:
+		return replay.Lock, nil
+	case !ok:
+		return Snapshot{}, fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
 			errLockHeld, requestor, name, key)
-	} else {
-		x.set(name, next)
-		x.remember(name, idem, outcome{})
-	}
-	cerr := x.commit()
-	s, seq := t.snapshot(name), t.seq
-	t.mu.Unlock()
-	if err := cmp.Or(t.done(due, cerr, seq), err); err != nil {
-		return Snapshot{}, err
 	}
 	return s, nil
 }
 
-// checkpoint has the store save the whole table, so that it can forget
-// the changes it holds. The table is copied under its mutex, a quick copy
-// of the map, and saved without it.
-func (t *table) checkpoint() error {
-	st := t.saved()
-	if err := t.durable(st.Seq); err != nil {
-		return err
+// Get returns the lock called name and its queue; a lock no one holds is
+// free.
+func (e *engine) Get(name string) (Snapshot, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	var s Snapshot
+	err := e.store.View(ctx, []string{name}, func(r txn.Reader) error {
+		s = snapshot(r, name)
+		return nil
+	})
+	if err != nil {
+		return Snapshot{}, e.fail(name, err)
 	}
-	return t.store.Checkpoint(st)
+	return s, nil
 }
 
-// checkpointLoop checkpoints whenever the store asks, until ctx is done.
-func (t *table) checkpointLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.store.CheckpointDue():
-			start := time.Now()
-			if err := t.checkpoint(); err != nil {
-				t.log.Error("checkpointing the journal into the state file", "err", err)
-				continue
-			}
-			t.metrics.Checkpointed(time.Since(start))
-			t.log.Info("journal checkpointed into the state file", "locks", t.Len(), "duration", time.Since(start))
+// List returns every lock that is held or waited for.
+func (e *engine) List() (map[string]Snapshot, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	tables, err := e.store.Scan(ctx)
+	if err != nil {
+		return nil, e.fail("", err)
+	}
+	out := make(map[string]Snapshot)
+	for _, name := range tables.Names() {
+		if s := snapshot(tables, name); !s.Free() || len(s.Waiting) > 0 {
+			out[name] = s
 		}
 	}
+	return out, nil
 }
 
-// close checkpoints and closes the store, so that at rest the state file
-// alone holds the table. Callers make sure no change is under way.
-func (t *table) close() error {
-	if err := t.checkpoint(); err != nil {
-		return errors.Join(err, t.store.Close(false))
+// fail turns a store's error into the API's: what the client may do
+// about it. The details go to the log.
+func (e *engine) fail(name string, err error) error {
+	switch {
+	case errors.Is(err, txn.ErrUncertain):
+		e.log.Error("database request failed", "lock", name, "err", err)
+		return fmt.Errorf("%w: the connection failed as the change was committed, so it may or may not have been made; check GET /lock/%s, or send the request again with its Idempotency-Key", errDatabase, name)
+	case errors.Is(err, txn.ErrDropped):
+		return fmt.Errorf("%w: this node lost its place in the queue while it could not reach the database; ask again", errDatabase)
+	case errors.Is(err, txn.ErrUnavailable):
+		e.log.Error("database request failed", "lock", name, "err", err)
+		return fmt.Errorf("%w: the change was not made; try again in a moment", errDatabase)
 	}
-	return t.store.Close(true)
+	return err
+}
+
+// Ready reports whether the store can make a change durable.
+func (e *engine) Ready() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return e.store.Ready(ctx)
+}
+
+// Now is the store's clock, to the millisecond, for the status page.
+func (e *engine) Now() time.Time { return e.store.Now() }
+
+// stats returns the gauges' figures, from one listing: locks held, their
+// holders, requests waiting, and how long the longest-held lock has been
+// held.
+func (e *engine) stats() metrics.TableStats {
+	locks, _ := e.List()
+	var st metrics.TableStats
+	now := e.Now()
+	for _, l := range locks {
+		st.Waiters += len(l.Waiting)
+		if l.Free() {
+			continue
+		}
+		st.Locks++
+		st.Holders += len(l.Holders)
+		if !l.AcquiredAt.IsZero() {
+			st.OldestAge = max(st.OldestAge, now.Sub(l.AcquiredAt))
+		}
+	}
+	return st
+}
+
+// Len returns the number of held locks (0 when the store cannot say).
+func (e *engine) Len() int {
+	locks, _ := e.List()
+	n := 0
+	for _, l := range locks {
+		if !l.Free() {
+			n++
+		}
+	}
+	return n
+}
+
+// background runs the store's own work until ctx is done; the locks it
+// points at are settled, as every change settles them first.
+func (e *engine) background(ctx context.Context) {
+	e.store.Run(ctx, func(ctx context.Context, names []string) error {
+		return e.update(ctx, names, txn.Options{}, func(txn.Tx) error { return nil })
+	})
 }

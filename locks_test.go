@@ -1,22 +1,30 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
+	"maps"
+	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
-	"github.com/locker-ci/locker/internal/journal"
+	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/pgstore"
 	"github.com/locker-ci/locker/internal/testutil"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // fakeClock is a clock that moves only when told to.
@@ -46,39 +54,107 @@ var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newTestTable returns an empty table saved to a file in a temp directory
 // through d (the real disk when d is nil), and the file's path.
-func newTestTable(tb testing.TB, d atomicfile.FS) (*table, string) {
+func newTestTable(tb testing.TB, d atomicfile.FS) (*engine, string) {
 	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "locks.yml")
 	return loadTestTable(tb, path, d, time.Now), path
 }
 
 // openStores is the file store last opened on each path by loadTestTable.
-var openStores sync.Map // path -> *fileStore
+var openStores sync.Map // path -> *filestore.Store
 
 // loadTestTable loads the table saved in path and its journal, as the
-// server does at start. A table still open on path is left as a crashed
-// process leaves it: the kernel lock on its state is dropped, nothing is
-// written. The store is closed when the test ends.
-func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.Time) *table {
+// server does at start. A store still open on path is closed first
+// without a checkpoint, as a crashed process leaves it (its journal holds
+// what it was told), though its table can still be read. The store is
+// closed when the test ends.
+func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.Time) *engine {
 	tb.Helper()
 	if d == nil {
 		d = atomicfile.OS{}
 	}
 	if earlier, ok := openStores.Load(path); ok {
-		_ = earlier.(*fileStore).owner.Release()
+		_ = earlier.(*filestore.Store).Close(false)
 	}
-	store := newFileStore(path, d)
-	openStores.Store(path, store)
-	tab, err := openTable(store, now, discardLog)
+	store, err := filestore.Open(path, d, filestore.Options{Log: discardLog, Now: now})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = tab.store.Close(false) })
-	return tab
+	openStores.Store(path, store)
+	tb.Cleanup(func() { _ = store.Close(false) })
+	return &engine{store: store, log: discardLog}
 }
 
-// journalOf returns the journal of tab's file store.
-func journalOf(tab *table) *journal.Journal { return tab.store.(*fileStore).journal }
+// newPGTable returns the table a node shares with others in the database
+// at url, closed when the test ends.
+func newPGTable(tb testing.TB, url, node string) *engine {
+	tb.Helper()
+	store, err := pgstore.Open(context.Background(), url, node)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e := &engine{store: store, log: discardLog}
+	ctx, cancel := context.WithCancel(context.Background())
+	var loop sync.WaitGroup
+	loop.Go(func() { e.background(ctx) })
+	tb.Cleanup(func() {
+		cancel()
+		loop.Wait()
+		_ = store.Close(false)
+	})
+	return e
+}
+
+// storeKind is a store that the contract tests run on.
+type storeKind struct {
+	name string
+	open func(tb testing.TB) *engine // an empty table
+}
+
+// storeKinds are the stores every test of the contract runs on: the file
+// store, and PostgreSQL (skipped, saying so, where there is none, unless
+// CI is set).
+var storeKinds = []storeKind{
+	{"file", func(tb testing.TB) *engine { e, _ := newTestTable(tb, nil); return e }},
+	{"postgresql", func(tb testing.TB) *engine { return newPGTable(tb, testutil.PostgresSchema(tb), "node") }},
+}
+
+// forEachStore runs f as a subtest on each store.
+func forEachStore(t *testing.T, f func(t *testing.T, open func(tb testing.TB) *engine)) {
+	for _, kind := range storeKinds {
+		t.Run(kind.name, func(t *testing.T) { f(t, kind.open) })
+	}
+}
+
+// settleAll ends every lease that ran out by the store's clock, as the
+// expiry loop does.
+func settleAll(tb testing.TB, e *engine) {
+	tb.Helper()
+	tables, err := e.store.Scan(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := e.update(context.Background(), tables.Names(), txn.Options{}, func(txn.Tx) error { return nil }); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// readJournal returns the records in the journal beside the state file at
+// path: its bytes up to the zeros of the room allocated ahead.
+func readJournal(tb testing.TB, path string) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(path + ".journal")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		data = data[:i]
+	}
+	return data
+}
 
 // onDisk returns what the state file at path and its journal hold.
 func onDisk(tb testing.TB, path string) string {
@@ -93,8 +169,8 @@ func holderOf(l Snapshot, name string) Holder {
 }
 
 // get is Get for tests, which expect it to work.
-func (t *table) get(name string) Snapshot {
-	s, err := t.Get(name)
+func (e *engine) get(name string) Snapshot {
+	s, err := e.Get(name)
 	if err != nil {
 		panic(err)
 	}
@@ -102,8 +178,8 @@ func (t *table) get(name string) Snapshot {
 }
 
 // list is List for tests, which expect it to work.
-func (t *table) list() map[string]Snapshot {
-	m, err := t.List()
+func (e *engine) list() map[string]Snapshot {
+	m, err := e.List()
 	if err != nil {
 		panic(err)
 	}
@@ -124,7 +200,7 @@ func briefOf(l Lock) brief {
 }
 
 // acquire takes a lock without waiting.
-func acquire(t *table, name, key, requestor string) (Snapshot, error) {
+func acquire(t *engine, name, key, requestor string) (Snapshot, error) {
 	return t.Acquire(context.Background(), name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor, Named: true}})
 }
 
@@ -212,37 +288,34 @@ func TestLockRules(t *testing.T) {
 			want:  brief{"k", map[string]int{"a": 1}},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tab, path := newTestTable(t, nil)
-			for i, s := range tt.steps {
-				var err error
-				released := 0
-				switch s.op {
-				case "acquire":
-					_, err = acquire(tab, "l", s.key, s.by)
-				case "release", "release-all":
-					_, released, err = tab.Release("l", s.key, s.by, s.op == "release-all", nil)
-				default:
-					t.Fatalf("unknown op %q", s.op)
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				tab := open(t)
+				for i, s := range tt.steps {
+					var err error
+					released := 0
+					switch s.op {
+					case "acquire":
+						_, err = acquire(tab, "l", s.key, s.by)
+					case "release", "release-all":
+						_, released, err = tab.Release("l", s.key, s.by, s.op == "release-all", nil)
+					default:
+						t.Fatalf("unknown op %q", s.op)
+					}
+					if !errors.Is(err, s.wantErr) {
+						t.Fatalf("step %d: %s(%q, %q) = %v; want %v", i, s.op, s.key, s.by, err, s.wantErr)
+					}
+					if released != s.wantReleased {
+						t.Errorf("step %d: %s released %d; want %d", i, s.op, released, s.wantReleased)
+					}
 				}
-				if !errors.Is(err, s.wantErr) {
-					t.Fatalf("step %d: %s(%q, %q) = %v; want %v", i, s.op, s.key, s.by, err, s.wantErr)
+				if got := briefOf(tab.get("l").Lock); !reflect.DeepEqual(got, tt.want) {
+					t.Errorf("lock = %+v; want %+v", got, tt.want)
 				}
-				if released != s.wantReleased {
-					t.Errorf("step %d: %s released %d; want %d", i, s.op, released, s.wantReleased)
-				}
-			}
-			if got := briefOf(tab.get("l").Lock); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("lock = %+v; want %+v", got, tt.want)
-			}
-			// What the table shows is what a restart would load.
-			reloaded := loadTestTable(t, path, nil, time.Now)
-			if got, want := reloaded.get("l").Lock, tab.get("l").Lock; !reflect.DeepEqual(got, want) {
-				t.Errorf("file holds %+v; table holds %+v", got, want)
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 func TestReleasedLocksDisappear(t *testing.T) {
@@ -264,7 +337,7 @@ func TestReleasedLocksDisappear(t *testing.T) {
 }
 
 func TestFailedSaveChangesNothing(t *testing.T) {
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	tab, path := newTestTable(t, d)
 	if _, err := acquire(tab, "held", "k", "a"); err != nil {
 		t.Fatal(err)
@@ -286,7 +359,7 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 	}
 	for _, c := range changes {
 		err := c.do()
-		if !errors.Is(err, errSave) || !errors.Is(err, atomicfile.ErrInjected) {
+		if !errors.Is(err, errSave) || !errors.Is(err, faults.ErrInjected) {
 			t.Errorf("%s with saving failing = %v; want errSave", c.name, err)
 		}
 		if got := tab.list(); !reflect.DeepEqual(got, want) {
@@ -309,7 +382,7 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 }
 
 func TestNoOpChangesDoNotWrite(t *testing.T) {
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	tab, _ := newTestTable(t, d)
 	if _, err := acquire(tab, "l", "k", "a"); err != nil {
 		t.Fatal(err)
@@ -330,22 +403,24 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 }
 
 func TestListAndGetReturnCopies(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	l, err := acquire(tab, "l", "k", "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Holders[0].Count = 99
-	tab.get("l").Holders[0].Count = 99
-	tab.list()["l"].Holders[0].Count = 99
-	if got := holderOf(tab.get("l"), "a").Count; got != 1 {
-		t.Errorf("count after callers changed their copies = %d; want 1", got)
-	}
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		l, err := acquire(tab, "l", "k", "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Holders[0].Count = 99
+		tab.get("l").Holders[0].Count = 99
+		tab.list()["l"].Holders[0].Count = 99
+		if got := holderOf(tab.get("l"), "a").Count; got != 1 {
+			t.Errorf("count after callers changed their copies = %d; want 1", got)
+		}
+	})
 }
 
 // queued starts Acquire with a long wait in the background and returns
 // once the request is in the queue. Its result arrives on the channel.
-func queued(tb testing.TB, ctx context.Context, tab *table, name, key, requestor string) <-chan error {
+func queued(tb testing.TB, ctx context.Context, tab *engine, name, key, requestor string) <-chan error {
 	tb.Helper()
 	before := len(tab.get(name).Waiting)
 	done := make(chan error, 1)
@@ -394,169 +469,191 @@ func waitingOrder(s Snapshot) []string {
 }
 
 func TestQueueIsFirstComeFirstServed(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	ctx := context.Background()
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	b1 := queued(t, ctx, tab, "l", "B", "b1")
-	a2 := queued(t, ctx, tab, "l", "A", "a2") // shares the holders' key, but b1 came first
-	b3 := queued(t, ctx, tab, "l", "B", "b3")
-	if got, want := waitingOrder(tab.get("l")), []string{"b1", "a2", "b3"}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("queue = %v; want %v", got, want)
-	}
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		ctx := context.Background()
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
+		}
+		b1 := queued(t, ctx, tab, "l", "B", "b1")
+		a2 := queued(t, ctx, tab, "l", "A", "a2") // shares the holders' key, but b1 came first
+		b3 := queued(t, ctx, tab, "l", "B", "b3")
+		if got, want := waitingOrder(tab.get("l")), []string{"b1", "a2", "b3"}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("queue = %v; want %v", got, want)
+		}
 
-	if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	mustGrant(t, b1, "b1")
-	if granted(t, a2) || granted(t, b3) {
-		t.Fatal("a waiter behind the head's batch was granted")
-	}
-	if got, want := briefOf(tab.get("l").Lock), (brief{"B", map[string]int{"b1": 1}}); !reflect.DeepEqual(got, want) {
-		t.Errorf("lock = %v; want %v", got, want)
-	}
+		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		mustGrant(t, b1, "b1")
+		if granted(t, a2) || granted(t, b3) {
+			t.Fatal("a waiter behind the head's batch was granted")
+		}
+		if got, want := briefOf(tab.get("l").Lock), (brief{"B", map[string]int{"b1": 1}}); !reflect.DeepEqual(got, want) {
+			t.Errorf("lock = %v; want %v", got, want)
+		}
 
-	if _, _, err := tab.Release("l", "B", "b1", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	mustGrant(t, a2, "a2")
-	if granted(t, b3) {
-		t.Fatal("b3 was granted while a2 holds the lock with another key")
-	}
-	if _, _, err := tab.Release("l", "A", "a2", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	mustGrant(t, b3, "b3")
+		if _, _, err := tab.Release("l", "B", "b1", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		mustGrant(t, a2, "a2")
+		if granted(t, b3) {
+			t.Fatal("b3 was granted while a2 holds the lock with another key")
+		}
+		if _, _, err := tab.Release("l", "A", "a2", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		mustGrant(t, b3, "b3")
+	})
 }
 
 func TestQueueGrantsSameKeyWaitersTogether(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	ctx := context.Background()
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	b1 := queued(t, ctx, tab, "l", "B", "b1")
-	b2 := queued(t, ctx, tab, "l", "B", "b2")
-	b3 := queued(t, ctx, tab, "l", "B", "b3")
-	c4 := queued(t, ctx, tab, "l", "C", "c4")
-	b5 := queued(t, ctx, tab, "l", "B", "b5")
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		ctx := context.Background()
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
+		}
+		b1 := queued(t, ctx, tab, "l", "B", "b1")
+		b2 := queued(t, ctx, tab, "l", "B", "b2")
+		b3 := queued(t, ctx, tab, "l", "B", "b3")
+		c4 := queued(t, ctx, tab, "l", "C", "c4")
+		b5 := queued(t, ctx, tab, "l", "B", "b5")
 
-	if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	for i, done := range []<-chan error{b1, b2, b3} {
-		mustGrant(t, done, []string{"b1", "b2", "b3"}[i])
-	}
-	if granted(t, c4) || granted(t, b5) {
-		t.Fatal("c4 or b5 was granted; c4 has another key and b5 is behind it")
-	}
-	s := tab.get("l")
-	if got, want := briefOf(s.Lock), (brief{"B", map[string]int{"b1": 1, "b2": 1, "b3": 1}}); !reflect.DeepEqual(got, want) {
-		t.Errorf("lock = %v; want %v", got, want)
-	}
-	if got, want := waitingOrder(s), []string{"c4", "b5"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("queue = %v; want %v", got, want)
-	}
+		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		for i, done := range []<-chan error{b1, b2, b3} {
+			mustGrant(t, done, []string{"b1", "b2", "b3"}[i])
+		}
+		if granted(t, c4) || granted(t, b5) {
+			t.Fatal("c4 or b5 was granted; c4 has another key and b5 is behind it")
+		}
+		s := tab.get("l")
+		if got, want := briefOf(s.Lock), (brief{"B", map[string]int{"b1": 1, "b2": 1, "b3": 1}}); !reflect.DeepEqual(got, want) {
+			t.Errorf("lock = %v; want %v", got, want)
+		}
+		if got, want := waitingOrder(s), []string{"c4", "b5"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("queue = %v; want %v", got, want)
+		}
+	})
 }
 
 func TestNewRequestsDoNotJumpTheQueue(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	b1 := queued(t, context.Background(), tab, "l", "B", "b1")
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
+		}
+		b1 := queued(t, context.Background(), tab, "l", "B", "b1")
 
-	// Same key as the holder, but b1 is waiting: no barging.
-	_, err := acquire(tab, "l", "A", "a1")
-	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "does not jump the queue") {
-		t.Errorf("PUT with the holders' key past a queued waiter = %v; want errLockHeld about the queue", err)
-	}
-	// A holder taking its lock again is granted at once.
-	s, err := acquire(tab, "l", "A", "a0")
-	if err != nil || holderOf(s, "a0").Count != 2 {
-		t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, holderOf(s, "a0").Count)
-	}
-	if granted(t, b1) {
-		t.Fatal("b1 was granted while a0 holds the lock")
-	}
+		// Same key as the holder, but b1 is waiting: no barging.
+		_, err := acquire(tab, "l", "A", "a1")
+		if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "does not jump the queue") {
+			t.Errorf("PUT with the holders' key past a queued waiter = %v; want errLockHeld about the queue", err)
+		}
+		// A holder taking its lock again is granted at once.
+		s, err := acquire(tab, "l", "A", "a0")
+		if err != nil || holderOf(s, "a0").Count != 2 {
+			t.Errorf("re-entrant PUT = %v, count %d; want granted, count 2", err, holderOf(s, "a0").Count)
+		}
+		if granted(t, b1) {
+			t.Fatal("b1 was granted while a0 holds the lock")
+		}
+	})
 }
 
 func TestAbandonedWaiterLeavesTheQueue(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	goroutines := runtime.NumGoroutine()
-	ctx, cancel := context.WithCancel(context.Background())
-	b1 := queued(t, ctx, tab, "l", "B", "b1")
-	a2 := queued(t, context.Background(), tab, "l", "A", "a2")
-
-	cancel() // b1's client goes away
-	select {
-	case err := <-b1:
-		if !errors.Is(err, errClientGone) {
-			t.Errorf("abandoned wait = %v; want errClientGone", err)
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("abandoned waiter did not return")
-	}
-	// With b1 gone, a2 is at the head and shares the holders' key.
-	mustGrant(t, a2, "a2")
-	if got, want := briefOf(tab.get("l").Lock), (brief{"A", map[string]int{"a0": 1, "a2": 1}}); !reflect.DeepEqual(got, want) {
-		t.Errorf("lock = %v; want %v", got, want)
-	}
-	if n := len(tab.get("l").Waiting); n != 0 {
-		t.Errorf("%d waiters left in the queue; want 0", n)
-	}
-	testutil.WaitFor(t, "waiter goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+		goroutines := runtime.NumGoroutine()
+		ctx, cancel := context.WithCancel(context.Background())
+		b1 := queued(t, ctx, tab, "l", "B", "b1")
+		a2 := queued(t, context.Background(), tab, "l", "A", "a2")
+
+		cancel() // b1's client goes away
+		select {
+		case err := <-b1:
+			if !errors.Is(err, errClientGone) {
+				t.Errorf("abandoned wait = %v; want errClientGone", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("abandoned waiter did not return")
+		}
+		// With b1 gone, a2 is at the head and shares the holders' key.
+		mustGrant(t, a2, "a2")
+		if got, want := briefOf(tab.get("l").Lock), (brief{"A", map[string]int{"a0": 1, "a2": 1}}); !reflect.DeepEqual(got, want) {
+			t.Errorf("lock = %v; want %v", got, want)
+		}
+		if n := len(tab.get("l").Waiting); n != 0 {
+			t.Errorf("%d waiters left in the queue; want 0", n)
+		}
+		testutil.WaitFor(t, "waiter goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	})
 }
 
 func TestWaitTimesOut(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	_, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: 20 * time.Millisecond})
-	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "timed out after 20ms") || !strings.Contains(err.Error(), `key "A" by a0 (1)`) {
-		t.Errorf("wait that runs out = %v; want errLockHeld saying it timed out and who holds the lock", err)
-	}
-	if n := len(tab.get("l").Waiting); n != 0 {
-		t.Errorf("%d waiters left after a timeout; want 0", n)
-	}
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: 20 * time.Millisecond})
+		if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "timed out after 20ms") || !strings.Contains(err.Error(), `key "A" by a0 (1)`) {
+			t.Errorf("wait that runs out = %v; want errLockHeld saying it timed out and who holds the lock", err)
+		}
+		if n := len(tab.get("l").Waiting); n != 0 {
+			t.Errorf("%d waiters left after a timeout; want 0", n)
+		}
+	})
 }
 
 func TestShutdownEndsWaits(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancelCause(context.Background())
-	b1 := queued(t, ctx, tab, "l", "B", "b1")
-	cancel(errShuttingDown)
-	if err := <-b1; !errors.Is(err, errShuttingDown) {
-		t.Errorf("wait during shutdown = %v; want errShuttingDown", err)
-	}
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancelCause(context.Background())
+		b1 := queued(t, ctx, tab, "l", "B", "b1")
+		cancel(errShuttingDown)
+		if err := <-b1; !errors.Is(err, errShuttingDown) {
+			t.Errorf("wait during shutdown = %v; want errShuttingDown", err)
+		}
+	})
 }
 
+// TestGrantRaceWithLeaving: a waiter is granted before it notices its
+// wait ended. Ending the wait, under the lock's transaction, must take the
+// grant up instead of dropping it.
 func TestGrantRaceWithLeaving(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	if _, err := acquire(tab, "l", "A", "a0"); err != nil {
-		t.Fatal(err)
-	}
-	tab.mu.Lock()
-	w := &waiter{name: "l", req: acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: time.Hour}, done: make(chan struct{})}
-	tab.queues["l"] = []*waiter{w}
-	tab.mu.Unlock()
-	if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	// The grant is made before the waiter notices its wait ended: leaving
-	// then must report the grant instead of dropping it.
-	s, seq, ok := tab.leave(w, false)
-	if !ok || holderOf(s, "b1").Count != 1 || seq == 0 {
-		t.Errorf("leave after the grant = %+v, %d, %v; want the granted lock and its change", s, seq, ok)
-	}
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := acquire(tab, "l", "A", "a0"); err != nil {
+			t.Fatal(err)
+		}
+		req := acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: time.Hour}
+		var w txn.Waiter
+		if err := tab.update(context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
+			w = enqueue(tx, "l", req) // queued, with no request waiting on it
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		s, granted, err := tab.claim(context.Background(), "l", w.ID, req, true, false)
+		if err != nil || !granted || holderOf(s, "b1").Count != 1 {
+			t.Errorf("ending the wait after the grant = %+v, %v, %v; want the granted lock", s.Lock, granted, err)
+		}
+		if s := tab.get("l"); len(s.Waiting) != 0 || holderOf(s, "b1").Count != 1 {
+			t.Errorf("after the grant was taken up: %+v; want b1 holding, no one waiting", s)
+		}
+	})
 }
 
 func TestLeases(t *testing.T) {
@@ -595,9 +692,8 @@ func TestLeases(t *testing.T) {
 	}
 
 	// The original expiry passes: nothing happens, it was renewed.
-	if err := tab.expire(start.Add(61 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	clock.Advance(11 * time.Second)
+	settleAll(t, tab)
 	if got := holderOf(tab.get("l"), "a").Count; got != 2 {
 		t.Fatalf("count after the renewed lease's old expiry = %d; want 2", got)
 	}
@@ -605,9 +701,8 @@ func TestLeases(t *testing.T) {
 	// A waiter with another key queues; when a's lease runs out, every count
 	// of a goes, b still holds, and the waiter keeps waiting.
 	c := queued(t, context.Background(), tab, "l", "other", "c")
-	if err := tab.expire(clock.Advance(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
+	clock.Advance(time.Minute)
+	settleAll(t, tab)
 	if got, want := briefOf(tab.get("l").Lock), (brief{"k", map[string]int{"b": 1}}); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after a's lease ran out, lock = %v; want %v", got, want)
 	}
@@ -644,9 +739,7 @@ func TestLeaseExpiresWhileStopped(t *testing.T) {
 	// Restarted after: it is gone, the other lock is not.
 	clock.Advance(2 * time.Minute)
 	late := loadTestTable(t, path, nil, clock.Now)
-	if err := late.expire(late.now()); err != nil {
-		t.Fatal(err)
-	}
+	settleAll(t, late)
 	if !late.get("leased").Free() || late.get("kept").Free() {
 		t.Errorf("after a restart past the lease: leased = %+v, kept = %+v; want leased free, kept held",
 			late.get("leased").Lock, late.get("kept").Lock)
@@ -659,7 +752,7 @@ func TestExpireLoopReleasesOnTime(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tab.expireLoop(ctx)
+		tab.background(ctx)
 	}()
 	defer func() { cancel(); <-done }()
 	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: 30 * time.Millisecond}}); err != nil {
@@ -701,90 +794,72 @@ func TestTokens(t *testing.T) {
 }
 
 func TestForceRelease(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	for _, r := range []string{"a", "b", "a"} {
-		if _, err := acquire(tab, "l", "k", r); err != nil {
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		for _, r := range []string{"a", "b", "a"} {
+			if _, err := acquire(tab, "l", "k", r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := queued(t, context.Background(), tab, "l", "other", "c")
+		old, _, err := tab.ForceRelease("l", nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	c := queued(t, context.Background(), tab, "l", "other", "c")
-	old, _, err := tab.ForceRelease("l", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := briefOf(old), (brief{"k", map[string]int{"a": 2, "b": 1}}); !reflect.DeepEqual(got, want) {
-		t.Errorf("force release returned %v; want what was held, %v", got, want)
-	}
-	mustGrant(t, c, "c")
-	if got, want := briefOf(tab.get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
-		t.Errorf("lock after force release = %v; want the waiter's, %v", got, want)
-	}
+		if got, want := briefOf(old), (brief{"k", map[string]int{"a": 2, "b": 1}}); !reflect.DeepEqual(got, want) {
+			t.Errorf("force release returned %v; want what was held, %v", got, want)
+		}
+		mustGrant(t, c, "c")
+		if got, want := briefOf(tab.get("l").Lock), (brief{"other", map[string]int{"c": 1}}); !reflect.DeepEqual(got, want) {
+			t.Errorf("lock after force release = %v; want the waiter's, %v", got, want)
+		}
+	})
 }
 
 // TestLeaseIsJudgedAtTheRequest lets a lease run out with no expiry loop
 // running: every request must see it ended, not only the loop. A renewal
 // is refused and another key is granted at once.
 func TestLeaseIsJudgedAtTheRequest(t *testing.T) {
-	clock := newFakeClock()
-	tab := loadTestTable(t, filepath.Join(t.TempDir(), "locks.yml"), nil, clock.Now)
-	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Minute, Named: true}}); err != nil {
-		t.Fatal(err)
-	}
-	clock.Advance(time.Minute + time.Millisecond)
-	if _, err := tab.Renew("l", "k", "a", time.Minute, nil); !errors.Is(err, errLockHeld) {
-		t.Errorf("renewing a lease 1 ms after it ran out = %v; want errLockHeld", err)
-	}
-	if _, err := acquire(tab, "l", "other", "b"); err != nil {
-		t.Errorf("another key 1 ms after the only lease ran out = %v; want it granted", err)
-	}
-}
-
-// TestRollbackRestoresLeases makes a renewal fail to be written after the
-// lease's first expiry time has passed (and the expiry loop has dropped
-// that time as renewed): the renewal is undone, and the lease must still
-// end at its first time.
-func TestRollbackRestoresLeases(t *testing.T) {
-	clock := newFakeClock()
-	d := &atomicfile.Faulty{}
-	tab := loadTestTable(t, filepath.Join(t.TempDir(), "locks.yml"), d, clock.Now)
-	if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Minute, Named: true}}); err != nil {
-		t.Fatal(err)
-	}
-	held, release := d.Hold("jwrite")
-	d.Fail("jwrite")
-	renewed := make(chan error, 1)
-	go func() { _, err := tab.Renew("l", "k", "a", time.Hour, nil); renewed <- err }()
-	<-held // the renewal is in memory; its write is stuck
-	expired := make(chan error, 1)
-	go func() { expired <- tab.expire(clock.Advance(2 * time.Minute)) }()
-	testutil.WaitFor(t, "the expiry loop to wait for the stuck write", func() bool { return journalOf(tab).Blocked() >= 2 })
-	release()
-	if err := <-renewed; !errors.Is(err, errSave) {
-		t.Fatalf("renewal whose write failed = %v; want errSave", err)
-	}
-	<-expired
-	d.Fail("")
-	if err := tab.expire(clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if s := tab.get("l"); !s.Free() {
-		t.Errorf("after the renewal was undone and its first lease ran out, the lock is %+v; want it free", s.Lock)
-	}
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Second, Named: true}}); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, "the lease to run out", func() bool { return tab.get("l").Free() })
+		if _, err := tab.Renew("l", "k", "a", time.Minute, nil); !errors.Is(err, errLockHeld) {
+			t.Errorf("renewing a lease after it ran out = %v; want errLockHeld", err)
+		}
+		if _, err := acquire(tab, "l", "other", "b"); err != nil {
+			t.Errorf("another key after the only lease ran out = %v; want it granted", err)
+		}
+	})
 }
 
 // TestRefusalCountsWaitersByKey checks what a 423 says of the queue: how
 // many wait first, and how many of them with another key.
 func TestRefusalCountsWaitersByKey(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
-	if _, err := acquire(tab, "l", "k", "a"); err != nil {
-		t.Fatal(err)
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := acquire(tab, "l", "k", "a"); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		queued(t, ctx, tab, "l", "x", "b")
+		queued(t, ctx, tab, "l", "k", "c")
+		_, err := acquire(tab, "l", "k", "d")
+		if want := `"l" has 2 requests waiting first (1 with another key)`; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal = %v; want it to say %s", err, want)
+		}
+	})
+}
+
+// lockOf returns a lock held with key by requestors with the given counts.
+func lockOf(key string, counts map[string]int) Lock {
+	var l Lock
+	for _, r := range slices.Sorted(maps.Keys(counts)) {
+		l.Holders = append(l.Holders, Holder{Name: r, Hold: lock.Hold{Count: counts[r]}})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	queued(t, ctx, tab, "l", "x", "b")
-	queued(t, ctx, tab, "l", "k", "c")
-	_, err := acquire(tab, "l", "k", "d")
-	if want := `"l" has 2 requests waiting first (1 with another key)`; err == nil || !strings.Contains(err.Error(), want) {
-		t.Errorf("refusal = %v; want it to say %s", err, want)
-	}
+	l.Key = key
+	return l
 }

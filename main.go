@@ -33,7 +33,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"sync"
 	"syscall"
@@ -42,6 +41,7 @@ import (
 	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
 )
@@ -158,7 +158,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		maxWait:     defaultMaxWait,
 		maxTTL:      defaultMaxTTL,
 
-		checkpointBytes: defaultCheckpointBytes,
+		checkpointBytes: filestore.DefaultCheckpointBytes,
 		metricsAuth:     true,
 	}
 	switch {
@@ -317,63 +317,37 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	var locks backend
+	var locks *engine
 	m := metrics.New(version, metrics.Gauges{
 		Table: func() metrics.TableStats { return locks.stats() },
 		Ready: func() bool { return locks.Ready() == nil },
 	})
-	if cfg.databaseURL != "" {
-		locks, err = openPGTable(ctx, cfg.databaseURL, log, m)
-	} else {
-		locks, err = openFileTable(cfg, fsys, log, m)
-	}
+	store, err := openStore(ctx, cfg, faults.FS(fsys), log, m)
 	if err != nil {
 		return err
 	}
+	locks = &engine{store: store, log: log, metrics: m}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
 	if err != nil {
-		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), locks.shutdown(true))
+		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), store.Close(true))
 	}
 	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL,
 		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.metricsAuth}
 	if cfg.user != "" {
 		srv.auth = newCredentials(cfg.user, cfg.pass)
 	}
-	store := "state_file=" + cfg.statePath
+	where := "state_file=" + cfg.statePath
 	if cfg.databaseURL != "" {
-		store = "postgresql"
+		where = "postgresql"
 	}
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
-		"auth", srv.auth != nil, "store", store, "locks", locks.Len(), "version", version)
+		"auth", srv.auth != nil, "store", where, "locks", locks.Len(), "version", version)
 	if srv.auth == nil && !loopback(ln.Addr()) {
 		log.Warn("auth is off and locker listens beyond this machine: anyone who can reach it can take and free every lock; set AUTH_USER and AUTH_PASS, or LOCKER_LISTEN=127.0.0.1",
 			"addr", ln.Addr().String())
 	}
 	logs.Flush()
 	return serveUntilDone(ctx, ln, tlsConfig, srv, locks, log)
-}
-
-// openFileTable opens the table kept in the state file and its journal.
-func openFileTable(cfg config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (*table, error) {
-	store := newFileStore(cfg.statePath, faults.FS(fsys))
-	store.checkpointBytes, store.log = cfg.checkpointBytes, log
-	locks, err := openTable(store, time.Now, log)
-	if err != nil {
-		return nil, err
-	}
-	locks.metrics = m
-	store.journal.OnSync(m.Synced)
-	// Loading leaves garbage a few times the table's size (the file's
-	// bytes, the parsed document): give it back to the system now, or the
-	// process keeps that size for minutes (230 MB instead of 70 at 100,000
-	// locks).
-	debug.FreeOSMemory()
-	// Holds whose lease ran out while the server was down go first.
-	if err := locks.expire(locks.now()); err != nil {
-		_ = locks.store.Close(false)
-		return nil, fmt.Errorf("releasing leases that expired while locker was stopped: %w", err)
-	}
-	return locks, nil
 }
 
 // loopback reports whether addr is on the loopback interface only.
@@ -397,7 +371,7 @@ func loadTLS(cfg config) (*tls.Config, error) {
 // serveUntilDone serves srv on ln, with the table's background loops,
 // until ctx is done or the store breaks; then it shuts the server down and
 // closes the table.
-func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, locks backend, log *slog.Logger) error {
+func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, locks *engine, log *slog.Logger) error {
 	// Requests see errShuttingDown as their context's cause when the server
 	// stops, so that waiters answer 503 instead of holding up the shutdown.
 	base, stopRequests := context.WithCancelCause(context.Background())
@@ -427,10 +401,10 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	select {
 	case err := <-served:
 		stopLoops()
-		return errors.Join(fmt.Errorf("serving: %w", err), locks.shutdown(false))
+		return errors.Join(fmt.Errorf("serving: %w", err), locks.store.Close(false))
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err := <-locks.broken():
+	case err := <-locks.store.Broken():
 		stopErr = fmt.Errorf("stopping, the lock state on disk is in doubt: %w", err)
 		log.Error("stopping so that a restart reads the state from disk again", "err", err)
 	}
@@ -440,10 +414,10 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	shutdownErr := httpSrv.Shutdown(shutdownCtx)
 	stopLoops()
 	if stopErr != nil {
-		_ = locks.shutdown(false) // the store keeps what it has; nothing more can be trusted
+		_ = locks.store.Close(false) // the store keeps what it has; nothing more can be trusted
 		return stopErr
 	}
-	if err := locks.shutdown(true); err != nil {
+	if err := locks.store.Close(true); err != nil {
 		return fmt.Errorf("saving the lock state at shutdown: %w (the journal beside the state file still holds every change)", err)
 	}
 	if shutdownErr != nil {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/statefile"
 	"github.com/locker-ci/locker/internal/testcert"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -409,7 +410,7 @@ func TestFailedLoginIsLogged(t *testing.T) {
 // credentials: ready while the disk takes changes, 503 with the reason
 // from a failed write until a write succeeds again.
 func TestHealthAndReadiness(t *testing.T) {
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	ls := startServe(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "AUTH_USER": "ci", "AUTH_PASS": "s3cret"}, d)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		status, body := ls.call(t, "GET", path, "")

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/pgstore"
 )
@@ -75,50 +76,26 @@ func readLocks(ctx context.Context, from string) (map[string]lock.Lock, uint64, 
 		if err != nil {
 			return nil, 0, err
 		}
-		defer s.Close()
+		defer func() { _ = s.Close(false) }()
 		return s.Export(ctx)
 	}
-	store := newFileStore(from, atomicfile.OS{})
-	st, err := store.Open(func(uint64, error) uint64 { return 0 })
-	if err != nil {
-		return nil, 0, err
-	}
-	defer func() { _ = store.Close(false) }()
-	return st.Locks, st.LastToken, nil
+	st, err := filestore.Read(from, atomicfile.OS{})
+	return st.Locks, st.LastToken, err
 }
 
 // writeLocks writes locks into an empty target.
 func writeLocks(ctx context.Context, to string, locks map[string]lock.Lock, lastToken uint64) error {
-	if isDatabase(to) {
-		s, err := pgstore.Open(ctx, to, "migrate")
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		err = s.Import(ctx, locks, lastToken)
-		if errors.Is(err, pgstore.ErrNotEmpty) {
-			return fmt.Errorf("%w: migrate does not overwrite locks; free them, or use another database", err)
-		}
-		return err
+	if !isDatabase(to) {
+		return filestore.Write(to, atomicfile.OS{}, locks, lastToken)
 	}
-	store := newFileStore(to, atomicfile.OS{})
-	st, err := store.Open(func(uint64, error) uint64 { return 0 })
+	s, err := pgstore.Open(ctx, to, "migrate")
 	if err != nil {
 		return err
 	}
-	if len(st.Locks) > 0 {
-		_ = store.Close(false)
-		return fmt.Errorf("it holds %d locks: migrate does not overwrite locks; give it a new file", len(st.Locks))
+	defer func() { _ = s.Close(false) }()
+	err = s.Import(ctx, locks, lastToken)
+	if errors.Is(err, pgstore.ErrNotEmpty) {
+		return fmt.Errorf("%w: migrate does not overwrite locks; free them, or use another database", err)
 	}
-	// Written as a checkpoint is: the state file whole and synced, then
-	// the journal, which it covers, removed.
-	st.Locks, st.LastToken = locks, max(st.LastToken, lastToken)
-	for _, l := range locks {
-		st.LastToken = max(st.LastToken, l.Token)
-	}
-	if _, err := store.save(st); err != nil {
-		_ = store.Close(false)
-		return err
-	}
-	return store.Close(true)
+	return err
 }

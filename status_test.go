@@ -13,7 +13,7 @@ import (
 )
 
 // statusServer is the real router over a table whose clock the test moves.
-func statusServer(t *testing.T, user, pass string) (*testServer, *table, *fakeClock) {
+func statusServer(t *testing.T, user, pass string) (*testServer, *engine, *fakeClock) {
 	t.Helper()
 	clock := newFakeClock()
 	path := filepath.Join(t.TempDir(), "locks.yml")

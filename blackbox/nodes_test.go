@@ -55,11 +55,11 @@ func TestLinearizableNodes(t *testing.T) {
 		wg.Go(func() { runClient(t, rec, c, 2, node, stop) })
 	}
 
-	deadline := time.Now().Add(d)
-	half := time.Now().Add(d / 2)
+	began := time.Now()
+	half := began.Add(d / 2)
 	rng := rand.New(rand.NewPCG(5, 3))
 	kills, outages := 0, 0
-	for time.Now().Before(deadline) {
+	for rec.running(began, d, minOps(d)) {
 		time.Sleep(time.Duration(2000+rng.IntN(3000)) * time.Millisecond)
 		if outages == 0 && time.Now().After(half) {
 			px.Outage(time.Second)

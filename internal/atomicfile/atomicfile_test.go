@@ -1,4 +1,4 @@
-package atomicfile
+package atomicfile_test
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -22,15 +24,15 @@ func writeString(s string) func(io.Writer) error {
 func TestWriteFileIsAtomicAndDurable(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "locks.yml")
-	d := &Faulty{}
-	n, err := WriteFile(d, path, writeString("hello\n"))
+	d := &faults.Faulty{}
+	n, err := atomicfile.WriteFile(d, path, writeString("hello\n"))
 	if err != nil || n != 6 {
-		t.Fatalf("WriteFile = %d, %v; want 6, nil", n, err)
+		t.Fatalf("atomicfile.WriteFile = %d, %v; want 6, nil", n, err)
 	}
 	// The data is synced before the rename makes it visible, and the
 	// directory is synced after, so that the rename survives a crash.
 	if got, want := d.Took(), []string{"create", "write", "sync", "close", "rename", "syncdir"}; !slices.Equal(got, want) {
-		t.Errorf("WriteFile did %v; want %v", got, want)
+		t.Errorf("atomicfile.WriteFile did %v; want %v", got, want)
 	}
 	if got, _ := os.ReadFile(path); string(got) != "hello\n" {
 		t.Errorf("file holds %q; want %q", got, "hello\n")
@@ -43,7 +45,7 @@ func TestWriteFileIsAtomicAndDurable(t *testing.T) {
 		t.Errorf("file mode = %v; want 0600 (state files hold keys)", got)
 	}
 	if names := testutil.DirEntries(t, dir); !slices.Equal(names, []string{"locks.yml"}) {
-		t.Errorf("directory after WriteFile = %v; want only the file", names)
+		t.Errorf("directory after atomicfile.WriteFile = %v; want only the file", names)
 	}
 }
 
@@ -52,15 +54,15 @@ func TestWriteFileFailureLeavesFileAsItWas(t *testing.T) {
 		t.Run(failAt, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "locks.yml")
-			if _, err := WriteFile(OS{}, path, writeString("old")); err != nil {
+			if _, err := atomicfile.WriteFile(atomicfile.OS{}, path, writeString("old")); err != nil {
 				t.Fatal(err)
 			}
-			_, err := WriteFile(&Faulty{FailAt: failAt}, path, writeString("new"))
-			if !errors.Is(err, ErrInjected) {
-				t.Fatalf("WriteFile with %s failing = %v; want the injected fault", failAt, err)
+			_, err := atomicfile.WriteFile(&faults.Faulty{FailAt: failAt}, path, writeString("new"))
+			if !errors.Is(err, faults.ErrInjected) {
+				t.Fatalf("atomicfile.WriteFile with %s failing = %v; want the injected fault", failAt, err)
 			}
-			if errors.Is(err, ErrUncertain) {
-				t.Errorf("WriteFile failing at %s reported an uncertain outcome; the old file was never replaced", failAt)
+			if errors.Is(err, atomicfile.ErrUncertain) {
+				t.Errorf("atomicfile.WriteFile failing at %s reported an uncertain outcome; the old file was never replaced", failAt)
 			}
 			if got, _ := os.ReadFile(path); !bytes.Equal(got, []byte("old")) {
 				t.Errorf("file changed after a failed write: %q", got)
@@ -74,9 +76,9 @@ func TestWriteFileFailureLeavesFileAsItWas(t *testing.T) {
 
 func TestWriteFileDirSyncFailureIsUncertain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
-	_, err := WriteFile(&Faulty{FailAt: "syncdir"}, path, writeString("x"))
-	if !errors.Is(err, ErrUncertain) || !errors.Is(err, ErrInjected) {
-		t.Fatalf("WriteFile with the directory sync failing = %v; want ErrUncertain wrapping the fault", err)
+	_, err := atomicfile.WriteFile(&faults.Faulty{FailAt: "syncdir"}, path, writeString("x"))
+	if !errors.Is(err, atomicfile.ErrUncertain) || !errors.Is(err, faults.ErrInjected) {
+		t.Fatalf("atomicfile.WriteFile with the directory sync failing = %v; want atomicfile.ErrUncertain wrapping the fault", err)
 	}
 }
 
@@ -88,10 +90,10 @@ func TestRemoveTemps(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := RemoveTemps(OS{}, path); err != nil {
+	if err := atomicfile.RemoveTemps(atomicfile.OS{}, path); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := testutil.DirEntries(t, dir), []string{".other.tmp-1", "locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
-		t.Errorf("directory after RemoveTemps = %v; want %v", got, want)
+		t.Errorf("directory after atomicfile.RemoveTemps = %v; want %v", got, want)
 	}
 }

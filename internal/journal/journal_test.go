@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/faults"
 )
 
 // open opens the journal at path, collecting the replayed payloads, each
@@ -91,7 +92,7 @@ func TestDamageBeforeAGoodLineIsAnError(t *testing.T) {
 // again afterwards.
 func TestFailedWriteIsDiscardedBeforeItIsReported(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j")
-	d := &atomicfile.Faulty{}
+	d := &faults.Faulty{}
 	var j *Journal
 	var mu sync.Mutex
 	var refused error
@@ -106,7 +107,7 @@ func TestFailedWriteIsDiscardedBeforeItIsReported(t *testing.T) {
 	if err := j.Append(3, []byte("3")); err != nil {
 		t.Fatal(err)
 	}
-	if err := j.Wait(3); !errors.Is(err, atomicfile.ErrInjected) {
+	if err := j.Wait(3); !errors.Is(err, faults.ErrInjected) {
 		t.Fatalf("Wait(3) after a failed write = %v; want the fault", err)
 	}
 	mu.Lock()

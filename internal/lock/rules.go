@@ -29,9 +29,8 @@ const (
 func Decide(l Lock, queued int, req Request, mayWait bool) Verdict {
 	_, holds := l.Holder(req.Requestor)
 	reentrant := holds && req.Named && l.Key == req.Key
-	compatible := l.Free() || l.Key == req.Key
 	switch {
-	case reentrant || (compatible && queued == 0):
+	case reentrant || (Compatible(l, req.Key) && queued == 0):
 		return Grant
 	case mayWait:
 		return Queue
@@ -61,20 +60,11 @@ func Give(l Lock, req Request, now time.Time, next func() uint64) Lock {
 	return l
 }
 
-// GiveQueue grants the head of the queue, and the requests right behind
-// it, for as long as each is compatible with the holders: a batch of
-// same-key waiters goes in together. It returns the lock and how many
-// requests were granted.
-func GiveQueue(l Lock, queue []Request, now time.Time, next func() uint64) (Lock, int) {
-	n := 0
-	for ; n < len(queue); n++ {
-		if !l.Free() && l.Key != queue[n].Key {
-			break
-		}
-		l = Give(l, queue[n], now, next)
-	}
-	return l, n
-}
+// Compatible reports whether a request with key may share l with its
+// holders: l is free, or held with key. The head of a queue, and the
+// requests right behind it, are granted one by one for as long as each is
+// compatible: a batch of same-key waiters goes in together.
+func Compatible(l Lock, key string) bool { return l.Free() || l.Key == key }
 
 // Release returns l with one count of requestor's hold given back, or
 // every count when all is set, and how many it gave back. Releasing a free

@@ -41,17 +41,21 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-func TestGiveQueueGrantsTheHeadBatch(t *testing.T) {
-	now := time.Unix(1000, 0)
-	var token uint64 = 4
-	next := func() uint64 { token++; return token }
-	queue := []Request{{Key: "a", Requestor: "1"}, {Key: "a", Requestor: "2"}, {Key: "b", Requestor: "3"}, {Key: "a", Requestor: "4"}}
-	l, n := GiveQueue(Lock{}, queue, now, next)
-	if n != 2 || l.Key != "a" || len(l.Holders) != 2 || l.Token != 5 {
-		t.Fatalf("GiveQueue = %+v, %d; want the two same-key heads granted with token 5", l, n)
+func TestCompatible(t *testing.T) {
+	tests := []struct {
+		name string
+		l    Lock
+		key  string
+		want bool
+	}{
+		{"free lock", Lock{}, "a", true},
+		{"held with the key", held("a", "x"), "a", true},
+		{"held with another key", held("b", "x"), "a", false},
 	}
-	if _, n := GiveQueue(held("b", "x"), queue, now, next); n != 0 {
-		t.Errorf("GiveQueue on a lock held with another key granted %d", n)
+	for _, tt := range tests {
+		if got := Compatible(tt.l, tt.key); got != tt.want {
+			t.Errorf("%s: Compatible(%q) = %v; want %v", tt.name, tt.key, got, tt.want)
+		}
 	}
 }
 

@@ -58,6 +58,16 @@ var migrations = []string{
 	// commit that queued it is in doubt.
 	`ALTER TABLE locker_queue ADD COLUMN ticket text;
 	CREATE INDEX locker_queue_by_ticket ON locker_queue (ticket) WHERE ticket IS NOT NULL;`,
+
+	// 5: outcomes in the one engine's shape, the file store's: the lock
+	// with its queue under "lock", what a force release freed under
+	// "old". (Waiters are named by their IDs now; tickets are unused.)
+	`UPDATE locker_requests SET outcome =
+		jsonb_build_object(
+			'lock', coalesce(outcome->'state'->'lock', '{}'::jsonb) || jsonb_build_object('Waiting', outcome->'state'->'waiting'),
+			'released', coalesce(outcome->'released', '0'::jsonb))
+		|| CASE WHEN jsonb_typeof(outcome->'old') = 'object' THEN jsonb_build_object('old', outcome->'old'->'lock') ELSE '{}'::jsonb END
+	WHERE outcome ? 'state';`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

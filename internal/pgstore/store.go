@@ -1,26 +1,28 @@
 // Package pgstore keeps the lock table in PostgreSQL, so that several
-// locker nodes share one table. Every change runs the rules of
-// internal/lock inside a transaction, under the lock's row lock, with the
-// database's clock; fencing tokens come from one sequence. Waiters queue
-// in the database, first come first served across nodes; a node is woken
-// by LISTEN/NOTIFY when a lock it waits for may be granted, and re-checks
-// every second in case a notification was lost.
+// locker nodes share one table. It implements the transactions of
+// internal/txn and nothing of the rules: a transaction is a database
+// transaction under the row locks of the locks it names, taken in name
+// order, with the database's clock; fencing tokens come from one
+// sequence. Queues are rows, first come first served across nodes; a
+// node is told by LISTEN/NOTIFY when one of its waiters is granted, and
+// its waiters look again every second in case a notification was lost.
 package pgstore
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/idempotency"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // Tuned for several nodes.
@@ -33,77 +35,22 @@ const (
 	// a lost notification, or a lease that ran out with no one to notice,
 	// costs at most this.
 	recheck = time.Second
-	// changeTimeout bounds a change that must run to its end whatever its
-	// client does (the one that queues a waiter).
-	changeTimeout = 10 * time.Second
-	// channel is the LISTEN/NOTIFY channel; the payload is a lock's name.
+	// channel is the LISTEN/NOTIFY channel; the payload is the IDs of the
+	// waiters a change granted.
 	channel = "locker"
-	// PlaceHold is how long a waiter with an Idempotency-Key whose wait ran
-	// out keeps its place in the queue: a client that waits in rounds (the
-	// Concourse resource) asks again at once, and must not go to the back
-	// each time. The file store keeps places as long.
-	PlaceHold = 30 * time.Second
+	// keptPlaces is how long a place kept in a queue for a client's next
+	// round stays in the database when no change comes to its lock: longer
+	// than the engine keeps one (30 s).
+	keptPlaces = time.Minute
 )
-
-// Errors of the store; the server maps them to its own.
-var (
-	// ErrHeld: the lock is held with another key, or others queue first,
-	// or the wait ran out.
-	ErrHeld = errors.New("held")
-	// ErrNotHeld: a renewal by a requestor that holds nothing.
-	ErrNotHeld = errors.New("not held")
-	// ErrDropped: the node lost its place in the queue (the database did
-	// not hear its heartbeat in time).
-	ErrDropped = errors.New("dropped from the queue")
-	// ErrKeyReused: an Idempotency-Key came again with another request.
-	ErrKeyReused = errors.New("Idempotency-Key reused")
-	// ErrUncertain: the connection failed while the change was being
-	// committed: it may or may not have been made. Every other error
-	// means it was not.
-	ErrUncertain = errors.New("the change may or may not have been committed")
-)
-
-// State is a lock and its queue as a request sees them.
-type State struct {
-	Lock    lock.Lock      `json:"lock"`
-	Waiting []lock.Waiting `json:"waiting"`
-	// Replayed says this is the first answer to a request with the same
-	// Idempotency-Key, given again; nothing changed.
-	Replayed bool `json:"-"`
-}
-
-// Expiry is a hold a lease ended.
-type Expiry struct {
-	Key, Holder string
-	Token       uint64
-	At          time.Time // when the lease ran out
-}
-
-// Idem is a request's Idempotency-Key: Scope names the method, the lock
-// and the key; Fingerprint the rest of the request.
-type Idem struct{ Scope, Fingerprint string }
-
-// outcome is what a request with an Idempotency-Key is answered again.
-type outcome struct {
-	State    State  `json:"state"`
-	Old      *State `json:"old,omitempty"`
-	Released int    `json:"released"`
-}
-
-// Retention is how long an outcome is kept for a retry.
-const Retention = 24 * time.Hour
 
 // Store is one node's view of the shared table.
 type Store struct {
 	pool *pgxpool.Pool
 	node string // unique per process: its waiters are its own
 
-	mu     sync.Mutex               // guards wakeup
-	wakeup map[string][]chan string // the local waiters of each lock
-
-	// expired, when set, is told of the holds each committed change of
-	// this node ended because their lease ran out.
-	expired atomic.Pointer[func(name string, holds []Expiry)]
+	mu       sync.Mutex              // guards watchers
+	watchers map[int64]chan struct{} // this node's waiters, by ID
 
 	stop context.CancelFunc
 	done sync.WaitGroup
@@ -122,7 +69,7 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), wakeup: map[string][]chan string{}}
+	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), watchers: map[int64]chan struct{}{}}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -134,26 +81,24 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	return s, nil
 }
 
-// OnExpired has f told, after each change of this node commits, of the
-// holds it ended because their lease ran out.
-func (s *Store) OnExpired(f func(name string, holds []Expiry)) { s.expired.Store(&f) }
-
 // Node is this node's name in the database.
 func (s *Store) Node() string { return s.node }
 
 // Close stops the node's heartbeat and listener and closes the pool. Its
 // waiters, if any are left, are dropped by the other nodes.
-func (s *Store) Close() {
+func (s *Store) Close(bool) error {
 	s.stop()
 	s.done.Wait()
 	s.pool.Close()
+	return nil
 }
 
 // Ready reports whether the database answers.
 func (s *Store) Ready(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	return s.pool.Ping(ctx)
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	return nil
 }
 
 // beat records that this node is alive.
@@ -163,8 +108,8 @@ func (s *Store) beat(ctx context.Context) error {
 	return err
 }
 
-// heartbeats beats until ctx is done, and drops the waiters of nodes that
-// stopped beating, granting whoever is next.
+// heartbeats beats until ctx is done, and forgets the outcomes and the
+// kept places that are past their time.
 func (s *Store) heartbeats(ctx context.Context) {
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()
@@ -177,20 +122,32 @@ func (s *Store) heartbeats(ctx context.Context) {
 		if s.beat(ctx) != nil {
 			continue // the database is away; the next beat tries again
 		}
-		rows, err := s.pool.Query(ctx, `DELETE FROM locker_queue WHERE granted IS NULL AND node NOT IN
+		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", idempotency.Retention.String())
+		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", keptPlaces.String())
+	}
+}
+
+// Run drops the waiters of nodes that stopped beating, and has settle
+// grant whoever is next, until ctx is done.
+func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names []string) error) {
+	t := time.NewTicker(heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rows, err := s.pool.Query(ctx, `DELETE FROM locker_queue WHERE granted IS NULL AND left_at IS NULL AND node NOT IN
 			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval) RETURNING name`, deadAfter.String())
 		if err != nil {
 			continue
 		}
 		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
+		if err != nil || len(names) == 0 {
 			continue
 		}
-		for _, name := range names {
-			_, _, _ = s.change(ctx, name, nil, false, func(*tx) error { return nil }) // grants whoever is next
-		}
-		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", Retention.String())
-		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", PlaceHold.String())
+		_ = settle(ctx, sorted(names))
 	}
 }
 
@@ -206,7 +163,7 @@ func (s *Store) listen(ctx context.Context) {
 					if err != nil {
 						break
 					}
-					s.wake(n.Payload)
+					s.wakePayload(n.Payload)
 				}
 			}
 			conn.Hijack().Close(context.Background()) // a connection that listened is not given back
@@ -218,36 +175,56 @@ func (s *Store) listen(ctx context.Context) {
 	}
 }
 
-// wake tells the local waiters of the lock called name to look again.
-func (s *Store) wake(name string) {
+// wake signals the watchers of the waiters with ids, if they are this
+// node's.
+func (s *Store) wake(ids []int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, ch := range s.wakeup[name] {
-		select {
-		case ch <- name:
-		default: // it is already told
+	for _, id := range ids {
+		if ch, ok := s.watchers[id]; ok {
+			select {
+			case ch <- struct{}{}:
+			default: // told already
+			}
 		}
 	}
 }
 
-// subscribe returns a channel that wake signals for name, and its cancel.
-func (s *Store) subscribe(name string) (<-chan string, func()) {
-	ch := make(chan string, 1)
+// wakePayload wakes the waiters a notification names: granted IDs,
+// separated by commas.
+func (s *Store) wakePayload(payload string) {
+	var ids []int64
+	for f := range strings.SplitSeq(payload, ",") {
+		if id, err := strconv.ParseInt(f, 10, 64); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	s.wake(ids)
+}
+
+// Watch returns a channel signalled when waiter id is granted, by any
+// node.
+func (s *Store) Watch(id int64) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
 	s.mu.Lock()
-	s.wakeup[name] = append(s.wakeup[name], ch)
+	s.watchers[id] = ch
 	s.mu.Unlock()
 	return ch, func() {
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		list := s.wakeup[name]
-		for i, c := range list {
-			if c == ch {
-				s.wakeup[name] = append(list[:i:i], list[i+1:]...)
-				break
-			}
-		}
-		if len(s.wakeup[name]) == 0 {
-			delete(s.wakeup, name)
-		}
+		delete(s.watchers, id)
+		s.mu.Unlock()
 	}
 }
+
+// Recheck is how often a waiter looks without being told: notifications
+// are lost when the listening connection is, and a lease that runs out
+// is ended only by a change.
+func (s *Store) Recheck() time.Duration { return recheck }
+
+// Now is this node's clock, to the millisecond; leases are judged by the
+// database's.
+func (s *Store) Now() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }
+
+// Broken never fires: every change is the database's, and one that failed
+// was not made, or is answered as in doubt.
+func (s *Store) Broken() <-chan error { return nil }

@@ -6,326 +6,465 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
-// A change is two round trips to the database: one batch opens the
-// transaction, takes the lock's row lock and reads what the rules need;
-// the other writes the outcome and commits. Pipelined statements run in
-// order, so the queue is read after the row lock is held.
+// A transaction is two round trips to the database: one batch opens it,
+// takes the named locks' row locks in name order (two transactions over
+// the same locks cannot deadlock) and reads what the engine will ask for;
+// the other writes what changed and commits. Pipelined statements run in
+// order, so everything is read after the row locks are held.
 
-// queued is a waiter in the database.
-type queued struct {
-	id     int64
-	req    lock.Request
-	node   string
-	since  time.Time
-	ticket string // a random name for its row, to find it when the commit that made it is in doubt
-}
-
-// tx is one change to one lock, made under its row lock: the lock as it
-// is now (leases settled by the database's clock) and its live queue.
+// tx is one database transaction over the locks it named.
 type tx struct {
+	s     *Store
 	conn  *pgx.Conn
 	ctx   context.Context
-	name  string
+	names []string // sorted
 	now   time.Time
-	lock  lock.Lock
-	queue []queued
-	token int64 // a token fetched ahead for an acquire; 0 once used
-	err   error // the first error of next
 
-	// What a request with an Idempotency-Key is answered again: set by
-	// the change when it is to be remembered (refusals are not).
-	keep     bool
-	old      *State
-	released int
+	locks  map[string]lock.Lock
+	before map[string][]byte // each lock as read, encoded; nil when free
+	queues map[string][]txn.Waiter
+	put    map[int64]queueRow // waiters to write
+	gone   []int64            // waiters to delete
 
-	before  []byte   // the lock as read, encoded; nil when it was free
-	expired []Expiry // holds whose lease ran out, ended by this change
-	granted []int64  // queue rows granted by this change
-	waited  bool     // the lock had waiters: tell the nodes
-	insert  *queued  // a waiter to add to the queue (Acquire)
-	id      int64    // its row, once added
+	recalled  map[string]*idempotency.Entry // by scope: what was read (nil: nothing kept)
+	remembers []idempotency.Entry
+	forgets   []string
+	token     int64 // a fencing token fetched ahead; 0 once used
+	waiterID  int64 // a waiter ID fetched ahead; 0 once used
+	granted   []int64
+	err       error // the first error of a query made on demand
 }
 
-// nodeTokens is the per-node counter the planted bug PGNodeTokens uses.
-var nodeTokens atomic.Uint64
+// queueRow is a waiter and its lock's name, to write.
+type queueRow struct {
+	name string
+	w    txn.Waiter
+}
 
-// next returns the next fencing token from the sequence.
-func (t *tx) next() uint64 {
-	if faults.Planted == faults.PGNodeTokens {
-		return nodeTokens.Add(1)
+// Update runs apply in one database transaction over the locks named,
+// under their row locks, with the database's clock.
+func (s *Store) Update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
+	defer conn.Release()
+	t := &tx{s: s, conn: conn.Conn(), ctx: ctx, names: sorted(names)}
+	err = t.begin(opts)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	} else if err = apply(t); err == nil {
+		err = t.commit()
+	}
+	if err != nil {
+		// A connection left in a failed transaction is closed by the pool.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		return err
+	}
+	s.wake(t.granted) // this node's own waiters, at once
+	return nil
+}
+
+// sorted returns names in order, once each.
+func sorted(names []string) []string {
+	names = slices.Clone(names)
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// begin opens the transaction and, in one round trip, makes the locks'
+// rows if missing, takes their row locks in name order, and reads the
+// locks, the clock, their queues and what opts asks for.
+func (t *tx) begin(opts txn.Options) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("INSERT INTO locker_locks (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING", t.names)
+	b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1) ORDER BY name FOR UPDATE", t.names)
+	t.queueReads(b)
+	if opts.Recall != "" {
+		queueRecall(b, opts.Recall)
+	}
+	if opts.Token {
+		b.Queue("SELECT nextval('locker_tokens')")
+	}
+	if opts.NewWait {
+		b.Queue("SELECT nextval('locker_queue_id_seq')")
+	}
+	br := t.conn.SendBatch(t.ctx, b)
+	defer br.Close()
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	if err := t.read(br, true); err != nil {
+		return err
+	}
+	if opts.Recall != "" {
+		if err := t.readRecall(br, opts.Recall); err != nil {
+			return err
+		}
+	}
+	if opts.Token {
+		if err := br.QueryRow().Scan(&t.token); err != nil {
+			return err
+		}
+	}
+	if opts.NewWait {
+		if err := br.QueryRow().Scan(&t.waiterID); err != nil {
+			return err
+		}
+	}
+	return br.Close()
+}
+
+// queueReads queues the reads of the clock and the named locks' queues:
+// waiters of live nodes, and the places kept by any node (a client whose
+// node died may ask again through another).
+func (t *tx) queueReads(b *pgx.Batch) {
+	b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
+	b.Queue(`SELECT id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted FROM locker_queue
+		WHERE name = ANY($1) AND (left_at IS NOT NULL OR node IN
+			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval))
+		ORDER BY id`, t.names, deadAfter.String())
+}
+
+// read reads the locks (unless they were read with the clock, by View),
+// the clock and the queues from br. For a change it keeps each lock as
+// read, encoded, so that commit writes only the locks that changed.
+func (t *tx) read(br pgx.BatchResults, forChange bool) error {
+	t.locks, t.before, t.queues = map[string]lock.Lock{}, map[string][]byte{}, map[string][]txn.Waiter{}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var name string
+		var raw []byte
+		if err := rows.Scan(&name, &raw); err != nil {
+			return err
+		}
+		if raw == nil {
+			continue
+		}
+		var l lock.Lock
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return fmt.Errorf("lock %q in the database: %w", name, err)
+		}
+		t.locks[name] = l
+		if forChange {
+			t.before[name], _ = json.Marshal(l) // it was just decoded: it encodes
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if err := br.QueryRow().Scan(&t.now); err != nil {
+		return err
+	}
+	t.now = t.now.UTC()
+	rows, err = br.Query()
+	if err != nil {
+		return err
+	}
+	return readQueue(rows, t.queues)
+}
+
+// readQueue reads queue rows into queues, by lock.
+func readQueue(rows pgx.Rows, queues map[string][]txn.Waiter) error {
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			w       txn.Waiter
+			name    string
+			ttl     int64
+			idem    *string
+			left    *time.Time
+			granted []byte
+		)
+		if err := rows.Scan(&w.ID, &name, &w.Owner, &w.Req.Key, &w.Req.Requestor, &w.Req.Note, &ttl, &w.Req.Named,
+			&w.Since, &idem, &left, &granted); err != nil {
+			return err
+		}
+		w.Req.TTL, w.Since = time.Duration(ttl)*time.Millisecond, w.Since.UTC()
+		if idem != nil {
+			w.Idem = *idem
+		}
+		if left != nil {
+			w.Left = left.UTC()
+		}
+		if granted != nil {
+			w.Granted = new(lock.Lock)
+			if err := json.Unmarshal(granted, w.Granted); err != nil {
+				return fmt.Errorf("a grant to lock %q in the database: %w", name, err)
+			}
+		}
+		queues[name] = append(queues[name], w)
+	}
+	return rows.Err()
+}
+
+// queueRecall queues the read of the outcome kept for scope.
+func queueRecall(b *pgx.Batch, scope string) {
+	b.Queue("SELECT fingerprint, outcome, at FROM locker_requests WHERE scope = $1 AND at > clock_timestamp() - $2::interval",
+		scope, idempotency.Retention.String())
+}
+
+// readRecall reads the outcome kept for scope, if any.
+func (t *tx) readRecall(br pgx.BatchResults, scope string) error {
+	if t.recalled == nil {
+		t.recalled = map[string]*idempotency.Entry{}
+	}
+	e := idempotency.Entry{Scope: scope}
+	err := br.QueryRow().Scan(&e.Fingerprint, &e.Outcome, &e.At)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		t.recalled[scope] = nil
+		return nil
+	case err != nil:
+		return err
+	}
+	e.At = e.At.UTC()
+	t.recalled[scope] = &e
+	return nil
+}
+
+// check panics when t did not name the lock called name: its row lock
+// is not held.
+func (t *tx) check(name string) {
+	if _, ok := slices.BinarySearch(t.names, name); !ok {
+		panic(fmt.Sprintf("pgstore: lock %q is not one the transaction named (%q)", name, t.names))
+	}
+}
+
+func (t *tx) Now() time.Time { return t.now }
+
+func (t *tx) Lock(name string) lock.Lock {
+	t.check(name)
+	return t.locks[name]
+}
+
+func (t *tx) Queue(name string) []txn.Waiter {
+	t.check(name)
+	return t.queues[name]
+}
+
+func (t *tx) Set(name string, l lock.Lock) {
+	t.check(name)
+	t.locks[name] = l
+}
+
+// NextToken returns the token fetched ahead, or the sequence's next.
+func (t *tx) NextToken() uint64 {
 	if t.token != 0 {
 		token := t.token
 		t.token = 0
 		return uint64(token)
 	}
-	var token int64
-	if err := t.conn.QueryRow(t.ctx, "SELECT nextval('locker_tokens')").Scan(&token); err != nil && t.err == nil {
+	return uint64(t.nextval("locker_tokens"))
+}
+
+// NewWaiterID returns the ID fetched ahead, or the queue's next.
+func (t *tx) NewWaiterID() int64 {
+	if t.waiterID != 0 {
+		id := t.waiterID
+		t.waiterID = 0
+		return id
+	}
+	return t.nextval("locker_queue_id_seq")
+}
+
+// nextval returns the sequence's next value, in a round trip of its own.
+func (t *tx) nextval(seq string) int64 {
+	var v int64
+	if err := t.conn.QueryRow(t.ctx, "SELECT nextval($1::text::regclass)", seq).Scan(&v); err != nil && t.err == nil {
 		t.err = err
 	}
-	return uint64(token)
+	return v
 }
 
-// state returns the lock and its queue as the API shows them.
-func (t *tx) state() State {
-	st := State{Lock: t.lock.Clone()}
-	for _, q := range t.queue {
-		st.Waiting = append(st.Waiting, lock.Waiting{Key: q.req.Key, Requestor: q.req.Requestor, Since: q.since})
+func (t *tx) PutWaiter(name string, w txn.Waiter) {
+	t.check(name)
+	queue := slices.Clone(t.queues[name])
+	i, found := slices.BinarySearchFunc(queue, w.ID, func(q txn.Waiter, id int64) int { return int(min(max(q.ID-id, -1), 1)) })
+	if found {
+		if queue[i].Granted == nil && w.Granted != nil {
+			t.granted = append(t.granted, w.ID)
+		}
+		queue[i] = w
+	} else {
+		queue = slices.Insert(queue, i, w)
 	}
-	return st
+	t.queues[name] = queue
+	if t.put == nil {
+		t.put = map[int64]queueRow{}
+	}
+	t.put[w.ID] = queueRow{name: name, w: w}
 }
 
-// change runs f on the lock called name in a transaction, under the row
-// lock: the leases that ran out by the database's clock are ended first,
-// and after f the head of the queue is granted whatever it can be. The
-// waiters of the lock, on every node, are told when it commits. A request
-// seen before, by its Idempotency-Key, gets its first outcome (replay)
-// and changes nothing. token fetches a fencing token ahead (an acquire).
-func (s *Store) change(ctx context.Context, name string, idem *Idem, token bool, f func(*tx) error) (st State, replay *outcome, err error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return State{}, nil, err
+func (t *tx) RemoveWaiter(name string, id int64) {
+	t.check(name)
+	t.queues[name] = slices.DeleteFunc(slices.Clone(t.queues[name]), func(w txn.Waiter) bool { return w.ID == id })
+	delete(t.put, id)
+	t.gone = append(t.gone, id)
+}
+
+// Recall returns the outcome kept for scope: read ahead, or now.
+func (t *tx) Recall(scope string) (idempotency.Entry, bool) {
+	if _, read := t.recalled[scope]; !read {
+		b := &pgx.Batch{}
+		queueRecall(b, scope)
+		br := t.conn.SendBatch(t.ctx, b)
+		if err := t.readRecall(br, scope); err != nil && t.err == nil {
+			t.err = err
+		}
+		if err := br.Close(); err != nil && t.err == nil {
+			t.err = err
+		}
 	}
-	defer conn.Release()
-	t, replay, err := s.begin(ctx, conn, name, idem, token)
-	if err == nil && replay == nil {
-		if err = f(t); err == nil {
-			if err = t.commit(idem); err != nil {
-				err = fmt.Errorf("%w: %w", ErrUncertain, err)
+	if e := t.recalled[scope]; e != nil {
+		return *e, true
+	}
+	return idempotency.Entry{}, false
+}
+
+func (t *tx) Remember(e idempotency.Entry) { t.remembers = append(t.remembers, e) }
+func (t *tx) Forget(scope string)          { t.forgets = append(t.forgets, scope) }
+
+// commit writes, in one round trip, the locks that changed, the queue's
+// changes and the outcomes, tells the nodes of the grants, and commits.
+// Each statement's answer is read, in order, by Close. A transaction that
+// changed nothing (a waiter's look, most often) only commits.
+func (t *tx) commit() error {
+	if t.err != nil {
+		return fmt.Errorf("%w: %w", txn.ErrUnavailable, t.err)
+	}
+	b := &pgx.Batch{}
+	for _, name := range t.names {
+		var raw []byte
+		if l := t.locks[name]; !l.Free() {
+			var err error
+			if raw, err = json.Marshal(l); err != nil {
+				return err
 			}
 		}
-	}
-	if err != nil || replay != nil {
-		// A connection left in a failed transaction is closed by the pool.
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
-		return State{}, replay, err
-	}
-	if f := s.expired.Load(); f != nil && len(t.expired) > 0 {
-		(*f)(name, t.expired)
-	}
-	return t.state(), nil, nil
-}
-
-// begin opens the transaction and, in one round trip, makes the lock's
-// row if missing, takes its row lock, and reads the lock, the clock, the
-// queue of live nodes, the outcome remembered for idem and, with token, a
-// fencing token.
-func (s *Store) begin(ctx context.Context, conn *pgxpool.Conn, name string, idem *Idem, token bool) (*tx, *outcome, error) {
-	t := &tx{conn: conn.Conn(), ctx: ctx, name: name}
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue("INSERT INTO locker_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name)
-	forUpdate := " FOR UPDATE"
-	if faults.Planted == faults.PGNoRowLock {
-		forUpdate = ""
-	}
-	b.Queue("SELECT lock, date_trunc('milliseconds', clock_timestamp()) FROM locker_locks WHERE name = $1"+forUpdate, name)
-	queueQuery(b, name)
-	if idem != nil {
-		b.Queue("SELECT fingerprint, outcome, at FROM locker_requests WHERE scope = $1 AND at > clock_timestamp() - $2::interval",
-			idem.Scope, Retention.String())
-	}
-	if token && faults.Planted != faults.PGNodeTokens {
-		b.Queue("SELECT nextval('locker_tokens')")
-	}
-	br := conn.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, nil, err
-	}
-	if _, err := br.Exec(); err != nil {
-		return nil, nil, err
-	}
-	var raw []byte
-	if err := br.QueryRow().Scan(&raw, &t.now); err != nil {
-		return nil, nil, err
-	}
-	if err := t.read(raw, br, true); err != nil {
-		return nil, nil, err
-	}
-	var replay *outcome
-	if idem != nil {
-		var err error
-		if replay, err = recall(br, idem); err != nil {
-			return nil, nil, err
+		if !bytes.Equal(raw, t.before[name]) {
+			b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", name, raw)
 		}
 	}
-	if token && faults.Planted != faults.PGNodeTokens {
-		if err := br.QueryRow().Scan(&t.token); err != nil {
-			return nil, nil, err
-		}
+	if len(t.gone) > 0 {
+		b.Queue("DELETE FROM locker_queue WHERE id = ANY($1)", t.gone)
 	}
-	return t, replay, br.Close()
-}
-
-// queueQuery queues the read of the lock's waiters from live nodes.
-func queueQuery(b *pgx.Batch, name string) {
-	b.Queue(`SELECT id, key, requestor, note, ttl_ms, named, node, since FROM locker_queue
-		WHERE name = $1 AND granted IS NULL AND left_at IS NULL
-		AND node IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval)
-		ORDER BY id`, name, deadAfter.String())
-}
-
-// read takes the lock from raw, ends the leases that ran out by t.now,
-// and reads the queue's rows from br. For a change, it keeps the lock as
-// read, encoded as commit encodes it, so that commit writes only a lock
-// that changed.
-func (t *tx) read(raw []byte, br pgx.BatchResults, forChange bool) error {
-	t.now = t.now.UTC()
-	if raw != nil {
-		if err := json.Unmarshal(raw, &t.lock); err != nil {
-			return fmt.Errorf("lock %q in the database: %w", t.name, err)
-		}
-		if forChange && !t.lock.Free() {
-			t.before, _ = json.Marshal(t.lock) // it was just decoded: it encodes
-		}
-	}
-	for _, h := range t.lock.Holders {
-		if !h.ExpiresAt.IsZero() && !h.ExpiresAt.After(t.now) {
-			t.expired = append(t.expired, Expiry{Key: t.lock.Key, Holder: h.Name, Token: t.lock.Token, At: h.ExpiresAt})
-			t.lock, _ = lock.Expire(t.lock, h.Name, h.ExpiresAt)
-		}
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return err
-	}
-	t.queue, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (queued, error) {
-		var q queued
-		var ttl int64
-		err := row.Scan(&q.id, &q.req.Key, &q.req.Requestor, &q.req.Note, &ttl, &q.req.Named, &q.node, &q.since)
-		q.req.TTL, q.since = time.Duration(ttl)*time.Millisecond, q.since.UTC()
-		return q, err
-	})
-	t.waited = len(t.queue) > 0
-	return err
-}
-
-// recall reads the outcome remembered for idem, if it was seen.
-func recall(br pgx.BatchResults, idem *Idem) (*outcome, error) {
-	var fingerprint string
-	var raw []byte
-	var at time.Time
-	err := br.QueryRow().Scan(&fingerprint, &raw, &at)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return nil, nil
-	case err != nil:
-		return nil, err
-	case fingerprint != idem.Fingerprint:
-		return nil, fmt.Errorf("%w: it came at %s with another request; send a new key with a new request", ErrKeyReused, at.UTC().Format(time.RFC3339))
-	}
-	var o outcome
-	if err := json.Unmarshal(raw, &o); err != nil {
-		return nil, fmt.Errorf("reading a remembered outcome: %w", err)
-	}
-	o.State.Replayed = true
-	return &o, nil
-}
-
-// grantQueue grants the head of the queue, and the same-key requests right
-// behind it, as far as the holders allow.
-func (t *tx) grantQueue() error {
-	reqs := make([]lock.Request, len(t.queue))
-	for i, q := range t.queue {
-		reqs[i] = q.req
-	}
-	var n int
-	t.lock, n = lock.GiveQueue(t.lock, reqs, t.now, t.next)
-	for _, q := range t.queue[:n] {
-		t.granted = append(t.granted, q.id)
-	}
-	t.queue = t.queue[n:]
-	return t.err
-}
-
-// commit grants the queue what it can, then, in one round trip, writes the
-// lock, the grants, a new waiter, the outcome for idem, tells the nodes,
-// and commits. Each statement's answer is read, in order, by Close.
-func (t *tx) commit(idem *Idem) error {
-	if err := t.grantQueue(); err != nil {
-		return err
-	}
-	var raw []byte
-	if !t.lock.Free() {
-		var err error
-		if raw, err = json.Marshal(t.lock); err != nil {
+	for _, row := range t.put {
+		if err := queueWaiter(b, row, t.s.node); err != nil {
 			return err
 		}
 	}
-	b := &pgx.Batch{}
-	// A change that changed nothing (a waiter's re-check, most often)
-	// writes nothing.
-	if !bytes.Equal(raw, t.before) {
-		b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", t.name, raw)
-	}
-	if len(t.granted) > 0 {
-		b.Queue("UPDATE locker_queue SET granted = $1 WHERE id = ANY($2)", raw, t.granted)
-	}
-	if t.insert != nil {
-		t.queueWaiter(b, idem)
-	}
-	if t.waited {
-		b.Queue("SELECT pg_notify($1, $2)", channel, t.name)
-	}
-	if t.keep && idem != nil {
-		o := outcome{State: t.state(), Old: t.old, Released: t.released}
-		out, err := json.Marshal(o)
-		if err != nil {
-			return err
-		}
+	for _, e := range t.remembers {
 		b.Queue(`INSERT INTO locker_requests (scope, fingerprint, outcome, at) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (scope) DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, at = excluded.at`,
-			idem.Scope, idem.Fingerprint, out, t.now)
+			e.Scope, e.Fingerprint, e.Outcome, e.At)
+	}
+	if len(t.forgets) > 0 {
+		b.Queue("DELETE FROM locker_requests WHERE scope = ANY($1)", t.forgets)
+	}
+	if len(t.granted) > 0 {
+		ids := make([]string, len(t.granted))
+		for i, id := range t.granted {
+			ids[i] = strconv.FormatInt(id, 10)
+		}
+		b.Queue("SELECT pg_notify($1, $2)", channel, strings.Join(ids, ","))
 	}
 	b.Queue("COMMIT")
-	return t.conn.SendBatch(t.ctx, b).Close()
+	if err := t.conn.SendBatch(t.ctx, b).Close(); err != nil {
+		return fmt.Errorf("%w: %w", txn.ErrUncertain, err)
+	}
+	return nil
 }
 
-// queueWaiter queues the statement that puts t.insert in the queue and
-// reads its row's id into t.id. A request with an Idempotency-Key takes
-// the place its earlier round kept, if any, and has waited since then.
-func (t *tx) queueWaiter(b *pgx.Batch, idem *Idem) {
-	q := t.insert
-	var scope *string
-	if idem != nil {
-		scope = &idem.Scope
+// queueWaiter queues the statement that writes a waiter's row, new or
+// changed. A new waiter's node is this one.
+func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
+	w := row.w
+	if w.Owner == "" {
+		w.Owner = node
 	}
-	b.Queue(`WITH taken AS (
-			UPDATE locker_queue SET node = $2, key = $3, requestor = $4, note = $5, ttl_ms = $6, named = $7, left_at = NULL, ticket = $11
-			WHERE id = (SELECT id FROM locker_queue WHERE name = $1 AND idem = $9 AND granted IS NULL
-				AND left_at > $8::timestamptz - $10::interval ORDER BY id LIMIT 1)
-			RETURNING id),
-		added AS (
-			INSERT INTO locker_queue (name, node, key, requestor, note, ttl_ms, named, since, idem, ticket)
-			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11 WHERE NOT EXISTS (SELECT 1 FROM taken)
-			RETURNING id)
-		SELECT id FROM taken UNION ALL SELECT id FROM added`,
-		t.name, q.node, q.req.Key, q.req.Requestor, q.req.Note, q.req.TTL.Milliseconds(), q.req.Named, t.now, scope, PlaceHold.String(), q.ticket).
-		QueryRow(func(row pgx.Row) error { return row.Scan(&t.id) })
+	var idem *string
+	if w.Idem != "" {
+		idem = &w.Idem
+	}
+	var left *time.Time
+	if !w.Left.IsZero() {
+		left = &w.Left
+	}
+	var granted []byte
+	if w.Granted != nil {
+		var err error
+		if granted, err = json.Marshal(w.Granted); err != nil {
+			return err
+		}
+	}
+	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		ON CONFLICT (id) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
+			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
+			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted`,
+		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
+		w.Since, idem, left, granted)
+	return nil
 }
 
-// remember keeps o as the answer to the request idem names, in ptx.
-func remember(ctx context.Context, ptx pgx.Tx, idem *Idem, o outcome) error {
-	if idem == nil {
-		return nil
+// View runs fn over the locks named as they are, without their row
+// locks, in one round trip.
+func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) error) error {
+	t := &tx{s: s, ctx: ctx, names: sorted(names)}
+	b := &pgx.Batch{}
+	b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1)", t.names)
+	t.queueReads(b)
+	br := s.pool.SendBatch(ctx, b)
+	err := t.read(br, false)
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
-	raw, err := json.Marshal(o)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
-	_, err = ptx.Exec(ctx, `INSERT INTO locker_requests (scope, fingerprint, outcome, at) VALUES ($1, $2, $3, clock_timestamp())
-		ON CONFLICT (scope) DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, at = excluded.at`,
-		idem.Scope, idem.Fingerprint, raw)
-	return err
+	return fn(t)
+}
+
+// Scan returns every lock held or waited for, read in one transaction.
+func (s *Store) Scan(ctx context.Context) (*txn.Tables, error) {
+	tables := &txn.Tables{Locks: map[string]lock.Lock{}, Queues: map[string][]txn.Waiter{}}
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(ptx pgx.Tx) error {
+		t := &tx{s: s, ctx: ctx}
+		b := &pgx.Batch{}
+		b.Queue("SELECT name, lock FROM locker_locks WHERE lock IS NOT NULL")
+		b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
+		b.Queue(`SELECT id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted FROM locker_queue
+			WHERE left_at IS NOT NULL OR node IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval)
+			ORDER BY id`, deadAfter.String())
+		br := ptx.SendBatch(ctx, b)
+		defer br.Close()
+		if err := t.read(br, false); err != nil {
+			return err
+		}
+		tables.At, tables.Locks, tables.Queues = t.now, t.locks, t.queues
+		return br.Close()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	return tables, nil
 }

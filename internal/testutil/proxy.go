@@ -96,3 +96,12 @@ func (p *Proxy) Outage(d time.Duration) {
 	p.down = false
 	p.mu.Unlock()
 }
+
+// Down cuts every connection and refuses new ones from now on: a node
+// cut off from the database for good.
+func (p *Proxy) Down() {
+	p.mu.Lock()
+	p.down = true
+	p.mu.Unlock()
+	p.Cut()
+}

@@ -1,8 +1,7 @@
-package main
+package filestore
 
 import (
 	"bytes"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,15 +9,13 @@ import (
 	"testing"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
-	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/statefile"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
 func TestLoadMissingFileCreatesIt(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
-	s := newFileStore(path, atomicfile.OS{})
-	st, _, err := s.load()
+	st, _, err := (&Store{path: path, fsys: atomicfile.OS{}}).load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +40,7 @@ func TestLoadCorruptFileIsLeftAlone(t *testing.T) {
 	if err := os.WriteFile(path, corrupt, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := newFileStore(path, atomicfile.OS{}).load()
+	_, _, err := (&Store{path: path, fsys: atomicfile.OS{}}).load()
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("load of a corrupt file = %v; want an error naming %s", err, path)
 	}
@@ -60,21 +57,11 @@ func TestLoadRemovesLeftoverTempFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := newFileStore(path, atomicfile.OS{}).load(); err != nil {
+	if _, _, err := (&Store{path: path, fsys: atomicfile.OS{}}).load(); err != nil {
 		t.Fatal(err)
 	}
 	got := testutil.DirEntries(t, dir)
 	if want := []string{"locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
 		t.Errorf("directory after load = %v; want %v", got, want)
 	}
-}
-
-// lockOf returns a lock held with key by requestors with the given counts.
-func lockOf(key string, counts map[string]int) Lock {
-	var l Lock
-	for _, r := range slices.Sorted(maps.Keys(counts)) {
-		l.Holders = append(l.Holders, Holder{Name: r, Hold: lock.Hold{Count: counts[r]}})
-	}
-	l.Key = key
-	return l
 }

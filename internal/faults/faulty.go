@@ -1,8 +1,10 @@
-package atomicfile
+package faults
 
 import (
 	"errors"
 	"sync"
+
+	"github.com/locker-ci/locker/internal/atomicfile"
 )
 
 // ErrInjected is the error Faulty's operations fail with.
@@ -71,22 +73,22 @@ func (d *Faulty) Took() []string {
 	return ops
 }
 
-func (d *Faulty) CreateTemp(dir, pattern string) (TempFile, error) {
+func (d *Faulty) CreateTemp(dir, pattern string) (atomicfile.TempFile, error) {
 	if err := d.step("create"); err != nil {
 		return nil, err
 	}
-	f, err := OS{}.CreateTemp(dir, pattern)
+	f, err := atomicfile.OS{}.CreateTemp(dir, pattern)
 	if err != nil {
 		return nil, err
 	}
 	return &faultyTemp{TempFile: f, disk: d}, nil
 }
 
-func (d *Faulty) OpenInPlace(name string) (InPlaceFile, error) {
+func (d *Faulty) OpenInPlace(name string) (atomicfile.InPlaceFile, error) {
 	if err := d.step("open"); err != nil {
 		return nil, err
 	}
-	f, err := OS{}.OpenInPlace(name)
+	f, err := atomicfile.OS{}.OpenInPlace(name)
 	if err != nil {
 		return nil, err
 	}
@@ -97,23 +99,23 @@ func (d *Faulty) Rename(oldpath, newpath string) error {
 	if err := d.step("rename"); err != nil {
 		return err
 	}
-	return OS{}.Rename(oldpath, newpath)
+	return atomicfile.OS{}.Rename(oldpath, newpath)
 }
 
 func (d *Faulty) Remove(name string) error {
 	_ = d.step("remove")
-	return OS{}.Remove(name)
+	return atomicfile.OS{}.Remove(name)
 }
 
 func (d *Faulty) SyncDir(dir string) error {
 	if err := d.step("syncdir"); err != nil {
 		return err
 	}
-	return OS{}.SyncDir(dir)
+	return atomicfile.OS{}.SyncDir(dir)
 }
 
 type faultyInPlace struct {
-	InPlaceFile
+	atomicfile.InPlaceFile
 	disk *Faulty
 }
 
@@ -141,7 +143,7 @@ func (f *faultyInPlace) Truncate(size int64) error {
 }
 
 type faultyTemp struct {
-	TempFile
+	atomicfile.TempFile
 	disk *Faulty
 }
 

@@ -1,0 +1,136 @@
+// Package txn defines the transaction over several locks that every store
+// of the lock table implements, in the shape of etcd's STM
+// (concurrency.NewSTM(c, apply func(STM) error)): a transaction names its
+// locks when it begins, sees each one's state and queue, the clock and the
+// next fencing token, changes them, and commits or aborts as a whole.
+//
+// The lock engine writes each request's steps once, as functions over a
+// Tx; the stores (memory with a journal, PostgreSQL) implement Tx and
+// nothing of the rules. Like internal/lock, this package does no I/O.
+package txn
+
+import (
+	"errors"
+	"time"
+
+	"github.com/locker-ci/locker/internal/idempotency"
+	"github.com/locker-ci/locker/internal/lock"
+)
+
+// Reader sees the locks a transaction named, as they are at its start
+// and as it has changed them since. A lock no one holds is free (zero).
+type Reader interface {
+	// Now is the store's clock, to the millisecond: the one leases are
+	// judged by (the database's, when several nodes share one).
+	Now() time.Time
+	// Lock returns the lock called name, leases not yet settled.
+	Lock(name string) lock.Lock
+	// Queue returns the lock's queue, first come first: waiters, places
+	// kept for a client's next round, and grants not yet taken up.
+	Queue(name string) []Waiter
+}
+
+// Tx is one transaction over the locks it named when it began. Its
+// changes are seen by its own reads at once, by no one else until it
+// commits, and are made all together or not at all. Touching a lock it
+// did not name is a bug, and panics.
+type Tx interface {
+	Reader
+	// Set makes l the lock called name; a free l is no lock at all.
+	Set(name string, l lock.Lock)
+	// NextToken hands out the next fencing token: higher than every one
+	// handed out before, on every node, across restarts.
+	NextToken() uint64
+	// NewWaiterID returns an ID for a new waiter, higher than every
+	// waiter's before it: IDs order a queue.
+	NewWaiterID() int64
+	// PutWaiter adds w to the lock's queue, or replaces the waiter with
+	// w's ID in place.
+	PutWaiter(name string, w Waiter)
+	// RemoveWaiter takes the waiter with id out of the lock's queue.
+	RemoveWaiter(name string, id int64)
+	// Recall returns the outcome remembered for scope, if one is kept.
+	Recall(scope string) (idempotency.Entry, bool)
+	// Remember keeps e, in place of any outcome for its scope.
+	Remember(e idempotency.Entry)
+	// Forget drops the outcome remembered for scope.
+	Forget(scope string)
+}
+
+// Options tell a store, as a transaction begins, what it will ask for, so
+// that a store that reads over a network fetches it in the same round
+// trip. A Tx answers without them too, at the cost of another trip.
+type Options struct {
+	Recall  string // an Idempotency-Key scope the transaction recalls
+	Token   bool   // it may hand out a fencing token
+	NewWait bool   // it may add a waiter
+}
+
+// Waiter is one request in a lock's queue.
+type Waiter struct {
+	ID    int64        // orders the queue; unique across the store
+	Owner string       // the node whose client waits, which alone takes up its grant; "" for this one
+	Req   lock.Request // what it asked for
+	Since time.Time    // when it began to wait
+	// Idem is the scope of its Idempotency-Key, or "": a waiter with one
+	// keeps its place for a while when its wait runs out (Left), for the
+	// same request's next round.
+	Idem string
+	// Left is when its wait ran out, for a place kept: it is granted
+	// nothing, and a request with its key that queues takes the place.
+	Left time.Time
+	// Granted is the lock as granted to it, until its request takes it
+	// up and takes it out of the queue.
+	Granted *lock.Lock
+}
+
+// Waiting reports whether w waits to be granted: not a kept place, not
+// granted already.
+func (w Waiter) Waiting() bool { return w.Left.IsZero() && w.Granted == nil }
+
+// Errors of stores, which the server answers each in its own way.
+var (
+	// ErrClosed: the store is shutting down; nothing was changed.
+	ErrClosed = errors.New("locker is shutting down; send the request again in a moment")
+	// ErrNotSaved: the change could not be made durable, and was not made.
+	ErrNotSaved = errors.New("could not save the lock state")
+	// ErrUnavailable: the database cannot be reached; nothing was changed.
+	ErrUnavailable = errors.New("the database cannot be reached")
+	// ErrUncertain: the connection failed while the change was committed:
+	// it may or may not have been made.
+	ErrUncertain = errors.New("the change may or may not have been committed")
+	// ErrDropped: a waiter is no longer in its queue (its node was taken
+	// for dead).
+	ErrDropped = errors.New("dropped from the queue")
+)
+
+// Tables is a copy of some locks and their queues at one moment, read
+// whole: what a listing shows.
+type Tables struct {
+	At     time.Time
+	Locks  map[string]lock.Lock
+	Queues map[string][]Waiter
+}
+
+// Now returns when the copy was made.
+func (t *Tables) Now() time.Time { return t.At }
+
+// Lock returns the lock called name.
+func (t *Tables) Lock(name string) lock.Lock { return t.Locks[name] }
+
+// Queue returns the queue of the lock called name.
+func (t *Tables) Queue(name string) []Waiter { return t.Queues[name] }
+
+// Names returns every lock held or with a queue, in no order.
+func (t *Tables) Names() []string {
+	names := make([]string, 0, len(t.Locks)+len(t.Queues))
+	for name := range t.Locks {
+		names = append(names, name)
+	}
+	for name := range t.Queues {
+		if _, held := t.Locks[name]; !held {
+			names = append(names, name)
+		}
+	}
+	return names
+}
