@@ -39,7 +39,7 @@ FUZZ_JOURNAL ?= 200000x
 test: lint test-packages
 	@bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null || [ -n "$$LOCKER_TEST_DATABASE_URL" ] || \
 		echo "make test: no PostgreSQL on 127.0.0.1:5432 and LOCKER_TEST_DATABASE_URL unset: the PostgreSQL store's tests are skipped (set LOCKER_TEST_DATABASE_URL=postgres://... to run them)"
-	go test -race -count=1 -parallel $(TEST_PARALLEL) ./...
+	LOCKER_TEST_RESTART_POSTGRES= go test -race -count=1 -parallel $(TEST_PARALLEL) ./...
 	@if [ -n "$$LOCKER_TEST_RESTART_POSTGRES" ]; then echo "restarting PostgreSQL for TestTokensAcrossADatabaseRestart"; \
 		go test -race -count=1 -run '^TestTokensAcrossADatabaseRestart$$' . || exit 1; fi
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
 )
@@ -58,11 +57,7 @@ func buildLocker(tb testing.TB) string {
 		lockerBin = filepath.Join(binDir, "locker")
 		// The crash tests kill this binary: lazyfs makes a kill lose what
 		// was not synced, as a power cut would (see internal/faults/lazyfs.go).
-		tags := []string{"lazyfs"}
-		if faults.Planted != "" {
-			tags = append(tags, "bug_"+faults.Planted) // the same server as this test binary
-		}
-		out, err := testutil.GoBuild(lockerBin, "github.com/locker-ci/locker", tags...)
+		out, err := testutil.GoBuild(lockerBin, "github.com/locker-ci/locker", "lazyfs")
 		if err != nil {
 			buildFailed = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -1,6 +1,0 @@
-//go:build bug_toctou
-
-package faults
-
-// Planted is the planted bug built in.
-const Planted = "toctou"
