@@ -646,7 +646,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
 			t.Fatal(err)
 		}
-		s, granted, err := tab.claim(context.Background(), "l", w.ID, req, true, false)
+		s, granted, err := (&wait{e: tab, name: "l", id: w.ID, req: req}).claim(context.Background(), true, false)
 		if err != nil || !granted || holderOf(s, "b1").Count != 1 {
 			t.Errorf("ending the wait after the grant = %+v, %v, %v; want the granted lock", s.Lock, granted, err)
 		}
