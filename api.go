@@ -50,6 +50,8 @@ var errorStatuses = []struct {
 	{errBodyTooLarge, http.StatusRequestEntityTooLarge},
 	{errLockHeld, http.StatusLocked},
 	{errKeyReused, http.StatusUnprocessableEntity},
+	{errKeyBusy, http.StatusConflict},
+	{errGrantEnded, http.StatusConflict},
 	{errClientGone, statusClientClosed},
 	{errShuttingDown, http.StatusServiceUnavailable},
 	{errNotReady, http.StatusServiceUnavailable},

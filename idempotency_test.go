@@ -96,7 +96,7 @@ func TestIdempotencyKeyRules(t *testing.T) {
 	if r, reply := put(`{"key": "b", "lock_by": "z"}`, "k2"); r.StatusCode != 200 || r.Header.Get("Idempotent-Replayed") != "true" || !strings.Contains(reply, `"locked_by":{"z":1}`) {
 		t.Errorf("repeat after a restart = %d %s; want the first answer, count 1", r.StatusCode, reply)
 	}
-	for _, bad := range []string{strings.Repeat("k", 300), "a\tb"} {
+	for _, bad := range []string{strings.Repeat("k", 300), "a\tb", "k\xffk"} {
 		if r, _ := put(`{"key": "b", "lock_by": "z"}`, bad); r.StatusCode != http.StatusBadRequest {
 			t.Errorf("Idempotency-Key %q = %d; want 400", bad, r.StatusCode)
 		}

@@ -23,9 +23,13 @@ import (
 
 // Domain errors; api.go maps each one to an HTTP status.
 var (
-	errLockHeld     = errors.New("locked")
-	errClientGone   = errors.New("the client went away while waiting")
-	errKeyReused    = errors.New("Idempotency-Key reused")
+	errLockHeld   = errors.New("locked")
+	errClientGone = errors.New("the client went away while waiting")
+	errKeyReused  = errors.New("Idempotency-Key reused")
+	// errKeyBusy and errGrantEnded are about an Idempotency-Key whose
+	// first request is still being answered, or whose grant has ended.
+	errKeyBusy      = errors.New("Idempotency-Key in use")
+	errGrantEnded   = errors.New("grant ended")
 	errShuttingDown = txn.ErrClosed
 	errSave         = txn.ErrNotSaved
 	errDatabase     = txn.ErrUnavailable
@@ -122,7 +126,9 @@ func (e *engine) update(ctx context.Context, names []string, opts txn.Options, a
 }
 
 // settle ends the holds of the lock called name whose lease ran out by
-// tx's clock, drops the places kept past placeHold, and grants the queue.
+// tx's clock, drops the places kept past placeHold and the waiters no
+// request will take up (giving back a grant one had), and grants the
+// queue.
 func settle(tx txn.Tx, name string) []expiry {
 	now := tx.Now()
 	l := tx.Lock(name)
@@ -138,14 +144,19 @@ func settle(tx txn.Tx, name string) []expiry {
 	if len(ended) > 0 {
 		tx.Set(name, l)
 	}
-	var stale []int64
+	var stale []txn.Waiter
 	for _, w := range tx.Queue(name) {
-		if !w.Left.IsZero() && now.Sub(w.Left) > placeHold {
-			stale = append(stale, w.ID)
+		if w.Abandoned || !w.Left.IsZero() && now.Sub(w.Left) > placeHold {
+			stale = append(stale, w)
 		}
 	}
-	for _, id := range stale {
-		tx.RemoveWaiter(name, id)
+	for _, w := range stale {
+		tx.RemoveWaiter(name, w.ID)
+		if w.Granted != nil { // granted to a node that died before its request took it up
+			if next, released, _ := lock.Release(tx.Lock(name), w.Req.Key, w.Req.Requestor, false); released > 0 {
+				tx.Set(name, next)
+			}
+		}
 	}
 	grantQueue(tx, name)
 	return ended
@@ -238,6 +249,17 @@ func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (
 	err := e.update(cctx, []string{name}, opts, func(tx txn.Tx) error {
 		var err error
 		if replay, err = recall(tx, req.Idem); replay != nil || err != nil {
+			return stillHeld(tx, name, req, replay, err)
+		}
+		if p, ok := findIdem(tx.Queue(name), req.Idem); ok && (req.Wait > 0 || p.Left.IsZero()) {
+			// An earlier request with this key is in the queue: its client
+			// sent again (its connection died unnoticed, a reply was lost,
+			// or it waits in rounds). This one takes its place, or its grant.
+			if verdict, w, s, err = takeOver(tx, name, p, req); verdict == lock.Queue {
+				stop()
+				woken, stop = e.store.Watch(w.ID)
+				grantQueue(tx, name) // it may be at the head of a free lock
+			}
 			return err
 		}
 		l := tx.Lock(name)
@@ -259,7 +281,7 @@ func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (
 	switch {
 	case err != nil && verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
 		// The waiter may be in the queue with no one to answer it.
-		(&wait{e: e, name: name, id: w.ID, req: req}).takeOut(context.WithoutCancel(ctx))
+		(&wait{e: e, name: name, id: w.ID, round: w.Round, req: req}).takeOut(context.WithoutCancel(ctx))
 		return Snapshot{}, e.fail(name, err)
 	case err != nil:
 		return Snapshot{}, e.fail(name, err)
@@ -272,7 +294,7 @@ func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (
 		e.metrics.Refused()
 		return Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
 	}
-	return (&wait{e: e, name: name, id: w.ID, req: req, start: start}).run(ctx, woken)
+	return (&wait{e: e, name: name, id: w.ID, round: w.Round, req: req, start: start}).run(ctx, woken)
 }
 
 // granted logs and counts a grant.

@@ -349,3 +349,41 @@ func TestAWaiterThatComesBackKeepsItsPlace(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestADeadNodesGrantIsGivenBack: a waiter is granted just as its node is
+// cut off from the database for good (as after kill -9), so that no
+// request will ever take the grant up. Once the node is taken for dead,
+// the grant is given back and the next waiter has the lock: nobody holds
+// it for a client that was never told.
+func TestADeadNodesGrantIsGivenBack(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	cut, px := throughProxy(t, u)
+	a, dead := newPGTable(t, u, "a"), newPGTable(t, cut, "dead")
+	mustAcquire(t, a, "prod", req("holder", "h"))
+	go func() {
+		_, _ = dead.Acquire(context.Background(), "prod", acquireRequest{Request: req("dead", "w"), Wait: time.Minute})
+	}()
+	waitForQueue(t, a, "prod", 1)
+	next := make(chan error, 1)
+	go func() {
+		_, err := a.Acquire(context.Background(), "prod", acquireRequest{Request: req("next", "n"), Wait: time.Minute})
+		next <- err
+	}()
+	waitForQueue(t, a, "prod", 2)
+	px.Down()
+	if s := mustRelease(t, a, "prod", "holder", "h"); s.Key != "dead" {
+		t.Fatalf("the release granted %+v; want the dead node's waiter, still counted alive", s.Lock)
+	}
+	select {
+	case err := <-next:
+		if err != nil {
+			t.Fatalf("the next waiter = %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the grant to the dead node was never given back: %+v", a.get("prod"))
+	}
+	s := a.get("prod")
+	if _, holds := s.Holder("w"); holds || s.Key != "next" {
+		t.Errorf("after the dead node's grant was given back: %+v; want next alone", s.Lock)
+	}
+}

@@ -259,6 +259,9 @@ func lockName(r *http.Request) (string, error) {
 // U+001F, U+007F): a tab or a newline in a name cannot be told apart from
 // its neighbours in a log, a listing or a shell.
 func printable(what, s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not valid UTF-8; names and keys are printable text", errBadRequest, what)
+	}
 	for _, c := range s {
 		if c < 0x20 || c == 0x7f {
 			return fmt.Errorf("%w: %s holds the control character %U; names and keys are printable text", errBadRequest, what, c)

@@ -20,8 +20,12 @@ type wait struct {
 	e     *engine
 	name  string // the lock
 	id    int64  // its waiter in the lock's queue
+	round int    // the waiter's round this request answers for
 	req   acquireRequest
 	start time.Time // when the request came
+	// uncertain says a claim's commit may have gone through unanswered:
+	// a waiter then gone from the queue may have been taken up by it.
+	uncertain bool
 }
 
 // grantQueue grants the head of the lock's queue, and the waiters right
@@ -62,21 +66,68 @@ func waiting(queue []txn.Waiter) int {
 	return n
 }
 
-// enqueue puts req at the back of the lock's queue, or in the place kept
-// by an earlier round of the same request (its Idempotency-Key), and
-// returns its waiter.
+// enqueue puts req at the back of the lock's queue and returns its
+// waiter.
 func enqueue(tx txn.Tx, name string, req acquireRequest) txn.Waiter {
-	w := txn.Waiter{Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone()}
-	for _, p := range tx.Queue(name) {
-		if w.Idem != "" && p.Idem == w.Idem && !p.Left.IsZero() && p.Granted == nil {
-			w.ID, w.Since = p.ID, p.Since // it has waited since then
-			tx.PutWaiter(name, w)
-			return w
-		}
-	}
-	w.ID = tx.NewWaiterID()
+	w := txn.Waiter{ID: tx.NewWaiterID(), Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone()}
 	tx.PutWaiter(name, w)
 	return w
+}
+
+// findIdem returns the waiter of queue that a request with idem's key
+// left, if any.
+func findIdem(queue []txn.Waiter, idem *idemRequest) (txn.Waiter, bool) {
+	if idem == nil {
+		return txn.Waiter{}, false
+	}
+	for _, w := range queue {
+		if w.Idem == idem.scope && !w.Abandoned {
+			return w, true
+		}
+	}
+	return txn.Waiter{}, false
+}
+
+// takeOver answers req, sent again with the Idempotency-Key of waiter p
+// (same request: recall checked the fingerprint of an answered one; an
+// unanswered one is checked here). A grant p has not taken up is taken up
+// now; a waiting p, or the place it kept, is taken over: req waits in
+// its place, and the earlier request, if still there, stands down.
+func takeOver(tx txn.Tx, name string, p txn.Waiter, req acquireRequest) (lock.Verdict, txn.Waiter, Snapshot, error) {
+	if p.Req != req.Request {
+		return lock.Refuse, p, Snapshot{}, fmt.Errorf("%w: it is in the queue for another request (key %q, requestor %q); send a new key with a new request",
+			errKeyReused, p.Req.Key, p.Req.Requestor)
+	}
+	if p.Granted != nil {
+		tx.RemoveWaiter(name, p.ID)
+		s := snapshot(tx, name)
+		s.Lock = p.Granted.Clone()
+		return lock.Grant, p, s, remember(tx, req.Idem, outcome{Lock: s})
+	}
+	if req.Wait == 0 {
+		return lock.Refuse, p, Snapshot{}, fmt.Errorf("%w: a request with this Idempotency-Key has waited for %q since %s and is still in its queue; send this one with ?wait= to take its place, or send it again once that one is answered",
+			errKeyBusy, name, p.Since.Format(time.RFC3339))
+	}
+	p.Round++
+	p.Left, p.Owner = time.Time{}, "" // waiting again, for this node's request
+	tx.PutWaiter(name, p)
+	return lock.Queue, p, Snapshot{}, nil
+}
+
+// stillHeld passes on a remembered grant only while its hold lasts: a
+// client that sent again long after must not take a hold that has since
+// ended (its lease ran out, someone forced it free) for a live one.
+func stillHeld(tx txn.Tx, name string, req acquireRequest, replay *outcome, err error) error {
+	if err != nil || replay == nil {
+		return err
+	}
+	was := replay.Lock
+	now := snapshot(tx, name)
+	if _, holds := now.Holder(req.Requestor); holds && now.Token == was.Token && now.Key == was.Key {
+		return nil
+	}
+	return fmt.Errorf("%w: this request (its Idempotency-Key) was granted %q with token %d at %s, but that hold has since ended (its lease ran out, or it was released or forced free); send a new request with a new Idempotency-Key to take the lock again",
+		errGrantEnded, name, was.Token, was.AcquiredAt.Format(time.RFC3339))
 }
 
 // run waits for w to be granted, until w.req.Wait runs out or ctx
@@ -108,11 +159,14 @@ func (w *wait) run(ctx context.Context, woken <-chan struct{}) (Snapshot, error)
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
 		s, granted, err := w.claim(cctx, false, false)
 		cancel()
+		w.uncertain = w.uncertain || errors.Is(err, txn.ErrUncertain)
 		switch {
 		case granted:
 			return w.taken(ctx, s)
 		case errors.Is(err, txn.ErrDropped):
 			return Snapshot{}, w.e.fail(w.name, err)
+		case errors.Is(err, errSuperseded):
+			return Snapshot{}, fmt.Errorf("%w: %w", errKeyBusy, err)
 		case err != nil && ctx.Err() != nil:
 			return w.end(ctx, false)
 		}
@@ -130,6 +184,8 @@ func (w *wait) end(ctx context.Context, timedOut bool) (Snapshot, error) {
 	switch {
 	case errors.Is(err, txn.ErrDropped):
 		return Snapshot{}, w.e.fail(w.name, err)
+	case errors.Is(err, errSuperseded):
+		return Snapshot{}, fmt.Errorf("%w: %w", errKeyBusy, err)
 	case err != nil:
 		// The store is away as the wait ends: the waiter must not stay
 		// queued with no one to answer it once it is back.
@@ -160,13 +216,20 @@ func (w *wait) claim(ctx context.Context, end, hold bool) (s Snapshot, granted b
 		q, ok := find(tx.Queue(w.name), w.id)
 		switch {
 		case !ok:
-			return txn.ErrDropped
+			s, granted, err = w.gone(tx)
+			return err
+		case q.Round != w.round:
+			return errSuperseded
 		case q.Granted != nil:
 			tx.RemoveWaiter(w.name, w.id)
 			granted = true
 			s = snapshot(tx, w.name)
 			s.Lock = q.Granted.Clone()
 			return remember(tx, w.req.Idem, outcome{Lock: s})
+		case !end && !q.Left.IsZero():
+			q.Left = time.Time{} // an earlier round's wait ended while this one waits
+			tx.PutWaiter(w.name, q)
+			return nil
 		case !end:
 			return nil
 		case hold:
@@ -181,6 +244,29 @@ func (w *wait) claim(ctx context.Context, end, hold bool) (s Snapshot, granted b
 	})
 	return s, granted, err
 }
+
+// gone answers a wait whose waiter is no longer in the queue: taken up by
+// a claim whose commit went unanswered, or by the same request sent again
+// (both remembered its outcome), or dropped because its node was taken
+// for dead.
+func (w *wait) gone(tx txn.Tx) (Snapshot, bool, error) {
+	if o, err := recall(tx, w.req.Idem); o != nil || err != nil {
+		if err != nil {
+			return Snapshot{}, false, err
+		}
+		return o.Lock, true, nil
+	}
+	if s := snapshot(tx, w.name); w.uncertain && s.Key == w.req.Key {
+		if _, holds := s.Holder(w.req.Requestor); holds {
+			return s, true, nil
+		}
+	}
+	return Snapshot{}, false, txn.ErrDropped
+}
+
+// errSuperseded: a later request with the same Idempotency-Key took the
+// waiter over; it will be answered, and this one stands down.
+var errSuperseded = errors.New("a later request with the same Idempotency-Key took this one's place in the queue, and will be answered instead")
 
 // find returns the waiter with id in queue.
 func find(queue []txn.Waiter, id int64) (txn.Waiter, bool) {
@@ -243,8 +329,8 @@ func (w *wait) takeOut(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, changeTimeout)
 		err := w.e.update(cctx, []string{w.name}, txn.Options{}, func(tx txn.Tx) error {
 			q, ok := find(tx.Queue(w.name), w.id)
-			if !ok {
-				return nil // gone already, or never queued
+			if !ok || q.Round != w.round {
+				return nil // gone already, never queued, or another request's now
 			}
 			tx.RemoveWaiter(w.name, w.id)
 			if q.Granted != nil {

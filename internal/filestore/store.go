@@ -90,7 +90,7 @@ type Store struct {
 	enc        *json.Encoder
 
 	watchMu  sync.Mutex // guards watchers; taken under mu, never the other way round
-	watchers map[int64]chan struct{}
+	watchers map[int64][]chan struct{}
 
 	// durableSeq is the latest change that a wait found durable: the
 	// changes up to it can no longer be undone.
@@ -112,7 +112,7 @@ type Options struct {
 // cannot be read is an error and is left as it is.
 func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	s := &Store{path: path, fsys: fsys, checkpointBytes: opts.CheckpointBytes, log: opts.Log, metrics: opts.Metrics,
-		wake: make(chan struct{}, 1), queues: map[string][]txn.Waiter{}, watchers: map[int64]chan struct{}{}}
+		wake: make(chan struct{}, 1), queues: map[string][]txn.Waiter{}, watchers: map[int64][]chan struct{}{}}
 	if s.checkpointBytes == 0 {
 		s.checkpointBytes = DefaultCheckpointBytes
 	}
@@ -214,12 +214,15 @@ func (s *Store) durable(seq uint64) error {
 func (s *Store) Watch(id int64) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	s.watchMu.Lock()
-	s.watchers[id] = ch
+	s.watchers[id] = append(s.watchers[id], ch)
 	s.watchMu.Unlock()
 	return ch, func() {
 		s.watchMu.Lock()
-		delete(s.watchers, id)
-		s.watchMu.Unlock()
+		defer s.watchMu.Unlock()
+		s.watchers[id] = slices.DeleteFunc(s.watchers[id], func(c chan struct{}) bool { return c == ch })
+		if len(s.watchers[id]) == 0 {
+			delete(s.watchers, id)
+		}
 	}
 }
 
@@ -231,7 +234,7 @@ func (s *Store) tell(granted []grant) {
 	s.watchMu.Lock()
 	defer s.watchMu.Unlock()
 	for _, g := range granted {
-		if ch, ok := s.watchers[g.id]; ok {
+		for _, ch := range s.watchers[g.id] {
 			select {
 			case ch <- struct{}{}:
 			default: // told already

@@ -31,6 +31,7 @@ type tx struct {
 	queueOps  []queueOp            // the queue changes, to undo in reverse
 	lastToken uint64               // the counter at begin
 	granted   []grant              // waiters it granted, to tell at commit
+	tookOver  []grant              // waiters a later round took over, to tell at commit
 	remembers []idempotency.Entry  // outcomes to remember
 	forgets   []string             // scopes whose outcome to forget
 }
@@ -118,6 +119,9 @@ func (x *tx) PutWaiter(name string, w txn.Waiter) {
 		if old.Granted == nil && w.Granted != nil {
 			x.granted = append(x.granted, grant{name, w.ID})
 		}
+		if old.Round != w.Round {
+			x.tookOver = append(x.tookOver, grant{name, w.ID}) // its earlier request stands down
+		}
 		x.queueOps = append(x.queueOps, queueOp{name: name, index: i, old: &old})
 		queue[i] = w
 		return
@@ -196,6 +200,7 @@ func (x *tx) commit() error {
 	s := x.s
 	if len(x.oldLocks) == 0 && len(x.remembers) == 0 && len(x.forgets) == 0 {
 		s.tell(x.granted)
+		s.tell(x.tookOver)
 		return nil
 	}
 	c := Change{Seq: s.lastSeq + 1, LastToken: s.lastToken, Locks: make(map[string]*lock.Lock, len(x.oldLocks)),
@@ -235,6 +240,7 @@ func (x *tx) commit() error {
 		s.scheduleLeases(name, old, s.locks[name])
 	}
 	s.tell(x.granted)
+	s.tell(x.tookOver)
 	return nil
 }
 

@@ -68,6 +68,10 @@ var migrations = []string{
 			'released', coalesce(outcome->'released', '0'::jsonb))
 		|| CASE WHEN jsonb_typeof(outcome->'old') = 'object' THEN jsonb_build_object('old', outcome->'old'->'lock') ELSE '{}'::jsonb END
 	WHERE outcome ? 'state';`,
+
+	// 6: the round of a waiter: how many later requests with its
+	// Idempotency-Key took it over.
+	`ALTER TABLE locker_queue ADD COLUMN round int NOT NULL DEFAULT 0;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,8 +50,8 @@ type Store struct {
 	pool *pgxpool.Pool
 	node string // unique per process: its waiters are its own
 
-	mu       sync.Mutex              // guards watchers
-	watchers map[int64]chan struct{} // this node's waiters, by ID
+	mu       sync.Mutex                // guards watchers
+	watchers map[int64][]chan struct{} // this node's waiters, by ID
 
 	stop context.CancelFunc
 	done sync.WaitGroup
@@ -69,7 +70,7 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), watchers: map[int64]chan struct{}{}}
+	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), watchers: map[int64][]chan struct{}{}}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -127,8 +128,9 @@ func (s *Store) heartbeats(ctx context.Context) {
 	}
 }
 
-// Run drops the waiters of nodes that stopped beating, and has settle
-// grant whoever is next, until ctx is done.
+// Run has settle look at the locks whose queues hold waiters of nodes
+// that stopped beating, until ctx is done: the engine takes them out,
+// gives back what they were granted, and grants whoever is next.
 func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names []string) error) {
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()
@@ -138,8 +140,8 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 			return
 		case <-t.C:
 		}
-		rows, err := s.pool.Query(ctx, `DELETE FROM locker_queue WHERE granted IS NULL AND left_at IS NULL AND node NOT IN
-			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval) RETURNING name`, deadAfter.String())
+		rows, err := s.pool.Query(ctx, `SELECT DISTINCT name FROM locker_queue WHERE left_at IS NULL AND node NOT IN
+			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval)`, deadAfter.String())
 		if err != nil {
 			continue
 		}
@@ -181,7 +183,7 @@ func (s *Store) wake(ids []int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, id := range ids {
-		if ch, ok := s.watchers[id]; ok {
+		for _, ch := range s.watchers[id] {
 			select {
 			case ch <- struct{}{}:
 			default: // told already
@@ -207,12 +209,15 @@ func (s *Store) wakePayload(payload string) {
 func (s *Store) Watch(id int64) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	s.mu.Lock()
-	s.watchers[id] = ch
+	s.watchers[id] = append(s.watchers[id], ch)
 	s.mu.Unlock()
 	return ch, func() {
 		s.mu.Lock()
-		delete(s.watchers, id)
-		s.mu.Unlock()
+		defer s.mu.Unlock()
+		s.watchers[id] = slices.DeleteFunc(s.watchers[id], func(c chan struct{}) bool { return c == ch })
+		if len(s.watchers[id]) == 0 {
+			delete(s.watchers, id)
+		}
 	}
 }
 

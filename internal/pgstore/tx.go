@@ -41,10 +41,10 @@ type tx struct {
 	recalled  map[string]*idempotency.Entry // by scope: what was read (nil: nothing kept)
 	remembers []idempotency.Entry
 	forgets   []string
-	token     int64 // a fencing token fetched ahead; 0 once used
-	waiterID  int64 // a waiter ID fetched ahead; 0 once used
-	granted   []int64
-	err       error // the first error of a query made on demand
+	token     int64   // a fencing token fetched ahead; 0 once used
+	waiterID  int64   // a waiter ID fetched ahead; 0 once used
+	told      []int64 // waiters to wake: granted, or taken over
+	err       error   // the first error of a query made on demand
 }
 
 // queueRow is a waiter and its lock's name, to write.
@@ -73,7 +73,7 @@ func (s *Store) Update(ctx context.Context, names []string, opts txn.Options, ap
 		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		return err
 	}
-	s.wake(t.granted) // this node's own waiters, at once
+	s.wake(t.told) // this node's own waiters, at once
 	return nil
 }
 
@@ -130,15 +130,16 @@ func (t *tx) begin(opts txn.Options) error {
 	return br.Close()
 }
 
-// queueReads queues the reads of the clock and the named locks' queues:
-// waiters of live nodes, and the places kept by any node (a client whose
-// node died may ask again through another).
+// queueColumns are the columns of a waiter's row that readQueue reads; a
+// waiter is abandoned when its node stopped beating (a place kept is not:
+// its client may ask again through another node).
+const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round,
+	left_at IS NULL AND node NOT IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval)`
+
+// queueReads queues the reads of the clock and the named locks' queues.
 func (t *tx) queueReads(b *pgx.Batch) {
 	b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
-	b.Queue(`SELECT id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted FROM locker_queue
-		WHERE name = ANY($1) AND (left_at IS NOT NULL OR node IN
-			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval))
-		ORDER BY id`, t.names, deadAfter.String())
+	b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = ANY($1) ORDER BY id`, t.names, deadAfter.String())
 }
 
 // read reads the locks (unless they were read with the clock, by View),
@@ -195,7 +196,7 @@ func readQueue(rows pgx.Rows, queues map[string][]txn.Waiter) error {
 			granted []byte
 		)
 		if err := rows.Scan(&w.ID, &name, &w.Owner, &w.Req.Key, &w.Req.Requestor, &w.Req.Note, &ttl, &w.Req.Named,
-			&w.Since, &idem, &left, &granted); err != nil {
+			&w.Since, &idem, &left, &granted, &w.Round, &w.Abandoned); err != nil {
 			return err
 		}
 		w.Req.TTL, w.Since = time.Duration(ttl)*time.Millisecond, w.Since.UTC()
@@ -300,8 +301,8 @@ func (t *tx) PutWaiter(name string, w txn.Waiter) {
 	queue := slices.Clone(t.queues[name])
 	i, found := slices.BinarySearchFunc(queue, w.ID, func(q txn.Waiter, id int64) int { return int(min(max(q.ID-id, -1), 1)) })
 	if found {
-		if queue[i].Granted == nil && w.Granted != nil {
-			t.granted = append(t.granted, w.ID)
+		if queue[i].Granted == nil && w.Granted != nil || queue[i].Round != w.Round {
+			t.told = append(t.told, w.ID) // granted, or taken over by a later round
 		}
 		queue[i] = w
 	} else {
@@ -380,9 +381,9 @@ func (t *tx) commit() error {
 	if len(t.forgets) > 0 {
 		b.Queue("DELETE FROM locker_requests WHERE scope = ANY($1)", t.forgets)
 	}
-	if len(t.granted) > 0 {
-		ids := make([]string, len(t.granted))
-		for i, id := range t.granted {
+	if len(t.told) > 0 {
+		ids := make([]string, len(t.told))
+		for i, id := range t.told {
 			ids[i] = strconv.FormatInt(id, 10)
 		}
 		b.Queue("SELECT pg_notify($1, $2)", channel, strings.Join(ids, ","))
@@ -416,13 +417,13 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 			return err
 		}
 	}
-	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 		ON CONFLICT (id) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
 			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
-			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted`,
+			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round`,
 		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
-		w.Since, idem, left, granted)
+		w.Since, idem, left, granted, w.Round)
 	return nil
 }
 
@@ -452,9 +453,7 @@ func (s *Store) Scan(ctx context.Context) (*txn.Tables, error) {
 		b := &pgx.Batch{}
 		b.Queue("SELECT name, lock FROM locker_locks WHERE lock IS NOT NULL")
 		b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
-		b.Queue(`SELECT id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted FROM locker_queue
-			WHERE left_at IS NOT NULL OR node IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval)
-			ORDER BY id`, deadAfter.String())
+		b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE $1::text IS NULL ORDER BY id`, nil, deadAfter.String())
 		br := ptx.SendBatch(ctx, b)
 		defer br.Close()
 		if err := t.read(br, false); err != nil {

@@ -82,11 +82,19 @@ type Waiter struct {
 	// Granted is the lock as granted to it, until its request takes it
 	// up and takes it out of the queue.
 	Granted *lock.Lock
+	// Round counts the later requests with its Idempotency-Key that took
+	// it over (a client that sent again): the request of the last round
+	// answers for it.
+	Round int
+	// Abandoned says no request will take it up: its node was taken for
+	// dead. The store sets it; the engine takes the waiter out, and gives
+	// back what it was granted.
+	Abandoned bool
 }
 
 // Waiting reports whether w waits to be granted: not a kept place, not
-// granted already.
-func (w Waiter) Waiting() bool { return w.Left.IsZero() && w.Granted == nil }
+// granted already, not abandoned.
+func (w Waiter) Waiting() bool { return w.Left.IsZero() && w.Granted == nil && !w.Abandoned }
 
 // Errors of stores, which the server answers each in its own way.
 var (
