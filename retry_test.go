@@ -34,14 +34,20 @@ func TestASecondRequestWithTheKeyTakesTheFirstsPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 		first := make(chan error, 1)
-		go func() { _, err := tab.Acquire(context.Background(), "l", keyed("B", "b", "k1", time.Minute)); first <- err }()
+		go func() {
+			_, err := tab.Acquire(context.Background(), "l", keyed("B", "b", "k1", time.Minute))
+			first <- err
+		}()
 		testutil.WaitFor(t, "the first request to queue", func() bool { return len(tab.get("l").Waiting) == 1 })
 
 		if _, err := tab.Acquire(context.Background(), "l", keyed("B", "b", "k1", 0)); !errors.Is(err, errKeyBusy) {
 			t.Errorf("the request sent again without a wait = %v; want errKeyBusy", err)
 		}
 		second := make(chan error, 1)
-		go func() { _, err := tab.Acquire(context.Background(), "l", keyed("B", "b", "k1", time.Minute)); second <- err }()
+		go func() {
+			_, err := tab.Acquire(context.Background(), "l", keyed("B", "b", "k1", time.Minute))
+			second <- err
+		}()
 		select {
 		case err := <-first:
 			if !errors.Is(err, errKeyBusy) {
