@@ -139,12 +139,20 @@ var openPaths = []string{"/healthz", "/readyz"}
 
 // handleHealth handles GET /healthz: the process serves.
 func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if _, err := checkQuery(r, "/healthz"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // handleReady handles GET /readyz: 200 when the store can make a change
 // durable, 503 with the reason when it cannot (the details go to the log).
 func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if _, err := checkQuery(r, "/readyz"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if err := s.locks.Ready(); err != nil {
 		s.log.Warn("not ready", "err", err)
 		s.writeError(w, r, notReady(err))

@@ -105,7 +105,10 @@ var defaultTimeouts = timeouts{
 }
 
 const (
-	maxHeaderBytes  = 16 << 10 // a lock name is at most 1 KiB, 3 KiB escaped
+	// maxHeaderBytes keeps a request's line and headers to 16 KiB, as the
+	// README says: net/http reads 4 KiB past MaxHeaderBytes before it
+	// answers 431. A lock name is at most 1 KiB, 3 KiB escaped.
+	maxHeaderBytes  = 16<<10 - 4<<10
 	shutdownTimeout = 10 * time.Second
 	// defaultMaxWait keeps waits below what proxies and load balancers
 	// usually allow a request.
@@ -123,6 +126,9 @@ func main() {
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "locker: %v\n", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }

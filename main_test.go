@@ -420,6 +420,10 @@ func TestHealthAndReadiness(t *testing.T) {
 		if status, _ := ls.call(t, "HEAD", path, ""); status != http.StatusOK {
 			t.Errorf("HEAD %s = %d; want 200", path, status)
 		}
+		// Unknown parameters are refused here as everywhere.
+		if status, body := ls.call(t, "GET", path+"?x=1", ""); status != http.StatusBadRequest || !strings.Contains(string(body), `unknown query parameter \"x\"`) {
+			t.Errorf("GET %s?x=1 = %d %s; want 400 naming x", path, status, body)
+		}
 	}
 	if status, _ := ls.call(t, "GET", "/locks", ""); status != http.StatusUnauthorized {
 		t.Errorf("GET /locks without credentials = %d; want 401: only the health checks are open", status)

@@ -15,19 +15,24 @@ import (
 	"github.com/locker-ci/locker/internal/pgstore"
 )
 
-const migrateUsage = `Usage: locker migrate --from SOURCE --to TARGET
+const migrateUsage = `Usage: locker migrate [--force] --from SOURCE --to TARGET
 
 Copies every held lock, and the fencing token counter, from SOURCE to
 TARGET; each is a state file (the path LOCKER_CONFIG names) or a
 PostgreSQL URL (postgres://...). TARGET must be empty: a state file that
 does not exist or holds no lock, or a database with no lock held or waited
-for. SOURCE is left as it was. Stop the servers on both first: requests
-that wait and Idempotency-Key outcomes are not copied.
+for. SOURCE is left as it was, and must exist. Stop the servers on both
+first: requests that wait and Idempotency-Key outcomes are not copied. A
+database that nodes still serve (they beat within the last 5 s) is
+refused as SOURCE unless --force is given.
 
 Examples:
   locker migrate --from /var/vcap/store/locker/locker.yml --to 'postgres://locker@db:5432/locker'
   locker migrate --from 'postgres://locker@db:5432/locker' --to /var/lib/locker/locker.yml
 `
+
+// errUsage marks a command line that is wrong: main exits 2 for it.
+var errUsage = errors.New("usage")
 
 // runMigrate handles locker migrate.
 func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
@@ -35,13 +40,14 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.SetOutput(io.Discard)
 	from := fs.String("from", "", "")
 	to := fs.String("to", "", "")
+	force := fs.Bool("force", false, "")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, migrateUsage)
 		return nil
 	} else if err != nil || *from == "" || *to == "" || fs.NArg() > 0 {
-		return fmt.Errorf("migrate needs --from and --to, each a state file or a postgres:// URL (locker migrate -h)")
+		return fmt.Errorf("%w: migrate needs --from and --to, each a state file or a postgres:// URL (locker migrate -h)", errUsage)
 	}
-	locks, lastToken, err := readLocks(ctx, *from)
+	locks, lastToken, err := readLocks(ctx, *from, *force)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", describe(*from), err)
 	}
@@ -70,13 +76,21 @@ func describe(where string) string {
 
 // readLocks reads the held locks and the last token from a state file (its
 // journal replayed) or a database.
-func readLocks(ctx context.Context, from string) (map[string]lock.Lock, uint64, error) {
+func readLocks(ctx context.Context, from string, force bool) (map[string]lock.Lock, uint64, error) {
 	if isDatabase(from) {
 		s, err := pgstore.Open(ctx, from, "migrate")
 		if err != nil {
 			return nil, 0, err
 		}
 		defer func() { _ = s.Close(false) }()
+		live, err := s.LiveNodes(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(live) > 0 && !force {
+			return nil, 0, fmt.Errorf("%d locker nodes still serve it (%s): stop them first, so that no lock changes after the copy, or give --force to copy it as it is now",
+				len(live), strings.Join(live, ", "))
+		}
 		return s.Export(ctx)
 	}
 	st, err := filestore.Read(from, atomicfile.OS{})

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -105,6 +107,12 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 		err := run(context.Background(), []string{"migrate", "--from", from, "--to", to}, func(string) string { return "" }, &out, io.Discard)
 		return out.String(), err
 	}
+	if _, err := migrate(filepath.Join(dir, "lcoks.yml"), db); err == nil || !strings.Contains(err.Error(), "lcoks.yml") {
+		t.Errorf("migrate from a mistyped path = %v; want an error naming it", err)
+	}
+	if _, err := migrate("", db); !errors.Is(err, errUsage) {
+		t.Errorf("migrate without --from = %v; want a usage error (exit 2)", err)
+	}
 	if out, err := migrate(file, db); err != nil || !strings.Contains(out, "copied 2 locks") {
 		t.Fatalf("migrate to the database = %q, %v", out, err)
 	}
@@ -117,6 +125,18 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	}
 	if status, body := p.call(t, "PUT", "/lock/new", `{"key": "k"}`); status != 200 || !strings.Contains(string(body), `"token":3`) {
 		t.Errorf("a new lock on PostgreSQL = %d %s; want token 3, after the file's 2", status, body)
+	}
+	// While a node serves the database, it is no source to copy from.
+	early := filepath.Join(dir, "early.yml")
+	if _, err := migrate(db, early); err == nil || !strings.Contains(err.Error(), "1 locker nodes still serve it") {
+		t.Errorf("migrate from a database a node serves = %v; want it refused", err)
+	}
+	if _, err := os.Stat(early); err == nil {
+		t.Error("the refused migrate wrote its target")
+	}
+	var out strings.Builder
+	if err := run(context.Background(), []string{"migrate", "--force", "--from", db, "--to", early}, func(string) string { return "" }, &out, io.Discard); err != nil || !strings.Contains(out.String(), "copied 3 locks") {
+		t.Errorf("migrate --force from a database a node serves = %q, %v; want it copied", out.String(), err)
 	}
 	if err := p.shutdown(); err != nil {
 		t.Fatal(err)

@@ -41,7 +41,11 @@ type Saved = statefile.State
 // it (nil for a lock it freed), the token counter, and the outcomes by
 // Idempotency-Key it remembers and forgets.
 type Change struct {
-	Seq       uint64                `json:"seq"`
+	Seq uint64 `json:"seq"`
+	// Prev is the change this one was made on: the journal must hold it
+	// (or the state file), or records are missing. 0 in journals written
+	// before it was kept.
+	Prev      uint64                `json:"prev,omitempty"`
 	LastToken uint64                `json:"last_token"`
 	Locks     map[string]*lock.Lock `json:"locks"`
 	Remember  []idempotency.Entry   `json:"remember,omitempty"`
@@ -148,13 +152,29 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 
 // Read returns the table a state file and its journal hold, for locker
 // migrate; it opens the file as Open does, and closes it.
+// A state file that does not exist is an error: Read creates nothing
+// (the kernel lock's file, taken to keep a server away while it reads, is
+// removed again unless it was there before).
 func Read(path string, fsys atomicfile.FS) (Saved, error) {
+	if _, err := os.Stat(path); err != nil {
+		return Saved{}, fmt.Errorf("%w (check the path: migrate reads its source and never creates it)", err)
+	}
 	s := &Store{path: path, fsys: fsys, checkpointBytes: DefaultCheckpointBytes, log: slog.New(slog.DiscardHandler)}
+	if err := s.resolve(); err != nil {
+		return Saved{}, err
+	}
+	_, lockErr := os.Stat(s.lockPath())
+	_, journalErr := os.Stat(s.journalPath())
 	st, err := s.open()
 	if err != nil {
 		return Saved{}, err
 	}
-	return st, errors.Join(s.journal.Close(false), s.owner.Release())
+	// A journal opened only to be read, and not there before, goes again.
+	err = errors.Join(s.journal.Close(errors.Is(journalErr, fs.ErrNotExist)), s.owner.Release())
+	if errors.Is(lockErr, fs.ErrNotExist) {
+		_ = os.Remove(s.lockPath())
+	}
+	return st, err
 }
 
 // Update runs apply in a transaction over the locks named, and returns
@@ -329,7 +349,14 @@ func (s *Store) checkpointLoop(ctx context.Context) {
 }
 
 // open locks the state file, reads it and replays the journal onto it.
+// A state file reached through a symbolic link is the file it points to:
+// its journal and kernel lock are beside that file, so that two servers
+// on one file through different paths find each other, and a checkpoint
+// replaces the file, not the link.
 func (s *Store) open() (st Saved, err error) {
+	if err := s.resolve(); err != nil {
+		return Saved{}, err
+	}
 	if err := s.lock(); err != nil {
 		return Saved{}, err
 	}
@@ -346,6 +373,7 @@ func (s *Store) open() (st Saved, err error) {
 	case err != nil:
 		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the file as it was: fix it, or move it aside to start empty", err)
 	}
+	giveTokens(&st)
 	snapSeq := st.Seq
 	j, _, err := journal.Open(s.journalPath(), s.fsys, snapSeq, func(payload []byte) (uint64, error) {
 		return replay(&st, snapSeq, payload)
@@ -355,9 +383,34 @@ func (s *Store) open() (st Saved, err error) {
 	if err != nil {
 		return Saved{}, fmt.Errorf("%w\nlocker did not start and left the journal as it was: move it aside to start from the state file alone", err)
 	}
+	if n, kept := j.Torn(); n > 0 {
+		s.log.Warn("the journal ended in a torn or damaged record, which was dropped: a crash as it was written leaves one, never acknowledged; a damaged disk can damage one that was",
+			"journal", s.journalPath(), "bytes", n, "kept_in", kept)
+	}
 	j.CompactAt(max(s.checkpointBytes, 2*size))
 	s.journal = j
 	return st, nil
+}
+
+// resolve makes s.path the real path of the state file: its links
+// followed, or its directory's when it does not exist yet.
+func (s *Store) resolve() error {
+	real, err := filepath.EvalSymlinks(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		dir, derr := filepath.EvalSymlinks(filepath.Dir(s.path))
+		if derr != nil {
+			return nil // lock reports a missing directory in its own words
+		}
+		real, err = filepath.Join(dir, filepath.Base(s.path)), nil
+	}
+	if err != nil {
+		return fmt.Errorf("LOCKER_CONFIG %s: following its links: %w", s.path, err)
+	}
+	if real != s.path {
+		s.log.Info("LOCKER_CONFIG is a link; the state is kept in the file it points to", "state_file", s.path, "real_path", real)
+	}
+	s.path = real
+	return nil
 }
 
 // append queues c as one journal line. Callers hold s.mu.
@@ -434,6 +487,20 @@ func (s *Store) load() (Saved, int64, error) {
 	return st, int64(len(data)), nil
 }
 
+// giveTokens gives the locks that have no fencing token (a state file of
+// the original locker) tokens above every other, in name order: the same
+// ones at every start until a checkpoint writes them, so that a journal
+// replayed onto the file finds what it was written against.
+func giveTokens(st *Saved) {
+	for _, name := range slices.Sorted(maps.Keys(st.Locks)) {
+		if l := st.Locks[name]; l.Token == 0 {
+			st.LastToken++
+			l.Token = st.LastToken
+			st.Locks[name] = l
+		}
+	}
+}
+
 // replay applies one journal record to st, which holds every change up to
 // snapSeq, and returns its seq.
 func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
@@ -448,6 +515,10 @@ func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
 			return 0, fmt.Errorf("seq %d does not follow seq %d", c.Seq, st.Seq)
 		}
 		return c.Seq, nil // already in the snapshot
+	}
+	if c.Prev != st.Seq && c.Prev != 0 {
+		return 0, fmt.Errorf("record %d was made on change %d, but the state file and the records before it reach only change %d: records are missing (deleted or lost from the middle of the journal)",
+			c.Seq, c.Prev, st.Seq)
 	}
 	for name, l := range c.Locks {
 		if l == nil || l.Free() {

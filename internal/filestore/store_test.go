@@ -447,3 +447,22 @@ func TestRollbackRestoresLeases(t *testing.T) {
 		t.Errorf("after the renewal was undone, leases due = %v; want the first lease of l again", due)
 	}
 }
+
+// TestAMissingRecordIsRefused: a record deleted from the middle of the
+// journal loses a change; the next record says what it was made on, and
+// the store refuses to start, naming the journal and the gap.
+func TestAMissingRecordIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "locks.yml")
+	s := openTest(t, path, nil, nil)
+	fill(t, s)
+	_ = s.Close(false) // as if its process had died
+	lines := strings.SplitAfter(string(readJournal(t, path)), "\n")
+	gapped := strings.Join(append(lines[:2:2], lines[3:]...), "")
+	if err := os.WriteFile(path+".journal", []byte(gapped), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(path, atomicfile.OS{}, Options{})
+	if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "records are missing") {
+		t.Errorf("opening a journal with a record deleted = %v; want an error naming it and the gap", err)
+	}
+}

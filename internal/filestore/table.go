@@ -203,7 +203,7 @@ func (x *tx) commit() error {
 		s.tell(x.tookOver)
 		return nil
 	}
-	c := Change{Seq: s.lastSeq + 1, LastToken: s.lastToken, Locks: make(map[string]*lock.Lock, len(x.oldLocks)),
+	c := Change{Seq: s.lastSeq + 1, Prev: s.seq, LastToken: s.lastToken, Locks: make(map[string]*lock.Lock, len(x.oldLocks)),
 		Remember: x.remembers, Forget: x.forgets}
 	for name := range x.oldLocks {
 		if l, ok := s.locks[name]; ok {

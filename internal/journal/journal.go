@@ -14,6 +14,7 @@
 package journal
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -83,6 +84,8 @@ type Journal struct {
 	lastErr  error         // why the last write failed; nil once one succeeds
 	advanced chan struct{} // closed and replaced whenever durable, failed or broken change
 	closing  bool
+	torn     int    // bytes after the last whole record that Open cut off
+	tornKept string // the file they were kept in
 	blocked  int // how many Wait calls are blocked, for tests
 }
 
@@ -122,6 +125,10 @@ func Open(path string, fsys atomicfile.FS, saved uint64, replay func(payload []b
 	if err != nil {
 		return nil, 0, fmt.Errorf("opening journal: %w", err)
 	}
+	if err := j.keepTorn(data[good:]); err != nil {
+		_ = f.Close()
+		return nil, 0, err
+	}
 	if err := j.cutTail(f, len(data), good, !exists); err != nil {
 		_ = f.Close() // already failing; that error is the one to report
 		return nil, 0, err
@@ -134,6 +141,31 @@ func Open(path string, fsys atomicfile.FS, saved uint64, replay func(payload []b
 	go j.commitLoop()
 	return j, seq, nil
 }
+
+// keepTorn keeps what follows the last whole record, unless it is only
+// the zeros of the room allocated ahead, in a file beside the journal
+// (path + ".corrupt-" + the time): a record torn by a crash was never
+// acknowledged, but one damaged on disk may have been, and cutting it off
+// must not destroy the evidence.
+func (j *Journal) keepTorn(tail []byte) error {
+	tail = bytes.TrimRight(tail, "\x00")
+	if len(tail) == 0 {
+		return nil
+	}
+	kept := j.path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000Z")
+	if _, err := atomicfile.WriteFile(j.fsys, kept, func(w io.Writer) error {
+		_, err := w.Write(tail)
+		return err
+	}); err != nil {
+		return fmt.Errorf("keeping the torn end of journal %s aside: %w", j.path, err)
+	}
+	j.torn, j.tornKept = len(tail), kept
+	return nil
+}
+
+// Torn returns how many bytes after the last whole record Open cut off,
+// and the file it kept them in; 0 and "" when there were none.
+func (j *Journal) Torn() (int, string) { return j.torn, j.tornKept }
 
 // cutTail cuts the room allocated ahead and a torn last record (never
 // acknowledged) off f, which holds size bytes of which good are records,

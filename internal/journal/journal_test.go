@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -62,16 +63,42 @@ func TestReplayCutsATornTail(t *testing.T) {
 			if err := os.WriteFile(path, append(slices.Clone(good), tail...), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, got := open(t, path, atomicfile.OS{}, nil)
+			for _, old := range corrupt(t, path) {
+				_ = os.Remove(old)
+			}
+			j, got := open(t, path, atomicfile.OS{}, nil)
 			if want := []string{"1", "2", "3"}; !slices.Equal(got, want) {
 				t.Errorf("replayed %q; want %q", got, want)
 			}
 			if after, _ := os.ReadFile(path); !bytes.Equal(after, good) {
 				t.Errorf("the torn tail was not cut off: %q", after[len(good):])
 			}
+			// What was cut off is kept aside, unless it was only zeros.
+			n, kept := j.Torn()
+			files := corrupt(t, path)
+			if strings.Trim(tail, "\x00") == "" {
+				if n != 0 || len(files) != 0 {
+					t.Errorf("zeros were kept aside: %d bytes, %v", n, files)
+				}
+				return
+			}
+			if data, err := os.ReadFile(kept); err != nil || string(data) != tail || n != len(tail) || !slices.Equal(files, []string{kept}) {
+				t.Errorf("the torn tail kept as %q (%d bytes): %q, %v; files %v; want %q", kept, n, data, err, files, tail)
+			}
 		})
 	}
 }
+
+// corrupt lists the files the journal at path kept torn tails in.
+func corrupt(tb testing.TB, path string) []string {
+	tb.Helper()
+	files, err := filepath.Glob(path + ".corrupt-*")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return files
+}
+
 
 func TestDamageBeforeAGoodLineIsAnError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j")

@@ -85,11 +85,18 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 // Node is this node's name in the database.
 func (s *Store) Node() string { return s.node }
 
-// Close stops the node's heartbeat and listener and closes the pool. Its
-// waiters, if any are left, are dropped by the other nodes.
+// Close stops the node's heartbeat and listener, takes the node out of
+// the table of nodes, and closes the pool. Its waiters, if any are left,
+// are dropped by the other nodes.
 func (s *Store) Close(bool) error {
 	s.stop()
 	s.done.Wait()
+	// A node that leaves says so, so that locker migrate need not wait
+	// for its heartbeat to grow old (best effort: a node that cannot
+	// reach the database is taken for dead after a few seconds anyway).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = s.pool.Exec(ctx, "DELETE FROM locker_nodes WHERE node = $1", s.node)
 	s.pool.Close()
 	return nil
 }

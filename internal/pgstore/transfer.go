@@ -88,3 +88,14 @@ func (s *Store) Import(ctx context.Context, locks map[string]lock.Lock, lastToke
 		return err
 	})
 }
+
+// LiveNodes returns the other nodes that beat within the last few
+// seconds: servers still changing the table.
+func (s *Store) LiveNodes(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, "SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval AND node <> $2 ORDER BY node",
+		deadAfter.String(), s.node)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
