@@ -222,7 +222,9 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 	if err != nil || !bytes.HasPrefix(data, []byte("# Locker's lock table.")) {
 		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
 	}
-	if want := map[string]Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2})}; !reflect.DeepEqual(got.Locks, want) {
+	prod := lockOf("prod-cf", map[string]int{"prod-cf": 2})
+	prod.Token = 1 // the original kept none; it got one on load
+	if want := map[string]Lock{"prod": prod}; !reflect.DeepEqual(got.Locks, want) {
 		t.Errorf("state file holds %v; want %v", got, want)
 	}
 	// The original's bytes are kept, to roll back with, and the log says so.

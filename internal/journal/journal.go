@@ -86,7 +86,7 @@ type Journal struct {
 	closing  bool
 	torn     int    // bytes after the last whole record that Open cut off
 	tornKept string // the file they were kept in
-	blocked  int // how many Wait calls are blocked, for tests
+	blocked  int    // how many Wait calls are blocked, for tests
 }
 
 // Open replays the journal at path, calling replay with each whole record

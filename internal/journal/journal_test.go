@@ -99,7 +99,6 @@ func corrupt(tb testing.TB, path string) []string {
 	return files
 }
 
-
 func TestDamageBeforeAGoodLineIsAnError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j")
 	data := append(Line([]byte("1")), "00000000 2\n"...)
