@@ -10,8 +10,11 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -385,5 +388,74 @@ func TestADeadNodesGrantIsGivenBack(t *testing.T) {
 	s := a.get("prod")
 	if _, holds := s.Holder("w"); holds || s.Key != "next" {
 		t.Errorf("after the dead node's grant was given back: %+v; want next alone", s.Lock)
+	}
+}
+
+// TestAFreeLockCostsNoRow: names sent once (releases of locks never
+// held, locks taken and given back) leave no row in the database.
+func TestAFreeLockCostsNoRow(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	a := newPGTable(t, u, "a")
+	for i := range 50 {
+		name := fmt.Sprintf("never-held-%d", i)
+		if _, _, err := a.Release(name, "k", "r", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		mustAcquire(t, a, "taken", req("k", "r"))
+		mustRelease(t, a, "taken", "k", "r")
+	}
+	mustAcquire(t, a, "held", req("k", "r"))
+	conn, err := pgx.Connect(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var rows int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM locker_locks").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 {
+		t.Errorf("after 100 names came and went and one lock is held, the database has %d lock rows; want 1", rows)
+	}
+}
+
+// TestExclusionWhileRowsComeAndGo: clients on two nodes take one lock
+// with keys of their own, over and over, so that its row is deleted each
+// time it is freed with no one waiting and made again by the next
+// request, sometimes as another transaction waits for its row lock. No
+// two clients ever hold it at once.
+func TestExclusionWhileRowsComeAndGo(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	nodes := []*engine{newPGTable(t, u, "a"), newPGTable(t, u, "b")}
+	var inside, most atomic.Int32
+	var wg sync.WaitGroup
+	for c := range 6 {
+		wg.Go(func() {
+			e := nodes[c%2]
+			key := fmt.Sprintf("client-%d", c)
+			for range 25 {
+				wait := time.Duration(0)
+				if c%3 != 0 {
+					wait = 10 * time.Second // some wait, some are refused
+				}
+				if _, err := e.Acquire(context.Background(), "x", acquireRequest{Request: req(key, key), Wait: wait}); err != nil {
+					if !errors.Is(err, errLockHeld) {
+						t.Error(err)
+					}
+					continue
+				}
+				n := inside.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				inside.Add(-1)
+				if _, _, err := e.Release("x", key, key, false, nil); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d clients held the lock at once; want 1", m)
 	}
 }

@@ -44,6 +44,7 @@ type tx struct {
 	token     int64   // a fencing token fetched ahead; 0 once used
 	waiterID  int64   // a waiter ID fetched ahead; 0 once used
 	told      []int64 // waiters to wake: granted, or taken over
+	rows      int     // the locks' rows read (locked, for a change)
 	err       error   // the first error of a query made on demand
 }
 
@@ -63,6 +64,13 @@ func (s *Store) Update(ctx context.Context, names []string, opts txn.Options, ap
 	defer conn.Release()
 	t := &tx{s: s, conn: conn.Conn(), ctx: ctx, names: sorted(names)}
 	err = t.begin(opts)
+	for try := 0; errors.Is(err, errRowGone) && try < 5; try++ {
+		// A free lock's row was deleted as this transaction waited for
+		// its row lock: begin again, with a row of its own.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		t = &tx{s: s, conn: conn.Conn(), ctx: ctx, names: t.names}
+		err = t.begin(opts)
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	} else if err = apply(t); err == nil {
@@ -112,6 +120,9 @@ func (t *tx) begin(opts txn.Options) error {
 	if err := t.read(br, true); err != nil {
 		return err
 	}
+	if t.rows < len(t.names) {
+		return errRowGone
+	}
 	if opts.Recall != "" {
 		if err := t.readRecall(br, opts.Recall); err != nil {
 			return err
@@ -129,6 +140,11 @@ func (t *tx) begin(opts txn.Options) error {
 	}
 	return br.Close()
 }
+
+// errRowGone: a named lock's row was deleted (the lock was free, with no
+// one waiting) between the statement that made sure it was there and the
+// one that locked it: the transaction must begin again.
+var errRowGone = errors.New("a lock's row was deleted as it was locked")
 
 // queueColumns are the columns of a waiter's row that readQueue reads; a
 // waiter is abandoned when its node stopped beating (a place kept is not:
@@ -157,6 +173,7 @@ func (t *tx) read(br pgx.BatchResults, forChange bool) error {
 		if err := rows.Scan(&name, &raw); err != nil {
 			return err
 		}
+		t.rows++
 		if raw == nil {
 			continue
 		}
@@ -353,9 +370,15 @@ func (t *tx) commit() error {
 		return fmt.Errorf("%w: %w", txn.ErrUnavailable, t.err)
 	}
 	b := &pgx.Batch{}
+	var unused []string
 	for _, name := range t.names {
+		l := t.locks[name]
+		if l.Free() && len(t.queues[name]) == 0 {
+			unused = append(unused, name) // a free lock no one waits for costs no row
+			continue
+		}
 		var raw []byte
-		if l := t.locks[name]; !l.Free() {
+		if !l.Free() {
 			var err error
 			if raw, err = json.Marshal(l); err != nil {
 				return err
@@ -364,6 +387,9 @@ func (t *tx) commit() error {
 		if !bytes.Equal(raw, t.before[name]) {
 			b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", name, raw)
 		}
+	}
+	if len(unused) > 0 {
+		b.Queue("DELETE FROM locker_locks WHERE name = ANY($1)", unused)
 	}
 	if len(t.gone) > 0 {
 		b.Queue("DELETE FROM locker_queue WHERE id = ANY($1)", t.gone)
