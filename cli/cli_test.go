@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -418,6 +419,29 @@ func TestLockUnlockLsShow(t *testing.T) {
 	}
 	if r := c.run(t, "help", "run"); r.code != 0 || !strings.Contains(r.stdout, "Examples:") {
 		t.Errorf("help run = %v", r)
+	}
+}
+
+// TestRunWithoutAWaitGivesUpOnAnUnreachableServer: locker run --wait 0
+// against a server it cannot reach retries, says until when (a minute
+// from its start, as locker lock), and is not retrying for ever.
+func TestRunWithoutAWaitGivesUpOnAnUnreachableServer(t *testing.T) {
+	c := client{url: "http://127.0.0.1:1", dir: t.TempDir()}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	cmd, _, stderr := c.command(lockerBin, "run", "prod", "--wait", "0", "--", "true")
+	cmd = exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...) // stopped after its first retries
+	cmd.Dir, cmd.Env, cmd.Stderr = c.dir, append(os.Environ(), "LOCKER_URL="+c.url), stderr
+	start := time.Now()
+	_ = cmd.Run()
+	m := regexp.MustCompile(`trying again in \S+, and until (\d\d:\d\d:\d\d)`).FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatalf("locker run --wait 0 against a closed port said %q; want it to say until when it retries", stderr)
+	}
+	until, _ := time.ParseInLocation("15:04:05", m[1], time.Local)
+	until = time.Date(start.Year(), start.Month(), start.Day(), until.Hour(), until.Minute(), until.Second(), 0, time.Local)
+	if d := until.Sub(start); d < 55*time.Second || d > 65*time.Second {
+		t.Errorf("locker run --wait 0 retries until %v after its start; want about a minute", d)
 	}
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -112,9 +113,9 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 		if err != nil || d < 0 {
 			return r, 0, deadline, e.usageError("--wait must be a duration such as 30m, 0 not to wait, or forever (got %q)", f.waitFor)
 		}
-		if d > 0 {
-			deadline = time.Now().Add(d)
-		}
+		// Without a wait, a server that cannot be reached is tried for a
+		// while, as by locker lock, and then run gives up (exit 2).
+		deadline = time.Now().Add(cmp.Or(d, patience))
 	}
 	if f.grace == 0 {
 		f.grace = min(maxGrace, ttl/4)
@@ -144,7 +145,7 @@ type runPlan struct {
 	req      client.Request
 	ttl      time.Duration
 	wait     bool      // queue for the lock
-	deadline time.Time // of the wait; zero for none
+	deadline time.Time // of the wait, and of retries; zero for none (--wait forever)
 	grace    time.Duration
 	command  []string
 }

@@ -151,7 +151,11 @@ func (c *Client) Lock(ctx context.Context, name string, r Request, wait bool, o 
 // retry says that the call will be tried again after backoff, sleeps, and
 // returns the next backoff, or why to stop trying.
 func (o Options) retry(ctx context.Context, what, name string, err error, backoff time.Duration) (time.Duration, error) {
-	o.say("could not %s %q: %v; trying again in %v", what, name, err, backoff)
+	if o.Deadline.IsZero() {
+		o.say("could not %s %q: %v; trying again in %v", what, name, err, backoff)
+	} else {
+		o.say("could not %s %q: %v; trying again in %v, and until %s", what, name, err, backoff, o.Deadline.Format("15:04:05"))
+	}
 	if serr := sleep(ctx, backoff, o.Deadline); serr != nil {
 		return 0, stopped(serr, err)
 	}
