@@ -21,6 +21,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
@@ -164,6 +165,9 @@ func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
 // notReady is /readyz's answer when the store cannot make a change
 // durable: what is wrong, and that changes are refused meanwhile.
 func notReady(err error) error {
+	if room := new(txn.NoRoomError); errors.As(err, &room) {
+		return fmt.Errorf("%w: %v on the disk that holds the state file; changes are taken again as soon as they fit; the server's log has the details", errNotReady, room)
+	}
 	if errors.Is(err, errDatabase) {
 		return fmt.Errorf("%w: the database cannot be reached, so changes are refused until it answers; the server's log has the details", errNotReady)
 	}

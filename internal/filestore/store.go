@@ -281,7 +281,12 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 // Ready says whether the journal can take changes: its last write
 // succeeded, and no sync has failed.
 func (s *Store) Ready(context.Context) error {
-	if err := s.journal.Healthy(); err != nil {
+	err := s.journal.Healthy()
+	var room *journal.NoRoomError
+	switch {
+	case errors.As(err, &room):
+		return fmt.Errorf("%w: %w (%w)", txn.ErrNotSaved, &txn.NoRoomError{Need: room.Need}, err)
+	case err != nil:
 		return fmt.Errorf("%w: the journal beside LOCKER_CONFIG cannot be written: %w", txn.ErrNotSaved, err)
 	}
 	return nil

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
@@ -358,12 +359,35 @@ func (j *Journal) reserve(n int64) error {
 		return nil
 	}
 	size := j.size + max(n, Chunk)
-	if err := j.file.Allocate(size); err != nil {
+	err := j.file.Allocate(size)
+	if err != nil && n < Chunk {
+		// A full disk that still has room for these records takes them:
+		// it recovers as soon as the next write fits, not a whole chunk.
+		size = j.size + n
+		err = j.file.Allocate(size)
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return &NoRoomError{Need: n, Err: err}
+	}
+	if err != nil {
 		return fmt.Errorf("allocating room in the journal: %w", err)
 	}
 	j.allocated = size
 	return nil
 }
+
+// NoRoomError is a write the disk had no room for: Need bytes were to be
+// written.
+type NoRoomError struct {
+	Need int64
+	Err  error
+}
+
+func (e *NoRoomError) Error() string {
+	return fmt.Sprintf("allocating %d bytes in the journal: %v", e.Need, e.Err)
+}
+
+func (e *NoRoomError) Unwrap() error { return e.Err }
 
 // fail drops every queued record, refuses new ones while the caller undoes
 // the records from seq from on, then marks them as failed with err.

@@ -3,12 +3,15 @@ package journal
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
@@ -207,4 +210,55 @@ func FuzzReadLines(f *testing.F) {
 			}
 		}
 	})
+}
+
+// smallDisk is the real file system with room for so many bytes of
+// journal: allocating past them fails as a full disk does.
+type smallDisk struct {
+	atomicfile.FS
+	room atomic.Int64
+}
+
+func (d *smallDisk) OpenInPlace(name string) (atomicfile.InPlaceFile, error) {
+	f, err := d.FS.OpenInPlace(name)
+	return smallFile{f, d}, err
+}
+
+type smallFile struct {
+	atomicfile.InPlaceFile
+	disk *smallDisk
+}
+
+func (f smallFile) Allocate(size int64) error {
+	if size > f.disk.room.Load() {
+		return fmt.Errorf("allocating %d bytes: %w", size, syscall.ENOSPC)
+	}
+	return f.InPlaceFile.Allocate(size)
+}
+
+// TestAFullDiskRecoversWhenTheNextRecordFits: with less room than a chunk
+// the journal still takes the records that fit; once none fits, the
+// write fails saying how much it needs, and as soon as that much is free
+// the next one goes through.
+func TestAFullDiskRecoversWhenTheNextRecordFits(t *testing.T) {
+	disk := &smallDisk{FS: atomicfile.OS{}}
+	disk.room.Store(64) // a few records, far less than a chunk
+	j, _ := open(t, filepath.Join(t.TempDir(), "j"), disk, func(from uint64, err error) uint64 { return from })
+	appendAll(t, j, 1, 3) // 11 bytes each
+	if err := j.Append(4, []byte(strings.Repeat("x", 100))); err != nil {
+		t.Fatal(err)
+	}
+	err := j.Wait(4)
+	var room *NoRoomError
+	if !errors.As(err, &room) || room.Need < 100 || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("a record the disk has no room for = %v; want a NoRoomError saying it needs at least 100 bytes", err)
+	}
+	if err := j.Healthy(); !errors.As(err, &room) {
+		t.Errorf("Healthy after a full disk = %v; want it to say how much room is needed", err)
+	}
+	disk.room.Store(64 + room.Need) // just enough freed
+	appendAll(t, j, 5, 5)
+	if err := j.Healthy(); err != nil {
+		t.Errorf("Healthy after a write went through = %v", err)
+	}
 }

@@ -11,6 +11,7 @@ package txn
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/locker-ci/locker/internal/idempotency"
@@ -111,6 +112,14 @@ var (
 	// for dead).
 	ErrDropped = errors.New("dropped from the queue")
 )
+
+// NoRoomError: the disk is full, and the next change needs Need bytes
+// free on it.
+type NoRoomError struct{ Need int64 }
+
+func (e *NoRoomError) Error() string {
+	return fmt.Sprintf("the disk is full: the next change needs %d bytes free", e.Need)
+}
 
 // Tables is a copy of some locks and their queues at one moment, read
 // whole: what a listing shows.
