@@ -157,13 +157,13 @@ func TestShutdownAnswersWaiters(t *testing.T) {
 	waiter := putAsync(context.Background(), ls.url, "/lock/prod?wait=1m", `{"key": "B"}`)
 	testutil.WaitFor(t, "the PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
 
+	// Shutdown waits for handlers up to shutdownTimeout, and then fails:
+	// a nil error says the waiter was let go in time.
 	start := time.Now()
 	if err := ls.shutdown(); err != nil {
 		t.Fatalf("run after shutdown with a waiter = %v; want nil", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("shutdown with a waiter took %v", d)
-	}
+	t.Logf("shutdown with a waiter took %v", time.Since(start).Round(time.Millisecond))
 	r := result(t, waiter)
 	if r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "shutting down") {
 		t.Errorf("waiter during shutdown got %d %s; want 503 saying the server is shutting down", r.status, r.body)
