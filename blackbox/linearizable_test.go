@@ -292,8 +292,10 @@ func (r *recorder) settle() {
 }
 
 // runClient takes, releases and reads locks on the server url gives, until
-// stop: client c of eight, four keys, two clients each.
-func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, stop <-chan struct{}) {
+// stop: client c of eight, four keys, two clients each. With wait, one
+// PUT in three waits that long in the lock's queue (to the model a PUT
+// like any other: granted, or refused, at some moment in its call).
+func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wait string, stop <-chan struct{}) {
 	r := rand.New(rand.NewPCG(uint64(c), 7))
 	// A client gives back what it holds before it takes again, so that
 	// locks change hands often.
@@ -324,7 +326,11 @@ func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, sto
 		if in.Method != "GET" {
 			body = fmt.Sprintf(`{"key": %q, "lock_by": %q}`, in.Key, in.Requestor)
 		}
-		status, reply, err := send(client, in.Method, url()+"/lock/"+in.Lock, body)
+		path := "/lock/" + in.Lock
+		if in.Method == "PUT" && wait != "" && r.IntN(3) == 0 {
+			path += "?wait=" + wait
+		}
+		status, reply, err := send(client, in.Method, url()+path, body)
 		if status == http.StatusServiceUnavailable && strings.Contains(reply, "the change was not made") {
 			continue // the server is sure nothing happened: as if never sent
 		}
@@ -391,7 +397,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for c := range 8 {
-		wg.Go(func() { runClient(t, rec, c, locks, current, stop) })
+		wg.Go(func() { runClient(t, rec, c, locks, current, "", stop) })
 	}
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(99, 1))

@@ -1,9 +1,11 @@
 package testutil
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -19,6 +21,10 @@ type Proxy struct {
 	mu    sync.Mutex // guards conns and down
 	conns map[net.Conn]bool
 	down  bool
+
+	// dropCommit, when set, makes the next client message that holds a
+	// COMMIT reach the server, and its answer never reach the client.
+	dropCommit atomic.Bool
 }
 
 // NewProxy listens on the loopback and forwards to target (host:port).
@@ -56,7 +62,7 @@ func (p *Proxy) serve() {
 			continue
 		}
 		p.track(in, out)
-		go p.pipe(in, out)
+		go p.toServer(in, out)
 		go p.pipe(out, in)
 	}
 }
@@ -74,6 +80,38 @@ func (p *Proxy) pipe(from, to net.Conn) {
 	from.Close()
 	to.Close()
 }
+
+// toServer copies what the client sends to the server, and cuts the
+// connection right after a COMMIT when DropCommitAnswer asked for it.
+func (p *Proxy) toServer(from, to net.Conn) {
+	defer from.Close()
+	defer to.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := from.Read(buf)
+		if n > 0 {
+			if _, werr := to.Write(buf[:n]); werr != nil {
+				return
+			}
+			if bytes.Contains(buf[:n], []byte("COMMIT")) && p.dropCommit.CompareAndSwap(true, false) {
+				// The COMMIT is on its way; its answer is not: the client's
+				// side goes at once, the server's once it has had a moment
+				// to commit.
+				from.Close()
+				time.Sleep(50 * time.Millisecond)
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// DropCommitAnswer loses the answer to the next COMMIT that goes through
+// the proxy: the database commits, the client hears nothing, and its
+// connection is gone.
+func (p *Proxy) DropCommitAnswer() { p.dropCommit.Store(true) }
 
 // Cut closes every connection through the proxy.
 func (p *Proxy) Cut() {
