@@ -15,7 +15,7 @@ import (
 
 func TestLoadMissingFileCreatesIt(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
-	st, _, err := (&Store{path: path, fsys: atomicfile.OS{}}).load()
+	st, _, err := newDisk(path, atomicfile.OS{}, 0, nil).load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestLoadCorruptFileIsLeftAlone(t *testing.T) {
 	if err := os.WriteFile(path, corrupt, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := (&Store{path: path, fsys: atomicfile.OS{}}).load()
+	_, _, err := newDisk(path, atomicfile.OS{}, 0, nil).load()
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("load of a corrupt file = %v; want an error naming %s", err, path)
 	}
@@ -57,7 +57,7 @@ func TestLoadRemovesLeftoverTempFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := (&Store{path: path, fsys: atomicfile.OS{}}).load(); err != nil {
+	if _, _, err := newDisk(path, atomicfile.OS{}, 0, nil).load(); err != nil {
 		t.Fatal(err)
 	}
 	got := testutil.DirEntries(t, dir)
