@@ -131,8 +131,21 @@ func (s *Store) heartbeats(ctx context.Context) {
 			continue // the database is away; the next beat tries again
 		}
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", idempotency.Retention.String())
+		s.sweep(ctx)
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", keptPlaces.String())
 	}
+}
+
+// sweep deletes the rows of free locks that no one waits for, a batch a
+// heartbeat: a name sent once must not cost a row for ever. A row in use
+// (its row lock held) is skipped; a transaction that was about to lock a
+// row deleted here begins again (errRowGone). Rows are not deleted as the
+// lock is freed: a lock taken again at once would make and delete a row
+// each time (5-9% fewer changes a second in make bench).
+func (s *Store) sweep(ctx context.Context) {
+	_, _ = s.pool.Exec(ctx, `DELETE FROM locker_locks WHERE name IN (
+		SELECT name FROM locker_locks l WHERE lock IS NULL AND NOT EXISTS (SELECT 1 FROM locker_queue q WHERE q.name = l.name)
+		LIMIT 1000 FOR UPDATE SKIP LOCKED)`)
 }
 
 // Run has settle look at the locks whose queues hold waiters of nodes

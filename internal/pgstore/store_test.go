@@ -3,12 +3,16 @@ package pgstore
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // testURL returns the URL of a new, empty schema on the test database.
@@ -98,4 +102,65 @@ func mustJSON(t *testing.T, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestSweepingRowsKeepsExclusion: rows of free locks are deleted by the
+// sweep while transactions take and free the lock over and over; a
+// transaction that was about to lock a row the sweep deleted begins
+// again instead of going on without a row lock, so no two ever take it.
+func TestSweepingRowsKeepsExclusion(t *testing.T) {
+	u := testURL(t)
+	ctx := context.Background()
+	a, err := Open(ctx, u, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.Close(false) }()
+	stop := make(chan struct{})
+	var sweeps sync.WaitGroup
+	sweeps.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				a.sweep(ctx)
+			}
+		}
+	})
+	var inside, most atomic.Int32
+	var wg sync.WaitGroup
+	for c := range 4 {
+		wg.Go(func() {
+			key := fmt.Sprintf("k%d", c)
+			for range 150 {
+				took := false
+				if err := a.Update(ctx, []string{"x"}, txn.Options{Token: true}, func(tx txn.Tx) error {
+					if l := tx.Lock("x"); l.Free() {
+						tx.Set("x", lock.Give(l, lock.Request{Key: key, Requestor: key}, tx.Now(), tx.NextToken))
+						took = true
+					}
+					return nil
+				}); err != nil || !took {
+					continue
+				}
+				n := inside.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				inside.Add(-1)
+				if err := a.Update(ctx, []string{"x"}, txn.Options{}, func(tx txn.Tx) error {
+					tx.Set("x", lock.Lock{})
+					return nil
+				}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	sweeps.Wait()
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d transactions held the lock at once; want 1", m)
+	}
 }

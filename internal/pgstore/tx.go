@@ -98,8 +98,13 @@ func sorted(names []string) []string {
 func (t *tx) begin(opts txn.Options) error {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue("INSERT INTO locker_locks (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING", t.names)
-	b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1) ORDER BY name FOR UPDATE", t.names)
+	if len(t.names) == 1 { // most changes: the plainest statements
+		b.Queue("INSERT INTO locker_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", t.names[0])
+		b.Queue("SELECT name, lock FROM locker_locks WHERE name = $1 FOR UPDATE", t.names[0])
+	} else {
+		b.Queue("INSERT INTO locker_locks (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING", t.names)
+		b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1) ORDER BY name FOR UPDATE", t.names)
+	}
 	t.queueReads(b)
 	if opts.Recall != "" {
 		queueRecall(b, opts.Recall)
@@ -141,8 +146,8 @@ func (t *tx) begin(opts txn.Options) error {
 	return br.Close()
 }
 
-// errRowGone: a named lock's row was deleted (the lock was free, with no
-// one waiting) between the statement that made sure it was there and the
+// errRowGone: a named lock's row was deleted (free, with no one waiting:
+// see sweep) between the statement that made sure it was there and the
 // one that locked it: the transaction must begin again.
 var errRowGone = errors.New("a lock's row was deleted as it was locked")
 
@@ -155,6 +160,10 @@ const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since
 // queueReads queues the reads of the clock and the named locks' queues.
 func (t *tx) queueReads(b *pgx.Batch) {
 	b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
+	if len(t.names) == 1 {
+		b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = $1 ORDER BY id`, t.names[0], deadAfter.String())
+		return
+	}
 	b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = ANY($1) ORDER BY id`, t.names, deadAfter.String())
 }
 
@@ -370,15 +379,9 @@ func (t *tx) commit() error {
 		return fmt.Errorf("%w: %w", txn.ErrUnavailable, t.err)
 	}
 	b := &pgx.Batch{}
-	var unused []string
 	for _, name := range t.names {
-		l := t.locks[name]
-		if l.Free() && len(t.queues[name]) == 0 {
-			unused = append(unused, name) // a free lock no one waits for costs no row
-			continue
-		}
 		var raw []byte
-		if !l.Free() {
+		if l := t.locks[name]; !l.Free() {
 			var err error
 			if raw, err = json.Marshal(l); err != nil {
 				return err
@@ -387,9 +390,6 @@ func (t *tx) commit() error {
 		if !bytes.Equal(raw, t.before[name]) {
 			b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", name, raw)
 		}
-	}
-	if len(unused) > 0 {
-		b.Queue("DELETE FROM locker_locks WHERE name = ANY($1)", unused)
 	}
 	if len(t.gone) > 0 {
 		b.Queue("DELETE FROM locker_queue WHERE id = ANY($1)", t.gone)
