@@ -820,6 +820,7 @@ func TestForceRelease(t *testing.T) {
 // running: every request must see it ended, not only the loop. A renewal
 // is refused and another key is granted at once.
 func TestLeaseIsJudgedAtTheRequest(t *testing.T) {
+	t.Parallel() // mostly waits
 	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
 		tab := open(t)
 		if _, err := tab.Acquire(context.Background(), "l", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Second, Named: true}}); err != nil {

@@ -100,6 +100,7 @@ func TestRulesHoldAcrossNodes(t *testing.T) {
 // every node one second after the grant, and the node whose change ended
 // it logs it, once.
 func TestLeasesAreJudgedByTheDatabasesClock(t *testing.T) {
+	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
 	var logs testutil.SyncBuffer
 	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
@@ -172,6 +173,7 @@ func TestQueueIsFirstComeFirstServedAcrossNodes(t *testing.T) {
 // its waiters dropped by the others, and they are never granted; the
 // locks it was granted stay held.
 func TestADeadNodesWaitersAreDropped(t *testing.T) {
+	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
 	cut, px := throughProxy(t, u)
 	a, dead := newPGTable(t, u, "a"), newPGTable(t, cut, "dead")
@@ -235,6 +237,7 @@ func TestIdempotencyKeysAcrossNodes(t *testing.T) {
 // with its answer or an error by its deadline, and once the database is
 // back the engine goes on, tokens still going up.
 func TestDatabaseLossWithWaiters(t *testing.T) {
+	t.Parallel() // mostly waits
 	u, px := throughProxy(t, testutil.PostgresSchema(t))
 	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
 	first := mustAcquire(t, a, "prod", req("holder", "h"))
@@ -359,6 +362,7 @@ func TestAWaiterThatComesBackKeepsItsPlace(t *testing.T) {
 // the grant is given back and the next waiter has the lock: nobody holds
 // it for a client that was never told.
 func TestADeadNodesGrantIsGivenBack(t *testing.T) {
+	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
 	cut, px := throughProxy(t, u)
 	a, dead := newPGTable(t, u, "a"), newPGTable(t, cut, "dead")
@@ -395,6 +399,7 @@ func TestADeadNodesGrantIsGivenBack(t *testing.T) {
 // held, locks taken and given back) leave no row in the database once
 // the sweep has been by.
 func TestAFreeLockCostsNoRow(t *testing.T) {
+	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
 	a := newPGTable(t, u, "a")
 	for i := range 50 {
@@ -425,6 +430,7 @@ func TestAFreeLockCostsNoRow(t *testing.T) {
 // its row while it is free, sometimes as a transaction is about to lock
 // it. No two clients ever hold it at once.
 func TestExclusionWhileRowsComeAndGo(t *testing.T) {
+	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
 	nodes := []*engine{newPGTable(t, u, "a"), newPGTable(t, u, "b")}
 	var inside, most atomic.Int32

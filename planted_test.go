@@ -13,6 +13,7 @@ import (
 // linearizability tests catch each one, and a patch that no longer applies
 // or builds would prove nothing.
 func TestPlantedBugsStillApply(t *testing.T) {
+	t.Parallel() // mostly waits
 	patches, err := filepath.Glob("scripts/bugs/*.patch")
 	if err != nil || len(patches) == 0 {
 		t.Fatalf("no planted bugs in scripts/bugs (%v)", err)

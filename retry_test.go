@@ -107,6 +107,7 @@ func TestAGrantNotTakenUpGoesToTheRetry(t *testing.T) {
 // hold ended (the lease ran out, another client took the lock) must not
 // pass for a live one: 409, saying so.
 func TestAReplayedGrantThatEndedIsRefused(t *testing.T) {
+	t.Parallel() // mostly waits
 	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
 		tab := open(t)
 		req := keyed("A", "a", "k1", 0)
