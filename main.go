@@ -40,8 +40,8 @@ import (
 
 	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
-	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/filestore"
+	"github.com/locker-ci/locker/internal/lazyfs"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
 )
@@ -328,7 +328,7 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 		Table: func() metrics.TableStats { return locks.stats() },
 		Ready: func() bool { return locks.Ready() == nil },
 	})
-	store, err := openStore(ctx, cfg, faults.FS(fsys), log, m)
+	store, err := openStore(ctx, cfg, lazyfs.FS(fsys), log, m)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func buildLocker(tb testing.TB) string {
 	buildOnce.Do(func() {
 		lockerBin = filepath.Join(binDir, "locker")
 		// The crash tests kill this binary: lazyfs makes a kill lose what
-		// was not synced, as a power cut would (see internal/faults/lazyfs.go).
+		// was not synced, as a power cut would (see internal/lazyfs/lazyfs.go).
 		out, err := testutil.GoBuild(lockerBin, "github.com/locker-ci/locker", "lazyfs")
 		if err != nil {
 			buildFailed = fmt.Errorf("go build: %v\n%s", err, out)

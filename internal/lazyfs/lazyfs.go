@@ -1,6 +1,6 @@
 //go:build lazyfs
 
-package faults
+package lazyfs
 
 import (
 	"sync"
