@@ -307,25 +307,38 @@ func (e *engine) granted(name string, req acquireRequest, token uint64, waited t
 	e.log.Info("lock granted", attrs...)
 }
 
+// change runs step in a transaction over the lock called name, for a
+// request that does not wait: it is answered within changeTimeout, and a
+// request seen before, by its Idempotency-Key, gets its first outcome
+// (replay) and changes nothing but the first step of every change.
+func (e *engine) change(name string, idem *idemRequest, step func(tx txn.Tx) error) (replay *outcome, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	err = e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
+		var err error
+		if replay, err = recall(tx, idem); replay != nil || err != nil {
+			return err
+		}
+		return step(tx)
+	})
+	if err != nil {
+		return nil, e.fail(name, err)
+	}
+	return replay, nil
+}
+
 // Release gives back one count of requestor's hold on the lock called name,
 // or every count when all is set, and says how many counts it gave back.
 // Releasing a free lock, or for a requestor that holds nothing under key,
 // changes nothing; a lock held with another key is refused with errLockHeld.
 func (e *engine) Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
-	defer cancel()
 	var (
 		s        Snapshot
 		held     Lock
 		released int
 		ok       bool
-		replay   *outcome
 	)
-	err := e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
-		var err error
-		if replay, err = recall(tx, idem); replay != nil || err != nil {
-			return err
-		}
+	replay, err := e.change(name, idem, func(tx txn.Tx) error {
 		held = tx.Lock(name)
 		var next Lock
 		next, released, ok = lock.Release(held, key, requestor, all)
@@ -341,7 +354,7 @@ func (e *engine) Release(name, key, requestor string, all bool, idem *idemReques
 	})
 	switch {
 	case err != nil:
-		return Snapshot{}, 0, e.fail(name, err)
+		return Snapshot{}, 0, err
 	case replay != nil:
 		return replay.Lock, replay.Released, nil
 	case !ok:
@@ -358,18 +371,11 @@ func (e *engine) Release(name, key, requestor string, all bool, idem *idemReques
 // ForceRelease frees the lock called name whoever holds it, and returns
 // what it was and what it is now (the next waiters may have it).
 func (e *engine) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
-	defer cancel()
 	var (
-		s      Snapshot
-		old    Lock
-		replay *outcome
+		s   Snapshot
+		old Lock
 	)
-	err := e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
-		var err error
-		if replay, err = recall(tx, idem); replay != nil || err != nil {
-			return err
-		}
+	replay, err := e.change(name, idem, func(tx txn.Tx) error {
 		old = tx.Lock(name).Clone()
 		if old.Free() {
 			s = snapshot(tx, name)
@@ -382,7 +388,7 @@ func (e *engine) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, e
 	})
 	switch {
 	case err != nil:
-		return Lock{}, Snapshot{}, e.fail(name, err)
+		return Lock{}, Snapshot{}, err
 	case replay != nil && replay.Old != nil:
 		return *replay.Old, replay.Lock, nil
 	case replay != nil:
@@ -398,18 +404,11 @@ func (e *engine) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, e
 // without changing its count. It is refused with errLockHeld when requestor
 // holds nothing under key.
 func (e *engine) Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
-	defer cancel()
 	var (
-		s      Snapshot
-		ok     bool
-		replay *outcome
+		s  Snapshot
+		ok bool
 	)
-	err := e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
-		var err error
-		if replay, err = recall(tx, idem); replay != nil || err != nil {
-			return err
-		}
+	replay, err := e.change(name, idem, func(tx txn.Tx) error {
 		var next Lock
 		if next, ok = lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl)); !ok {
 			return nil
@@ -420,7 +419,7 @@ func (e *engine) Renew(name, key, requestor string, ttl time.Duration, idem *ide
 	})
 	switch {
 	case err != nil:
-		return Snapshot{}, e.fail(name, err)
+		return Snapshot{}, err
 	case replay != nil:
 		return replay.Lock, nil
 	case !ok:
