@@ -488,23 +488,30 @@ func (e *engine) Ready() error {
 // Now is the store's clock, to the millisecond, for the status page.
 func (e *engine) Now() time.Time { return e.store.Now() }
 
-// stats returns the gauges' figures, from one listing: locks held, their
-// holders, requests waiting, and how long the longest-held lock has been
-// held.
+// stats returns the gauges' figures, from one copy of the table (no
+// snapshot per lock: a scrape of a big table allocates little): locks
+// held, their holders, requests waiting, and how long the longest-held
+// lock has been held.
 func (e *engine) stats() metrics.TableStats {
-	locks, _ := e.List()
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
 	var st metrics.TableStats
-	now := e.Now()
-	for _, l := range locks {
-		st.Waiters += len(l.Waiting)
+	tables, err := e.store.Scan(ctx)
+	if err != nil {
+		return st
+	}
+	for _, l := range tables.Locks {
 		if l.Free() {
 			continue
 		}
 		st.Locks++
 		st.Holders += len(l.Holders)
 		if !l.AcquiredAt.IsZero() {
-			st.OldestAge = max(st.OldestAge, now.Sub(l.AcquiredAt))
+			st.OldestAge = max(st.OldestAge, tables.At.Sub(l.AcquiredAt))
 		}
+	}
+	for _, q := range tables.Queues {
+		st.Waiters += waiting(q)
 	}
 	return st
 }
