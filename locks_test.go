@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
-	"io/fs"
 	"log/slog"
 	"maps"
-	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -139,27 +136,10 @@ func settleAll(tb testing.TB, e *engine) {
 	}
 }
 
-// readJournal returns the records in the journal beside the state file at
-// path: its bytes up to the zeros of the room allocated ahead.
-func readJournal(tb testing.TB, path string) []byte {
-	tb.Helper()
-	data, err := os.ReadFile(path + ".journal")
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if i := bytes.IndexByte(data, 0); i >= 0 {
-		data = data[:i]
-	}
-	return data
-}
-
 // onDisk returns what the state file at path and its journal hold.
 func onDisk(tb testing.TB, path string) string {
 	tb.Helper()
-	return string(testutil.ReadFile(tb, path)) + "\n--- journal ---\n" + string(readJournal(tb, path))
+	return string(testutil.ReadFile(tb, path)) + "\n--- journal ---\n" + string(testutil.ReadJournal(tb, path))
 }
 
 // holderOf returns the holder of l called name, or a zero Holder.

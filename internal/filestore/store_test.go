@@ -1,10 +1,8 @@
 package filestore
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -95,23 +93,6 @@ func table(tb testing.TB, s *Store) map[string]lock.Lock {
 	return t.Locks
 }
 
-// readJournal returns the records in the journal beside the state file at
-// path: its bytes up to the zeros of the room allocated ahead.
-func readJournal(tb testing.TB, path string) []byte {
-	tb.Helper()
-	data, err := os.ReadFile(path + ".journal")
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if i := bytes.IndexByte(data, 0); i >= 0 {
-		data = data[:i]
-	}
-	return data
-}
-
 // fill makes a few changes of every kind on s and returns what a restart
 // must find.
 func fill(tb testing.TB, s *Store) map[string]lock.Lock {
@@ -155,7 +136,7 @@ func TestJournalReplaysChanges(t *testing.T) {
 func TestJournalTornTailIsIgnored(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	want := fill(t, openTest(t, path, nil, nil))
-	good := readJournal(t, path)
+	good := testutil.ReadJournal(t, path)
 
 	for name, tail := range map[string]string{
 		"no newline":         `0badc0de {"seq":99,"last_token":9,"locks":{"x":null}}`,
@@ -172,7 +153,7 @@ func TestJournalTornTailIsIgnored(t *testing.T) {
 			if got := table(t, openTest(t, path, nil, nil)); !reflect.DeepEqual(got, want) {
 				t.Errorf("after a torn tail:\n%v\nwant\n%v", got, want)
 			}
-			if got := readJournal(t, path); string(got) != string(good) {
+			if got := testutil.ReadJournal(t, path); string(got) != string(good) {
 				t.Errorf("the torn tail was not cut off: %q", got[len(good):])
 			}
 		})
@@ -183,7 +164,7 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
 	s := openTest(t, path, nil, nil)
 	fill(t, s)
-	data := readJournal(t, path)
+	data := testutil.ReadJournal(t, path)
 	lines := strings.SplitAfter(string(data), "\n")
 	lines[1] = "0000000 damaged in the middle\n"
 	damaged := strings.Join(lines, "")
@@ -195,7 +176,7 @@ func TestJournalDamageIsAnError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "damaged line") {
 		t.Errorf("opening a journal damaged in the middle = %v; want an error naming it", err)
 	}
-	if got := readJournal(t, path); string(got) != damaged {
+	if got := testutil.ReadJournal(t, path); string(got) != damaged {
 		t.Error("the damaged journal was changed")
 	}
 }
@@ -207,7 +188,7 @@ func TestCheckpointWritesASnapshotAndCompacts(t *testing.T) {
 	if err := s.checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	if got := readJournal(t, path); len(got) != 0 {
+	if got := testutil.ReadJournal(t, path); len(got) != 0 {
 		t.Errorf("journal after a checkpoint holds %q; want nothing", got)
 	}
 	st, err := statefile.Decode(testutil.ReadFile(t, path))
@@ -233,7 +214,7 @@ func TestCrashBetweenSnapshotAndCompaction(t *testing.T) {
 	if _, err := s.save(s.saved()); err != nil {
 		t.Fatal(err)
 	}
-	if len(readJournal(t, path)) == 0 {
+	if len(testutil.ReadJournal(t, path)) == 0 {
 		t.Fatal("the journal is empty; the test needs its records")
 	}
 	// Counts would double if records were applied twice.
@@ -456,7 +437,7 @@ func TestAMissingRecordIsRefused(t *testing.T) {
 	s := openTest(t, path, nil, nil)
 	fill(t, s)
 	_ = s.Close(false) // as if its process had died
-	lines := strings.SplitAfter(string(readJournal(t, path)), "\n")
+	lines := strings.SplitAfter(string(testutil.ReadJournal(t, path)), "\n")
 	gapped := strings.Join(append(lines[:2:2], lines[3:]...), "")
 	if err := os.WriteFile(path+".journal", []byte(gapped), 0o600); err != nil {
 		t.Fatal(err)

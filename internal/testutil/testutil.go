@@ -3,7 +3,9 @@ package testutil
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -114,4 +116,22 @@ func DropFirstReply(tb testing.TB, target, method string) string {
 	}))
 	tb.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// ReadJournal returns the records in the journal beside the state file at
+// path: its bytes up to the zeros of the room allocated ahead (nil when
+// there is no journal).
+func ReadJournal(tb testing.TB, path string) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(path + ".journal")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		data = data[:i]
+	}
+	return data
 }
