@@ -174,23 +174,46 @@ func notReady(err error) error {
 	return fmt.Errorf("%w: the last change could not be saved to disk, so changes are refused until a write succeeds; the server's log has the details", errNotReady)
 }
 
-// handleList handles GET /locks: every lock that is held or waited for,
-// by name.
+// handleList handles GET /locks: the locks that are held or waited for,
+// by name. With ?limit= it answers one page, and a Link header to the
+// next; without, every lock, written as it is read a page at a time.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
-	if _, err := checkQuery(r, "/locks"); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	locks, err := s.locks.List()
+	page, err := decodePage(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	views := make(map[string]lock.View, len(locks))
-	for name, l := range locks {
-		views[name] = l.View(name, l.Waiting)
+	lw := newListingWriter(w)
+	if page.Limit > 0 {
+		locks, next, err := s.locks.List(r.Context(), page)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if next != "" {
+			w.Header().Set("Link", nextPageLink(page, next))
+		}
+		for _, l := range locks {
+			lw.add(l)
+		}
+		lw.end()
+		return
 	}
-	s.writeJSON(w, r, http.StatusOK, views)
+	err = s.locks.Each(r.Context(), page.Prefix, page.After, func(l Listed) error {
+		lw.add(l)
+		return lw.err
+	})
+	switch {
+	case err == nil:
+		lw.end()
+	case !lw.started:
+		s.writeError(w, r, err)
+	default:
+		// Part of the listing has gone out as a 200: cut the connection,
+		// so that the client sees a broken reply, not a short one.
+		s.log.Error("listing cut short", "err", err)
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // handleGet handles GET /lock/{name}.

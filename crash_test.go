@@ -34,10 +34,13 @@ func TestSyscallOrder(t *testing.T) {
 	}
 	ops := d.Took() // everything done before the 200 arrived
 	want := []string{
-		// the empty state file is created: written, synced, renamed, its directory synced
+		// the journal is created empty, first: a sealed state file says it is there
+		"open",
+		// the empty state file is created: written, synced, renamed, its
+		// directory synced (the journal's entry with it)
 		"create", "write", "sync", "close", "rename", "syncdir",
-		// the journal is created, and its directory entry synced
-		"open", "syncdir",
+		// the journal opened for the changes
+		"open",
 		// the PUT: its record written and synced
 		"jwrite", "jsync",
 	}

@@ -165,13 +165,21 @@ func settle(tx txn.Tx, name string) []expiry {
 // snapshot returns the lock called name and its waiters as r sees them,
 // with the leases that ran out ended (in what it returns only).
 func snapshot(r txn.Reader, name string) Snapshot {
+	s := current(r, name)
+	s.Lock = s.Lock.Clone()
+	return s
+}
+
+// current is snapshot without the copy: its holders are the store's, to
+// read and not to change.
+func current(r txn.Reader, name string) Snapshot {
 	l := r.Lock(name)
 	for _, h := range l.Holders {
 		if !h.ExpiresAt.IsZero() && !h.ExpiresAt.After(r.Now()) {
 			l, _ = lock.Expire(l, h.Name, h.ExpiresAt)
 		}
 	}
-	s := Snapshot{Lock: l.Clone()}
+	s := Snapshot{Lock: l}
 	for _, w := range r.Queue(name) {
 		if w.Waiting() {
 			s.Waiting = append(s.Waiting, lock.Waiting{Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since})
@@ -445,23 +453,6 @@ func (e *engine) Get(name string) (Snapshot, error) {
 	return s, nil
 }
 
-// List returns every lock that is held or waited for.
-func (e *engine) List() (map[string]Snapshot, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
-	defer cancel()
-	tables, err := e.store.Scan(ctx)
-	if err != nil {
-		return nil, e.fail("", err)
-	}
-	out := make(map[string]Snapshot)
-	for _, name := range tables.Names() {
-		if s := snapshot(tables, name); !s.Free() || len(s.Waiting) > 0 {
-			out[name] = s
-		}
-	}
-	return out, nil
-}
-
 // fail turns a store's error into the API's: what the client may do
 // about it. The details go to the log.
 func (e *engine) fail(name string, err error) error {
@@ -487,46 +478,6 @@ func (e *engine) Ready() error {
 
 // Now is the store's clock, to the millisecond, for the status page.
 func (e *engine) Now() time.Time { return e.store.Now() }
-
-// stats returns the gauges' figures, from one copy of the table (no
-// snapshot per lock: a scrape of a big table allocates little): locks
-// held, their holders, requests waiting, and how long the longest-held
-// lock has been held.
-func (e *engine) stats() metrics.TableStats {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
-	defer cancel()
-	var st metrics.TableStats
-	tables, err := e.store.Scan(ctx)
-	if err != nil {
-		return st
-	}
-	for _, l := range tables.Locks {
-		if l.Free() {
-			continue
-		}
-		st.Locks++
-		st.Holders += len(l.Holders)
-		if !l.AcquiredAt.IsZero() {
-			st.OldestAge = max(st.OldestAge, tables.At.Sub(l.AcquiredAt))
-		}
-	}
-	for _, q := range tables.Queues {
-		st.Waiters += waiting(q)
-	}
-	return st
-}
-
-// Len returns the number of held locks (0 when the store cannot say).
-func (e *engine) Len() int {
-	locks, _ := e.List()
-	n := 0
-	for _, l := range locks {
-		if !l.Free() {
-			n++
-		}
-	}
-	return n
-}
 
 // background runs the store's own work until ctx is done; the locks it
 // points at are settled, as every change settles them first.

@@ -127,11 +127,11 @@ func forEachStore(t *testing.T, f func(t *testing.T, open func(tb testing.TB) *e
 // expiry loop does.
 func settleAll(tb testing.TB, e *engine) {
 	tb.Helper()
-	tables, err := e.store.Scan(context.Background())
-	if err != nil {
+	var tables txn.Tables
+	if err := e.store.Scan(context.Background(), txn.Page{}, &tables); err != nil {
 		tb.Fatal(err)
 	}
-	if err := e.update(context.Background(), tables.Names(), txn.Options{}, func(txn.Tx) error { return nil }); err != nil {
+	if err := e.update(context.Background(), tables.Names, txn.Options{}, func(txn.Tx) error { return nil }); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -157,13 +157,23 @@ func (e *engine) get(name string) Snapshot {
 	return s
 }
 
-// list is List for tests, which expect it to work.
+// list is the whole listing, by List's pages, for tests, which expect it
+// to work.
 func (e *engine) list() map[string]Snapshot {
-	m, err := e.List()
-	if err != nil {
-		panic(err)
+	m := map[string]Snapshot{}
+	for page := (txn.Page{Limit: 100}); ; {
+		locks, next, err := e.List(context.Background(), page)
+		if err != nil {
+			panic(err)
+		}
+		for _, l := range locks {
+			m[l.Name] = l.Snapshot
+		}
+		if next == "" {
+			return m
+		}
+		page.After = next
 	}
-	return m
 }
 
 // brief is the part of a lock the original API showed.

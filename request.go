@@ -19,6 +19,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/gorilla/mux"
+
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // maxBodyBytes limits request bodies. A lock request is a few hundred bytes;
@@ -57,8 +59,12 @@ var (
 		"PUT /lock/<name>":    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 		"DELETE /lock/<name>": {[]string{"force"}, "?force=true"},
 		"GET /":               {[]string{"q", "held_over"}, "?q=<text to filter by> and ?held_over=<duration>, e.g. ?q=prod&held_over=2h"},
+		"GET /locks":          {[]string{"limit", "after", "prefix"}, "?limit=<locks per page>, ?after=<name> and ?prefix=<text>, e.g. ?prefix=prod-&limit=100"},
 	}
 )
+
+// maxPage is the most locks a page of GET /locks may ask for.
+const maxPage = 10000
 
 // maxIdempotencyKeyBytes limits an Idempotency-Key: a UUID is 36.
 const maxIdempotencyKeyBytes = 255
@@ -471,4 +477,40 @@ func quoted(names []string) []string {
 		q[i] = strconv.Quote(n)
 	}
 	return q
+}
+
+// decodePage reads GET /locks's query: which page of the listing it asks
+// for (Limit 0: all of it).
+func decodePage(r *http.Request) (txn.Page, error) {
+	query, err := checkQuery(r, "/locks")
+	if err != nil {
+		return txn.Page{}, err
+	}
+	page := txn.Page{Prefix: query.Get("prefix"), After: query.Get("after")}
+	for _, p := range []struct{ name, value string }{{"prefix", page.Prefix}, {"after", page.After}} {
+		if len(p.value) > maxFieldBytes {
+			return txn.Page{}, fmt.Errorf("%w: ?%s= is %d bytes long; the limit is %d, as for a lock name", errBadRequest, p.name, len(p.value), maxFieldBytes)
+		}
+		if err := printable("?"+p.name+"=", p.value); err != nil {
+			return txn.Page{}, err
+		}
+	}
+	if v, ok := query["limit"]; ok {
+		n, err := strconv.Atoi(v[0])
+		if err != nil || n < 1 || n > maxPage {
+			return txn.Page{}, fmt.Errorf("%w: ?limit=%q is not a number of locks from 1 to %d; e.g. ?limit=500, then ?after=<the last name> for the next page (the Link header has its URL)", errBadRequest, v[0], maxPage)
+		}
+		page.Limit = n
+	}
+	return page, nil
+}
+
+// nextPageLink is the Link header that points at the page after the one
+// that ends with the lock called last.
+func nextPageLink(page txn.Page, last string) string {
+	q := url.Values{"limit": {strconv.Itoa(page.Limit)}, "after": {last}}
+	if page.Prefix != "" {
+		q.Set("prefix", page.Prefix)
+	}
+	return "</locks?" + q.Encode() + `>; rel="next"`
 }

@@ -130,13 +130,12 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		}
 		page.HeldOver, page.HeldOverSet = v[0], true
 	}
-	locks, err := s.locks.List()
-	if err != nil {
+	page.Now = s.locks.Now().UTC()
+	if err := s.locks.Each(r.Context(), "", "", page.add); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	page.Now = s.locks.Now().UTC()
-	page.fill(locks)
+	page.Title = fmt.Sprintf("Locker: %d held, %d waiting", page.Held, page.Waiting)
 
 	var buf bytes.Buffer
 	if err := statusTemplate.Execute(&buf, page); err != nil {
@@ -152,30 +151,23 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	_, _ = buf.WriteTo(w) // a client that went away cannot be told
 }
 
-// fill sets the page's locks and counts from the table's locks, filtered
-// by p.Filter and sorted by name.
-func (p *statusPage) fill(locks map[string]Snapshot) {
-	names := make([]string, 0, len(locks))
-	for name, l := range locks {
-		if !l.Free() {
-			p.Held++
-		}
-		p.Waiting += len(l.Waiting)
-		if matches(name, l, p.Filter) {
-			names = append(names, name)
-		}
+// add counts l, which the table's locks come to in name order, and shows
+// it if it matches p.Filter and the page has room.
+func (p *statusPage) add(l Listed) error {
+	if !l.Free() {
+		p.Held++
 	}
-	slices.Sort(names)
-	p.Matching = len(names)
-	if len(names) > statusMaxLocks {
-		p.Hidden = len(names) - statusMaxLocks
-		names = names[:statusMaxLocks]
+	p.Waiting += len(l.Waiting)
+	if !matches(l.Name, l.Snapshot, p.Filter) {
+		return nil
 	}
-	p.Locks = make([]statusLock, len(names))
-	for i, name := range names {
-		p.Locks[i] = p.lock(name, locks[name])
+	p.Matching++
+	if len(p.Locks) == statusMaxLocks {
+		p.Hidden++
+		return nil
 	}
-	p.Title = fmt.Sprintf("Locker: %d held, %d waiting", p.Held, p.Waiting)
+	p.Locks = append(p.Locks, p.lock(l.Name, l.Snapshot))
+	return nil
 }
 
 // lock returns l, called name, as the page shows it.

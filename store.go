@@ -31,8 +31,11 @@ type Store interface {
 	Update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error
 	// View runs fn over the locks named as they are, changing nothing.
 	View(ctx context.Context, names []string, fn func(txn.Reader) error) error
-	// Scan returns a copy of every lock held or queued for.
-	Scan(ctx context.Context) (*txn.Tables, error)
+	// Scan reads into t (Reset first) a copy of a page of the locks held
+	// or queued for, at one moment: the first page.Limit of them in name
+	// order after page.After. It holds up changes for no longer than
+	// reading that page takes.
+	Scan(ctx context.Context, page txn.Page, t *txn.Tables) error
 	// Watch returns a channel that is signalled when the waiter with id
 	// is granted, and a function that stops the watch. A watch may begin
 	// inside the transaction that queues the waiter.

@@ -46,6 +46,7 @@ type config struct {
 	clients   int           // clients in the parallel runs
 	jsonOut   string        // where to write the figures
 	large     []int         // numbers of preloaded locks for the large runs
+	listing   int           // locks held in the listing step
 	serverEnv []string      // extra environment for the locker server
 	database  string        // PostgreSQL for the postgres step; "" skips it
 }
@@ -61,6 +62,7 @@ func run() error {
 	flag.IntVar(&cfg.clients, "clients", 16, "clients in the parallel, contended and large runs")
 	flag.StringVar(&cfg.jsonOut, "json", "bin/bench-results.json", "write the figures here as JSON")
 	largeFlag := flag.String("large", "10000,100000", "numbers of other locks held in the large runs")
+	flag.IntVar(&cfg.listing, "listing", 1000000, "locks held in the listing step's table")
 	serverEnv := flag.String("server-env", "", "extra environment for the locker server, space-separated, e.g. \"GOMAXPROCS=1 GOGC=400\"")
 	flag.StringVar(&cfg.database, "database", "postgres://127.0.0.1:5432/test?sslmode=disable", "the PostgreSQL server of the postgres step (each run makes and drops a schema); \"\" skips the step")
 	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large); targets whose figures were not measured are not checked")
@@ -108,6 +110,7 @@ func run() error {
 		{"handoff", benchHandoff},
 		{"postgres (1 and 3 nodes, pgbench)", benchPostgres},
 		{"large and restart", benchLarge},
+		{"listing (of a table of -listing locks)", benchListing},
 	}
 	var names, chosen []string
 	for _, s := range steps {

@@ -12,29 +12,30 @@ type report struct {
 	Duration string `json:"duration"`
 	Clients  int    `json:"clients"`
 
-	FsyncMs       figure         `json:"fsync_ms"`
-	CeilingRPS    figure         `json:"ceiling_rps"`
-	CeilingCPUus  figure         `json:"ceiling_server_cpu_us_per_request"`
-	DurableRPS    figure         `json:"durable_ceiling_rps"`
-	DurableCPUus  figure         `json:"durable_ceiling_server_cpu_us_per_request"`
-	ClientCPUus   figure         `json:"load_generator_cpu_us_per_request"`
-	SerialRPS     figure         `json:"serial_rps"`
-	SerialP50Ms   figure         `json:"serial_p50_ms"`
-	SerialP99Ms   figure         `json:"serial_p99_ms"`
-	ParallelRPS   figure         `json:"parallel_rps"`
-	ParallelP50Ms figure         `json:"parallel_p50_ms"`
-	ParallelP99Ms figure         `json:"parallel_p99_ms"`
-	ParallelCPUus figure         `json:"parallel_server_cpu_us_per_request"`
-	ContendedRPS  figure         `json:"contended_rps"`
-	ContendedGPS  figure         `json:"contended_grants_per_s"`
-	Overlaps      int            `json:"contended_overlaps"`
-	HandoffP50Ms  figure         `json:"handoff_p50_ms"`
-	HandoffP99Ms  figure         `json:"handoff_p99_ms"`
-	Postgres      *pgFigures     `json:"postgres,omitempty"`
-	Large         []largeFigures `json:"large"`
-	RestartMs     figure         `json:"restart_ms"`
-	RestartLocks  int            `json:"restart_locks"`
-	RestartRSSMB  figure         `json:"restart_rss_mb"` // after a restart and a parallel run
+	FsyncMs       figure          `json:"fsync_ms"`
+	CeilingRPS    figure          `json:"ceiling_rps"`
+	CeilingCPUus  figure          `json:"ceiling_server_cpu_us_per_request"`
+	DurableRPS    figure          `json:"durable_ceiling_rps"`
+	DurableCPUus  figure          `json:"durable_ceiling_server_cpu_us_per_request"`
+	ClientCPUus   figure          `json:"load_generator_cpu_us_per_request"`
+	SerialRPS     figure          `json:"serial_rps"`
+	SerialP50Ms   figure          `json:"serial_p50_ms"`
+	SerialP99Ms   figure          `json:"serial_p99_ms"`
+	ParallelRPS   figure          `json:"parallel_rps"`
+	ParallelP50Ms figure          `json:"parallel_p50_ms"`
+	ParallelP99Ms figure          `json:"parallel_p99_ms"`
+	ParallelCPUus figure          `json:"parallel_server_cpu_us_per_request"`
+	ContendedRPS  figure          `json:"contended_rps"`
+	ContendedGPS  figure          `json:"contended_grants_per_s"`
+	Overlaps      int             `json:"contended_overlaps"`
+	HandoffP50Ms  figure          `json:"handoff_p50_ms"`
+	HandoffP99Ms  figure          `json:"handoff_p99_ms"`
+	Postgres      *pgFigures      `json:"postgres,omitempty"`
+	Large         []largeFigures  `json:"large"`
+	RestartMs     figure          `json:"restart_ms"`
+	RestartLocks  int             `json:"restart_locks"`
+	RestartRSSMB  figure          `json:"restart_rss_mb"` // after a restart and a parallel run
+	Listing       *listingFigures `json:"listing,omitempty"`
 
 	Targets []target `json:"targets"`
 	Notes   []string `json:"notes,omitempty"` // figures beside the targets
@@ -103,6 +104,15 @@ func (r *report) rows() [][3]string {
 	}
 	f(fmt.Sprintf("restart with %d locks", r.RestartLocks), r.RestartMs, 0)
 	f(fmt.Sprintf("RSS after the restart with %d locks", r.RestartLocks), r.RestartRSSMB, 1)
+	if l := r.Listing; l != nil {
+		name := fmt.Sprintf("listing of %d locks", l.Locks)
+		f(name+": changes alone, p99", l.QuietP99Ms, 3)
+		f(name+": changes during listings, p99", l.ListingP99Ms, 3)
+		f(name+": peak RSS, changes alone", l.QuietRSSMB, 1)
+		f(name+": peak RSS during listings", l.ListingRSSMB, 1)
+		f(name+": one GET /locks", l.ListingMs, 0)
+		rows = append(rows, [3]string{name + ": reply size", fmt.Sprintf("%.1f MB", float64(l.ListingBytes)/1e6), ""})
+	}
 	return rows
 }
 
@@ -151,6 +161,12 @@ func (r *report) check() {
 		if l.Locks >= 100000 {
 			add("RSS at 100,000 locks <= 100 MB", l.RSSMB.Median <= 100, []figure{l.RSSMB}, "%.1f MB", l.RSSMB.Median)
 		}
+	}
+	if l := r.Listing; l != nil {
+		add("a full listing adds <= 10 ms to a change's p99", l.ListingP99Ms.Median-l.QuietP99Ms.Median <= 10, []figure{l.ListingP99Ms, l.QuietP99Ms},
+			"+%.3f ms (%.3f vs %.3f ms) with %d locks", l.ListingP99Ms.Median-l.QuietP99Ms.Median, l.ListingP99Ms.Median, l.QuietP99Ms.Median, l.Locks)
+		add("a full listing adds <= 100 MB to memory", l.ListingRSSMB.Median-l.QuietRSSMB.Median <= 100, []figure{l.ListingRSSMB, l.QuietRSSMB},
+			"+%.1f MB (peak %.1f vs %.1f MB) with %d locks", l.ListingRSSMB.Median-l.QuietRSSMB.Median, l.ListingRSSMB.Median, l.QuietRSSMB.Median, l.Locks)
 	}
 	add("restart <= 2 s", r.RestartMs.Median <= 2000, []figure{r.RestartMs}, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
 	if r.RestartLocks >= 100000 {

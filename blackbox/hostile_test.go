@@ -130,8 +130,8 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(state + ".journal"); err == nil {
-		t.Error("the journal is still there after a clean shutdown")
+	if j, err := os.Stat(state + ".journal"); err != nil || j.Size() != 0 {
+		t.Errorf("the journal after a clean shutdown: %v, %v; want it there and empty", j, err)
 	}
 	for name := range acked {
 		if st.Locks[name].Free() {

@@ -3,11 +3,14 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -463,4 +466,51 @@ func TestRunStopsTheCommandWhenTheServerIsGone(t *testing.T) {
 		t.Errorf("run after its server died = %v; want exit 3, the lease not renewed", r)
 	}
 	t.Logf("run stopped its command %v after the server died (ttl 2s)", time.Since(gone).Round(10*time.Millisecond))
+}
+
+// TestLsReadsPages: locker ls lists a table longer than its page, each
+// lock once and in order, --prefix narrows it, and --json is the server's
+// whole listing.
+func TestLsReadsPages(t *testing.T) {
+	t.Parallel()
+	s := server(t)
+	c := newClient(t, s)
+	const n = 1203 // past one page of locker ls
+	for i := range n {
+		req, err := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/lock/team-%d%%2Flock-%04d", s.URL, i%2, i), strings.NewReader(`{"key": "k", "lock_by": "job"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.SetBasicAuth("ci", "s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("PUT lock %d = %d", i, resp.StatusCode)
+		}
+	}
+	rows := func(out string) []string {
+		var names []string
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if name, _, _ := strings.Cut(line, " "); name != "NAME" {
+				names = append(names, name)
+			}
+		}
+		return names
+	}
+	r := c.run(t, "ls")
+	if got := rows(r.stdout); r.code != 0 || len(got) != n || !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != n {
+		t.Fatalf("ls: exit %d, %d rows (sorted %v); want the %d locks once each, in order\n%s", r.code, len(got), slices.IsSorted(got), n, r.stderr)
+	}
+	r = c.run(t, "ls", "--prefix", "team-1/")
+	if got := rows(r.stdout); r.code != 0 || len(got) != n/2 || !strings.HasPrefix(got[0], "team-1/") {
+		t.Errorf("ls --prefix team-1/: exit %d, %d rows; want %d, each team-1/", r.code, len(got), n/2)
+	}
+	r = c.run(t, "ls", "--json", "--prefix", "team-0/")
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(r.stdout), &all); r.code != 0 || err != nil || len(all) != n-n/2 {
+		t.Errorf("ls --json --prefix team-0/: exit %d, %d locks, %v; want %d", r.code, len(all), err, n-n/2)
+	}
 }

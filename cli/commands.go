@@ -188,55 +188,74 @@ func cmdForceUnlock(e *env, args []string) int {
 	return exitOK
 }
 
-const lsUsage = `Usage: locker ls [--json]
+const lsUsage = `Usage: locker ls [--prefix TEXT] [--json]
 
-Lists the locks that are held or waited for: name, holders (with their
+Lists the locks that are held or waited for, by name: holders (with their
 counts), how long ago it was taken, the soonest lease to run out, how many
-wait, and the notes. --json prints the server's answer as it is.
+wait, and the notes. --prefix lists only the locks whose names start with
+TEXT. --json prints the server's answer as it is. A long listing is read
+and printed a page at a time.
 
-Example:
+Examples:
   locker ls
+  locker ls --prefix prod-
 ` + connectionHelp
+
+// lsPage is how many locks locker ls reads and prints at a time.
+const lsPage = 1000
 
 // cmdLs handles locker ls.
 func cmdLs(e *env, args []string) int {
 	asJSON := e.flags.Bool("json", false, "")
+	prefix := e.flags.String("prefix", "", "")
 	if _, code, ok := e.parse(args); !ok {
 		return code
 	}
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	locks, raw, err := e.client.List(e.ctx)
-	if err != nil {
-		return e.fail(err)
-	}
 	if *asJSON {
-		_, _ = e.stdout.Write(raw)
+		if err := e.client.ListTo(e.ctx, *prefix, e.stdout); err != nil {
+			return e.fail(err)
+		}
 		return exitOK
 	}
 	now := time.Now()
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "NAME\tHOLDERS\tSINCE\tLEASE\tQUEUE\tNOTE")
-	for _, name := range slices.Sorted(maps.Keys(locks)) {
-		l := locks[name]
-		var holders, notes []string
-		var lease time.Time
-		for _, h := range slices.Sorted(maps.Keys(l.Holders)) {
-			hold := l.Holders[h]
-			holders = append(holders, fmt.Sprintf("%s×%d", h, hold.Count))
-			if hold.Note != "" {
-				notes = append(notes, hold.Note)
-			}
-			if !hold.ExpiresAt.IsZero() && (lease.IsZero() || hold.ExpiresAt.Before(lease)) {
-				lease = hold.ExpiresAt
-			}
+	for after := ""; ; {
+		locks, next, err := e.client.Page(e.ctx, *prefix, after, lsPage)
+		if err != nil {
+			_ = w.Flush()
+			return e.fail(err)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", oneLine(name), cmp.Or(oneLine(strings.Join(holders, ",")), "-"),
-			ago(now, l.AcquiredAt), until(now, lease), len(l.Waiting), oneLine(strings.Join(notes, " ")))
+		for _, l := range locks {
+			lsRow(w, now, l)
+		}
+		_ = w.Flush() // columns line up within a page
+		if next == "" {
+			return exitOK
+		}
+		after = next
 	}
-	_ = w.Flush()
-	return exitOK
+}
+
+// lsRow writes one lock's line of locker ls.
+func lsRow(w io.Writer, now time.Time, l client.Listed) {
+	var holders, notes []string
+	var lease time.Time
+	for _, h := range slices.Sorted(maps.Keys(l.Holders)) {
+		hold := l.Holders[h]
+		holders = append(holders, fmt.Sprintf("%s×%d", h, hold.Count))
+		if hold.Note != "" {
+			notes = append(notes, hold.Note)
+		}
+		if !hold.ExpiresAt.IsZero() && (lease.IsZero() || hold.ExpiresAt.Before(lease)) {
+			lease = hold.ExpiresAt
+		}
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", oneLine(l.Name), cmp.Or(oneLine(strings.Join(holders, ",")), "-"),
+		ago(now, l.AcquiredAt), until(now, lease), len(l.Waiting), oneLine(strings.Join(notes, " ")))
 }
 
 const showUsage = `Usage: locker show NAME [--json]

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -123,6 +124,21 @@ func NewIdempotencyKey() string {
 // Do sends a request and returns the body of a 200; any other answer is
 // an *Error. A change carries idempotencyKey, unless it is "".
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body any, idempotencyKey string) ([]byte, error) {
+	resp, err := c.send(ctx, method, path, query, body, idempotencyKey)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBytes))
+	if err != nil {
+		return nil, fmt.Errorf("reading the answer to %s %s: %w", method, path, err)
+	}
+	return data, nil
+}
+
+// send sends a request and returns the response to it if it is a 200,
+// for the caller to read and close; any other answer is an *Error.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any, idempotencyKey string) (*http.Response, error) {
 	u := c.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
@@ -152,22 +168,22 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	if err != nil {
 		return nil, c.explain(err)
 	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBytes))
 	if err != nil {
 		return nil, fmt.Errorf("reading the answer to %s %s: %w", method, path, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(data))
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return nil, &Error{Status: resp.StatusCode, Message: msg}
+	var e struct {
+		Error string `json:"error"`
 	}
-	return data, nil
+	msg := strings.TrimSpace(string(data))
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	return nil, &Error{Status: resp.StatusCode, Message: msg}
 }
 
 // explain adds to a certificate error what the user can do about it.
@@ -239,18 +255,70 @@ func (c *Client) Get(ctx context.Context, name string) (Reply, error) {
 	return decodeReply(name, data)
 }
 
-// List returns every lock held or waited for, by name, and the server's
-// JSON for them.
-func (c *Client) List(ctx context.Context) (map[string]lock.View, []byte, error) {
+// Listed is a lock in a page of the listing.
+type Listed struct {
+	Name string
+	lock.View
+}
+
+// ListPage is the most locks a page may hold (the server's limit).
+const ListPage = 10000
+
+// Page returns a page of the listing: up to limit locks held or waited
+// for whose names start with prefix and sort after after, in name order,
+// and the name to go on after ("" when there are no more).
+func (c *Client) Page(ctx context.Context, prefix, after string, limit int) ([]Listed, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
-	data, err := c.Do(ctx, http.MethodGet, "/locks", nil, nil, "")
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if prefix != "" {
+		q.Set("prefix", prefix)
+	}
+	if after != "" {
+		q.Set("after", after)
+	}
+	resp, err := c.send(ctx, http.MethodGet, "/locks", q, nil, "")
 	if err != nil {
-		return nil, nil, err
+		return nil, "", err
 	}
+	defer resp.Body.Close()
 	var locks map[string]lock.View
-	if err := json.Unmarshal(data, &locks); err != nil {
-		return nil, nil, fmt.Errorf("the locker's answer to GET /locks is not a list of locks: %w", err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxReplyBytes)).Decode(&locks); err != nil {
+		return nil, "", fmt.Errorf("the locker's answer to GET /locks is not a list of locks: %w", err)
 	}
-	return locks, data, nil
+	page := make([]Listed, 0, len(locks))
+	for _, name := range slices.Sorted(maps.Keys(locks)) {
+		page = append(page, Listed{Name: name, View: locks[name]})
+	}
+	next := ""
+	if link := resp.Header.Get("Link"); link != "" {
+		// </locks?after=...&limit=...>; rel="next": the server's own link.
+		target, _, _ := strings.Cut(strings.TrimPrefix(link, "<"), ">")
+		if u, err := url.Parse(target); err == nil {
+			next = u.Query().Get("after")
+		}
+		if next == "" {
+			return nil, "", fmt.Errorf("the locker's answer to GET /locks has a Link header this client cannot follow: %q", link)
+		}
+	}
+	return page, next, nil
+}
+
+// ListTo copies the whole listing of the locks whose names start with
+// prefix, the server's JSON as it comes, to w: no page of it is kept in
+// memory.
+func (c *Client) ListTo(ctx context.Context, prefix string, w io.Writer) error {
+	var q url.Values
+	if prefix != "" {
+		q = url.Values{"prefix": {prefix}}
+	}
+	resp, err := c.send(ctx, http.MethodGet, "/locks", q, nil, "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("reading the answer to GET /locks: %w", err)
+	}
+	return nil
 }

@@ -203,6 +203,13 @@ func (d *disk) load() (Saved, int64, error) {
 			return Saved{}, 0, fmt.Errorf("LOCKER_CONFIG %s is missing but its journal %s is there: restore the state file, or move the journal aside to start empty",
 				d.path, d.journalPath())
 		}
+		// The journal first: a crash between the two must not leave a
+		// sealed state file without its journal.
+		j, err := d.fsys.OpenInPlace(d.journalPath())
+		if err != nil {
+			return Saved{}, 0, fmt.Errorf("creating journal: %w", err)
+		}
+		_ = j.Close() // empty: nothing to lose; save syncs the directory
 		st := Saved{Locks: map[string]lock.Lock{}}
 		n, err := d.save(st)
 		if err != nil {
@@ -216,6 +223,10 @@ func (d *disk) load() (Saved, int64, error) {
 	st, err := statefile.Decode(data)
 	if err != nil {
 		return Saved{}, 0, fmt.Errorf("LOCKER_CONFIG %s: %w", d.path, err)
+	}
+	if _, err := os.Stat(d.journalPath()); st.Sealed && errors.Is(err, fs.ErrNotExist) {
+		return Saved{}, 0, fmt.Errorf("LOCKER_CONFIG %s holds the changes up to %d, and its journal %s, which holds any after them, is missing: restore the journal beside it; or, to start from the state file alone and lose any changes after it, delete the state file's last line (its sha256 seal)",
+			d.path, st.Seq, d.journalPath())
 	}
 	if st.Original {
 		d.original = data
@@ -327,7 +338,7 @@ func (d *disk) keepOriginal() error {
 
 // Write puts locks into the state file at path, which must hold none, as
 // a checkpoint does (the state file whole and synced, then its journal
-// removed), with the token counter past lastToken and every lock's token:
+// emptied), with the token counter past lastToken and every lock's token:
 // what locker migrate writes.
 func Write(path string, fsys atomicfile.FS, locks map[string]lock.Lock, lastToken uint64) error {
 	d := newDisk(path, fsys, DefaultCheckpointBytes, nil)
@@ -346,5 +357,8 @@ func Write(path string, fsys atomicfile.FS, locks map[string]lock.Lock, lastToke
 	if _, err := d.save(st); err != nil {
 		return errors.Join(err, d.journal.Close(false), d.owner.Release())
 	}
-	return errors.Join(d.journal.Close(true), d.owner.Release())
+	if err := d.journal.Compact(st.Seq); err != nil {
+		return errors.Join(err, d.journal.Close(false), d.owner.Release())
+	}
+	return errors.Join(d.journal.Close(false), d.owner.Release())
 }

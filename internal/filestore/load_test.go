@@ -61,7 +61,7 @@ func TestLoadRemovesLeftoverTempFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := testutil.DirEntries(t, dir)
-	if want := []string{"locks.yml", "unrelated.txt"}; !slices.Equal(got, want) {
+	if want := []string{"locks.yml", "locks.yml.journal", "unrelated.txt"}; !slices.Equal(got, want) {
 		t.Errorf("directory after load = %v; want %v", got, want)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/btree"
+
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/journal"
@@ -61,6 +63,7 @@ type Store struct {
 	mu         sync.Mutex // guards the fields below
 	locks      map[string]lock.Lock
 	queues     map[string][]txn.Waiter // waiters per lock, first come first served
+	names      *btree.BTreeG[string]   // the names in locks or queues, in order: the listing's pages
 	lastToken  uint64                  // the highest fencing token handed out
 	lastWaiter int64                   // the highest waiter ID handed out
 	leases     leaseHeap
@@ -107,6 +110,10 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	if s.locks == nil {
 		s.locks = map[string]lock.Lock{}
 	}
+	s.names = btree.NewOrderedG[string](32)
+	for _, name := range slices.Sorted(maps.Keys(s.locks)) {
+		s.names.ReplaceOrInsert(name)
+	}
 	for _, e := range st.Requests {
 		s.requests.Put(e)
 	}
@@ -150,13 +157,15 @@ func (s *Store) View(_ context.Context, names []string, fn func(txn.Reader) erro
 	return s.durable(seq)
 }
 
-// Scan returns a copy of the whole table, once it is on disk. The copy
-// is quick: locks and queues are shared, never changed in place.
-func (s *Store) Scan(context.Context) (*txn.Tables, error) {
+// Scan reads a copy of a page of the table into t, once it is on disk.
+// The mutex is held while the page is copied, no longer.
+func (s *Store) Scan(_ context.Context, page txn.Page, t *txn.Tables) error {
+	t.Reset()
 	s.mu.Lock()
-	t, seq := s.tables(), s.seq
+	s.tables(page, t)
+	seq := s.seq
 	s.mu.Unlock()
-	return t, s.durable(seq)
+	return s.durable(seq)
 }
 
 // durable returns once change seq is durable, or why it never will be.
@@ -237,9 +246,10 @@ func (s *Store) Ready(context.Context) error {
 func (s *Store) Broken() <-chan error { return s.journal.Fatal() }
 
 // Close stops the store. Clean, it first writes the whole table to the
-// state file, so that at rest the state file alone holds it, and removes
-// the journal; else the journal keeps what it has. Callers make sure no
-// change is under way.
+// state file, so that at rest the state file holds it and the journal
+// beside it is empty (it stays: the state file's seal says it is there);
+// else the journal keeps what it has. Callers make sure no change is under
+// way.
 func (s *Store) Close(clean bool) error {
 	if !clean {
 		return errors.Join(s.journal.Close(false), s.owner.Release())
@@ -247,7 +257,7 @@ func (s *Store) Close(clean bool) error {
 	if err := s.checkpoint(); err != nil {
 		return errors.Join(err, s.journal.Close(false), s.owner.Release())
 	}
-	return errors.Join(s.journal.Close(true), s.owner.Release())
+	return errors.Join(s.journal.Close(false), s.owner.Release())
 }
 
 // Len returns the number of held locks.

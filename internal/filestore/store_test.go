@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -86,8 +87,8 @@ func give(s *Store, name, key, who string) error {
 // table returns every lock the store holds.
 func table(tb testing.TB, s *Store) map[string]lock.Lock {
 	tb.Helper()
-	t, err := s.Scan(context.Background())
-	if err != nil {
+	var t txn.Tables
+	if err := s.Scan(context.Background(), txn.Page{}, &t); err != nil {
 		tb.Fatal(err)
 	}
 	return t.Locks
@@ -249,7 +250,10 @@ func TestCheckpointRunsWhenTheJournalGrows(t *testing.T) {
 	}
 }
 
-func TestCloseLeavesTheStateFileAlone(t *testing.T) {
+// TestCloseLeavesTheStateFileWhole: after a clean close the state file
+// holds every lock and its journal is empty, and still there: the state
+// file's seal says it is.
+func TestCloseLeavesTheStateFileWhole(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "locks.yml")
 	s, err := Open(path, atomicfile.OS{}, Options{})
@@ -260,11 +264,56 @@ func TestCloseLeavesTheStateFileAlone(t *testing.T) {
 	if err := s.Close(true); err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.DirEntries(t, dir); !slices.Equal(got, []string{"locks.yml", "locks.yml.lock"}) {
-		t.Errorf("directory after close = %v; want the state file alone (and its lock file)", got)
+	if got := testutil.DirEntries(t, dir); !slices.Equal(got, []string{"locks.yml", "locks.yml.journal", "locks.yml.lock"}) {
+		t.Errorf("directory after close = %v; want the state file, its journal and its lock file", got)
+	}
+	if n := len(testutil.ReadFile(t, path+".journal")); n != 0 {
+		t.Errorf("the journal holds %d bytes after a clean close; want 0", n)
 	}
 	if got := table(t, openTest(t, path, nil, nil)); !reflect.DeepEqual(got, want) {
 		t.Errorf("after close:\n%v\nwant\n%v", got, want)
+	}
+}
+
+// TestAMissingJournalStopsTheStart: the journal deleted, after a crash
+// (changes only in it) or after a clean stop (empty), stops the start
+// with a message naming it and saying what to do; deleting the state
+// file's seal line, as that message says, starts from the state file.
+func TestAMissingJournalStopsTheStart(t *testing.T) {
+	for _, clean := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "locks.yml")
+		s, err := Open(path, atomicfile.OS{}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(t, s)
+		if err := s.Close(clean); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(path + ".journal"); err != nil {
+			t.Fatal(err)
+		}
+		before := testutil.ReadFile(t, path)
+		_, err = Open(path, atomicfile.OS{}, Options{})
+		if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "is missing") || !strings.Contains(err.Error(), "delete the state file's last line") {
+			t.Fatalf("clean=%v: Open with the journal deleted = %v; want an error naming it and saying what to do", clean, err)
+		}
+		if !bytes.Equal(testutil.ReadFile(t, path), before) {
+			t.Errorf("clean=%v: the refused start changed the state file", clean)
+		}
+		if _, err := os.Stat(path + ".journal"); err == nil {
+			t.Errorf("clean=%v: the refused start created a journal", clean)
+		}
+
+		lines := bytes.SplitAfter(bytes.TrimSuffix(before, []byte("\n")), []byte("\n"))
+		if err := os.WriteFile(path, bytes.Join(lines[:len(lines)-1], nil), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err = Open(path, atomicfile.OS{}, Options{})
+		if err != nil {
+			t.Fatalf("clean=%v: Open with the seal deleted = %v; want it to start from the state file", clean, err)
+		}
+		_ = s.Close(false)
 	}
 }
 

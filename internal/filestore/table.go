@@ -4,8 +4,8 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/locker-ci/locker/internal/idempotency"
@@ -127,7 +127,7 @@ func (x *tx) PutWaiter(name string, w txn.Waiter) {
 		return
 	}
 	x.queueOps = append(x.queueOps, queueOp{name: name, index: i})
-	x.s.queues[name] = slices.Insert(queue, i, w)
+	x.s.setQueue(name, slices.Insert(queue, i, w))
 }
 
 func (x *tx) RemoveWaiter(name string, id int64) {
@@ -158,18 +158,31 @@ func (x *tx) Forget(scope string)                           { x.forgets = append
 func (s *Store) put(name string, l lock.Lock) {
 	if l.Free() {
 		delete(s.locks, name)
-		return
+	} else {
+		s.locks[name] = l
 	}
-	s.locks[name] = l
+	s.index(name)
 }
 
 // setQueue replaces the queue of the lock called name. Callers hold s.mu.
 func (s *Store) setQueue(name string, queue []txn.Waiter) {
 	if len(queue) == 0 {
 		delete(s.queues, name)
-		return
+	} else {
+		s.queues[name] = queue
 	}
-	s.queues[name] = queue
+	s.index(name)
+}
+
+// index puts name in s.names if it is held or has a queue, and takes it
+// out if not. Callers hold s.mu.
+func (s *Store) index(name string) {
+	_, held := s.locks[name]
+	if held || len(s.queues[name]) > 0 {
+		s.names.ReplaceOrInsert(name)
+	} else {
+		s.names.Delete(name)
+	}
 }
 
 // abort puts back everything x changed.
@@ -299,13 +312,24 @@ func (s *Store) ungrant(g grant) {
 	queue[i].Granted = nil
 }
 
-// tables returns a copy of the table for a listing: the locks are shared
-// (a Lock is never changed in place), the queues copied. Callers hold
-// s.mu.
-func (s *Store) tables() *txn.Tables {
-	queues := make(map[string][]txn.Waiter, len(s.queues))
-	for name, q := range s.queues {
-		queues[name] = slices.Clone(q)
-	}
-	return &txn.Tables{At: s.now(), Locks: maps.Clone(s.locks), Queues: queues}
+// tables copies a page of the table into t: the locks are shared (a Lock
+// is never changed in place), the queues copied. Callers hold s.mu.
+func (s *Store) tables(page txn.Page, t *txn.Tables) {
+	t.At = s.now()
+	s.names.AscendGreaterOrEqual(max(page.After, page.Prefix), func(name string) bool {
+		if name == page.After {
+			return true
+		}
+		if !strings.HasPrefix(name, page.Prefix) || page.Limit > 0 && len(t.Names) == page.Limit {
+			return false
+		}
+		t.Names = append(t.Names, name)
+		if l, ok := s.locks[name]; ok {
+			t.Locks[name] = l
+		}
+		if q := s.queues[name]; len(q) > 0 {
+			t.Queues[name] = slices.Clone(q)
+		}
+		return true
+	})
 }

@@ -72,6 +72,11 @@ var migrations = []string{
 	// 6: the round of a waiter: how many later requests with its
 	// Idempotency-Key took it over.
 	`ALTER TABLE locker_queue ADD COLUMN round int NOT NULL DEFAULT 0;`,
+
+	// 7: the listing's pages, in byte order (as the file store's) whatever
+	// the database's collation.
+	`CREATE INDEX locker_locks_by_bytes ON locker_locks (name COLLATE "C") WHERE lock IS NOT NULL;
+	CREATE INDEX locker_queue_by_bytes ON locker_queue (name COLLATE "C");`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

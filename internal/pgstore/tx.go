@@ -470,26 +470,3 @@ func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) er
 	}
 	return fn(t)
 }
-
-// Scan returns every lock held or waited for, read in one transaction.
-func (s *Store) Scan(ctx context.Context) (*txn.Tables, error) {
-	tables := &txn.Tables{Locks: map[string]lock.Lock{}, Queues: map[string][]txn.Waiter{}}
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(ptx pgx.Tx) error {
-		t := &tx{s: s, ctx: ctx}
-		b := &pgx.Batch{}
-		b.Queue("SELECT name, lock FROM locker_locks WHERE lock IS NOT NULL")
-		b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
-		b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE $1::text IS NULL ORDER BY id`, nil, deadAfter.String())
-		br := ptx.SendBatch(ctx, b)
-		defer br.Close()
-		if err := t.read(br, false); err != nil {
-			return err
-		}
-		tables.At, tables.Locks, tables.Queues = t.now, t.locks, t.queues
-		return br.Close()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
-	}
-	return tables, nil
-}

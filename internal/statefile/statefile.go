@@ -23,7 +23,9 @@ const Version = 1
 
 // header opens every state file this package writes.
 const header = `# Locker's lock table. While the locker server runs, newer changes are in
-# the .journal file beside this one. Stop the server before editing by hand.
+# the .journal file beside this one. To edit by hand: stop the server, edit,
+# and delete the sha256 line at the end (locker refuses a changed file that
+# still has it).
 `
 
 // State is what a state file holds.
@@ -37,6 +39,10 @@ type State struct {
 	// Original says the file is in the original locker's JSON format
 	// (Decode sets it; Encode writes this package's YAML regardless).
 	Original bool
+	// Sealed says the file ends in a checksum of its content that
+	// matches: Locker wrote it as it is, and keeps a journal beside it
+	// (Decode sets it; Encode always seals).
+	Sealed bool
 }
 
 // document is the YAML document, as yaml.v2 reads and writes it.
@@ -70,6 +76,10 @@ func Decode(data []byte) (State, error) {
 		}
 		st.Original = true
 	} else {
+		var err error
+		if data, st.Sealed, err = unseal(data); err != nil {
+			return State{}, err
+		}
 		doc, ok := parse(data)
 		if !ok {
 			// Not exactly as Encode writes it (edited by hand, say):

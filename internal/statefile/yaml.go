@@ -21,9 +21,11 @@ import (
 // Encode writes st to w as a state file. It writes the YAML itself, for the
 // one shape of lock.Entry: yaml.v2 takes seconds and gigabytes of garbage
 // for a table of 100,000 locks, at every checkpoint. TestEncodeIsYAML
-// checks that yaml.v2 reads back every field of lock.Entry from it.
+// checks that yaml.v2 reads back every field of lock.Entry from it. The
+// file ends in its seal.
 func Encode(w io.Writer, st State) error {
-	ew := &errWriter{w: w}
+	sw := newSealWriter(w)
+	ew := &errWriter{w: sw}
 	ew.printf("%sversion: %d\nseq: %d\nlast_token: %d\n", header, Version, st.Seq, st.LastToken)
 	if len(st.Locks) == 0 {
 		ew.printf("locks: {}\n")
@@ -40,7 +42,10 @@ func Encode(w io.Writer, st State) error {
 				scalar(e.Scope), scalar(e.Fingerprint), e.At.Format(time.RFC3339Nano), scalar(e.Outcome))
 		}
 	}
-	return ew.err
+	if ew.err != nil {
+		return ew.err
+	}
+	return sw.seal()
 }
 
 // encodeLock writes one lock as a lock.Entry under its name.

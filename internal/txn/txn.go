@@ -12,6 +12,7 @@ package txn
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/locker-ci/locker/internal/idempotency"
@@ -121,12 +122,38 @@ func (e *NoRoomError) Error() string {
 	return fmt.Sprintf("the disk is full: the next change needs %d bytes free", e.Need)
 }
 
-// Tables is a copy of some locks and their queues at one moment, read
-// whole: what a listing shows.
+// Page says which part of the table a Scan reads: the locks held or
+// waited for whose names start with Prefix and sort after After (by
+// bytes), in that order, at most Limit of them (0: every one).
+type Page struct {
+	Prefix string
+	After  string
+	Limit  int
+}
+
+// Has reports whether name is in the part of the table p reads, Limit
+// aside.
+func (p Page) Has(name string) bool {
+	return name > p.After && strings.HasPrefix(name, p.Prefix)
+}
+
+// Tables is a copy of a page of the table at one moment: a listing reads
+// one page after another into the same Tables, reusing its room.
 type Tables struct {
 	At     time.Time
+	Names  []string // the locks held or with a queue, in name order
 	Locks  map[string]lock.Lock
 	Queues map[string][]Waiter
+}
+
+// Reset empties t for the next page, keeping its room.
+func (t *Tables) Reset() {
+	t.At, t.Names = time.Time{}, t.Names[:0]
+	if t.Locks == nil {
+		t.Locks, t.Queues = map[string]lock.Lock{}, map[string][]Waiter{}
+	}
+	clear(t.Locks)
+	clear(t.Queues)
 }
 
 // Now returns when the copy was made.
@@ -137,17 +164,3 @@ func (t *Tables) Lock(name string) lock.Lock { return t.Locks[name] }
 
 // Queue returns the queue of the lock called name.
 func (t *Tables) Queue(name string) []Waiter { return t.Queues[name] }
-
-// Names returns every lock held or with a queue, in no order.
-func (t *Tables) Names() []string {
-	names := make([]string, 0, len(t.Locks)+len(t.Queues))
-	for name := range t.Locks {
-		names = append(names, name)
-	}
-	for name := range t.Queues {
-		if _, held := t.Locks[name]; !held {
-			names = append(names, name)
-		}
-	}
-	return names
-}
