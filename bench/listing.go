@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -127,7 +128,8 @@ func changesWhile(p *process, d time.Duration, listing bool) (p99, peakRSS, list
 }
 
 // writeTable writes a state file of n locks held, as a server would, and
-// its empty journal.
+// its empty journal. The file's seal is cut off, as if an earlier Locker
+// had written it, so that earlier binaries read it too (to compare).
 func writeTable(path string, n int) error {
 	at := time.Now().UTC().Truncate(time.Millisecond)
 	st := statefile.State{LastToken: uint64(n), Locks: make(map[string]lock.Lock, n)}
@@ -151,5 +153,27 @@ func writeTable(path string, n int) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
+	if err := cutLastLine(path); err != nil {
+		return err
+	}
 	return os.WriteFile(path+".journal", nil, 0o600)
+}
+
+// cutLastLine removes the last line of the file at path.
+func cutLastLine(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	tail := make([]byte, min(info.Size(), 4096))
+	if _, err := f.ReadAt(tail, info.Size()-int64(len(tail))); err != nil {
+		return err
+	}
+	i := bytes.LastIndexByte(tail[:len(tail)-1], '\n')
+	return f.Truncate(info.Size() - int64(len(tail)-i-1))
 }
