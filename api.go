@@ -69,6 +69,7 @@ type server struct {
 	maxWait      time.Duration // longer waits are cut to this
 	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
 	maxTTL       time.Duration // the longest lease a request may ask for
+	maxSet       int           // the most locks a request may name; 0 for defaultMaxSet
 	writeTimeout time.Duration // how long writing a reply may take, after any wait
 	metrics      *metrics.Metrics
 	metricsOpen  bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
@@ -91,6 +92,9 @@ func (s *server) routes() http.Handler {
 	// HEAD answers as GET without the body (net/http drops it).
 	r.HandleFunc("/", s.handleStatus).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/locks", s.handleList).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/locks", s.handleLockSet).Methods(http.MethodPut)
+	r.HandleFunc("/locks", s.handleRenewSet).Methods(http.MethodPatch)
+	r.HandleFunc("/locks", s.handleUnlockSet).Methods(http.MethodDelete)
 	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleLock).Methods(http.MethodPut)
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
@@ -241,12 +245,29 @@ func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	asked, err := s.prepareAcquire(w, &req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	l, err := s.locks.Acquire(r.Context(), name, req.acquireRequest)
+	if err != nil {
+		err = s.waitCut(err, asked, req.Wait)
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeLock(w, r, name, l, "lock for "+name+" acquired by "+req.Requestor)
+}
+
+// prepareAcquire gives req the default lease, checks its lease, cuts its
+// wait to LOCKER_MAX_WAIT, and keeps the server's timeouts from cutting
+// the wait. It returns the wait asked for.
+func (s *server) prepareAcquire(w http.ResponseWriter, req *lockRequest) (time.Duration, error) {
 	if req.TTL == 0 {
 		req.TTL = s.defaultTTL
 	}
 	if err := s.checkTTL(req.TTL); err != nil {
-		s.writeError(w, r, err)
-		return
+		return 0, err
 	}
 	asked := req.Wait
 	req.Wait = min(req.Wait, s.maxWait)
@@ -258,15 +279,25 @@ func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 		_ = rc.SetWriteDeadline(deadline) // only test recorders lack deadlines
 		_ = rc.SetReadDeadline(deadline)
 	}
-	l, err := s.locks.Acquire(r.Context(), name, req.acquireRequest)
-	if errors.Is(err, errLockHeld) && asked > req.Wait {
-		err = fmt.Errorf("%w (the wait asked for, %v, was cut to LOCKER_MAX_WAIT, %v: ask again)", err, asked, s.maxWait)
+	return asked, nil
+}
+
+// waitCut adds to a refusal after a wait cut to LOCKER_MAX_WAIT that the
+// client should ask again.
+func (s *server) waitCut(err error, asked, waited time.Duration) error {
+	if errors.Is(err, errLockHeld) && asked > waited {
+		return fmt.Errorf("%w (the wait asked for, %v, was cut to LOCKER_MAX_WAIT, %v: ask again)", err, asked, s.maxWait)
 	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
+	return err
+}
+
+// renewal returns the lease a PATCH renews for: its ttl, or the default.
+func (s *server) renewal(req lockRequest) (time.Duration, error) {
+	ttl := cmp.Or(req.TTL, s.defaultTTL)
+	if ttl == 0 {
+		return 0, fmt.Errorf("%w: PATCH renews a lease and needs its length, e.g. {\"key\": \"prod-cf\", \"lock_by\": \"my-job\", \"ttl\": \"10m\"}", errBadRequest)
 	}
-	s.writeLock(w, r, name, l, "lock for "+name+" acquired by "+req.Requestor)
+	return ttl, s.checkTTL(ttl)
 }
 
 // checkTTL refuses a lease longer than the server allows.
@@ -284,12 +315,8 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	ttl := cmp.Or(req.TTL, s.defaultTTL)
-	if ttl == 0 {
-		s.writeError(w, r, fmt.Errorf("%w: PATCH renews a lease and needs its length, e.g. {\"key\": \"prod-cf\", \"lock_by\": \"my-job\", \"ttl\": \"10m\"}", errBadRequest))
-		return
-	}
-	if err := s.checkTTL(ttl); err != nil {
+	ttl, err := s.renewal(req)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -372,7 +373,25 @@ func TestAPI(t *testing.T) {
 			wantError: `?after= is 1025 bytes long; the limit is 1024`, wantLocks: map[string]shown{}},
 		{name: "HEAD answers as GET", setup: []request{putA}, req: request{"HEAD", "/lock/l", ""}, wantStatus: 200,
 			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
-		{name: "PUT on the list", req: request{"PUT", "/locks", `{"key": "k"}`}, wantStatus: 405, wantError: "this path takes GET", wantLocks: map[string]shown{}},
+		{name: "a set without its locks", req: request{"PUT", "/locks", `{"key": "k"}`}, wantStatus: 400, wantError: `the body needs "locks", the list of lock names`, wantLocks: map[string]shown{}},
+		{name: "an empty set", req: request{"PUT", "/locks", `{"locks": [], "key": "k"}`}, wantStatus: 400, wantError: `"locks" is empty`, wantLocks: map[string]shown{}},
+		{name: "a set naming a lock twice", req: request{"PUT", "/locks", `{"locks": ["a", "b", "a"], "key": "k"}`}, wantStatus: 400, wantError: `"locks" names "a" twice`, wantLocks: map[string]shown{}},
+		{name: "a set of numbers", req: request{"PUT", "/locks", `{"locks": [1, 2], "key": "k"}`}, wantStatus: 400, wantError: `"locks" must be a list of lock names`, wantLocks: map[string]shown{}},
+		{name: "a set that is a string", req: request{"PUT", "/locks", `{"locks": "a,b", "key": "k"}`}, wantStatus: 400, wantError: `"locks" must be a list of lock names`, wantLocks: map[string]shown{}},
+		{name: "a set with an empty name", req: request{"PUT", "/locks", `{"locks": ["a", ""], "key": "k"}`}, wantStatus: 400, wantError: `"locks" holds an empty name`, wantLocks: map[string]shown{}},
+		{name: "a set with a newline in a name", req: request{"PUT", "/locks", `{"locks": ["a\nb"], "key": "k"}`}, wantStatus: 400, wantError: `holds the control character U+000A`, wantLocks: map[string]shown{}},
+		{name: "a set of 65 locks", req: request{"PUT", "/locks", `{"locks": [` + strings.TrimSuffix(strings.Repeat(`"x",`, 0)+setOf(65), ",") + `], "key": "k"}`}, wantStatus: 400,
+			wantError: `"locks" names 65 locks; a request may name at most 64 (LOCKER_MAX_LOCKS_PER_REQUEST)`, wantLocks: map[string]shown{}},
+		{name: "a set without a key", req: request{"PUT", "/locks", `{"locks": ["a", "b"]}`}, wantStatus: 400, wantError: `the body needs a non-empty "key" string`, wantLocks: map[string]shown{}},
+		{name: "a set with an unknown field", req: request{"PUT", "/locks", `{"locks": ["a"], "key": "k", "lock": "b"}`}, wantStatus: 400,
+			wantError: `unknown field "lock" in the body; PUT /locks accepts "locks", "key"`, wantLocks: map[string]shown{}},
+		{name: "a set with an unknown query parameter", req: request{"PUT", "/locks?force=true", `{"locks": ["a"], "key": "k"}`}, wantStatus: 400,
+			wantError: `unknown query parameter "force"; PUT /locks accepts ?wait=`, wantLocks: map[string]shown{}},
+		{name: "a set released with the wrong key", setup: []request{{"PUT", "/locks", `{"locks": ["a", "b"], "key": "k", "lock_by": "r"}`}},
+			req: request{"DELETE", "/locks", `{"locks": ["a", "b"], "key": "other", "lock_by": "r"}`}, wantStatus: 423, wantError: `"a" is held with key "k"`,
+			wantLocks: map[string]shown{"a": held("k", map[string]int{"r": 1}), "b": held("k", map[string]int{"r": 1})}},
+		{name: "a set taken", req: request{"PUT", "/locks", `{"locks": ["b", "a"], "key": "k", "lock_by": "r"}`}, wantStatus: 200,
+			wantLocks: map[string]shown{"a": held("k", map[string]int{"r": 1}), "b": held("k", map[string]int{"r": 1})}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -417,7 +436,7 @@ func TestAPI(t *testing.T) {
 
 func TestMethodNotAllowedSaysWhatIsAllowed(t *testing.T) {
 	ts := newTestServer(t, nil, "", "")
-	for target, want := range map[string]string{"/lock/x": "GET, HEAD, PUT, PATCH, DELETE", "/locks": "GET, HEAD"} {
+	for target, want := range map[string]string{"/lock/x": "GET, HEAD, PUT, PATCH, DELETE", "/locks": "GET, HEAD, PUT, PATCH, DELETE"} {
 		rec := ts.send(t, request{"POST", target, ""})
 		if got := rec.Header().Get("Allow"); rec.Code != 405 || got != want {
 			t.Errorf("POST %s = %d, Allow %q; want 405, Allow %q", target, rec.Code, got, want)
@@ -636,4 +655,13 @@ func TestDeleteSaysHowManyCountsItGaveBack(t *testing.T) {
 			t.Errorf("DELETE %s = %d %s; want \"released\": %d", tt.body, rec.Code, rec.Body, tt.want)
 		}
 	}
+}
+
+// setOf returns n lock names as JSON strings, each followed by a comma.
+func setOf(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "%q,", fmt.Sprintf("lock-%d", i))
+	}
+	return b.String()
 }

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
@@ -72,6 +75,84 @@ type outcome struct {
 	Lock     Snapshot `json:"lock"`          // the lock as the first answer showed it
 	Old      *Lock    `json:"old,omitempty"` // force release: what it freed
 	Released int      `json:"released"`      // release: how many counts it gave back
+	// Set is each lock of a request for several, as the first answer
+	// showed it, and each one's counts given back; Lock and Released
+	// then say nothing.
+	Set map[string]setOutcome `json:"set,omitempty"`
+}
+
+// setOutcome is one lock of a request for several.
+type setOutcome struct {
+	Lock     Snapshot `json:"lock"`
+	Old      *Lock    `json:"old,omitempty"`
+	Released int      `json:"released,omitempty"`
+}
+
+// outcomeOf is the outcome of a request over the locks in got, with the
+// counts released of each and what a force release freed (nil: none).
+func outcomeOf(got map[string]Snapshot, released map[string]int, old map[string]Lock) outcome {
+	o := outcome{Set: make(map[string]setOutcome, len(got))}
+	for name, s := range got {
+		so := setOutcome{Lock: s, Released: released[name]}
+		if l, ok := old[name]; ok {
+			so.Old = &l
+		}
+		if len(got) == 1 {
+			return outcome{Lock: so.Lock, Old: so.Old, Released: so.Released}
+		}
+		o.Set[name] = so
+	}
+	return o
+}
+
+// olds returns what o, a force release of names, freed, by lock.
+func (o *outcome) olds(names []string) map[string]Lock {
+	old := map[string]Lock{}
+	for _, name := range names {
+		l := o.Old
+		if o.Set != nil {
+			l = o.Set[name].Old
+		}
+		if l != nil {
+			old[name] = *l
+		}
+	}
+	return old
+}
+
+// locks returns the locks of o, a request over names, as first answered.
+func (o *outcome) locks(names []string) map[string]Snapshot {
+	got := make(map[string]Snapshot, len(names))
+	for _, name := range names {
+		s := o.Lock
+		if o.Set != nil {
+			s = o.Set[name].Lock
+		}
+		s.Replayed = true
+		got[name] = s
+	}
+	return got
+}
+
+// released returns the counts o gave back of each lock in names.
+func (o *outcome) released(names []string) map[string]int {
+	n := make(map[string]int, len(names))
+	for _, name := range names {
+		n[name] = o.Released
+		if o.Set != nil {
+			n[name] = o.Set[name].Released
+		}
+	}
+	return n
+}
+
+// sum adds up the counts in n.
+func sum(n map[string]int) int {
+	total := 0
+	for _, c := range n {
+		total += c
+	}
+	return total
 }
 
 // Tuned numbers.
@@ -238,10 +319,22 @@ func remember(tx txn.Tx, idem *idemRequest, o outcome) error {
 // after waiting in the lock's queue until it is granted, the wait runs out
 // (errLockHeld), or ctx is done.
 func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (Snapshot, error) {
+	got, err := e.AcquireSet(ctx, []string{name}, req)
+	return got[name], err
+}
+
+// AcquireSet takes every lock in names (sorted, no name twice) for
+// req.Requestor with req.Key in one change, or none of them: at once,
+// refused with errLockHeld when one cannot be had, or, with req.Wait, after
+// waiting in each one's queue until it is at the head of all of them (one
+// waiter in every queue, with one ID: requests for sets that overlap are
+// queued in the same order everywhere, so none waits for another in a
+// circle). Each lock gets its own fencing token.
+func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequest) (map[string]Snapshot, error) {
 	start := time.Now()
 	var (
 		verdict lock.Verdict
-		s       Snapshot
+		got     map[string]Snapshot // granted, or as they are, for a refusal
 		w       txn.Waiter
 		replay  *outcome
 		woken   <-chan struct{}
@@ -254,75 +347,120 @@ func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
 	defer cancel()
 	opts := txn.Options{Recall: req.Idem.scopeOrNone(), Token: true, NewWait: req.Wait > 0}
-	err := e.update(cctx, []string{name}, opts, func(tx txn.Tx) error {
+	err := e.update(cctx, names, opts, func(tx txn.Tx) error {
 		var err error
 		if replay, err = recall(tx, req.Idem); replay != nil || err != nil {
-			return stillHeld(tx, name, req, replay, err)
+			return stillHeld(tx, names, req, replay, err)
 		}
-		if p, ok := findIdem(tx.Queue(name), req.Idem); ok && (req.Wait > 0 || p.Left.IsZero()) {
+		if p, ok := findIdem(tx.Queue(names[0]), req.Idem); ok && (req.Wait > 0 || p.Left.IsZero()) {
 			// An earlier request with this key is in the queue: its client
 			// sent again (its connection died unnoticed, a reply was lost,
 			// or it waits in rounds). This one takes its place, or its grant.
-			if verdict, w, s, err = takeOver(tx, name, p, req); verdict == lock.Queue {
+			if verdict, w, got, err = takeOver(tx, names, p, req); verdict == lock.Queue {
 				stop()
 				woken, stop = e.store.Watch(w.ID)
-				grantQueue(tx, name) // it may be at the head of a free lock
+				for _, name := range names {
+					grantQueue(tx, name) // it may be at the head of free locks
+				}
 			}
 			return err
 		}
-		l := tx.Lock(name)
-		verdict = lock.Decide(l, waiting(tx.Queue(name)), req.Request, req.Wait > 0)
+		verdict = decide(tx, names, req)
 		switch verdict {
 		case lock.Grant:
-			tx.Set(name, lock.Give(l, req.Request, tx.Now(), tx.NextToken))
-			s = snapshot(tx, name)
-			return remember(tx, req.Idem, outcome{Lock: s})
+			for _, name := range names {
+				tx.Set(name, lock.Give(tx.Lock(name), req.Request, tx.Now(), tx.NextToken))
+			}
+			got = snapshots(tx, names)
+			return remember(tx, req.Idem, outcomeOf(got, nil, nil))
 		case lock.Queue:
-			w = enqueue(tx, name, req)
+			w = enqueue(tx, names, req)
 			stop()
 			woken, stop = e.store.Watch(w.ID)
 			return nil
 		}
-		s = snapshot(tx, name) // for the refusal
+		got = snapshots(tx, names) // for the refusal
 		return nil
 	})
+	wt := &wait{e: e, names: names, id: w.ID, round: w.Round, req: req, start: start}
 	switch {
 	case err != nil && verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
 		// The waiter may be in the queue with no one to answer it.
-		(&wait{e: e, name: name, id: w.ID, round: w.Round, req: req}).takeOut(context.WithoutCancel(ctx))
-		return Snapshot{}, e.fail(name, err)
+		wt.takeOut(context.WithoutCancel(ctx))
+		return nil, e.fail(names[0], err)
 	case err != nil:
-		return Snapshot{}, e.fail(name, err)
+		return nil, e.fail(names[0], err)
 	case replay != nil:
-		return replay.Lock, nil
+		return replay.locks(names), nil
 	case verdict == lock.Grant:
-		e.granted(name, req, s.Token, 0)
-		return s, nil
+		e.granted(names, req, got, 0)
+		return got, nil
 	case verdict == lock.Refuse:
 		e.metrics.Refused()
-		return Snapshot{}, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusal(name, s, req.Key))
+		return nil, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusals(got, req.Key))
 	}
-	return (&wait{e: e, name: name, id: w.ID, round: w.Round, req: req, start: start}).run(ctx, woken)
+	return wt.run(ctx, woken)
 }
 
-// granted logs and counts a grant.
-func (e *engine) granted(name string, req acquireRequest, token uint64, waited time.Duration) {
-	e.metrics.Acquired(waited, waited > 0)
-	attrs := []any{"lock", name, "key", req.Key, "holder", req.Requestor, "token", token}
-	if waited > 0 {
-		attrs = append(attrs, "waited", waited.Round(time.Millisecond))
+// decide is lock.Decide over a set: granted if every lock can be had now,
+// refused if one cannot be and req does not wait, else queued.
+func decide(tx txn.Tx, names []string, req acquireRequest) lock.Verdict {
+	verdict := lock.Grant
+	for _, name := range names {
+		switch lock.Decide(tx.Lock(name), waiting(tx.Queue(name)), req.Request, req.Wait > 0) {
+		case lock.Refuse:
+			return lock.Refuse
+		case lock.Queue:
+			verdict = lock.Queue
+		}
 	}
-	e.log.Info("lock granted", attrs...)
+	return verdict
 }
 
-// change runs step in a transaction over the lock called name, for a
-// request that does not wait: it is answered within changeTimeout, and a
-// request seen before, by its Idempotency-Key, gets its first outcome
-// (replay) and changes nothing but the first step of every change.
-func (e *engine) change(name string, idem *idemRequest, step func(tx txn.Tx) error) (replay *outcome, err error) {
+// snapshots returns snapshot of each lock in names.
+func snapshots(r txn.Reader, names []string) map[string]Snapshot {
+	got := make(map[string]Snapshot, len(names))
+	for _, name := range names {
+		got[name] = snapshot(r, name)
+	}
+	return got
+}
+
+// refusals says why a request with key cannot have the locks in got: the
+// reason for each one it cannot have.
+func refusals(got map[string]Snapshot, key string) string {
+	var why []string
+	for _, name := range slices.Sorted(maps.Keys(got)) {
+		if s := got[name]; !s.Free() && s.Key != key || len(s.Waiting) > 0 {
+			why = append(why, refusal(name, s, key))
+		}
+	}
+	return strings.Join(why, "; ")
+}
+
+// granted logs and counts a grant of each lock in names.
+func (e *engine) granted(names []string, req acquireRequest, got map[string]Snapshot, waited time.Duration) {
+	for _, name := range names {
+		e.metrics.Acquired(waited, waited > 0)
+		attrs := []any{"lock", name, "key", req.Key, "holder", req.Requestor, "token", got[name].Token}
+		if waited > 0 {
+			attrs = append(attrs, "waited", waited.Round(time.Millisecond))
+		}
+		if len(names) > 1 {
+			attrs = append(attrs, "set", strings.Join(names, ","))
+		}
+		e.log.Info("lock granted", attrs...)
+	}
+}
+
+// change runs step in a transaction over the locks named, for a request
+// that does not wait: it is answered within changeTimeout, and a request
+// seen before, by its Idempotency-Key, gets its first outcome (replay)
+// and changes nothing but the first step of every change.
+func (e *engine) change(names []string, idem *idemRequest, step func(tx txn.Tx) error) (replay *outcome, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
 	defer cancel()
-	err = e.update(ctx, []string{name}, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
+	err = e.update(ctx, names, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
 		var err error
 		if replay, err = recall(tx, idem); replay != nil || err != nil {
 			return err
@@ -330,7 +468,7 @@ func (e *engine) change(name string, idem *idemRequest, step func(tx txn.Tx) err
 		return step(tx)
 	})
 	if err != nil {
-		return nil, e.fail(name, err)
+		return nil, e.fail(names[0], err)
 	}
 	return replay, nil
 }
@@ -340,101 +478,126 @@ func (e *engine) change(name string, idem *idemRequest, step func(tx txn.Tx) err
 // Releasing a free lock, or for a requestor that holds nothing under key,
 // changes nothing; a lock held with another key is refused with errLockHeld.
 func (e *engine) Release(name, key, requestor string, all bool, idem *idemRequest) (Snapshot, int, error) {
+	got, released, err := e.ReleaseSet([]string{name}, key, requestor, all, idem)
+	return got[name], released[name], err
+}
+
+// ReleaseSet is Release over every lock in names, in one change: refused
+// whole when one of them is held with another key.
+func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, idem *idemRequest) (map[string]Snapshot, map[string]int, error) {
 	var (
-		s        Snapshot
-		held     Lock
-		released int
-		ok       bool
+		got      map[string]Snapshot
+		held     = map[string]Lock{}
+		released map[string]int
 	)
-	replay, err := e.change(name, idem, func(tx txn.Tx) error {
-		held = tx.Lock(name)
-		var next Lock
-		next, released, ok = lock.Release(held, key, requestor, all)
-		if released > 0 {
-			tx.Set(name, next)
-			grantQueue(tx, name)
+	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+		released = make(map[string]int, len(names))
+		for _, name := range names {
+			l := tx.Lock(name)
+			next, n, ok := lock.Release(l, key, requestor, all)
+			if !ok {
+				return fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
+					errLockHeld, name, l.Key, l.HoldersString())
+			}
+			held[name], released[name] = l, n
+			if n > 0 {
+				tx.Set(name, next)
+				grantQueue(tx, name)
+			}
 		}
-		s = snapshot(tx, name)
-		if released > 0 {
-			return remember(tx, idem, outcome{Lock: s, Released: released})
+		got = snapshots(tx, names)
+		if sum(released) > 0 {
+			return remember(tx, idem, outcomeOf(got, released, nil))
 		}
 		return nil
 	})
 	switch {
 	case err != nil:
-		return Snapshot{}, 0, err
+		return nil, nil, err
 	case replay != nil:
-		return replay.Lock, replay.Released, nil
-	case !ok:
-		return Snapshot{}, 0, fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
-			errLockHeld, name, held.Key, held.HoldersString())
+		return replay.locks(names), replay.released(names), nil
 	}
-	e.metrics.Released(released)
-	if released > 0 {
-		e.log.Info("lock released", "lock", name, "key", held.Key, "holder", requestor, "token", held.Token, "counts", released, "now_free", s.Free())
+	for _, name := range names {
+		n := released[name]
+		e.metrics.Released(n)
+		if n > 0 {
+			e.log.Info("lock released", "lock", name, "key", held[name].Key, "holder", requestor, "token", held[name].Token, "counts", n, "now_free", got[name].Free())
+		}
 	}
-	return s, released, nil
+	return got, released, nil
 }
 
 // ForceRelease frees the lock called name whoever holds it, and returns
 // what it was and what it is now (the next waiters may have it).
 func (e *engine) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error) {
+	old, got, err := e.ForceReleaseSet([]string{name}, idem)
+	return old[name], got[name], err
+}
+
+// ForceReleaseSet is ForceRelease over every lock in names, in one change.
+func (e *engine) ForceReleaseSet(names []string, idem *idemRequest) (map[string]Lock, map[string]Snapshot, error) {
 	var (
-		s   Snapshot
-		old Lock
+		got map[string]Snapshot
+		old map[string]Lock
 	)
-	replay, err := e.change(name, idem, func(tx txn.Tx) error {
-		old = tx.Lock(name).Clone()
-		if old.Free() {
-			s = snapshot(tx, name)
+	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+		old = make(map[string]Lock, len(names))
+		for _, name := range names {
+			if l := tx.Lock(name); !l.Free() {
+				old[name] = l.Clone()
+				tx.Set(name, Lock{})
+				grantQueue(tx, name)
+			}
+		}
+		got = snapshots(tx, names)
+		if len(old) == 0 {
 			return nil
 		}
-		tx.Set(name, Lock{})
-		grantQueue(tx, name)
-		s = snapshot(tx, name)
-		return remember(tx, idem, outcome{Lock: s, Old: &old})
+		return remember(tx, idem, outcomeOf(got, nil, old))
 	})
 	switch {
 	case err != nil:
-		return Lock{}, Snapshot{}, err
-	case replay != nil && replay.Old != nil:
-		return *replay.Old, replay.Lock, nil
+		return nil, nil, err
 	case replay != nil:
-		return Lock{}, replay.Lock, nil
+		return replay.olds(names), replay.locks(names), nil
 	}
-	if !old.Free() {
+	for range old {
 		e.metrics.Forced()
 	}
-	return old, s, nil
+	return old, got, nil
 }
 
 // Renew sets requestor's lease on the lock called name to end ttl from now,
 // without changing its count. It is refused with errLockHeld when requestor
 // holds nothing under key.
 func (e *engine) Renew(name, key, requestor string, ttl time.Duration, idem *idemRequest) (Snapshot, error) {
-	var (
-		s  Snapshot
-		ok bool
-	)
-	replay, err := e.change(name, idem, func(tx txn.Tx) error {
-		var next Lock
-		if next, ok = lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl)); !ok {
-			return nil
+	got, err := e.RenewSet([]string{name}, key, requestor, ttl, idem)
+	return got[name], err
+}
+
+// RenewSet is Renew over every lock in names, in one change: refused
+// whole when requestor holds one of them with nothing under key.
+func (e *engine) RenewSet(names []string, key, requestor string, ttl time.Duration, idem *idemRequest) (map[string]Snapshot, error) {
+	var got map[string]Snapshot
+	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+		for _, name := range names {
+			next, ok := lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl))
+			if !ok {
+				return fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
+					errLockHeld, requestor, name, key)
+			}
+			tx.Set(name, next)
 		}
-		tx.Set(name, next)
-		s = snapshot(tx, name)
-		return remember(tx, idem, outcome{Lock: s})
+		got = snapshots(tx, names)
+		return remember(tx, idem, outcomeOf(got, nil, nil))
 	})
 	switch {
 	case err != nil:
-		return Snapshot{}, err
+		return nil, err
 	case replay != nil:
-		return replay.Lock, nil
-	case !ok:
-		return Snapshot{}, fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
-			errLockHeld, requestor, name, key)
+		return replay.locks(names), nil
 	}
-	return s, nil
+	return got, nil
 }
 
 // Get returns the lock called name and its queue; a lock no one holds is

@@ -628,7 +628,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 		req := acquireRequest{Request: lock.Request{Key: "B", Requestor: "b1"}, Wait: time.Hour}
 		var w txn.Waiter
 		if err := tab.update(context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
-			w = enqueue(tx, "l", req) // queued, with no request waiting on it
+			w = enqueue(tx, []string{"l"}, req) // queued, with no request waiting on it
 			return nil
 		}); err != nil {
 			t.Fatal(err)
@@ -636,7 +636,8 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
 			t.Fatal(err)
 		}
-		s, granted, err := (&wait{e: tab, name: "l", id: w.ID, req: req}).claim(context.Background(), true, false)
+		got, granted, err := (&wait{e: tab, names: []string{"l"}, id: w.ID, req: req}).claim(context.Background(), true, false)
+		s := got["l"]
 		if err != nil || !granted || holderOf(s, "b1").Count != 1 {
 			t.Errorf("ending the wait after the grant = %+v, %v, %v; want the granted lock", s.Lock, granted, err)
 		}

@@ -74,6 +74,8 @@ Configuration is read from the environment:
                       waits are cut to it and the client asks again.
   LOCKER_DEFAULT_TTL  lease for PUTs that send no ttl (default: none).
   LOCKER_MAX_TTL      the longest lease a request may ask for (default 168h).
+  LOCKER_MAX_LOCKS_PER_REQUEST  the most locks PUT /locks may take at once
+                      (default 64).
   LOCKER_METRICS_AUTH  false: serve /metrics without the basic auth.
   LOG_FORMAT     text (the default) or json, for every log line.
   LOG_LEVEL      debug, info (the default), warn or error.
@@ -116,6 +118,9 @@ const (
 	// defaultMaxTTL is a week: longer than any CI job, short enough that a
 	// typo (1000000h) does not hold a lock for a century.
 	defaultMaxTTL = 7 * 24 * time.Hour
+	// defaultMaxSet bounds the locks one request may name: every one is
+	// locked in the same transaction.
+	defaultMaxSet = 64
 )
 
 func main() {
@@ -144,6 +149,7 @@ type config struct {
 	maxWait           time.Duration
 	defaultTTL        time.Duration
 	maxTTL            time.Duration
+	maxSet            int   // LOCKER_MAX_LOCKS_PER_REQUEST
 	checkpointBytes   int64 // journal size that asks for a checkpoint, at least
 	logJSON           bool  // LOG_FORMAT=json
 	metricsAuth       bool  // /metrics behind the API's basic auth
@@ -163,6 +169,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		keyFile:     getenv("SSL_KEY"),
 		maxWait:     defaultMaxWait,
 		maxTTL:      defaultMaxTTL,
+		maxSet:      defaultMaxSet,
 
 		checkpointBytes: filestore.DefaultCheckpointBytes,
 		metricsAuth:     true,
@@ -178,6 +185,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	e.duration("LOCKER_MAX_WAIT", &cfg.maxWait)
 	e.duration("LOCKER_DEFAULT_TTL", &cfg.defaultTTL)
 	e.duration("LOCKER_MAX_TTL", &cfg.maxTTL)
+	e.count("LOCKER_MAX_LOCKS_PER_REQUEST", &cfg.maxSet)
 	e.boolean("LOCKER_METRICS_AUTH", &cfg.metricsAuth)
 	e.bytes("LOCKER_CHECKPOINT_BYTES", &cfg.checkpointBytes)
 	e.logging(&cfg)
@@ -231,6 +239,17 @@ func (e *env) duration(name string, dst *time.Duration) {
 		n, err := time.ParseDuration(v)
 		if err != nil || n <= 0 {
 			e.err = fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", name, v)
+			return
+		}
+		*dst = n
+	}
+}
+
+func (e *env) count(name string, dst *int) {
+	if v := e.value(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			e.err = fmt.Errorf("%s: not a positive whole number: %q (e.g. 64)", name, v)
 			return
 		}
 		*dst = n
@@ -337,7 +356,7 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	if err != nil {
 		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), store.Close(true))
 	}
-	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL,
+	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL, maxSet: cfg.maxSet,
 		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.metricsAuth}
 	if cfg.user != "" {
 		srv.auth = newCredentials(cfg.user, cfg.pass)

@@ -60,6 +60,8 @@ var (
 		"DELETE /lock/<name>": {[]string{"force"}, "?force=true"},
 		"GET /":               {[]string{"q", "held_over"}, "?q=<text to filter by> and ?held_over=<duration>, e.g. ?q=prod&held_over=2h"},
 		"GET /locks":          {[]string{"limit", "after", "prefix"}, "?limit=<locks per page>, ?after=<name> and ?prefix=<text>, e.g. ?prefix=prod-&limit=100"},
+		"PUT /locks":          {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
+		"DELETE /locks":       {[]string{"force"}, "?force=true"},
 	}
 )
 
@@ -76,46 +78,126 @@ type lockRequest struct {
 	Force          bool // DELETE: release every holder; no key needed
 }
 
-// decodeLockRequest reads and checks the lock name, query and body of a
-// PUT, PATCH or DELETE on /lock/{name}.
+// decodeLockRequest reads a change to the lock in the path: its name, the
+// query and the JSON body.
 func decodeLockRequest(w http.ResponseWriter, r *http.Request) (string, lockRequest, error) {
-	var req lockRequest
 	name, err := lockName(r)
 	if err != nil {
-		return "", req, err
+		return "", lockRequest{}, err
 	}
-	query, err := decodeQuery(r, &req)
+	req, err := decodeChange(w, r, "/lock/<name>", func(map[string]json.RawMessage) ([]string, error) {
+		return []string{name}, nil
+	})
+	return name, req, err
+}
+
+// decodeSetRequest reads a change to several locks (PUT, PATCH, DELETE
+// /locks): their names, sorted, from the body's "locks", at most max of
+// them, and the rest as decodeLockRequest does.
+func decodeSetRequest(w http.ResponseWriter, r *http.Request, max int) ([]string, lockRequest, error) {
+	var names []string
+	req, err := decodeChange(w, r, "/locks", func(fields map[string]json.RawMessage) ([]string, error) {
+		var err error
+		names, err = setNames(fields["locks"], max)
+		return names, err
+	})
+	return names, req, err
+}
+
+// decodeChange reads the query and the JSON body of a change to the locks
+// at path; namesOf reads which locks from the body's fields.
+func decodeChange(w http.ResponseWriter, r *http.Request, path string, namesOf func(map[string]json.RawMessage) ([]string, error)) (lockRequest, error) {
+	var req lockRequest
+	query, err := decodeQuery(r, &req, path)
 	if err != nil {
-		return "", req, err
+		return req, err
 	}
-	fields, body, err := decodeObject(w, r, req.Force)
+	fields, body, err := decodeObject(w, r, req.Force && path != "/locks")
 	if err != nil {
-		return "", req, err
+		return req, err
 	}
-	if req.Idem, err = idempotencyKey(r, name, body, req.Force); err != nil {
-		return "", req, err
+	allowed := bodyFields[r.Method]
+	if path == "/locks" {
+		allowed = append([]string{"locks"}, allowed...)
 	}
-	if f, ok := firstUnknown(fields, bodyFields[r.Method]); ok {
-		return "", req, fmt.Errorf("%w: unknown field %q in the body; %s /lock/<name> accepts %s",
-			errBadRequest, f, r.Method, joinList(quoted(bodyFields[r.Method]), "and"))
+	if f, ok := firstUnknown(fields, allowed); ok {
+		return req, fmt.Errorf("%w: unknown field %q in the body; %s %s accepts %s",
+			errBadRequest, f, r.Method, path, joinList(quoted(allowed), "and"))
+	}
+	names, err := namesOf(fields)
+	if err != nil {
+		return req, err
+	}
+	if req.Idem, err = idempotencyKey(r, scopeOf(names), body, req.Force); err != nil {
+		return req, err
 	}
 	if err := decodeFields(fields, query, &req); err != nil {
-		return "", req, err
+		return req, err
 	}
 	for _, f := range []struct{ name, value string }{{"key", req.Key}, {"lock_by", req.Requestor}, {"note", req.Note}} {
 		if len(f.value) > maxFieldBytes {
-			return "", req, fmt.Errorf("%w: %q is %d bytes long; the limit is %d", errBadRequest, f.name, len(f.value), maxFieldBytes)
+			return req, fmt.Errorf("%w: %q is %d bytes long; the limit is %d", errBadRequest, f.name, len(f.value), maxFieldBytes)
 		}
 	}
 	for _, f := range []struct{ name, value string }{{`"key"`, req.Key}, {`"lock_by"`, req.Requestor}} {
 		if err := printable(f.name, f.value); err != nil {
-			return "", req, err
+			return req, err
 		}
 	}
 	if req.TTL > 0 && req.TTL < minTTL {
-		return "", req, fmt.Errorf("%w: ttl is %v; a lease must be at least %v (a shorter one would end before the reply arrives)", errBadRequest, req.TTL, minTTL)
+		return req, fmt.Errorf("%w: ttl is %v; a lease must be at least %v (a shorter one would end before the reply arrives)", errBadRequest, req.TTL, minTTL)
 	}
-	return name, req, nil
+	return req, nil
+}
+
+// scopeOf names the locks of a request in its Idempotency-Key's scope:
+// one lock by its name, as always; several as a JSON list.
+func scopeOf(names []string) string {
+	if len(names) == 1 {
+		return names[0]
+	}
+	data, _ := json.Marshal(names) // strings always encode
+	return "locks " + string(data)
+}
+
+// setExample is a body for PUT /locks, for error messages.
+const setExample = `{"locks": ["prod-db", "prod-app"], "key": "deploy-42"}`
+
+// setNames reads the body's "locks": a list of 1 to max lock names, each
+// given once, returned sorted.
+func setNames(raw json.RawMessage, max int) ([]string, error) {
+	if raw == nil {
+		return nil, fmt.Errorf("%w: the body needs \"locks\", the list of lock names, e.g. %s", errBadRequest, setExample)
+	}
+	var names []string
+	if err := json.Unmarshal(raw, &names); err != nil || names == nil {
+		return nil, fmt.Errorf("%w: \"locks\" must be a list of lock names (strings), e.g. %s", errBadRequest, setExample)
+	}
+	switch {
+	case len(names) == 0:
+		return nil, fmt.Errorf("%w: \"locks\" is empty; name at least one lock, e.g. %s", errBadRequest, setExample)
+	case len(names) > max:
+		return nil, fmt.Errorf("%w: \"locks\" names %d locks; a request may name at most %d (LOCKER_MAX_LOCKS_PER_REQUEST)", errBadRequest, len(names), max)
+	}
+	for _, name := range names {
+		what := fmt.Sprintf("the lock name %q", name)
+		switch {
+		case name == "":
+			return nil, fmt.Errorf("%w: \"locks\" holds an empty name; every lock has a name", errBadRequest)
+		case len(name) > maxFieldBytes:
+			return nil, fmt.Errorf("%w: a lock name in \"locks\" is %d bytes long; the limit is %d", errBadRequest, len(name), maxFieldBytes)
+		}
+		if err := printable(what, name); err != nil {
+			return nil, err
+		}
+	}
+	sorted := slices.Sorted(slices.Values(names))
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i] == sorted[i-1] {
+			return nil, fmt.Errorf("%w: \"locks\" names %q twice; name each lock once", errBadRequest, sorted[i])
+		}
+	}
+	return sorted, nil
 }
 
 // checkQuery returns r's query parameters, refusing any that r's method
@@ -148,8 +230,8 @@ func checkQuery(r *http.Request, path string) (url.Values, error) {
 
 // decodeQuery checks r's query parameters and sets req.Force and req.Wait
 // from them.
-func decodeQuery(r *http.Request, req *lockRequest) (url.Values, error) {
-	query, err := checkQuery(r, "/lock/<name>")
+func decodeQuery(r *http.Request, req *lockRequest, path string) (url.Values, error) {
+	query, err := checkQuery(r, path)
 	if err != nil {
 		return nil, err
 	}

@@ -80,7 +80,7 @@ func TestAGrantNotTakenUpGoesToTheRetry(t *testing.T) {
 		}
 		req := keyed("B", "b", "k1", time.Minute)
 		if err := tab.update(context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
-			enqueue(tx, "l", req) // queued by a request that is gone
+			enqueue(tx, []string{"l"}, req) // queued by a request that is gone
 			return nil
 		}); err != nil {
 			t.Fatal(err)
@@ -145,7 +145,7 @@ func TestAClaimWhoseAnswerWasLost(t *testing.T) {
 			}
 			var w txn.Waiter
 			if err := tab.update(context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
-				w = enqueue(tx, "l", req)
+				w = enqueue(tx, []string{"l"}, req)
 				return nil
 			}); err != nil {
 				t.Fatal(err)
@@ -153,13 +153,13 @@ func TestAClaimWhoseAnswerWasLost(t *testing.T) {
 			if _, _, err := tab.Release("l", "A", "a", false, nil); err != nil {
 				t.Fatal(err)
 			}
-			wt := &wait{e: tab, name: "l", id: w.ID, req: req}
+			wt := &wait{e: tab, names: []string{"l"}, id: w.ID, req: req}
 			if _, granted, err := wt.claim(context.Background(), false, false); !granted || err != nil {
 				t.Fatalf("the claim = %v, %v; want it granted", granted, err)
 			}
 			wt.uncertain = true // its answer was lost: the engine only knows it may have gone through
-			s, granted, err := wt.claim(context.Background(), false, false)
-			if !granted || err != nil || holderOf(s, "b").Count != 1 {
+			got, granted, err := wt.claim(context.Background(), false, false)
+			if s := got["l"]; !granted || err != nil || holderOf(s, "b").Count != 1 {
 				t.Errorf("with key %v, the look after a claim whose answer was lost = %+v, %v, %v; want the grant", withKey, s.Lock, granted, err)
 			}
 		})

@@ -111,6 +111,7 @@ func run() error {
 		{"postgres (1 and 3 nodes, pgbench)", benchPostgres},
 		{"large and restart", benchLarge},
 		{"listing (of a table of -listing locks)", benchListing},
+		{"sets (of two locks, against one)", benchSets},
 	}
 	var names, chosen []string
 	for _, s := range steps {

@@ -36,6 +36,7 @@ type report struct {
 	RestartLocks  int             `json:"restart_locks"`
 	RestartRSSMB  figure          `json:"restart_rss_mb"` // after a restart and a parallel run
 	Listing       *listingFigures `json:"listing,omitempty"`
+	Sets          *setFigures     `json:"sets,omitempty"`
 
 	Targets []target `json:"targets"`
 	Notes   []string `json:"notes,omitempty"` // figures beside the targets
@@ -104,6 +105,10 @@ func (r *report) rows() [][3]string {
 	}
 	f(fmt.Sprintf("restart with %d locks", r.RestartLocks), r.RestartMs, 0)
 	f(fmt.Sprintf("RSS after the restart with %d locks", r.RestartLocks), r.RestartRSSMB, 1)
+	if st := r.Sets; st != nil {
+		f("one lock, PUT+DELETE per client", st.OneRPS, 0)
+		f("a set of two, PUT+DELETE /locks per client", st.SetRPS, 0)
+	}
 	if l := r.Listing; l != nil {
 		name := fmt.Sprintf("listing of %d locks", l.Locks)
 		f(name+": changes alone, p99", l.QuietP99Ms, 3)
@@ -167,6 +172,10 @@ func (r *report) check() {
 			"+%.3f ms (%.3f vs %.3f ms) with %d locks", l.ListingP99Ms.Median-l.QuietP99Ms.Median, l.ListingP99Ms.Median, l.QuietP99Ms.Median, l.Locks)
 		add("a full listing adds <= 100 MB to memory", l.ListingRSSMB.Median-l.QuietRSSMB.Median <= 100, []figure{l.ListingRSSMB, l.QuietRSSMB},
 			"+%.1f MB (peak %.1f vs %.1f MB) with %d locks", l.ListingRSSMB.Median-l.QuietRSSMB.Median, l.ListingRSSMB.Median, l.QuietRSSMB.Median, l.Locks)
+	}
+	if st := r.Sets; st != nil {
+		add("a set of two costs <= 1.3 x one lock", st.OneRPS.Median <= 1.3*st.SetRPS.Median, []figure{st.OneRPS, st.SetRPS},
+			"%.2f x (%.0f vs %.0f req/s)", st.OneRPS.Median/st.SetRPS.Median, st.OneRPS.Median, st.SetRPS.Median)
 	}
 	add("restart <= 2 s", r.RestartMs.Median <= 2000, []figure{r.RestartMs}, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
 	if r.RestartLocks >= 100000 {

@@ -32,6 +32,7 @@ type tx struct {
 	lastToken uint64               // the counter at begin
 	granted   []grant              // waiters it granted, to tell at commit
 	tookOver  []grant              // waiters a later round took over, to tell at commit
+	woken     []grant              // waiters to wake at commit
 	remembers []idempotency.Entry  // outcomes to remember
 	forgets   []string             // scopes whose outcome to forget
 }
@@ -75,6 +76,10 @@ func (x *tx) check(name string) {
 }
 
 func (x *tx) Now() time.Time { return x.now }
+
+func (x *tx) Named(name string) bool { return slices.Contains(x.names, name) }
+
+func (x *tx) Wake(id int64) { x.woken = append(x.woken, grant{id: id}) }
 
 func (x *tx) Lock(name string) lock.Lock {
 	x.check(name)
@@ -214,6 +219,7 @@ func (x *tx) commit() error {
 	if len(x.oldLocks) == 0 && len(x.remembers) == 0 && len(x.forgets) == 0 {
 		s.tell(x.granted)
 		s.tell(x.tookOver)
+		s.tell(x.woken)
 		return nil
 	}
 	c := Change{Seq: s.lastSeq + 1, Prev: s.seq, LastToken: s.lastToken, Locks: make(map[string]*lock.Lock, len(x.oldLocks)),
@@ -254,6 +260,7 @@ func (x *tx) commit() error {
 	}
 	s.tell(x.granted)
 	s.tell(x.tookOver)
+	s.tell(x.woken)
 	return nil
 }
 

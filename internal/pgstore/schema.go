@@ -77,6 +77,10 @@ var migrations = []string{
 	// the database's collation.
 	`CREATE INDEX locker_locks_by_bytes ON locker_locks (name COLLATE "C") WHERE lock IS NOT NULL;
 	CREATE INDEX locker_queue_by_bytes ON locker_queue (name COLLATE "C");`,
+
+	// 8: a waiter for several locks: a row in each one's queue, with one
+	// ID, and the set it waits for.
+	`ALTER TABLE locker_queue DROP CONSTRAINT locker_queue_pkey, ADD PRIMARY KEY (id, name), ADD COLUMN set_of text[];`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

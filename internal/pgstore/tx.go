@@ -35,8 +35,8 @@ type tx struct {
 	locks  map[string]lock.Lock
 	before map[string][]byte // each lock as read, encoded; nil when free
 	queues map[string][]txn.Waiter
-	put    map[int64]queueRow // waiters to write
-	gone   []int64            // waiters to delete
+	put    map[queueKey]queueRow // waiters to write
+	gone   []queueKey            // waiters to delete
 
 	recalled  map[string]*idempotency.Entry // by scope: what was read (nil: nothing kept)
 	remembers []idempotency.Entry
@@ -49,6 +49,13 @@ type tx struct {
 }
 
 // queueRow is a waiter and its lock's name, to write.
+// queueKey names a waiter's row: a waiter for several locks has one in
+// each one's queue.
+type queueKey struct {
+	id   int64
+	name string
+}
+
 type queueRow struct {
 	name string
 	w    txn.Waiter
@@ -154,7 +161,7 @@ var errRowGone = errors.New("a lock's row was deleted as it was locked")
 // queueColumns are the columns of a waiter's row that readQueue reads; a
 // waiter is abandoned when its node stopped beating (a place kept is not:
 // its client may ask again through another node).
-const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round,
+const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of,
 	left_at IS NULL AND node NOT IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval)`
 
 // queueReads queues the reads of the clock and the named locks' queues.
@@ -222,7 +229,7 @@ func readQueue(rows pgx.Rows, queues map[string][]txn.Waiter) error {
 			granted []byte
 		)
 		if err := rows.Scan(&w.ID, &name, &w.Owner, &w.Req.Key, &w.Req.Requestor, &w.Req.Note, &ttl, &w.Req.Named,
-			&w.Since, &idem, &left, &granted, &w.Round, &w.Abandoned); err != nil {
+			&w.Since, &idem, &left, &granted, &w.Round, &w.Set, &w.Abandoned); err != nil {
 			return err
 		}
 		w.Req.TTL, w.Since = time.Duration(ttl)*time.Millisecond, w.Since.UTC()
@@ -277,6 +284,13 @@ func (t *tx) check(name string) {
 }
 
 func (t *tx) Now() time.Time { return t.now }
+
+func (t *tx) Named(name string) bool {
+	_, ok := slices.BinarySearch(t.names, name)
+	return ok
+}
+
+func (t *tx) Wake(id int64) { t.told = append(t.told, id) }
 
 func (t *tx) Lock(name string) lock.Lock {
 	t.check(name)
@@ -336,16 +350,16 @@ func (t *tx) PutWaiter(name string, w txn.Waiter) {
 	}
 	t.queues[name] = queue
 	if t.put == nil {
-		t.put = map[int64]queueRow{}
+		t.put = map[queueKey]queueRow{}
 	}
-	t.put[w.ID] = queueRow{name: name, w: w}
+	t.put[queueKey{w.ID, name}] = queueRow{name: name, w: w}
 }
 
 func (t *tx) RemoveWaiter(name string, id int64) {
 	t.check(name)
 	t.queues[name] = slices.DeleteFunc(slices.Clone(t.queues[name]), func(w txn.Waiter) bool { return w.ID == id })
-	delete(t.put, id)
-	t.gone = append(t.gone, id)
+	delete(t.put, queueKey{id, name})
+	t.gone = append(t.gone, queueKey{id, name})
 }
 
 // Recall returns the outcome kept for scope: read ahead, or now.
@@ -392,7 +406,11 @@ func (t *tx) commit() error {
 		}
 	}
 	if len(t.gone) > 0 {
-		b.Queue("DELETE FROM locker_queue WHERE id = ANY($1)", t.gone)
+		ids, names := make([]int64, len(t.gone)), make([]string, len(t.gone))
+		for i, k := range t.gone {
+			ids[i], names[i] = k.id, k.name
+		}
+		b.Queue("DELETE FROM locker_queue WHERE (id, name) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))", ids, names)
 	}
 	for _, row := range t.put {
 		if err := queueWaiter(b, row, t.s.node); err != nil {
@@ -443,13 +461,13 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 			return err
 		}
 	}
-	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-		ON CONFLICT (id) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
+	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+		ON CONFLICT (id, name) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
 			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
 			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round`,
 		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
-		w.Since, idem, left, granted, w.Round)
+		w.Since, idem, left, granted, w.Round, w.Set)
 	return nil
 }
 

@@ -12,6 +12,7 @@ package txn
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +31,8 @@ type Reader interface {
 	// Queue returns the lock's queue, first come first: waiters, places
 	// kept for a client's next round, and grants not yet taken up.
 	Queue(name string) []Waiter
+	// Named reports whether the transaction named the lock called name.
+	Named(name string) bool
 }
 
 // Tx is one transaction over the locks it named when it began. Its
@@ -51,6 +54,10 @@ type Tx interface {
 	PutWaiter(name string, w Waiter)
 	// RemoveWaiter takes the waiter with id out of the lock's queue.
 	RemoveWaiter(name string, id int64)
+	// Wake tells the request of the waiter with id, once the transaction
+	// commits, to look at its locks again: a waiter for several locks is
+	// at the head of one of their queues, and may now have them all.
+	Wake(id int64)
 	// Recall returns the outcome remembered for scope, if one is kept.
 	Recall(scope string) (idempotency.Entry, bool)
 	// Remember keeps e, in place of any outcome for its scope.
@@ -92,6 +99,10 @@ type Waiter struct {
 	// dead. The store sets it; the engine takes the waiter out, and gives
 	// back what it was granted.
 	Abandoned bool
+	// Set names every lock the waiter waits for, in name order, when it
+	// waits for more than one: it is in each one's queue, with the same
+	// ID, and is granted all of them in one change or none.
+	Set []string
 }
 
 // Waiting reports whether w waits to be granted: not a kept place, not
@@ -164,3 +175,9 @@ func (t *Tables) Lock(name string) lock.Lock { return t.Locks[name] }
 
 // Queue returns the queue of the lock called name.
 func (t *Tables) Queue(name string) []Waiter { return t.Queues[name] }
+
+// Named reports whether name is one of the page's locks.
+func (t *Tables) Named(name string) bool {
+	_, ok := slices.BinarySearch(t.Names, name)
+	return ok
+}
