@@ -53,6 +53,7 @@ var errorStatuses = []struct {
 	{errKeyReused, http.StatusUnprocessableEntity},
 	{errKeyBusy, http.StatusConflict},
 	{errGrantEnded, http.StatusConflict},
+	{errLimitDiffers, http.StatusConflict},
 	{errClientGone, statusClientClosed},
 	{errShuttingDown, http.StatusServiceUnavailable},
 	{errNotReady, http.StatusServiceUnavailable},

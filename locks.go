@@ -31,8 +31,11 @@ var (
 	errKeyReused  = errors.New("Idempotency-Key reused")
 	// errKeyBusy and errGrantEnded are about an Idempotency-Key whose
 	// first request is still being answered, or whose grant has ended.
-	errKeyBusy      = errors.New("Idempotency-Key in use")
-	errGrantEnded   = errors.New("grant ended")
+	errKeyBusy    = errors.New("Idempotency-Key in use")
+	errGrantEnded = errors.New("grant ended")
+	// errLimitDiffers: a request names a limit other than the one the
+	// lock is held under.
+	errLimitDiffers = errors.New("limit differs")
 	errShuttingDown = txn.ErrClosed
 	errSave         = txn.ErrNotSaved
 	errDatabase     = txn.ErrUnavailable
@@ -365,6 +368,12 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 			}
 			return err
 		}
+		for _, name := range names {
+			if l := tx.Lock(name); lock.LimitDiffers(l, req.Request) {
+				return fmt.Errorf("%w: %q is held under a limit of %s, set by the request that took it; send \"limit\": %d, or no limit, to share it",
+					errLimitDiffers, name, limitText(l.Limit), l.Limit)
+			}
+		}
 		verdict = decide(tx, names, req)
 		switch verdict {
 		case lock.Grant:
@@ -431,7 +440,7 @@ func snapshots(r txn.Reader, names []string) map[string]Snapshot {
 func refusals(got map[string]Snapshot, key string) string {
 	var why []string
 	for _, name := range slices.Sorted(maps.Keys(got)) {
-		if s := got[name]; !s.Free() && s.Key != key || len(s.Waiting) > 0 {
+		if s := got[name]; !s.Free() && (s.Key != key || s.Full()) || len(s.Waiting) > 0 {
 			why = append(why, refusal(name, s, key))
 		}
 	}

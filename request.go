@@ -46,7 +46,7 @@ var requestorFields = []string{"lock_by", "locked_by", "requestor"}
 // Anything else is refused, so that a misspelt field is not ignored.
 var (
 	bodyFields = map[string][]string{
-		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note")...),
+		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit")...),
 		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
 		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all")...),
 	}
@@ -267,6 +267,11 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 	}
 	if err := stringField(fields, "note", &req.Note); err != nil {
 		return err
+	}
+	if raw, ok := fields["limit"]; ok {
+		if err := json.Unmarshal(raw, &req.Limit); err != nil || req.Limit < 1 {
+			return fmt.Errorf("%w: \"limit\" is the most holders that may share the lock, a whole number from 1 up, e.g. {\"key\": \"staging\", \"limit\": 3} (got %s)", errBadRequest, raw)
+		}
 	}
 	var err error
 	if req.TTL, err = durationField(fields, "ttl", false); err != nil {

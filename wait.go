@@ -46,7 +46,7 @@ func grantQueue(tx txn.Tx, name string) {
 			continue // a kept place, or a grant not yet taken up
 		}
 		l := tx.Lock(name)
-		if !lock.Compatible(l, w.Req.Key) {
+		if !lock.Compatible(l, w.Req) {
 			return
 		}
 		if len(w.Set) > 0 {
@@ -75,7 +75,7 @@ func grantSet(tx txn.Tx, w txn.Waiter) bool {
 		}
 	}
 	for _, name := range w.Set {
-		if !lock.Compatible(tx.Lock(name), w.Req.Key) {
+		if !lock.Compatible(tx.Lock(name), w.Req) {
 			return false
 		}
 		for _, q := range tx.Queue(name) {
@@ -449,6 +449,13 @@ func (w *wait) takeOut(ctx context.Context) {
 // refusal says why a request with key cannot have the lock called name,
 // whose state is s.
 func refusal(name string, s Snapshot, key string) string {
+	if !s.Free() && s.Key == key && s.Full() {
+		msg := fmt.Sprintf("%q is held with key %q by %s, as many holders as its limit of %d allows", name, key, s.HoldersString(), s.Limit)
+		if n := len(s.Waiting); n > 0 {
+			msg += fmt.Sprintf(", and %s waiting for it", plural(n, "request is", "requests are"))
+		}
+		return msg
+	}
 	if !s.Free() && s.Key != key {
 		msg := fmt.Sprintf("%q is held with key %q by %s", name, s.Key, s.HoldersString())
 		if n := len(s.Waiting); n > 0 {
@@ -468,6 +475,14 @@ func refusal(name string, s Snapshot, key string) string {
 	}
 	return fmt.Sprintf("%q has %s waiting first (%d with another key), and a new request does not jump the queue",
 		name, plural(len(s.Waiting), "request", "requests"), other)
+}
+
+// limitText says a lock's limit: "3 holders", or "none".
+func limitText(limit int) string {
+	if limit == 0 {
+		return "none"
+	}
+	return plural(limit, "holder", "holders")
 }
 
 // plural returns "1 request", "2 requests" and so on.

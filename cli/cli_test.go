@@ -514,3 +514,19 @@ func TestLsReadsPages(t *testing.T) {
 		t.Errorf("ls --json --prefix team-0/: exit %d, %d locks, %v; want %d", r.code, len(all), err, n-n/2)
 	}
 }
+
+// TestLockWithALimit: locker lock --limit caps the holders that share a
+// lock; the next one is refused, saying the limit.
+func TestLockWithALimit(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-1", "--limit", "1"); r.code != 0 {
+		t.Fatalf("lock --limit 1 = %v; want exit 0", r)
+	}
+	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-2"); r.code != 1 || !strings.Contains(r.stderr, "limit of 1") {
+		t.Errorf("a second holder = %v; want exit 1 saying the limit", r)
+	}
+	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--limit", "-1"); r.code != 2 || !strings.Contains(r.stderr, "--limit") {
+		t.Errorf("lock --limit -1 = %v; want a usage error (exit 2)", r)
+	}
+}

@@ -22,6 +22,7 @@ type holdFlags struct {
 	key, lockBy, ttl, note string
 	wait                   time.Duration
 	all                    bool
+	limit                  int
 }
 
 func (e *env) keyFlags(h *holdFlags) {
@@ -39,7 +40,10 @@ func (e *env) request(h holdFlags) (client.Request, int, bool) {
 			return client.Request{}, e.usageError("--ttl must be a positive duration such as 90s, 10m or 2h (got %q)", h.ttl), false
 		}
 	}
-	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl, Note: h.note, All: h.all}, exitOK, true
+	if h.limit < 0 {
+		return client.Request{}, e.usageError("--limit is the most holders that may share the lock, at least 1 (got %d)", h.limit), false
+	}
+	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl, Note: h.note, All: h.all, Limit: h.limit}, exitOK, true
 }
 
 // holdArgs reads the arguments of a command that changes a hold (NAME and
@@ -59,7 +63,7 @@ func (e *env) holdArgs(args []string, h *holdFlags) (name string, r client.Reque
 	return pos[0], r, exitOK, true
 }
 
-const lockUsage = `Usage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R]
+const lockUsage = `Usage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N]
 
 Takes the lock called NAME with key K and prints its fencing token.
 Holders with the same key share the lock; another key is refused until
@@ -72,6 +76,8 @@ they have all let go. Give it back with locker unlock.
   --note TEXT   shown to others, e.g. the build's URL
   --lock-by R   who holds it (default: the key); a holder may hold a
                 lock more than once, and unlock gives back one count
+  --limit N     at most N holders share it (the first holder sets it;
+                the next one past it waits, or is refused)
 
 Examples:
   token=$(locker lock prod --key deploy --wait 30m --ttl 2h --note "$BUILD_URL")
@@ -85,6 +91,7 @@ func cmdLock(e *env, args []string) int {
 	e.flags.DurationVar(&h.wait, "wait", 0, "")
 	e.flags.StringVar(&h.ttl, "ttl", "", "")
 	e.flags.StringVar(&h.note, "note", "", "")
+	e.flags.IntVar(&h.limit, "limit", 0, "")
 	name, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code

@@ -34,6 +34,7 @@ type Request struct {
 	TTL       string // the lease, e.g. "10m"; "" for the server's default
 	Note      string // shown to others, e.g. a build's URL
 	All       bool   // Unlock: every count the requestor holds
+	Limit     int    // Lock: the most holders that may share it; 0 for no cap
 	// IdempotencyKey goes with every try, so that a retry after a lost
 	// reply is not counted twice. Lock, Unlock and Renew make one when it
 	// is "".
@@ -53,6 +54,9 @@ func (r Request) body() map[string]any {
 	}
 	if r.All {
 		body["all"] = true
+	}
+	if r.Limit > 0 {
+		body["limit"] = r.Limit
 	}
 	return body
 }

@@ -26,6 +26,10 @@ func AppendView(b []byte, name string, l Lock, queue []Waiting) []byte {
 	}
 	b = append(b, `},"token":`...)
 	b = strconv.AppendUint(b, l.Token, 10)
+	if l.Limit != 0 {
+		b = append(b, `,"limit":`...)
+		b = strconv.AppendInt(b, int64(l.Limit), 10)
+	}
 	if !l.AcquiredAt.IsZero() {
 		b = append(b, `,"acquired_at":`...)
 		b = appendTime(b, l.AcquiredAt)

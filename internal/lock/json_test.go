@@ -47,7 +47,7 @@ func TestAppendViewIsEncodingJSON(t *testing.T) {
 		return time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC).Add(time.Duration(rng.Int64N(int64(time.Hour))))
 	}
 	for range 2000 {
-		l := Lock{Key: str(), Token: rng.Uint64N(1 << 40), AcquiredAt: at()}
+		l := Lock{Key: str(), Token: rng.Uint64N(1 << 40), AcquiredAt: at(), Limit: rng.IntN(3)}
 		for i := range rng.IntN(4) {
 			l.Holders = append(l.Holders, Holder{Name: string(rune('a'+i)) + str(), Hold: Hold{Count: rng.IntN(5) + 1, Since: at(), ExpiresAt: at(), Note: str()}})
 		}

@@ -22,6 +22,7 @@ type Lock struct {
 	Key        string    `json:"key"`
 	Token      uint64    `json:"token,omitzero"`       // fencing token: set each time the lock goes from free to held
 	AcquiredAt time.Time `json:"acquired_at,omitzero"` // when it last went from free to held
+	Limit      int       `json:"limit,omitzero"`       // the most holders that may share it; 0 for no cap
 	// Holders is sorted by name. A slice, not a map: most locks have one
 	// holder, and a map costs 750 bytes for one entry.
 	Holders []Holder `json:"holders"`
@@ -57,6 +58,7 @@ type View struct {
 	Key        string          `json:"key"`
 	LockedBy   map[string]int  `json:"locked_by"`
 	Token      uint64          `json:"token"`
+	Limit      int             `json:"limit,omitzero"`
 	AcquiredAt time.Time       `json:"acquired_at,omitzero"`
 	Holders    map[string]Hold `json:"holders"`
 	Waiting    []Waiting       `json:"waiting"`
@@ -70,6 +72,7 @@ type Entry struct {
 	LockedBy   map[string]int  `yaml:"locked_by" json:"locked_by"`
 	Token      uint64          `yaml:"token,omitempty" json:"-"`
 	AcquiredAt time.Time       `yaml:"acquired_at,omitempty" json:"-"`
+	Limit      int             `yaml:"limit,omitempty" json:"-"`
 	Holders    map[string]Hold `yaml:"holders,omitempty" json:"-"`
 }
 
@@ -136,6 +139,7 @@ func (l Lock) View(name string, queue []Waiting) View {
 		Key:        l.Key,
 		LockedBy:   l.LockedBy(),
 		Token:      l.Token,
+		Limit:      l.Limit,
 		AcquiredAt: l.AcquiredAt,
 		Holders:    make(map[string]Hold, len(l.Holders)),
 		Waiting:    queue,
@@ -151,7 +155,7 @@ func (l Lock) View(name string, queue []Waiting) View {
 
 // Entry returns l as the state file keeps it.
 func (l Lock) Entry() Entry {
-	e := Entry{Key: l.Key, LockedBy: l.LockedBy(), Token: l.Token, AcquiredAt: l.AcquiredAt}
+	e := Entry{Key: l.Key, LockedBy: l.LockedBy(), Token: l.Token, AcquiredAt: l.AcquiredAt, Limit: l.Limit}
 	for _, h := range l.Holders {
 		if d := h.Hold; d != (Hold{Count: d.Count}) {
 			if e.Holders == nil {

@@ -10,6 +10,9 @@ type Request struct {
 	// not is one more anonymous job with the key as its name, not the
 	// holder coming back: it must not bypass the queue.
 	Named bool
+	// Limit caps how many holders may share the lock; 0 for no cap. The
+	// request that takes a free lock sets it (LimitDiffers).
+	Limit int
 }
 
 // Verdict is what becomes of a request for a lock.
@@ -30,7 +33,7 @@ func Decide(l Lock, queued int, req Request, mayWait bool) Verdict {
 	_, holds := l.Holder(req.Requestor)
 	reentrant := holds && req.Named && l.Key == req.Key
 	switch {
-	case reentrant || (Compatible(l, req.Key) && queued == 0):
+	case reentrant || (Compatible(l, req) && queued == 0):
 		return Grant
 	case mayWait:
 		return Queue
@@ -43,7 +46,7 @@ func Decide(l Lock, queued int, req Request, mayWait bool) Verdict {
 func Give(l Lock, req Request, now time.Time, next func() uint64) Lock {
 	l = l.Clone()
 	if l.Free() {
-		l = Lock{Key: req.Key, Token: next(), AcquiredAt: now}
+		l = Lock{Key: req.Key, Token: next(), AcquiredAt: now, Limit: req.Limit}
 	}
 	h, ok := l.Holder(req.Requestor)
 	if !ok {
@@ -60,11 +63,31 @@ func Give(l Lock, req Request, now time.Time, next func() uint64) Lock {
 	return l
 }
 
-// Compatible reports whether a request with key may share l with its
-// holders: l is free, or held with key. The head of a queue, and the
-// requests right behind it, are granted one by one for as long as each is
-// compatible: a batch of same-key waiters goes in together.
-func Compatible(l Lock, key string) bool { return l.Free() || l.Key == key }
+// Compatible reports whether req may share l with its holders: l is
+// free, or held with req's key, with room under its limit (req's holder
+// already holds, or there are fewer holders than the limit) and req asking
+// for no other limit. The head of a queue, and the requests right behind
+// it, are granted one by one for as long as each is compatible: a batch
+// of same-key waiters goes in together.
+func Compatible(l Lock, req Request) bool {
+	if l.Free() {
+		return true
+	}
+	if l.Key != req.Key || LimitDiffers(l, req) {
+		return false
+	}
+	_, holds := l.Holder(req.Requestor)
+	return holds || l.Limit == 0 || len(l.Holders) < l.Limit
+}
+
+// LimitDiffers reports whether req asks for a limit other than the one
+// held l has (set by the request that took it while it was free).
+func LimitDiffers(l Lock, req Request) bool {
+	return !l.Free() && req.Limit != 0 && req.Limit != l.Limit
+}
+
+// Full reports whether l is held by as many holders as its limit allows.
+func (l Lock) Full() bool { return l.Limit > 0 && len(l.Holders) >= l.Limit }
 
 // Release returns l with one count of requestor's hold given back, or
 // every count when all is set, and how many it gave back. Releasing a free

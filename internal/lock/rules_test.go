@@ -53,7 +53,7 @@ func TestCompatible(t *testing.T) {
 		{"held with another key", held("b", "x"), "a", false},
 	}
 	for _, tt := range tests {
-		if got := Compatible(tt.l, tt.key); got != tt.want {
+		if got := Compatible(tt.l, Request{Key: tt.key, Requestor: "newcomer"}); got != tt.want {
 			t.Errorf("%s: Compatible(%q) = %v; want %v", tt.name, tt.key, got, tt.want)
 		}
 	}

@@ -124,7 +124,10 @@ var goTypes = strings.NewReplacer(
 
 // fromEntry checks e and returns it as a Lock, without holders at zero.
 func fromEntry(e lock.Entry) (lock.Lock, error) {
-	l := lock.Lock{Key: e.Key, Token: e.Token, AcquiredAt: e.AcquiredAt}
+	if e.Limit < 0 {
+		return lock.Lock{}, fmt.Errorf("limit is %d; a limit is a number of holders, at least 1 (or none)", e.Limit)
+	}
+	l := lock.Lock{Key: e.Key, Token: e.Token, AcquiredAt: e.AcquiredAt, Limit: e.Limit}
 	for _, r := range slices.Sorted(maps.Keys(e.LockedBy)) {
 		n := e.LockedBy[r]
 		switch {

@@ -62,6 +62,9 @@ func encodeLock(ew *errWriter, name string, l lock.Lock) {
 	if !l.AcquiredAt.IsZero() {
 		ew.printf("    acquired_at: %s\n", l.AcquiredAt.Format(time.RFC3339Nano))
 	}
+	if l.Limit != 0 {
+		ew.printf("    limit: %d\n", l.Limit)
+	}
 	if !detailed {
 		return
 	}
@@ -338,6 +341,13 @@ func (p *parser) entry() (lock.Entry, bool) {
 	}
 	if !p.timeField("    ", "acquired_at", &e.AcquiredAt) {
 		return e, false
+	}
+	if v, ok := p.field("    ", "limit"); ok {
+		limit, err := strconv.Atoi(v)
+		if err != nil {
+			return e, false
+		}
+		e.Limit = limit
 	}
 	if string(p.peek()) != "    holders:" {
 		return e, true
