@@ -29,7 +29,7 @@ var (
 	errBadRequest   = errors.New("bad request")
 	errBodyTooLarge = errors.New("request body too large")
 	errUnauthorized = errors.New("authentication required: send the locker's username and password with HTTP basic auth (curl -u USER:PASS)")
-	errNotFound     = errors.New("no such endpoint; the API is GET /locks and GET, PUT, PATCH, DELETE /lock/<name>, and GET / is the status page")
+	errNotFound     = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
 	errNotReady     = errors.New("not ready")
 )
@@ -54,6 +54,7 @@ var errorStatuses = []struct {
 	{errKeyBusy, http.StatusConflict},
 	{errGrantEnded, http.StatusConflict},
 	{errLimitDiffers, http.StatusConflict},
+	{errNoPool, http.StatusNotFound},
 	{errClientGone, statusClientClosed},
 	{errShuttingDown, http.StatusServiceUnavailable},
 	{errNotReady, http.StatusServiceUnavailable},
@@ -96,6 +97,11 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/locks", s.handleLockSet).Methods(http.MethodPut)
 	r.HandleFunc("/locks", s.handleRenewSet).Methods(http.MethodPatch)
 	r.HandleFunc("/locks", s.handleUnlockSet).Methods(http.MethodDelete)
+	r.HandleFunc("/pools", s.handlePools).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/pool/{pool:[^/]+}", s.handlePool).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/pool/{pool:[^/]+}", s.handleSetPool).Methods(http.MethodPut)
+	r.HandleFunc("/pool/{pool:[^/]+}", s.handleDeletePool).Methods(http.MethodDelete)
+	r.HandleFunc("/pool/{pool:[^/]+}/claim", s.handleClaim).Methods(http.MethodPut)
 	r.HandleFunc("/lock/{name:.+}", s.handleGet).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/lock/{name:.+}", s.handleLock).Methods(http.MethodPut)
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)

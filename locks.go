@@ -63,8 +63,9 @@ type Snapshot struct {
 // acquireRequest is what a PUT asks for.
 type acquireRequest struct {
 	lock.Request
-	Wait time.Duration // how long to queue for the lock; 0 answers at once
-	Idem *idemRequest  // its Idempotency-Key, if it sent one
+	Wait  time.Duration // how long to queue for the lock; 0 answers at once
+	Idem  *idemRequest  // its Idempotency-Key, if it sent one
+	Count int           // a claim: how many of its pool's members; 0 for a request by name
 }
 
 // idemRequest is a request's Idempotency-Key, scoped to its method and
@@ -92,15 +93,17 @@ type setOutcome struct {
 }
 
 // outcomeOf is the outcome of a request over the locks in got, with the
-// counts released of each and what a force release freed (nil: none).
-func outcomeOf(got map[string]Snapshot, released map[string]int, old map[string]Lock) outcome {
+// counts released of each and what a force release freed (nil: none). A
+// request over one lock keeps the shape outcomes had before sets; a
+// claim's is always a set (which members it got is part of its answer).
+func outcomeOf(got map[string]Snapshot, released map[string]int, old map[string]Lock, claim bool) outcome {
 	o := outcome{Set: make(map[string]setOutcome, len(got))}
 	for name, s := range got {
 		so := setOutcome{Lock: s, Released: released[name]}
 		if l, ok := old[name]; ok {
 			so.Old = &l
 		}
-		if len(got) == 1 {
+		if len(got) == 1 && !claim {
 			return outcome{Lock: so.Lock, Old: so.Old, Released: so.Released}
 		}
 		o.Set[name] = so
@@ -123,16 +126,19 @@ func (o *outcome) olds(names []string) map[string]Lock {
 	return old
 }
 
-// locks returns the locks of o, a request over names, as first answered.
+// locks returns the locks of o, a request over names (a claim's: the
+// pool's members, of which it got some), as first answered.
 func (o *outcome) locks(names []string) map[string]Snapshot {
 	got := make(map[string]Snapshot, len(names))
-	for _, name := range names {
+	if o.Set == nil {
 		s := o.Lock
-		if o.Set != nil {
-			s = o.Set[name].Lock
-		}
 		s.Replayed = true
-		got[name] = s
+		got[names[0]] = s
+		return got
+	}
+	for name, so := range o.Set {
+		so.Lock.Replayed = true
+		got[name] = so.Lock
 	}
 	return got
 }
@@ -381,7 +387,7 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 				tx.Set(name, lock.Give(tx.Lock(name), req.Request, tx.Now(), tx.NextToken))
 			}
 			got = snapshots(tx, names)
-			return remember(tx, req.Idem, outcomeOf(got, nil, nil))
+			return remember(tx, req.Idem, outcomeOf(got, nil, nil, false))
 		case lock.Queue:
 			w = enqueue(tx, names, req)
 			stop()
@@ -516,7 +522,7 @@ func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, ide
 		}
 		got = snapshots(tx, names)
 		if sum(released) > 0 {
-			return remember(tx, idem, outcomeOf(got, released, nil))
+			return remember(tx, idem, outcomeOf(got, released, nil, false))
 		}
 		return nil
 	})
@@ -562,7 +568,7 @@ func (e *engine) ForceReleaseSet(names []string, idem *idemRequest) (map[string]
 		if len(old) == 0 {
 			return nil
 		}
-		return remember(tx, idem, outcomeOf(got, nil, old))
+		return remember(tx, idem, outcomeOf(got, nil, old, false))
 	})
 	switch {
 	case err != nil:
@@ -598,7 +604,7 @@ func (e *engine) RenewSet(names []string, key, requestor string, ttl time.Durati
 			tx.Set(name, next)
 		}
 		got = snapshots(tx, names)
-		return remember(tx, idem, outcomeOf(got, nil, nil))
+		return remember(tx, idem, outcomeOf(got, nil, nil, false))
 	})
 	switch {
 	case err != nil:

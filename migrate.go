@@ -11,8 +11,8 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filestore"
-	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/pgstore"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 const migrateUsage = `Usage: locker migrate [--force] --from SOURCE --to TARGET
@@ -47,14 +47,15 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
 	} else if err != nil || *from == "" || *to == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: migrate needs --from and --to, each a state file or a postgres:// URL (locker migrate -h)", errUsage)
 	}
-	locks, lastToken, err := readLocks(ctx, *from, *force)
+	c, err := readTable(ctx, *from, *force)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", describe(*from), err)
 	}
-	if err := writeLocks(ctx, *to, locks, lastToken); err != nil {
+	if err := writeTable(ctx, *to, c); err != nil {
 		return fmt.Errorf("writing %s: %w", describe(*to), err)
 	}
-	fmt.Fprintf(stdout, "copied %d locks (fencing tokens go on after %d) from %s to %s\n", len(locks), lastToken, describe(*from), describe(*to))
+	fmt.Fprintf(stdout, "copied %d locks and %s (fencing tokens go on after %d) from %s to %s\n",
+		len(c.Locks), plural(len(c.Pools), "pool", "pools"), c.LastToken, describe(*from), describe(*to))
 	return nil
 }
 
@@ -74,40 +75,40 @@ func describe(where string) string {
 	return "the database " + u.Redacted()
 }
 
-// readLocks reads the held locks and the last token from a state file (its
-// journal replayed) or a database.
-func readLocks(ctx context.Context, from string, force bool) (map[string]lock.Lock, uint64, error) {
+// readTable reads the held locks, the pools and the last token from a
+// state file (its journal replayed) or a database.
+func readTable(ctx context.Context, from string, force bool) (txn.Contents, error) {
 	if isDatabase(from) {
 		s, err := pgstore.Open(ctx, from, "migrate")
 		if err != nil {
-			return nil, 0, err
+			return txn.Contents{}, err
 		}
 		defer func() { _ = s.Close(false) }()
 		live, err := s.LiveNodes(ctx)
 		if err != nil {
-			return nil, 0, err
+			return txn.Contents{}, err
 		}
 		if len(live) > 0 && !force {
-			return nil, 0, fmt.Errorf("%d locker nodes still serve it (%s): stop them first, so that no lock changes after the copy, or give --force to copy it as it is now",
+			return txn.Contents{}, fmt.Errorf("%d locker nodes still serve it (%s): stop them first, so that no lock changes after the copy, or give --force to copy it as it is now",
 				len(live), strings.Join(live, ", "))
 		}
 		return s.Export(ctx)
 	}
 	st, err := filestore.Read(from, atomicfile.OS{})
-	return st.Locks, st.LastToken, err
+	return txn.Contents{Locks: st.Locks, Pools: st.Pools, LastToken: st.LastToken}, err
 }
 
-// writeLocks writes locks into an empty target.
-func writeLocks(ctx context.Context, to string, locks map[string]lock.Lock, lastToken uint64) error {
+// writeTable writes c into a target that holds no locks.
+func writeTable(ctx context.Context, to string, c txn.Contents) error {
 	if !isDatabase(to) {
-		return filestore.Write(to, atomicfile.OS{}, locks, lastToken)
+		return filestore.Write(to, atomicfile.OS{}, c)
 	}
 	s, err := pgstore.Open(ctx, to, "migrate")
 	if err != nil {
 		return err
 	}
 	defer func() { _ = s.Close(false) }()
-	err = s.Import(ctx, locks, lastToken)
+	err = s.Import(ctx, c)
 	if errors.Is(err, pgstore.ErrNotEmpty) {
 		return fmt.Errorf("%w: migrate does not overwrite locks; free them, or use another database", err)
 	}

@@ -98,6 +98,9 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 			t.Fatalf("PUT = %d %s", status, body)
 		}
 	}
+	if status, body := s.call(t, "PUT", "/pool/envs", `{"members": ["env-1", "env-2"]}`); status != 200 {
+		t.Fatalf("PUT /pool/envs = %d %s", status, body)
+	}
 	want := s.listLocks(t)
 	if err := s.shutdown(); err != nil {
 		t.Fatal(err)
@@ -113,7 +116,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	if _, err := migrate("", db); !errors.Is(err, errUsage) {
 		t.Errorf("migrate without --from = %v; want a usage error (exit 2)", err)
 	}
-	if out, err := migrate(file, db); err != nil || !strings.Contains(out, "copied 2 locks") {
+	if out, err := migrate(file, db); err != nil || !strings.Contains(out, "copied 2 locks and 1 pool") {
 		t.Fatalf("migrate to the database = %q, %v", out, err)
 	}
 	if _, err := migrate(file, db); err == nil || !strings.Contains(err.Error(), "migrate does not overwrite locks") {
@@ -122,6 +125,9 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	p := startRun(t, map[string]string{"LOCKER_DATABASE_URL": db})
 	if got := p.listLocks(t); !reflect.DeepEqual(got, want) {
 		t.Errorf("on PostgreSQL the locks are %v; want %v", got, want)
+	}
+	if status, body := p.call(t, "GET", "/pools", ""); status != 200 || string(body) != `{"envs":{"members":["env-1","env-2"]}}`+"\n" {
+		t.Errorf("on PostgreSQL the pools are %d %s; want envs, as in the file", status, body)
 	}
 	if status, body := p.call(t, "PUT", "/lock/new", `{"key": "k"}`); status != 200 || !strings.Contains(string(body), `"token":3`) {
 		t.Errorf("a new lock on PostgreSQL = %d %s; want token 3, after the file's 2", status, body)
@@ -142,7 +148,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := filepath.Join(dir, "back.yml")
-	if out, err := migrate(db, back); err != nil || !strings.Contains(out, "copied 3 locks") {
+	if out, err := migrate(db, back); err != nil || !strings.Contains(out, "copied 3 locks and 1 pool") {
 		t.Fatalf("migrate back = %q, %v", out, err)
 	}
 	if _, err := migrate(db, back); err == nil || !strings.Contains(err.Error(), "it holds 3 locks") {

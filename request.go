@@ -62,8 +62,15 @@ var (
 		"GET /locks":          {[]string{"limit", "after", "prefix"}, "?limit=<locks per page>, ?after=<name> and ?prefix=<text>, e.g. ?prefix=prod-&limit=100"},
 		"PUT /locks":          {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 		"DELETE /locks":       {[]string{"force"}, "?force=true"},
+		"PUT " + claimPath:    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 	}
 )
+
+// claimPath is the route of a claim on a pool, as the API writes it, and
+// claimFields the fields of its body.
+const claimPath = "/pool/<pool>/claim"
+
+var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count")...)
 
 // maxPage is the most locks a page of GET /locks may ask for.
 const maxPage = 10000
@@ -117,8 +124,11 @@ func decodeChange(w http.ResponseWriter, r *http.Request, path string, namesOf f
 		return req, err
 	}
 	allowed := bodyFields[r.Method]
-	if path == "/locks" {
+	switch path {
+	case "/locks":
 		allowed = append([]string{"locks"}, allowed...)
+	case claimPath:
+		allowed = claimFields
 	}
 	if f, ok := firstUnknown(fields, allowed); ok {
 		return req, fmt.Errorf("%w: unknown field %q in the body; %s %s accepts %s",
@@ -166,35 +176,40 @@ const setExample = `{"locks": ["prod-db", "prod-app"], "key": "deploy-42"}`
 // setNames reads the body's "locks": a list of 1 to max lock names, each
 // given once, returned sorted.
 func setNames(raw json.RawMessage, max int) ([]string, error) {
+	return nameList("locks", setExample, raw, max)
+}
+
+// nameList reads the body's field, a list of 1 to max lock names, each
+// given once, and returns it sorted; example is a body that has it.
+func nameList(field, example string, raw json.RawMessage, max int) ([]string, error) {
 	if raw == nil {
-		return nil, fmt.Errorf("%w: the body needs \"locks\", the list of lock names, e.g. %s", errBadRequest, setExample)
+		return nil, fmt.Errorf("%w: the body needs %q, a list of lock names, e.g. %s", errBadRequest, field, example)
 	}
 	var names []string
 	if err := json.Unmarshal(raw, &names); err != nil || names == nil {
-		return nil, fmt.Errorf("%w: \"locks\" must be a list of lock names (strings), e.g. %s", errBadRequest, setExample)
+		return nil, fmt.Errorf("%w: %q must be a list of lock names (strings), e.g. %s", errBadRequest, field, example)
 	}
 	switch {
 	case len(names) == 0:
-		return nil, fmt.Errorf("%w: \"locks\" is empty; name at least one lock, e.g. %s", errBadRequest, setExample)
+		return nil, fmt.Errorf("%w: %q is empty; name at least one lock, e.g. %s", errBadRequest, field, example)
 	case len(names) > max:
-		return nil, fmt.Errorf("%w: \"locks\" names %d locks; a request may name at most %d (LOCKER_MAX_LOCKS_PER_REQUEST)", errBadRequest, len(names), max)
+		return nil, fmt.Errorf("%w: %q names %d locks; at most %d (LOCKER_MAX_LOCKS_PER_REQUEST)", errBadRequest, field, len(names), max)
 	}
 	for _, name := range names {
-		what := fmt.Sprintf("the lock name %q", name)
 		switch {
 		case name == "":
-			return nil, fmt.Errorf("%w: \"locks\" holds an empty name; every lock has a name", errBadRequest)
+			return nil, fmt.Errorf("%w: %q holds an empty name; every lock has a name", errBadRequest, field)
 		case len(name) > maxFieldBytes:
-			return nil, fmt.Errorf("%w: a lock name in \"locks\" is %d bytes long; the limit is %d", errBadRequest, len(name), maxFieldBytes)
+			return nil, fmt.Errorf("%w: a lock name in %q is %d bytes long; the limit is %d", errBadRequest, field, len(name), maxFieldBytes)
 		}
-		if err := printable(what, name); err != nil {
+		if err := printable(fmt.Sprintf("the lock name %q", name), name); err != nil {
 			return nil, err
 		}
 	}
 	sorted := slices.Sorted(slices.Values(names))
 	for i := 1; i < len(sorted); i++ {
 		if sorted[i] == sorted[i-1] {
-			return nil, fmt.Errorf("%w: \"locks\" names %q twice; name each lock once", errBadRequest, sorted[i])
+			return nil, fmt.Errorf("%w: %q names %q twice; name each lock once", errBadRequest, field, sorted[i])
 		}
 	}
 	return sorted, nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filestore"
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/pgstore"
 	"github.com/locker-ci/locker/internal/txn"
@@ -36,6 +37,8 @@ type Store interface {
 	// order after page.After. It holds up changes for no longer than
 	// reading that page takes.
 	Scan(ctx context.Context, page txn.Page, t *txn.Tables) error
+	// Pools returns every pool, by name.
+	Pools(ctx context.Context) (map[string]lock.Pool, error)
 	// Watch returns a channel that is signalled when the waiter with id
 	// is granted, and a function that stops the watch. A watch may begin
 	// inside the transaction that queues the waiter.

@@ -20,7 +20,8 @@ import (
 // wait is a request queued for a lock, or for a set of locks.
 type wait struct {
 	e     *engine
-	names []string // the locks, sorted
+	names []string // the locks, sorted (a claim's: the pool's members)
+	pool  string   // a claim's pool, or ""
 	id    int64    // its waiter in each lock's queue
 	round int      // the waiter's round this request answers for
 	req   acquireRequest
@@ -74,6 +75,9 @@ func grantSet(tx txn.Tx, w txn.Waiter) bool {
 			return false
 		}
 	}
+	if w.Count > 0 {
+		return grantClaim(tx, w)
+	}
 	for _, name := range w.Set {
 		if !lock.Compatible(tx.Lock(name), w.Req) {
 			return false
@@ -98,6 +102,66 @@ func grantSet(tx txn.Tx, w txn.Waiter) bool {
 		grantQueue(tx, name) // same-key waiters behind it, in its other queues
 	}
 	return true
+}
+
+// grantClaim grants w, a claim on a pool, w.Count of the pool's members
+// (w.Set) that are free and where it is at the head of the queue, the
+// ones claimed least recently (lock.Pool.Pick), and takes it out of the
+// other members' queues. A transaction that did not name the pool wakes
+// w instead. It reports whether w was granted.
+func grantClaim(tx txn.Tx, w txn.Waiter) bool {
+	if !tx.NamedPool(w.Pool) {
+		tx.Wake(w.ID)
+		return false
+	}
+	p, ok := tx.Pool(w.Pool)
+	if !ok {
+		tx.Wake(w.ID) // the pool is gone: its request says so
+		return false
+	}
+	var free []string
+	for _, name := range w.Set {
+		if tx.Lock(name).Free() && atHead(tx.Queue(name), w.ID) {
+			free = append(free, name)
+		}
+	}
+	chosen := p.Pick(free, w.Count)
+	if chosen == nil {
+		return false
+	}
+	// Every change to w first, then the queues it left: granting there
+	// may come back to w, which must be seen granted by then.
+	for _, name := range w.Set {
+		if !slices.Contains(chosen, name) {
+			tx.RemoveWaiter(name, w.ID)
+			continue
+		}
+		l := lock.Give(tx.Lock(name), w.Req, tx.Now(), tx.NextToken)
+		tx.Set(name, l)
+		q, _ := find(tx.Queue(name), w.ID)
+		q.Granted = &l
+		tx.PutWaiter(name, q)
+	}
+	tx.SetPool(w.Pool, p.Claim(chosen, tx.Now()))
+	for _, name := range w.Set {
+		if !slices.Contains(chosen, name) {
+			grantQueue(tx, name) // whoever waited behind it there
+		}
+	}
+	return true
+}
+
+// atHead reports whether no one waits before waiter id in queue.
+func atHead(queue []txn.Waiter, id int64) bool {
+	for _, q := range queue {
+		if q.ID == id {
+			return true
+		}
+		if q.Waiting() {
+			return false
+		}
+	}
+	return false
 }
 
 // waiting counts the waiters of queue that wait to be granted.
@@ -180,7 +244,7 @@ func takeUp(tx txn.Tx, names []string, id int64, req acquireRequest) (map[string
 		}
 		got[name] = s
 	}
-	return got, remember(tx, req.Idem, outcomeOf(got, nil, nil))
+	return got, remember(tx, req.Idem, outcomeOf(got, nil, nil, req.Count > 0))
 }
 
 // stillHeld passes on a remembered grant only while its hold lasts: a
@@ -282,23 +346,24 @@ func (w *wait) end(ctx context.Context, timedOut bool) (map[string]Snapshot, err
 // waiter not yet granted leaves, or keeps its place with hold. The locks
 // as they are now are returned either way.
 func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapshot, granted bool, err error) {
-	err = w.e.update(ctx, w.names, txn.Options{}, func(tx txn.Tx) error {
+	err = w.e.update(ctx, w.names, txn.Options{Pool: w.pool}, func(tx txn.Tx) error {
 		granted = false
 		var q txn.Waiter
+		var in []string // the queues it is in: all of its locks, or a claim's grant
 		for _, name := range w.names {
-			var ok bool
-			if q, ok = find(tx.Queue(name), w.id); !ok {
-				got, granted, err = w.gone(tx)
-				return err
-			}
-			if q.Round != w.round {
-				return errSuperseded
+			if e, ok := find(tx.Queue(name), w.id); ok {
+				q, in = e, append(in, name)
 			}
 		}
 		switch {
+		case len(in) == 0, q.Granted == nil && len(in) < len(w.names):
+			got, granted, err = w.gone(tx)
+			return err
+		case q.Round != w.round:
+			return errSuperseded
 		case q.Granted != nil:
 			granted = true
-			got, err = takeUp(tx, w.names, w.id, w.req)
+			got, err = takeUp(tx, in, w.id, w.req)
 			return err
 		case !end && q.Left.IsZero():
 			return nil

@@ -276,6 +276,16 @@ func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
 		}
 	}
 	st.Seq, st.LastToken = c.Seq, c.LastToken
+	for name, p := range c.Pools {
+		if st.Pools == nil {
+			st.Pools = map[string]lock.Pool{}
+		}
+		if p == nil {
+			delete(st.Pools, name)
+		} else {
+			st.Pools[name] = *p
+		}
+	}
 	if len(c.Forget) > 0 {
 		st.Requests = slices.DeleteFunc(st.Requests, func(e idempotency.Entry) bool { return slices.Contains(c.Forget, e.Scope) })
 	}
@@ -336,11 +346,13 @@ func (d *disk) keepOriginal() error {
 	return nil
 }
 
-// Write puts locks into the state file at path, which must hold none, as
+// Write puts c into the state file at path, which must hold no locks, as
 // a checkpoint does (the state file whole and synced, then its journal
-// emptied), with the token counter past lastToken and every lock's token:
-// what locker migrate writes.
-func Write(path string, fsys atomicfile.FS, locks map[string]lock.Lock, lastToken uint64) error {
+// emptied), with the token counter past c's last token and every lock's
+// token, and c's pools in place of any of the same names: what locker
+// migrate writes.
+func Write(path string, fsys atomicfile.FS, c txn.Contents) error {
+	locks, lastToken := c.Locks, c.LastToken
 	d := newDisk(path, fsys, DefaultCheckpointBytes, nil)
 	st, err := d.open(func(from uint64, _ error) uint64 { return from })
 	if err != nil {
@@ -351,6 +363,12 @@ func Write(path string, fsys atomicfile.FS, locks map[string]lock.Lock, lastToke
 			d.journal.Close(false), d.owner.Release())
 	}
 	st.Locks, st.LastToken = locks, max(st.LastToken, lastToken)
+	for name, p := range c.Pools {
+		if st.Pools == nil {
+			st.Pools = map[string]lock.Pool{}
+		}
+		st.Pools[name] = p
+	}
 	for _, l := range locks {
 		st.LastToken = max(st.LastToken, l.Token)
 	}

@@ -45,6 +45,7 @@ type Change struct {
 	Locks     map[string]*lock.Lock `json:"locks"`
 	Remember  []idempotency.Entry   `json:"remember,omitempty"`
 	Forget    []string              `json:"forget,omitempty"`
+	Pools     map[string]*lock.Pool `json:"pools,omitempty"` // the pools it changed, as they are after it (nil: removed)
 }
 
 // DefaultCheckpointBytes is the journal size below which no checkpoint is
@@ -64,8 +65,9 @@ type Store struct {
 	locks      map[string]lock.Lock
 	queues     map[string][]txn.Waiter // waiters per lock, first come first served
 	names      *btree.BTreeG[string]   // the names in locks or queues, in order: the listing's pages
-	lastToken  uint64                  // the highest fencing token handed out
-	lastWaiter int64                   // the highest waiter ID handed out
+	pools      map[string]lock.Pool
+	lastToken  uint64 // the highest fencing token handed out
+	lastWaiter int64  // the highest waiter ID handed out
 	leases     leaseHeap
 	seq        uint64          // the change the table now shows; replies wait for it
 	lastSeq    uint64          // the last seq handed out; seqs are never reused
@@ -106,9 +108,12 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.locks, s.lastToken, s.seq, s.lastSeq = st.Locks, st.LastToken, st.Seq, st.Seq
+	s.locks, s.pools, s.lastToken, s.seq, s.lastSeq = st.Locks, st.Pools, st.LastToken, st.Seq, st.Seq
 	if s.locks == nil {
 		s.locks = map[string]lock.Lock{}
+	}
+	if s.pools == nil {
+		s.pools = map[string]lock.Pool{}
 	}
 	s.names = btree.NewOrderedG[string](32)
 	for _, name := range slices.Sorted(maps.Keys(s.locks)) {
@@ -128,9 +133,9 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 // Update runs apply in a transaction over the locks named, and returns
 // once its change is on disk (every change before it too: a reply never
 // shows what could still be undone).
-func (s *Store) Update(_ context.Context, names []string, _ txn.Options, apply func(txn.Tx) error) error {
+func (s *Store) Update(_ context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
 	s.mu.Lock()
-	x := s.begin(names)
+	x := s.begin(names, opts.Pool)
 	if err := apply(x); err != nil {
 		x.abort()
 		s.mu.Unlock()
@@ -148,13 +153,21 @@ func (s *Store) Update(_ context.Context, names []string, _ txn.Options, apply f
 // View runs fn over the locks named, once what it sees is on disk.
 func (s *Store) View(_ context.Context, names []string, fn func(txn.Reader) error) error {
 	s.mu.Lock()
-	err := fn(s.begin(names))
+	err := fn(s.begin(names, ""))
 	seq := s.seq
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	return s.durable(seq)
+}
+
+// Pools returns a copy of every pool, once what it shows is on disk.
+func (s *Store) Pools(context.Context) (map[string]lock.Pool, error) {
+	s.mu.Lock()
+	pools, seq := maps.Clone(s.pools), s.seq
+	s.mu.Unlock()
+	return pools, s.durable(seq)
 }
 
 // Scan reads a copy of a page of the table into t, once it is on disk.
@@ -272,7 +285,7 @@ func (s *Store) saved() Saved {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests.Prune(s.now())
-	return Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Requests: s.requests.All()}
+	return Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Requests: s.requests.All()}
 }
 
 // checkpoint saves the whole table to the state file, so that the journal

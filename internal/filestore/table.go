@@ -25,6 +25,7 @@ import (
 type tx struct {
 	s     *Store
 	names []string
+	pool  string // the pool it named, or ""
 	now   time.Time
 
 	oldLocks  map[string]lock.Lock // what Set replaced, the first time
@@ -35,6 +36,13 @@ type tx struct {
 	woken     []grant              // waiters to wake at commit
 	remembers []idempotency.Entry  // outcomes to remember
 	forgets   []string             // scopes whose outcome to forget
+	oldPool   *poolState           // the pool as it was, once changed
+}
+
+// poolState is a pool as a transaction found it: there or not.
+type poolState struct {
+	pool lock.Pool
+	ok   bool
 }
 
 // queueOp is one change to a queue, made in place: the waiter at index
@@ -61,10 +69,12 @@ type undo struct {
 	granted    []grant
 	remembered []idempotency.Entry
 	forgotten  []idempotency.Entry
+	pool       string
+	oldPool    *poolState
 }
 
-func (s *Store) begin(names []string) *tx {
-	return &tx{s: s, names: names, now: s.now(), lastToken: s.lastToken}
+func (s *Store) begin(names []string, pool string) *tx {
+	return &tx{s: s, names: names, pool: pool, now: s.now(), lastToken: s.lastToken}
 }
 
 // check panics when x did not name the lock called name: the engine must
@@ -80,6 +90,49 @@ func (x *tx) Now() time.Time { return x.now }
 func (x *tx) Named(name string) bool { return slices.Contains(x.names, name) }
 
 func (x *tx) Wake(id int64) { x.woken = append(x.woken, grant{id: id}) }
+
+func (x *tx) NamedPool(name string) bool { return name != "" && name == x.pool }
+
+// checkPool panics when x did not name the pool called name.
+func (x *tx) checkPool(name string) {
+	if !x.NamedPool(name) {
+		panic(fmt.Sprintf("filestore: pool %q is not the one the transaction named (%q)", name, x.pool))
+	}
+}
+
+func (x *tx) Pool(name string) (lock.Pool, bool) {
+	x.checkPool(name)
+	p, ok := x.s.pools[name]
+	return p, ok
+}
+
+func (x *tx) SetPool(name string, p lock.Pool) {
+	x.keepPool(name)
+	x.s.pools[name] = p
+}
+
+func (x *tx) DeletePool(name string) {
+	x.keepPool(name)
+	delete(x.s.pools, name)
+}
+
+// keepPool remembers the pool as x found it, the first time x changes it.
+func (x *tx) keepPool(name string) {
+	x.checkPool(name)
+	if x.oldPool == nil {
+		p, ok := x.s.pools[name]
+		x.oldPool = &poolState{p, ok}
+	}
+}
+
+// putPool puts back a pool as it was. Callers hold s.mu.
+func (s *Store) putPool(name string, old poolState) {
+	if old.ok {
+		s.pools[name] = old.pool
+	} else {
+		delete(s.pools, name)
+	}
+}
 
 func (x *tx) Lock(name string) lock.Lock {
 	x.check(name)
@@ -208,6 +261,9 @@ func (x *tx) abort() {
 		x.s.setQueue(op.name, queue)
 	}
 	x.s.lastToken = x.lastToken
+	if x.oldPool != nil {
+		x.s.putPool(x.pool, *x.oldPool)
+	}
 }
 
 // commit hands x's durable part to the journal under a new seq, which the
@@ -216,7 +272,7 @@ func (x *tx) abort() {
 // nothing. If the journal cannot take the record, x is undone at once.
 func (x *tx) commit() error {
 	s := x.s
-	if len(x.oldLocks) == 0 && len(x.remembers) == 0 && len(x.forgets) == 0 {
+	if len(x.oldLocks) == 0 && len(x.remembers) == 0 && len(x.forgets) == 0 && x.oldPool == nil {
 		s.tell(x.granted)
 		s.tell(x.tookOver)
 		s.tell(x.woken)
@@ -229,6 +285,12 @@ func (x *tx) commit() error {
 			c.Locks[name] = &l
 		} else {
 			c.Locks[name] = nil
+		}
+	}
+	if x.oldPool != nil {
+		c.Pools = map[string]*lock.Pool{x.pool: nil}
+		if p, ok := s.pools[x.pool]; ok {
+			c.Pools[x.pool] = &p
 		}
 	}
 	if err := s.append(c); err != nil {
@@ -254,7 +316,7 @@ func (x *tx) commit() error {
 		s.undo = s.undo[1:]
 	}
 	s.undo = append(s.undo, undo{seq: s.seq, oldLocks: x.oldLocks, lastToken: x.lastToken, granted: x.granted,
-		remembered: x.remembers, forgotten: forgotten})
+		remembered: x.remembers, forgotten: forgotten, pool: x.pool, oldPool: x.oldPool})
 	for name, old := range x.oldLocks {
 		s.scheduleLeases(name, old, s.locks[name])
 	}
@@ -294,6 +356,9 @@ func (s *Store) rollback(from uint64, err error) uint64 {
 			s.requests.Put(e)
 		}
 		s.lastToken = u.lastToken
+		if u.oldPool != nil {
+			s.putPool(u.pool, *u.oldPool)
+		}
 		s.undo = s.undo[:len(s.undo)-1]
 	}
 	// The table now shows the last change that was saved: the latest one

@@ -2,12 +2,14 @@ package pgstore
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -91,4 +93,37 @@ func prefixEnd(prefix string) (string, bool) {
 		return prefix + string(r), true
 	}
 	return "", false
+}
+
+// Pools returns every pool, by name.
+func (s *Store) Pools(ctx context.Context) (map[string]lock.Pool, error) {
+	pools, err := readPools(ctx, s.pool)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	return pools, nil
+}
+
+// readPools reads every pool through q.
+func readPools(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) (map[string]lock.Pool, error) {
+	rows, err := q.Query(ctx, "SELECT name, pool FROM locker_pools")
+	if err != nil {
+		return nil, err
+	}
+	pools := map[string]lock.Pool{}
+	for rows.Next() {
+		var name string
+		var raw []byte
+		if err := rows.Scan(&name, &raw); err != nil {
+			return nil, err
+		}
+		var p lock.Pool
+		if err := json.Unmarshal(raw, &p); err != nil {
+			return nil, fmt.Errorf("pool %q in the database: %w", name, err)
+		}
+		pools[name] = p
+	}
+	return pools, rows.Err()
 }

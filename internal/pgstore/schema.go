@@ -81,6 +81,13 @@ var migrations = []string{
 	// 8: a waiter for several locks: a row in each one's queue, with one
 	// ID, and the set it waits for.
 	`ALTER TABLE locker_queue DROP CONSTRAINT locker_queue_pkey, ADD PRIMARY KEY (id, name), ADD COLUMN set_of text[];`,
+
+	// 9: pools, and claims on them waiting in their members' queues.
+	`CREATE TABLE locker_pools (
+		name text PRIMARY KEY,
+		pool jsonb NOT NULL -- the pool as internal/lock.Pool encodes it
+	);
+	ALTER TABLE locker_queue ADD COLUMN claim_count int NOT NULL DEFAULT 0, ADD COLUMN pool text;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

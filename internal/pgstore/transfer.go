@@ -9,16 +9,18 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // ErrNotEmpty: Import's target holds locks or waiters already.
 var ErrNotEmpty = errors.New("the database's lock table is not empty")
 
-// Export returns every held lock and the last fencing token handed out,
-// as one consistent snapshot.
-func (s *Store) Export(ctx context.Context) (locks map[string]lock.Lock, lastToken uint64, err error) {
-	locks = map[string]lock.Lock{}
-	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+// Export returns every held lock, every pool and the last fencing token
+// handed out, as one consistent snapshot.
+func (s *Store) Export(ctx context.Context) (txn.Contents, error) {
+	locks, pools := map[string]lock.Lock{}, map[string]lock.Pool{}
+	var lastToken uint64
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, "SELECT name, lock FROM locker_locks WHERE lock IS NOT NULL")
 		if err != nil {
 			return err
@@ -38,6 +40,9 @@ func (s *Store) Export(ctx context.Context) (locks map[string]lock.Lock, lastTok
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		if pools, err = readPools(ctx, tx); err != nil {
+			return err
+		}
 		var last int64
 		var called bool
 		if err := tx.QueryRow(ctx, "SELECT last_value, is_called FROM locker_tokens").Scan(&last, &called); err != nil {
@@ -48,12 +53,14 @@ func (s *Store) Export(ctx context.Context) (locks map[string]lock.Lock, lastTok
 		}
 		return nil
 	})
-	return locks, lastToken, err
+	return txn.Contents{Locks: locks, Pools: pools, LastToken: lastToken}, err
 }
 
-// Import puts locks into an empty table, and moves the token sequence past
-// lastToken and every lock's token, so that no token is handed out twice.
-func (s *Store) Import(ctx context.Context, locks map[string]lock.Lock, lastToken uint64) error {
+// Import puts c's locks into an empty table, and its pools (in place of
+// pools of the same names), and moves the token sequence past c's last
+// token and every lock's token, so that no token is handed out twice.
+func (s *Store) Import(ctx context.Context, c txn.Contents) error {
+	lastToken := c.LastToken
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// No other node may change the table meanwhile.
 		if _, err := tx.Exec(ctx, "LOCK TABLE locker_locks, locker_queue IN EXCLUSIVE MODE"); err != nil {
@@ -67,7 +74,16 @@ func (s *Store) Import(ctx context.Context, locks map[string]lock.Lock, lastToke
 		if held > 0 || waiting > 0 {
 			return fmt.Errorf("%w: %d locks held, %d waiting", ErrNotEmpty, held, waiting)
 		}
-		for name, l := range locks {
+		for name, p := range c.Pools {
+			raw, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO locker_pools (name, pool) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET pool = excluded.pool", name, raw); err != nil {
+				return err
+			}
+		}
+		for name, l := range c.Locks {
 			lastToken = max(lastToken, l.Token)
 			raw, err := json.Marshal(l)
 			if err != nil {

@@ -46,9 +46,13 @@ type tx struct {
 	told      []int64 // waiters to wake: granted, or taken over
 	rows      int     // the locks' rows read (locked, for a change)
 	err       error   // the first error of a query made on demand
+
+	pool        string    // the pool it named, its row locked; "" for none
+	poolRead    lock.Pool // the pool as read, or as changed since
+	poolThere   bool
+	poolChanged bool
 }
 
-// queueRow is a waiter and its lock's name, to write.
 // queueKey names a waiter's row: a waiter for several locks has one in
 // each one's queue.
 type queueKey struct {
@@ -56,6 +60,7 @@ type queueKey struct {
 	name string
 }
 
+// queueRow is a waiter and its lock's name, to write.
 type queueRow struct {
 	name string
 	w    txn.Waiter
@@ -122,6 +127,9 @@ func (t *tx) begin(opts txn.Options) error {
 	if opts.NewWait {
 		b.Queue("SELECT nextval('locker_queue_id_seq')")
 	}
+	if opts.Pool != "" {
+		b.Queue("SELECT pool FROM locker_pools WHERE name = $1 FOR UPDATE", opts.Pool)
+	}
 	br := t.conn.SendBatch(t.ctx, b)
 	defer br.Close()
 	for range 2 {
@@ -150,6 +158,20 @@ func (t *tx) begin(opts txn.Options) error {
 			return err
 		}
 	}
+	if opts.Pool != "" {
+		t.pool = opts.Pool
+		var raw []byte
+		switch err := br.QueryRow().Scan(&raw); {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return err
+		default:
+			if err := json.Unmarshal(raw, &t.poolRead); err != nil {
+				return fmt.Errorf("pool %q in the database: %w", opts.Pool, err)
+			}
+			t.poolThere = true
+		}
+	}
 	return br.Close()
 }
 
@@ -161,7 +183,7 @@ var errRowGone = errors.New("a lock's row was deleted as it was locked")
 // queueColumns are the columns of a waiter's row that readQueue reads; a
 // waiter is abandoned when its node stopped beating (a place kept is not:
 // its client may ask again through another node).
-const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of,
+const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool,
 	left_at IS NULL AND node NOT IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval)`
 
 // queueReads queues the reads of the clock and the named locks' queues.
@@ -227,14 +249,18 @@ func readQueue(rows pgx.Rows, queues map[string][]txn.Waiter) error {
 			idem    *string
 			left    *time.Time
 			granted []byte
+			pool    *string
 		)
 		if err := rows.Scan(&w.ID, &name, &w.Owner, &w.Req.Key, &w.Req.Requestor, &w.Req.Note, &ttl, &w.Req.Named,
-			&w.Since, &idem, &left, &granted, &w.Round, &w.Set, &w.Abandoned); err != nil {
+			&w.Since, &idem, &left, &granted, &w.Round, &w.Set, &w.Count, &pool, &w.Abandoned); err != nil {
 			return err
 		}
 		w.Req.TTL, w.Since = time.Duration(ttl)*time.Millisecond, w.Since.UTC()
 		if idem != nil {
 			w.Idem = *idem
+		}
+		if pool != nil {
+			w.Pool = *pool
 		}
 		if left != nil {
 			w.Left = left.UTC()
@@ -291,6 +317,31 @@ func (t *tx) Named(name string) bool {
 }
 
 func (t *tx) Wake(id int64) { t.told = append(t.told, id) }
+
+func (t *tx) NamedPool(name string) bool { return name != "" && name == t.pool }
+
+// checkPool panics when t did not name the pool called name: its row
+// lock is not held.
+func (t *tx) checkPool(name string) {
+	if !t.NamedPool(name) {
+		panic(fmt.Sprintf("pgstore: pool %q is not the one the transaction named (%q)", name, t.pool))
+	}
+}
+
+func (t *tx) Pool(name string) (lock.Pool, bool) {
+	t.checkPool(name)
+	return t.poolRead, t.poolThere
+}
+
+func (t *tx) SetPool(name string, p lock.Pool) {
+	t.checkPool(name)
+	t.poolRead, t.poolThere, t.poolChanged = p, true, true
+}
+
+func (t *tx) DeletePool(name string) {
+	t.checkPool(name)
+	t.poolRead, t.poolThere, t.poolChanged = lock.Pool{}, false, true
+}
 
 func (t *tx) Lock(name string) lock.Lock {
 	t.check(name)
@@ -417,6 +468,17 @@ func (t *tx) commit() error {
 			return err
 		}
 	}
+	if t.poolChanged {
+		if !t.poolThere {
+			b.Queue("DELETE FROM locker_pools WHERE name = $1", t.pool)
+		} else {
+			raw, err := json.Marshal(t.poolRead)
+			if err != nil {
+				return err
+			}
+			b.Queue("INSERT INTO locker_pools (name, pool) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET pool = excluded.pool", t.pool, raw)
+		}
+	}
 	for _, e := range t.remembers {
 		b.Queue(`INSERT INTO locker_requests (scope, fingerprint, outcome, at) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (scope) DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, at = excluded.at`,
@@ -461,13 +523,17 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 			return err
 		}
 	}
-	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+	var pool *string
+	if w.Pool != "" {
+		pool = &w.Pool
+	}
+	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 		ON CONFLICT (id, name) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
 			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
 			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round`,
 		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
-		w.Since, idem, left, granted, w.Round, w.Set)
+		w.Since, idem, left, granted, w.Round, w.Set, w.Count, pool)
 	return nil
 }
 

@@ -33,6 +33,7 @@ type State struct {
 	Seq       uint64 // the last journal record the file holds
 	LastToken uint64 // the highest fencing token ever handed out
 	Locks     map[string]lock.Lock
+	Pools     map[string]lock.Pool
 	// Requests are the outcomes remembered by Idempotency-Key, oldest
 	// first.
 	Requests []idempotency.Entry
@@ -51,6 +52,7 @@ type document struct {
 	Seq       uint64                `yaml:"seq"`
 	LastToken uint64                `yaml:"last_token"`
 	Locks     map[string]lock.Entry `yaml:"locks"`
+	Pools     map[string]lock.Pool  `yaml:"pools,omitempty"`
 	Requests  []idempotency.Entry   `yaml:"requests,omitempty"`
 }
 
@@ -92,6 +94,12 @@ func Decode(data []byte) (State, error) {
 			return State{}, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", doc.Version, Version)
 		}
 		entries, st.LastToken, st.Seq, st.Requests = doc.Locks, doc.LastToken, doc.Seq, doc.Requests
+		for name, p := range doc.Pools {
+			if err := checkPool(name, p); err != nil {
+				return State{}, err
+			}
+		}
+		st.Pools = doc.Pools
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(entries)) {
@@ -154,4 +162,18 @@ func fromEntry(e lock.Entry) (lock.Lock, error) {
 		return lock.Lock{}, fmt.Errorf("held by %s but has no key", l.HoldersString())
 	}
 	return l, nil
+}
+
+// checkPool checks a pool read from the file.
+func checkPool(name string, p lock.Pool) error {
+	if name == "" || strings.Contains(name, "/") {
+		return fmt.Errorf("pool %q: a pool's name is not empty and has no slash", name)
+	}
+	if len(p.Members) == 0 {
+		return fmt.Errorf("pool %q has no members", name)
+	}
+	if !slices.IsSorted(p.Members) || len(slices.Compact(slices.Clone(p.Members))) != len(p.Members) {
+		return fmt.Errorf("pool %q: its members must be sorted, each once", name)
+	}
+	return nil
 }

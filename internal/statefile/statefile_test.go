@@ -29,7 +29,11 @@ func TestStateRoundTrip(t *testing.T) {
 		{Name: "a", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at.Add(time.Hour), Note: "https://ci.example.com/builds/42?x=1&y=2"}},
 		{Name: "b", Hold: lock.Hold{Count: 1}},
 	}}
-	st := State{Seq: 1234, LastToken: 42, Locks: locks}
+	st := State{Seq: 1234, LastToken: 42, Locks: locks, Pools: map[string]lock.Pool{
+		"staging":     {Members: []string{"envs/staging-1", "staging 2: b"}, Claimed: map[string]time.Time{"staging 2: b": at}},
+		"never used":  {Members: []string{"x"}},
+		"pool #3 \"q": {Members: []string{"a", "b", "c"}, Claimed: map[string]time.Time{"a": at, "c": at.Add(time.Second)}},
+	}}
 	var buf bytes.Buffer
 	if err := Encode(&buf, st); err != nil {
 		t.Fatal(err)
@@ -51,6 +55,10 @@ func TestParseAgreesWithYAML(t *testing.T) {
 	states := []State{
 		{},
 		{LastToken: 7, Locks: map[string]lock.Lock{"prod": lockOf("prod-cf", map[string]int{"prod-cf": 2, "node-a": 1})}},
+		{LastToken: 7, Locks: map[string]lock.Lock{}, Pools: map[string]lock.Pool{
+			"staging": {Members: []string{"s1", "s2"}, Claimed: map[string]time.Time{"s2": at}},
+			"yes":     {Members: []string{"no", "true"}},
+		}},
 		{LastToken: 9, Locks: map[string]lock.Lock{
 			"a/b: c #d":       {Key: "yes", Token: 3, AcquiredAt: at, Holders: []lock.Holder{{Name: "123", Hold: lock.Hold{Count: 1, Since: at, Note: "line\nbreak \"quoted\" ü"}}}},
 			"line\nbreak\x00": {Key: "- not a list", Holders: []lock.Holder{{Name: "{}", Hold: lock.Hold{Count: 4, ExpiresAt: at.Add(time.Hour)}}}},

@@ -35,6 +35,22 @@ func Encode(w io.Writer, st State) error {
 			encodeLock(ew, name, st.Locks[name])
 		}
 	}
+	if len(st.Pools) > 0 {
+		ew.printf("pools:\n")
+		for _, name := range slices.Sorted(maps.Keys(st.Pools)) {
+			p := st.Pools[name]
+			ew.printf("  %s:\n    members:\n", scalar(name))
+			for _, m := range p.Members {
+				ew.printf("      - %s\n", scalar(m))
+			}
+			if len(p.Claimed) > 0 {
+				ew.printf("    claimed:\n")
+				for _, m := range slices.Sorted(maps.Keys(p.Claimed)) {
+					ew.printf("      %s: %s\n", scalar(m), p.Claimed[m].Format(time.RFC3339Nano))
+				}
+			}
+		}
+	}
 	if len(st.Requests) > 0 {
 		ew.printf("requests:\n")
 		for _, e := range st.Requests {
@@ -155,7 +171,7 @@ func parse(data []byte) (document, bool) {
 	doc.Locks = map[string]lock.Entry{}
 	switch line := p.next(); string(line) {
 	case "locks: {}":
-		return doc, p.requests(&doc)
+		return doc, p.pools(&doc) && p.requests(&doc)
 	case "locks:":
 	default:
 		return doc, false
@@ -174,7 +190,44 @@ func parse(data []byte) (document, bool) {
 		}
 		doc.Locks[name] = e
 	}
-	return doc, p.requests(&doc)
+	return doc, p.pools(&doc) && p.requests(&doc)
+}
+
+// pools reads the pools section, if there is one.
+func (p *parser) pools(doc *document) bool {
+	if string(p.peek()) != "pools:" {
+		return true
+	}
+	p.next()
+	doc.Pools = map[string]lock.Pool{}
+	for bytes.HasPrefix(p.peek(), []byte("  ")) {
+		name, ok := p.key("  ")
+		if _, dup := doc.Pools[name]; !ok || dup || string(p.next()) != "    members:" {
+			return false
+		}
+		var pool lock.Pool
+		for bytes.HasPrefix(p.peek(), []byte("      - ")) {
+			m, ok := unscalar(string(bytes.TrimPrefix(p.next(), []byte("      - "))))
+			if !ok {
+				return false
+			}
+			pool.Members = append(pool.Members, m)
+		}
+		if string(p.peek()) == "    claimed:" {
+			p.next()
+			pool.Claimed = map[string]time.Time{}
+			for bytes.HasPrefix(p.peek(), []byte("      ")) {
+				m, v, ok := p.keyValue("      ")
+				at, err := time.Parse(time.RFC3339Nano, v)
+				if _, dup := pool.Claimed[m]; !ok || err != nil || dup {
+					return false
+				}
+				pool.Claimed[m] = at
+			}
+		}
+		doc.Pools[name] = pool
+	}
+	return true
 }
 
 // requests reads the requests section, if there is one, to the end of the

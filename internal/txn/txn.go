@@ -58,6 +58,16 @@ type Tx interface {
 	// commits, to look at its locks again: a waiter for several locks is
 	// at the head of one of their queues, and may now have them all.
 	Wake(id int64)
+	// NamedPool reports whether the transaction named the pool called
+	// name (Options.Pool).
+	NamedPool(name string) bool
+	// Pool returns the pool the transaction named, and whether it is
+	// there. Asking for another panics.
+	Pool(name string) (lock.Pool, bool)
+	// SetPool makes p the pool the transaction named.
+	SetPool(name string, p lock.Pool)
+	// DeletePool removes the pool the transaction named.
+	DeletePool(name string)
 	// Recall returns the outcome remembered for scope, if one is kept.
 	Recall(scope string) (idempotency.Entry, bool)
 	// Remember keeps e, in place of any outcome for its scope.
@@ -73,6 +83,7 @@ type Options struct {
 	Recall  string // an Idempotency-Key scope the transaction recalls
 	Token   bool   // it may hand out a fencing token
 	NewWait bool   // it may add a waiter
+	Pool    string // a pool the transaction reads and may change; "" for none
 }
 
 // Waiter is one request in a lock's queue.
@@ -103,6 +114,11 @@ type Waiter struct {
 	// waits for more than one: it is in each one's queue, with the same
 	// ID, and is granted all of them in one change or none.
 	Set []string
+	// Count, for a claim on a pool (Pool), is how many of Set (the pool's
+	// members) it waits for: any Count of them, free, in one change. The
+	// members it is not granted it leaves at once.
+	Count int
+	Pool  string
 }
 
 // Waiting reports whether w waits to be granted: not a kept place, not
@@ -180,4 +196,13 @@ func (t *Tables) Queue(name string) []Waiter { return t.Queues[name] }
 func (t *Tables) Named(name string) bool {
 	_, ok := slices.BinarySearch(t.Names, name)
 	return ok
+}
+
+// Contents is what a store holds at rest, as locker migrate copies it
+// from one store to another: the held locks, the pools, and the last
+// fencing token handed out.
+type Contents struct {
+	Locks     map[string]lock.Lock
+	Pools     map[string]lock.Pool
+	LastToken uint64
 }

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
+)
+
+// claimRequest is a claim of count members with key, as requestor.
+func claimRequest(key, requestor string, count int, wait time.Duration) acquireRequest {
+	return acquireRequest{Request: lock.Request{Key: key, Requestor: requestor, Named: true}, Wait: wait, Count: count}
+}
+
+// claimed returns the members in got, sorted.
+func claimed(got map[string]Snapshot) []string {
+	var names []string
+	for n := range got {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// queuedClaim starts a waiting claim in the background and returns once
+// it is in the pool's queue.
+func queuedClaim(tb testing.TB, tab *engine, pool, requestor string, count int) <-chan map[string]Snapshot {
+	tb.Helper()
+	v, err := tab.Pool(pool)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	before := len(v.Waiting)
+	done := make(chan map[string]Snapshot, 1)
+	go func() {
+		got, err := tab.Claim(context.Background(), pool, claimRequest(requestor, requestor, count, time.Hour))
+		if err != nil {
+			tb.Errorf("%s's claim: %v", requestor, err)
+		}
+		done <- got
+	}()
+	testutil.WaitFor(tb, "the claim to join the pool's queue", func() bool {
+		v, err := tab.Pool(pool)
+		return err == nil && len(v.Waiting) > before
+	})
+	return done
+}
+
+// TestPoolClaims: claims take free members, the least recently claimed
+// first; a claim for more than are free is refused, or waits and is
+// granted in one change once enough are free; claims that wait are
+// served in arrival order. Both stores.
+func TestPoolClaims(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := tab.SetPool("staging", []string{"s3", "s1", "s2"}); err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		var order []string
+		for _, who := range []string{"a", "b"} {
+			got, err := tab.Claim(ctx, "staging", claimRequest(who, who, 1, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			order = append(order, claimed(got)...)
+		}
+		if !reflect.DeepEqual(order, []string{"s1", "s2"}) {
+			t.Errorf("two claims got %v; want s1 then s2 (never claimed, by name)", order)
+		}
+		_, err := tab.Claim(ctx, "staging", claimRequest("c", "c", 2, 0))
+		if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), `the pool "staging" has 1 of its 3 members free for a claim of 2`) {
+			t.Fatalf("a claim of 2 with 1 free = %v; want 423 saying how many are free", err)
+		}
+		if s := tab.get("s3"); !s.Free() {
+			t.Errorf("s3 after the refused claim = %+v; want it free", s.Lock)
+		}
+		c := queuedClaim(t, tab, "staging", "c", 2)
+		d := queuedClaim(t, tab, "staging", "d", 1)
+		if _, _, err := tab.Release("s1", "a", "a", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-c:
+			if want := []string{"s1", "s3"}; !reflect.DeepEqual(claimed(got), want) {
+				t.Errorf("c's claim of 2 got %v; want %v", claimed(got), want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("c's claim was not granted once two members were free")
+		}
+		select {
+		case got := <-d:
+			t.Fatalf("d, behind c, was granted %v with no member free", claimed(got))
+		default:
+		}
+		if _, _, err := tab.Release("s2", "b", "b", false, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-d:
+			if !reflect.DeepEqual(claimed(got), []string{"s2"}) {
+				t.Errorf("d got %v; want s2", claimed(got))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("d's claim was not granted once s2 was free")
+		}
+		if v, err := tab.Pool("staging"); err != nil || len(v.Waiting) != 0 {
+			t.Errorf("the pool's queue after = %+v, %v; want empty", v.Waiting, err)
+		}
+	})
+}
+
+// TestPoolBadClaimsAndChanges: an unknown pool, a claim for more members
+// than the pool has, and a member removed while held (it stays held, and
+// is given back as any lock).
+func TestPoolBadClaimsAndChanges(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		ctx := context.Background()
+		if _, err := tab.Claim(ctx, "nope", claimRequest("k", "k", 1, 0)); !errors.Is(err, errNoPool) {
+			t.Errorf("a claim on no pool = %v; want errNoPool", err)
+		}
+		if _, err := tab.SetPool("envs", []string{"e1", "e2"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 3, 0)); !errors.Is(err, errBadRequest) || !strings.Contains(err.Error(), "has 2 members") {
+			t.Errorf("a claim of 3 from 2 members = %v; want 400", err)
+		}
+		got, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 1, 0))
+		if err != nil || !reflect.DeepEqual(claimed(got), []string{"e1"}) {
+			t.Fatalf("claim = %v, %v; want e1", claimed(got), err)
+		}
+		if _, err := tab.SetPool("envs", []string{"e2", "e3"}); err != nil {
+			t.Fatal(err)
+		}
+		if holderOf(tab.get("e1"), "k").Count != 1 {
+			t.Error("e1, removed from the pool while held, is no longer held")
+		}
+		if _, released, err := tab.Release("e1", "k", "k", false, nil); err != nil || released != 1 {
+			t.Errorf("giving back e1 = %d, %v; want 1", released, err)
+		}
+		if err := tab.DeletePool("envs"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tab.DeletePool("envs"); !errors.Is(err, errNoPool) {
+			t.Errorf("deleting it again = %v; want errNoPool", err)
+		}
+	})
+}
+
+// TestPoolNeverGivesAMemberTwice: 20 clients claim from a pool of 5 and
+// give back what they got, for a while: no member ever has two claims.
+func TestPoolNeverGivesAMemberTwice(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		if _, err := tab.SetPool("p", []string{"m1", "m2", "m3", "m4", "m5"}); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		holding := map[string]string{}
+		var wg sync.WaitGroup
+		for c := range 20 {
+			wg.Go(func() {
+				me := fmt.Sprintf("c%d", c)
+				for range 5 {
+					got, err := tab.Claim(context.Background(), "p", claimRequest(me, me, 1+c%2, 30*time.Second))
+					if err != nil {
+						t.Errorf("%s: %v", me, err)
+						return
+					}
+					mu.Lock()
+					for m := range got {
+						if other, ok := holding[m]; ok {
+							t.Errorf("%s and %s both hold %s", me, other, m)
+						}
+						holding[m] = me
+					}
+					mu.Unlock()
+					time.Sleep(time.Millisecond)
+					mu.Lock()
+					for m := range got {
+						delete(holding, m)
+					}
+					mu.Unlock()
+					if _, _, err := tab.ReleaseSet(claimed(got), me, me, false, nil); err != nil {
+						t.Errorf("%s: %v", me, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if l := tab.list(); len(l) != 0 {
+			t.Errorf("after every claim was given back: %d locks held or waited for", len(l))
+		}
+	})
+}
+
+// TestPoolSurvivesARestart: a pool and when its members were claimed are
+// kept in the state file and its journal.
+func TestPoolSurvivesARestart(t *testing.T) {
+	tab, path := newTestTable(t, nil)
+	if _, err := tab.SetPool("p", []string{"m1", "m2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tab.Claim(context.Background(), "p", claimRequest("k", "k", 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	again := loadTestTable(t, path, nil, time.Now)
+	pools, err := again.Pools()
+	if err != nil || !reflect.DeepEqual(pools["p"].Members, []string{"m1", "m2"}) || pools["p"].Claimed["m1"].IsZero() {
+		t.Errorf("after a restart: %+v, %v; want p with m1 claimed", pools, err)
+	}
+}
