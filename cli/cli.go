@@ -47,6 +47,7 @@ var commands = []command{
 	{"renew", "extend your lease on a lock", renewUsage, cmdRenew},
 	{"ls", "list the locks", lsUsage, cmdLs},
 	{"show", "show one lock, its holders and its queue", showUsage, cmdShow},
+	{"pool", "make, list, show and remove pools of interchangeable locks", poolUsage, cmdPool},
 	{"force-unlock", "free a stuck lock, whoever holds it", forceUsage, cmdForceUnlock},
 	{"health", "check that a server serves (for container and monit health checks)", healthUsage, cmdHealth},
 }
@@ -127,6 +128,16 @@ func find(name string) (command, bool) {
 // after its positional arguments, and checks that there are want of those
 // (names them in the message). -h prints the command's help.
 func (e *env) parse(args []string, want ...string) ([]string, int, bool) {
+	positional, code, ok := e.parseUpTo(args, len(want))
+	if ok && len(positional) < len(want) {
+		return nil, e.usageError("%s is missing", want[len(positional)]), false
+	}
+	return positional, code, ok
+}
+
+// parseUpTo reads the command's flags, as parse does, and at most max
+// positional arguments.
+func (e *env) parseUpTo(args []string, max int) ([]string, int, bool) {
 	var positional []string
 	for {
 		if err := e.flags.Parse(args); err != nil {
@@ -143,11 +154,8 @@ func (e *env) parse(args []string, want ...string) ([]string, int, bool) {
 		positional = append(positional, args[0])
 		args = args[1:]
 	}
-	if len(positional) != len(want) {
-		if len(positional) < len(want) {
-			return nil, e.usageError("%s is missing", want[len(positional)]), false
-		}
-		return nil, e.usageError("too many arguments: %q", positional[len(want):]), false
+	if len(positional) > max {
+		return nil, e.usageError("too many arguments: %q", positional[max:]), false
 	}
 	return positional, exitOK, true
 }

@@ -530,3 +530,51 @@ func TestLockWithALimit(t *testing.T) {
 		t.Errorf("lock --limit -1 = %v; want a usage error (exit 2)", r)
 	}
 }
+
+// TestRunHoldsASetAndAClaim: locker run --lock takes several locks at once
+// and gives them back after; locker run --pool claims a free member and
+// tells the command which; locker pool set, ls, show and rm.
+func TestRunHoldsASetAndAClaim(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	r := c.run(t, "run", "--lock", "prod-db", "--lock", "prod-app", "--", "sh", "-c", `echo "$LOCKER_LOCKS"; `+lockerBin+` ls`)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "prod-app prod-db\n") || !regexpMatch(`(?m)^prod-app\s`, r.stdout) || !regexpMatch(`(?m)^prod-db\s`, r.stdout) {
+		t.Fatalf("run --lock prod-db --lock prod-app = %v; want both held while the command ran, named in $LOCKER_LOCKS", r)
+	}
+	if c.held(t, "prod-db") || c.held(t, "prod-app") {
+		t.Error("after run --lock, a lock of the set is still held")
+	}
+	if r := c.run(t, "run", "prod", "--lock", "prod", "--", "true"); r.code != 2 || !strings.Contains(r.stderr, "named twice") {
+		t.Errorf("run naming a lock twice = %v; want a usage error", r)
+	}
+
+	if r := c.run(t, "pool", "set", "staging", "staging-2", "staging-1"); r.code != 0 || !strings.Contains(r.stdout, "pool staging has 2 members: staging-1, staging-2") {
+		t.Fatalf("pool set = %v", r)
+	}
+	if r := c.run(t, "pool", "ls"); r.code != 0 || !regexpMatch(`(?m)^staging\s+staging-1 staging-2$`, r.stdout) {
+		t.Errorf("pool ls = %v", r)
+	}
+	holder := c.shell(t, lockerBin+` run --pool staging --key e2e -- sh -c 'echo "$LOCKER_LOCK"; sleep 2'`)
+	testutil.WaitFor(t, "the claim", func() bool {
+		r := c.run(t, "pool", "show", "staging", "--json")
+		return r.code == 0 && strings.Contains(r.stdout, `"free":["staging-2"]`)
+	})
+	if r := c.run(t, "pool", "show", "staging"); r.code != 0 || !regexpMatch(`(?m)^staging-1\s+\S+×1\s+.*e2e$`, r.stdout) || !regexpMatch(`(?m)^staging-2\s+free`, r.stdout) {
+		t.Errorf("pool show while staging-1 is claimed = %v", r)
+	}
+	if r := holder.wait(t, 20*time.Second); r.code != 0 || strings.TrimSpace(r.stdout) != "staging-1" {
+		t.Errorf("run --pool = %v; want the claimed member, staging-1 (never claimed, first by name), in $LOCKER_LOCK", r)
+	}
+	if c.held(t, "staging-1") {
+		t.Error("after run --pool, the member is still held")
+	}
+	if r := c.run(t, "run", "--pool", "staging", "--count", "3", "--wait", "0", "--", "true"); r.code != 2 || !strings.Contains(r.stderr, "has 2 members") {
+		t.Errorf("run --pool --count 3 of 2 = %v; want exit 2 saying how many members", r)
+	}
+	if r := c.run(t, "pool", "rm", "staging"); r.code != 0 {
+		t.Errorf("pool rm = %v", r)
+	}
+	if r := c.run(t, "pool", "show", "staging"); r.code != 2 || !strings.Contains(r.stderr, `no pool called "staging"`) {
+		t.Errorf("pool show after rm = %v; want it not found", r)
+	}
+}

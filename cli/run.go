@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,13 +17,18 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] -- CMD [ARGS...]
+       locker run --lock NAME --lock NAME... [flags] -- CMD [ARGS...]
+       locker run --pool POOL [--count N] [flags] -- CMD [ARGS...]
 
 Takes the lock called NAME (queueing for it, and saying every 30 s who
 holds it and where this run stands in the queue), runs CMD, and gives the
-lock back when CMD ends. The lock has a lease of --ttl, renewed every third
+lock back when CMD ends. With --lock (once per lock, NAME too if given),
+it takes every lock at once, or waits for all of them; with --pool, it
+takes --count free members of the pool (default 1). The lock has a lease of --ttl, renewed every third
 of it while CMD runs, so that a run killed with kill -9, or on a machine
 that died, frees the lock when the lease runs out.
 
@@ -31,7 +37,8 @@ would run out, or the lock force-released), CMD is stopped: SIGTERM, then
 SIGKILL after --grace. It never runs on without the lock. SIGINT and
 SIGTERM sent to locker run are passed to CMD; the lock is given back after
 CMD exits. CMD finds the fencing token in $LOCKER_TOKEN and the lock's name
-in $LOCKER_LOCK.
+in $LOCKER_LOCK when it holds one lock, and the names of all it holds in
+$LOCKER_LOCKS, separated by spaces.
 
   --key K       the key; runs with the same key share the lock
                 (default: a key of this run's own, so it runs alone)
@@ -42,6 +49,9 @@ in $LOCKER_LOCK.
   --lock-by R   who holds it (default: HOST:PID)
   --grace D     between SIGTERM and SIGKILL when the lock is lost
                 (default 10s, at most a quarter of the ttl)
+  --lock NAME   a lock to take with the others (repeat it)
+  --pool POOL   take free members of the pool instead of named locks
+  --count N     with --pool: how many members (default 1)
 
 Exit code: CMD's (128+N if a signal N killed it); 1 if the lock was
 refused or the wait ran out; 2 for a usage or connection error; 3 if the
@@ -50,6 +60,8 @@ lock was lost while CMD ran.
 Examples:
   locker run prod -- ./deploy.sh
   locker run staging --key tests --wait 30m --note "$BUILD_URL" -- make integration-test
+  locker run --lock prod-db --lock prod-app -- ./deploy.sh
+  locker run --pool staging -- sh -c './e2e.sh "$LOCKER_LOCK"'
 ` + connectionHelp
 
 // Tuned for run.
@@ -87,9 +99,24 @@ func cmdRun(e *env, args []string) int {
 	e.flags.StringVar(&f.waitFor, "wait", "forever", "")
 	e.flags.StringVar(&f.note, "note", "", "")
 	e.flags.DurationVar(&f.grace, "grace", 0, "")
-	pos, code, ok := e.parse(args[:dash], "NAME")
+	var locks names
+	e.flags.Var(&locks, "lock", "")
+	pool := e.flags.String("pool", "", "")
+	count := e.flags.Int("count", 1, "")
+	pos, code, ok := e.parseUpTo(args[:dash], 1)
 	if !ok {
 		return code
+	}
+	held := slices.Sorted(slices.Values(append(pos, locks...)))
+	switch {
+	case *pool != "" && len(held) > 0:
+		return e.usageError("--pool takes members of a pool: give no NAME and no --lock with it")
+	case *pool == "" && len(held) == 0:
+		return e.usageError("NAME is missing: the lock to hold, e.g. locker run prod -- ./deploy.sh (or --lock for several, or --pool)")
+	case *count < 1:
+		return e.usageError("--count must be at least 1 (got %d)", *count)
+	case len(slices.Compact(slices.Clone(held))) < len(held):
+		return e.usageError("a lock is named twice: %q", held)
 	}
 	r, ttl, deadline, code := e.runRequest(&f, command)
 	if code != exitOK {
@@ -98,7 +125,7 @@ func cmdRun(e *env, args []string) int {
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	return e.runHolding(runPlan{name: pos[0], req: r, ttl: ttl, wait: f.waitFor != "0" && f.waitFor != "0s",
+	return e.runHolding(runPlan{names: held, pool: *pool, count: *count, req: r, ttl: ttl, wait: f.waitFor != "0" && f.waitFor != "0s",
 		deadline: deadline, grace: f.grace, command: command})
 }
 
@@ -141,7 +168,9 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 
 // runPlan is what locker run was asked to do.
 type runPlan struct {
-	name     string
+	names    []string // the locks, or none for a pool
+	pool     string   // the pool to claim count members of, or ""
+	count    int
 	req      client.Request
 	ttl      time.Duration
 	wait     bool      // queue for the lock
@@ -157,32 +186,83 @@ func (e *env) runHolding(p runPlan) int {
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
-	l, granted, code, ok := e.takeLock(p, signals)
+	tokens, granted, code, ok := e.takeLock(p, signals)
 	if !ok {
 		return code
 	}
-	fmt.Fprintf(e.stderr, "locker run: locked %q with key %q (token %d); running %s\n", p.name, p.req.Key, l.Token, strings.Join(p.command, " "))
+	held := slices.Sorted(maps.Keys(tokens))
+	var got []string
+	for _, name := range held {
+		got = append(got, fmt.Sprintf("%q (token %d)", name, tokens[name]))
+	}
+	fmt.Fprintf(e.stderr, "locker run: locked %s with key %q; running %s\n", strings.Join(got, ", "), p.req.Key, strings.Join(p.command, " "))
 	cmd := exec.Command(p.command[0], p.command[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
-	cmd.Env = append(os.Environ(), "LOCKER_TOKEN="+strconv.FormatUint(l.Token, 10), "LOCKER_LOCK="+p.name)
+	cmd.Env = append(os.Environ(), "LOCKER_LOCKS="+strings.Join(held, " "))
+	if len(held) == 1 {
+		cmd.Env = append(cmd.Env, "LOCKER_TOKEN="+strconv.FormatUint(tokens[held[0]], 10), "LOCKER_LOCK="+held[0])
+	}
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(e.stderr, "locker run: starting %s: %v\n", p.command[0], err)
-		e.release(p.name, p.req)
+		e.release(held, p.req)
 		return 127 // as a shell says of a command it cannot run
 	}
-	code, lost := e.supervise(p, cmd, granted, signals)
+	code, lost := e.supervise(p, held, cmd, granted, signals)
 	if lost {
-		fmt.Fprintf(e.stderr, "locker run: the command was stopped because the lock on %q was lost (it exited with %d)\n", p.name, code)
+		fmt.Fprintf(e.stderr, "locker run: the command was stopped because the lock on %s was lost (it exited with %d)\n", quoteAll(held), code)
 		return exitLockLost
 	}
-	e.release(p.name, p.req)
+	e.release(held, p.req)
 	return code
+}
+
+// quoteAll names locks for a message: "a", "b".
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// what names what p takes, for messages.
+func (p runPlan) what() string {
+	if p.pool != "" {
+		return fmt.Sprintf("%d of the pool %q", p.count, p.pool)
+	}
+	return quoteAll(p.names)
+}
+
+// take takes what p says: one lock, several, or members of a pool, and
+// returns the fencing token of each lock it holds.
+func (e *env) take(ctx context.Context, p runPlan) (map[string]uint64, error) {
+	var views map[string]lock.View
+	var err error
+	prog := e.progress(p.deadline)
+	switch {
+	case p.pool != "":
+		views, err = e.client.Claim(ctx, p.pool, p.count, p.req, p.wait, prog)
+	case len(p.names) == 1:
+		var l client.Reply
+		l, err = e.client.Lock(ctx, p.names[0], p.req, p.wait, prog)
+		views = map[string]lock.View{p.names[0]: l.View}
+	default:
+		views, err = e.client.LockSet(ctx, p.names, p.req, p.wait, prog)
+	}
+	if err != nil {
+		return nil, err
+	}
+	tokens := make(map[string]uint64, len(views))
+	for name, v := range views {
+		tokens[name] = v.Token
+	}
+	return tokens, nil
 }
 
 // takeLock takes the lock, queueing for it as p says; a signal meanwhile
 // ends the wait, and the command is not run. ok is false when it is not
 // to run, with the exit code.
-func (e *env) takeLock(p runPlan, signals <-chan os.Signal) (l client.Reply, granted time.Time, code int, ok bool) {
+func (e *env) takeLock(p runPlan, signals <-chan os.Signal) (tokens map[string]uint64, granted time.Time, code int, ok bool) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
 	interrupted := make(chan os.Signal, 1)
@@ -196,36 +276,36 @@ func (e *env) takeLock(p runPlan, signals <-chan os.Signal) (l client.Reply, gra
 		case <-waiting:
 		}
 	}()
-	l, err := e.client.Lock(ctx, p.name, p.req, p.wait, e.progress(p.deadline))
+	tokens, err := e.take(ctx, p)
 	granted = time.Now()
 	close(waiting)
 	<-watched
 	select {
 	case sig := <-interrupted:
-		fmt.Fprintf(e.stderr, "locker run: %v while waiting for %q; the command was not run\n", sig, p.name)
+		fmt.Fprintf(e.stderr, "locker run: %v while waiting for %s; the command was not run\n", sig, p.what())
 		if err == nil { // granted just as the signal came
-			e.release(p.name, p.req)
+			e.release(slices.Sorted(maps.Keys(tokens)), p.req)
 		}
-		return l, granted, 128 + int(sig.(syscall.Signal)), false
+		return nil, granted, 128 + int(sig.(syscall.Signal)), false
 	default:
 	}
 	if err != nil {
-		return l, granted, e.fail(err), false
+		return nil, granted, e.fail(err), false
 	}
-	return l, granted, exitOK, true
+	return tokens, granted, exitOK, true
 }
 
 // supervise waits for cmd to exit, passing signals on and renewing the
 // lease; if the lease is lost, it stops cmd (SIGTERM, then SIGKILL after
 // the grace). It returns cmd's exit code, and whether the lock was lost.
-func (e *env) supervise(p runPlan, cmd *exec.Cmd, granted time.Time, signals <-chan os.Signal) (code int, lost bool) {
+func (e *env) supervise(p runPlan, held []string, cmd *exec.Cmd, granted time.Time, signals <-chan os.Signal) (code int, lost bool) {
 	// The lease is counted from the grant, which came just before the
 	// answer: a margin keeps the estimate on the safe side.
 	lostc := make(chan error, 1)
 	keepCtx, stopKeeping := context.WithCancel(context.Background())
 	var kept sync.WaitGroup
 	kept.Go(func() {
-		e.keepAlive(keepCtx, p.name, p.req, p.ttl, granted.Add(p.ttl-min(p.ttl/10, time.Second)), p.grace, lostc)
+		e.keepAlive(keepCtx, held, p.req, p.ttl, granted.Add(p.ttl-min(p.ttl/10, time.Second)), p.grace, lostc)
 	})
 	defer func() {
 		stopKeeping()
@@ -240,7 +320,7 @@ func (e *env) supervise(p runPlan, cmd *exec.Cmd, granted time.Time, signals <-c
 			_ = cmd.Process.Signal(sig) // it may have exited already
 		case err := <-lostc:
 			lost = true
-			fmt.Fprintf(e.stderr, "locker run: LOST THE LOCK on %q: %v; stopping the command (SIGTERM, then SIGKILL after %v)\n", p.name, err, p.grace)
+			fmt.Fprintf(e.stderr, "locker run: LOST THE LOCK on %s: %v; stopping the command (SIGTERM, then SIGKILL after %v)\n", quoteAll(held), err, p.grace)
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			killTimer = time.After(p.grace)
 		case <-killTimer:
@@ -256,7 +336,7 @@ func (e *env) supervise(p runPlan, cmd *exec.Cmd, granted time.Time, signals <-c
 // renewal that cannot land before the lease would run out, less grace
 // for stopping the command, or that the server refuses (the lock was
 // force-released, or expired), sends the reason on lost.
-func (e *env) keepAlive(ctx context.Context, name string, r client.Request, ttl time.Duration, expires time.Time, grace time.Duration, lost chan<- error) {
+func (e *env) keepAlive(ctx context.Context, held []string, r client.Request, ttl time.Duration, expires time.Time, grace time.Duration, lost chan<- error) {
 	renew := client.Request{Key: r.Key, Requestor: r.Requestor, TTL: r.TTL}
 	t := time.NewTimer(ttl / 3)
 	defer t.Stop()
@@ -268,7 +348,12 @@ func (e *env) keepAlive(ctx context.Context, name string, r client.Request, ttl 
 		}
 		sent := time.Now()
 		rctx, cancel := context.WithDeadline(ctx, expires.Add(-grace))
-		_, err := e.client.Renew(rctx, name, renew, e.progress(expires.Add(-grace)))
+		var err error
+		if len(held) == 1 {
+			_, err = e.client.Renew(rctx, held[0], renew, e.progress(expires.Add(-grace)))
+		} else {
+			_, err = e.client.RenewSet(rctx, held, renew, e.progress(expires.Add(-grace)))
+		}
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -285,18 +370,30 @@ func (e *env) keepAlive(ctx context.Context, name string, r client.Request, ttl 
 	}
 }
 
-// release gives back run's count of the lock; if it cannot, the lease
-// frees the lock, and it says so.
-func (e *env) release(name string, r client.Request) {
+// release gives back run's count of the locks it holds, in one change;
+// if it cannot, the lease frees them, and it says so.
+func (e *env) release(held []string, r client.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), releasePatience)
 	defer cancel()
 	unlock := client.Request{Key: r.Key, Requestor: r.Requestor}
-	if _, err := e.client.Unlock(ctx, name, unlock, e.progress(time.Now().Add(releasePatience))); err != nil {
-		fmt.Fprintf(e.stderr, "locker run: could not give back %q (%v); its lease of %s frees it\n", name, err, r.TTL)
+	var err error
+	if len(held) == 1 {
+		_, err = e.client.Unlock(ctx, held[0], unlock, e.progress(time.Now().Add(releasePatience)))
+	} else {
+		_, err = e.client.UnlockSet(ctx, held, unlock, e.progress(time.Now().Add(releasePatience)))
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "locker run: could not give back %s (%v); its lease of %s frees it\n", quoteAll(held), err, r.TTL)
 		return
 	}
-	fmt.Fprintf(e.stderr, "locker run: released %q\n", name)
+	fmt.Fprintf(e.stderr, "locker run: released %s\n", quoteAll(held))
 }
+
+// names is a flag given once per name.
+type names []string
+
+func (n *names) String() string     { return strings.Join(*n, ",") }
+func (n *names) Set(v string) error { *n = append(*n, v); return nil }
 
 // exitCode is a finished command's exit code, 128+N when signal N killed
 // it, as shells report it.

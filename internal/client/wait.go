@@ -3,12 +3,16 @@ package client
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
 )
 
 // Waiting is done in rounds of at most waitRound, so that a proxy in front
@@ -91,14 +95,61 @@ func (e *TimedOut) Error() string {
 }
 func (e *TimedOut) Unwrap() error { return e.Last }
 
-// Lock takes the lock called name. With wait, it queues for it, in rounds,
-// until it is granted, ctx is done or the deadline passes (a *TimedOut);
-// without, a refusal (423) is returned at once. Network errors and 5xx
-// answers are retried, with the same Idempotency-Key, until the deadline.
+// Lock takes the lock called name for r.Key and r.Requestor. With wait,
+// it asks again, round after round, until it is granted, ctx is done or
+// the deadline passes (a *TimedOut); without, a refusal (423) is returned
+// at once. Network errors and 5xx answers are retried, with the same
+// Idempotency-Key, until the deadline.
 func (c *Client) Lock(ctx context.Context, name string, r Request, wait bool, o Options) (Reply, error) {
+	data, err := c.take(ctx, Path(name), name, r.body(), r, wait, o)
+	if err != nil {
+		return Reply{}, err
+	}
+	return decodeReply(name, data)
+}
+
+// LockSet takes every lock in names, in one change or none (PUT /locks),
+// as Lock takes one, and returns each one.
+func (c *Client) LockSet(ctx context.Context, names []string, r Request, wait bool, o Options) (map[string]lock.View, error) {
+	body := r.body()
+	body["locks"] = names
+	data, err := c.take(ctx, "/locks", names[0], body, r, wait, o)
+	if err != nil {
+		return nil, err
+	}
+	return decodeSet(data)
+}
+
+// Claim takes count free members of the pool called pool, in one change
+// (PUT /pool/<pool>/claim), as Lock takes a lock, and returns the members
+// it got.
+func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, wait bool, o Options) (map[string]lock.View, error) {
+	body := r.body()
+	body["count"] = count
+	data, err := c.take(ctx, "/pool/"+url.PathEscape(pool)+"/claim", "", body, r, wait, o)
+	if err != nil {
+		return nil, err
+	}
+	return decodeSet(data)
+}
+
+// decodeSet reads the answer to a request over several locks.
+func decodeSet(data []byte) (map[string]lock.View, error) {
+	var reply struct {
+		Locks map[string]lock.View `json:"locks"`
+	}
+	if err := json.Unmarshal(data, &reply); err != nil || reply.Locks == nil {
+		return nil, fmt.Errorf("the locker's answer is not a set of locks: %s", data)
+	}
+	return reply.Locks, nil
+}
+
+// take sends the PUT at path with body until it is answered: Lock's loop.
+// While it waits, it reports on the lock called report ("" for none).
+func (c *Client) take(ctx context.Context, path, report string, body map[string]any, r Request, wait bool, o Options) ([]byte, error) {
 	r.IdempotencyKey = cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
-	if wait {
-		defer c.reportWhileWaiting(ctx, name, r, o)()
+	if wait && report != "" {
+		defer c.reportWhileWaiting(ctx, report, r, o)()
 	}
 	backoff := firstBackoff
 	var last error
@@ -109,12 +160,12 @@ func (c *Client) Lock(ctx context.Context, name string, r Request, wait bool, o 
 			if !o.Deadline.IsZero() {
 				round = min(round, time.Until(o.Deadline).Truncate(time.Millisecond))
 				if round <= 0 {
-					return Reply{}, &TimedOut{last}
+					return nil, &TimedOut{last}
 				}
 			}
 		}
 		if err := ctx.Err(); err != nil {
-			return Reply{}, err
+			return nil, err
 		}
 		// The request outlives the wait, so that the server's answer (who
 		// holds the lock) arrives even when the wait runs out.
@@ -124,30 +175,30 @@ func (c *Client) Lock(ctx context.Context, name string, r Request, wait bool, o 
 		if round > 0 {
 			query = url.Values{"wait": {round.String()}}
 		}
-		data, err := c.Do(rctx, http.MethodPut, Path(name), query, r.body(), r.IdempotencyKey)
+		data, err := c.Do(rctx, http.MethodPut, path, query, body, r.IdempotencyKey)
 		cancel()
 		if err == nil {
-			return decodeReply(name, data)
+			return data, nil
 		}
 		last = err
 		switch {
 		case IsStatus(err, http.StatusLocked) && !wait:
-			return Reply{}, err
+			return nil, err
 		case IsStatus(err, http.StatusLocked):
 			backoff = firstBackoff
 			if time.Since(start) < round/2 {
 				// The server did not wait: it predates ?wait=. Poll instead.
 				o.say("the server answered at once; asking again in %v", pollInterval)
 				if err := sleep(ctx, pollInterval, o.Deadline); err != nil {
-					return Reply{}, stopped(err, last)
+					return nil, stopped(err, last)
 				}
 			}
 		case Retryable(err) && ctx.Err() == nil:
-			if backoff, err = o.retry(ctx, "lock", name, err, backoff); err != nil {
-				return Reply{}, err
+			if backoff, err = o.retry(ctx, "lock", cmp.Or(report, path), err, backoff); err != nil {
+				return nil, err
 			}
 		default:
-			return Reply{}, err
+			return nil, err
 		}
 	}
 }
@@ -169,37 +220,70 @@ func (o Options) retry(ctx context.Context, what, name string, err error, backof
 // Unlock gives back the requestor's count of the lock called name (every
 // count with All), retrying while the server cannot be reached.
 func (c *Client) Unlock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	return c.change(ctx, http.MethodDelete, "unlock", name, nil, r.body(), r, o)
+	return c.changeOne(ctx, http.MethodDelete, "unlock", name, nil, r.body(), r, o)
 }
 
 // Renew extends the requestor's lease on the lock called name to r.TTL
 // from now, retrying while the server cannot be reached.
 func (c *Client) Renew(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	return c.change(ctx, http.MethodPatch, "renew", name, nil, r.body(), r, o)
+	return c.changeOne(ctx, http.MethodPatch, "renew", name, nil, r.body(), r, o)
 }
 
 // ForceUnlock frees the lock called name, whoever holds it.
 func (c *Client) ForceUnlock(ctx context.Context, name string, o Options) (Reply, error) {
-	return c.change(ctx, http.MethodDelete, "force-unlock", name, url.Values{"force": {"true"}}, map[string]any{}, Request{}, o)
+	return c.changeOne(ctx, http.MethodDelete, "force-unlock", name, url.Values{"force": {"true"}}, map[string]any{}, Request{}, o)
 }
 
-// change sends a change that does not wait, retrying it with one
-// Idempotency-Key while the server cannot be reached.
-func (c *Client) change(ctx context.Context, method, what, name string, query url.Values, body any, r Request, o Options) (Reply, error) {
+// UnlockSet gives back the requestor's count of every lock in names, in
+// one change (DELETE /locks), as Unlock does for one.
+func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, error) {
+	return c.changeSet(ctx, http.MethodDelete, "unlock", names, r, o)
+}
+
+// RenewSet extends the requestor's lease on every lock in names, in one
+// change (PATCH /locks), as Renew does for one.
+func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, error) {
+	return c.changeSet(ctx, http.MethodPatch, "renew", names, r, o)
+}
+
+// changeOne sends a change to the lock called name.
+func (c *Client) changeOne(ctx context.Context, method, what, name string, query url.Values, body any, r Request, o Options) (Reply, error) {
+	data, err := c.change(ctx, method, what, name, Path(name), query, body, r, o)
+	if err != nil {
+		return Reply{}, err
+	}
+	return decodeReply(name, data)
+}
+
+// changeSet sends a change to every lock in names.
+func (c *Client) changeSet(ctx context.Context, method, what string, names []string, r Request, o Options) (map[string]lock.View, error) {
+	body := r.body()
+	body["locks"] = names
+	data, err := c.change(ctx, method, what, strings.Join(names, ", "), "/locks", nil, body, r, o)
+	if err != nil {
+		return nil, err
+	}
+	return decodeSet(data)
+}
+
+// change sends a change that does not wait to path, retrying it with one
+// Idempotency-Key while the server cannot be reached; label names its
+// locks in messages.
+func (c *Client) change(ctx context.Context, method, what, label, path string, query url.Values, body any, r Request, o Options) ([]byte, error) {
 	idem := cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
 	backoff := firstBackoff
 	for {
 		rctx, cancel := context.WithTimeout(ctx, RequestTimeout)
-		data, err := c.Do(rctx, method, Path(name), query, body, idem)
+		data, err := c.Do(rctx, method, path, query, body, idem)
 		cancel()
 		if err == nil {
-			return decodeReply(name, data)
+			return data, nil
 		}
 		if !Retryable(err) || ctx.Err() != nil {
-			return Reply{}, err
+			return nil, err
 		}
-		if backoff, err = o.retry(ctx, what, name, err, backoff); err != nil {
-			return Reply{}, err
+		if backoff, err = o.retry(ctx, what, label, err, backoff); err != nil {
+			return nil, err
 		}
 	}
 }
