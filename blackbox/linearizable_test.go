@@ -23,15 +23,22 @@ import (
 // history is linearizable against the lock rules.
 func TestLinearizable(t *testing.T) {
 	t.Parallel() // mostly waits on its clients (half a core): it runs beside the others
+	d := 12 * time.Second
+	if stress() {
+		d = 60 * time.Second
+	}
 	for _, locks := range []int{1, 10} {
 		t.Run(fmt.Sprintf("%d locks", locks), func(t *testing.T) {
-			d := 12 * time.Second
-			if stress() {
-				d = 60 * time.Second
-			}
-			checkLinearizable(t, locks, d)
+			checkLinearizable(t, d, lockModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
+				runClient(t, rec, c, locks, url, "", stop)
+			})
 		})
 	}
+	t.Run("sets of 2 locks", func(t *testing.T) {
+		checkLinearizable(t, d, setModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
+			runSetClient(t, rec, c, url, stop)
+		})
+	})
 }
 
 // lockOp is what a client sent.
@@ -42,10 +49,11 @@ type lockOp struct {
 // lockResult is what it got: status 0 when it got no answer (connection
 // error, timeout, or a 5xx), which may or may not have taken effect.
 type lockResult struct {
-	Status   int            `json:"-"`
-	Token    uint64         `json:"token"`
-	Key      string         `json:"key"`
-	LockedBy map[string]int `json:"locked_by"`
+	Status   int                   `json:"-"`
+	Token    uint64                `json:"token"`
+	Key      string                `json:"key"`
+	LockedBy map[string]int        `json:"locked_by"`
+	Set      map[string]lockResult `json:"locks"` // a request for several locks: each one
 }
 
 // lockState is the model's state of one lock.
@@ -103,73 +111,11 @@ var lockModel = porcupine.NondeterministicModel{
 	},
 	Init: func() []any { return []any{lockState{}} },
 	Step: func(state, input, output any) []any {
-		s, in, out := state.(lockState), input.(lockOp), output.(lockResult)
-		held := s.holders != ""
-		switch in.Method {
-		case "GET":
-			if out.Status == 0 {
-				return []any{s}
-			}
-			ok := out.Status == 200 && out.Key == s.key && maps.Equal(out.LockedBy, holdersOf(s)) &&
-				(s.token == 0 && (!held || out.Token > s.floor) || out.Token == s.token)
-			if !ok {
-				return nil
-			}
-			if held && s.token == 0 {
-				s.token = out.Token // learnt from an answer
-			}
-			return []any{s}
-		case "PUT":
-			compatible := !held || s.key == in.Key
-			granted := s
-			granted.key = in.Key
-			h := holdersOf(s)
-			h[in.Requestor]++
-			granted = withHolders(granted, h)
-			if !held {
-				granted.token = 0 // a new token, not yet known
-			}
-			switch {
-			case out.Status == 0 && compatible:
-				return []any{s, granted}
-			case out.Status == 0 || out.Status == 423 && !compatible:
-				return []any{s}
-			case out.Status == 200 && compatible:
-				if held && s.token != 0 && out.Token != s.token || !held && out.Token <= s.floor ||
-					held && s.token == 0 && out.Token <= s.floor {
-					return nil
-				}
-				granted.token = out.Token
-				return []any{granted}
-			}
-			return nil
-		case "DELETE":
-			if !held {
-				if out.Status == 0 || out.Status == 200 {
-					return []any{s}
-				}
-				return nil
-			}
-			if s.key != in.Key {
-				if out.Status == 0 || out.Status == 423 {
-					return []any{s}
-				}
-				return nil
-			}
-			h := holdersOf(s)
-			if h[in.Requestor] > 0 {
-				h[in.Requestor]--
-			}
-			released := withHolders(s, h)
-			switch out.Status {
-			case 0:
-				return []any{s, released}
-			case 200:
-				return []any{released}
-			}
-			return nil
+		var out []any
+		for _, next := range stepLock(state.(lockState), input.(lockOp), output.(lockResult)) {
+			out = append(out, next)
 		}
-		return nil
+		return out
 	},
 	Equal: func(a, b any) bool { return a.(lockState) == b.(lockState) },
 	DescribeOperation: func(input, output any) string {
@@ -180,6 +126,77 @@ var lockModel = porcupine.NondeterministicModel{
 		s := state.(lockState)
 		return fmt.Sprintf("key %q holders [%s] token %d floor %d", s.key, s.holders, s.token, s.floor)
 	},
+}
+
+// stepLock is the rules of one lock: the states s may go to, given that
+// in was answered out (none: out is not a possible answer).
+func stepLock(s lockState, in lockOp, out lockResult) []lockState {
+	held := s.holders != ""
+	switch in.Method {
+	case "GET":
+		if out.Status == 0 {
+			return []lockState{s}
+		}
+		ok := out.Status == 200 && out.Key == s.key && maps.Equal(out.LockedBy, holdersOf(s)) &&
+			(s.token == 0 && (!held || out.Token > s.floor) || out.Token == s.token)
+		if !ok {
+			return nil
+		}
+		if held && s.token == 0 {
+			s.token = out.Token // learnt from an answer
+		}
+		return []lockState{s}
+	case "PUT":
+		compatible := !held || s.key == in.Key
+		granted := s
+		granted.key = in.Key
+		h := holdersOf(s)
+		h[in.Requestor]++
+		granted = withHolders(granted, h)
+		if !held {
+			granted.token = 0 // a new token, not yet known
+		}
+		switch {
+		case out.Status == 0 && compatible:
+			return []lockState{s, granted}
+		case out.Status == 0 || out.Status == 423 && !compatible:
+			return []lockState{s}
+		case out.Status == 200 && compatible:
+			if held && s.token != 0 && out.Token != s.token || !held && out.Token <= s.floor ||
+				held && s.token == 0 && out.Token <= s.floor {
+				return nil
+			}
+			granted.token = out.Token
+			return []lockState{granted}
+		}
+		return nil
+	case "DELETE":
+		if !held {
+			if out.Status == 0 || out.Status == 200 {
+				return []lockState{s}
+			}
+			return nil
+		}
+		if s.key != in.Key {
+			if out.Status == 0 || out.Status == 423 {
+				return []lockState{s}
+			}
+			return nil
+		}
+		h := holdersOf(s)
+		if h[in.Requestor] > 0 {
+			h[in.Requestor]--
+		}
+		released := withHolders(s, h)
+		switch out.Status {
+		case 0:
+			return []lockState{s, released}
+		case 200:
+			return []lockState{released}
+		}
+		return nil
+	}
+	return nil
 }
 
 // recorder keeps the history the clients make, and the operations that
@@ -359,8 +376,8 @@ func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wai
 
 // check checks the history with porcupine; a failure keeps what helps to
 // see why (a visualisation, and whatever keep saves) and names it.
-func (r *recorder) check(t *testing.T, d time.Duration, disruptions string, keep func(dir string)) {
-	model := lockModel.ToModel()
+func (r *recorder) check(t *testing.T, d time.Duration, m porcupine.NondeterministicModel, disruptions string, keep func(dir string)) {
+	model := m.ToModel()
 	res, info := porcupine.CheckOperationsVerbose(model, r.history, 60*time.Second)
 	t.Logf("%d operations, %s: %v", len(r.history), disruptions, res)
 	if len(r.history) < minOps(d) {
@@ -382,7 +399,7 @@ func (r *recorder) check(t *testing.T, d time.Duration, disruptions string, keep
 // a release that leaves a lock free: a server that answers before its
 // change is on disk would lose that release, and one that forgets its
 // token counter would hand that lock's token out again.
-func checkLinearizable(t *testing.T, locks int, d time.Duration) {
+func checkLinearizable(t *testing.T, d time.Duration, m porcupine.NondeterministicModel, client func(rec *recorder, c int, url func() string, stop <-chan struct{})) {
 	dir := t.TempDir()
 	state := filepath.Join(dir, "locks.yml")
 	p := startProc(t, state)
@@ -397,7 +414,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for c := range 8 {
-		wg.Go(func() { runClient(t, rec, c, locks, current, "", stop) })
+		wg.Go(func() { client(rec, c, current, stop) })
 	}
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(99, 1))
@@ -417,7 +434,7 @@ func checkLinearizable(t *testing.T, locks int, d time.Duration) {
 	wg.Wait()
 	p.Kill()
 	rec.settle()
-	rec.check(t, d, fmt.Sprintf("%d kills", kills), func(keep string) {
+	rec.check(t, d, m, fmt.Sprintf("%d kills", kills), func(keep string) {
 		_ = os.CopyFS(keep, os.DirFS(dir))
 		_ = os.WriteFile(filepath.Join(keep, "server.log"), []byte(p.Log.String()), 0o600)
 	})

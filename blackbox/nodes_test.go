@@ -100,7 +100,7 @@ func TestLinearizableNodes(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	rec.settle()
-	rec.check(t, d, fmt.Sprintf("3 nodes, waiters, %d kills, %d lost COMMIT answers, %d database outage", kills, lostCommits, outages), func(keep string) {
+	rec.check(t, d, lockModel, fmt.Sprintf("3 nodes, waiters, %d kills, %d lost COMMIT answers, %d database outage", kills, lostCommits, outages), func(keep string) {
 		for i, n := range nodes {
 			_ = os.WriteFile(filepath.Join(keep, fmt.Sprintf("node-%d.log", i)), []byte(n.Log.String()), 0o600)
 		}
