@@ -108,6 +108,7 @@ func (r *report) rows() [][3]string {
 	if st := r.Sets; st != nil {
 		f("one lock, PUT+DELETE per client", st.OneRPS, 0)
 		f("a set of two, PUT+DELETE /locks per client", st.SetRPS, 0)
+		f("claims on a pool of 10, claim+DELETE per client", st.ClaimRPS, 0)
 	}
 	if l := r.Listing; l != nil {
 		name := fmt.Sprintf("listing of %d locks", l.Locks)
