@@ -220,3 +220,61 @@ func TestPoolSurvivesARestart(t *testing.T) {
 		t.Errorf("after a restart: %+v, %v; want p with m1 claimed", pools, err)
 	}
 }
+
+// TestClaimsAndSetsAcrossNodes: on three nodes sharing one database,
+// claims on a pool wait first come, first served whatever node they came
+// to, and a set waiting on one node is granted when another node frees its
+// last lock.
+func TestClaimsAndSetsAcrossNodes(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	a, b, c := newPGTable(t, u, "a"), newPGTable(t, u, "b"), newPGTable(t, u, "c")
+	if _, err := a.SetPool("p", []string{"m1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Claim(context.Background(), "p", claimRequest("holder", "holder", 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	first := queuedClaim(t, b, "p", "first", 1)
+	second := queuedClaim(t, c, "p", "second", 1)
+	if _, _, err := a.Release("m1", "holder", "holder", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-first:
+		if !reflect.DeepEqual(claimed(got), []string{"m1"}) {
+			t.Fatalf("first got %v; want m1", claimed(got))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first claim, on node b, was not granted when node a gave m1 back")
+	}
+	select {
+	case got := <-second:
+		t.Fatalf("second, behind first, was granted %v", claimed(got))
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, _, err := b.Release("m1", "first", "first", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-second:
+		if !reflect.DeepEqual(claimed(got), []string{"m1"}) {
+			t.Fatalf("second got %v; want m1", claimed(got))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second claim, on node c, was not granted")
+	}
+
+	if _, err := acquire(a, "y", "A", "a"); err != nil {
+		t.Fatal(err)
+	}
+	set := queuedSet(t, context.Background(), b, []string{"x", "y"}, "S", "set")
+	if _, _, err := a.Release("y", "A", "a", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	mustGrant(t, set, "the set on node b")
+	for _, name := range []string{"x", "y"} {
+		if holderOf(c.get(name), "set").Count != 1 {
+			t.Errorf("%s, seen from node c, is not held by the set", name)
+		}
+	}
+}
