@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	_ "embed"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -55,6 +57,8 @@ const (
 	// statusMaxLocks caps the locks one page shows, so that a table of
 	// 100,000 locks does not make a page of 100 MB every few seconds.
 	statusMaxLocks = 500
+	// statusMaxPools caps the pools one page shows (each is read apart).
+	statusMaxPools = 50
 	// statusHeldOver is how long a lock may be held before it stands out,
 	// unless ?held_over= says otherwise; the README's sample alert fires then too.
 	statusHeldOver = 6 * time.Hour
@@ -82,6 +86,8 @@ type statusPage struct {
 	Matching    int           // locks that match Filter
 	Hidden      int           // matching locks not shown (over statusMaxLocks)
 	Locks       []statusLock
+	Pools       []statusPool
+	HiddenPools int // pools not shown (over statusMaxPools)
 	Refresh     int
 	Version     string
 	Style       template.CSS
@@ -107,6 +113,22 @@ type statusHolder struct {
 	Lease   string // how long until its lease ends; "" for no lease
 	Note    string
 	NoteURL string // Note, when it is an http(s) URL to link to
+}
+
+// statusPool is a pool as the status page shows it: each member free or
+// held, at a glance.
+type statusPool struct {
+	Name    string
+	Members []statusMember
+	Free    int
+	Waiting int // claims waiting
+}
+
+// statusMember is a member of a pool.
+type statusMember struct {
+	Name   string
+	Holder string // who holds it, e.g. "e2e-77"; "" when free
+	Since  string // how long ago it was taken
 }
 
 // statusWaiter is one request in a lock's queue.
@@ -136,6 +158,10 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	page.Title = fmt.Sprintf("Locker: %d held, %d waiting", page.Held, page.Waiting)
+	if err := page.addPools(s.locks); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 
 	var buf bytes.Buffer
 	if err := statusTemplate.Execute(&buf, page); err != nil {
@@ -167,6 +193,41 @@ func (p *statusPage) add(l Listed) error {
 		return nil
 	}
 	p.Locks = append(p.Locks, p.lock(l.Name, l.Snapshot))
+	return nil
+}
+
+// addPools adds the pools, by name, up to statusMaxPools.
+func (p *statusPage) addPools(e *engine) error {
+	pools, err := e.Pools()
+	if err != nil {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(pools))
+	if len(names) > statusMaxPools {
+		p.HiddenPools, names = len(names)-statusMaxPools, names[:statusMaxPools]
+	}
+	for _, name := range names {
+		v, err := e.Pool(name)
+		if errors.Is(err, errNoPool) {
+			continue // removed since
+		}
+		if err != nil {
+			return err
+		}
+		sp := statusPool{Name: name, Waiting: len(v.Waiting)}
+		for _, m := range v.Members {
+			l := v.Locks[m]
+			sm := statusMember{Name: m, Holder: l.HoldersString()}
+			if l.Free() {
+				sm.Holder = ""
+				sp.Free++
+			} else if !l.AcquiredAt.IsZero() {
+				sm.Since = humanDuration(p.Now.Sub(l.AcquiredAt))
+			}
+			sp.Members = append(sp.Members, sm)
+		}
+		p.Pools = append(p.Pools, sp)
+	}
 	return nil
 }
 

@@ -229,3 +229,24 @@ func TestLinkable(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusPageShowsPools: each pool is a group of its members, free or
+// held (by whom), with the claims waiting; names are escaped.
+func TestStatusPageShowsPools(t *testing.T) {
+	ts, _, _ := statusServer(t, "", "")
+	if body := ts.page(t, "/"); !strings.Contains(body, `<section id="pools" class="pools" aria-label="Pools" hidden>`) {
+		t.Errorf("with no pool, the pools section is not hidden:\n%s", body)
+	}
+	ts.mustSend(t, request{"PUT", "/pool/staging", `{"members": ["staging-1", "staging-2", "<i>s3</i>"]}`})
+	ts.mustSend(t, request{"PUT", "/pool/staging/claim", `{"key": "e2e", "lock_by": "e2e-77"}`})
+	body := ts.page(t, "/")
+	for _, want := range []string{
+		`<h2>Pool staging <span class="count">2 of 3 free</span></h2>`,
+		`<li class="held">&lt;i&gt;s3&lt;/i&gt; · e2e-77 (1), 0 s ago</li>`,
+		`<li class="free">staging-1 · free</li>`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q:\n%s", want, body)
+		}
+	}
+}
