@@ -39,6 +39,16 @@ func poolName(r *http.Request) (string, error) {
 	return name, printable("the pool name", name)
 }
 
+// poolQuery returns the pool's name from r's path, and refuses any query
+// parameter: GET, PUT and DELETE /pool/<pool> take none.
+func poolQuery(r *http.Request) (string, error) {
+	name, err := poolName(r)
+	if err == nil {
+		_, err = checkQuery(r, "/pool/<pool>")
+	}
+	return name, err
+}
+
 // poolReply is a pool as the API shows it.
 type poolReply struct {
 	Name    string               `json:"name"`
@@ -73,10 +83,7 @@ func (s *server) handlePools(w http.ResponseWriter, r *http.Request) {
 // handlePool handles GET /pool/{pool}: each member free or held, and the
 // claims waiting.
 func (s *server) handlePool(w http.ResponseWriter, r *http.Request) {
-	name, err := poolName(r)
-	if err == nil {
-		_, err = checkQuery(r, "/pool/<pool>")
-	}
+	name, err := poolQuery(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -103,10 +110,7 @@ func (s *server) handlePool(w http.ResponseWriter, r *http.Request) {
 // handleSetPool handles PUT /pool/{pool}: makes the pool, or replaces its
 // members.
 func (s *server) handleSetPool(w http.ResponseWriter, r *http.Request) {
-	name, err := poolName(r)
-	if err == nil {
-		_, err = checkQuery(r, "/pool/<pool>")
-	}
+	name, err := poolQuery(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -136,10 +140,7 @@ func (s *server) handleSetPool(w http.ResponseWriter, r *http.Request) {
 
 // handleDeletePool handles DELETE /pool/{pool}.
 func (s *server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
-	name, err := poolName(r)
-	if err == nil {
-		_, err = checkQuery(r, "/pool/<pool>")
-	}
+	name, err := poolQuery(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -30,13 +30,13 @@ func TestLinearizable(t *testing.T) {
 	for _, locks := range []int{1, 10} {
 		t.Run(fmt.Sprintf("%d locks", locks), func(t *testing.T) {
 			checkLinearizable(t, d, lockModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
-				runClient(t, rec, c, locks, url, "", stop)
+				runClient(t, rec, c, lockNames(locks), url, "", stop)
 			})
 		})
 	}
 	t.Run("sets of 2 locks", func(t *testing.T) {
 		checkLinearizable(t, d, setModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
-			runSetClient(t, rec, c, url, stop)
+			runClient(t, rec, c, []string{"l0", "l1", bothLocks}, url, "", stop)
 		})
 	})
 }
@@ -308,11 +308,12 @@ func (r *recorder) settle() {
 	}
 }
 
-// runClient takes, releases and reads locks on the server url gives, until
-// stop: client c of eight, four keys, two clients each. With wait, one
-// PUT in three waits that long in the lock's queue (to the model a PUT
+// runClient takes, releases and reads the locks in names on the server url
+// gives, until stop: client c of eight, four keys, two clients each. The
+// name bothLocks is l0 and l1 at once (PUT and DELETE /locks). With wait,
+// one PUT in three waits that long in the lock's queue (to the model a PUT
 // like any other: granted, or refused, at some moment in its call).
-func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wait string, stop <-chan struct{}) {
+func runClient(t *testing.T, rec *recorder, c int, names []string, url func() string, wait string, stop <-chan struct{}) {
 	r := rand.New(rand.NewPCG(uint64(c), 7))
 	// A client gives back what it holds before it takes again, so that
 	// locks change hands often.
@@ -327,9 +328,9 @@ func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wai
 			return
 		case <-time.After(time.Duration(5+r.IntN(20)) * time.Millisecond):
 		}
-		in := lockOp{Lock: fmt.Sprintf("l%d", r.IntN(locks)), Key: key, Requestor: requestor}
+		in := lockOp{Lock: names[r.IntN(len(names))], Key: key, Requestor: requestor}
 		switch n := r.IntN(10); {
-		case n < 2:
+		case n < 2 && in.Lock != bothLocks:
 			in.Method = "GET"
 		case c >= 6 && n < 4:
 			in.Method, in.Key = "DELETE", "wrong-key" // clients 6 and 7 also release with a key they never held
@@ -339,11 +340,13 @@ func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wai
 			in.Method = "PUT"
 		}
 		op := porcupine.Operation{ClientId: id, Input: in, Call: rec.now()}
-		body := ""
-		if in.Method != "GET" {
+		body, path := "", "/lock/"+in.Lock
+		switch {
+		case in.Lock == bothLocks:
+			body, path = fmt.Sprintf(`{"locks": ["l1", "l0"], "key": %q, "lock_by": %q}`, in.Key, in.Requestor), "/locks"
+		case in.Method != "GET":
 			body = fmt.Sprintf(`{"key": %q, "lock_by": %q}`, in.Key, in.Requestor)
 		}
-		path := "/lock/" + in.Lock
 		if in.Method == "PUT" && wait != "" && r.IntN(3) == 0 {
 			path += "?wait=" + wait
 		}
@@ -355,7 +358,7 @@ func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wai
 		if err != nil || status >= 500 {
 			out.Status = 0
 		} else if err := json.Unmarshal([]byte(reply), &out); err != nil && status == 200 {
-			t.Errorf("%s: reply %q: %v", in.Method, reply, err)
+			t.Errorf("%s %s: reply %q: %v", in.Method, path, reply, err)
 		}
 		if in.Key == key {
 			switch {
@@ -372,6 +375,15 @@ func runClient(t *testing.T, rec *recorder, c, locks int, url func() string, wai
 			rec.released()
 		}
 	}
+}
+
+// lockNames returns the names l0 to l<n-1>.
+func lockNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("l%d", i)
+	}
+	return names
 }
 
 // check checks the history with porcupine; a failure keeps what helps to

@@ -1,13 +1,8 @@
 package blackbox
 
 import (
-	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net/http"
 	"strings"
-	"testing"
-	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -83,65 +78,4 @@ func stepSet(s pairState, in lockOp, out lockResult) []any {
 		return []any{each}
 	}
 	return nil // refused, though both could be had
-}
-
-// runSetClient is runClient over l0 and l1, with one request in three for
-// both at once: it takes, releases and reads until stop.
-func runSetClient(t *testing.T, rec *recorder, c int, url func() string, stop <-chan struct{}) {
-	r := rand.New(rand.NewPCG(uint64(c), 11))
-	key := []string{"A", "B", "C", "D"}[c%4]
-	requestor := fmt.Sprintf("client-%d", c)
-	holding := map[string]bool{}
-	id := c
-	client := &http.Client{Timeout: 3 * time.Second}
-	for {
-		select {
-		case <-stop:
-			return
-		case <-time.After(time.Duration(5+r.IntN(20)) * time.Millisecond):
-		}
-		in := lockOp{Lock: []string{"l0", "l1", bothLocks}[r.IntN(3)], Key: key, Requestor: requestor}
-		switch n := r.IntN(10); {
-		case n < 2 && in.Lock != bothLocks:
-			in.Method = "GET"
-		case c >= 6 && n < 4:
-			in.Method, in.Key = "DELETE", "wrong-key"
-		case holding[in.Lock]:
-			in.Method = "DELETE"
-		default:
-			in.Method = "PUT"
-		}
-		op := porcupine.Operation{ClientId: id, Input: in, Call: rec.now()}
-		body, path := "", "/lock/"+in.Lock
-		switch {
-		case in.Lock == bothLocks:
-			body, path = fmt.Sprintf(`{"locks": ["l1", "l0"], "key": %q, "lock_by": %q}`, in.Key, in.Requestor), "/locks"
-		case in.Method != "GET":
-			body = fmt.Sprintf(`{"key": %q, "lock_by": %q}`, in.Key, in.Requestor)
-		}
-		status, reply, err := send(client, in.Method, url()+path, body)
-		if status == http.StatusServiceUnavailable && strings.Contains(reply, "the change was not made") {
-			continue
-		}
-		out := lockResult{Status: status}
-		if err != nil || status >= 500 {
-			out.Status = 0
-		} else if err := json.Unmarshal([]byte(reply), &out); err != nil && status == 200 {
-			t.Errorf("%s %s: reply %q: %v", in.Method, path, reply, err)
-		}
-		if in.Key == key {
-			switch {
-			case out.Status == 0:
-				holding[in.Lock] = true // maybe: release it next, to be sure
-			case in.Method == "PUT":
-				holding[in.Lock] = out.Status == 200
-			case in.Method == "DELETE" && out.Status == 200:
-				holding[in.Lock] = false
-			}
-		}
-		id = rec.record(op, out, id)
-		if in.Method == "DELETE" && out.Status == 200 {
-			rec.released()
-		}
-	}
 }
