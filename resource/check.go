@@ -11,6 +11,13 @@ func Check(ctx context.Context, req CheckRequest, stderr io.Writer) ([]Version, 
 	if err := req.Source.Validate(); err != nil {
 		return nil, err
 	}
+	if req.Source.Pool != "" {
+		v, _, err := getPool(ctx, req.Source)
+		if err != nil {
+			return nil, err
+		}
+		return []Version{v}, nil
+	}
 	l, _, err := getLock(ctx, req.Source)
 	if err != nil {
 		return nil, err

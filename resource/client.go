@@ -36,6 +36,29 @@ func version(l client.Reply) Version {
 	return Version{Ref: fmt.Sprintf("%d:%s", l.Token, hex.EncodeToString(h.Sum(nil))[:16])}
 }
 
+// poolVersion is a pool's state as a Concourse version: it changes
+// whenever one of its members changes hands.
+func poolVersion(p client.PoolInfo) Version {
+	h := sha256.New()
+	for _, m := range slices.Sorted(maps.Keys(p.Members)) {
+		fmt.Fprintf(h, "%q %s\n", m, version(client.Reply{View: p.Members[m]}).Ref)
+	}
+	return Version{Ref: "0:" + hex.EncodeToString(h.Sum(nil))[:16]}
+}
+
+// getPool returns the source's pool as a version, and its JSON.
+func getPool(ctx context.Context, src Source) (Version, []byte, error) {
+	c, err := newClient(src)
+	if err != nil {
+		return Version{}, nil, err
+	}
+	p, raw, err := c.Pool(ctx, src.Pool)
+	if err != nil {
+		return Version{}, nil, err
+	}
+	return poolVersion(p), raw, nil
+}
+
 // getLock returns the lock the source names, and that name.
 func getLock(ctx context.Context, src Source) (client.Reply, string, error) {
 	name, err := lockName(ctx, src)

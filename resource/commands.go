@@ -51,7 +51,11 @@ func RunOut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	if err := decodeRequest(stdin, map[string]any{"source": &req.Source, "params": &req.Params}); err != nil {
 		return fail(stderr, err)
 	}
-	resp, err := Out(ctx, req, getenv, stderr)
+	dir := ""
+	if len(args) > 0 {
+		dir = args[0] // the build's directory, which Concourse names
+	}
+	resp, err := Out(ctx, req, dir, getenv, stderr)
 	if err != nil {
 		return fail(stderr, err)
 	}

@@ -524,7 +524,7 @@ func TestOutReportsWhileWaiting(t *testing.T) {
 	var stderr bytes.Buffer
 	req := outReq(src, "lock", "upgrade", "upgrade-job")
 	req.Params.Timeout = "1s"
-	_, err := Out(context.Background(), req, func(string) string { return "" }, &stderr)
+	_, err := Out(context.Background(), req, "", func(string) string { return "" }, &stderr)
 	if err == nil {
 		t.Fatal("the lock was granted while another key held it")
 	}

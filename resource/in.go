@@ -9,12 +9,17 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/locker-ci/locker/internal/client"
 )
 
 // In writes the lock as it is now into dest: "lock" (its JSON, as GET
 // /lock/<name> shows it), "name", and "token", the fencing token of the
 // version it was asked for. It answers with that version, so that a get
-// after a put sees the put's version.
+// after a put sees the put's version. For a pool, the lock is the member
+// the version names (a claim's), also written as "metadata", as the
+// pool-resource writes it; a version that names none writes the pool's
+// JSON as "pool", and an empty "name".
 func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Response, error) {
 	if dest == "" {
 		return Response{}, errors.New("in needs the destination directory as its argument: in <destination>")
@@ -22,7 +27,22 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 	if err := req.Source.Validate(); err != nil {
 		return Response{}, err
 	}
-	l, name, err := getLock(ctx, req.Source)
+	if req.Source.Pool != "" && (req.Version == nil || req.Version.Lock == "") {
+		return inPool(ctx, req, dest)
+	}
+	var l client.Reply
+	var name string
+	var err error
+	if req.Version != nil && req.Version.Lock != "" {
+		name = req.Version.Lock
+		c, cerr := newClient(req.Source)
+		if cerr != nil {
+			return Response{}, cerr
+		}
+		l, err = c.Get(ctx, name)
+	} else {
+		l, name, err = getLock(ctx, req.Source)
+	}
 	if err != nil {
 		return Response{}, err
 	}
@@ -42,7 +62,11 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 		}
 		token = strconv.FormatUint(t, 10)
 	}
-	for file, data := range map[string][]byte{"lock": l.Raw, "name": []byte(name), "token": []byte(token)} {
+	files := map[string][]byte{"lock": l.Raw, "name": []byte(name), "token": []byte(token)}
+	if req.Source.Pool != "" {
+		files["metadata"] = l.Raw
+	}
+	for file, data := range files {
 		// Readable by the job's tasks, which may run as another user, as the
 		// original resource's files were.
 		if err := os.WriteFile(filepath.Join(dest, file), data, 0o644); err != nil { // see above
@@ -59,4 +83,25 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 		{Name: "locked", Value: strconv.FormatBool(len(l.LockedBy) > 0)},
 		{Name: "key", Value: l.Key},
 	}}, nil
+}
+
+// inPool writes the source's pool into dest: "pool", its JSON, and an
+// empty "name" (no member was claimed for this version).
+func inPool(ctx context.Context, req InRequest, dest string) (Response, error) {
+	v, raw, err := getPool(ctx, req.Source)
+	if err != nil {
+		return Response{}, err
+	}
+	if req.Version != nil && req.Version.Ref != "" {
+		v = *req.Version
+	}
+	if err := os.MkdirAll(dest, 0o750); err != nil { // the destination Concourse names
+		return Response{}, fmt.Errorf("creating the destination: %w", err)
+	}
+	for file, data := range map[string][]byte{"pool": raw, "name": nil} {
+		if err := os.WriteFile(filepath.Join(dest, file), data, 0o644); err != nil { // readable by the job's tasks
+			return Response{}, fmt.Errorf("writing %s: %w", file, err)
+		}
+	}
+	return Response{Version: v, Metadata: []MetadataField{{Name: "pool", Value: req.Source.Pool}}}, nil
 }

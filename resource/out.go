@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,17 +29,31 @@ var (
 // an unreachable server.
 const unlockPatience = 10 * time.Minute
 
-// Out takes or gives back the lock, as req.Params.LockOp says. env gives
-// Concourse's build variables, for the default note.
-func Out(ctx context.Context, req OutRequest, env func(string) string, stderr io.Writer) (Response, error) {
-	if err := errors.Join(req.Source.Validate(), req.Params.Validate()); err != nil {
-		return Response{}, err
-	}
-	name, err := lockName(ctx, req.Source)
-	if err != nil {
+// Out takes or gives back the lock, as req.Params.LockOp says, or claims
+// or gives back a member of a pool. env gives Concourse's build variables,
+// for the default note; dir is the build's directory, where the get step
+// that params.release names is.
+func Out(ctx context.Context, req OutRequest, dir string, env func(string) string, stderr io.Writer) (Response, error) {
+	if err := errors.Join(req.Source.Validate(), req.Params.Validate(req.Source.Pool != "")); err != nil {
 		return Response{}, err
 	}
 	p := req.Params
+	name := ""
+	switch {
+	case p.Claim:
+		name = "a member of the pool " + strconv.Quote(req.Source.Pool)
+	case p.Release != "":
+		data, err := os.ReadFile(filepath.Join(dir, p.Release, "name")) // the build's own file
+		if err != nil {
+			return Response{}, fmt.Errorf("params.release: reading the member's name: %w (name the get step of the put that claimed it)", err)
+		}
+		name = strings.TrimSpace(string(data))
+	default:
+		var err error
+		if name, err = lockName(ctx, req.Source); err != nil {
+			return Response{}, err
+		}
+	}
 	timeout, _ := parseDuration(p.Timeout) // checked by Validate
 	if timeout == 0 && p.LockOp == "unlock" {
 		timeout = unlockPatience
@@ -58,9 +74,12 @@ func Out(ctx context.Context, req OutRequest, env func(string) string, stderr io
 			fmt.Fprintln(stderr, msg)
 		}}
 	var l client.Reply
-	if p.LockOp == "lock" {
+	switch {
+	case p.Claim:
+		name, l, err = claim(ctx, c, req.Source.Pool, p, buildNote(env), opts)
+	case p.LockOp == "lock":
 		l, err = acquire(ctx, c, name, p, buildNote(env), opts)
-	} else {
+	default:
 		l, err = release(ctx, c, name, p, opts)
 	}
 	var to *client.TimedOut
@@ -74,12 +93,31 @@ func Out(ctx context.Context, req OutRequest, env func(string) string, stderr io
 	if requestor == "" {
 		requestor = p.Key
 	}
-	return Response{Version: version(l), Metadata: []MetadataField{
+	v := version(l)
+	if req.Source.Pool != "" {
+		v.Lock = name
+	}
+	return Response{Version: v, Metadata: []MetadataField{
 		{Name: "lock_name", Value: name},
 		{Name: "key", Value: p.Key},
 		{Name: "locked_by", Value: requestor},
 		{Name: "token", Value: strconv.FormatUint(l.Token, 10)},
 	}}, nil
+}
+
+// claim claims a free member of pool, waiting for one until it is granted,
+// ctx is done, or the deadline (unless zero) passes, and returns its name.
+func claim(ctx context.Context, c *client.Client, pool string, p OutParams, defaultNote string, o client.Options) (string, client.Reply, error) {
+	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote)}
+	got, err := c.Claim(ctx, pool, 1, r, true, o)
+	if err != nil {
+		return "", client.Reply{}, err
+	}
+	for member, view := range got {
+		o.Progress(fmt.Sprintf("claimed %q from the pool %q with key %q", member, pool, p.Key))
+		return member, client.Reply{View: view}, nil
+	}
+	return "", client.Reply{}, fmt.Errorf("the claim on the pool %q was answered with no member", pool)
 }
 
 // acquire takes the lock called name, waiting for it until it is granted,

@@ -24,6 +24,7 @@ type Source struct {
 	SkipSSLValidation bool   `json:"skip_ssl_validation,omitempty"`
 	LockName          string `json:"lock_name,omitempty"`
 	BoshLock          string `json:"bosh_lock,omitempty"` // a BOSH director URL; its name is the lock name
+	Pool              string `json:"pool,omitempty"`      // a pool: put claims a free member, or gives one back
 }
 
 // Validate lists every problem with s at once, each saying what to fix.
@@ -34,11 +35,11 @@ func (s Source) Validate() error {
 	} else if u, err := url.Parse(s.LockerURI); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		problems = append(problems, fmt.Sprintf("source.locker_uri %q is not an http:// or https:// URL", s.LockerURI))
 	}
-	switch {
-	case s.LockName == "" && s.BoshLock == "":
-		problems = append(problems, "set one of source.lock_name (the lock to use) or source.bosh_lock (a BOSH director URL whose name is the lock)")
-	case s.LockName != "" && s.BoshLock != "":
-		problems = append(problems, "source.lock_name and source.bosh_lock are both set: keep one")
+	switch n := countSet(s.LockName, s.BoshLock, s.Pool); {
+	case n == 0:
+		problems = append(problems, "set one of source.lock_name (the lock to use), source.bosh_lock (a BOSH director URL whose name is the lock) or source.pool (a pool whose free members put claims)")
+	case n > 1:
+		problems = append(problems, "more than one of source.lock_name, source.bosh_lock and source.pool is set: keep one")
 	}
 	if (s.Username == "") != (s.Password == "") {
 		problems = append(problems, "source.username and source.password go together: set both, or neither")
@@ -49,10 +50,23 @@ func (s Source) Validate() error {
 	return joinProblems(problems)
 }
 
+// countSet counts the values that are not "".
+func countSet(values ...string) int {
+	n := 0
+	for _, v := range values {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
 // Version identifies one state of the lock: its token and who holds it,
-// as "<token>:<digest of key and holders>".
+// as "<token>:<digest of key and holders>". A claim on a pool names the
+// member it got in Lock.
 type Version struct {
-	Ref string `json:"ref"`
+	Ref  string `json:"ref"`
+	Lock string `json:"lock,omitempty"`
 }
 
 // token returns the fencing token in v.
@@ -100,6 +114,11 @@ type OutParams struct {
 	// AllowNotHeld lets an unlock that finds nothing to give back pass;
 	// without it that fails the step, as it usually means a typo.
 	AllowNotHeld bool `json:"allow_not_held,omitempty"`
+	// Claim, with source.pool, claims a free member (waiting for one);
+	// Release gives back the member named in the "name" file of that get
+	// step's directory.
+	Claim   bool   `json:"claim,omitempty"`
+	Release string `json:"release,omitempty"`
 }
 
 // Response is what in and out write on stdout.
@@ -136,12 +155,20 @@ func (p OutParams) requestor() string {
 	return p.LockBy
 }
 
-// Validate lists every problem with p at once, each saying what to fix.
-func (p OutParams) Validate() error {
+// Validate lists every problem with p at once, each saying what to fix;
+// pool says the source is a pool.
+func (p OutParams) Validate(pool bool) error {
 	var problems []string
-	switch p.LockOp {
-	case "lock", "unlock":
-	case "":
+	switch {
+	case pool && p.Claim == (p.Release != ""):
+		problems = append(problems, "with source.pool, set params.claim: true to claim a free member, or params.release: <the get step's name> to give back the member it got")
+	case pool && p.LockOp != "":
+		problems = append(problems, "with source.pool, params.lock_op does not apply: set params.claim: true, or params.release")
+	case !pool && (p.Claim || p.Release != ""):
+		problems = append(problems, "params.claim and params.release apply to a pool: set source.pool")
+	case pool:
+	case p.LockOp == "lock" || p.LockOp == "unlock":
+	case p.LockOp == "":
 		problems = append(problems, `params.lock_op is missing: set it to "lock" or "unlock"`)
 	default:
 		problems = append(problems, fmt.Sprintf(`params.lock_op is %q: set it to "lock" or "unlock"`, p.LockOp))
@@ -161,11 +188,11 @@ func (p OutParams) Validate() error {
 			problems = append(problems, fmt.Sprintf("params.%s is %q: use a duration such as 30m or 2h", d.name, d.value))
 		}
 	}
-	if p.LockOp == "unlock" && (p.TTL != "" || p.Note != "") {
-		problems = append(problems, "params.ttl and params.note only apply to lock_op: lock")
+	if (p.LockOp == "unlock" || p.Release != "") && (p.TTL != "" || p.Note != "") {
+		problems = append(problems, "params.ttl and params.note only apply to lock_op: lock (or claim)")
 	}
-	if p.LockOp == "lock" && (p.All || p.AllowNotHeld) {
-		problems = append(problems, "params.all and params.allow_not_held only apply to lock_op: unlock")
+	if (p.LockOp == "lock" || p.Claim) && (p.All || p.AllowNotHeld) {
+		problems = append(problems, "params.all and params.allow_not_held only apply to lock_op: unlock (or release)")
 	}
 	return joinProblems(problems)
 }

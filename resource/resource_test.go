@@ -20,7 +20,7 @@ func TestSourceValidate(t *testing.T) {
 		{"missing locker_uri", func(s *Source) { s.LockerURI = "" }, []string{"source.locker_uri is missing"}},
 		{"locker_uri not a URL", func(s *Source) { s.LockerURI = "locker:3000" }, []string{`"locker:3000" is not an http:// or https:// URL`}},
 		{"neither lock_name nor bosh_lock", func(s *Source) { s.LockName = "" }, []string{"set one of source.lock_name"}},
-		{"both lock_name and bosh_lock", func(s *Source) { s.BoshLock = "https://bosh" }, []string{"both set: keep one"}},
+		{"both lock_name and bosh_lock", func(s *Source) { s.BoshLock = "https://bosh" }, []string{"more than one of source.lock_name, source.bosh_lock and source.pool is set: keep one"}},
 		{"username without password", func(s *Source) { s.Username = "ci" }, []string{"set both, or neither"}},
 		{"ca_cert not PEM", func(s *Source) { s.CACert = "not a cert" }, []string{"source.ca_cert holds no PEM certificate"}},
 		{
@@ -68,10 +68,17 @@ func TestOutParamsValidate(t *testing.T) {
 		{"negative timeout", OutParams{LockOp: "lock", Key: "k", Timeout: "-1m"}, `params.timeout is "-1m"`},
 		{"ttl on unlock", OutParams{LockOp: "unlock", Key: "k", TTL: "1h"}, "only apply to lock_op: lock"},
 		{"all on lock", OutParams{LockOp: "lock", Key: "k", All: true}, "only apply to lock_op: unlock"},
+		{"claim without a pool", OutParams{Claim: true, Key: "k"}, "params.claim and params.release apply to a pool: set source.pool"},
+		{"pool: a claim", OutParams{Claim: true, Key: "k", TTL: "1h"}, ""},
+		{"pool: a release", OutParams{Release: "env", Key: "k"}, ""},
+		{"pool: neither", OutParams{Key: "k"}, "with source.pool, set params.claim: true to claim a free member, or params.release"},
+		{"pool: both", OutParams{Claim: true, Release: "env", Key: "k"}, "with source.pool, set params.claim: true"},
+		{"pool: a lock_op", OutParams{LockOp: "lock", Claim: true, Key: "k"}, "params.lock_op does not apply"},
+		{"pool: ttl on a release", OutParams{Release: "env", Key: "k", TTL: "1h"}, "only apply to lock_op: lock (or claim)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.params.Validate()
+			err := tt.params.Validate(strings.HasPrefix(tt.name, "pool: "))
 			if tt.want == "" {
 				if err != nil {
 					t.Errorf("Validate() = %v; want nil", err)
