@@ -254,16 +254,18 @@ func TestDatabaseLossWithWaiters(t *testing.T) {
 	}()
 	waitForQueue(t, a, "prod", 1)
 
-	down := make(chan struct{})
-	go func() { px.Outage(1500 * time.Millisecond); close(down) }()
-	time.Sleep(200 * time.Millisecond)
+	// The database away for 1.5 s, from before the change below is sent
+	// (a goroutine that cuts it may not have run yet on a loaded machine).
+	px.Down()
+	back := time.Now().Add(1500 * time.Millisecond)
 	if _, err := a.Acquire(context.Background(), "other", acquireRequest{Request: req("k", "r")}); !errors.Is(err, errDatabase) {
 		t.Errorf("a change while the database is away = %v; want errDatabase", err)
 	}
 	if err := a.Ready(); err == nil {
 		t.Error("Ready while the database is away = nil")
 	}
-	<-down
+	time.Sleep(time.Until(back))
+	px.Up()
 	// Back: the holder lets go, and the waiter, whose wait has 2 s left, gets it.
 	testutil.WaitFor(t, "the release after the database came back", func() bool {
 		_, _, err := a.Release("prod", "holder", "h", false, nil)

@@ -125,21 +125,23 @@ func (p *Proxy) Cut() {
 
 // Outage cuts every connection and refuses new ones for d.
 func (p *Proxy) Outage(d time.Duration) {
-	p.mu.Lock()
-	p.down = true
-	p.mu.Unlock()
-	p.Cut()
+	p.Down()
 	time.Sleep(d)
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
+	p.Up()
 }
 
 // Down cuts every connection and refuses new ones from now on: a node
-// cut off from the database for good.
+// cut off from the database, until Up.
 func (p *Proxy) Down() {
 	p.mu.Lock()
 	p.down = true
 	p.mu.Unlock()
 	p.Cut()
+}
+
+// Up lets new connections through again.
+func (p *Proxy) Up() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
 }
