@@ -380,7 +380,7 @@ func (e *env) release(held []string, r client.Request) {
 	if len(held) == 1 {
 		_, err = e.client.Unlock(ctx, held[0], unlock, e.progress(time.Now().Add(releasePatience)))
 	} else {
-		_, err = e.client.UnlockSet(ctx, held, unlock, e.progress(time.Now().Add(releasePatience)))
+		_, _, err = e.client.UnlockSet(ctx, held, unlock, e.progress(time.Now().Add(releasePatience)))
 	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "locker run: could not give back %s (%v); its lease of %s frees it\n", quoteAll(held), err, r.TTL)

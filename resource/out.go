@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,10 +74,15 @@ func Out(ctx context.Context, req OutRequest, dir string, env func(string) strin
 			defer mu.Unlock()
 			fmt.Fprintln(stderr, msg)
 		}}
+	if len(p.Locks) > 0 && !slices.Contains(p.Locks, name) {
+		return Response{}, fmt.Errorf("params.locks %q does not name the resource's own lock %q: add it (check and get report on it)", p.Locks, name)
+	}
 	var l client.Reply
 	switch {
 	case p.Claim:
 		name, l, err = claim(ctx, c, req.Source.Pool, p, buildNote(env), opts)
+	case len(p.Locks) > 0:
+		l, err = setOp(ctx, c, name, p, buildNote(env), opts)
 	case p.LockOp == "lock":
 		l, err = acquire(ctx, c, name, p, buildNote(env), opts)
 	default:
@@ -97,12 +103,46 @@ func Out(ctx context.Context, req OutRequest, dir string, env func(string) strin
 	if req.Source.Pool != "" {
 		v.Lock = name
 	}
-	return Response{Version: v, Metadata: []MetadataField{
+	meta := []MetadataField{
 		{Name: "lock_name", Value: name},
 		{Name: "key", Value: p.Key},
 		{Name: "locked_by", Value: requestor},
 		{Name: "token", Value: strconv.FormatUint(l.Token, 10)},
-	}}, nil
+	}
+	if len(p.Locks) > 0 {
+		meta = append(meta, MetadataField{Name: "locks", Value: strings.Join(slices.Sorted(slices.Values(p.Locks)), " ")})
+	}
+	return Response{Version: v, Metadata: meta}, nil
+}
+
+// setOp takes or gives back every lock in p.Locks in one change, and
+// returns the resource's own, name. An unlock that gave back nothing of
+// any fails, unless the params allow it, as for one lock.
+func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defaultNote string, o client.Options) (client.Reply, error) {
+	names := slices.Sorted(slices.Values(p.Locks))
+	if p.LockOp == "lock" {
+		r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote)}
+		views, err := c.LockSet(ctx, names, r, true, o)
+		if err != nil {
+			return client.Reply{}, err
+		}
+		o.Progress(fmt.Sprintf("locked %s with key %q", strings.Join(names, ", "), p.Key))
+		return client.Reply{View: views[name]}, nil
+	}
+	views, released, err := c.UnlockSet(ctx, names, client.Request{Key: p.Key, Requestor: p.requestor(), All: p.All}, o)
+	if err != nil {
+		return client.Reply{}, err
+	}
+	total := 0
+	for _, n := range released {
+		total += n
+	}
+	if total == 0 && !p.AllowNotHeld {
+		return client.Reply{}, fmt.Errorf("unlock of %s gave back nothing: key %q (locked_by %q) held none of them. Check params.key and params.locked_by; if this step may run when the locks are not held (an ensure: after a lock that failed), set params.allow_not_held: true",
+			strings.Join(names, ", "), p.Key, p.requestor())
+	}
+	o.Progress(fmt.Sprintf("unlocked %s with key %q", strings.Join(names, ", "), p.Key))
+	return client.Reply{View: views[name]}, nil
 }
 
 // claim claims a free member of pool, waiting for one until it is granted,

@@ -60,3 +60,36 @@ func TestPoolClaimAndRelease(t *testing.T) {
 		t.Errorf("check of a pool = exit %d, %q; want one version of the pool", r.code, r.stdout)
 	}
 }
+
+// TestSetOfLocks: params.locks takes every lock named, the resource's own
+// among them, in one change, and gives them back in one; an unlock that
+// gives back nothing fails; a set without the resource's own lock is
+// refused.
+func TestSetOfLocks(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "prod-app"}
+	lock := OutRequest{Source: src, Params: OutParams{LockOp: "lock", Key: "deploy", Locks: []string{"prod-db", "prod-app"}}}
+	resp := mustSucceed(t, "lock the set", runBinary(t, "out", lock, t.TempDir()))
+	if metadata(resp, "locks") != "prod-app prod-db" || metadata(resp, "lock_name") != "prod-app" {
+		t.Errorf("the set's metadata = %+v", resp.Metadata)
+	}
+	for _, name := range []string{"prod-app", "prod-db"} {
+		if l := ls.getLock(t, name, src); l.LockedBy["deploy"] != 1 {
+			t.Errorf("%s after the set's put = %+v; want it held by deploy", name, l.View)
+		}
+	}
+	unlock := OutRequest{Source: src, Params: OutParams{LockOp: "unlock", Key: "deploy", Locks: []string{"prod-app", "prod-db"}}}
+	mustSucceed(t, "unlock the set", runBinary(t, "out", unlock, t.TempDir()))
+	for _, name := range []string{"prod-app", "prod-db"} {
+		if l := ls.getLock(t, name, src); len(l.LockedBy) != 0 {
+			t.Errorf("%s after the set's unlock = %+v; want it free", name, l.View)
+		}
+	}
+	if r := runBinary(t, "out", unlock, t.TempDir()); r.code == 0 || !strings.Contains(r.stderr, "gave back nothing") {
+		t.Errorf("unlocking the set again = exit %d, %q; want it to fail, nothing given back", r.code, r.stderr)
+	}
+	other := OutRequest{Source: src, Params: OutParams{LockOp: "lock", Key: "deploy", Locks: []string{"prod-db", "test-db"}}}
+	if r := runBinary(t, "out", other, t.TempDir()); r.code == 0 || !strings.Contains(r.stderr, `does not name the resource's own lock "prod-app"`) {
+		t.Errorf("a set without the resource's lock = exit %d, %q; want it refused", r.code, r.stderr)
+	}
+}

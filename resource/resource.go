@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -119,6 +120,9 @@ type OutParams struct {
 	// step's directory.
 	Claim   bool   `json:"claim,omitempty"`
 	Release string `json:"release,omitempty"`
+	// Locks, with lock_op, takes or gives back every one of these locks in
+	// one change, the resource's own among them.
+	Locks []string `json:"locks,omitempty"`
 }
 
 // Response is what in and out write on stdout.
@@ -187,6 +191,12 @@ func (p OutParams) Validate(pool bool) error {
 		if _, err := parseDuration(d.value); err != nil {
 			problems = append(problems, fmt.Sprintf("params.%s is %q: use a duration such as 30m or 2h", d.name, d.value))
 		}
+	}
+	if pool && len(p.Locks) > 0 {
+		problems = append(problems, "params.locks applies to a resource with source.lock_name or source.bosh_lock, not to a pool")
+	}
+	if slices.Contains(p.Locks, "") || len(slices.Compact(slices.Sorted(slices.Values(p.Locks)))) < len(p.Locks) {
+		problems = append(problems, fmt.Sprintf("params.locks %q names a lock twice, or an empty one: name each lock once", p.Locks))
 	}
 	if (p.LockOp == "unlock" || p.Release != "") && (p.TTL != "" || p.Note != "") {
 		problems = append(problems, "params.ttl and params.note only apply to lock_op: lock (or claim)")

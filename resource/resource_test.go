@@ -75,6 +75,9 @@ func TestOutParamsValidate(t *testing.T) {
 		{"pool: both", OutParams{Claim: true, Release: "env", Key: "k"}, "with source.pool, set params.claim: true"},
 		{"pool: a lock_op", OutParams{LockOp: "lock", Claim: true, Key: "k"}, "params.lock_op does not apply"},
 		{"pool: ttl on a release", OutParams{Release: "env", Key: "k", TTL: "1h"}, "only apply to lock_op: lock (or claim)"},
+		{"a set", OutParams{LockOp: "lock", Key: "k", Locks: []string{"a", "b"}}, ""},
+		{"a set naming a lock twice", OutParams{LockOp: "lock", Key: "k", Locks: []string{"a", "b", "a"}}, "names a lock twice"},
+		{"pool: a set", OutParams{Claim: true, Key: "k", Locks: []string{"a"}}, "params.locks applies to a resource with source.lock_name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

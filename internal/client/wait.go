@@ -235,15 +235,29 @@ func (c *Client) ForceUnlock(ctx context.Context, name string, o Options) (Reply
 }
 
 // UnlockSet gives back the requestor's count of every lock in names, in
-// one change (DELETE /locks), as Unlock does for one.
-func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, error) {
-	return c.changeSet(ctx, http.MethodDelete, "unlock", names, r, o)
+// one change (DELETE /locks), as Unlock does for one, and says how many
+// counts it gave back of each.
+func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, map[string]int, error) {
+	data, err := c.changeSet(ctx, http.MethodDelete, "unlock", names, r, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	var reply struct {
+		Released map[string]int `json:"released"`
+	}
+	_ = json.Unmarshal(data, &reply) // decodeSet read it whole already
+	views, err := decodeSet(data)
+	return views, reply.Released, err
 }
 
 // RenewSet extends the requestor's lease on every lock in names, in one
 // change (PATCH /locks), as Renew does for one.
 func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, error) {
-	return c.changeSet(ctx, http.MethodPatch, "renew", names, r, o)
+	data, err := c.changeSet(ctx, http.MethodPatch, "renew", names, r, o)
+	if err != nil {
+		return nil, err
+	}
+	return decodeSet(data)
 }
 
 // changeOne sends a change to the lock called name.
@@ -255,15 +269,11 @@ func (c *Client) changeOne(ctx context.Context, method, what, name string, query
 	return decodeReply(name, data)
 }
 
-// changeSet sends a change to every lock in names.
-func (c *Client) changeSet(ctx context.Context, method, what string, names []string, r Request, o Options) (map[string]lock.View, error) {
+// changeSet sends a change to every lock in names, and returns the answer.
+func (c *Client) changeSet(ctx context.Context, method, what string, names []string, r Request, o Options) ([]byte, error) {
 	body := r.body()
 	body["locks"] = names
-	data, err := c.change(ctx, method, what, strings.Join(names, ", "), "/locks", nil, body, r, o)
-	if err != nil {
-		return nil, err
-	}
-	return decodeSet(data)
+	return c.change(ctx, method, what, strings.Join(names, ", "), "/locks", nil, body, r, o)
 }
 
 // change sends a change that does not wait to path, retrying it with one
