@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -120,34 +121,45 @@ func TestSetKeepsItsPlace(t *testing.T) {
 
 // TestSetsInOppositeOrders: many clients take random sets of 2 to 4 of 6
 // locks, named in random orders, waiting for them: every request is
-// granted (no deadlock), and no lock ever has two holders.
+// granted (no deadlock), and no lock ever has two holders. 8 clients, 15
+// sets each, in make test; with LOCKER_STRESS set (make stress), 50
+// clients for 30 s on each store, and the longest wait is logged.
 func TestSetsInOppositeOrders(t *testing.T) {
+	clients, sets, d := 8, 15, time.Duration(0)
+	if os.Getenv("LOCKER_STRESS") != "" {
+		clients, sets, d = 50, 1<<30, 30*time.Second
+	}
 	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
 		tab := open(t)
 		locks := []string{"l0", "l1", "l2", "l3", "l4", "l5"}
 		var mu sync.Mutex
 		holding := map[string]string{}
+		var longest time.Duration
+		granted := 0
 		var wg sync.WaitGroup
 		errs := make(chan error, 100)
-		for c := range 8 {
+		end := time.Now().Add(d)
+		for c := range clients {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(uint64(c), 1))
 				me := fmt.Sprintf("c%d", c)
-				for range 15 {
+				for i := 0; i < sets && (d == 0 || time.Now().Before(end)); i++ {
 					perm := rng.Perm(len(locks))[:2+rng.IntN(3)]
 					var names []string
 					for _, i := range perm {
 						names = append(names, locks[i])
 					}
 					slices.Sort(names)
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					_, err := tab.AcquireSet(ctx, names, setRequest(me, me, 30*time.Second))
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					asked := time.Now()
+					_, err := tab.AcquireSet(ctx, names, setRequest(me, me, time.Minute))
 					cancel()
 					if err != nil {
 						errs <- fmt.Errorf("%s: set %v: %w", me, names, err)
 						return
 					}
 					mu.Lock()
+					longest, granted = max(longest, time.Since(asked)), granted+1
 					for _, n := range names {
 						if other, ok := holding[n]; ok {
 							errs <- fmt.Errorf("%s and %s both hold %s", me, other, n)
@@ -176,6 +188,7 @@ func TestSetsInOppositeOrders(t *testing.T) {
 		if l := tab.list(); len(l) != 0 {
 			t.Errorf("after every client gave back its sets: %d locks held or waited for; want none", len(l))
 		}
+		t.Logf("%d clients: %d sets granted, the longest wait %v", clients, granted, longest.Round(time.Millisecond))
 	})
 }
 
