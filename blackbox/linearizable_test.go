@@ -34,9 +34,9 @@ func TestLinearizable(t *testing.T) {
 			})
 		})
 	}
-	t.Run("sets of 2 locks", func(t *testing.T) {
+	t.Run("sets of 2 locks and a pool of them", func(t *testing.T) {
 		checkLinearizable(t, d, setModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
-			runClient(t, rec, c, []string{"l0", "l1", bothLocks}, url, "", stop)
+			runClient(t, rec, c, []string{"l0", "l1", bothLocks, pairPool}, url, "", stop)
 		})
 	})
 }
@@ -330,6 +330,8 @@ func runClient(t *testing.T, rec *recorder, c int, names []string, url func() st
 		}
 		in := lockOp{Lock: names[r.IntN(len(names))], Key: key, Requestor: requestor}
 		switch n := r.IntN(10); {
+		case in.Lock == pairPool:
+			in.Method = "PUT" // a claim; its member is given back as a lock
 		case n < 2 && in.Lock != bothLocks:
 			in.Method = "GET"
 		case c >= 6 && n < 4:
@@ -342,6 +344,8 @@ func runClient(t *testing.T, rec *recorder, c int, names []string, url func() st
 		op := porcupine.Operation{ClientId: id, Input: in, Call: rec.now()}
 		body, path := "", "/lock/"+in.Lock
 		switch {
+		case in.Lock == pairPool:
+			body, path = fmt.Sprintf(`{"key": %q, "lock_by": %q}`, in.Key, in.Requestor), "/pool/pl/claim"
 		case in.Lock == bothLocks:
 			body, path = fmt.Sprintf(`{"locks": ["l1", "l0"], "key": %q, "lock_by": %q}`, in.Key, in.Requestor), "/locks"
 		case in.Method != "GET":
@@ -360,7 +364,14 @@ func runClient(t *testing.T, rec *recorder, c int, names []string, url func() st
 		} else if err := json.Unmarshal([]byte(reply), &out); err != nil && status == 200 {
 			t.Errorf("%s %s: reply %q: %v", in.Method, path, reply, err)
 		}
-		if in.Key == key {
+		if in.Lock == pairPool {
+			for member := range out.Set {
+				holding[member] = true // given back as a lock
+			}
+			if out.Status == 0 { // which member, if any, is not known
+				holding["l0"], holding["l1"] = true, true
+			}
+		} else if in.Key == key {
 			switch {
 			case out.Status == 0:
 				holding[in.Lock] = true // maybe: release it next, to be sure
@@ -374,6 +385,15 @@ func runClient(t *testing.T, rec *recorder, c int, names []string, url func() st
 		if in.Method == "DELETE" && out.Status == 200 && out.Key == "" {
 			rec.released()
 		}
+	}
+}
+
+// makePairPool makes the pool pl of l0 and l1 on the server at url, for
+// the clients' claims (pairPool).
+func makePairPool(tb testing.TB, url string) {
+	tb.Helper()
+	if status, body, err := send(&http.Client{Timeout: 10 * time.Second}, "PUT", url+"/pool/pl", `{"members": ["l0", "l1"]}`); status != http.StatusOK {
+		tb.Fatalf("PUT /pool/pl = %d %s, %v", status, body, err)
 	}
 }
 
@@ -415,6 +435,7 @@ func checkLinearizable(t *testing.T, d time.Duration, m porcupine.Nondeterminist
 	dir := t.TempDir()
 	state := filepath.Join(dir, "locks.yml")
 	p := startProc(t, state)
+	makePairPool(t, p.URL)
 	rec := newRecorder(8)
 	var killing sync.RWMutex // held for writing while the server is down
 	url := p.URL

@@ -18,8 +18,9 @@ import (
 )
 
 // TestLinearizableNodes runs three servers on one PostgreSQL database,
-// the eight clients spread over them (taking l0, l1, and both at once with
-// PUT and DELETE /locks), kills one node with SIGKILL and
+// the eight clients spread over them (taking l0, l1, both at once with
+// PUT and DELETE /locks, and either as a claim on the pool pl of both),
+// kills one node with SIGKILL and
 // restarts it every 2-5 s, and once cuts every connection to the database
 // for a second (through a proxy in front of it); then checks with
 // porcupine that the history is linearizable against the lock rules.
@@ -48,6 +49,7 @@ func TestLinearizableNodes(t *testing.T) {
 	for i := range nodes {
 		start(i)
 	}
+	makePairPool(t, urls[0])
 	rec := newRecorder(8)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -57,7 +59,7 @@ func TestLinearizableNodes(t *testing.T) {
 			defer mu.RUnlock()
 			return urls[c%3]
 		}
-		wg.Go(func() { runClient(t, rec, c, []string{"l0", "l1", bothLocks}, node, "", stop) })
+		wg.Go(func() { runClient(t, rec, c, []string{"l0", "l1", bothLocks, pairPool}, node, "", stop) })
 	}
 	// Waiters on every node, on locks of their own: a killed node has
 	// some. Their history is not checked (a waiter granted as its node

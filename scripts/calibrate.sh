@@ -4,7 +4,7 @@
 # be caught in at least 9 runs out of 10, and the real server must pass
 # every run. Takes about 40 minutes.
 #   scripts/calibrate.sh [runs [variant...]]
-# Variants: none, and the patches' names: toctou early_ack token set_one_at_a_time
+# Variants: none, and the patches' names: toctou early_ack token set_one_at_a_time claim_held
 # release_key (TestLinearizable, one server on a state file) and
 # pg_no_row_lock pg_node_tokens (TestLinearizableNodes, three servers on
 # PostgreSQL). The product's files hold none of these bugs.
