@@ -93,3 +93,21 @@ func TestSetOfLocks(t *testing.T) {
 		t.Errorf("a set without the resource's lock = exit %d, %q; want it refused", r.code, r.stderr)
 	}
 }
+
+// TestLimitFromAPipeline: params.limit caps the holders of a shared lock;
+// the next holder with the key waits until one gives it back.
+func TestLimitFromAPipeline(t *testing.T) {
+	ls := startLocker(t)
+	src := Source{LockerURI: ls.url, LockName: "browsers"}
+	lock := func(by string) OutRequest {
+		return OutRequest{Source: src, Params: OutParams{LockOp: "lock", Key: "e2e", LockedBy: by, Limit: 1}}
+	}
+	mustSucceed(t, "first", runBinary(t, "out", lock("e2e-1"), t.TempDir()))
+	second := startBinary(t, "out", lock("e2e-2"), t.TempDir())
+	waitUntil(t, "the second holder to wait", func() bool { return len(ls.getLock(t, "browsers", src).Waiting) == 1 })
+	if l := ls.getLock(t, "browsers", src); l.Limit != 1 || len(l.LockedBy) != 1 {
+		t.Fatalf("browsers = %+v; want one holder under a limit of 1", l.View)
+	}
+	mustSucceed(t, "unlock", runBinary(t, "out", outReq(src, "unlock", "e2e", "e2e-1"), t.TempDir()))
+	mustSucceed(t, "second", second.wait(t))
+}

@@ -123,6 +123,8 @@ type OutParams struct {
 	// Locks, with lock_op, takes or gives back every one of these locks in
 	// one change, the resource's own among them.
 	Locks []string `json:"locks,omitempty"`
+	// Limit, with lock_op: lock, caps how many holders share the lock.
+	Limit int `json:"limit,omitempty"`
 }
 
 // Response is what in and out write on stdout.
@@ -191,6 +193,9 @@ func (p OutParams) Validate(pool bool) error {
 		if _, err := parseDuration(d.value); err != nil {
 			problems = append(problems, fmt.Sprintf("params.%s is %q: use a duration such as 30m or 2h", d.name, d.value))
 		}
+	}
+	if p.Limit < 0 || p.Limit > 0 && p.LockOp != "lock" {
+		problems = append(problems, fmt.Sprintf("params.limit is %d: it is how many holders may share the lock, 1 or more, with lock_op: lock", p.Limit))
 	}
 	if pool && len(p.Locks) > 0 {
 		problems = append(problems, "params.locks applies to a resource with source.lock_name or source.bosh_lock, not to a pool")

@@ -76,6 +76,9 @@ func TestOutParamsValidate(t *testing.T) {
 		{"pool: a lock_op", OutParams{LockOp: "lock", Claim: true, Key: "k"}, "params.lock_op does not apply"},
 		{"pool: ttl on a release", OutParams{Release: "env", Key: "k", TTL: "1h"}, "only apply to lock_op: lock (or claim)"},
 		{"a set", OutParams{LockOp: "lock", Key: "k", Locks: []string{"a", "b"}}, ""},
+		{"a limit", OutParams{LockOp: "lock", Key: "k", Limit: 3}, ""},
+		{"a limit on an unlock", OutParams{LockOp: "unlock", Key: "k", Limit: 3}, "params.limit is 3"},
+		{"a negative limit", OutParams{LockOp: "lock", Key: "k", Limit: -1}, "params.limit is -1"},
 		{"a set naming a lock twice", OutParams{LockOp: "lock", Key: "k", Locks: []string{"a", "b", "a"}}, "names a lock twice"},
 		{"pool: a set", OutParams{Claim: true, Key: "k", Locks: []string{"a"}}, "params.locks applies to a resource with source.lock_name"},
 	}
