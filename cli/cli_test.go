@@ -537,12 +537,15 @@ func TestLockWithALimit(t *testing.T) {
 func TestRunHoldsASetAndAClaim(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, server(t))
-	r := c.run(t, "run", "--lock", "prod-db", "--lock", "prod-app", "--", "sh", "-c", `echo "$LOCKER_LOCKS"; `+lockerBin+` ls`)
+	r := c.run(t, "run", "prod-db", "--lock", "prod-app", "--", "sh", "-c", `echo "$LOCKER_LOCKS"; `+lockerBin+` ls`)
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "prod-app prod-db\n") || !regexpMatch(`(?m)^prod-app\s`, r.stdout) || !regexpMatch(`(?m)^prod-db\s`, r.stdout) {
-		t.Fatalf("run --lock prod-db --lock prod-app = %v; want both held while the command ran, named in $LOCKER_LOCKS", r)
+		t.Fatalf("run prod-db --lock prod-app = %v; want both held while the command ran, named in $LOCKER_LOCKS", r)
 	}
 	if c.held(t, "prod-db") || c.held(t, "prod-app") {
 		t.Error("after run --lock, a lock of the set is still held")
+	}
+	if r := c.run(t, "run", "a", "b", "--", "sh", "-c", `echo "$LOCKER_LOCKS"`); r.code != 0 || strings.TrimSpace(r.stdout) != "a b" {
+		t.Errorf("run a b = %v; want both held, named in $LOCKER_LOCKS", r)
 	}
 	if r := c.run(t, "run", "prod", "--lock", "prod", "--", "true"); r.code != 2 || !strings.Contains(r.stderr, "named twice") {
 		t.Errorf("run naming a lock twice = %v; want a usage error", r)

@@ -21,12 +21,12 @@ import (
 )
 
 const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] -- CMD [ARGS...]
-       locker run --lock NAME --lock NAME... [flags] -- CMD [ARGS...]
+       locker run NAME NAME... [flags] -- CMD [ARGS...]   (or --lock NAME, once per lock)
        locker run --pool POOL [--count N] [flags] -- CMD [ARGS...]
 
 Takes the lock called NAME (queueing for it, and saying every 30 s who
 holds it and where this run stands in the queue), runs CMD, and gives the
-lock back when CMD ends. With --lock (once per lock, NAME too if given),
+lock back when CMD ends. With several names (or --lock, once per lock),
 it takes every lock at once, or waits for all of them; with --pool, it
 takes --count free members of the pool (default 1). The lock has a lease of --ttl, renewed every third
 of it while CMD runs, so that a run killed with kill -9, or on a machine
@@ -103,7 +103,7 @@ func cmdRun(e *env, args []string) int {
 	e.flags.Var(&locks, "lock", "")
 	pool := e.flags.String("pool", "", "")
 	count := e.flags.Int("count", 1, "")
-	pos, code, ok := e.parseUpTo(args[:dash], 1)
+	pos, code, ok := e.parseUpTo(args[:dash], defaultMaxNames)
 	if !ok {
 		return code
 	}
@@ -165,6 +165,10 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 	}
 	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl, Note: f.note}, ttl, deadline, exitOK
 }
+
+// defaultMaxNames is how many locks locker run may name: the server's
+// default LOCKER_MAX_LOCKS_PER_REQUEST, which refuses more with its reason.
+const defaultMaxNames = 64
 
 // runPlan is what locker run was asked to do.
 type runPlan struct {
