@@ -13,6 +13,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // claimRequest is a claim of count members with key, as requestor.
@@ -277,4 +278,29 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 			t.Errorf("%s, seen from node c, is not held by the set", name)
 		}
 	}
+}
+
+// TestAnOrphanWaiterIsTakenOut: a waiter of a live node that no request
+// watches any more (its request ended while the database could not be
+// reached, and gave up taking it out) is taken out by its node, and what
+// it was granted is given back: the lock is not held for no one.
+func TestAnOrphanWaiterIsTakenOut(t *testing.T) {
+	tab := newPGTable(t, testutil.PostgresSchema(t), "a")
+	if _, err := acquire(tab, "l", "A", "holder"); err != nil {
+		t.Fatal(err)
+	}
+	req := acquireRequest{Request: lock.Request{Key: "B", Requestor: "gone"}, Wait: time.Hour}
+	if err := tab.update(context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
+		enqueue(tx, []string{"l"}, req) // queued, with no request watching it
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tab.Release("l", "A", "holder", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the orphan to be taken out and its grant given back", func() bool {
+		s := tab.get("l")
+		return s.Free() && len(s.Waiting) == 0 && len(tab.list()) == 0
+	})
 }

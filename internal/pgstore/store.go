@@ -149,8 +149,9 @@ func (s *Store) sweep(ctx context.Context) {
 }
 
 // Run has settle look at the locks whose queues hold waiters of nodes
-// that stopped beating, until ctx is done: the engine takes them out,
-// gives back what they were granted, and grants whoever is next.
+// that stopped beating, or of this node with no request left (orphans),
+// until ctx is done: the engine takes them out, gives back what they were
+// granted, and grants whoever is next.
 func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names []string) error) {
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()
@@ -160,8 +161,10 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 			return
 		case <-t.C:
 		}
-		rows, err := s.pool.Query(ctx, `SELECT DISTINCT name FROM locker_queue WHERE left_at IS NULL AND node NOT IN
-			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval)`, deadAfter.String())
+		rows, err := s.pool.Query(ctx, `SELECT DISTINCT name FROM locker_queue WHERE left_at IS NULL AND (node NOT IN
+			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval)
+			OR node = $2 AND NOT (id = ANY($3)) AND since < clock_timestamp() - $4::interval)`,
+			deadAfter.String(), s.node, s.watched(), orphanAfter.String())
 		if err != nil {
 			continue
 		}
@@ -171,6 +174,39 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 		}
 		_ = settle(ctx, sorted(names))
 	}
+}
+
+// orphanAfter is how long a waiter of this node may have no request
+// watching it before it is taken for abandoned.
+const orphanAfter = 2 * time.Second
+
+// orphans marks abandoned the waiters of this node that no request
+// watches any more (one whose request ended while the database could not
+// be reached, and whose takeOut gave up): as a dead node's, the engine
+// takes them out and gives back what they were granted. A request
+// watches its waiter from the transaction that queues it.
+func (s *Store) orphans(queues map[string][]txn.Waiter, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, q := range queues {
+		for i, w := range q {
+			if w.Owner == s.node && w.Left.IsZero() && len(s.watchers[w.ID]) == 0 && now.Sub(w.Since) > orphanAfter {
+				q[i].Abandoned = true
+			}
+		}
+		queues[name] = q
+	}
+}
+
+// watched returns the IDs of the waiters this node's requests watch.
+func (s *Store) watched() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]int64, 0, len(s.watchers))
+	for id := range s.watchers {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 // listen wakes this node's waiters when a lock they wait for changes,

@@ -235,7 +235,11 @@ func (t *tx) read(br pgx.BatchResults, forChange bool) error {
 	if err != nil {
 		return err
 	}
-	return readQueue(rows, t.queues)
+	if err := readQueue(rows, t.queues); err != nil {
+		return err
+	}
+	t.s.orphans(t.queues, t.now)
+	return nil
 }
 
 // readQueue reads queue rows into queues, by lock.
