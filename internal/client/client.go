@@ -261,9 +261,6 @@ type Listed struct {
 	lock.View
 }
 
-// ListPage is the most locks a page may hold (the server's limit).
-const ListPage = 10000
-
 // Page returns a page of the listing: up to limit locks held or waited
 // for whose names start with prefix and sort after after, in name order,
 // and the name to go on after ("" when there are no more).
