@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/txn"
@@ -28,7 +30,7 @@ import (
 var (
 	errBadRequest   = errors.New("bad request")
 	errBodyTooLarge = errors.New("request body too large")
-	errUnauthorized = errors.New("authentication required: send the locker's username and password with HTTP basic auth (curl -u USER:PASS)")
+	errUnauthorized = errors.New("authentication required: " + advice.Auth)
 	errNotFound     = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
 	errNotReady     = errors.New("not ready")
@@ -302,7 +304,7 @@ func (s *server) waitCut(err error, asked, waited time.Duration) error {
 func (s *server) renewal(req lockRequest) (time.Duration, error) {
 	ttl := cmp.Or(req.TTL, s.defaultTTL)
 	if ttl == 0 {
-		return 0, fmt.Errorf("%w: PATCH renews a lease and needs its length, e.g. {\"key\": \"prod-cf\", \"lock_by\": \"my-job\", \"ttl\": \"10m\"}", errBadRequest)
+		return 0, fmt.Errorf("%w: %s", errBadRequest, advice.RenewTTL)
 	}
 	return ttl, s.checkTTL(ttl)
 }
@@ -310,7 +312,7 @@ func (s *server) renewal(req lockRequest) (time.Duration, error) {
 // checkTTL refuses a lease longer than the server allows.
 func (s *server) checkTTL(ttl time.Duration) error {
 	if s.maxTTL > 0 && ttl > s.maxTTL {
-		return fmt.Errorf("%w: ttl is %v, over LOCKER_MAX_TTL (%v); ask for a shorter lease and renew it with PATCH", errBadRequest, ttl, s.maxTTL)
+		return fmt.Errorf("%w: ttl is %v, over LOCKER_MAX_TTL (%v); %s", errBadRequest, ttl, s.maxTTL, advice.ShorterTTL)
 	}
 	return nil
 }
@@ -357,7 +359,7 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	case released == 0 && l.Free():
 		msg = fmt.Sprintf("lock for %s was not held; nothing to release", name)
 	case released == 0:
-		msg = fmt.Sprintf("%s holds no count of %s; nothing released, still held by %s", req.Requestor, name, l.HoldersString())
+		msg = fmt.Sprintf("the requestor %q holds no count of %s; nothing released, still held by %s", req.Requestor, name, l.HoldersString())
 	case l.Free():
 		msg = fmt.Sprintf("lock for %s released by %s; it is now free", name, req.Requestor)
 	default:
@@ -506,12 +508,32 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 			// the same whatever the cause.
 			s.log.Warn("authentication failed", "user", user, "credentials_sent", ok, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.EscapedPath())
 			w.Header().Set("WWW-Authenticate", `Basic realm="locker"`)
+			if r.URL.Path == "/" && strings.Contains(r.Header.Get("Accept"), "text/html") {
+				// A person who cancelled the browser's prompt reads this.
+				w.Header().Set("Content-Type", "text/html; charset=utf-8")
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = io.WriteString(w, loginCancelled)
+				return
+			}
 			s.writeError(w, r, errUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
+
+// loginCancelled is the status page's answer to a browser without the
+// credentials: what a person sees after cancelling the login prompt.
+const loginCancelled = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Locker: sign in to see the locks</title></head>
+<body style="font: 16px/1.45 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem">
+<h1>Locker</h1>
+<p>This server asks for a username and password before it shows its locks.
+Reload the page to be asked again. They are the server's <code>AUTH_USER</code> and <code>AUTH_PASS</code>;
+the person who runs it has them.</p>
+</body></html>
+`
 
 // logEntry is what the request log learns of a reply: its status, from
 // the ResponseWriter, and its error, from writeError through the request's

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"html"
 	"image/png"
 	"net/http"
@@ -125,15 +126,14 @@ func lockNames(t *testing.T, ctx context.Context) []string {
 		t.Fatalf("reading the lock cards: %v", err)
 	}
 	var names []string
-	for _, m := range cardTitle.FindAllStringSubmatch(list, -1) {
+	for _, m := range cardName.FindAllStringSubmatch(list, -1) {
 		names = append(names, html.UnescapeString(m[1]))
 	}
 	return names
 }
 
-// cardTitle is a lock card's heading as the DOM serialises it: the name,
-// then maybe a badge.
-var cardTitle = regexp.MustCompile(`<h2>([^<]*?)\s*(?:<span|</h2>)`)
+// cardName is a lock card's name as the DOM serialises it.
+var cardName = regexp.MustCompile(`<article class="lock[^"]*" data-name="([^"]*)"`)
 
 // waitForCard waits until the tab shows a card for the lock called name,
 // and returns how long that took. It fails the test after within.
@@ -192,8 +192,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("loading the status page: %v", err)
 	}
 
-	// What a person sees: every lock by name, the hostile one as text.
-	if got, want := lockNames(t, ctx), []string{hostile, "prod", "staging"}; !slices.Equal(got, want) {
+	// What a person sees: prod, held over the threshold and waited for,
+	// first; then the others by name, the hostile one as text.
+	if got, want := lockNames(t, ctx), []string{"prod", hostile, "staging"}; !slices.Equal(got, want) {
 		t.Errorf("lock cards = %q; want %q", got, want)
 	}
 	if got := eval[string](t, ctx, `typeof window.pwned`); got != "undefined" {
@@ -202,7 +203,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	text := eval[string](t, ctx, `document.body.innerText`)
 	for _, want := range []string{
 		"3 locks held, 1 request waiting.",
-		"deploy/prod · lease ends in 29 min · " + build,
+		"deploy/prod · lease ends in 29\u00a0min · " + build,
 		"integration-tests · took it",
 		"upgrade/prod (key upgrade-v2), waiting",
 		`"><b>bold</b>`,
@@ -216,11 +217,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if !slices.Equal(links, []string{build}) {
 		t.Errorf("links on the lock cards = %q; want only the build URL %q (no javascript: link)", links, build)
 	}
-	if got := eval[string](t, ctx, `[...document.querySelectorAll(".lock.long h2")].map(h => h.textContent).join("|")`); got != "prod held over 1s" {
-		t.Errorf("locks that stand out: %q; want prod, held over 1 s", got)
+	if got := eval[string](t, ctx, `[...document.querySelectorAll(".lock.long h2")].map(h => h.textContent).join("|")`); got != "prod held over 1s 1 waiting" {
+		t.Errorf("locks that stand out: %q; want prod, held over 1 s, one waiting", got)
 	}
-
-	saveScreenshot(t, ctx)
 
 	// The page refreshes itself within its interval, without a reload
 	// (the marker survives), and keeps what the filter box holds.
@@ -240,6 +239,24 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if loc := eval[string](t, ctx, `location.search`); loc != "?q=stag&held_over=1s" {
 		t.Errorf("after filtering, the URL's query is %q; want ?q=stag&held_over=1s", loc)
 	}
+	if got := eval[[]string](t, ctx, `[...document.querySelectorAll("#locks mark")].map(m => m.textContent)`); !slices.Equal(got, []string{"stag"}) {
+		t.Errorf("the marked text is %q; want the one match, stag (in staging)", got)
+	}
+
+	// One click puts the locks in name order, and the refresh keeps it.
+	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.ID("q"), "\b\b\b\b")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the cleared filter to show every lock", func() bool { return len(lockNames(t, ctx)) == 4 })
+	if err := chromedp.Do(ctx, chromedp.Click(`#order a`), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
+		t.Fatal(err)
+	}
+	byName := []string{hostile, "nightly-db", "prod", "staging"}
+	testutil.WaitFor(t, "the locks in name order", func() bool { return slices.Equal(lockNames(t, ctx), byName) })
+	time.Sleep(statusRefresh*time.Second + time.Second) // a refresh
+	if got := lockNames(t, ctx); !slices.Equal(got, byName) {
+		t.Errorf("after a refresh, the lock cards are %q; want them still by name, %q", got, byName)
+	}
 
 	checkColourSchemes(t, ctx)
 	checkPhoneWidth(t, ctx, base)
@@ -247,6 +264,70 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("the browser console reported problems:\n%s", strings.Join(p, "\n"))
 	}
 	checkWithoutJavaScript(t, ctx, base, put)
+	screenshotABoard(t, ctx)
+}
+
+// screenshotABoard shows the page a team sees on a working day, from a
+// state file written with times in the past, and saves its screenshot
+// (the README's picture), in a tab of its own.
+func screenshotABoard(t *testing.T, parent context.Context) {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(parent)
+	defer cancel()
+	now := time.Now().UTC()
+	at := func(d time.Duration) string { return now.Add(d).Format(time.RFC3339) }
+	state := filepath.Join(t.TempDir(), "locks.yml")
+	testutil.WriteFile(t, state, fmt.Sprintf(`version: 1
+seq: 9
+last_token: 41
+locks:
+  prod-cloudfoundry:
+    key: deploy-v2.14
+    locked_by: {deploy-prod: 1}
+    token: 38
+    acquired_at: %[1]s
+    holders:
+      deploy-prod: {since: %[1]s, note: "https://ci.example.com/teams/main/pipelines/cf/jobs/deploy-prod/builds/1042"}
+  staging:
+    key: tests
+    locked_by: {api-tests: 1, e2e-tests: 1}
+    token: 40
+    acquired_at: %[2]s
+    holders:
+      api-tests: {since: %[2]s, expires_at: %[3]s, note: "https://ci.example.com/teams/main/pipelines/api/jobs/test/builds/311"}
+      e2e-tests: {since: %[4]s, expires_at: %[3]s}
+  db-migrations:
+    key: migrate-2026-12
+    locked_by: {schema-migrate: 1}
+    token: 41
+    acquired_at: %[5]s
+    holders:
+      schema-migrate: {since: %[5]s, expires_at: %[6]s, note: "https://ci.example.com/teams/data/pipelines/db/jobs/migrate/builds/87"}
+  browsers-2:
+    key: e2e
+    locked_by: {e2e-nightly: 1}
+    token: 39
+    acquired_at: %[4]s
+    holders:
+      e2e-nightly: {since: %[4]s, expires_at: %[3]s}
+pools:
+  browsers:
+    members: [browsers-1, browsers-2, browsers-3]
+`, at(-7*time.Hour-12*time.Minute), at(-25*time.Minute), at(35*time.Minute), at(-9*time.Minute), at(-52*time.Minute), at(4*time.Minute)))
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": state})
+	waiter := putAsyncAuth(t, ls.url, "/lock/staging?wait=2m", `{"key": "upgrade", "lock_by": "upgrade-staging"}`)
+	defer func() {
+		ls.call(t, "DELETE", "/lock/staging?force=true", `{}`)
+		<-waiter
+	}()
+	testutil.WaitFor(t, "the upgrade to queue for staging", func() bool { return ls.waiting(t, "staging") == 1 })
+	if err := chromedp.Do(ctx, chromedp.Navigate(ls.url+"/"), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
+		t.Fatalf("loading the board: %v", err)
+	}
+	if got, want := lockNames(t, ctx), []string{"prod-cloudfoundry", "staging", "db-migrations", "browsers-2"}; !slices.Equal(got, want) {
+		t.Errorf("the board's cards = %q; want %q", got, want)
+	}
+	saveScreenshot(t, ctx)
 }
 
 // saveScreenshot saves the page as a PNG at -screenshot and checks that it

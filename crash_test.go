@@ -158,7 +158,7 @@ func TestBadStateFile(t *testing.T) {
 			}
 			before := dirContents(t, dir)
 			if tt.wantErr != "" {
-				err := run(t.Context(), nil, func(k string) string { return map[string]string{"LOCKER_CONFIG": path, "PORT": "0"}[k] }, io.Discard, io.Discard)
+				err := run(t.Context(), nil, []string{"LOCKER_CONFIG=" + path, "PORT=0"}, io.Discard, io.Discard)
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), path) {
 					t.Errorf("start = %v; want a refusal naming %s and saying %q", err, path, tt.wantErr)
 				}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
@@ -376,8 +377,8 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 		}
 		for _, name := range names {
 			if l := tx.Lock(name); lock.LimitDiffers(l, req.Request) {
-				return fmt.Errorf("%w: %q is held under a limit of %s, set by the request that took it; send \"limit\": %d, or no limit, to share it",
-					errLimitDiffers, name, limitText(l.Limit), l.Limit)
+				return fmt.Errorf("%w: %q is held under a limit of %s, set by the request that took it; %s%d, or no limit, to share it",
+					errLimitDiffers, name, limitText(l.Limit), advice.Limit, l.Limit)
 			}
 		}
 		verdict = decide(tx, names, req)
@@ -412,7 +413,7 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 		return got, nil
 	case verdict == lock.Refuse:
 		e.metrics.Refused()
-		return nil, fmt.Errorf("%w: %s; send ?wait=5m to wait for it", errLockHeld, refusals(got, req.Key))
+		return nil, fmt.Errorf("%w: %s; %s", errLockHeld, refusals(got, req.Key), advice.Wait)
 	}
 	return wt.run(ctx, woken)
 }
@@ -511,8 +512,8 @@ func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, ide
 			l := tx.Lock(name)
 			next, n, ok := lock.Release(l, key, requestor, all)
 			if !ok {
-				return fmt.Errorf("%w: %q is held with key %q by %s; a release must send the key the lock was taken with",
-					errLockHeld, name, l.Key, l.HoldersString())
+				return fmt.Errorf("%w: %q is held with key %q by %s; %s",
+					errLockHeld, name, l.Key, l.HoldersString(), advice.ReleaseKey)
 			}
 			held[name], released[name] = l, n
 			if n > 0 {
@@ -598,8 +599,8 @@ func (e *engine) RenewSet(names []string, key, requestor string, ttl time.Durati
 		for _, name := range names {
 			next, ok := lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl))
 			if !ok {
-				return fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; take the lock with PUT",
-					errLockHeld, requestor, name, key)
+				return fmt.Errorf("%w: %s holds nothing on %q with key %q, so there is no lease to renew; %s",
+					errLockHeld, requestor, name, key, advice.Take)
 			}
 			tx.Set(name, next)
 		}

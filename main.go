@@ -29,11 +29,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -44,6 +47,7 @@ import (
 	"github.com/locker-ci/locker/internal/lazyfs"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
+	"github.com/locker-ci/locker/internal/nearest"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -51,7 +55,8 @@ var version = "dev"
 
 const usage = `locker: an HTTP server that hands out named locks to CI pipelines.
 
-Usage: locker [serve] [-h | --version]
+Usage: locker serve [-h]
+       locker --version
 
 With no arguments, or serve, locker serves the lock API. The same binary
 is the client: locker run, lock, unlock, ls, ... (locker help lists them).
@@ -124,12 +129,12 @@ const (
 )
 
 func main() {
-	if len(os.Args) > 1 && cli.IsCommand(os.Args[1]) {
+	if !cli.IsServer(os.Args[1:]) {
 		os.Exit(cli.Main(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "locker: %v\n", err)
 		if errors.Is(err, errUsage) {
 			os.Exit(2)
@@ -154,10 +159,19 @@ type config struct {
 	logJSON           bool  // LOG_FORMAT=json
 	metricsAuth       bool  // /metrics behind the API's basic auth
 	logLevel          slog.Level
+	warnings          []string // said in the log at start: variables that look misspelt
 }
 
-// loadConfig reads and checks the configuration; an error names the variable.
-func loadConfig(getenv func(string) string) (config, error) {
+// loadConfig reads and checks the configuration in environ (KEY=VALUE
+// pairs, as os.Environ gives them); an error names the variable.
+func loadConfig(environ []string) (config, error) {
+	vars := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	getenv := func(name string) string { return vars[name] }
 	cfg := config{
 		statePath:   getenv("LOCKER_CONFIG"),
 		databaseURL: getenv("LOCKER_DATABASE_URL"),
@@ -198,13 +212,55 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if cfg.defaultTTL > 0 && cfg.defaultTTL < minTTL {
 		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL: %v is under the shortest lease, %v", cfg.defaultTTL, minTTL)
 	}
-	if err := bothOrNeither("AUTH_USER", cfg.user, "AUTH_PASS", cfg.pass); err != nil {
+	if err := bothOrNeither(vars, "AUTH_USER", "AUTH_PASS"); err != nil {
 		return config{}, err
 	}
-	if err := bothOrNeither("SSL_CERT", cfg.certFile, "SSL_KEY", cfg.keyFile); err != nil {
+	if err := bothOrNeither(vars, "SSL_CERT", "SSL_KEY"); err != nil {
 		return config{}, err
 	}
+	if isPlaceholder(cfg.pass) {
+		return config{}, fmt.Errorf("AUTH_PASS is %q, the placeholder of an example file: anyone who has read it knows the password. Choose one of your own, e.g. AUTH_PASS=$(openssl rand -hex 16)", cfg.pass)
+	}
+	cfg.warnings = unknownVariables(vars)
 	return cfg, nil
+}
+
+// isPlaceholder reports whether pass is a password that example files
+// ship, ours among them, for the reader to replace.
+func isPlaceholder(pass string) bool {
+	switch strings.ToLower(strings.Trim(pass, "<>")) {
+	case "change-me", "changeme", "change_me", "password", "replace-me", "replaceme":
+		return true
+	}
+	return false
+}
+
+// knownVariables are the LOCKER_ variables Locker reads: the server's,
+// the client's (LOCKER_URL...), the ones locker run sets for its command,
+// and the tests'.
+var knownVariables = []string{
+	"LOCKER_CONFIG", "LOCKER_DATABASE_URL", "LOCKER_LISTEN", "LOCKER_MAX_WAIT", "LOCKER_DEFAULT_TTL", "LOCKER_MAX_TTL",
+	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES",
+	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
+	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
+	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS",
+}
+
+// unknownVariables says, for each LOCKER_ variable in vars that Locker
+// does not read, that it is ignored, and which one was likely meant.
+func unknownVariables(vars map[string]string) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(vars)) {
+		if !strings.HasPrefix(name, "LOCKER_") || slices.Contains(knownVariables, name) {
+			continue
+		}
+		msg := name + " is not a setting of locker's, and is ignored"
+		if near, ok := nearest.Word(name, knownVariables); ok {
+			msg += fmt.Sprintf("; did you mean %s?", near)
+		}
+		out = append(out, msg)
+	}
+	return out
 }
 
 // env reads settings from the environment into their fields, leaving a
@@ -295,18 +351,24 @@ func (e *env) logging(cfg *config) {
 	}
 }
 
-func bothOrNeither(aName, a, bName, b string) error {
-	switch {
-	case a != "" && b == "":
-		return fmt.Errorf("%s is set but %s is not: set both, or neither", aName, bName)
-	case a == "" && b != "":
-		return fmt.Errorf("%s is set but %s is not: set both, or neither", bName, aName)
+// bothOrNeither checks that the variables a and b are both set, or
+// neither; an empty one counts as unset, and the message says which.
+func bothOrNeither(vars map[string]string, a, b string) error {
+	if vars[a] == "" && vars[b] != "" {
+		a, b = b, a
 	}
-	return nil
+	if vars[a] == "" || vars[b] != "" {
+		return nil
+	}
+	state := "is not set"
+	if _, ok := vars[b]; ok {
+		state = "is empty"
+	}
+	return fmt.Errorf("%s is set but %s %s: set both, or neither", a, b, state)
 }
 
 // run reads the configuration and serves the lock API until ctx is done.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, environ []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "migrate" {
 		return runMigrate(ctx, args[1:], stdout)
 	}
@@ -325,7 +387,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return fmt.Errorf("unknown argument %q: the server is configured through environment variables (locker serve -h lists them), and locker help lists the client's commands", a)
 		}
 	}
-	cfg, err := loadConfig(getenv)
+	cfg, err := loadConfig(environ)
 	if err != nil {
 		return err
 	}
@@ -338,6 +400,9 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 	log, logs := newLogger(stderr, cfg.logJSON, cfg.logLevel)
 	defer logs.Close()
 
+	for _, w := range cfg.warnings {
+		log.Warn(w)
+	}
 	tlsConfig, err := loadTLS(cfg)
 	if err != nil {
 		return err
@@ -438,6 +503,7 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	defer cancel()
 	shutdownErr := httpSrv.Shutdown(shutdownCtx)
 	stopLoops()
+	held := locks.Len() // counted while the store is open: a database closes with it
 	if stopErr != nil {
 		_ = locks.store.Close(false) // the store keeps what it has; nothing more can be trusted
 		return stopErr
@@ -448,7 +514,7 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	if shutdownErr != nil {
 		return fmt.Errorf("shutting down: %w", shutdownErr)
 	}
-	log.Info("stopped", "locks", locks.Len())
+	log.Info("stopped", "locks", held)
 	return nil
 }
 

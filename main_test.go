@@ -37,6 +37,15 @@ type liveServer struct {
 
 var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
 
+// environ returns env as os.Environ would.
+func environ(env map[string]string) []string {
+	var kvs []string
+	for k, v := range env {
+		kvs = append(kvs, k+"="+v)
+	}
+	return kvs
+}
+
 // startRun starts run with env (PORT defaults to 0) and waits until it
 // serves. The server is stopped when the test ends, if not before.
 func startRun(tb testing.TB, env map[string]string) *liveServer {
@@ -53,13 +62,12 @@ func startServe(tb testing.TB, env map[string]string, d atomicfile.FS) *liveServ
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ls := &liveServer{log: &testutil.SyncBuffer{}, stop: cancel, done: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
-	getenv := func(k string) string { return env[k] }
 	go func() {
 		if d == nil {
-			ls.done <- run(ctx, nil, getenv, io.Discard, ls.log)
+			ls.done <- run(ctx, nil, environ(env), io.Discard, ls.log)
 			return
 		}
-		cfg, err := loadConfig(getenv)
+		cfg, err := loadConfig(environ(env))
 		if err != nil {
 			ls.done <- err
 			return
@@ -248,6 +256,8 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	if err := os.WriteFile(corrupt, corruptData, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	wrongShape := filepath.Join(dir, "other.yml")
+	testutil.WriteFile(t, wrongShape, "hello: world\n")
 	tests := []struct {
 		name    string
 		env     map[string]string
@@ -260,13 +270,18 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 		{"password without user", map[string]string{"LOCKER_CONFIG": state, "AUTH_PASS": "x"}, "AUTH_PASS is set but AUTH_USER is not"},
 		{"cert without key", map[string]string{"LOCKER_CONFIG": state, "SSL_CERT": "c.pem"}, "SSL_CERT is set but SSL_KEY is not"},
 		{"key without cert", map[string]string{"LOCKER_CONFIG": state, "SSL_KEY": "k.pem"}, "SSL_KEY is set but SSL_CERT is not"},
+		{"empty password", map[string]string{"LOCKER_CONFIG": state, "AUTH_USER": "ci", "AUTH_PASS": ""}, "AUTH_USER is set but AUTH_PASS is empty: set both, or neither"},
+		{"placeholder password", map[string]string{"LOCKER_CONFIG": state, "AUTH_USER": "ci", "AUTH_PASS": "change-me"},
+			`AUTH_PASS is "change-me", the placeholder of an example file: anyone who has read it knows the password. Choose one of your own, e.g. AUTH_PASS=$(openssl rand -hex 16)`},
+		{"another placeholder", map[string]string{"LOCKER_CONFIG": state, "AUTH_USER": "ci", "AUTH_PASS": "<CHANGEME>"}, `AUTH_PASS is "<CHANGEME>", the placeholder`},
 		{"missing cert files", map[string]string{"LOCKER_CONFIG": state, "SSL_CERT": "/nonexistent/c.pem", "SSL_KEY": "/nonexistent/k.pem"}, "SSL_CERT/SSL_KEY"},
 		{"default lease over the longest", map[string]string{"LOCKER_CONFIG": state, "LOCKER_DEFAULT_TTL": "200h"}, "LOCKER_DEFAULT_TTL (200h0m0s) is over LOCKER_MAX_TTL (168h0m0s)"},
 		{"default lease under a second", map[string]string{"LOCKER_CONFIG": state, "LOCKER_DEFAULT_TTL": "10ms"}, "LOCKER_DEFAULT_TTL: 10ms is under the shortest lease, 1s"},
 		{"unknown log format", map[string]string{"LOCKER_CONFIG": state, "LOG_FORMAT": "xml"}, `LOG_FORMAT: "xml" is not a log format`},
 		{"unknown log level", map[string]string{"LOCKER_CONFIG": state, "LOG_LEVEL": "loud"}, `LOG_LEVEL: "loud" is not a level`},
 		{"max lease not a duration", map[string]string{"LOCKER_CONFIG": state, "LOCKER_MAX_TTL": "a week"}, `LOCKER_MAX_TTL: not a positive duration: "a week"`},
-		{"state file that is plain text", map[string]string{"LOCKER_CONFIG": plain}, "LOCKER_CONFIG " + plain + ": not a valid Locker state file: yaml: unmarshal errors:\n  line 1: cannot unmarshal !!str `hello` into the top level, which holds version, seq, last_token and locks"},
+		{"state file that is plain text", map[string]string{"LOCKER_CONFIG": plain}, "LOCKER_CONFIG " + plain + ": not a valid Locker state file: yaml: unmarshal errors:\n  line 1: cannot unmarshal !!str `hello` into the top level, which holds version, seq, last_token, locks and pools"},
+		{"state file of the wrong shape", map[string]string{"LOCKER_CONFIG": wrongShape}, "LOCKER_CONFIG " + wrongShape + ": not a valid Locker state file: yaml: unmarshal errors:\n  line 1: hello is not a field of the top level, which holds version, seq, last_token, locks and pools"},
 		{"state file that is a directory", map[string]string{"LOCKER_CONFIG": dir}, "LOCKER_CONFIG " + dir + " cannot be read"},
 		{"corrupt state file", map[string]string{"LOCKER_CONFIG": corrupt}, "LOCKER_CONFIG " + corrupt + `: lock "prod": holder "a" has a negative count`},
 		{"state file in a missing directory", map[string]string{"LOCKER_CONFIG": filepath.Join(dir, "nope", "locks.yml")},
@@ -274,7 +289,7 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := run(context.Background(), nil, func(k string) string { return tt.env[k] }, io.Discard, io.Discard)
+			err := run(context.Background(), nil, environ(tt.env), io.Discard, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("run = %v; want an error containing %q", err, tt.wantErr)
 			}
@@ -298,7 +313,7 @@ func TestRunRefusesASecondServerOnTheSameStateFile(t *testing.T) {
 		t.Fatalf("PUT = %d %s", status, body)
 	}
 	env := map[string]string{"LOCKER_CONFIG": state, "PORT": "0"}
-	err := run(context.Background(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	err := run(context.Background(), nil, environ(env), io.Discard, io.Discard)
 	want := fmt.Sprintf("LOCKER_CONFIG %s is in use by another locker server, process %d", state, os.Getpid())
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("second run = %v; want an error containing %q", err, want)
@@ -320,7 +335,7 @@ func TestRunHelpAndVersion(t *testing.T) {
 	for _, tt := range tests {
 		var out bytes.Buffer
 		// No environment at all: help and version need none.
-		if err := run(context.Background(), tt.args, func(string) string { return "" }, &out, io.Discard); err != nil {
+		if err := run(context.Background(), tt.args, nil, &out, io.Discard); err != nil {
 			t.Errorf("run %v = %v", tt.args, err)
 		}
 		for _, w := range tt.want {
@@ -329,7 +344,7 @@ func TestRunHelpAndVersion(t *testing.T) {
 			}
 		}
 	}
-	err := run(context.Background(), []string{"--port=3000"}, func(string) string { return "" }, io.Discard, io.Discard)
+	err := run(context.Background(), []string{"--port=3000"}, nil, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "environment variables") {
 		t.Errorf("run with an unknown flag = %v; want an error pointing at the environment", err)
 	}
@@ -465,7 +480,7 @@ func TestLogFormatAndLevel(t *testing.T) {
 	var log testutil.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, &log) }()
+	go func() { done <- run(ctx, nil, environ(env), io.Discard, &log) }()
 	url := "http://127.0.0.1:" + port
 	testutil.WaitFor(t, "the server to serve", func() bool {
 		resp, err := http.Get(url + "/healthz")
@@ -494,5 +509,28 @@ func TestLogFormatAndLevel(t *testing.T) {
 	}
 	if !warned {
 		t.Errorf("the forced release's warning is missing:\n%s", log.String())
+	}
+}
+
+// TestMisspeltVariablesAreWarnedOf starts a server with a misspelt
+// setting: it serves (the setting is not needed), and its log says which
+// variable is ignored and which one was meant.
+func TestMisspeltVariablesAreWarnedOf(t *testing.T) {
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"),
+		"LOCKER_MAXWAIT": "5m", "LOCKER_SOMETHING": "1", "LOCKER_URL": "http://x"})
+	if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "k"}`); status != http.StatusOK {
+		t.Fatalf("PUT = %d %s", status, body)
+	}
+	log := ls.log.String()
+	for _, want := range []string{
+		`level=WARN msg="LOCKER_MAXWAIT is not a setting of locker's, and is ignored; did you mean LOCKER_MAX_WAIT?"`,
+		`level=WARN msg="LOCKER_SOMETHING is not a setting of locker's, and is ignored"`,
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log lacks %s:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "LOCKER_URL") {
+		t.Errorf("the log warns of LOCKER_URL, the client's setting:\n%s", log)
 	}
 }

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -62,19 +64,25 @@ func TestNodesShareOneTableInPostgreSQL(t *testing.T) {
 		if status, _ := s.call(t, "GET", "/readyz", ""); status != 200 {
 			t.Errorf("GET /readyz = %d; want 200", status)
 		}
-		if status, page := s.call(t, "GET", "/", ""); status != 200 || !strings.Contains(string(page), "<h2>prod</h2>") {
+		if status, page := s.call(t, "GET", "/", ""); status != 200 || !strings.Contains(string(page), `data-name="prod"`) {
 			t.Errorf("status page = %d; want prod on it", status)
 		}
 		if _, metrics := s.call(t, "GET", "/metrics", ""); !strings.Contains(string(metrics), "locker_holders 2") {
 			t.Errorf("/metrics does not count the two holders")
 		}
 	}
+
+	// A node stops cleanly: no error in its log on the way out.
+	if err := a.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if log := a.log.String(); strings.Contains(log, "level=ERROR") || !strings.Contains(log, "msg=stopped locks=1") {
+		t.Errorf("a node's log on shutdown: want no error, and msg=stopped locks=1:\n%s", log)
+	}
 }
 
 func TestRunRefusesBothStores(t *testing.T) {
-	err := run(context.Background(), nil, func(k string) string {
-		return map[string]string{"LOCKER_CONFIG": "x.yml", "LOCKER_DATABASE_URL": "postgres://h/db"}[k]
-	}, nil, nil)
+	err := run(context.Background(), nil, []string{"LOCKER_CONFIG=x.yml", "LOCKER_DATABASE_URL=postgres://h/db"}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "LOCKER_CONFIG and LOCKER_DATABASE_URL are both set") {
 		t.Errorf("run with both = %v", err)
 	}
@@ -107,7 +115,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	}
 	migrate := func(from, to string) (string, error) {
 		var out strings.Builder
-		err := run(context.Background(), []string{"migrate", "--from", from, "--to", to}, func(string) string { return "" }, &out, io.Discard)
+		err := run(context.Background(), []string{"migrate", "--from", from, "--to", to}, nil, &out, io.Discard)
 		return out.String(), err
 	}
 	if _, err := migrate(filepath.Join(dir, "lcoks.yml"), db); err == nil || !strings.Contains(err.Error(), "lcoks.yml") {
@@ -141,7 +149,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 		t.Error("the refused migrate wrote its target")
 	}
 	var out strings.Builder
-	if err := run(context.Background(), []string{"migrate", "--force", "--from", db, "--to", early}, func(string) string { return "" }, &out, io.Discard); err != nil || !strings.Contains(out.String(), "copied 3 locks") {
+	if err := run(context.Background(), []string{"migrate", "--force", "--from", db, "--to", early}, nil, &out, io.Discard); err != nil || !strings.Contains(out.String(), "copied 3 locks") {
 		t.Errorf("migrate --force from a database a node serves = %q, %v; want it copied", out.String(), err)
 	}
 	if err := p.shutdown(); err != nil {
@@ -160,5 +168,38 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	}
 	if status, body := f.call(t, "PUT", "/lock/newer", `{"key": "k"}`); status != 200 || !strings.Contains(string(body), `"token":4`) {
 		t.Errorf("a new lock after migrating back = %d %s; want token 4", status, body)
+	}
+}
+
+// TestANodeWaitsForItsDatabase starts a node while its database cannot be
+// reached: it says so and tries again, and serves once the database
+// answers. A database that refuses the node (one that does not exist)
+// fails the start at once.
+func TestANodeWaitsForItsDatabase(t *testing.T) {
+	u, px := throughProxy(t, testutil.PostgresSchema(t))
+	px.Down()
+	up := time.AfterFunc(2500*time.Millisecond, px.Up)
+	defer up.Stop()
+	start := time.Now()
+	s := startRun(t, map[string]string{"LOCKER_DATABASE_URL": u})
+	if waited := time.Since(start); waited < 2*time.Second {
+		t.Errorf("the node served %v after its start, while its database could not be reached for 2.5 s", waited)
+	}
+	if log := s.log.String(); !strings.Contains(log, `level=WARN msg="cannot reach the database; trying again" in=1s until=`) {
+		t.Errorf("the log does not say the node is trying again:\n%s", log)
+	}
+	if status, body := s.call(t, "PUT", "/lock/prod", `{"key": "k"}`); status != 200 {
+		t.Errorf("PUT = %d %s", status, body)
+	}
+
+	parsed, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed.Path = "/no_such_database_here"
+	start = time.Now()
+	err = run(context.Background(), nil, []string{"LOCKER_DATABASE_URL=" + parsed.String(), "PORT=0"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `database "no_such_database_here" does not exist`) || time.Since(start) > 5*time.Second {
+		t.Errorf("a start on a database that does not exist = %v after %v; want that error, at once", err, time.Since(start))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
@@ -72,7 +73,7 @@ func (e *engine) DeletePool(name string) error {
 
 // noPool says there is no pool called name, and what to do.
 func noPool(name string) error {
-	return fmt.Errorf("%w: there is no pool called %q; GET /pools lists them, and PUT /pool/%s with {\"members\": [...]} makes it", errNoPool, name, name)
+	return fmt.Errorf("%w: there is no pool called %q; %s", errNoPool, name, advice.Pools)
 }
 
 // Pools returns every pool, by name.
@@ -263,8 +264,8 @@ func (e *engine) claim(ctx context.Context, pool string, req acquireRequest) (ma
 		return got, nil
 	case verdict == lock.Refuse:
 		e.metrics.Refused()
-		return nil, fmt.Errorf("%w: the pool %q has %d of its %s free for a claim of %d (a member another request waits for first is not free); send ?wait=5m to wait for them",
-			errLockHeld, pool, free, plural(len(members), "member", "members"), req.Count)
+		return nil, fmt.Errorf("%w: the pool %q has %d of its %s free for a claim of %d (a member another request waits for first is not free); %s",
+			errLockHeld, pool, free, plural(len(members), "member", "members"), req.Count, advice.WaitForThem)
 	}
 	return wt.run(ctx, woken)
 }

@@ -58,7 +58,7 @@ var (
 	}{
 		"PUT /lock/<name>":    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 		"DELETE /lock/<name>": {[]string{"force"}, "?force=true"},
-		"GET /":               {[]string{"q", "held_over"}, "?q=<text to filter by> and ?held_over=<duration>, e.g. ?q=prod&held_over=2h"},
+		"GET /":               {[]string{"q", "held_over", "sort"}, "?q=<text to filter by>, ?held_over=<duration> and ?sort=name, e.g. ?q=prod&held_over=2h"},
 		"GET /locks":          {[]string{"limit", "after", "prefix"}, "?limit=<locks per page>, ?after=<name> and ?prefix=<text>, e.g. ?prefix=prod-&limit=100"},
 		"PUT /locks":          {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 		"DELETE /locks":       {[]string{"force"}, "?force=true"},

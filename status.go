@@ -39,6 +39,9 @@ var (
 			}
 			return many
 		},
+		"mark": markMatches,
+		// args passes a text and the filter to the "marked" template.
+		"args": func(text, filter string) markArgs { return markArgs{text, filter} },
 	}).Parse(statusHTML))
 
 	// statusPolicy lets the page run its own script and style and nothing
@@ -64,6 +67,19 @@ const (
 	statusHeldOver = 6 * time.Hour
 	// statusHeldOverText is statusHeldOver as the page says it.
 	statusHeldOverText = "6h"
+	// statusLeaseSoon: a lease that ends sooner stands out, for a holder
+	// that may be about to lose its lock.
+	statusLeaseSoon = 10 * time.Minute
+)
+
+// The urgencies by which the page orders the locks, most urgent first;
+// locks of one urgency come by name.
+const (
+	urgencyHeldOver  = iota // held longer than the page's HeldOver
+	urgencyQueue            // requests wait for it
+	urgencyLeaseSoon        // a lease on it ends within statusLeaseSoon
+	urgencyNone
+	urgencies
 )
 
 // cspHash returns the Content-Security-Policy source for an inline script
@@ -85,7 +101,10 @@ type statusPage struct {
 	Waiting     int           // requests waiting, in the whole table
 	Matching    int           // locks that match Filter
 	Hidden      int           // matching locks not shown (over statusMaxLocks)
+	ByName      bool          // ?sort=name: the locks by name, not by urgency
+	OtherOrder  string        // the page's URL in the other order
 	Locks       []statusLock
+	byUrgency   [urgencies][]statusLock // the locks shown, until they are put in Locks
 	Pools       []statusPool
 	HiddenPools int // pools not shown (over statusMaxPools)
 	Refresh     int
@@ -101,6 +120,8 @@ type statusLock struct {
 	AcquiredAt string // RFC 3339, or "" when the state file did not say
 	HeldFor    string // how long ago AcquiredAt was, e.g. "12 min"
 	Long       bool   // held longer than the page's HeldOver
+	LeaseSoon  string // how soon the first lease ends, when within statusLeaseSoon
+	Urgency    int
 	Holders    []statusHolder
 	Queue      []statusWaiter
 }
@@ -152,10 +173,22 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		}
 		page.HeldOver, page.HeldOverSet = v[0], true
 	}
+	switch v := query.Get("sort"); v {
+	case "name":
+		page.ByName = true
+	case "", "urgency":
+	default:
+		s.writeError(w, r, fmt.Errorf("%w: sort is urgency (the default) or name, not %q", errBadRequest, v))
+		return
+	}
+	page.OtherOrder = otherOrder(query, page.ByName)
 	page.Now = s.locks.Now().UTC()
 	if err := s.locks.Each(r.Context(), "", "", page.add); err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	for _, locks := range page.byUrgency {
+		page.Locks = append(page.Locks, locks...)
 	}
 	page.Title = fmt.Sprintf("Locker: %d held, %d waiting", page.Held, page.Waiting)
 	if err := page.addPools(s.locks); err != nil {
@@ -178,7 +211,8 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // add counts l, which the table's locks come to in name order, and shows
-// it if it matches p.Filter and the page has room.
+// it if it matches p.Filter and the page has room: room for the
+// statusMaxLocks most urgent (or, by name, the first).
 func (p *statusPage) add(l Listed) error {
 	if !l.Free() {
 		p.Held++
@@ -188,12 +222,102 @@ func (p *statusPage) add(l Listed) error {
 		return nil
 	}
 	p.Matching++
-	if len(p.Locks) == statusMaxLocks {
-		p.Hidden++
-		return nil
+	u := p.urgency(l.Snapshot)
+	if p.ByName {
+		u = 0 // one list
 	}
-	p.Locks = append(p.Locks, p.lock(l.Name, l.Snapshot))
+	worst := urgencies - 1
+	for worst > 0 && len(p.byUrgency[worst]) == 0 {
+		worst--
+	}
+	if p.Matching-p.Hidden > statusMaxLocks {
+		p.Hidden++
+		if u >= worst {
+			return nil // after every lock shown
+		}
+		p.byUrgency[worst] = p.byUrgency[worst][:len(p.byUrgency[worst])-1] // the last by name of the least urgent
+	}
+	sl := p.lock(l.Name, l.Snapshot)
+	sl.Urgency = p.urgency(l.Snapshot)
+	p.byUrgency[u] = append(p.byUrgency[u], sl)
 	return nil
+}
+
+// urgency says how soon a person should look at l.
+func (p *statusPage) urgency(l Snapshot) int {
+	switch {
+	case !l.Free() && !l.AcquiredAt.IsZero() && p.Now.Sub(l.AcquiredAt) > p.heldOver:
+		return urgencyHeldOver
+	case len(l.Waiting) > 0:
+		return urgencyQueue
+	case !firstLease(l).IsZero() && firstLease(l).Sub(p.Now) < statusLeaseSoon:
+		return urgencyLeaseSoon
+	}
+	return urgencyNone
+}
+
+// firstLease is when the first lease on l ends; zero when none does.
+func firstLease(l Snapshot) time.Time {
+	var first time.Time
+	for _, h := range l.Holders {
+		if !h.ExpiresAt.IsZero() && (first.IsZero() || h.ExpiresAt.Before(first)) {
+			first = h.ExpiresAt
+		}
+	}
+	return first
+}
+
+// otherOrder returns the page's URL, its query as given, in the order it
+// is not in.
+func otherOrder(query url.Values, byName bool) string {
+	q := url.Values{}
+	maps.Copy(q, query)
+	if byName {
+		delete(q, "sort")
+	} else {
+		q.Set("sort", "name")
+	}
+	if len(q) == 0 {
+		return "/"
+	}
+	return "/?" + q.Encode()
+}
+
+// markArgs are what the "marked" template shows: a text, with what in it
+// matches the filter marked.
+type markArgs struct{ Text, Filter string }
+
+// markPart is a piece of text on the page, and whether it is (part of)
+// what the filter matched.
+type markPart struct {
+	Text  string
+	Match bool
+}
+
+// markMatches cuts s into the pieces the filter matches, case aside, and
+// the rest, for the page to mark.
+func markMatches(s, filter string) []markPart {
+	if filter == "" {
+		return []markPart{{Text: s}}
+	}
+	var parts []markPart
+	lower, f := strings.ToLower(s), strings.ToLower(filter)
+	for {
+		i := strings.Index(lower, f)
+		// ToLower keeps the byte length of most text; where it does not,
+		// the text is shown unmarked rather than cut in the wrong place.
+		if i < 0 || len(lower) != len(s) {
+			return append(parts, markPart{Text: s})
+		}
+		if i > 0 {
+			parts = append(parts, markPart{Text: s[:i]})
+		}
+		parts = append(parts, markPart{Text: s[i : i+len(f)], Match: true})
+		s, lower = s[i+len(f):], lower[i+len(f):]
+		if s == "" {
+			return parts
+		}
+	}
 }
 
 // addPools adds the pools, by name, up to statusMaxPools.
@@ -249,6 +373,9 @@ func (p *statusPage) lock(name string, l Snapshot) statusLock {
 		}
 		sl.Holders = append(sl.Holders, sh)
 	}
+	if first := firstLease(l); !first.IsZero() && first.Sub(p.Now) < statusLeaseSoon {
+		sl.LeaseSoon = humanDuration(first.Sub(p.Now))
+	}
 	for _, q := range l.Waiting {
 		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humanDuration(p.Now.Sub(q.Since))})
 	}
@@ -284,17 +411,18 @@ func linkable(note string) string {
 
 // humanDuration says d the way a person reads it at a glance, to the
 // second under a minute and to the minute above: "42 s", "12 min",
-// "3 h 5 min", "2 d 4 h". Negative durations (a lease that just ran out,
-// a clock step) read as "0 s".
+// "3 h 5 min", "2 d 4 h", with no-break spaces, so that a number never
+// wraps apart from its unit. Negative durations (a lease that just ran
+// out, a clock step) read as "0 s".
 func humanDuration(d time.Duration) string {
 	d = max(d, 0)
 	switch {
 	case d < time.Minute:
-		return fmt.Sprintf("%d s", int(d.Seconds()))
+		return fmt.Sprintf("%d\u00a0s", int(d.Seconds()))
 	case d < time.Hour:
-		return fmt.Sprintf("%d min", int(d.Minutes()))
+		return fmt.Sprintf("%d\u00a0min", int(d.Minutes()))
 	case d < 24*time.Hour:
-		return fmt.Sprintf("%d h %d min", int(d.Hours()), int(d.Minutes())%60)
+		return fmt.Sprintf("%d\u00a0h\u00a0%d\u00a0min", int(d.Hours()), int(d.Minutes())%60)
 	}
-	return fmt.Sprintf("%d d %d h", int(d.Hours())/24, int(d.Hours())%24)
+	return fmt.Sprintf("%d\u00a0d\u00a0%d\u00a0h", int(d.Hours())/24, int(d.Hours())%24)
 }

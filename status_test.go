@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -38,11 +39,15 @@ func (ts *testServer) page(t *testing.T, target string) string {
 // cards returns the lock names on a status page, in order.
 func cards(body string) []string {
 	var names []string
-	for _, m := range regexp.MustCompile(`<h2>([^<]*)`).FindAllStringSubmatch(body, -1) {
-		names = append(names, strings.TrimSpace(m[1]))
+	for _, m := range regexp.MustCompile(`<article class="lock[^"]*" data-name="([^"]*)"`).FindAllStringSubmatch(body, -1) {
+		names = append(names, m[1])
 	}
 	return names
 }
+
+// nbsp puts no-break spaces in s where it has spaces, as the page writes
+// durations.
+func nbsp(s string) string { return strings.ReplaceAll(s, " ", "\u00a0") }
 
 func TestStatusPage(t *testing.T) {
 	ts, _, clock := statusServer(t, "", "")
@@ -59,8 +64,12 @@ func TestStatusPage(t *testing.T) {
 	clock.Advance(12*time.Minute + 5*time.Second)
 
 	body := ts.page(t, "/")
-	if got, want := cards(body), []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "prod", "staging"}; !slices.Equal(got, want) {
-		t.Errorf("cards = %q; want %q, sorted by name, escaped", got, want)
+	// prod, held over 6 h, first; then the others by name.
+	if got, want := cards(body), []string{"prod", "&lt;script&gt;alert(1)&lt;/script&gt;", "staging"}; !slices.Equal(got, want) {
+		t.Errorf("cards = %q; want %q, the one held over 6 h first, escaped", got, want)
+	}
+	if got, want := cards(ts.page(t, "/?sort=name")), []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "prod", "staging"}; !slices.Equal(got, want) {
+		t.Errorf("GET /?sort=name: cards = %q; want %q, by name", got, want)
 	}
 	for _, want := range []string{
 		"<title>Locker: 3 held, 0 waiting</title>",
@@ -70,10 +79,11 @@ func TestStatusPage(t *testing.T) {
 		"<code>&lt;b&gt;k&lt;/b&gt;</code>",
 		"<strong>&#34;&gt;&lt;img src=x&gt;</strong>",
 		// Held 7 h 12 min: over the 6 h threshold, it stands out.
-		`<article class="lock long">` + "\n    <h2>prod <span class=\"badge\">held over 6h</span></h2>",
-		`token 1 · taken <time datetime="2026-11-25T09:00:00Z" title="2026-11-25T09:00:00Z">7 h 12 min ago</time>`,
+		`<article class="lock long" data-name="prod">` + "\n    <h2><span class=\"name\">prod</span> <span class=\"badge\">held over 6h</span></h2>",
+		`token 1 · taken <time datetime="2026-11-25T09:00:00Z" title="2026-11-25T09:00:00Z">` + nbsp("7 h 12 min") + ` ago</time>`,
 		"<strong>pipeline-a/deploy</strong>\n        · no lease",
-		"· lease ends in 17 min · javascript:alert(1)</li>",
+		"· lease ends in " + nbsp("17 min") + " · javascript:alert(1)</li>",
+		`<a href="/?sort=name">By name</a>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q:\n%s", want, body)
@@ -83,7 +93,7 @@ func TestStatusPage(t *testing.T) {
 		t.Errorf("page holds unescaped input:\n%s", body)
 	}
 	// Two holders: each says when it took the lock.
-	if !strings.Contains(body, "<strong>integration</strong> · took it 12 min ago") {
+	if !strings.Contains(body, "<strong>integration</strong> · took it "+nbsp("12 min")+" ago") {
 		t.Errorf("shared lock does not say when each holder took it:\n%s", body)
 	}
 
@@ -126,7 +136,7 @@ func TestStatusPageQueueAndLimits(t *testing.T) {
 	queued(t, ctx, tab, "prod", "upgrade", "b")
 	clock.Advance(90 * time.Second)
 	body := ts.page(t, "/")
-	if !strings.Contains(body, "<li>b (key <code>upgrade</code>), waiting 1 min</li>") {
+	if !strings.Contains(body, "<li>b (key <code>upgrade</code>), waiting "+nbsp("1 min")+"</li>") {
 		t.Errorf("page does not show the queue:\n%s", body)
 	}
 	if !strings.Contains(body, "1 lock held, 1 request waiting.") {
@@ -153,7 +163,8 @@ func TestStatusPageRefusesBadQueriesAndAsksForCredentials(t *testing.T) {
 	}{
 		{"/?held_over=soon", `held_over must be a positive duration such as "30s", "5m" or "1h"; got "soon"`, 400},
 		{"/?held_over=-1h", `held_over must be a positive duration`, 400},
-		{"/?filter=prod", `unknown query parameter "filter"; GET / accepts ?q=<text to filter by> and ?held_over=<duration>`, 400},
+		{"/?filter=prod", `unknown query parameter "filter"; GET / accepts ?q=<text to filter by>, ?held_over=<duration> and ?sort=name`, 400},
+		{"/?sort=age", `sort is urgency (the default) or name, not "age"`, 400},
 		{"/?q=a&q=b", `query parameter "q" is given 2 times; give it once`, 400},
 	} {
 		rec := ts.send(t, request{"GET", tc.target, ""})
@@ -207,7 +218,7 @@ func TestHumanDuration(t *testing.T) {
 		{3*time.Hour + 5*time.Minute, "3 h 5 min"},
 		{52 * time.Hour, "2 d 4 h"},
 	} {
-		if got := humanDuration(tc.d); got != tc.want {
+		if got := humanDuration(tc.d); got != nbsp(tc.want) {
 			t.Errorf("humanDuration(%v) = %q; want %q", tc.d, got, tc.want)
 		}
 	}
@@ -242,11 +253,122 @@ func TestStatusPageShowsPools(t *testing.T) {
 	body := ts.page(t, "/")
 	for _, want := range []string{
 		`<h2>Pool staging <span class="count">2 of 3 free</span></h2>`,
-		`<li class="held">&lt;i&gt;s3&lt;/i&gt; · e2e-77 (1), 0 s ago</li>`,
+		`<li class="held">&lt;i&gt;s3&lt;/i&gt; · e2e-77 (1), ` + nbsp("0 s") + ` ago</li>`,
 		`<li class="free">staging-1 · free</li>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q:\n%s", want, body)
 		}
+	}
+}
+
+// TestStatusPageOrdersByUrgency: the locks that need a person come first
+// (held over the threshold, then with a queue, then with a lease about to
+// end), each marked; the page keeps the most urgent when there are more
+// locks than it shows; ?sort=name is the name order.
+func TestStatusPageOrdersByUrgency(t *testing.T) {
+	ts, tab, clock := statusServer(t, "", "")
+	ts.mustSend(t, request{"PUT", "/lock/zz-held-long", `{"key": "k"}`})
+	clock.Advance(7 * time.Hour)
+	ts.mustSend(t, request{"PUT", "/lock/b-lease-ends", `{"key": "k", "ttl": "5m"}`})
+	ts.mustSend(t, request{"PUT", "/lock/c-queue", `{"key": "k", "ttl": "1h"}`})
+	ts.mustSend(t, request{"PUT", "/lock/a-quiet", `{"key": "k", "ttl": "1h"}`})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	queued(t, ctx, tab, "c-queue", "other", "w")
+
+	body := ts.page(t, "/")
+	if got, want := cards(body), []string{"zz-held-long", "c-queue", "b-lease-ends", "a-quiet"}; !slices.Equal(got, want) {
+		t.Errorf("cards = %q; want %q: held long, queue, lease ending, the rest", got, want)
+	}
+	for _, want := range []string{
+		`<article class="lock long" data-name="zz-held-long">`,
+		`<article class="lock queued" data-name="c-queue">` + "\n    " + `<h2><span class="name">c-queue</span> <span class="badge queue">1 waiting</span></h2>`,
+		`<article class="lock ending" data-name="b-lease-ends">` + "\n    " + `<h2><span class="name">b-lease-ends</span> <span class="badge lease">lease ends in ` + nbsp("5 min") + `</span></h2>`,
+		`<article class="lock" data-name="a-quiet">`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q:\n%s", want, body)
+		}
+	}
+	if got, want := cards(ts.page(t, "/?sort=name")), []string{"a-quiet", "b-lease-ends", "c-queue", "zz-held-long"}; !slices.Equal(got, want) {
+		t.Errorf("GET /?sort=name: cards = %q; want %q", got, want)
+	}
+
+	// More locks than the page shows: the urgent ones, last by name, stay.
+	for i := range statusMaxLocks {
+		ts.mustSend(t, request{"PUT", fmt.Sprintf("/lock/many-%04d", i), `{"key": "k"}`})
+	}
+	body = ts.page(t, "/")
+	got := cards(body)
+	if len(got) != statusMaxLocks || !slices.Equal(got[:3], []string{"zz-held-long", "c-queue", "b-lease-ends"}) || got[3] != "a-quiet" || got[len(got)-1] != "many-0495" {
+		t.Errorf("with %d locks the page shows %d, starting %q and ending %q; want the urgent three first, then the first by name", statusMaxLocks+4, len(got), got[:4], got[len(got)-1])
+	}
+	if !strings.Contains(body, "4 more locks are not shown; filter to find them.") {
+		t.Errorf("page does not say it left out 4 locks")
+	}
+	if got := cards(ts.page(t, "/?sort=name")); slices.Contains(got, "zz-held-long") || got[0] != "a-quiet" {
+		t.Errorf("by name, the page shows %q...; want the first %d by name", got[:3], statusMaxLocks)
+	}
+}
+
+// TestStatusPageMarksWhatTheFilterMatched: the text that matched, case
+// aside, is marked wherever it is: name, key, holder, note, queue.
+func TestStatusPageMarksWhatTheFilterMatched(t *testing.T) {
+	ts, tab, _ := statusServer(t, "", "")
+	ts.mustSend(t, request{"PUT", "/lock/Prod-DB", `{"key": "deploy-prod", "lock_by": "prod-job", "note": "https://ci/prod/1"}`})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	queued(t, ctx, tab, "Prod-DB", "upgrade-prod", "<prod>")
+	body := ts.page(t, "/?q=prod")
+	for _, want := range []string{
+		`<span class="name"><mark>Prod</mark>-DB</span>`,
+		`<code>deploy-<mark>prod</mark></code>`,
+		`<strong><mark>prod</mark>-job</strong>`,
+		`<a href="https://ci/prod/1" rel="noreferrer">https://ci/<mark>prod</mark>/1</a>`,
+		`<li>&lt;<mark>prod</mark>&gt; (key <code>upgrade-<mark>prod</mark></code>)`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q:\n%s", want, body)
+		}
+	}
+	if strings.Contains(ts.page(t, "/"), "<mark>") {
+		t.Errorf("without a filter, the page marks something")
+	}
+}
+
+func TestMarkMatches(t *testing.T) {
+	for _, tc := range []struct {
+		s, filter string
+		want      []markPart
+	}{
+		{"prod", "", []markPart{{"prod", false}}},
+		{"prod-db", "PROD", []markPart{{"prod", true}, {"-db", false}}},
+		{"a-prod-prod", "prod", []markPart{{"a-", false}, {"prod", true}, {"-", false}, {"prod", true}}},
+		{"staging", "prod", []markPart{{"staging", false}}},
+		{"İstanbul", "i", []markPart{{"İstanbul", false}}}, // ToLower changes its length: left unmarked
+	} {
+		if got := markMatches(tc.s, tc.filter); !slices.Equal(got, tc.want) {
+			t.Errorf("markMatches(%q, %q) = %v; want %v", tc.s, tc.filter, got, tc.want)
+		}
+	}
+}
+
+// TestStatusPageAfterACancelledLogin: a browser that is refused the page
+// (its user cancelled the login prompt) shows a page that says what to
+// do, not the API's JSON; an API client still gets JSON.
+func TestStatusPageAfterACancelledLogin(t *testing.T) {
+	ts, _, _ := statusServer(t, "ci", "s3cret")
+	ts.user = ""
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+	rec := httptest.NewRecorder()
+	ts.handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusUnauthorized || rec.Header().Get("Content-Type") != "text/html; charset=utf-8" ||
+		!strings.Contains(rec.Body.String(), "Reload the page to be asked again") || rec.Header().Get("WWW-Authenticate") == "" {
+		t.Errorf("GET / from a browser without credentials = %d %q %q; want 401, a prompt, and an HTML page", rec.Code, rec.Header(), rec.Body)
+	}
+	if rec := ts.send(t, request{"GET", "/", ""}); rec.Code != http.StatusUnauthorized || !strings.Contains(errorOf(t, rec), "authentication required") {
+		t.Errorf("GET / from an API client without credentials = %d %s; want 401 with a JSON error", rec.Code, rec.Body)
 	}
 }

@@ -69,12 +69,39 @@ var (
 
 // openStore opens the store cfg names: the database when
 // LOCKER_DATABASE_URL is set, else the state file.
+// databasePatience is how long a node that starts keeps trying to reach
+// its database: long enough for a database that starts with the machine,
+// short enough that a wrong host is reported while someone watches.
+const databasePatience = time.Minute
+
+// openDatabase joins the lock table in the database at url. A database
+// that cannot be reached yet is tried again, with a warning each time,
+// for databasePatience; a wrong password or database name fails at once.
+func openDatabase(ctx context.Context, url string, log *slog.Logger) (*pgstore.Store, error) {
+	host, _ := os.Hostname()
+	deadline := time.Now().Add(databasePatience)
+	for backoff := time.Second; ; backoff = min(2*backoff, 10*time.Second) {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		s, err := pgstore.Open(octx, url, host)
+		cancel()
+		switch {
+		case err == nil || !pgstore.Unreachable(err):
+			return s, err
+		case time.Now().Add(backoff).After(deadline):
+			return nil, fmt.Errorf("tried for %v: %w", databasePatience, err)
+		}
+		log.Warn("cannot reach the database; trying again", "in", backoff, "until", deadline.Format(time.TimeOnly), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("stopped while waiting for the database: %w", err)
+		case <-time.After(backoff):
+		}
+	}
+}
+
 func openStore(ctx context.Context, cfg config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (Store, error) {
 	if cfg.databaseURL != "" {
-		host, _ := os.Hostname()
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		s, err := pgstore.Open(ctx, cfg.databaseURL, host)
+		s, err := openDatabase(ctx, cfg.databaseURL, log)
 		if err != nil {
 			return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 		}

@@ -63,6 +63,9 @@ func TestReleaseLayout(t *testing.T) {
 	if final.Name != "locker" || final.Blobstore["provider"] == nil {
 		t.Errorf("config/final.yml = %+v; want name locker and a blobstore provider", final)
 	}
+	if opts, _ := final.Blobstore["options"].(map[any]any); strings.HasPrefix(fmt.Sprint(opts["blobstore_path"]), "/tmp") {
+		t.Errorf("config/final.yml keeps final blobs in %v, which does not last", opts["blobstore_path"])
+	}
 	jobs, _ := filepath.Glob("jobs/*")
 	if len(jobs) == 0 {
 		t.Fatal("no jobs")
@@ -141,13 +144,19 @@ func ruby(t *testing.T) string {
 // directory of what it rendered, laid out as /var/vcap/jobs/locker is.
 func render(t *testing.T, manifest string) (string, error) {
 	t.Helper()
+	return renderJob(t, "jobs/locker", manifest)
+}
+
+// renderJob renders the job in jobDir, as render does.
+func renderJob(t *testing.T, jobDir, manifest string) (string, error) {
+	t.Helper()
 	dir := t.TempDir()
 	props := filepath.Join(dir, "manifest.yml")
 	if err := os.WriteFile(props, []byte(manifest), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "job")
-	if b, err := exec.Command(ruby(t), "scripts/render.rb", "jobs/locker", props, out).CombinedOutput(); err != nil {
+	if b, err := exec.Command(ruby(t), "scripts/render.rb", jobDir, props, out).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%v: %s", err, b)
 	}
 	return out, nil
@@ -190,6 +199,34 @@ func originalProperties(t *testing.T, port int) (manifest, caPEM string) {
     ssl_key: |
       %s
 `, port, indent(certPEM), indent(string(testutil.ReadFile(t, keyFile)))), string(testutil.ReadFile(t, certFile))
+}
+
+// TestTemplatesLoadWhatTheyUse shows that the renderer gives a template
+// no more of Ruby's library than the director does: a template that uses
+// Shellwords without requiring it fails, as it would on the director.
+func TestTemplatesLoadWhatTheyUse(t *testing.T) {
+	for _, tc := range []struct {
+		template, want string
+	}{
+		{`<%= Shellwords.escape("a b") %>`, "uninitialized constant"},
+		{`<%= JSON.generate(["a"]) %>`, "uninitialized constant"},
+		{"<% require \"shellwords\" -%>\n<%= Shellwords.escape(\"a b\") %>", `a\ b`},
+	} {
+		job := t.TempDir()
+		testutil.WriteFile(t, filepath.Join(job, "spec"), "---\nname: probe\ntemplates:\n  probe.erb: bin/probe\n")
+		testutil.WriteFile(t, filepath.Join(job, "monit"), "")
+		testutil.WriteFile(t, filepath.Join(job, "templates", "probe.erb"), tc.template)
+		out, err := renderJob(t, job, "")
+		var got string
+		if err != nil {
+			got = err.Error()
+		} else {
+			got = string(testutil.ReadFile(t, filepath.Join(out, "bin", "probe")))
+		}
+		if !strings.Contains(got, tc.want) {
+			t.Errorf("rendering %q: %q; want %q in it", tc.template, got, tc.want)
+		}
+	}
 }
 
 func TestTemplatesRenderTheOriginalManifest(t *testing.T) {

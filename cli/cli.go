@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
@@ -23,7 +24,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/internal/nearest"
 )
 
 // Exit codes.
@@ -76,31 +79,47 @@ type connFlags struct {
 	insecure    bool
 }
 
-// IsCommand reports whether arg names one of the client's commands (or
-// asks for help), so that main knows the binary is run as a client.
-func IsCommand(arg string) bool {
-	return arg == "help" || slices.ContainsFunc(commands, func(c command) bool { return c.name == arg })
+// serverWords are the first arguments that run the server, not the
+// client: serve, migrate and --version (and none at all).
+var serverWords = []string{"serve", "migrate", "-v", "-version", "--version"}
+
+// IsServer reports whether args, the command line after the program's
+// name, run the server; everything else is the client's, help included.
+func IsServer(args []string) bool {
+	return len(args) == 0 || slices.Contains(serverWords, args[0])
 }
 
-// Main runs the client command in args[0] with the rest of args, and
-// returns the process's exit code. SIGINT and SIGTERM cancel what the
-// command waits for; run passes them on to its command instead.
+// connection flags go anywhere on the command line, before the command
+// as well as after it; the value says whether the flag takes one.
+var connection = map[string]bool{"url": true, "ca-cert": true, "insecure": false}
+
+// Main runs the client command in args (the command line after the
+// program's name), and returns the process's exit code. SIGINT and SIGTERM
+// cancel what the command waits for; run passes them on to its command
+// instead.
 func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" {
-		if len(args) > 1 {
-			if c, ok := find(args[1]); ok {
-				fmt.Fprint(stdout, c.usage)
-				return exitOK
-			}
-		}
-		fmt.Fprint(stdout, help())
-		return exitOK
+	global, args, err := splitConnection(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "locker: %v\n", err)
+		return exitUsage
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "locker: the command is missing, e.g. locker --url https://locker.example.com:8910 ls (locker help lists them)")
+		return exitUsage
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		return helpFor(args[1:], stdout, stderr)
+	case "serve", "migrate":
+		fmt.Fprintf(stderr, "locker: --url, --ca-cert and --insecure are the client's; locker %s reads its settings from the environment (locker %s -h)\n", args[0], args[0])
+		return exitUsage
 	}
 	c, ok := find(args[0])
 	if !ok {
-		fmt.Fprintf(stderr, "locker: unknown command %q; locker help lists them\n", args[0])
+		fmt.Fprintf(stderr, "locker: unknown command %q%s (locker help lists them)\n", args[0], didYouMean(args[0], commandNames()))
 		return exitUsage
 	}
+	args = append(global, args[1:]...)
 	ctx, stop := context.Background(), func() {}
 	if c.name != "run" { // run handles the signals itself
 		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -113,7 +132,69 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	e.flags.StringVar(&e.conn.url, "url", getenv("LOCKER_URL"), "")
 	e.flags.StringVar(&e.conn.caCert, "ca-cert", getenv("LOCKER_CA_CERT"), "")
 	e.flags.BoolVar(&e.conn.insecure, "insecure", false, "")
-	return c.run(e, args[1:])
+	return c.run(e, args)
+}
+
+// splitConnection takes the connection flags that come before the command
+// off args, and returns them apart.
+func splitConnection(args []string) (flags, rest []string, err error) {
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") && args[0] != "-" {
+		name, _, hasValue := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
+		takesValue, ok := connection[name]
+		switch {
+		case name == "h" || name == "help":
+			return flags, args, nil
+		case !ok:
+			return nil, nil, fmt.Errorf("unknown flag %s before the command%s: the server reads its settings from the environment (locker serve -h lists them), and each command has its own flags (locker help COMMAND)",
+				args[0], didYouMean(name, slices.Collect(maps.Keys(connection))))
+		case takesValue && !hasValue && len(args) < 2:
+			return nil, nil, fmt.Errorf("%s needs a value, e.g. --url https://locker.example.com:8910", args[0])
+		case takesValue && !hasValue:
+			flags, args = append(flags, args[0], args[1]), args[2:]
+		default:
+			flags, args = append(flags, args[0]), args[1:]
+		}
+	}
+	return flags, args, nil
+}
+
+// helpFor prints the help the arguments of locker help ask for: the
+// client's commands, or one command's usage.
+func helpFor(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, help())
+		return exitOK
+	}
+	if args[0] == "serve" || args[0] == "migrate" {
+		fmt.Fprintf(stdout, "locker %s has its own help: locker %s -h\n", args[0], args[0])
+		return exitOK
+	}
+	c, ok := find(args[0])
+	if !ok {
+		fmt.Fprintf(stderr, "locker help: unknown command %q%s (locker help lists them)\n", args[0], didYouMean(args[0], commandNames()))
+		return exitUsage
+	}
+	fmt.Fprint(stdout, c.usage)
+	return exitOK
+}
+
+// commandNames are the words that may start a command line.
+func commandNames() []string {
+	names := []string{"help", "serve", "migrate"}
+	for _, c := range commands {
+		names = append(names, c.name)
+	}
+	return names
+}
+
+// didYouMean returns "; did you mean X?" for the candidate nearest to
+// word, or "" when none is near.
+func didYouMean(word string, candidates []string) string {
+	slices.Sort(candidates) // the same answer every time
+	if near, ok := nearest.Word(word, candidates); ok {
+		return fmt.Sprintf("; did you mean %s?", near)
+	}
+	return ""
 }
 
 func find(name string) (command, bool) {
@@ -145,7 +226,7 @@ func (e *env) parseUpTo(args []string, max int) ([]string, int, bool) {
 				fmt.Fprint(e.stdout, e.usage)
 				return nil, exitOK, false
 			}
-			return nil, e.usageError("%v", err), false
+			return nil, e.usageError("%s", e.flagError(err)), false
 		}
 		args = e.flags.Args()
 		if len(args) == 0 {
@@ -160,6 +241,22 @@ func (e *env) parseUpTo(args []string, max int) ([]string, int, bool) {
 	return positional, exitOK, true
 }
 
+// flagError says err, the flag package's, in the command's terms: an
+// unknown flag with the nearest one the command has.
+func (e *env) flagError(err error) string {
+	name, unknown := strings.CutPrefix(err.Error(), "flag provided but not defined: -")
+	if !unknown {
+		return strings.Replace(err.Error(), ": -", ": --", 1) // "flag needs an argument: --ttl"
+	}
+	var names []string
+	e.flags.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	msg := fmt.Sprintf("unknown flag --%s", name)
+	if near, ok := nearest.Word(name, names); ok {
+		msg += fmt.Sprintf("; did you mean --%s?", near)
+	}
+	return msg
+}
+
 // usageError says what is wrong with the command line, and how it goes.
 func (e *env) usageError(format string, args ...any) int {
 	first, _, _ := strings.Cut(strings.TrimSpace(e.usage), "\n")
@@ -167,9 +264,22 @@ func (e *env) usageError(format string, args ...any) int {
 	return exitUsage
 }
 
+// terms say the advice in the server's messages in the command line's words.
+var terms = advice.Terms{
+	advice.Wait:        "--wait 5m waits for it",
+	advice.WaitForThem: "--wait 5m waits for them",
+	advice.Take:        "take it again with locker lock",
+	advice.ReleaseKey:  "--key must be the key the lock was taken with",
+	advice.Auth:        "set LOCKER_USER and LOCKER_PASSWORD to the server's AUTH_USER and AUTH_PASS",
+	advice.RenewTTL:    "the server has no default lease (LOCKER_DEFAULT_TTL), so say how long: --ttl, e.g. --ttl 10m",
+	advice.ShorterTTL:  "ask for a shorter --ttl, and renew it with locker renew",
+	advice.Limit:       "pass --limit ",
+	advice.Pools:       "locker pool ls lists them, and locker pool set POOL MEMBER... makes one",
+}
+
 // connect makes the client from the connection settings.
 func (e *env) connect() int {
-	cfg := client.Config{URL: e.conn.url, User: e.getenv("LOCKER_USER"), Password: e.getenv("LOCKER_PASSWORD"),
+	cfg := client.Config{URL: e.conn.url, User: e.getenv("LOCKER_USER"), Password: e.getenv("LOCKER_PASSWORD"), Terms: terms,
 		Insecure: e.conn.insecure, TLSAdvice: "pass --ca-cert FILE (or set LOCKER_CA_CERT) with the CA's certificate, or --insecure to trust any (not recommended)"}
 	if cfg.URL == "" {
 		fmt.Fprintf(e.stderr, "locker %s: which server? Set LOCKER_URL (e.g. export LOCKER_URL=https://locker.example.com:8910) or pass --url\n", e.name)
@@ -195,13 +305,14 @@ func (e *env) connect() int {
 // fail says what went wrong and returns the exit code for it: 1 for a
 // refusal or a wait that ran out, 2 for anything else.
 func (e *env) fail(err error) int {
+	if errors.Is(err, context.Canceled) {
+		err = errors.New("interrupted before the locker answered")
+	}
 	fmt.Fprintf(e.stderr, "locker %s: %v\n", e.name, err)
 	var timedOut *client.TimedOut
 	switch {
 	case client.IsStatus(err, http.StatusLocked), errors.As(err, &timedOut) && client.IsStatus(timedOut.Last, http.StatusLocked):
 		return exitRefused
-	case client.IsStatus(err, http.StatusUnauthorized):
-		fmt.Fprintln(e.stderr, "  (set LOCKER_USER and LOCKER_PASSWORD to the server's AUTH_USER and AUTH_PASS)")
 	}
 	return exitUsage
 }
@@ -218,8 +329,11 @@ func help() string {
 	b.WriteString(`locker: named locks for CI pipelines.
 
 Usage:
-  locker                 serve the lock API (the same as locker serve;
-                         locker serve -h lists its settings)
+  locker serve           serve the lock API (locker with no arguments does
+                         too); locker serve -h lists its settings
+  locker migrate         copy the locks between a state file and
+                         PostgreSQL (locker migrate -h)
+  locker --version       say which version this is
   locker COMMAND [ARGS]  talk to a locker server:
 
 `)
@@ -227,6 +341,7 @@ Usage:
 		fmt.Fprintf(&b, "  %-13s %s\n", c.name, c.summary)
 	}
 	b.WriteString(connectionHelp + `
+  The connection flags go before the command or after it.
   locker help COMMAND, or locker COMMAND -h, says more, with examples.
 
 Exit codes: 0 done; 1 refused or timed out (the lock is held, and the

@@ -408,7 +408,7 @@ func TestLockUnlockLsShow(t *testing.T) {
 		{[]string{"run", "prod", "--ttl", "500ms", "--", "true"}, "--ttl must be a duration of at least 1s"},
 		{[]string{"ls", "--url", "http://127.0.0.1:1"}, "connection refused"},
 		{[]string{"ls", "--url", "ftp://x"}, "must be http:// or https://"},
-		{[]string{"nonsense"}, `unknown argument "nonsense"`},
+		{[]string{"nonsense"}, `unknown command "nonsense" (locker help lists them)`},
 	} {
 		if r := c.run(t, tc.args...); r.code == 0 || r.code == 1 && tc.args[0] != "nonsense" || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("locker %q = %v; want exit 2 and %q", tc.args, r, tc.want)
@@ -437,7 +437,7 @@ func TestRunWithoutAWaitGivesUpOnAnUnreachableServer(t *testing.T) {
 	cmd.Dir, cmd.Env, cmd.Stderr = c.dir, append(os.Environ(), "LOCKER_URL="+c.url), stderr
 	start := time.Now()
 	_ = cmd.Run()
-	m := regexp.MustCompile(`trying again in \S+, and until (\d\d:\d\d:\d\d)`).FindStringSubmatch(stderr.String())
+	m := regexp.MustCompile(`trying again in \S+, and on until (\d\d:\d\d:\d\d)`).FindStringSubmatch(stderr.String())
 	if m == nil {
 		t.Fatalf("locker run --wait 0 against a closed port said %q; want it to say until when it retries", stderr)
 	}

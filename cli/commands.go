@@ -99,11 +99,7 @@ func cmdLock(e *env, args []string) int {
 	deadline := time.Now().Add(cmp.Or(h.wait, patience))
 	l, err := e.client.Lock(e.ctx, name, r, h.wait > 0, e.progress(deadline))
 	if err != nil {
-		code := e.fail(err)
-		if code == exitRefused && h.wait == 0 {
-			fmt.Fprintln(e.stderr, "  (locker lock --wait 30m queues for it)")
-		}
-		return code
+		return e.fail(err)
 	}
 	fmt.Fprintln(e.stdout, l.Token)
 	return exitOK
@@ -229,12 +225,14 @@ func cmdLs(e *env, args []string) int {
 	}
 	now := time.Now()
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tHOLDERS\tSINCE\tLEASE\tQUEUE\tNOTE")
 	for after := ""; ; {
 		locks, next, err := e.client.Page(e.ctx, *prefix, after, lsPage)
 		if err != nil {
 			_ = w.Flush()
 			return e.fail(err)
+		}
+		if after == "" {
+			fmt.Fprintln(w, "NAME\tHOLDERS\tSINCE\tLEASE\tQUEUE\tNOTE")
 		}
 		for _, l := range locks {
 			lsRow(w, now, l)

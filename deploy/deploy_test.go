@@ -5,6 +5,8 @@ package deploy
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"debug/elf"
 	"net/http"
 	"os"
@@ -14,7 +16,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/locker-ci/locker/internal/testcert"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -25,8 +29,9 @@ const dockerfile = "../Dockerfile"
 var goBuild = regexp.MustCompile(`(?m)^RUN (CGO_ENABLED=0 go build .* -o )/out/locker( \.)$`)
 
 // TestDockerfileBinary builds the binary the way the Dockerfile does (its
-// own RUN line, CGO off), checks that it is static, and starts it with
-// the image's environment and health check.
+// own RUN line, CGO off, the VERSION build argument), checks that it is
+// static and says its version, and starts it with the image's environment
+// and health check.
 func TestDockerfileBinary(t *testing.T) {
 	text := string(testutil.ReadFile(t, dockerfile))
 	m := goBuild.FindStringSubmatch(text)
@@ -36,6 +41,7 @@ func TestDockerfileBinary(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "locker")
 	build := exec.Command("sh", "-c", m[1]+bin+m[2])
 	build.Dir = ".."
+	build.Env = append(os.Environ(), "VERSION=v9.8.7-test") // as docker build --build-arg VERSION=v9.8.7-test
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", build.Args[2], err, out)
 	}
@@ -49,7 +55,10 @@ func TestDockerfileBinary(t *testing.T) {
 			t.Errorf("the binary needs a dynamic loader: it would not run on a static base image")
 		}
 	}
-	for _, want := range []string{"USER nonroot", "VOLUME /data", `HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/locker", "health"]`,
+	if out, err := exec.Command(bin, "--version").Output(); err != nil || string(out) != "locker v9.8.7-test\n" {
+		t.Errorf("locker --version = %q, %v; want the build argument VERSION, v9.8.7-test", out, err)
+	}
+	for _, want := range []string{"ARG VERSION=dev", "USER nonroot", "VOLUME /data", `HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/local/bin/locker", "health"]`,
 		`ENTRYPOINT ["/usr/local/bin/locker"]`, `CMD ["serve"]`} {
 		if !strings.Contains(text, want) {
 			t.Errorf("%s lacks %q", dockerfile, want)
@@ -98,8 +107,10 @@ func dockerEnv(t *testing.T, text string) []string {
 
 // TestSystemdUnit checks deploy/locker.service with systemd-analyze verify
 // (with ExecStart pointing at a built binary: verify checks it exists),
-// then starts that binary with the unit's environment and the sample
-// locker.env.
+// then starts that binary with the unit's environment, HTTPS from a
+// credentials directory as LoadCredential= makes it, and the sample
+// locker.env: refused with its placeholder password, serving with one of
+// its own.
 func TestSystemdUnit(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
@@ -118,8 +129,13 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("locker.service lacks %s", want)
 		}
 	}
+	// The HTTPS lines, commented out as shipped, are verified too.
+	withTLS := strings.NewReplacer("#LoadCredential=", "LoadCredential=", "#Environment=SSL_CERT=", "Environment=SSL_CERT=").Replace(unit)
+	if !strings.Contains(withTLS, "\nLoadCredential=key.pem:/etc/locker/key.pem\n") || !strings.Contains(withTLS, "\nEnvironment=SSL_CERT=%d/cert.pem SSL_KEY=%d/key.pem\n") {
+		t.Fatal("locker.service lacks the commented LoadCredential= lines for the certificate and key")
+	}
 	copyPath := filepath.Join(t.TempDir(), "locker.service")
-	if err := os.WriteFile(copyPath, []byte(strings.Replace(unit, "ExecStart=/usr/local/bin/locker", "ExecStart="+bin, 1)), 0o644); err != nil {
+	if err := os.WriteFile(copyPath, []byte(strings.Replace(withTLS, "ExecStart=/usr/local/bin/locker", "ExecStart="+bin, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// verify exits 0 on unknown keys and other warnings: any output fails.
@@ -127,11 +143,19 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 
-	state := t.TempDir()
+	// The unit's environment as systemd makes it, with %d the credentials
+	// directory the key is copied to, and the sample locker.env.
+	state, creds := t.TempDir(), t.TempDir()
+	certFile, keyFile, certPEM := testcert.Write(t, creds)
+	if certFile != filepath.Join(creds, "cert.pem") || keyFile != filepath.Join(creds, "key.pem") {
+		t.Fatalf("testcert wrote %s and %s; the unit reads cert.pem and key.pem", certFile, keyFile)
+	}
 	env := []string{"PORT=" + strconv.Itoa(testutil.FreePort(t))}
-	for _, line := range strings.Split(unit, "\n") {
-		if kv, ok := strings.CutPrefix(line, "Environment="); ok {
-			env = append(env, strings.Replace(kv, "=/var/lib/locker/", "="+state+"/", 1))
+	for _, line := range strings.Split(withTLS, "\n") {
+		if kvs, ok := strings.CutPrefix(line, "Environment="); ok {
+			for _, kv := range strings.Fields(kvs) {
+				env = append(env, strings.NewReplacer("=/var/lib/locker/", "="+state+"/", "%d", creds).Replace(kv))
+			}
 		}
 	}
 	for _, line := range strings.Split(string(testutil.ReadFile(t, "locker.env")), "\n") {
@@ -139,9 +163,26 @@ func TestSystemdUnit(t *testing.T) {
 			env = append(env, line)
 		}
 	}
+
+	// As shipped, the password is a placeholder, which the server refuses.
+	start := exec.Command(bin, "serve")
+	start.Env = env
+	out, err := start.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "AUTH_PASS is \"change-me\", the placeholder") {
+		t.Errorf("locker serve with locker.env as shipped: %v\n%s; want a refusal of the placeholder password", err, out)
+	}
+	env = append(env, "AUTH_PASS=a-password-of-our-own") // the last one counts
 	s := testutil.StartServer(t, bin, env...)
-	if status := testutil.HTTPDo(t, s.URL, "GET", "/locks", ""); status != http.StatusUnauthorized {
-		t.Errorf("GET /locks without credentials = %d; want 401 (locker.env turns auth on)", status)
+	if !strings.HasPrefix(s.URL, "https://") {
+		t.Errorf("the server serves %s; want HTTPS from the credentials directory", s.URL)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(certPEM))
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	if resp, err := c.Get(s.URL + "/locks"); err != nil {
+		t.Errorf("GET /locks over HTTPS: %v", err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /locks without credentials = %d; want 401 (locker.env turns auth on)", resp.StatusCode)
 	}
 	if _, err := os.Stat(filepath.Join(state, "locker.yml")); err != nil {
 		t.Errorf("the state file is not in the StateDirectory: %v", err)

@@ -12,17 +12,31 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/client"
 )
 
 // tlsAdvice ends a certificate error: how a pipeline trusts the server.
 const tlsAdvice = "set source.ca_cert to the CA's certificate (PEM), or source.skip_ssl_validation: true to trust any (not recommended)"
 
+// terms say the advice in the server's messages in a pipeline's words.
+var terms = advice.Terms{
+	advice.Wait:        "leave params.timeout out, or raise it, to wait for it",
+	advice.WaitForThem: "leave params.timeout out, or raise it, to wait for them",
+	advice.Take:        "take it again with lock_op: lock",
+	advice.ReleaseKey:  "params.key must be the key the lock was taken with",
+	advice.Auth:        "set source.username and source.password to the locker's AUTH_USER and AUTH_PASS",
+	advice.RenewTTL:    "set params.ttl",
+	advice.ShorterTTL:  "set a shorter params.ttl",
+	advice.Limit:       "set params.limit to ",
+	advice.Pools:       "`locker pool ls` lists them, and `locker pool set POOL MEMBER...` makes one",
+}
+
 // newClient returns the shared locker client for src, which Validate
 // has checked.
 func newClient(src Source) (*client.Client, error) {
 	return client.New(client.Config{URL: src.LockerURI, User: src.Username, Password: src.Password,
-		CACert: []byte(src.CACert), Insecure: src.SkipSSLValidation, TLSAdvice: tlsAdvice})
+		CACert: []byte(src.CACert), Insecure: src.SkipSSLValidation, TLSAdvice: tlsAdvice, Terms: terms})
 }
 
 // version is the lock's state as a Concourse version: it changes whenever

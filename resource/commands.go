@@ -1,7 +1,6 @@
 package resource
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,9 +8,12 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/locker-ci/locker/internal/nearest"
 )
 
 // RunCheck is the check command: it reads a CheckRequest on stdin and writes
@@ -63,25 +65,56 @@ func RunOut(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 }
 
 // decodeRequest reads Concourse's JSON request into parts, one pointer per
-// top-level field. Unknown fields are errors that say where they are, so
-// that a misspelt source field or param is not silently ignored.
+// top-level field. Unknown fields are errors that say where they are, all
+// of them at once, so that a misspelt source field or param is not
+// silently ignored.
 func decodeRequest(stdin io.Reader, parts map[string]any) error {
 	var top map[string]json.RawMessage
 	if err := json.NewDecoder(stdin).Decode(&top); err != nil {
 		return fmt.Errorf("the request on stdin is not valid JSON: %w", err)
 	}
+	var problems []string
 	for _, field := range slices.Sorted(maps.Keys(top)) {
 		dst, ok := parts[field]
 		if !ok {
-			return fmt.Errorf("the request has an unknown top-level field %q (this resource reads %s)", field, strings.Join(slices.Sorted(maps.Keys(parts)), ", "))
+			problems = append(problems, fmt.Sprintf("the request has an unknown top-level field %q (this resource reads %s)", field, strings.Join(slices.Sorted(maps.Keys(parts)), ", ")))
+			continue
 		}
-		dec := json.NewDecoder(bytes.NewReader(top[field]))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(dst); err != nil {
-			return fmt.Errorf("%s: %w (check the resource's %s in the pipeline)", field, err, field)
+		if err := json.Unmarshal(top[field], dst); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v (check the resource's %s in the pipeline)", field, err, field))
+			continue
+		}
+		problems = append(problems, unknownFields(field, top[field], dst)...)
+	}
+	return joinProblems(problems)
+}
+
+// unknownFields names each field of the JSON object data that the struct
+// dst points to has no field for, with the one likely meant.
+func unknownFields(where string, data json.RawMessage, dst any) []string {
+	t := reflect.TypeOf(dst).Elem()
+	var given map[string]json.RawMessage
+	if t.Kind() != reflect.Struct || json.Unmarshal(data, &given) != nil {
+		return nil
+	}
+	var known []string
+	for f := range t.Fields() {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			known = append(known, name)
 		}
 	}
-	return nil
+	var problems []string
+	for _, name := range slices.Sorted(maps.Keys(given)) {
+		if slices.ContainsFunc(known, func(k string) bool { return strings.EqualFold(k, name) }) { // as encoding/json matches them
+			continue
+		}
+		msg := fmt.Sprintf("%s.%s is not a field of the resource's %s", where, name, where)
+		if near, ok := nearest.Word(name, known); ok {
+			msg += fmt.Sprintf("; did you mean %s.%s?", where, near)
+		}
+		problems = append(problems, msg)
+	}
+	return problems
 }
 
 func answer(stdout, stderr io.Writer, v any) int {

@@ -373,8 +373,8 @@ func TestUnlockWithAnotherKeyFails(t *testing.T) {
 	src := Source{LockerURI: ls.url, LockName: "prod"}
 	mustSucceed(t, "lock", runBinary(t, "out", outReq(src, "lock", "mine", "")))
 	r := runBinary(t, "out", outReq(src, "unlock", "yours", ""))
-	if r.code != 1 || !strings.Contains(r.stderr, `423 Locked: locked: "prod" is held with key "mine"`) {
-		t.Errorf("unlock with another key = %d %q; want exit 1 with the server's message", r.code, r.stderr)
+	if want := `error: "prod" is held with key "mine" by mine (1); params.key must be the key the lock was taken with`; r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("unlock with another key = %d %q; want exit 1 with %q", r.code, r.stderr, want)
 	}
 }
 
@@ -386,7 +386,7 @@ func TestUnlockThatReleasesNothingFails(t *testing.T) {
 	src := Source{LockerURI: ls.url, LockName: "prod"}
 	mustSucceed(t, "lock", runBinary(t, "out", outReq(src, "lock", "deploy", "deploy-job")))
 	r := runBinary(t, "out", outReq(src, "unlock", "deploy", "deploy-jbo"))
-	if r.code != 1 || !strings.Contains(r.stderr, `unlock of "prod" gave back nothing: deploy-jbo holds no count of prod`) ||
+	if r.code != 1 || !strings.Contains(r.stderr, `unlock of "prod" gave back nothing: the requestor "deploy-jbo" holds no count of prod`) ||
 		!strings.Contains(r.stderr, "params.allow_not_held: true") {
 		t.Errorf("unlock by a requestor that holds nothing = %d %q; want exit 1 with the server's reason", r.code, r.stderr)
 	}
@@ -451,8 +451,13 @@ func TestBadPayloads(t *testing.T) {
 		{"unknown lock_op", "out", outReq(src, "grab", "k", ""), nil, `params.lock_op is "grab"`},
 		{"missing key", "out", outReq(src, "lock", "", ""), nil, "params.key is missing"},
 		{"malformed JSON", "out", `{"source": {`, nil, "the request on stdin is not valid"},
-		{"misspelt source field", "check", `{"source": {"locker_uri": "http://x", "lock_nmae": "prod"}}`, nil, `source: json: unknown field "lock_nmae"`},
-		{"misspelt param", "out", `{"source": {"locker_uri": "http://x", "lock_name": "p"}, "params": {"lock_op": "lock", "key": "k", "tll": "1h"}}`, nil, `params: json: unknown field "tll"`},
+		{"misspelt source field", "check", `{"source": {"locker_uri": "http://x", "lock_nmae": "prod"}}`, nil,
+			"error: source.lock_nmae is not a field of the resource's source; did you mean source.lock_name?\n"},
+		{"misspelt param", "out", `{"source": {"locker_uri": "http://x", "lock_name": "p"}, "params": {"lock_op": "lock", "key": "k", "tll": "1h"}}`, nil,
+			"error: params.tll is not a field of the resource's params; did you mean params.ttl?\n"},
+		{"every unknown field at once", "out", `{"source": {"locker_uri": "http://x", "lock_name": "p", "usernme": "ci", "colour": "red"}, "params": {"lock_op": "lock", "key": "k", "tll": "1h"}}`, nil,
+			"error: 3 problems:\n  - params.tll is not a field of the resource's params; did you mean params.ttl?\n" +
+				"  - source.colour is not a field of the resource's source\n  - source.usernme is not a field of the resource's source; did you mean source.username?\n"},
 		{"unknown top-level field", "out", `{"source": {"locker_uri": "http://x", "lock_name": "p"}, "parms": {}}`, nil, `unknown top-level field "parms"`},
 		{"missing destination", "in", InRequest{Source: src}, nil, "in needs the destination directory"},
 	}

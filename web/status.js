@@ -27,7 +27,7 @@
         return;
       }
       const page = new DOMParser().parseFromString(text, "text/html");
-      for (const id of ["summary", "pools", "locks"]) {
+      for (const id of ["summary", "order", "pools", "locks"]) {
         document.getElementById(id).replaceWith(page.getElementById(id));
       }
       document.title = page.title;

@@ -7,11 +7,20 @@
 # link reads links from the YAML's "links" key. A property the manifest sets
 # that the spec does not declare is an error, as is p of one that is not set
 # and has no default. Only what this release's templates use is here.
+#
+# The templates run with no more of Ruby's library loaded than the
+# director's context (bosh-template's evaluation_context.rb) loads: ostruct
+# and its own files. A template that uses another (json, shellwords)
+# requires it itself; render.rb stops if what it loads has brought one in,
+# so that such a template fails here as it would on the director.
 require "erb"
 require "fileutils"
-require "json"
-require "shellwords"
+require "ostruct"
 require "yaml"
+
+%w[JSON Shellwords URI Base64 Digest SecureRandom].each do |lib|
+  abort "render.rb: #{lib} is loaded before the templates run, and is not on the director" if Object.const_defined?(lib)
+end
 
 job_dir, manifest_file, out_dir = ARGV
 abort "usage: render.rb JOB_DIR MANIFEST_PROPERTIES_YAML OUT_DIR" unless out_dir

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -42,6 +44,9 @@ type Config struct {
 	// TLSAdvice ends a certificate error: how the user of this client
 	// trusts the server, in the words of its own settings.
 	TLSAdvice string
+	// Terms say the advice in the server's messages (send ?wait=5m...)
+	// in the words of this client's own commands and settings.
+	Terms advice.Terms
 }
 
 // Client talks to one locker server. It is safe for concurrent use.
@@ -50,6 +55,7 @@ type Client struct {
 	user, pass string
 	http       *http.Client
 	tlsAdvice  string
+	terms      advice.Terms
 }
 
 // New returns a client for cfg, or an error that says what is wrong with it.
@@ -63,7 +69,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	return &Client{base: strings.TrimRight(cfg.URL, "/"), user: cfg.User, pass: cfg.Password,
-		http: &http.Client{Transport: t}, tlsAdvice: cfg.TLSAdvice}, nil
+		http: &http.Client{Transport: t}, tlsAdvice: cfg.TLSAdvice, terms: cfg.Terms}, nil
 }
 
 // NewTransport returns an HTTP transport that trusts the certificates in
@@ -89,11 +95,18 @@ func NewTransport(caCert []byte, insecure bool) (*http.Transport, error) {
 // Error is an answer other than 200 from the server.
 type Error struct {
 	Status  int
-	Message string // the server's "error", or the body
+	Message string // the server's "error", or the body, in the client's Terms
 }
 
+// Error is the server's message; a refusal (423) needs nothing more. The
+// server starts a message with what went wrong in a word or two ("bad
+// request: ..."), which the status says already.
 func (e *Error) Error() string {
-	return fmt.Sprintf("locker answered %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+	msg := strings.TrimPrefix(e.Message, strings.ToLower(http.StatusText(e.Status))+": ")
+	if e.Status == http.StatusLocked {
+		return msg
+	}
+	return fmt.Sprintf("the locker answered %d %s: %s", e.Status, http.StatusText(e.Status), msg)
 }
 
 // IsStatus reports whether err is the server's answer with status.
@@ -183,14 +196,18 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		msg = e.Error
 	}
-	return nil, &Error{Status: resp.StatusCode, Message: msg}
+	return nil, &Error{Status: resp.StatusCode, Message: c.terms.Replace(msg)}
 }
 
-// explain adds to a certificate error what the user can do about it.
+// explain says a connection error shortly, and adds to a certificate
+// error what the user can do about it.
 func (c *Client) explain(err error) error {
 	var unknownCA x509.UnknownAuthorityError
 	var unverified *tls.CertificateVerificationError
+	var dial *net.OpError
 	switch {
+	case errors.As(err, &dial) && dial.Op == "dial":
+		return fmt.Errorf("cannot reach the locker at %s (%w)", c.base, dial.Err)
 	case errors.As(err, &unknownCA) || (errors.As(err, &unverified) && errors.As(unverified.Err, &unknownCA)):
 		return fmt.Errorf("%w: the locker's certificate is not signed by a CA this client trusts: %s", err, c.tlsAdvice)
 	case errors.As(err, &unverified):

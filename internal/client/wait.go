@@ -204,12 +204,16 @@ func (c *Client) take(ctx context.Context, path, report string, body map[string]
 }
 
 // retry says that the call will be tried again after backoff, sleeps, and
-// returns the next backoff, or why to stop trying.
+// returns the next backoff, or why to stop trying. The first retry says
+// how long the trying goes on.
 func (o Options) retry(ctx context.Context, what, name string, err error, backoff time.Duration) (time.Duration, error) {
-	if o.Deadline.IsZero() {
-		o.say("could not %s %q: %v; trying again in %v", what, name, err, backoff)
-	} else {
-		o.say("could not %s %q: %v; trying again in %v, and until %s", what, name, err, backoff, o.Deadline.Format("15:04:05"))
+	switch {
+	case backoff > firstBackoff:
+		o.say("still could not %s %q: %v; trying again in %v", what, name, err, backoff)
+	case o.Deadline.IsZero():
+		o.say("could not %s %q: %v; trying again in %v, and on until it works", what, name, err, backoff)
+	default:
+		o.say("could not %s %q: %v; trying again in %v, and on until %s", what, name, err, backoff, o.Deadline.Format("15:04:05"))
 	}
 	if serr := sleep(ctx, backoff, o.Deadline); serr != nil {
 		return 0, stopped(serr, err)

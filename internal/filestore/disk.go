@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filelock"
@@ -182,11 +184,43 @@ func (d *disk) lock() error {
 		return fmt.Errorf("LOCKER_CONFIG %s is in use by another locker server (it holds %s): stop it first, or give this server its own LOCKER_CONFIG", d.path, held.Path)
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("LOCKER_CONFIG %s: the directory %s does not exist: create it, or point LOCKER_CONFIG at a file in a directory that does", d.path, filepath.Dir(d.path))
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("LOCKER_CONFIG %s: %w", d.path, permissionError(err))
 	case err != nil:
 		return fmt.Errorf("LOCKER_CONFIG %s: taking it for this server: %w", d.path, err)
 	}
 	d.owner = owner
 	return nil
+}
+
+// permissionError explains err, a refusal to write a file beside the
+// state file: who locker runs as, and who owns the file, or its directory
+// when the file is not there yet.
+func permissionError(err error) error {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	target, what := pe.Path, "file"
+	fi, statErr := os.Stat(target)
+	if errors.Is(statErr, fs.ErrNotExist) {
+		target, what = filepath.Dir(pe.Path), "directory"
+		fi, statErr = os.Stat(target)
+	}
+	me := "uid " + strconv.Itoa(os.Getuid())
+	if u, err := user.Current(); err == nil {
+		me = u.Username
+	}
+	whose := ""
+	if statErr == nil {
+		whose = fmt.Sprintf(" (mode %v", fi.Mode())
+		if o := owner(fi); o != "" {
+			whose += ", owned by " + o
+		}
+		whose += ")"
+	}
+	return fmt.Errorf("locker runs as user %s and may not write the %s %s%s (%w). Give %s write access to it (e.g. sudo chown %s %s), or point LOCKER_CONFIG at a file in a directory %s may write",
+		me, what, target, whose, pe, me, me, target, me)
 }
 
 // load reads the state file and returns it and its size. Leftover

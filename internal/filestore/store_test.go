@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -494,5 +497,32 @@ func TestAMissingRecordIsRefused(t *testing.T) {
 	_, err := Open(path, atomicfile.OS{}, Options{})
 	if err == nil || !strings.Contains(err.Error(), path+".journal") || !strings.Contains(err.Error(), "records are missing") {
 		t.Errorf("opening a journal with a record deleted = %v; want an error naming it and the gap", err)
+	}
+}
+
+// TestPermissionErrorSaysWhoMayNotWrite checks the message for a state
+// file's directory the server may not write in. Tests run as root here,
+// which may write anywhere, so the refusal is made up; the files it
+// describes are real.
+func TestPermissionErrorSaysWhoMayNotWrite(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockFile := filepath.Join(dir, "locks.yml.lock")
+	got := permissionError(&fs.PathError{Op: "open", Path: lockFile, Err: fs.ErrPermission}).Error()
+	want := fmt.Sprintf("locker runs as user %[1]s and may not write the directory %[2]s (mode drwxr-xr-x, owned by %[1]s) (open %[3]s: permission denied). "+
+		"Give %[1]s write access to it (e.g. sudo chown %[1]s %[2]s), or point LOCKER_CONFIG at a file in a directory %[1]s may write", me.Username, dir, lockFile)
+	if got != want {
+		t.Errorf("permissionError =\n%s\nwant\n%s", got, want)
+	}
+	testutil.WriteFile(t, lockFile, "")
+	got = permissionError(&fs.PathError{Op: "open", Path: lockFile, Err: fs.ErrPermission}).Error()
+	if want := fmt.Sprintf("may not write the file %s (mode -rw-------, owned by %s)", lockFile, me.Username); !strings.Contains(got, want) {
+		t.Errorf("permissionError for a file that exists =\n%s\nwant %q in it", got, want)
 	}
 }

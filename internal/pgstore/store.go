@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/locker-ci/locker/internal/idempotency"
@@ -80,6 +82,23 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	s.done.Go(func() { s.heartbeats(bg) })
 	s.done.Go(func() { s.listen(bg) })
 	return s, nil
+}
+
+// Unreachable reports whether err, from Open, says the database could not
+// be reached, or is not taking connections yet (starting up, shutting
+// down, or full): worth trying again, unlike a wrong password or a
+// database that does not exist.
+func Unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P03", "57P01", "53300": // cannot_connect_now, admin_shutdown, too_many_connections
+			return true
+		}
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	return errors.As(err, &connErr)
 }
 
 // Node is this node's name in the database.

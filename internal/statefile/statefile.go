@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -87,7 +88,7 @@ func Decode(data []byte) (State, error) {
 			// Not exactly as Encode writes it (edited by hand, say):
 			// yaml.v2 reads it, or says what is wrong with it.
 			if err := yaml.UnmarshalStrict(data, &doc); err != nil {
-				return State{}, fmt.Errorf("not a valid Locker state file: %s", goTypes.Replace(err.Error()))
+				return State{}, fmt.Errorf("not a valid Locker state file: %s", goTypes(err.Error()))
 			}
 		}
 		if doc.Version != Version {
@@ -121,14 +122,25 @@ func Decode(data []byte) (State, error) {
 	return st, nil
 }
 
-// goTypes turns the Go type names in yaml.v2's errors into what a reader
-// of the file knows them as.
-var goTypes = strings.NewReplacer(
-	"into statefile.document", "into the top level, which holds version, seq, last_token and locks",
-	"statefile.document", "the top level",
-	"lock.Entry", "a lock",
-	"lock.Hold", "a holder",
-)
+// goTypes turns yaml.v2's errors, which name Go types, into the words of
+// a reader of the file.
+func goTypes(msg string) string {
+	msg = unknownField.ReplaceAllString(msg, "$1 is not a field of $2")
+	return strings.NewReplacer(
+		"of statefile.document", "of the top level, which holds version, seq, last_token, locks and pools",
+		"into statefile.document", "into the top level, which holds version, seq, last_token, locks and pools",
+		"statefile.document", "the top level",
+		"of lock.Entry", "of a lock, which holds key, locked_by, token, acquired_at, limit and holders",
+		"lock.Entry", "a lock",
+		"of lock.Hold", "of a holder, which holds since, expires_at and note",
+		"lock.Hold", "a holder",
+		"of lock.Pool", "of a pool, which holds members and claimed",
+		"lock.Pool", "a pool",
+	).Replace(msg)
+}
+
+// unknownField matches yaml.v2's error for a field the type lacks.
+var unknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
 
 // fromEntry checks e and returns it as a Lock, without holders at zero.
 func fromEntry(e lock.Entry) (lock.Lock, error) {
