@@ -63,9 +63,11 @@ calibrate:
 test-packages:
 	@scripts/install-test-packages.sh
 
-# lint: gofmt, go vet and staticcheck must have nothing to say.
+# lint: gofmt, go vet and staticcheck must have nothing to say, and go.mod
+# and go.sum must be tidy.
 lint: $(TOOLS)/staticcheck
 	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt -w needed on: $$unformatted"; exit 1; fi
+	@go mod tidy -diff || { echo "go.mod or go.sum is not tidy (the diff above): run go mod tidy"; exit 1; }
 	go vet ./...
 	$(TOOLS)/staticcheck ./...
 
