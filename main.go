@@ -113,7 +113,7 @@ var defaultTimeouts = timeouts{
 
 const (
 	// maxHeaderBytes keeps a request's line and headers to 16 KiB, as the
-	// README says: net/http reads 4 KiB past MaxHeaderBytes before it
+	// API docs say (docs/api.md): net/http reads 4 KiB past MaxHeaderBytes before it
 	// answers 431. A lock name is at most 1 KiB, 3 KiB escaped.
 	maxHeaderBytes  = 16<<10 - 4<<10
 	shutdownTimeout = 10 * time.Second

@@ -63,7 +63,7 @@ const (
 	// statusMaxPools caps the pools one page shows (each is read apart).
 	statusMaxPools = 50
 	// statusHeldOver is how long a lock may be held before it stands out,
-	// unless ?held_over= says otherwise; the README's sample alert fires then too.
+	// unless ?held_over= says otherwise; the sample alert in docs/operating.md fires then too.
 	statusHeldOver = 6 * time.Hour
 	// statusHeldOverText is statusHeldOver as the page says it.
 	statusHeldOverText = "6h"

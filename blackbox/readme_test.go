@@ -7,23 +7,30 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
-var update = flag.Bool("update", false, "TestREADME: write what the examples print into README.md")
+var update = flag.Bool("update", false, "TestREADME: write what the examples print into README.md and docs/*.md")
 
-// example is one command of a console block in the README and what it
+// pages are the documents whose console examples TestREADME runs, in the
+// order they run: a page's examples may use what an earlier one left.
+var pages = []string{"README.md", "docs/api.md", "docs/operating.md", "docs/cli.md", "docs/resource.md",
+	"docs/nodes.md", "docs/deploying.md", "docs/state-file.md", "docs/upgrading.md", "docs/design.md", "docs/performance.md"}
+
+// example is one command of a console block in a page and what it
 // printed there.
 type example struct {
 	command string
 	output  []string
-	line    int // the command's line in the README, from 0
+	page    int // its page, in pages
+	line    int // the command's line in its page, from 0
 	end     int // the line after its output
 }
 
-// readmeExamples returns the commands of the README's console blocks, in
+// readmeExamples returns the commands of a page's console blocks, in
 // order.
 func readmeExamples(lines []string) []example {
 	var out []example
@@ -60,25 +67,40 @@ func masked(s string) string {
 	return anyToken.ReplaceAllString(s, `"token": <n>`)
 }
 
-// TestREADME runs every console example in README.md, in order, against a
-// fresh server, with $LOCKER set to it, and checks that each prints what
-// the README shows. go test ./blackbox -run TestREADME -update writes what
-// they print into the README instead.
+// TestREADME runs every console example of the README and the pages in
+// docs/, in order, against one fresh server, with $LOCKER set to it, and
+// checks that each prints what its page shows. go test ./blackbox -run
+// TestREADME -update writes what they print into the pages instead.
 func TestREADME(t *testing.T) {
 	for _, tool := range []string{"bash", "curl", "jq"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("the README's examples need %s: %v", tool, err)
 		}
 	}
-	path := filepath.Join("..", "README.md")
-	data, err := os.ReadFile(path)
+	docs, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(string(data), "\n")
-	examples := readmeExamples(lines)
+	for _, d := range docs {
+		if !slices.Contains(pages, strings.TrimPrefix(filepath.ToSlash(d), "../")) {
+			t.Errorf("%s is not in TestREADME's pages: its examples would not run", d)
+		}
+	}
+	var examples []example
+	texts := make([][]string, len(pages))
+	for i, page := range pages {
+		data, err := os.ReadFile(filepath.Join("..", page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts[i] = strings.Split(string(data), "\n")
+		for _, e := range readmeExamples(texts[i]) {
+			e.page = i
+			examples = append(examples, e)
+		}
+	}
 	if len(examples) < 10 {
-		t.Fatalf("found %d examples in the README; want its console blocks", len(examples))
+		t.Fatalf("found %d examples in the pages; want their console blocks", len(examples))
 	}
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
 	env := append(os.Environ(), "LOCKER="+p.URL)
@@ -99,7 +121,7 @@ func TestREADME(t *testing.T) {
 		out, err := cmd.Output()
 		cancel()
 		if err != nil {
-			t.Errorf("README line %d: %s: %v", e.line+1, e.command, err)
+			t.Errorf("%s line %d: %s: %v", pages[e.page], e.line+1, e.command, err)
 		}
 		got[i] = strings.Split(strings.TrimRight(string(out), "\n"), "\n")
 		if len(out) == 0 {
@@ -109,7 +131,7 @@ func TestREADME(t *testing.T) {
 			continue
 		}
 		if g, w := masked(strings.Join(got[i], "\n")), masked(strings.Join(e.output, "\n")); g != w {
-			t.Errorf("README line %d: %s\nprinted:\n%s\nthe README shows:\n%s", e.line+1, e.command, g, w)
+			t.Errorf("%s line %d: %s\nprinted:\n%s\nthe page shows:\n%s", pages[e.page], e.line+1, e.command, g, w)
 		}
 	}
 	if !*update {
@@ -117,9 +139,12 @@ func TestREADME(t *testing.T) {
 	}
 	for i := len(examples) - 1; i >= 0; i-- { // from the end, so that line numbers hold
 		e := examples[i]
-		lines = append(lines[:e.line+1], append(got[i], lines[e.end:]...)...)
+		lines := texts[e.page]
+		texts[e.page] = append(lines[:e.line+1], append(got[i], lines[e.end:]...)...)
 	}
-	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
-		t.Fatal(err)
+	for i, page := range pages {
+		if err := os.WriteFile(filepath.Join("..", page), []byte(strings.Join(texts[i], "\n")), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
