@@ -67,3 +67,23 @@ func TestMessages(t *testing.T) {
 		t.Errorf("locker ls = %v; want the table", r)
 	}
 }
+
+// TestHelp: locker help, -h and --help list the client's commands and
+// the server's (serve, migrate); locker serve -h lists the settings.
+func TestHelp(t *testing.T) {
+	c := client{url: "http://127.0.0.1:1", dir: t.TempDir()}
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}, {"--url", "http://x", "--help"}} {
+		r := c.run(t, args...)
+		for _, want := range []string{"locker serve ", "locker migrate ", "  run ", "  lock ", "  pool ", "The connection flags go before the command or after it."} {
+			if r.code != 0 || !strings.Contains(r.stdout, want) {
+				t.Errorf("locker %q = %v; want exit 0 and %q in the help", args, r, want)
+			}
+		}
+	}
+	if r := c.run(t, "serve", "-h"); r.code != 0 || !strings.Contains(r.stdout, "LOCKER_CONFIG") || !strings.Contains(r.stdout, "AUTH_PASS") {
+		t.Errorf("locker serve -h = %v; want the server's settings", r)
+	}
+	if r := c.run(t, "help", "migrate"); r.code != 0 || r.stdout != "locker migrate has its own help: locker migrate -h\n" {
+		t.Errorf("locker help migrate = %v", r)
+	}
+}
