@@ -114,9 +114,8 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		fmt.Fprintf(stderr, "locker: --url, --ca-cert and --insecure are the client's; locker %s reads its settings from the environment (locker %s -h)\n", args[0], args[0])
 		return exitUsage
 	}
-	c, ok := find(args[0])
+	c, ok := lookup("locker", args[0], stderr)
 	if !ok {
-		fmt.Fprintf(stderr, "locker: unknown command %q%s (locker help lists them)\n", args[0], didYouMean(args[0], commandNames()))
 		return exitUsage
 	}
 	args = append(global, args[1:]...)
@@ -169,13 +168,22 @@ func helpFor(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "locker %s has its own help: locker %s -h\n", args[0], args[0])
 		return exitOK
 	}
-	c, ok := find(args[0])
+	c, ok := lookup("locker help", args[0], stderr)
 	if !ok {
-		fmt.Fprintf(stderr, "locker help: unknown command %q%s (locker help lists them)\n", args[0], didYouMean(args[0], commandNames()))
 		return exitUsage
 	}
 	fmt.Fprint(stdout, c.usage)
 	return exitOK
+}
+
+// lookup finds the command called name, or says on stderr, after prefix,
+// that there is none, and which is nearest.
+func lookup(prefix, name string, stderr io.Writer) (command, bool) {
+	c, ok := find(name)
+	if !ok {
+		fmt.Fprintf(stderr, "%s: unknown command %q%s (locker help lists them)\n", prefix, name, didYouMean(name, commandNames()))
+	}
+	return c, ok
 }
 
 // commandNames are the words that may start a command line.
