@@ -50,6 +50,10 @@ import (
 	"github.com/locker-ci/locker/internal/nearest"
 )
 
+// stopProfile ends a CPU profile: one the pprof build tag's profile.go
+// started, and nothing otherwise.
+var stopProfile = func() {}
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -134,7 +138,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr); err != nil {
+	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
+	stopProfile()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "locker: %v\n", err)
 		if errors.Is(err, errUsage) {
 			os.Exit(2)
@@ -243,7 +249,7 @@ var knownVariables = []string{
 	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES",
 	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
 	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
-	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS",
+	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS", "LOCKER_CPU_PROFILE",
 }
 
 // unknownVariables says, for each LOCKER_ variable in vars that Locker
