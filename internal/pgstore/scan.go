@@ -24,7 +24,7 @@ func (s *Store) Scan(ctx context.Context, page txn.Page, t *txn.Tables) error {
 		if err != nil {
 			return err
 		}
-		x := &tx{s: s, ctx: ctx, names: names}
+		x := &tx{s: s, ctx: ctx, names: names, jobNames: names}
 		b := &pgx.Batch{}
 		b.Queue("SELECT name, lock FROM locker_locks WHERE lock IS NOT NULL AND name = ANY($1)", names)
 		x.queueReads(b)

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,6 +56,11 @@ type Store struct {
 	mu       sync.Mutex                // guards watchers
 	watchers map[int64][]chan struct{} // this node's waiters, by ID
 
+	jobs       chan *job     // changes waiting for a committer (batch.go)
+	batches    atomic.Int64  // transactions the committers ran, for the tests
+	closing    chan struct{} // closed by Close: no more changes
+	committing sync.WaitGroup
+
 	stop context.CancelFunc
 	done sync.WaitGroup
 }
@@ -72,10 +78,14 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), watchers: map[int64][]chan struct{}{}}
+	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), watchers: map[int64][]chan struct{}{},
+		jobs: make(chan *job), closing: make(chan struct{})}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
 		return nil, err
+	}
+	for range committers {
+		s.committing.Go(s.commitLoop)
 	}
 	bg, stop := context.WithCancel(context.Background())
 	s.stop = stop
@@ -108,6 +118,8 @@ func (s *Store) Node() string { return s.node }
 // the table of nodes, and closes the pool. Its waiters, if any are left,
 // are dropped by the other nodes.
 func (s *Store) Close(bool) error {
+	close(s.closing)
+	s.committing.Wait() // the transactions in flight end first
 	s.stop()
 	s.done.Wait()
 	// A node that leaves says so, so that locker migrate need not wait

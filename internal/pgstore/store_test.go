@@ -3,10 +3,13 @@ package pgstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -162,5 +165,84 @@ func TestSweepingRowsKeepsExclusion(t *testing.T) {
 	sweeps.Wait()
 	if m := most.Load(); m != 1 {
 		t.Errorf("%d transactions held the lock at once; want 1", m)
+	}
+}
+
+// TestChangesThatComeTogetherShareATransaction: while one change's
+// transaction is open, the changes that come wait, then run together in
+// one transaction, each seeing what the ones before it did; one that
+// fails is undone alone, and the others are committed.
+func TestChangesThatComeTogetherShareATransaction(t *testing.T) {
+	s, err := Open(context.Background(), testURL(t), "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(false)
+	ctx := context.Background()
+	hold := func(tx txn.Tx, name, holder string) {
+		tx.Set(name, lock.Give(tx.Lock(name), lock.Request{Key: "k", Requestor: holder}, tx.Now(), func() uint64 { return 1 }))
+	}
+
+	// The first change holds the committer until the others are queued.
+	release := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- s.Update(ctx, []string{"a"}, txn.Options{}, func(tx txn.Tx) error {
+			<-release
+			hold(tx, "a", "first")
+			return nil
+		})
+	}()
+	testutil.WaitFor(t, "the first change to hold the committer", func() bool { return s.batches.Load() == 1 })
+
+	refused := fmt.Errorf("refused by its rules")
+	var wg sync.WaitGroup
+	errs := make([]error, 5)
+	for i := range errs {
+		wg.Go(func() {
+			errs[i] = s.Update(ctx, []string{"b", fmt.Sprint("own-", i)}, txn.Options{}, func(tx txn.Tx) error {
+				hold(tx, "b", fmt.Sprint("holder-", i))
+				hold(tx, fmt.Sprint("own-", i), "x")
+				if i == 2 {
+					return refused // after its changes: they must be undone, and only they
+				}
+				return nil
+			})
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // the five reach the queue; nothing else would run them
+	close(release)
+	wg.Wait()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if n := s.batches.Load(); n != 2 {
+		t.Errorf("the five changes ran in %d transactions after the first; want 1", n-1)
+	}
+	for i, err := range errs {
+		if want := error(nil); i == 2 {
+			if !errors.Is(err, refused) {
+				t.Errorf("change 2 = %v; want its own error", err)
+			}
+		} else if err != want {
+			t.Errorf("change %d = %v; want nil", i, err)
+		}
+	}
+	err = s.View(ctx, []string{"b", "own-1", "own-2"}, func(r txn.Reader) error {
+		b := r.Lock("b")
+		var names []string
+		for _, h := range b.Holders {
+			names = append(names, h.Name)
+		}
+		if want := []string{"holder-0", "holder-1", "holder-3", "holder-4"}; !slices.Equal(names, want) {
+			t.Errorf("b is held by %q; want %q: each change saw the ones before it, and the refused one is undone", names, want)
+		}
+		if !r.Lock("own-2").Free() || r.Lock("own-1").Free() {
+			t.Errorf("own-2 held: %v, own-1 free: %v; want the refused change's lock free, the others' held", !r.Lock("own-2").Free(), r.Lock("own-1").Free())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,14 +24,24 @@ import (
 // the same locks cannot deadlock) and reads what the engine will ask for;
 // the other writes what changed and commits. Pipelined statements run in
 // order, so everything is read after the row locks are held.
+//
+// One database transaction serves every change that came to the node
+// while the last one committed (group commit, see batch.go): it names
+// all their locks and pools, runs their rules one after another, each
+// seeing what the ones before it changed, and commits once. A change its
+// rules refuse is undone alone.
 
-// tx is one database transaction over the locks it named.
+// tx is one database transaction over the locks its changes named.
 type tx struct {
 	s     *Store
 	conn  *pgx.Conn
 	ctx   context.Context
-	names []string // sorted
+	names []string // sorted: every change's locks, their row locks held
 	now   time.Time
+
+	// What the change running now named: it may touch only those.
+	jobNames []string // sorted
+	jobPool  string
 
 	locks  map[string]lock.Lock
 	before map[string][]byte // each lock as read, encoded; nil when free
@@ -39,18 +50,21 @@ type tx struct {
 	gone   []queueKey            // waiters to delete
 
 	recalled  map[string]*idempotency.Entry // by scope: what was read (nil: nothing kept)
-	remembers []idempotency.Entry
-	forgets   []string
-	token     int64   // a fencing token fetched ahead; 0 once used
-	waiterID  int64   // a waiter ID fetched ahead; 0 once used
-	told      []int64 // waiters to wake: granted, or taken over
-	rows      int     // the locks' rows read (locked, for a change)
-	err       error   // the first error of a query made on demand
+	memo      map[string]*idempotency.Entry // by scope: remembered (nil: forgotten) since
+	tokens    []int64                       // fencing tokens fetched ahead
+	waiterIDs []int64                       // waiter IDs fetched ahead
+	told      []int64                       // waiters to wake: granted, or taken over
+	rows      int                           // the locks' rows read (locked, for a change)
+	err       error                         // the first error of a query made on demand
 
-	pool        string    // the pool it named, its row locked; "" for none
-	poolRead    lock.Pool // the pool as read, or as changed since
-	poolThere   bool
-	poolChanged bool
+	pools map[string]poolState // the pools named, their rows locked: as read, or as changed since
+}
+
+// poolState is a pool a transaction named.
+type poolState struct {
+	pool    lock.Pool
+	there   bool
+	changed bool
 }
 
 // queueKey names a waiter's row: a waiter for several locks has one in
@@ -66,35 +80,108 @@ type queueRow struct {
 	w    txn.Waiter
 }
 
-// Update runs apply in one database transaction over the locks named,
-// under their row locks, with the database's clock.
-func (s *Store) Update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
+// runBatch runs jobs in one database transaction, and answers each.
+func (s *Store) runBatch(jobs []*job) {
+	defer func() {
+		for _, j := range jobs {
+			close(j.done)
+		}
+	}()
+	var live []*job
+	for _, j := range jobs {
+		if err := j.ctx.Err(); err != nil {
+			j.err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err) // gave up while queued: nothing was done
+			continue
+		}
+		live = append(live, j)
+	}
+	if len(live) == 0 {
+		return
+	}
+	failAll := func(err error) {
+		for _, j := range live {
+			if j.err == nil {
+				j.err = err
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+		failAll(fmt.Errorf("%w: %w", txn.ErrUnavailable, err))
+		return
 	}
 	defer conn.Release()
-	t := &tx{s: s, conn: conn.Conn(), ctx: ctx, names: sorted(names)}
-	err = t.begin(opts)
+	t, err := s.beginBatch(ctx, conn.Conn(), live)
 	for try := 0; errors.Is(err, errRowGone) && try < 5; try++ {
 		// A free lock's row was deleted as this transaction waited for
 		// its row lock: begin again, with a row of its own.
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
-		t = &tx{s: s, conn: conn.Conn(), ctx: ctx, names: t.names}
-		err = t.begin(opts)
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+		t, err = s.beginBatch(ctx, conn.Conn(), live)
 	}
-	if err != nil {
-		err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
-	} else if err = apply(t); err == nil {
+	if err == nil {
+		for _, j := range live {
+			t.run(j)
+			if t.err != nil {
+				break
+			}
+		}
 		err = t.commit()
+	} else {
+		err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
 	if err != nil {
 		// A connection left in a failed transaction is closed by the pool.
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
-		return err
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+		failAll(err)
+		return
 	}
 	s.wake(t.told) // this node's own waiters, at once
-	return nil
+}
+
+// beginBatch opens the transaction of jobs.
+func (s *Store) beginBatch(ctx context.Context, conn *pgx.Conn, jobs []*job) (*tx, error) {
+	var names []string
+	for _, j := range jobs {
+		names = append(names, j.names...)
+	}
+	t := &tx{s: s, conn: conn, ctx: ctx, names: sorted(names)}
+	return t, t.begin(jobs)
+}
+
+// run runs one job's rules over the transaction; a job that fails is
+// undone, and the others keep what they did.
+func (t *tx) run(j *job) {
+	t.jobNames, t.jobPool = j.names, j.opts.Pool
+	m := t.mark()
+	if err := j.apply(t); err != nil {
+		t.restore(m)
+		j.err = err
+	}
+}
+
+// mark is what a transaction had staged before a job ran.
+type mark struct {
+	locks      map[string]lock.Lock
+	queues     map[string][]txn.Waiter
+	put        map[queueKey]queueRow
+	gone, told int
+	memo       map[string]*idempotency.Entry
+	pools      map[string]poolState
+}
+
+// mark notes what t has staged. The maps are copied; the slices in them
+// are never changed in place (Set and PutWaiter replace them).
+func (t *tx) mark() mark {
+	return mark{locks: maps.Clone(t.locks), queues: maps.Clone(t.queues), put: maps.Clone(t.put),
+		gone: len(t.gone), told: len(t.told), memo: t.memo, pools: t.pools}
+}
+
+// restore takes t back to what it had staged at m.
+func (t *tx) restore(m mark) {
+	t.locks, t.queues, t.put, t.memo, t.pools = m.locks, m.queues, m.put, m.memo, m.pools
+	t.gone, t.told = t.gone[:m.gone], t.told[:m.told]
 }
 
 // sorted returns names in order, once each.
@@ -106,8 +193,25 @@ func sorted(names []string) []string {
 
 // begin opens the transaction and, in one round trip, makes the locks'
 // rows if missing, takes their row locks in name order, and reads the
-// locks, the clock, their queues and what opts asks for.
-func (t *tx) begin(opts txn.Options) error {
+// locks, the clock, their queues and what the jobs' options ask for.
+func (t *tx) begin(jobs []*job) error {
+	var scopes, pools []string
+	var tokens, waiters int
+	for _, j := range jobs {
+		if j.opts.Recall != "" {
+			scopes = append(scopes, j.opts.Recall)
+		}
+		if j.opts.Pool != "" {
+			pools = append(pools, j.opts.Pool)
+		}
+		if j.opts.Token {
+			tokens++
+		}
+		if j.opts.NewWait {
+			waiters++
+		}
+	}
+	scopes, pools = sorted(scopes), sorted(pools)
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	if len(t.names) == 1 { // most changes: the plainest statements
@@ -118,17 +222,17 @@ func (t *tx) begin(opts txn.Options) error {
 		b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1) ORDER BY name FOR UPDATE", t.names)
 	}
 	t.queueReads(b)
-	if opts.Recall != "" {
-		queueRecall(b, opts.Recall)
+	for _, scope := range scopes {
+		queueRecall(b, scope)
 	}
-	if opts.Token {
-		b.Queue("SELECT nextval('locker_tokens')")
-	}
-	if opts.NewWait {
-		b.Queue("SELECT nextval('locker_queue_id_seq')")
-	}
-	if opts.Pool != "" {
-		b.Queue("SELECT pool FROM locker_pools WHERE name = $1 FOR UPDATE", opts.Pool)
+	queueNextvals(b, "locker_tokens", tokens)
+	queueNextvals(b, "locker_queue_id_seq", waiters)
+	switch len(pools) {
+	case 0:
+	case 1:
+		b.Queue("SELECT name, pool FROM locker_pools WHERE name = $1 FOR UPDATE", pools[0])
+	default:
+		b.Queue("SELECT name, pool FROM locker_pools WHERE name = ANY($1) ORDER BY name FOR UPDATE", pools)
 	}
 	br := t.conn.SendBatch(t.ctx, b)
 	defer br.Close()
@@ -143,36 +247,72 @@ func (t *tx) begin(opts txn.Options) error {
 	if t.rows < len(t.names) {
 		return errRowGone
 	}
-	if opts.Recall != "" {
-		if err := t.readRecall(br, opts.Recall); err != nil {
+	for _, scope := range scopes {
+		if err := t.readRecall(br, scope); err != nil {
 			return err
 		}
 	}
-	if opts.Token {
-		if err := br.QueryRow().Scan(&t.token); err != nil {
-			return err
-		}
+	var err error
+	if t.tokens, err = readNextvals(br, tokens); err != nil {
+		return err
 	}
-	if opts.NewWait {
-		if err := br.QueryRow().Scan(&t.waiterID); err != nil {
-			return err
-		}
+	if t.waiterIDs, err = readNextvals(br, waiters); err != nil {
+		return err
 	}
-	if opts.Pool != "" {
-		t.pool = opts.Pool
-		var raw []byte
-		switch err := br.QueryRow().Scan(&raw); {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
+	if len(pools) > 0 {
+		if err := t.readPools(br, pools); err != nil {
 			return err
-		default:
-			if err := json.Unmarshal(raw, &t.poolRead); err != nil {
-				return fmt.Errorf("pool %q in the database: %w", opts.Pool, err)
-			}
-			t.poolThere = true
 		}
 	}
 	return br.Close()
+}
+
+// queueNextvals queues the fetch of n values of the sequence seq.
+func queueNextvals(b *pgx.Batch, seq string, n int) {
+	switch {
+	case n == 1:
+		b.Queue("SELECT nextval($1::text::regclass)", seq)
+	case n > 1:
+		b.Queue("SELECT nextval($1::text::regclass) FROM generate_series(1, $2)", seq, n)
+	}
+}
+
+// readNextvals reads the n values queueNextvals fetched.
+func readNextvals(br pgx.BatchResults, n int) ([]int64, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}
+
+// readPools reads the pools named, locked, into t.pools.
+func (t *tx) readPools(br pgx.BatchResults, names []string) error {
+	t.pools = make(map[string]poolState, len(names))
+	for _, name := range names {
+		t.pools[name] = poolState{}
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var raw []byte
+		if err := rows.Scan(&name, &raw); err != nil {
+			return err
+		}
+		var p lock.Pool
+		if err := json.Unmarshal(raw, &p); err != nil {
+			return fmt.Errorf("pool %q in the database: %w", name, err)
+		}
+		t.pools[name] = poolState{pool: p, there: true}
+	}
+	return rows.Err()
 }
 
 // errRowGone: a named lock's row was deleted (free, with no one waiting:
@@ -305,46 +445,53 @@ func (t *tx) readRecall(br pgx.BatchResults, scope string) error {
 	return nil
 }
 
-// check panics when t did not name the lock called name: its row lock
-// is not held.
+// check panics when the change running did not name the lock called
+// name: it is not the change's to touch.
 func (t *tx) check(name string) {
-	if _, ok := slices.BinarySearch(t.names, name); !ok {
-		panic(fmt.Sprintf("pgstore: lock %q is not one the transaction named (%q)", name, t.names))
+	if !t.Named(name) {
+		panic(fmt.Sprintf("pgstore: lock %q is not one the change named (%q)", name, t.jobNames))
 	}
 }
 
 func (t *tx) Now() time.Time { return t.now }
 
 func (t *tx) Named(name string) bool {
-	_, ok := slices.BinarySearch(t.names, name)
+	_, ok := slices.BinarySearch(t.jobNames, name)
 	return ok
 }
 
 func (t *tx) Wake(id int64) { t.told = append(t.told, id) }
 
-func (t *tx) NamedPool(name string) bool { return name != "" && name == t.pool }
+func (t *tx) NamedPool(name string) bool { return name != "" && name == t.jobPool }
 
-// checkPool panics when t did not name the pool called name: its row
-// lock is not held.
+// checkPool panics when the change running did not name the pool called
+// name.
 func (t *tx) checkPool(name string) {
 	if !t.NamedPool(name) {
-		panic(fmt.Sprintf("pgstore: pool %q is not the one the transaction named (%q)", name, t.pool))
+		panic(fmt.Sprintf("pgstore: pool %q is not the one the change named (%q)", name, t.jobPool))
 	}
 }
 
 func (t *tx) Pool(name string) (lock.Pool, bool) {
 	t.checkPool(name)
-	return t.poolRead, t.poolThere
+	p := t.pools[name]
+	return p.pool, p.there
 }
 
 func (t *tx) SetPool(name string, p lock.Pool) {
 	t.checkPool(name)
-	t.poolRead, t.poolThere, t.poolChanged = p, true, true
+	t.setPool(name, poolState{pool: p, there: true, changed: true})
 }
 
 func (t *tx) DeletePool(name string) {
 	t.checkPool(name)
-	t.poolRead, t.poolThere, t.poolChanged = lock.Pool{}, false, true
+	t.setPool(name, poolState{changed: true})
+}
+
+// setPool stages p; the map is replaced, not changed, for mark.
+func (t *tx) setPool(name string, p poolState) {
+	t.pools = maps.Clone(t.pools)
+	t.pools[name] = p
 }
 
 func (t *tx) Lock(name string) lock.Lock {
@@ -362,21 +509,21 @@ func (t *tx) Set(name string, l lock.Lock) {
 	t.locks[name] = l
 }
 
-// NextToken returns the token fetched ahead, or the sequence's next.
+// NextToken returns a token fetched ahead, or the sequence's next.
 func (t *tx) NextToken() uint64 {
-	if t.token != 0 {
-		token := t.token
-		t.token = 0
+	if len(t.tokens) > 0 {
+		token := t.tokens[0]
+		t.tokens = t.tokens[1:]
 		return uint64(token)
 	}
 	return uint64(t.nextval("locker_tokens"))
 }
 
-// NewWaiterID returns the ID fetched ahead, or the queue's next.
+// NewWaiterID returns an ID fetched ahead, or the queue's next.
 func (t *tx) NewWaiterID() int64 {
-	if t.waiterID != 0 {
-		id := t.waiterID
-		t.waiterID = 0
+	if len(t.waiterIDs) > 0 {
+		id := t.waiterIDs[0]
+		t.waiterIDs = t.waiterIDs[1:]
 		return id
 	}
 	return t.nextval("locker_queue_id_seq")
@@ -417,8 +564,15 @@ func (t *tx) RemoveWaiter(name string, id int64) {
 	t.gone = append(t.gone, queueKey{id, name})
 }
 
-// Recall returns the outcome kept for scope: read ahead, or now.
+// Recall returns the outcome kept for scope: as a change before it in
+// the transaction left it, or read ahead, or read now.
 func (t *tx) Recall(scope string) (idempotency.Entry, bool) {
+	if e, ok := t.memo[scope]; ok {
+		if e == nil {
+			return idempotency.Entry{}, false
+		}
+		return *e, true
+	}
 	if _, read := t.recalled[scope]; !read {
 		b := &pgx.Batch{}
 		queueRecall(b, scope)
@@ -436,8 +590,18 @@ func (t *tx) Recall(scope string) (idempotency.Entry, bool) {
 	return idempotency.Entry{}, false
 }
 
-func (t *tx) Remember(e idempotency.Entry) { t.remembers = append(t.remembers, e) }
-func (t *tx) Forget(scope string)          { t.forgets = append(t.forgets, scope) }
+func (t *tx) Remember(e idempotency.Entry) { t.setMemo(e.Scope, &e) }
+func (t *tx) Forget(scope string)          { t.setMemo(scope, nil) }
+
+// setMemo stages what scope now keeps; the map is replaced, not changed,
+// for mark.
+func (t *tx) setMemo(scope string, e *idempotency.Entry) {
+	t.memo = maps.Clone(t.memo)
+	if t.memo == nil {
+		t.memo = map[string]*idempotency.Entry{}
+	}
+	t.memo[scope] = e
+}
 
 // commit writes, in one round trip, the locks that changed, the queue's
 // changes and the outcomes, tells the nodes of the grants, and commits.
@@ -472,24 +636,32 @@ func (t *tx) commit() error {
 			return err
 		}
 	}
-	if t.poolChanged {
-		if !t.poolThere {
-			b.Queue("DELETE FROM locker_pools WHERE name = $1", t.pool)
-		} else {
-			raw, err := json.Marshal(t.poolRead)
+	for _, name := range slices.Sorted(maps.Keys(t.pools)) {
+		switch p := t.pools[name]; {
+		case !p.changed:
+		case !p.there:
+			b.Queue("DELETE FROM locker_pools WHERE name = $1", name)
+		default:
+			raw, err := json.Marshal(p.pool)
 			if err != nil {
 				return err
 			}
-			b.Queue("INSERT INTO locker_pools (name, pool) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET pool = excluded.pool", t.pool, raw)
+			b.Queue("INSERT INTO locker_pools (name, pool) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET pool = excluded.pool", name, raw)
 		}
 	}
-	for _, e := range t.remembers {
+	var forgets []string
+	for _, scope := range slices.Sorted(maps.Keys(t.memo)) {
+		e := t.memo[scope]
+		if e == nil {
+			forgets = append(forgets, scope)
+			continue
+		}
 		b.Queue(`INSERT INTO locker_requests (scope, fingerprint, outcome, at) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (scope) DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, at = excluded.at`,
 			e.Scope, e.Fingerprint, e.Outcome, e.At)
 	}
-	if len(t.forgets) > 0 {
-		b.Queue("DELETE FROM locker_requests WHERE scope = ANY($1)", t.forgets)
+	if len(forgets) > 0 {
+		b.Queue("DELETE FROM locker_requests WHERE scope = ANY($1)", forgets)
 	}
 	if len(t.told) > 0 {
 		ids := make([]string, len(t.told))
@@ -545,6 +717,7 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 // locks, in one round trip.
 func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) error) error {
 	t := &tx{s: s, ctx: ctx, names: sorted(names)}
+	t.jobNames = t.names
 	b := &pgx.Batch{}
 	b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1)", t.names)
 	t.queueReads(b)
