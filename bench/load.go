@@ -125,6 +125,40 @@ func cpuSecondsOf(pid int) float64 {
 	return (utime + stime) / 100 // clock ticks; 100 a second on Linux
 }
 
+// postgresCPU is the CPU time PostgreSQL's processes on this machine have
+// used (those alive now): its backends, WAL writer and the rest.
+func postgresCPU() float64 {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var sum float64
+	for _, d := range dirs {
+		comm, err := os.ReadFile(filepath.Join(d, "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "postgres" {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(d))
+		sum += cpuSecondsOf(pid)
+	}
+	return sum
+}
+
+// machineTicks returns the machine's idle and total clock ticks since boot,
+// over every core (/proc/stat's cpu line).
+func machineTicks() (idle, total float64) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return idle, total
+}
+
 // startLocker starts the locker binary with a state file in dir.
 func startLocker(cfg config, dir string) (*process, string, error) {
 	state := filepath.Join(dir, "locks.yml")
@@ -164,8 +198,11 @@ type loadResult struct {
 	grants    int
 	latencies []time.Duration
 	elapsed   time.Duration
-	serverCPU float64 // seconds of CPU the server used
+	serverCPU float64 // seconds of CPU the server used (every node)
 	clientCPU float64 // seconds of CPU the load generator used
+	// For the PostgreSQL runs: seconds of CPU PostgreSQL's processes used,
+	// and the share of the machine's time left idle (percent).
+	databaseCPU, idle float64
 }
 
 func (l loadResult) perSecond(n int) float64 { return float64(n) / l.elapsed.Seconds() }

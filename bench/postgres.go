@@ -26,8 +26,16 @@ type pgFigures struct {
 	OneNodeP99Ms    figure `json:"one_node_p99_ms"`
 	ThreeNodesRPS   figure `json:"three_nodes_rps"`
 	ThreeNodesP99Ms figure `json:"three_nodes_p99_ms"`
-	HandoffP50Ms    figure `json:"handoff_p50_ms"`
-	HandoffP99Ms    figure `json:"handoff_p99_ms"`
+	// Where the time goes: the nodes' CPU and PostgreSQL's (its
+	// processes') per request, and the share of the machine left idle.
+	OneNodeCPUus      figure `json:"one_node_cpu_us_per_request"`
+	OneNodeDBCPUus    figure `json:"one_node_postgres_cpu_us_per_request"`
+	OneNodeIdle       figure `json:"one_node_idle_percent"`
+	ThreeNodesCPUus   figure `json:"three_nodes_cpu_us_per_request"`
+	ThreeNodesDBCPUus figure `json:"three_nodes_postgres_cpu_us_per_request"`
+	ThreeNodesIdle    figure `json:"three_nodes_idle_percent"`
+	HandoffP50Ms      figure `json:"handoff_p50_ms"`
+	HandoffP99Ms      figure `json:"handoff_p99_ms"`
 }
 
 // benchPostgres runs the parallel workload against one and three nodes on
@@ -69,6 +77,9 @@ func benchPostgres(cfg config, dir string, r *report) error {
 	pg.PgbenchTPS, pg.CeilingRPS = newFigure("tps", pgbench), newFigure("req/s", ceiling)
 	pg.OneNodeRPS, pg.OneNodeP99Ms = newFigure("req/s", one), latencyFigure(oneRes, 99)
 	pg.ThreeNodesRPS, pg.ThreeNodesP99Ms = newFigure("req/s", three), latencyFigure(threeRes, 99)
+	pg.OneNodeCPUus, pg.ThreeNodesCPUus = serverCPUFigure(oneRes), serverCPUFigure(threeRes)
+	pg.OneNodeDBCPUus, pg.ThreeNodesDBCPUus = databaseCPUFigure(oneRes), databaseCPUFigure(threeRes)
+	pg.OneNodeIdle, pg.ThreeNodesIdle = idleFigure(oneRes), idleFigure(threeRes)
 	pg.HandoffP50Ms, pg.HandoffP99Ms = newFigure("ms", p50s), newFigure("ms", p99s)
 	r.Postgres = pg
 	return nil
@@ -97,7 +108,18 @@ func pgRun(cfg config, nodes int) (loadResult, []time.Duration, error) {
 		procs = append(procs, p)
 		bases = append(bases, p.url)
 	}
+	nodesCPU := func() (sum float64) {
+		for _, p := range procs {
+			sum += p.cpuSeconds()
+		}
+		return sum
+	}
+	cpu0, db0 := nodesCPU(), postgresCPU()
+	idle0, all0 := machineTicks()
 	res, err := loop(bases, cfg.clients, cfg.duration, ownLock("pg"))
+	res.serverCPU, res.databaseCPU = nodesCPU()-cpu0, postgresCPU()-db0
+	idle1, all1 := machineTicks()
+	res.idle = 100 * (idle1 - idle0) / max(all1-all0, 1)
 	if err != nil || nodes == 1 {
 		return res, nil, err
 	}

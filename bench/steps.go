@@ -80,6 +80,11 @@ func lockerRun(cfg config, dir string, i, clients int, work func(c *client, id i
 // noopRun runs the parallel workload once against this binary started with
 // -noop and args.
 func noopRun(cfg config, args ...string) (loadResult, error) {
+	return noopRunWith(cfg, cfg.clients, args...)
+}
+
+// noopRunWith is noopRun with clients clients.
+func noopRunWith(cfg config, clients int, args ...string) (loadResult, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return loadResult{}, err
@@ -88,7 +93,7 @@ func noopRun(cfg config, args ...string) (loadResult, error) {
 	if err != nil {
 		return loadResult{}, err
 	}
-	return runOnce(cfg, p, cfg.clients, ownLock("parallel"), p.kill)
+	return runOnce(cfg, p, clients, ownLock("parallel"), p.kill)
 }
 
 func rpsFigure(res []loadResult) figure {
@@ -97,6 +102,14 @@ func rpsFigure(res []loadResult) figure {
 
 func latencyFigure(res []loadResult, p float64) figure {
 	return perRun(res, "ms", func(l loadResult) float64 { return ms(percentile(l.latencies, p)) })
+}
+
+func databaseCPUFigure(res []loadResult) figure {
+	return perRun(res, "µs CPU/req", func(l loadResult) float64 { return 1e6 * l.databaseCPU / float64(l.requests) })
+}
+
+func idleFigure(res []loadResult) figure {
+	return perRun(res, "% idle", func(l loadResult) float64 { return l.idle })
 }
 
 func serverCPUFigure(res []loadResult) figure {
@@ -116,10 +129,29 @@ func perRun(res []loadResult, unit string, f func(loadResult) float64) figure {
 	return newFigure(unit, xs)
 }
 
+// benchSerial runs one client against the durable do-nothing server and
+// the locker, the two in turn in each run.
 func benchSerial(cfg config, dir string, r *report) error {
-	var err error
-	r.SerialRPS, r.SerialP50Ms, r.SerialP99Ms, _, err = throughput(cfg, dir, 1, ownLock("serial"))
-	return err
+	var durable, locker []loadResult
+	for i := range cfg.runs {
+		durableDir := filepath.Join(dir, fmt.Sprintf("noop-durable-serial-%d", i))
+		if err := os.MkdirAll(durableDir, 0o750); err != nil {
+			return err
+		}
+		res, err := noopRunWith(cfg, 1, "-noop-durable", durableDir)
+		_ = os.RemoveAll(durableDir)
+		if err != nil {
+			return fmt.Errorf("durable ceiling, 1 client: %w", err)
+		}
+		durable = append(durable, res)
+		if res, err = lockerRun(cfg, dir, i, 1, ownLock("serial")); err != nil {
+			return err
+		}
+		locker = append(locker, res)
+	}
+	r.DurableOneRPS = rpsFigure(durable)
+	r.SerialRPS, r.SerialP50Ms, r.SerialP99Ms = rpsFigure(locker), latencyFigure(locker, 50), latencyFigure(locker, 99)
+	return nil
 }
 
 // benchParallel runs the parallel workload (16 clients, each on its own
