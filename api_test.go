@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -693,4 +694,37 @@ func setOf(n int) string {
 		fmt.Fprintf(&b, "%q,", fmt.Sprintf("lock-%d", i))
 	}
 	return b.String()
+}
+
+// TestWriteViewIsEncodingJSON: a single lock's reply, written by
+// writeView, is the bytes encoding/json wrote for it before, for locks
+// with odd names, notes, limits, leases, queues, released counts and
+// responses.
+func TestWriteViewIsEncodingJSON(t *testing.T) {
+	now := time.Date(2026, 12, 5, 9, 0, 0, 123456789, time.UTC)
+	released := 2
+	for i, tc := range []struct {
+		name     string
+		l        Snapshot
+		released *int
+		response string
+	}{
+		{"prod", Snapshot{}, nil, "lock for prod was not held; nothing to release"},
+		{"a/b <&> \u2028 \"q\"", Snapshot{Lock: lock.Lock{Key: "k\x7f", Token: 9, AcquiredAt: now, Limit: 3,
+			Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 2, Since: now, ExpiresAt: now.Add(time.Hour), Note: "https://ci/b?x=1&y=<2>"}}, {Name: "b\u00e9", Hold: lock.Hold{Count: 1}}}},
+			Waiting: []lock.Waiting{{Key: "w", Requestor: "r\t", Since: now}}}, &released, "lock for x acquired by a"},
+		{"empty response", Snapshot{Lock: lock.Lock{Key: "k", Token: 1, Holders: []lock.Holder{{Name: "k", Hold: lock.Hold{Count: 1}}}}}, &released, ""},
+	} {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(lockReply{View: tc.l.View(tc.name, tc.l.Waiting), Released: tc.released, Response: tc.response}); err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		writeView(rec, tc.name, tc.l, tc.released, tc.response)
+		if got := rec.Body.String(); got != want.String() {
+			t.Errorf("case %d:\n got %s\nwant %s", i, got, want.String())
+		}
+	}
 }
