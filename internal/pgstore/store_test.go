@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -244,5 +245,33 @@ func TestChangesThatComeTogetherShareATransaction(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAChangeThatPanicsFailsAlone: a change whose rules panic (a bug)
+// gets an error, is undone, and the node goes on serving changes.
+func TestAChangeThatPanicsFailsAlone(t *testing.T) {
+	s, err := Open(context.Background(), testURL(t), "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(false)
+	ctx := context.Background()
+	err = s.Update(ctx, []string{"a"}, txn.Options{}, func(tx txn.Tx) error {
+		tx.Set("a", lock.Give(tx.Lock("a"), lock.Request{Key: "k", Requestor: "r"}, tx.Now(), func() uint64 { return 1 }))
+		_ = tx.Lock("not-named") // the transaction's guard panics
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), `lock "not-named" is not one the change named`) {
+		t.Fatalf("a change that panics = %v; want its panic as an error", err)
+	}
+	err = s.Update(ctx, []string{"a"}, txn.Options{}, func(tx txn.Tx) error {
+		if !tx.Lock("a").Free() {
+			t.Errorf("the change that panicked was kept: a is %+v", tx.Lock("a"))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("the next change = %v; want the node still serving", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -151,10 +152,18 @@ func (s *Store) beginBatch(ctx context.Context, conn *pgx.Conn, jobs []*job) (*t
 }
 
 // run runs one job's rules over the transaction; a job that fails is
-// undone, and the others keep what they did.
+// undone, and the others keep what they did. A job whose rules panic (a
+// bug) fails alone too, as a request would under net/http's recovery:
+// the committer must go on serving the node's other changes.
 func (t *tx) run(j *job) {
 	t.jobNames, t.jobPool = j.names, j.opts.Pool
 	m := t.mark()
+	defer func() {
+		if p := recover(); p != nil {
+			t.restore(m)
+			j.err = fmt.Errorf("a change's rules failed: %v\n%s", p, debug.Stack())
+		}
+	}()
 	if err := j.apply(t); err != nil {
 		t.restore(m)
 		j.err = err
