@@ -55,6 +55,7 @@ func run() error {
 	noop := flag.Bool("noop", false, "serve a do-nothing HTTP handler on a loopback port (used by the ceiling figures)")
 	noopDir := flag.String("noop-durable", "", "with -noop: group-commit a line per request to a file in this directory before answering")
 	noopDB := flag.String("noop-database", "", "with -noop: run a one-row UPDATE of bench_row in this database before answering")
+	noopWork := flag.Bool("noop-work", false, "with -noop-durable: also decode the body, log two lines and encode a lock-sized reply")
 	var cfg config
 	flag.StringVar(&cfg.locker, "locker", "./locker", "the locker server binary")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
@@ -68,7 +69,7 @@ func run() error {
 	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
-		return serveNoop(*noopDir, *noopDB)
+		return serveNoop(*noopDir, *noopDB, *noopWork)
 	}
 	for _, f := range strings.Split(*largeFlag, ",") {
 		var n int

@@ -160,7 +160,7 @@ func benchSerial(cfg config, dir string, r *report) error {
 // each run, so that the figures the targets compare are measured as close
 // together in time as they can be on a shared machine.
 func benchParallel(cfg config, dir string, r *report) error {
-	var ceiling, durable, locker []loadResult
+	var ceiling, durable, working, locker []loadResult
 	for i := range cfg.runs {
 		res, err := noopRun(cfg)
 		if err != nil {
@@ -179,6 +179,16 @@ func benchParallel(cfg config, dir string, r *report) error {
 		}
 		durable = append(durable, res)
 
+		if err := os.MkdirAll(durableDir, 0o750); err != nil {
+			return err
+		}
+		res, err = noopRun(cfg, "-noop-durable", durableDir, "-noop-work")
+		_ = os.RemoveAll(durableDir)
+		if err != nil {
+			return fmt.Errorf("durable ceiling with the kept work: %w", err)
+		}
+		working = append(working, res)
+
 		if res, err = lockerRun(cfg, dir, i, cfg.clients, ownLock("parallel")); err != nil {
 			return err
 		}
@@ -186,6 +196,7 @@ func benchParallel(cfg config, dir string, r *report) error {
 	}
 	r.CeilingRPS, r.CeilingCPUus, r.ClientCPUus = rpsFigure(ceiling), serverCPUFigure(ceiling), clientCPUFigure(ceiling)
 	r.DurableRPS, r.DurableCPUus = rpsFigure(durable), serverCPUFigure(durable)
+	r.WorkingRPS, r.WorkingCPUus = rpsFigure(working), serverCPUFigure(working)
 	r.ParallelRPS, r.ParallelP50Ms, r.ParallelP99Ms = rpsFigure(locker), latencyFigure(locker, 50), latencyFigure(locker, 99)
 	r.ParallelCPUus = serverCPUFigure(locker)
 	return nil
