@@ -342,15 +342,18 @@ func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (
 // circle). Each lock gets its own fencing token.
 func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequest) (map[string]Snapshot, error) {
 	start := time.Now()
-	var (
+	// What the change decided, for after it: one variable, which the
+	// change's function shares (one allocation, not one each).
+	var out struct {
 		verdict lock.Verdict
 		got     map[string]Snapshot // granted, or as they are, for a refusal
 		w       txn.Waiter
 		replay  *outcome
 		woken   <-chan struct{}
-		stop    = func() {}
-	)
-	defer func() { stop() }()
+		stop    func()
+	}
+	out.stop = func() {}
+	defer func() { out.stop() }()
 	// The change runs to its end whatever the client does: a waiter queued
 	// by a request that gave up before hearing so would wait for no one.
 	// A client that left is seen in the wait.
@@ -359,16 +362,16 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 	opts := txn.Options{Recall: req.Idem.scopeOrNone(), Token: true, NewWait: req.Wait > 0}
 	err := e.update(cctx, names, opts, func(tx txn.Tx) error {
 		var err error
-		if replay, err = recall(tx, req.Idem); replay != nil || err != nil {
-			return stillHeld(tx, names, req, replay, err)
+		if out.replay, err = recall(tx, req.Idem); out.replay != nil || err != nil {
+			return stillHeld(tx, names, req, out.replay, err)
 		}
 		if p, ok := findIdem(tx.Queue(names[0]), req.Idem); ok && (req.Wait > 0 || p.Left.IsZero()) {
 			// An earlier request with this key is in the queue: its client
 			// sent again (its connection died unnoticed, a reply was lost,
 			// or it waits in rounds). This one takes its place, or its grant.
-			if verdict, w, got, err = takeOver(tx, names, p, req); verdict == lock.Queue {
-				stop()
-				woken, stop = e.store.Watch(w.ID)
+			if out.verdict, out.w, out.got, err = takeOver(tx, names, p, req); out.verdict == lock.Queue {
+				out.stop()
+				out.woken, out.stop = e.store.Watch(out.w.ID)
 				for _, name := range names {
 					grantQueue(tx, name) // it may be at the head of free locks
 				}
@@ -381,41 +384,43 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 					errLimitDiffers, name, limitText(l.Limit), advice.Limit, l.Limit)
 			}
 		}
-		verdict = decide(tx, names, req)
-		switch verdict {
+		out.verdict = decide(tx, names, req)
+		switch out.verdict {
 		case lock.Grant:
 			for _, name := range names {
 				tx.Set(name, lock.Give(tx.Lock(name), req.Request, tx.Now(), tx.NextToken))
 			}
-			got = snapshots(tx, names)
-			return remember(tx, req.Idem, outcomeOf(got, nil, nil, false))
+			out.got = snapshots(tx, names)
+			return remember(tx, req.Idem, outcomeOf(out.got, nil, nil, false))
 		case lock.Queue:
-			w = enqueue(tx, names, req)
-			stop()
-			woken, stop = e.store.Watch(w.ID)
+			out.w = enqueue(tx, names, req)
+			out.stop()
+			out.woken, out.stop = e.store.Watch(out.w.ID)
 			return nil
 		}
-		got = snapshots(tx, names) // for the refusal
+		out.got = snapshots(tx, names) // for the refusal
 		return nil
 	})
-	wt := &wait{e: e, names: names, id: w.ID, round: w.Round, req: req, start: start}
+	newWait := func() *wait {
+		return &wait{e: e, names: names, id: out.w.ID, round: out.w.Round, req: req, start: start}
+	}
 	switch {
-	case err != nil && verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
+	case err != nil && out.verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
 		// The waiter may be in the queue with no one to answer it.
-		wt.takeOut(context.WithoutCancel(ctx))
+		newWait().takeOut(context.WithoutCancel(ctx))
 		return nil, e.fail(names[0], err)
 	case err != nil:
 		return nil, e.fail(names[0], err)
-	case replay != nil:
-		return replay.locks(names), nil
-	case verdict == lock.Grant:
-		e.granted(names, req, got, 0)
-		return got, nil
-	case verdict == lock.Refuse:
+	case out.replay != nil:
+		return out.replay.locks(names), nil
+	case out.verdict == lock.Grant:
+		e.granted(names, req, out.got, 0)
+		return out.got, nil
+	case out.verdict == lock.Refuse:
 		e.metrics.Refused()
-		return nil, fmt.Errorf("%w: %s; %s", errLockHeld, refusals(got, req.Key), advice.Wait)
+		return nil, fmt.Errorf("%w: %s; %s", errLockHeld, refusals(out.got, req.Key), advice.Wait)
 	}
-	return wt.run(ctx, woken)
+	return newWait().run(ctx, out.woken)
 }
 
 // decide is lock.Decide over a set: granted if every lock can be had now,
@@ -501,13 +506,14 @@ func (e *engine) Release(name, key, requestor string, all bool, idem *idemReques
 // ReleaseSet is Release over every lock in names, in one change: refused
 // whole when one of them is held with another key.
 func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, idem *idemRequest) (map[string]Snapshot, map[string]int, error) {
-	var (
+	// What the change did, shared with its function (one allocation).
+	var out struct {
 		got      map[string]Snapshot
-		held     = map[string]Lock{}
+		held     map[string]Lock
 		released map[string]int
-	)
+	}
 	replay, err := e.change(names, idem, func(tx txn.Tx) error {
-		released = make(map[string]int, len(names))
+		out.held, out.released = make(map[string]Lock, len(names)), make(map[string]int, len(names))
 		for _, name := range names {
 			l := tx.Lock(name)
 			next, n, ok := lock.Release(l, key, requestor, all)
@@ -515,18 +521,19 @@ func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, ide
 				return fmt.Errorf("%w: %q is held with key %q by %s; %s",
 					errLockHeld, name, l.Key, l.HoldersString(), advice.ReleaseKey)
 			}
-			held[name], released[name] = l, n
+			out.held[name], out.released[name] = l, n
 			if n > 0 {
 				tx.Set(name, next)
 				grantQueue(tx, name)
 			}
 		}
-		got = snapshots(tx, names)
-		if sum(released) > 0 {
-			return remember(tx, idem, outcomeOf(got, released, nil, false))
+		out.got = snapshots(tx, names)
+		if sum(out.released) > 0 {
+			return remember(tx, idem, outcomeOf(out.got, out.released, nil, false))
 		}
 		return nil
 	})
+	got, held, released := out.got, out.held, out.released
 	switch {
 	case err != nil:
 		return nil, nil, err

@@ -530,16 +530,29 @@ func stringField(fields map[string]json.RawMessage, name string, dst *string) er
 		*dst = string(raw[1 : n-1])
 		return nil
 	}
-	if err := json.Unmarshal(raw, dst); err != nil {
-		return fmt.Errorf("%w: %q must be a string, e.g. %s", errBadRequest, name, bodyExample)
+	v, err := decodeString(raw)
+	if err != nil {
+		return fmt.Errorf("%w: %q %s", errBadRequest, name, err)
+	}
+	*dst = v
+	return nil
+}
+
+// decodeString decodes raw, a JSON value that must be a string: the slow
+// path of stringField, apart so that its variable, which encoding/json
+// needs a pointer to, is made only when a field takes it.
+func decodeString(raw json.RawMessage) (string, error) {
+	var v string
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", fmt.Errorf("must be a string, e.g. %s", bodyExample)
 	}
 	// encoding/json turns invalid UTF-8, and escapes of lone surrogates,
 	// into U+FFFD: two different keys would become one.
-	if !utf8.Valid(raw) || (strings.ContainsRune(*dst, utf8.RuneError) &&
+	if !utf8.Valid(raw) || (strings.ContainsRune(v, utf8.RuneError) &&
 		!bytes.Contains(raw, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(raw), []byte(`\ufffd`))) {
-		return fmt.Errorf("%w: %q is not valid UTF-8 (or escapes half a surrogate pair); send text", errBadRequest, name)
+		return "", errors.New("is not valid UTF-8 (or escapes half a surrogate pair); send text")
 	}
-	return nil
+	return v, nil
 }
 
 // durationField returns the duration in fields[name], 0 when absent or null.

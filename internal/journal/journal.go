@@ -35,6 +35,10 @@ var ErrClosed = errors.New("the journal is closed")
 // records, and little to read past at a replay.
 const Chunk = 8 << 20
 
+// maxSpare bounds the buffer a written batch leaves for the next ones: a
+// burst's big buffer is not kept.
+const maxSpare = 1 << 20
+
 // FailFunc is told that the records from seq from on could not be written,
 // and why. The journal has already dropped them, and refuses new records
 // until FailFunc returns the last seq that the caller has undone: the
@@ -339,6 +343,11 @@ func (j *Journal) flush() bool {
 	j.durable = last
 	j.lastErr = nil
 	j.broadcast()
+	if j.pending == nil && cap(buf) <= maxSpare {
+		// The batch is on disk: its buffers take the next records, so
+		// that a busy journal does not grow new ones every batch.
+		j.pending, j.ends = buf[:0], ends[:0]
+	}
 	j.mu.Unlock()
 	if j.onSync != nil {
 		j.onSync(time.Since(start), len(ends))
