@@ -463,14 +463,18 @@ func refusals(got map[string]Snapshot, key string) string {
 func (e *engine) granted(names []string, req acquireRequest, got map[string]Snapshot, waited time.Duration) {
 	for _, name := range names {
 		e.metrics.Acquired(waited, waited > 0)
-		attrs := []any{"lock", name, "key", req.Key, "holder", req.Requestor, "token", got[name].Token}
+		// Attrs, not key-value pairs: no value is boxed, and the record
+		// holds them without a slice of its own.
+		attrs := make([]slog.Attr, 0, 6)
+		attrs = append(attrs, slog.String("lock", name), slog.String("key", req.Key), slog.String("holder", req.Requestor),
+			slog.Uint64("token", got[name].Token))
 		if waited > 0 {
-			attrs = append(attrs, "waited", waited.Round(time.Millisecond))
+			attrs = append(attrs, slog.Duration("waited", waited.Round(time.Millisecond)))
 		}
 		if len(names) > 1 {
-			attrs = append(attrs, "set", strings.Join(names, ","))
+			attrs = append(attrs, slog.String("set", strings.Join(names, ",")))
 		}
-		e.log.Info("lock granted", attrs...)
+		e.log.LogAttrs(context.Background(), slog.LevelInfo, "lock granted", attrs...)
 	}
 }
 
@@ -544,7 +548,8 @@ func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, ide
 		n := released[name]
 		e.metrics.Released(n)
 		if n > 0 {
-			e.log.Info("lock released", "lock", name, "key", held[name].Key, "holder", requestor, "token", held[name].Token, "counts", n, "now_free", got[name].Free())
+			e.log.LogAttrs(context.Background(), slog.LevelInfo, "lock released", slog.String("lock", name), slog.String("key", held[name].Key),
+				slog.String("holder", requestor), slog.Uint64("token", held[name].Token), slog.Int("counts", n), slog.Bool("now_free", got[name].Free()))
 		}
 	}
 	return got, released, nil
