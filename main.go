@@ -48,11 +48,8 @@ import (
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/nearest"
+	"github.com/locker-ci/locker/internal/profile"
 )
-
-// stopProfile ends a CPU profile: one the pprof build tag's profile.go
-// started, and nothing otherwise.
-var stopProfile = func() {}
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -138,6 +135,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	stopProfile := profile.Start() // only in a build with the pprof tag
 	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stopProfile()
 	if err != nil {

@@ -4,8 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"runtime/debug"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/locker-ci/locker/internal/idempotency"
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -81,4 +87,116 @@ func (s *Store) commitLoop() {
 		s.batches.Add(1)
 		s.runBatch(batch)
 	}
+}
+
+// runBatch runs jobs in one database transaction, and answers each.
+func (s *Store) runBatch(jobs []*job) {
+	defer func() {
+		for _, j := range jobs {
+			close(j.done)
+		}
+	}()
+	var live []*job
+	for _, j := range jobs {
+		if err := j.ctx.Err(); err != nil {
+			j.err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err) // gave up while queued: nothing was done
+			continue
+		}
+		live = append(live, j)
+	}
+	if len(live) == 0 {
+		return
+	}
+	failAll := func(err error) {
+		for _, j := range live {
+			if j.err == nil {
+				j.err = err
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		failAll(fmt.Errorf("%w: %w", txn.ErrUnavailable, err))
+		return
+	}
+	defer conn.Release()
+	t, err := s.beginBatch(ctx, conn.Conn(), live)
+	for try := 0; errors.Is(err, errRowGone) && try < 5; try++ {
+		// A free lock's row was deleted as this transaction waited for
+		// its row lock: begin again, with a row of its own.
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+		t, err = s.beginBatch(ctx, conn.Conn(), live)
+	}
+	if err == nil {
+		for _, j := range live {
+			t.run(j)
+			if t.err != nil {
+				break
+			}
+		}
+		err = t.commit()
+	} else {
+		err = fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	if err != nil {
+		// A connection left in a failed transaction is closed by the pool.
+		_, _ = conn.Exec(ctx, "ROLLBACK")
+		failAll(err)
+		return
+	}
+	s.wake(t.told) // this node's own waiters, at once
+}
+
+// beginBatch opens the transaction of jobs.
+func (s *Store) beginBatch(ctx context.Context, conn *pgx.Conn, jobs []*job) (*tx, error) {
+	var names []string
+	for _, j := range jobs {
+		names = append(names, j.names...)
+	}
+	t := &tx{s: s, conn: conn, ctx: ctx, names: sorted(names)}
+	return t, t.begin(jobs)
+}
+
+// run runs one job's rules over the transaction; a job that fails is
+// undone, and the others keep what they did. A job whose rules panic (a
+// bug) fails alone too, as a request would under net/http's recovery:
+// the committer must go on serving the node's other changes.
+func (t *tx) run(j *job) {
+	t.jobNames, t.jobPool = j.names, j.opts.Pool
+	m := t.mark()
+	defer func() {
+		if p := recover(); p != nil {
+			t.restore(m)
+			j.err = fmt.Errorf("a change's rules failed: %v\n%s", p, debug.Stack())
+		}
+	}()
+	if err := j.apply(t); err != nil {
+		t.restore(m)
+		j.err = err
+	}
+}
+
+// mark is what a transaction had staged before a job ran.
+type mark struct {
+	locks      map[string]lock.Lock
+	queues     map[string][]txn.Waiter
+	put        map[queueKey]queueRow
+	gone, told int
+	memo       map[string]*idempotency.Entry
+	pools      map[string]poolState
+}
+
+// mark notes what t has staged. The maps are copied; the slices in them
+// are never changed in place (Set and PutWaiter replace them).
+func (t *tx) mark() mark {
+	return mark{locks: maps.Clone(t.locks), queues: maps.Clone(t.queues), put: maps.Clone(t.put),
+		gone: len(t.gone), told: len(t.told), memo: t.memo, pools: t.pools}
+}
+
+// restore takes t back to what it had staged at m.
+func (t *tx) restore(m mark) {
+	t.locks, t.queues, t.put, t.memo, t.pools = m.locks, m.queues, m.put, m.memo, m.pools
+	t.gone, t.told = t.gone[:m.gone], t.told[:m.told]
 }
