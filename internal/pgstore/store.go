@@ -46,6 +46,9 @@ const (
 	// round stays in the database when no change comes to its lock: longer
 	// than the engine keeps one (30 s).
 	keptPlaces = time.Minute
+	// idleInTransaction is how long the database lets a session of this
+	// node sit idle in a transaction before it ends it (see Open).
+	idleInTransaction = 5 * time.Second
 )
 
 // Store is one node's view of the shared table.
@@ -68,7 +71,21 @@ type Store struct {
 // Open connects to the database at url, migrates its schema, and joins
 // the table as a node called name (made unique with a random suffix).
 func Open(ctx context.Context, url, name string) (*Store, error) {
-	pool, err := pgxpool.New(ctx, url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
+	}
+	// A node that vanishes mid-transaction (its machine gone, its network
+	// cut) would keep its rows locked until the database notices the dead
+	// connection, which may take hours; every change to those locks, and
+	// with group commit every change of the nodes that wait on them, would
+	// wait. The database ends such a transaction after this long idle.
+	// A transaction of ours is never idle that long: its two round trips
+	// follow each other at once.
+	if _, set := cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !set {
+		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.Itoa(int(idleInTransaction.Milliseconds()))
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 	}

@@ -275,3 +275,48 @@ func TestAChangeThatPanicsFailsAlone(t *testing.T) {
 		t.Errorf("the next change = %v; want the node still serving", err)
 	}
 }
+
+// TestAVanishedNodesRowLocksAreFreed: a node that stops in the middle of
+// a transaction, its rows locked and its connection still open (a frozen
+// machine, a cut network), holds up the other nodes' changes to those
+// locks only until the database ends its idle transaction.
+func TestAVanishedNodesRowLocksAreFreed(t *testing.T) {
+	u := testURL(t)
+	ctx := context.Background()
+	a, err := Open(ctx, u, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(false)
+	b, err := Open(ctx, u, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(false)
+
+	// Node a's connection, mid-transaction, then silent.
+	conn, err := a.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, q := range []string{"BEGIN", "INSERT INTO locker_locks (name) VALUES ('prod') ON CONFLICT (name) DO NOTHING",
+		"SELECT lock FROM locker_locks WHERE name = 'prod' FOR UPDATE"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+
+	start := time.Now()
+	err = b.Update(ctx, []string{"prod"}, txn.Options{Token: true}, func(tx txn.Tx) error {
+		tx.Set("prod", lock.Give(tx.Lock("prod"), lock.Request{Key: "k", Requestor: "r"}, tx.Now(), tx.NextToken))
+		return nil
+	})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("a change on node b, behind node a's idle transaction: %v after %v", err, took)
+	}
+	if took < idleInTransaction-time.Second {
+		t.Errorf("the change waited %v; node a's transaction held the row, so it must have waited until the database ended it (%v)", took, idleInTransaction)
+	}
+}
