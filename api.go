@@ -74,7 +74,7 @@ type server struct {
 	maxWait      time.Duration // longer waits are cut to this
 	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
 	maxTTL       time.Duration // the longest lease a request may ask for
-	maxSet       int           // the most locks a request may name; 0 for defaultMaxSet
+	maxSet       int           // the most locks a request may name; 0 for config.DefaultMaxSet
 	writeTimeout time.Duration // how long writing a reply may take, after any wait
 	metrics      *metrics.Metrics
 	metricsOpen  bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
@@ -37,7 +38,7 @@ func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServe
 
 // serveTable is the real router over tab, saved in path.
 func serveTable(tab *engine, path, user, pass string) *testServer {
-	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: defaultTimeouts.write,
+	s := &server{locks: tab, log: discardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: defaultTimeouts.write,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	tab.metrics = s.metrics
 	if user != "" {

@@ -29,25 +29,21 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
-	"github.com/locker-ci/locker/internal/filestore"
+	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/lazyfs"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
-	"github.com/locker-ci/locker/internal/nearest"
 	"github.com/locker-ci/locker/internal/profile"
 )
 
@@ -118,15 +114,6 @@ const (
 	// answers 431. A lock name is at most 1 KiB, 3 KiB escaped.
 	maxHeaderBytes  = 16<<10 - 4<<10
 	shutdownTimeout = 10 * time.Second
-	// defaultMaxWait keeps waits below what proxies and load balancers
-	// usually allow a request.
-	defaultMaxWait = 15 * time.Minute
-	// defaultMaxTTL is a week: longer than any CI job, short enough that a
-	// typo (1000000h) does not hold a lock for a century.
-	defaultMaxTTL = 7 * 24 * time.Hour
-	// defaultMaxSet bounds the locks one request may name: every one is
-	// locked in the same transaction.
-	defaultMaxSet = 64
 )
 
 func main() {
@@ -145,230 +132,6 @@ func main() {
 		}
 		os.Exit(1)
 	}
-}
-
-// config is everything read from the environment.
-type config struct {
-	statePath         string
-	databaseURL       string // LOCKER_DATABASE_URL: the PostgreSQL store instead of the file
-	listen            string // host or IP to listen on; "" for every interface
-	port              int
-	user, pass        string
-	certFile, keyFile string
-	maxWait           time.Duration
-	defaultTTL        time.Duration
-	maxTTL            time.Duration
-	maxSet            int   // LOCKER_MAX_LOCKS_PER_REQUEST
-	checkpointBytes   int64 // journal size that asks for a checkpoint, at least
-	logJSON           bool  // LOG_FORMAT=json
-	metricsAuth       bool  // /metrics behind the API's basic auth
-	logLevel          slog.Level
-	warnings          []string // said in the log at start: variables that look misspelt
-}
-
-// loadConfig reads and checks the configuration in environ (KEY=VALUE
-// pairs, as os.Environ gives them); an error names the variable.
-func loadConfig(environ []string) (config, error) {
-	vars := make(map[string]string, len(environ))
-	for _, kv := range environ {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			vars[k] = v
-		}
-	}
-	getenv := func(name string) string { return vars[name] }
-	cfg := config{
-		statePath:   getenv("LOCKER_CONFIG"),
-		databaseURL: getenv("LOCKER_DATABASE_URL"),
-		listen:      getenv("LOCKER_LISTEN"),
-		port:        3000,
-		user:        getenv("AUTH_USER"),
-		pass:        getenv("AUTH_PASS"),
-		certFile:    getenv("SSL_CERT"),
-		keyFile:     getenv("SSL_KEY"),
-		maxWait:     defaultMaxWait,
-		maxTTL:      defaultMaxTTL,
-		maxSet:      defaultMaxSet,
-
-		checkpointBytes: filestore.DefaultCheckpointBytes,
-		metricsAuth:     true,
-	}
-	switch {
-	case cfg.statePath == "" && cfg.databaseURL == "":
-		return config{}, errors.New("LOCKER_CONFIG is not set: name the file that keeps the locks, e.g. LOCKER_CONFIG=/var/lib/locker/locks.yml (or set LOCKER_DATABASE_URL to keep them in PostgreSQL)")
-	case cfg.statePath != "" && cfg.databaseURL != "":
-		return config{}, errors.New("LOCKER_CONFIG and LOCKER_DATABASE_URL are both set: the locks are kept in one place; unset one (locker migrate moves locks between them)")
-	}
-	e := env{getenv: getenv}
-	e.port("PORT", &cfg.port)
-	e.duration("LOCKER_MAX_WAIT", &cfg.maxWait)
-	e.duration("LOCKER_DEFAULT_TTL", &cfg.defaultTTL)
-	e.duration("LOCKER_MAX_TTL", &cfg.maxTTL)
-	e.count("LOCKER_MAX_LOCKS_PER_REQUEST", &cfg.maxSet)
-	e.boolean("LOCKER_METRICS_AUTH", &cfg.metricsAuth)
-	e.bytes("LOCKER_CHECKPOINT_BYTES", &cfg.checkpointBytes)
-	e.logging(&cfg)
-	if e.err != nil {
-		return config{}, e.err
-	}
-	if cfg.defaultTTL > cfg.maxTTL {
-		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL (%v) is over LOCKER_MAX_TTL (%v): lower the one or raise the other", cfg.defaultTTL, cfg.maxTTL)
-	}
-	if cfg.defaultTTL > 0 && cfg.defaultTTL < minTTL {
-		return config{}, fmt.Errorf("LOCKER_DEFAULT_TTL: %v is under the shortest lease, %v", cfg.defaultTTL, minTTL)
-	}
-	if err := bothOrNeither(vars, "AUTH_USER", "AUTH_PASS"); err != nil {
-		return config{}, err
-	}
-	if err := bothOrNeither(vars, "SSL_CERT", "SSL_KEY"); err != nil {
-		return config{}, err
-	}
-	if isPlaceholder(cfg.pass) {
-		return config{}, fmt.Errorf("AUTH_PASS is %q, the placeholder of an example file: anyone who has read it knows the password. Choose one of your own, e.g. AUTH_PASS=$(openssl rand -hex 16)", cfg.pass)
-	}
-	cfg.warnings = unknownVariables(vars)
-	return cfg, nil
-}
-
-// isPlaceholder reports whether pass is a password that example files
-// ship, ours among them, for the reader to replace.
-func isPlaceholder(pass string) bool {
-	switch strings.ToLower(strings.Trim(pass, "<>")) {
-	case "change-me", "changeme", "change_me", "password", "replace-me", "replaceme":
-		return true
-	}
-	return false
-}
-
-// knownVariables are the LOCKER_ variables Locker reads: the server's,
-// the client's (LOCKER_URL...), the ones locker run sets for its command,
-// and the tests'.
-var knownVariables = []string{
-	"LOCKER_CONFIG", "LOCKER_DATABASE_URL", "LOCKER_LISTEN", "LOCKER_MAX_WAIT", "LOCKER_DEFAULT_TTL", "LOCKER_MAX_TTL",
-	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES",
-	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
-	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
-	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS", "LOCKER_CPU_PROFILE",
-}
-
-// unknownVariables says, for each LOCKER_ variable in vars that Locker
-// does not read, that it is ignored, and which one was likely meant.
-func unknownVariables(vars map[string]string) []string {
-	var out []string
-	for _, name := range slices.Sorted(maps.Keys(vars)) {
-		if !strings.HasPrefix(name, "LOCKER_") || slices.Contains(knownVariables, name) {
-			continue
-		}
-		msg := name + " is not a setting of locker's, and is ignored"
-		if near, ok := nearest.Word(name, knownVariables); ok {
-			msg += fmt.Sprintf("; did you mean %s?", near)
-		}
-		out = append(out, msg)
-	}
-	return out
-}
-
-// env reads settings from the environment into their fields, leaving a
-// field as it is when its variable is unset. It keeps the first error,
-// which names its variable.
-type env struct {
-	getenv func(string) string
-	err    error
-}
-
-// value returns the variable's value, or "" once an error was found.
-func (e *env) value(name string) string {
-	if e.err != nil {
-		return ""
-	}
-	return e.getenv(name)
-}
-
-func (e *env) port(name string, dst *int) {
-	if v := e.value(name); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 || n > 65535 {
-			e.err = fmt.Errorf("%s: not a port number: %q (want 0 to 65535)", name, v)
-			return
-		}
-		*dst = n
-	}
-}
-
-func (e *env) duration(name string, dst *time.Duration) {
-	if v := e.value(name); v != "" {
-		n, err := time.ParseDuration(v)
-		if err != nil || n <= 0 {
-			e.err = fmt.Errorf("%s: not a positive duration: %q (e.g. 15m or 1h)", name, v)
-			return
-		}
-		*dst = n
-	}
-}
-
-func (e *env) count(name string, dst *int) {
-	if v := e.value(name); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			e.err = fmt.Errorf("%s: not a positive whole number: %q (e.g. 64)", name, v)
-			return
-		}
-		*dst = n
-	}
-}
-
-func (e *env) boolean(name string, dst *bool) {
-	if v := e.value(name); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			e.err = fmt.Errorf("%s: %q is not true or false", name, v)
-			return
-		}
-		*dst = b
-	}
-}
-
-func (e *env) bytes(name string, dst *int64) {
-	if v := e.value(name); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 1 {
-			e.err = fmt.Errorf("%s: not a positive number of bytes: %q (e.g. 8388608)", name, v)
-			return
-		}
-		*dst = n
-	}
-}
-
-// logging reads LOG_FORMAT and LOG_LEVEL.
-func (e *env) logging(cfg *config) {
-	switch f := e.value("LOG_FORMAT"); f {
-	case "", "text":
-	case "json":
-		cfg.logJSON = true
-	default:
-		e.err = fmt.Errorf("LOG_FORMAT: %q is not a log format: use text (the default) or json", f)
-		return
-	}
-	if v := e.value("LOG_LEVEL"); v != "" {
-		if err := cfg.logLevel.UnmarshalText([]byte(v)); err != nil {
-			e.err = fmt.Errorf("LOG_LEVEL: %q is not a level: use debug, info (the default), warn or error", v)
-		}
-	}
-}
-
-// bothOrNeither checks that the variables a and b are both set, or
-// neither; an empty one counts as unset, and the message says which.
-func bothOrNeither(vars map[string]string, a, b string) error {
-	if vars[a] == "" && vars[b] != "" {
-		a, b = b, a
-	}
-	if vars[a] == "" || vars[b] != "" {
-		return nil
-	}
-	state := "is not set"
-	if _, ok := vars[b]; ok {
-		state = "is empty"
-	}
-	return fmt.Errorf("%s is set but %s %s: set both, or neither", a, b, state)
 }
 
 // run reads the configuration and serves the lock API until ctx is done.
@@ -398,13 +161,26 @@ func run(ctx context.Context, args []string, environ []string, stdout, stderr io
 	return serve(ctx, cfg, atomicfile.OS{}, stderr)
 }
 
+// loadConfig reads the configuration in environ, and checks it against
+// what the API allows: a default lease no shorter than any lease.
+func loadConfig(environ []string) (config.Config, error) {
+	cfg, err := config.Load(environ)
+	if err != nil {
+		return config.Config{}, err
+	}
+	if cfg.DefaultTTL > 0 && cfg.DefaultTTL < minTTL {
+		return config.Config{}, fmt.Errorf("LOCKER_DEFAULT_TTL: %v is under the shortest lease, %v", cfg.DefaultTTL, minTTL)
+	}
+	return cfg, nil
+}
+
 // serve runs the server described by cfg, keeping its state through fsys,
 // until ctx is done; then it shuts down gracefully.
-func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer) error {
-	log, logs := newLogger(stderr, cfg.logJSON, cfg.logLevel)
+func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io.Writer) error {
+	log, logs := newLogger(stderr, cfg.LogJSON, cfg.LogLevel)
 	defer logs.Close()
 
-	for _, w := range cfg.warnings {
+	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
 	tlsConfig, err := loadTLS(cfg)
@@ -421,17 +197,17 @@ func serve(ctx context.Context, cfg config, fsys atomicfile.FS, stderr io.Writer
 		return err
 	}
 	locks = &engine{store: store, log: log, metrics: m}
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Listen, strconv.Itoa(cfg.Port)))
 	if err != nil {
 		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), store.Close(true))
 	}
-	srv := &server{locks: locks, log: log, maxWait: cfg.maxWait, defaultTTL: cfg.defaultTTL, maxTTL: cfg.maxTTL, maxSet: cfg.maxSet,
-		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.metricsAuth}
-	if cfg.user != "" {
-		srv.auth = newCredentials(cfg.user, cfg.pass)
+	srv := &server{locks: locks, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
+		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.MetricsAuth}
+	if cfg.User != "" {
+		srv.auth = newCredentials(cfg.User, cfg.Pass)
 	}
-	where := "state_file=" + cfg.statePath
-	if cfg.databaseURL != "" {
+	where := "state_file=" + cfg.StatePath
+	if cfg.DatabaseURL != "" {
 		where = "postgresql"
 	}
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
@@ -451,11 +227,11 @@ func loopback(addr net.Addr) bool {
 }
 
 // loadTLS returns the TLS configuration cfg asks for, or nil for plain HTTP.
-func loadTLS(cfg config) (*tls.Config, error) {
-	if cfg.certFile == "" {
+func loadTLS(cfg config.Config) (*tls.Config, error) {
+	if cfg.CertFile == "" {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.certFile, cfg.keyFile)
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("SSL_CERT/SSL_KEY: %w", err)
 	}

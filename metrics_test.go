@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/testutil"
 )
@@ -130,7 +131,7 @@ func putAsyncAuth(tb testing.TB, base, path, body string) <-chan int {
 // one per route, method and status code.
 func TestMetricsLabelsStayBounded(t *testing.T) {
 	tab, _ := newTestTable(t, unsyncedDisk{})
-	s := &server{locks: tab, log: discardLog, maxWait: defaultMaxWait, maxTTL: defaultMaxTTL, writeTimeout: time.Second,
+	s := &server{locks: tab, log: discardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: time.Second,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	h := s.routes()
 	for i := range 100_000 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -124,7 +125,7 @@ func (s *server) handleSetPool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: unknown field %q in the body; PUT /pool/<pool> accepts \"members\", e.g. %s", errBadRequest, f, poolExample))
 		return
 	}
-	members, err := nameList("members", poolExample, fields["members"], cmp.Or(s.maxSet, defaultMaxSet))
+	members, err := nameList("members", poolExample, fields["members"], cmp.Or(s.maxSet, config.DefaultMaxSet))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

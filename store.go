@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
@@ -99,16 +100,16 @@ func openDatabase(ctx context.Context, url string, log *slog.Logger) (*pgstore.S
 	}
 }
 
-func openStore(ctx context.Context, cfg config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (Store, error) {
-	if cfg.databaseURL != "" {
-		s, err := openDatabase(ctx, cfg.databaseURL, log)
+func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (Store, error) {
+	if cfg.DatabaseURL != "" {
+		s, err := openDatabase(ctx, cfg.DatabaseURL, log)
 		if err != nil {
 			return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 		}
 		log.Info("joined the lock table in PostgreSQL", "node", s.Node())
 		return s, nil
 	}
-	s, err := filestore.Open(cfg.statePath, fsys, filestore.Options{CheckpointBytes: cfg.checkpointBytes, Log: log, Metrics: m})
+	s, err := filestore.Open(cfg.StatePath, fsys, filestore.Options{CheckpointBytes: cfg.CheckpointBytes, Log: log, Metrics: m})
 	if err != nil {
 		return nil, err
 	}
