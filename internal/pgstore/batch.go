@@ -18,15 +18,17 @@ import (
 // Group commit: a node's changes that arrive together share one database
 // transaction, and so one commit. A committer takes the change that
 // waits first and every other one waiting at that moment (the changes
-// that came while its last commit was in flight), runs them (tx.go), and
-// answers each. Nothing waits to make a batch bigger: a change that finds
+// that came while its last commit was in flight), runs them in one
+// transaction (runBatch, below), and answers each. Nothing waits to make a batch bigger: a change that finds
 // a committer free starts at once, alone.
 const (
 	// committers is how many transactions a node has in flight at once.
 	// One is fastest: the next batch gathers while it commits. Measured
 	// with make bench's postgres step, 16 clients, one sitting: 1 node
 	// 3,711 req/s with one, 3,165 with two, 2,654 with four; 3 nodes
-	// 2,066, 1,656 and 1,506.
+	// 2,066, 1,656 and 1,506. The price: a batch that waits for a row
+	// another node's transaction holds holds up this node's other changes
+	// as long (see idleInTransaction for a node that vanished).
 	committers = 1
 	// maxBatch bounds the changes of one transaction, so that one commit
 	// does not hold many locks' rows for long.
@@ -65,7 +67,8 @@ func (s *Store) Update(ctx context.Context, names []string, opts txn.Options, ap
 	return j.err
 }
 
-// commit runs batches of the changes that wait until the store closes.
+// commitLoop runs batches of the changes that wait, until the store
+// closes.
 func (s *Store) commitLoop() {
 	for {
 		var batch []*job
