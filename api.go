@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/locker-ci/locker/internal/advice"
+	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/txn"
@@ -74,7 +75,7 @@ type server struct {
 	maxWait      time.Duration // longer waits are cut to this
 	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
 	maxTTL       time.Duration // the longest lease a request may ask for
-	maxSet       int           // the most locks a request may name; 0 for config.DefaultMaxSet
+	maxSet       int           // the most locks a request may name; 0 for config.DefaultMaxSet (maxLocks)
 	writeTimeout time.Duration // how long writing a reply may take, after any wait
 	metrics      *metrics.Metrics
 	metricsOpen  bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
@@ -396,6 +397,9 @@ type lockReply struct {
 	Released *int   `json:"released,omitempty"` // DELETE: how many counts it gave back
 	Response string `json:"response,omitempty"`
 }
+
+// maxLocks is the most locks one request may name.
+func (s *server) maxLocks() int { return cmp.Or(s.maxSet, config.DefaultMaxSet) }
 
 // writeLock answers 200 with the lock called name and, for a change, a
 // sentence saying what happened.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/gorilla/mux"
 
-	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -125,7 +123,7 @@ func (s *server) handleSetPool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("%w: unknown field %q in the body; PUT /pool/<pool> accepts \"members\", e.g. %s", errBadRequest, f, poolExample))
 		return
 	}
-	members, err := nameList("members", poolExample, fields["members"], cmp.Or(s.maxSet, config.DefaultMaxSet))
+	members, err := nameList("members", poolExample, fields["members"], s.maxLocks())
 	if err != nil {
 		s.writeError(w, r, err)
 		return

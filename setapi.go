@@ -1,12 +1,10 @@
 package main
 
 import (
-	"cmp"
 	"fmt"
 	"net/http"
 	"strings"
 
-	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -35,7 +33,7 @@ func (s *server) writeSet(w http.ResponseWriter, r *http.Request, got map[string
 // handleLockSet handles PUT /locks: every lock named, in one change, or
 // none; with ?wait=, one waiter in every lock's queue.
 func (s *server) handleLockSet(w http.ResponseWriter, r *http.Request) {
-	names, req, err := decodeSetRequest(w, r, cmp.Or(s.maxSet, config.DefaultMaxSet))
+	names, req, err := decodeSetRequest(w, r, s.maxLocks())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -55,7 +53,7 @@ func (s *server) handleLockSet(w http.ResponseWriter, r *http.Request) {
 
 // handleRenewSet handles PATCH /locks: every lease renewed, or none.
 func (s *server) handleRenewSet(w http.ResponseWriter, r *http.Request) {
-	names, req, err := decodeSetRequest(w, r, cmp.Or(s.maxSet, config.DefaultMaxSet))
+	names, req, err := decodeSetRequest(w, r, s.maxLocks())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -76,7 +74,7 @@ func (s *server) handleRenewSet(w http.ResponseWriter, r *http.Request) {
 // handleUnlockSet handles DELETE /locks: every lock given back in one
 // change (with ?force=true, freed whoever holds it).
 func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
-	names, req, err := decodeSetRequest(w, r, cmp.Or(s.maxSet, config.DefaultMaxSet))
+	names, req, err := decodeSetRequest(w, r, s.maxLocks())
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -121,7 +121,6 @@ type statusLock struct {
 	HeldFor    string // how long ago AcquiredAt was, e.g. "12 min"
 	Long       bool   // held longer than the page's HeldOver
 	LeaseSoon  string // how soon the first lease ends, when within statusLeaseSoon
-	Urgency    int
 	Holders    []statusHolder
 	Queue      []statusWaiter
 }
@@ -237,20 +236,19 @@ func (p *statusPage) add(l Listed) error {
 		}
 		p.byUrgency[worst] = p.byUrgency[worst][:len(p.byUrgency[worst])-1] // the last by name of the least urgent
 	}
-	sl := p.lock(l.Name, l.Snapshot)
-	sl.Urgency = p.urgency(l.Snapshot)
-	p.byUrgency[u] = append(p.byUrgency[u], sl)
+	p.byUrgency[u] = append(p.byUrgency[u], p.lock(l.Name, l.Snapshot))
 	return nil
 }
 
 // urgency says how soon a person should look at l.
 func (p *statusPage) urgency(l Snapshot) int {
+	first := firstLease(l)
 	switch {
 	case !l.Free() && !l.AcquiredAt.IsZero() && p.Now.Sub(l.AcquiredAt) > p.heldOver:
 		return urgencyHeldOver
 	case len(l.Waiting) > 0:
 		return urgencyQueue
-	case !firstLease(l).IsZero() && firstLease(l).Sub(p.Now) < statusLeaseSoon:
+	case !first.IsZero() && first.Sub(p.Now) < statusLeaseSoon:
 		return urgencyLeaseSoon
 	}
 	return urgencyNone
