@@ -96,6 +96,7 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/lock/{name:.+}", s.handleLock).Methods(http.MethodPut)
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
 	r.HandleFunc("/lock/{name:.+}", s.handleUnlock).Methods(http.MethodDelete)
+	r.HandleFunc("/history/{name:.+}", s.handleHistory).Methods(http.MethodGet, http.MethodHead)
 
 	// Health checks, which requireAuth lets through.
 	r.HandleFunc("/healthz", s.handleHealth).Methods(http.MethodGet, http.MethodHead)
@@ -377,7 +378,7 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 // forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
 // stuck lock. It is logged with who asked.
 func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string, idem *idemRequest) {
-	old, now, err := s.locks.ForceRelease(name, idem)
+	old, now, err := s.locks.ForceRelease(name, forcedBy(r), idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -201,11 +201,12 @@ type expiry struct {
 func (e *engine) update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
 	var ended []expiry
 	err := e.store.Update(ctx, names, opts, func(tx txn.Tx) error {
+		r := &recorder{Tx: tx} // the changes' events go with them (history.go)
 		ended = ended[:0]
 		for _, name := range names {
-			ended = append(ended, settle(tx, name)...)
+			ended = append(ended, settle(r, name)...)
 		}
-		return apply(tx)
+		return apply(r)
 	})
 	if err == nil {
 		e.metrics.Expired(len(ended))
@@ -245,7 +246,9 @@ func settle(tx txn.Tx, name string) []expiry {
 		tx.RemoveWaiter(name, w.ID)
 		if w.Granted != nil { // granted to a node that died before its request took it up
 			if next, released, _ := lock.Release(tx.Lock(name), w.Req.Key, w.Req.Requestor, false); released > 0 {
+				done := ending(tx, lock.Ending{Kind: lock.Dropped})
 				tx.Set(name, next)
+				done()
 			}
 		}
 	}
@@ -555,20 +558,22 @@ func (e *engine) ReleaseSet(names []string, key, requestor string, all bool, ide
 	return got, released, nil
 }
 
-// ForceRelease frees the lock called name whoever holds it, and returns
-// what it was and what it is now (the next waiters may have it).
-func (e *engine) ForceRelease(name string, idem *idemRequest) (Lock, Snapshot, error) {
-	old, got, err := e.ForceReleaseSet([]string{name}, idem)
+// ForceRelease frees the lock called name whoever holds it, for by (who
+// asked, for its history), and returns what it was and what it is now
+// (the next waiters may have it).
+func (e *engine) ForceRelease(name, by string, idem *idemRequest) (Lock, Snapshot, error) {
+	old, got, err := e.ForceReleaseSet([]string{name}, by, idem)
 	return old[name], got[name], err
 }
 
 // ForceReleaseSet is ForceRelease over every lock in names, in one change.
-func (e *engine) ForceReleaseSet(names []string, idem *idemRequest) (map[string]Lock, map[string]Snapshot, error) {
+func (e *engine) ForceReleaseSet(names []string, by string, idem *idemRequest) (map[string]Lock, map[string]Snapshot, error) {
 	var (
 		got map[string]Snapshot
 		old map[string]Lock
 	)
 	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+		defer ending(tx, lock.Ending{Kind: lock.Forced, By: by})()
 		old = make(map[string]Lock, len(names))
 		for _, name := range names {
 			if l := tx.Lock(name); !l.Free() {

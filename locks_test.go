@@ -73,7 +73,7 @@ func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.
 	if earlier, ok := openStores.Load(path); ok {
 		_ = earlier.(*filestore.Store).Close(false)
 	}
-	store, err := filestore.Open(path, d, filestore.Options{Log: discardLog, Now: now})
+	store, err := filestore.Open(path, d, filestore.Options{Log: discardLog, Now: now, History: txn.History{Events: 100}})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.
 // at url, closed when the test ends.
 func newPGTable(tb testing.TB, url, node string) *engine {
 	tb.Helper()
-	store, err := pgstore.Open(context.Background(), url, node)
+	store, err := pgstore.Open(context.Background(), url, node, pgstore.Options{History: txn.History{Events: 100}})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -345,7 +345,7 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 		{"share the lock", func() error { _, err := acquire(tab, "held", "k", "b"); return err }},
 		{"release", func() error { _, _, err := tab.Release("held", "k", "a", false, nil); return err }},
 		{"renew", func() error { _, err := tab.Renew("held", "k", "a", time.Minute, nil); return err }},
-		{"force release", func() error { _, _, err := tab.ForceRelease("held", nil); return err }},
+		{"force release", func() error { _, _, err := tab.ForceRelease("held", "test", nil); return err }},
 	}
 	for _, c := range changes {
 		err := c.do()
@@ -793,7 +793,7 @@ func TestForceRelease(t *testing.T) {
 			}
 		}
 		c := queued(t, context.Background(), tab, "l", "other", "c")
-		old, _, err := tab.ForceRelease("l", nil)
+		old, _, err := tab.ForceRelease("l", "test", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -79,7 +79,7 @@ func describe(where string) string {
 // state file (its journal replayed) or a database.
 func readTable(ctx context.Context, from string, force bool) (txn.Contents, error) {
 	if isDatabase(from) {
-		s, err := pgstore.Open(ctx, from, "migrate")
+		s, err := pgstore.Open(ctx, from, "migrate", pgstore.Options{})
 		if err != nil {
 			return txn.Contents{}, err
 		}
@@ -103,7 +103,7 @@ func writeTable(ctx context.Context, to string, c txn.Contents) error {
 	if !isDatabase(to) {
 		return filestore.Write(to, atomicfile.OS{}, c)
 	}
-	s, err := pgstore.Open(ctx, to, "migrate")
+	s, err := pgstore.Open(ctx, to, "migrate", pgstore.Options{})
 	if err != nil {
 		return err
 	}

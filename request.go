@@ -63,6 +63,7 @@ var (
 		"PUT /locks":          {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 		"DELETE /locks":       {[]string{"force"}, "?force=true"},
 		"PUT " + claimPath:    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
+		"GET /history/<name>": {[]string{"limit", "before"}, "?limit=<events per page> and ?before=<event id>, e.g. ?limit=20"},
 	}
 )
 

@@ -80,7 +80,7 @@ func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Force {
-		old, got, err := s.locks.ForceReleaseSet(names, req.Idem)
+		old, got, err := s.locks.ForceReleaseSet(names, forcedBy(r), req.Idem)
 		if err != nil {
 			s.writeError(w, r, err)
 			return

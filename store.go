@@ -31,6 +31,9 @@ type Store interface {
 	// ErrUnavailable and ErrClosed say nothing changed, ErrUncertain that
 	// it may have.
 	Update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error
+	// History returns up to limit of the events of the lock called name
+	// with IDs below before (0: any), newest first.
+	History(ctx context.Context, name string, before uint64, limit int) ([]lock.Event, error)
 	// View runs fn over the locks named as they are, changing nothing.
 	View(ctx context.Context, names []string, fn func(txn.Reader) error) error
 	// Scan reads into t (Reset first) a copy of a page of the locks held
@@ -78,12 +81,12 @@ const databasePatience = time.Minute
 // openDatabase joins the lock table in the database at url. A database
 // that cannot be reached yet is tried again, with a warning each time,
 // for databasePatience; a wrong password or database name fails at once.
-func openDatabase(ctx context.Context, url string, log *slog.Logger) (*pgstore.Store, error) {
+func openDatabase(ctx context.Context, url string, opts pgstore.Options, log *slog.Logger) (*pgstore.Store, error) {
 	host, _ := os.Hostname()
 	deadline := time.Now().Add(databasePatience)
 	for backoff := time.Second; ; backoff = min(2*backoff, 10*time.Second) {
 		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		s, err := pgstore.Open(octx, url, host)
+		s, err := pgstore.Open(octx, url, host, opts)
 		cancel()
 		switch {
 		case err == nil || !pgstore.Unreachable(err):
@@ -102,14 +105,14 @@ func openDatabase(ctx context.Context, url string, log *slog.Logger) (*pgstore.S
 
 func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (Store, error) {
 	if cfg.DatabaseURL != "" {
-		s, err := openDatabase(ctx, cfg.DatabaseURL, log)
+		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History}, log)
 		if err != nil {
 			return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 		}
 		log.Info("joined the lock table in PostgreSQL", "node", s.Node())
 		return s, nil
 	}
-	s, err := filestore.Open(cfg.StatePath, fsys, filestore.Options{CheckpointBytes: cfg.CheckpointBytes, Log: log, Metrics: m})
+	s, err := filestore.Open(cfg.StatePath, fsys, filestore.Options{CheckpointBytes: cfg.CheckpointBytes, Log: log, Metrics: m, History: cfg.History})
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,8 +17,9 @@ import (
 
 // TestCrashKill kills the server with SIGKILL while clients change locks,
 // over and over, and after every restart checks that each change the server
-// acknowledged is there, each acknowledged release is gone, and no token
-// goes backwards.
+// acknowledged is there, each acknowledged release is gone, no token
+// goes backwards, and each lock's history tells exactly the changes made,
+// in order.
 func TestCrashKill(t *testing.T) {
 	t.Parallel() // mostly waits on kills and restarts (under a core): it runs beside the others
 	// 120 cycles land about 800 kills among checkpoints; make stress runs
@@ -33,12 +35,13 @@ func TestCrashKill(t *testing.T) {
 	counts := map[string]int{}
 	maybe := map[string]int{}
 	var maxToken uint64
+	told := ledger{told: map[string][]string{}, pending: map[string]string{}}
 	rng := rand.New(rand.NewPCG(1, 2))
 	checkpoints := 0 // across all cycles: kills must land among them
 
 	for cycle := range cycles {
-		p := startProc(t, state)
-		check(t, cycle, p.URL, counts, maybe, &maxToken)
+		p := startProc(t, state, "LOCKER_HISTORY="+strconv.Itoa(historyKept))
+		check(t, cycle, p.URL, counts, maybe, &maxToken, &told)
 
 		// Traffic for a random while, then SIGKILL.
 		var mu sync.Mutex
@@ -62,17 +65,22 @@ func TestCrashKill(t *testing.T) {
 					if uncertain {
 						continue // wait for the restart to tell
 					}
-					method, next := "PUT", n+1
-					if n > 0 && r.IntN(2) == 0 {
-						method, next = "DELETE", n-1
+					method, query, next, kind := "PUT", "", n+1, "taken"
+					switch x := r.IntN(20); {
+					case n > 0 && x == 0:
+						method, query, next, kind = "DELETE", "?force=true", 0, "forced"
+					case n > 0 && x < 10:
+						method, next, kind = "DELETE", n-1, "released"
 					}
-					status, body, err := send(client, method, p.URL+"/lock/"+name, `{"key": "k"}`)
+					status, body, err := send(client, method, p.URL+"/lock/"+name+query, `{"key": "k"}`)
 					mu.Lock()
 					switch {
 					case err != nil || status >= 500:
 						maybe[name] = next // it may or may not have happened
+						told.pending[name] = kind
 					case status == http.StatusOK:
 						counts[name] = next
+						told.told[name] = append(told.told[name], kind)
 						if tok := tokenOf(body); tok > maxToken {
 							maxToken = tok
 						}
@@ -92,8 +100,8 @@ func TestCrashKill(t *testing.T) {
 			t.Fatalf("cycle %d failed; server log:\n%s", cycle, p.Log)
 		}
 	}
-	p := startProc(t, state)
-	check(t, cycles, p.URL, counts, maybe, &maxToken)
+	p := startProc(t, state, "LOCKER_HISTORY="+strconv.Itoa(historyKept))
+	check(t, cycles, p.URL, counts, maybe, &maxToken, &told)
 	t.Logf("%d cycles, %d checkpoints between the kills", cycles, checkpoints)
 	if checkpoints < cycles {
 		t.Errorf("only %d checkpoints in %d cycles: the kills hardly ever met one (LOCKER_CHECKPOINT_BYTES=%s)", checkpoints, cycles, checkpointBytes)
@@ -102,10 +110,22 @@ func TestCrashKill(t *testing.T) {
 
 func hasKey(m map[string]int, k string) bool { _, ok := m[k]; return ok }
 
+// historyKept is the crash test's LOCKER_HISTORY: small, so that the state
+// file stays small and checkpoints come often.
+const historyKept = 8
+
+// ledger is what the clients were told happened to each lock, as its
+// history must tell it: the kind of each event, oldest first.
+type ledger struct {
+	told    map[string][]string
+	pending map[string]string // the change to a lock that got no answer
+}
+
 // check compares what the restarted server shows with what was
-// acknowledged, settles the uncertain locks, and checks that a new lock
-// gets a token above every one handed out before.
-func check(tb testing.TB, cycle int, url string, counts, maybe map[string]int, maxToken *uint64) {
+// acknowledged, settles the uncertain locks, checks each lock's history
+// against what was told, and checks that a new lock gets a token above
+// every one handed out before.
+func check(tb testing.TB, cycle int, url string, counts, maybe map[string]int, maxToken *uint64, told *ledger) {
 	tb.Helper()
 	client := &http.Client{Timeout: 10 * time.Second}
 	status, body, err := send(client, "GET", url+"/locks", "")
@@ -133,8 +153,13 @@ func check(tb testing.TB, cycle int, url string, counts, maybe map[string]int, m
 			tb.Fatalf("cycle %d: lock %s has count %d after the restart; acknowledged %d (or %d, unknown: %v)",
 				cycle, name, got, want, other, hasKey(maybe, name))
 		}
+		if hasKey(maybe, name) && got == other && got != want {
+			told.told[name] = append(told.told[name], told.pending[name]) // the change without an answer was made
+		}
+		delete(told.pending, name)
 		counts[name] = got
 		delete(maybe, name)
+		checkHistory(tb, cycle, client, url, name, told.told[name])
 		if tok := shownLocks[name].Token; tok > *maxToken {
 			*maxToken = tok
 		}
@@ -150,6 +175,39 @@ func check(tb testing.TB, cycle int, url string, counts, maybe map[string]int, m
 	}
 	if status, _, err := send(client, "DELETE", url+"/lock/token-probe-"+strconv.Itoa(cycle), `{"key": "k"}`); err != nil || status != http.StatusOK {
 		tb.Fatalf("cycle %d: probe DELETE = %d %v", cycle, status, err)
+	}
+}
+
+// checkHistory checks that the history of the lock called name is the
+// last historyKept events of want, in order.
+func checkHistory(tb testing.TB, cycle int, client *http.Client, url, name string, want []string) {
+	tb.Helper()
+	if strings.HasPrefix(name, "token-probe-") {
+		return
+	}
+	status, body, err := send(client, "GET", url+"/history/"+name+"?limit="+strconv.Itoa(historyKept+1), "")
+	if err != nil || status != http.StatusOK {
+		tb.Fatalf("cycle %d: GET /history/%s = %d %v", cycle, name, status, err)
+	}
+	var h struct {
+		Events []struct {
+			ID    uint64 `json:"id"`
+			Event string `json:"event"`
+		} `json:"events"`
+	}
+	if err := json.Unmarshal([]byte(body), &h); err != nil {
+		tb.Fatal(err)
+	}
+	var got []string
+	for i, e := range slices.Backward(h.Events) {
+		if i < len(h.Events)-1 && e.ID <= h.Events[i+1].ID {
+			tb.Fatalf("cycle %d: history of %s: event %d is newer than event %d", cycle, name, h.Events[i+1].ID, e.ID)
+		}
+		got = append(got, e.Event)
+	}
+	want = want[max(0, len(want)-historyKept):]
+	if !slices.Equal(got, want) {
+		tb.Fatalf("cycle %d: history of %s after the restart, oldest first:\n%v\nwant what the clients were told (the last %d):\n%v", cycle, name, got, historyKept, want)
 	}
 }
 

@@ -71,9 +71,9 @@ func buildLocker(tb testing.TB) string {
 // startProc starts the locker binary on state and waits until it serves.
 // A small checkpoint threshold makes kills land during and right after
 // checkpoints, not only between journal writes.
-func startProc(tb testing.TB, state string) *testutil.Server {
+func startProc(tb testing.TB, state string, env ...string) *testutil.Server {
 	tb.Helper()
-	return testutil.StartServer(tb, buildLocker(tb), "LOCKER_CONFIG="+state, "LOCKER_CHECKPOINT_BYTES="+checkpointBytes)
+	return testutil.StartServer(tb, buildLocker(tb), append([]string{"LOCKER_CONFIG=" + state, "LOCKER_CHECKPOINT_BYTES=" + checkpointBytes}, env...)...)
 }
 
 func httpGet(tb testing.TB, base, path string) (int, string) {

@@ -50,6 +50,7 @@ var commands = []command{
 	{"renew", "extend your lease on a lock", renewUsage, cmdRenew},
 	{"ls", "list the locks", lsUsage, cmdLs},
 	{"show", "show one lock, its holders and its queue", showUsage, cmdShow},
+	{"history", "show who took and gave back a lock, newest first", historyUsage, cmdHistory},
 	{"pool", "make, list, show and remove pools of interchangeable locks", poolUsage, cmdPool},
 	{"force-unlock", "free a stuck lock, whoever holds it", forceUsage, cmdForceUnlock},
 	{"health", "check that a server serves (for container and monit health checks)", healthUsage, cmdHealth},

@@ -336,3 +336,37 @@ func (c *Client) ListTo(ctx context.Context, prefix string, w io.Writer) error {
 	}
 	return nil
 }
+
+// History is a page of a lock's history, newest first, and the ID to ask
+// for the page before it with (0 when there is no more).
+type History struct {
+	Events []lock.Event
+	Before uint64
+}
+
+// History returns up to limit of the events of the lock called name with
+// IDs below before (0: the newest), newest first.
+func (c *Client) History(ctx context.Context, name string, before uint64, limit int) (History, error) {
+	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if before > 0 {
+		q.Set("before", strconv.FormatUint(before, 10))
+	}
+	data, err := c.Do(ctx, http.MethodGet, "/history/"+url.PathEscape(name), q, nil, "")
+	if err != nil {
+		return History{}, err
+	}
+	var reply struct {
+		Events []lock.Event `json:"events"`
+		Next   string       `json:"next"`
+	}
+	if err := json.Unmarshal(data, &reply); err != nil {
+		return History{}, fmt.Errorf("the locker's answer about the history of %q is not one: %w", name, err)
+	}
+	h := History{Events: reply.Events}
+	if reply.Next != "" && len(h.Events) > 0 {
+		h.Before = h.Events[len(h.Events)-1].ID
+	}
+	return h, nil
+}

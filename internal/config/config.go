@@ -15,6 +15,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/nearest"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // The defaults of the settings that have one besides their zero.
@@ -30,6 +31,11 @@ const (
 	DefaultMaxSet = 64
 	// DefaultPort is PORT's.
 	DefaultPort = 3000
+	// DefaultHistory and DefaultHistoryAge bound each lock's history:
+	// enough to see the last few days of a busy lock, and a month of a
+	// quiet one.
+	DefaultHistory    = 100
+	DefaultHistoryAge = 30 * 24 * time.Hour
 )
 
 // Config is everything read from the environment.
@@ -45,6 +51,7 @@ type Config struct {
 	MaxTTL            time.Duration // LOCKER_MAX_TTL: the longest lease a request may ask for
 	MaxSet            int           // LOCKER_MAX_LOCKS_PER_REQUEST
 	CheckpointBytes   int64         // journal size that asks for a checkpoint, at least
+	History           txn.History   // LOCKER_HISTORY events a lock, for LOCKER_HISTORY_AGE
 	LogJSON           bool          // LOG_FORMAT=json
 	MetricsAuth       bool          // /metrics behind the API's basic auth
 	LogLevel          slog.Level
@@ -76,6 +83,7 @@ func Load(environ []string) (Config, error) {
 
 		CheckpointBytes: filestore.DefaultCheckpointBytes,
 		MetricsAuth:     true,
+		History:         txn.History{Events: DefaultHistory, Age: DefaultHistoryAge},
 	}
 	switch {
 	case cfg.StatePath == "" && cfg.DatabaseURL == "":
@@ -91,6 +99,8 @@ func Load(environ []string) (Config, error) {
 	e.count("LOCKER_MAX_LOCKS_PER_REQUEST", &cfg.MaxSet)
 	e.boolean("LOCKER_METRICS_AUTH", &cfg.MetricsAuth)
 	e.bytes("LOCKER_CHECKPOINT_BYTES", &cfg.CheckpointBytes)
+	e.count("LOCKER_HISTORY", &cfg.History.Events)
+	e.duration("LOCKER_HISTORY_AGE", &cfg.History.Age)
 	e.logging(&cfg)
 	if e.err != nil {
 		return Config{}, e.err
@@ -126,7 +136,7 @@ func isPlaceholder(pass string) bool {
 // and the tests'.
 var knownVariables = []string{
 	"LOCKER_CONFIG", "LOCKER_DATABASE_URL", "LOCKER_LISTEN", "LOCKER_MAX_WAIT", "LOCKER_DEFAULT_TTL", "LOCKER_MAX_TTL",
-	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES",
+	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES", "LOCKER_HISTORY", "LOCKER_HISTORY_AGE",
 	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
 	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
 	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS", "LOCKER_CPU_PROFILE",

@@ -324,6 +324,8 @@ func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
 		st.Requests = slices.DeleteFunc(st.Requests, func(e idempotency.Entry) bool { return slices.Contains(c.Forget, e.Scope) })
 	}
 	st.Requests = append(st.Requests, c.Remember...)
+	st.History = append(st.History, c.Events...)
+	st.LastEvent = max(st.LastEvent, c.LastEvent)
 	return c.Seq, nil
 }
 

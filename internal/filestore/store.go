@@ -46,6 +46,10 @@ type Change struct {
 	Remember  []idempotency.Entry   `json:"remember,omitempty"`
 	Forget    []string              `json:"forget,omitempty"`
 	Pools     map[string]*lock.Pool `json:"pools,omitempty"` // the pools it changed, as they are after it (nil: removed)
+	// Events are the events it adds to its locks' histories, and
+	// LastEvent the event counter after it.
+	Events    []lock.Event `json:"events,omitempty"`
+	LastEvent uint64       `json:"last_event,omitempty"`
 }
 
 // DefaultCheckpointBytes is the journal size below which no checkpoint is
@@ -69,10 +73,13 @@ type Store struct {
 	lastToken  uint64 // the highest fencing token handed out
 	lastWaiter int64  // the highest waiter ID handed out
 	leases     leaseHeap
-	seq        uint64          // the change the table now shows; replies wait for it
-	lastSeq    uint64          // the last seq handed out; seqs are never reused
-	undo       []undo          // changes not yet known to be durable, oldest first
-	requests   idempotency.Set // outcomes by Idempotency-Key
+	seq        uint64                  // the change the table now shows; replies wait for it
+	lastSeq    uint64                  // the last seq handed out; seqs are never reused
+	undo       []undo                  // changes not yet known to be durable, oldest first
+	requests   idempotency.Set         // outcomes by Idempotency-Key
+	history    map[string][]lock.Event // each lock's events, oldest first, held or free
+	lastEvent  uint64                  // the highest event ID handed out
+	keep       txn.History             // how much history to keep
 
 	watchMu  sync.Mutex // guards watchers; taken under mu, never the other way round
 	watchers map[int64][]chan struct{}
@@ -90,6 +97,8 @@ type Options struct {
 	Log             *slog.Logger     // nil logs nothing
 	Metrics         *metrics.Metrics // nil counts nothing
 	Now             func() time.Time // nil is time.Now
+	// History is how much of each lock's history to keep (zero: none).
+	History txn.History
 }
 
 // Open takes the state file at path for this process, reads it (creating
@@ -97,7 +106,8 @@ type Options struct {
 // cannot be read is an error and is left as it is.
 func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	s := &Store{disk: newDisk(path, fsys, opts.CheckpointBytes, opts.Log), metrics: opts.Metrics,
-		wake: make(chan struct{}, 1), queues: map[string][]txn.Waiter{}, watchers: map[int64][]chan struct{}{}}
+		wake: make(chan struct{}, 1), queues: map[string][]txn.Waiter{}, watchers: map[int64][]chan struct{}{},
+		history: map[string][]lock.Event{}, keep: opts.History}
 	now := opts.Now
 	if now == nil {
 		now = time.Now
@@ -122,6 +132,8 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	for _, e := range st.Requests {
 		s.requests.Put(e)
 	}
+	s.lastEvent = st.LastEvent
+	s.record(st.History)
 	s.durableSeq.Store(st.Seq)
 	for name, l := range s.locks {
 		s.scheduleLeases(name, lock.Lock{}, l)
@@ -285,7 +297,8 @@ func (s *Store) saved() Saved {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests.Prune(s.now())
-	return Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Requests: s.requests.All()}
+	return Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Requests: s.requests.All(),
+		LastEvent: s.lastEvent, History: s.kept()}
 }
 
 // checkpoint saves the whole table to the state file, so that the journal

@@ -37,6 +37,7 @@ type tx struct {
 	remembers []idempotency.Entry  // outcomes to remember
 	forgets   []string             // scopes whose outcome to forget
 	oldPool   *poolState           // the pool as it was, once changed
+	events    []lock.Event         // the events to add to the history
 }
 
 // poolState is a pool as a transaction found it: there or not.
@@ -71,6 +72,8 @@ type undo struct {
 	forgotten  []idempotency.Entry
 	pool       string
 	oldPool    *poolState
+	lastEvent  uint64       // the event counter before it
+	events     []lock.Event // the events it added
 }
 
 func (s *Store) begin(names []string, pool string) *tx {
@@ -210,6 +213,7 @@ func byID(w txn.Waiter, id int64) int { return cmp.Compare(w.ID, id) }
 func (x *tx) Recall(scope string) (idempotency.Entry, bool) { return x.s.requests.Get(scope, x.now) }
 func (x *tx) Remember(e idempotency.Entry)                  { x.remembers = append(x.remembers, e) }
 func (x *tx) Forget(scope string)                           { x.forgets = append(x.forgets, scope) }
+func (x *tx) Record(e lock.Event)                           { x.events = append(x.events, e) }
 
 // put stores l under name, or deletes name when l is free, so that
 // released locks do not accumulate. Callers hold s.mu.
@@ -280,6 +284,15 @@ func (x *tx) commit() error {
 	}
 	c := Change{Seq: s.lastSeq + 1, Prev: s.seq, LastToken: s.lastToken, Locks: make(map[string]*lock.Lock, len(x.oldLocks)),
 		Remember: x.remembers, Forget: x.forgets}
+	lastEvent := s.lastEvent
+	if len(x.events) > 0 && s.keep.Events > 0 {
+		for i := range x.events {
+			x.events[i].ID = lastEvent + uint64(i) + 1
+		}
+		c.Events, c.LastEvent = x.events, lastEvent+uint64(len(x.events))
+	} else {
+		x.events = nil
+	}
 	for name := range x.oldLocks {
 		if l, ok := s.locks[name]; ok {
 			c.Locks[name] = &l
@@ -302,6 +315,8 @@ func (x *tx) commit() error {
 	}
 	s.lastSeq++
 	s.seq = s.lastSeq
+	s.lastEvent = max(s.lastEvent, c.LastEvent)
+	s.record(x.events)
 	var forgotten []idempotency.Entry
 	for _, scope := range x.forgets {
 		if e, ok := s.requests.Take(scope); ok {
@@ -316,7 +331,7 @@ func (x *tx) commit() error {
 		s.undo = s.undo[1:]
 	}
 	s.undo = append(s.undo, undo{seq: s.seq, oldLocks: x.oldLocks, lastToken: x.lastToken, granted: x.granted,
-		remembered: x.remembers, forgotten: forgotten, pool: x.pool, oldPool: x.oldPool})
+		remembered: x.remembers, forgotten: forgotten, pool: x.pool, oldPool: x.oldPool, lastEvent: lastEvent, events: x.events})
 	for name, old := range x.oldLocks {
 		s.scheduleLeases(name, old, s.locks[name])
 	}
@@ -355,7 +370,8 @@ func (s *Store) rollback(from uint64, err error) uint64 {
 		for _, e := range u.forgotten {
 			s.requests.Put(e)
 		}
-		s.lastToken = u.lastToken
+		s.lastToken, s.lastEvent = u.lastToken, u.lastEvent
+		s.unrecord(u.events)
 		if u.oldPool != nil {
 			s.putPool(u.pool, *u.oldPool)
 		}

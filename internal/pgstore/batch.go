@@ -187,6 +187,7 @@ type mark struct {
 	queues     map[string][]txn.Waiter
 	put        map[queueKey]queueRow
 	gone, told int
+	events     int
 	memo       map[string]*idempotency.Entry
 	pools      map[string]poolState
 }
@@ -195,11 +196,11 @@ type mark struct {
 // are never changed in place (Set and PutWaiter replace them).
 func (t *tx) mark() mark {
 	return mark{locks: maps.Clone(t.locks), queues: maps.Clone(t.queues), put: maps.Clone(t.put),
-		gone: len(t.gone), told: len(t.told), memo: t.memo, pools: t.pools}
+		gone: len(t.gone), told: len(t.told), memo: t.memo, pools: t.pools, events: len(t.events)}
 }
 
 // restore takes t back to what it had staged at m.
 func (t *tx) restore(m mark) {
 	t.locks, t.queues, t.put, t.memo, t.pools = m.locks, m.queues, m.put, m.memo, m.pools
-	t.gone, t.told = t.gone[:m.gone], t.told[:m.told]
+	t.gone, t.told, t.events = t.gone[:m.gone], t.told[:m.told], t.events[:m.events]
 }

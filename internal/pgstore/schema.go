@@ -88,6 +88,18 @@ var migrations = []string{
 		pool jsonb NOT NULL -- the pool as internal/lock.Pool encodes it
 	);
 	ALTER TABLE locker_queue ADD COLUMN claim_count int NOT NULL DEFAULT 0, ADD COLUMN pool text;`,
+
+	// 10: each lock's history, written in the transaction of its change.
+	// IDs come from the sequence as the row is written, under the lock's
+	// row lock: in commit order for each lock.
+	`CREATE TABLE locker_events (
+		id bigserial PRIMARY KEY,
+		name text NOT NULL,
+		at timestamptz NOT NULL,
+		event jsonb NOT NULL -- the event as internal/lock.Event encodes it; its id is the row's
+	);
+	CREATE INDEX locker_events_by_name ON locker_events (name, id);
+	CREATE INDEX locker_events_by_age ON locker_events (at);`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -55,6 +55,7 @@ const (
 type Store struct {
 	pool *pgxpool.Pool
 	node string // unique per process: its waiters are its own
+	keep txn.History
 
 	mu       sync.Mutex                // guards watchers
 	watchers map[int64][]chan struct{} // this node's waiters, by ID
@@ -68,9 +69,16 @@ type Store struct {
 	done sync.WaitGroup
 }
 
+// Options are a node's settings beyond its database.
+type Options struct {
+	// History is how much of each lock's history to keep (zero: none).
+	// Every node of a database should keep the same.
+	History txn.History
+}
+
 // Open connects to the database at url, migrates its schema, and joins
 // the table as a node called name (made unique with a random suffix).
-func Open(ctx context.Context, url, name string) (*Store, error) {
+func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
@@ -95,7 +103,7 @@ func Open(ctx context.Context, url, name string) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), watchers: map[int64][]chan struct{}{},
+	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, watchers: map[int64][]chan struct{}{},
 		jobs: make(chan *job), closing: make(chan struct{})}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
@@ -180,6 +188,9 @@ func (s *Store) heartbeats(ctx context.Context) {
 		}
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", idempotency.Retention.String())
 		s.sweep(ctx)
+		if s.keep.Age > 0 {
+			_, _ = s.pool.Exec(ctx, "DELETE FROM locker_events WHERE at < clock_timestamp() - $1::interval", s.keep.Age.String())
+		}
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", keptPlaces.String())
 	}
 }

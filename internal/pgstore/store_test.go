@@ -28,7 +28,7 @@ func TestNodesMigrateTheSchemaAtOnce(t *testing.T) {
 	errs := make(chan error, 4)
 	for range 4 {
 		wg.Go(func() {
-			s, err := Open(context.Background(), u, "n")
+			s, err := Open(context.Background(), u, "n", Options{})
 			if err == nil {
 				_ = s.Close(false)
 			}
@@ -76,7 +76,7 @@ func TestOutcomesMoveToTheEnginesShape(t *testing.T) {
 		('DELETE a k', 'f', '{"state": {"lock": {"key": "", "holders": null}, "waiting": null}, "old": {"lock": {"key": "k", "token": 7, "holders": [{"name": "r", "count": 2}]}, "waiting": null}, "released": 0}', now())`); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(ctx, u, "n")
+	s, err := Open(ctx, u, "n", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func mustJSON(t *testing.T, v any) string {
 func TestSweepingRowsKeepsExclusion(t *testing.T) {
 	u := testURL(t)
 	ctx := context.Background()
-	a, err := Open(ctx, u, "a")
+	a, err := Open(ctx, u, "a", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestSweepingRowsKeepsExclusion(t *testing.T) {
 // one transaction, each seeing what the ones before it did; one that
 // fails is undone alone, and the others are committed.
 func TestChangesThatComeTogetherShareATransaction(t *testing.T) {
-	s, err := Open(context.Background(), testURL(t), "n")
+	s, err := Open(context.Background(), testURL(t), "n", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestChangesThatComeTogetherShareATransaction(t *testing.T) {
 // TestAChangeThatPanicsFailsAlone: a change whose rules panic (a bug)
 // gets an error, is undone, and the node goes on serving changes.
 func TestAChangeThatPanicsFailsAlone(t *testing.T) {
-	s, err := Open(context.Background(), testURL(t), "n")
+	s, err := Open(context.Background(), testURL(t), "n", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,12 +283,12 @@ func TestAChangeThatPanicsFailsAlone(t *testing.T) {
 func TestAVanishedNodesRowLocksAreFreed(t *testing.T) {
 	u := testURL(t)
 	ctx := context.Background()
-	a, err := Open(ctx, u, "a")
+	a, err := Open(ctx, u, "a", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close(false)
-	b, err := Open(ctx, u, "b")
+	b, err := Open(ctx, u, "b", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

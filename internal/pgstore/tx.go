@@ -57,6 +57,8 @@ type tx struct {
 	err       error                         // the first error of a query made on demand
 
 	pools map[string]poolState // the pools named, their rows locked: as read, or as changed since
+
+	events []lock.Event // to add to the history
 }
 
 // poolState is a pool a transaction named.
@@ -231,6 +233,7 @@ func (t *tx) Recall(scope string) (idempotency.Entry, bool) {
 	return idempotency.Entry{}, false
 }
 
+func (t *tx) Record(e lock.Event)          { t.events = append(t.events, e) }
 func (t *tx) Remember(e idempotency.Entry) { t.setMemo(e.Scope, &e) }
 func (t *tx) Forget(scope string)          { t.setMemo(scope, nil) }
 
@@ -304,6 +307,9 @@ func (t *tx) commit() error {
 	if len(forgets) > 0 {
 		b.Queue("DELETE FROM locker_requests WHERE scope = ANY($1)", forgets)
 	}
+	if err := t.queueEvents(b); err != nil {
+		return err
+	}
 	if len(t.told) > 0 {
 		ids := make([]string, len(t.told))
 		for i, id := range t.told {
@@ -315,6 +321,29 @@ func (t *tx) commit() error {
 	if err := t.conn.SendBatch(t.ctx, b).Close(); err != nil {
 		return fmt.Errorf("%w: %w", txn.ErrUncertain, err)
 	}
+	return nil
+}
+
+// queueEvents queues the statements that add the transaction's events to
+// their locks' histories, in order, and drop those past the number kept.
+func (t *tx) queueEvents(b *pgx.Batch) error {
+	if len(t.events) == 0 || t.s.keep.Events <= 0 {
+		return nil
+	}
+	names, ats, raws := make([]string, len(t.events)), make([]time.Time, len(t.events)), make([][]byte, len(t.events))
+	for i, e := range t.events {
+		raw, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		names[i], ats[i], raws[i] = e.Lock, e.At, raw
+	}
+	b.Queue(`INSERT INTO locker_events (name, at, event)
+		SELECT name, at, event FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) WITH ORDINALITY AS e(name, at, event, n) ORDER BY n`,
+		names, ats, raws)
+	b.Queue(`DELETE FROM locker_events WHERE id IN (
+		SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS n
+			FROM locker_events WHERE name = ANY($1)) e WHERE n > $2)`, sorted(names), t.s.keep.Events)
 	return nil
 }
 

@@ -35,6 +35,10 @@ type State struct {
 	LastToken uint64 // the highest fencing token ever handed out
 	Locks     map[string]lock.Lock
 	Pools     map[string]lock.Pool
+	// LastEvent is the highest event ID handed out; History the events
+	// kept, oldest first, of locks held or free.
+	LastEvent uint64
+	History   []lock.Event
 	// Requests are the outcomes remembered by Idempotency-Key, oldest
 	// first.
 	Requests []idempotency.Entry
@@ -53,7 +57,9 @@ type document struct {
 	Seq       uint64                `yaml:"seq"`
 	LastToken uint64                `yaml:"last_token"`
 	Locks     map[string]lock.Entry `yaml:"locks"`
+	LastEvent uint64                `yaml:"last_event,omitempty"`
 	Pools     map[string]lock.Pool  `yaml:"pools,omitempty"`
+	History   []lock.Event          `yaml:"history,omitempty"`
 	Requests  []idempotency.Entry   `yaml:"requests,omitempty"`
 }
 
@@ -101,6 +107,10 @@ func Decode(data []byte) (State, error) {
 			}
 		}
 		st.Pools = doc.Pools
+		if err := checkHistory(doc.History, doc.LastEvent); err != nil {
+			return State{}, err
+		}
+		st.History, st.LastEvent = doc.History, doc.LastEvent
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(entries)) {
@@ -174,6 +184,24 @@ func fromEntry(e lock.Entry) (lock.Lock, error) {
 		return lock.Lock{}, fmt.Errorf("held by %s but has no key", l.HoldersString())
 	}
 	return l, nil
+}
+
+// checkHistory checks the events read from the file: in the order of
+// their IDs, none above last.
+func checkHistory(events []lock.Event, last uint64) error {
+	var prev uint64
+	for _, e := range events {
+		switch {
+		case e.Lock == "":
+			return fmt.Errorf("history: event %d names no lock", e.ID)
+		case e.ID <= prev:
+			return fmt.Errorf("history: event %d comes after event %d; events are in the order of their ids", e.ID, prev)
+		case e.ID > last:
+			return fmt.Errorf("history: event %d is above last_event %d: ids would be handed out twice", e.ID, last)
+		}
+		prev = e.ID
+	}
+	return nil
 }
 
 // checkPool checks a pool read from the file.

@@ -64,6 +64,10 @@ func TestParseAgreesWithYAML(t *testing.T) {
 			"line\nbreak\x00": {Key: "- not a list", Holders: []lock.Holder{{Name: "{}", Hold: lock.Hold{Count: 4, ExpiresAt: at.Add(time.Hour)}}}},
 			"plain.name/ok-1": {Key: "k", Token: 9, AcquiredAt: at, Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}, {Name: "b", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at, Note: "n"}}}},
 		}},
+		{LastToken: 3, Locks: map[string]lock.Lock{}, LastEvent: 12, History: []lock.Event{
+			{ID: 4, Lock: "prod", At: at, Kind: lock.Taken, Holder: "a", Key: "k", Token: 3, Counts: 1, Note: "<b>&\n\"ü\"", Waited: lock.Duration(90 * time.Second)},
+			{ID: 12, Lock: "a/b: c #d", At: at, Kind: lock.Forced, Holder: "- x", Key: "yes", Counts: 2, Held: lock.Duration(time.Hour), By: "admin from 10.0.0.1"},
+		}},
 	}
 	for i, st := range states {
 		var buf bytes.Buffer

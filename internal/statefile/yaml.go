@@ -6,6 +6,7 @@ package statefile
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -27,6 +28,9 @@ func Encode(w io.Writer, st State) error {
 	sw := newSealWriter(w)
 	ew := &errWriter{w: sw}
 	ew.printf("%sversion: %d\nseq: %d\nlast_token: %d\n", header, Version, st.Seq, st.LastToken)
+	if st.LastEvent != 0 {
+		ew.printf("last_event: %d\n", st.LastEvent)
+	}
 	if len(st.Locks) == 0 {
 		ew.printf("locks: {}\n")
 	} else {
@@ -49,6 +53,18 @@ func Encode(w io.Writer, st State) error {
 					ew.printf("      %s: %s\n", scalar(m), p.Claimed[m].Format(time.RFC3339Nano))
 				}
 			}
+		}
+	}
+	if len(st.History) > 0 {
+		// One event a line, as JSON (a YAML flow mapping): a history is
+		// read back far more often by this package than by a person.
+		ew.printf("history:\n")
+		for _, e := range st.History {
+			line, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			ew.printf("  - %s\n", line)
 		}
 	}
 	if len(st.Requests) > 0 {
@@ -168,10 +184,17 @@ func parse(data []byte) (document, bool) {
 	if err1 != nil || err2 != nil || err3 != nil {
 		return doc, false
 	}
+	if v, ok := p.field("", "last_event"); ok {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return doc, false
+		}
+		doc.LastEvent = n
+	}
 	doc.Locks = map[string]lock.Entry{}
 	switch line := p.next(); string(line) {
 	case "locks: {}":
-		return doc, p.pools(&doc) && p.requests(&doc)
+		return doc, p.pools(&doc) && p.history(&doc) && p.requests(&doc)
 	case "locks:":
 	default:
 		return doc, false
@@ -190,7 +213,25 @@ func parse(data []byte) (document, bool) {
 		}
 		doc.Locks[name] = e
 	}
-	return doc, p.pools(&doc) && p.requests(&doc)
+	return doc, p.pools(&doc) && p.history(&doc) && p.requests(&doc)
+}
+
+// history reads the history section, if there is one: an event a line.
+func (p *parser) history(doc *document) bool {
+	if string(p.peek()) != "history:" {
+		return true
+	}
+	p.next()
+	for bytes.HasPrefix(p.peek(), []byte("  - {")) {
+		var e lock.Event
+		dec := json.NewDecoder(bytes.NewReader(p.next()[4:]))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil || dec.More() {
+			return false
+		}
+		doc.History = append(doc.History, e)
+	}
+	return true
 }
 
 // pools reads the pools section, if there is one.

@@ -27,6 +27,8 @@ func fill(r *rand.Rand, v reflect.Value) {
 			f.SetString(randomString(r))
 		case f.Kind() == reflect.Int:
 			f.SetInt(1 + r.Int64N(5))
+		case f.Kind() == reflect.Int64: // a lock.Duration, to the millisecond
+			f.SetInt(r.Int64N(1e6) * int64(time.Millisecond))
 		case f.Kind() == reflect.Uint64:
 			f.SetUint(1 + r.Uint64N(1000))
 		case f.Kind() == reflect.Struct:
@@ -85,6 +87,13 @@ func TestEncodeIsYAML(t *testing.T) {
 			fill(r, reflect.ValueOf(&e).Elem())
 			st.Requests = append(st.Requests, e)
 		}
+		for range r.IntN(4) {
+			var e lock.Event
+			fill(r, reflect.ValueOf(&e).Elem())
+			st.LastEvent += e.ID
+			e.ID = st.LastEvent
+			st.History = append(st.History, e)
+		}
 		var buf bytes.Buffer
 		if err := Encode(&buf, st); err != nil {
 			t.Fatal(err)
@@ -93,7 +102,8 @@ func TestEncodeIsYAML(t *testing.T) {
 		if err := yaml.UnmarshalStrict(buf.Bytes(), &got); err != nil {
 			t.Fatalf("yaml.v2 cannot read Encode's output: %v\n%s", err, buf.String())
 		}
-		want := document{Version: Version, Seq: st.Seq, LastToken: st.LastToken, Locks: map[string]lock.Entry{}, Requests: st.Requests}
+		want := document{Version: Version, Seq: st.Seq, LastToken: st.LastToken, Locks: map[string]lock.Entry{}, Requests: st.Requests,
+			LastEvent: st.LastEvent, History: st.History}
 		for name, l := range st.Locks {
 			want.Locks[name] = l.Entry()
 		}

@@ -74,6 +74,10 @@ type Tx interface {
 	Remember(e idempotency.Entry)
 	// Forget drops the outcome remembered for scope.
 	Forget(scope string)
+	// Record adds e to its lock's history with the change: kept if the
+	// transaction commits, gone with it if not. The store gives it its
+	// ID.
+	Record(e lock.Event)
 }
 
 // Options tell a store, as a transaction begins, what it will ask for, so
@@ -124,6 +128,16 @@ type Waiter struct {
 // Waiting reports whether w waits to be granted: not a kept place, not
 // granted already, not abandoned.
 func (w Waiter) Waiting() bool { return w.Left.IsZero() && w.Granted == nil && !w.Abandoned }
+
+// History says how much of each lock's history a store keeps: at most
+// Events events a lock, none older than Age.
+type History struct {
+	Events int
+	Age    time.Duration
+}
+
+// Keeps reports whether an event at at is still kept at now.
+func (h History) Keeps(at, now time.Time) bool { return h.Age <= 0 || now.Sub(at) < h.Age }
 
 // Errors of stores, which the server answers each in its own way.
 var (
