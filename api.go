@@ -33,7 +33,7 @@ var (
 	errBadRequest   = errors.New("bad request")
 	errBodyTooLarge = errors.New("request body too large")
 	errUnauthorized = errors.New("authentication required: " + advice.Auth)
-	errNotFound     = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, and GET / is the status page")
+	errNotFound     = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, GET /history/<name> and GET /events, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
 	errNotReady     = errors.New("not ready")
 )
@@ -97,6 +97,7 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
 	r.HandleFunc("/lock/{name:.+}", s.handleUnlock).Methods(http.MethodDelete)
 	r.HandleFunc("/history/{name:.+}", s.handleHistory).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/events", s.handleEvents).Methods(http.MethodGet)
 
 	// Health checks, which requireAuth lets through.
 	r.HandleFunc("/healthz", s.handleHealth).Methods(http.MethodGet, http.MethodHead)

@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
@@ -155,4 +159,227 @@ func forcedBy(r *http.Request) string {
 		return user + " (" + host + ")"
 	}
 	return host
+}
+
+// The stream of changes, GET /events: the events of every lock as their
+// changes commit (on PostgreSQL, every node's), as Server-Sent Events.
+
+// Tuned numbers of the stream.
+const (
+	// streamBuffer is how many events a subscriber may fall behind
+	// before it is cut off: enough for a burst of changes, and for the
+	// events that come while a resumed stream sends what it missed.
+	streamBuffer = 4096
+	// backlogPage is how many missed events a resumed stream reads at a
+	// time.
+	backlogPage = 1000
+	// keepAlive is how often an idle stream sends a comment, so that
+	// proxies and the client see it is alive.
+	keepAlive = 15 * time.Second
+)
+
+// Backlog returns up to limit of the events kept with IDs above after, in
+// the order of their IDs, and the highest ID of an event no longer kept.
+func (e *engine) Backlog(after uint64, limit int) ([]lock.Event, uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+	defer cancel()
+	events, forgotten, err := e.store.Backlog(ctx, after, limit)
+	if err != nil {
+		return nil, 0, e.fail("", err)
+	}
+	return events, forgotten, nil
+}
+
+// eventsQuery is what GET /events asked for.
+type eventsQuery struct {
+	match  func(lock.Event) bool // nil: every event
+	after  uint64                // Last-Event-ID
+	resume bool                  // Last-Event-ID was sent
+}
+
+// decodeEventsQuery reads ?lock=, ?pool= and Last-Event-ID (the header,
+// as EventSource sends it when it reconnects, or ?last_event_id=).
+func (s *server) decodeEventsQuery(r *http.Request) (eventsQuery, error) {
+	var q eventsQuery
+	query, err := checkQuery(r, "/events")
+	if err != nil {
+		return q, err
+	}
+	last := r.Header.Get("Last-Event-ID")
+	if v, ok := query["last_event_id"]; ok {
+		last = v[0]
+	}
+	if last != "" {
+		if q.after, err = strconv.ParseUint(last, 10, 64); err != nil {
+			return q, fmt.Errorf("%w: Last-Event-ID %q is not an event id (a whole number); send the id of the last event seen, or none to start from now", errBadRequest, last)
+		}
+		q.resume = true
+	}
+	_, byLock := query["lock"]
+	_, byPool := query["pool"]
+	switch {
+	case byLock && byPool:
+		return q, fmt.Errorf("%w: give ?lock= or ?pool=, not both", errBadRequest)
+	case byLock:
+		name := query.Get("lock")
+		if name == "" || len(name) > maxFieldBytes {
+			return q, fmt.Errorf("%w: ?lock= names a lock, 1 to %d bytes long", errBadRequest, maxFieldBytes)
+		}
+		if err := printable("?lock=", name); err != nil {
+			return q, err
+		}
+		q.match = func(e lock.Event) bool { return e.Lock == name }
+	case byPool:
+		p, err := s.locks.Pool(query.Get("pool"))
+		if err != nil {
+			return q, err
+		}
+		members := p.Members // sorted
+		q.match = func(e lock.Event) bool { _, ok := slices.BinarySearch(members, e.Lock); return ok }
+	}
+	return q, nil
+}
+
+// handleEvents handles GET /events: one Server-Sent Event a change to a
+// lock's history, with its id; with Last-Event-ID, first the kept events
+// after it. It ends with an "end" event saying why: the client fell too
+// far behind, or the server is stopping.
+func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	q, err := s.decodeEventsQuery(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sub := s.locks.hub.Subscribe(q.match, streamBuffer)
+	defer sub.Close()
+	// What was missed is read after subscribing, so that nothing falls
+	// between the two; an event in both is sent once.
+	var backlog []lock.Event
+	var forgotten uint64
+	if q.resume {
+		if backlog, forgotten, err = s.missed(q); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{}) // a stream has no end to wait for
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	sw := &sseWriter{w: w, rc: rc, timeout: s.writeTimeout}
+	w.WriteHeader(http.StatusOK)
+	if q.resume && forgotten > q.after {
+		sw.end("gap", fmt.Sprintf("some events after %d are no longer kept (each lock keeps its last LOCKER_HISTORY events, for LOCKER_HISTORY_AGE): the ones still kept follow", q.after), false)
+	}
+	sent := make(map[uint64]struct{}, len(backlog))
+	for _, e := range backlog {
+		sent[e.ID] = struct{}{}
+		sw.event(e)
+	}
+	sw.comment("following") // the client hears the stream is open at once
+	if sw.flush() != nil {
+		return
+	}
+	tick := time.NewTicker(keepAlive)
+	defer tick.Stop()
+	for sw.err == nil {
+		select {
+		case e := <-sub.C:
+			if _, dup := sent[e.ID]; dup {
+				continue
+			}
+			sw.event(e)
+			for len(sub.C) > 0 && sw.err == nil { // a burst goes out in one write
+				sw.event(<-sub.C)
+			}
+			_ = sw.flush()
+		case <-sub.Cut:
+			for len(sub.C) > 0 && sw.err == nil {
+				sw.event(<-sub.C)
+			}
+			sw.end("end", fmt.Sprintf("this stream fell %d events behind and was cut off; %s", streamBuffer, advice.Resume), true)
+			return
+		case <-tick.C:
+			sw.comment("keep-alive")
+			_ = sw.flush()
+		case <-r.Context().Done():
+			if errors.Is(context.Cause(r.Context()), errShuttingDown) {
+				sw.end("end", "the server is stopping; "+advice.Resume, true)
+			}
+			return
+		}
+	}
+}
+
+// missed reads the kept events after q.after that q takes, a page at a
+// time, each once, and the highest ID of an event no longer kept. On
+// PostgreSQL some may be at or below q.after (see pgstore's Backlog): a
+// client that resumes may be sent again an event it had.
+func (s *server) missed(q eventsQuery) ([]lock.Event, uint64, error) {
+	var out []lock.Event
+	seen := map[uint64]struct{}{}
+	after, forgotten := q.after, uint64(0)
+	for {
+		page, f, err := s.locks.Backlog(after, backlogPage)
+		if err != nil {
+			return nil, 0, err
+		}
+		forgotten = max(forgotten, f)
+		for _, e := range page {
+			if _, dup := seen[e.ID]; !dup && (q.match == nil || q.match(e)) {
+				seen[e.ID] = struct{}{}
+				out = append(out, e)
+			}
+		}
+		if len(page) < backlogPage || page[len(page)-1].ID <= after {
+			return out, forgotten, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
+// sseWriter writes Server-Sent Events, each write within timeout; after
+// the first error it writes nothing more.
+type sseWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	buf     []byte
+	err     error
+}
+
+// event writes a history event: its id, and its JSON as the data.
+func (sw *sseWriter) event(e lock.Event) {
+	data, err := json.Marshal(e)
+	if err != nil {
+		sw.err = err
+		return
+	}
+	sw.buf = fmt.Appendf(sw.buf, "id: %d\ndata: %s\n\n", e.ID, data)
+}
+
+// end writes an event of its own kind, whose data is {"error": msg}, and
+// flushes; last says the stream ends with it.
+func (sw *sseWriter) end(kind, msg string, last bool) {
+	data, _ := json.Marshal(map[string]any{"error": msg, "last": last})
+	sw.buf = fmt.Appendf(sw.buf, "event: %s\ndata: %s\n\n", kind, data)
+	_ = sw.flush()
+}
+
+// comment writes a line the client ignores.
+func (sw *sseWriter) comment(text string) { sw.buf = fmt.Appendf(sw.buf, ": %s\n\n", text) }
+
+// flush sends what was written so far.
+func (sw *sseWriter) flush() error {
+	if sw.err != nil || len(sw.buf) == 0 {
+		return sw.err
+	}
+	_ = sw.rc.SetWriteDeadline(time.Now().Add(sw.timeout))
+	if _, sw.err = sw.w.Write(sw.buf); sw.err == nil {
+		sw.err = sw.rc.Flush()
+	}
+	sw.buf = sw.buf[:0]
+	return sw.err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
+	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -185,6 +186,7 @@ type engine struct {
 	store   Store
 	log     *slog.Logger
 	metrics *metrics.Metrics // nil records nothing
+	hub     *stream.Hub      // where the store's events go as they commit (GET /events)
 }
 
 // expiry is a hold whose lease ran out, ended by a change.

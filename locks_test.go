@@ -20,6 +20,7 @@ import (
 	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/pgstore"
+	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/testutil"
 	"github.com/locker-ci/locker/internal/txn"
 )
@@ -57,6 +58,9 @@ func newTestTable(tb testing.TB, d atomicfile.FS) (*engine, string) {
 	return loadTestTable(tb, path, d, time.Now), path
 }
 
+// testHistory is how much history the tests' stores keep.
+var testHistory = txn.History{Events: 100}
+
 // openStores is the file store last opened on each path by loadTestTable.
 var openStores sync.Map // path -> *filestore.Store
 
@@ -73,24 +77,26 @@ func loadTestTable(tb testing.TB, path string, d atomicfile.FS, now func() time.
 	if earlier, ok := openStores.Load(path); ok {
 		_ = earlier.(*filestore.Store).Close(false)
 	}
-	store, err := filestore.Open(path, d, filestore.Options{Log: discardLog, Now: now, History: txn.History{Events: 100}})
+	hub := stream.NewHub()
+	store, err := filestore.Open(path, d, filestore.Options{Log: discardLog, Now: now, History: testHistory, Events: hub.Publish})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	openStores.Store(path, store)
 	tb.Cleanup(func() { _ = store.Close(false) })
-	return &engine{store: store, log: discardLog}
+	return &engine{store: store, log: discardLog, hub: hub}
 }
 
 // newPGTable returns the table a node shares with others in the database
 // at url, closed when the test ends.
 func newPGTable(tb testing.TB, url, node string) *engine {
 	tb.Helper()
-	store, err := pgstore.Open(context.Background(), url, node, pgstore.Options{History: txn.History{Events: 100}})
+	hub := stream.NewHub()
+	store, err := pgstore.Open(context.Background(), url, node, pgstore.Options{History: testHistory, Events: hub.Publish})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := &engine{store: store, log: discardLog}
+	e := &engine{store: store, log: discardLog, hub: hub}
 	ctx, cancel := context.WithCancel(context.Background())
 	var loop sync.WaitGroup
 	loop.Go(func() { e.background(ctx) })

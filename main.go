@@ -45,6 +45,7 @@ import (
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/profile"
+	"github.com/locker-ci/locker/internal/stream"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -192,11 +193,12 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 		Table: func() metrics.TableStats { return locks.stats() },
 		Ready: func() bool { return locks.Ready() == nil },
 	})
-	store, err := openStore(ctx, cfg, lazyfs.FS(fsys), log, m)
+	hub := stream.NewHub()
+	store, err := openStore(ctx, cfg, lazyfs.FS(fsys), log, m, hub.Publish)
 	if err != nil {
 		return err
 	}
-	locks = &engine{store: store, log: log, metrics: m}
+	locks = &engine{store: store, log: log, metrics: m, hub: hub}
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Listen, strconv.Itoa(cfg.Port)))
 	if err != nil {
 		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), store.Close(true))

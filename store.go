@@ -34,6 +34,10 @@ type Store interface {
 	// History returns up to limit of the events of the lock called name
 	// with IDs below before (0: any), newest first.
 	History(ctx context.Context, name string, before uint64, limit int) ([]lock.Event, error)
+	// Backlog returns up to limit of the events kept with IDs above after,
+	// in the order of their IDs, and the highest ID of an event no longer
+	// kept. Events reach the function given at open as they commit.
+	Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error)
 	// View runs fn over the locks named as they are, changing nothing.
 	View(ctx context.Context, names []string, fn func(txn.Reader) error) error
 	// Scan reads into t (Reset first) a copy of a page of the locks held
@@ -103,16 +107,17 @@ func openDatabase(ctx context.Context, url string, opts pgstore.Options, log *sl
 	}
 }
 
-func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics) (Store, error) {
+// The store hands the events of each change, as it commits, to events.
+func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics, events func([]lock.Event)) (Store, error) {
 	if cfg.DatabaseURL != "" {
-		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History}, log)
+		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History, Events: events}, log)
 		if err != nil {
 			return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 		}
 		log.Info("joined the lock table in PostgreSQL", "node", s.Node())
 		return s, nil
 	}
-	s, err := filestore.Open(cfg.StatePath, fsys, filestore.Options{CheckpointBytes: cfg.CheckpointBytes, Log: log, Metrics: m, History: cfg.History})
+	s, err := filestore.Open(cfg.StatePath, fsys, filestore.Options{CheckpointBytes: cfg.CheckpointBytes, Log: log, Metrics: m, History: cfg.History, Events: events})
 	if err != nil {
 		return nil, err
 	}

@@ -103,7 +103,10 @@ func TestREADME(t *testing.T) {
 		t.Fatalf("found %d examples in the pages; want their console blocks", len(examples))
 	}
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
-	env := append(os.Environ(), "LOCKER="+p.URL)
+	// The pages' examples use curl, and the locker command line as
+	// installed: on the PATH, its server in LOCKER_URL.
+	env := append(os.Environ(), "LOCKER="+p.URL, "LOCKER_URL="+p.URL,
+		"PATH="+filepath.Dir(buildLocker(t))+string(os.PathListSeparator)+os.Getenv("PATH"))
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)

@@ -51,6 +51,7 @@ var commands = []command{
 	{"ls", "list the locks", lsUsage, cmdLs},
 	{"show", "show one lock, its holders and its queue", showUsage, cmdShow},
 	{"history", "show who took and gave back a lock, newest first", historyUsage, cmdHistory},
+	{"watch", "show the changes to locks as they happen", watchUsage, cmdWatch},
 	{"pool", "make, list, show and remove pools of interchangeable locks", poolUsage, cmdPool},
 	{"force-unlock", "free a stuck lock, whoever holds it", forceUsage, cmdForceUnlock},
 	{"health", "check that a server serves (for container and monit health checks)", healthUsage, cmdHealth},
@@ -284,6 +285,7 @@ var terms = advice.Terms{
 	advice.ShorterTTL:  "ask for a shorter --ttl, and renew it with locker renew",
 	advice.Limit:       "pass --limit ",
 	advice.Pools:       "locker pool ls lists them, and locker pool set POOL MEMBER... makes one",
+	advice.Resume:      "locker watch goes on from the last event it showed",
 }
 
 // connect makes the client from the connection settings.

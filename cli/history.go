@@ -1,12 +1,19 @@
 package cli
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/client"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -54,9 +61,8 @@ func cmdHistory(e *env, args []string) int {
 		fmt.Fprintf(e.stdout, "%s has no history: it was never taken, or not within the time the server keeps it (LOCKER_HISTORY_AGE)\n", oneLine(pos[0]))
 		return exitOK
 	}
-	now := time.Now()
 	for _, ev := range h.Events {
-		writeEvent(e.stdout, ev, now)
+		writeEvent(e.stdout, ev, true)
 	}
 	if h.Before > 0 {
 		fmt.Fprintf(e.stdout, "older events: locker history %s --before %d\n", shellWord(pos[0]), h.Before)
@@ -65,8 +71,8 @@ func cmdHistory(e *env, args []string) int {
 }
 
 // writeEvent describes one event of a lock's history for a person, on
-// one line.
-func writeEvent(w io.Writer, ev lock.Event, now time.Time) {
+// one line, saying how long ago it was if withAge is set.
+func writeEvent(w io.Writer, ev lock.Event, withAge bool) {
 	fmt.Fprintf(w, "%s  %-8s  %s  key %q", ev.At.Local().Format("2006-01-02 15:04:05"), ev.Kind, oneLine(ev.Holder), ev.Key)
 	if ev.Token != 0 {
 		fmt.Fprintf(w, "  token %d", ev.Token)
@@ -88,7 +94,10 @@ func writeEvent(w io.Writer, ev lock.Event, now time.Time) {
 	if ev.Note != "" {
 		fmt.Fprintf(w, "  note: %s", oneLine(ev.Note))
 	}
-	fmt.Fprintf(w, "  (%s)\n", ago(now, ev.At))
+	if withAge {
+		fmt.Fprintf(w, "  (%s)", ago(time.Now(), ev.At))
+	}
+	fmt.Fprintln(w)
 }
 
 // shellWord returns s as one word for a POSIX shell: bare when it is made
@@ -99,3 +108,103 @@ func shellWord(s string) string {
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
+
+const watchUsage = `Usage: locker watch [NAME] [--pool POOL] [--last N] [--count N] [--json]
+
+Shows the changes to locks as they happen, one a line: every lock's, or
+only NAME's, or only the members' of POOL. --last N first shows NAME's
+last N events, then follows on from them, as tail -f does. When the
+connection breaks (the server restarts, or a node dies), it connects
+again and goes on from the last event it showed, missing none the server
+still keeps. It runs until interrupted (Ctrl-C), or until it has shown
+--count events (the --last ones count). --json prints the events as the
+server sends them, one a line.
+
+Examples:
+  locker watch
+  locker watch prod --last 5
+  locker watch prod --count 1     # wait for the next change to prod
+` + connectionHelp
+
+func cmdWatch(e *env, args []string) int {
+	pool := e.flags.String("pool", "", "")
+	last := e.flags.Int("last", 0, "")
+	count := e.flags.Int("count", 0, "")
+	asJSON := e.flags.Bool("json", false, "")
+	pos, code, ok := e.parseUpTo(args, 1)
+	if !ok {
+		return code
+	}
+	if *count < 0 {
+		return e.usageError("--count N stops after N events; give a number above 0")
+	}
+	query := url.Values{}
+	switch {
+	case len(pos) == 1 && *pool != "":
+		return e.usageError("give a lock NAME or --pool, not both")
+	case len(pos) == 1:
+		query.Set("lock", pos[0])
+	case *pool != "":
+		query.Set("pool", *pool)
+	}
+	if *last < 0 || *last > 1000 || *last > 0 && len(pos) == 0 {
+		return e.usageError("--last N shows the last N (up to 1000) events of the lock NAME")
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	write := func(ev lock.Event) { writeEvent(e.stdout, ev, false) }
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		write = func(ev lock.Event) { _ = enc.Encode(ev) }
+	}
+	ctx, done := context.WithCancel(e.ctx)
+	defer done()
+	shown := 0
+	show := func(ev lock.Event) {
+		if *count > 0 && shown == *count {
+			return
+		}
+		write(ev)
+		if shown++; shown == *count {
+			done()
+		}
+	}
+	var from uint64
+	if *last > 0 {
+		h, err := e.client.History(ctx, pos[0], 0, *last)
+		if err != nil {
+			return e.fail(err)
+		}
+		for _, ev := range slices.Backward(h.Events) {
+			show(ev)
+		}
+		if len(h.Events) > 0 {
+			from = h.Events[0].ID
+		}
+	}
+	notice := func(kind, msg string) { fmt.Fprintf(e.stderr, "locker watch: %s\n", msg) }
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		var err error
+		before := from
+		from, err = e.client.Follow(ctx, query, from, show, notice)
+		if ctx.Err() != nil {
+			return exitOK
+		}
+		if client.IsStatus(err, http.StatusBadRequest) || client.IsStatus(err, http.StatusNotFound) || client.IsStatus(err, http.StatusUnauthorized) {
+			return e.fail(err)
+		}
+		if from != before {
+			backoff = time.Second // it got somewhere: start again from a short wait
+		}
+		fmt.Fprintf(e.stderr, "locker watch: %v; connecting again in %v\n", cmp.Or[error](err, errStreamEnded), backoff)
+		select {
+		case <-ctx.Done():
+			return exitOK
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// errStreamEnded: the server ended the stream without an error.
+var errStreamEnded = errors.New("the stream ended")

@@ -19,6 +19,7 @@ const (
 	ShorterTTL  = "ask for a shorter lease and renew it with PATCH"
 	Limit       = `send "limit": `
 	Pools       = `GET /pools lists them, and PUT /pool/<pool> with {"members": [...]} makes one`
+	Resume      = "reconnect with Last-Event-ID set to the last id received to go on"
 )
 
 // Terms says each phrase in a client's own words: a phrase it leaves out

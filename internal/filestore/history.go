@@ -22,8 +22,9 @@ func (s *Store) record(events []lock.Event) {
 	}
 	for _, e := range events {
 		h := append(s.history[e.Lock], e)
-		if len(h) > s.keep.Events {
-			h = h[len(h)-s.keep.Events:]
+		if cut := len(h) - s.keep.Events; cut > 0 {
+			s.forgotten = max(s.forgotten, h[cut-1].ID)
+			h = h[cut:]
 		}
 		s.history[e.Lock] = h
 	}
@@ -54,6 +55,7 @@ func (s *Store) kept() []lock.Event {
 	for name, h := range s.history {
 		i := 0
 		for i < len(h) && !s.keep.Keeps(h[i].At, now) {
+			s.forgotten = max(s.forgotten, h[i].ID)
 			i++
 		}
 		if i == len(h) {
@@ -83,4 +85,58 @@ func (s *Store) History(_ context.Context, name string, before uint64, limit int
 	}
 	s.mu.Unlock()
 	return events, s.durable(seq)
+}
+
+// unsent is the events of a change not yet known to be durable.
+type unsent struct {
+	seq    uint64
+	events []lock.Event
+}
+
+// send hands the events of the changes up to seq, now durable, to
+// onEvents, in order. The journal's committer calls it after each sync,
+// and nothing else does: one call at a time, in the order of the seqs.
+func (s *Store) send(seq uint64) {
+	if s.onEvents == nil {
+		return
+	}
+	s.mu.Lock()
+	i := 0
+	for i < len(s.unsent) && s.unsent[i].seq <= seq {
+		i++
+	}
+	ready := s.unsent[:i]
+	s.unsent = s.unsent[i:]
+	if i > 0 {
+		last := ready[i-1].events
+		s.sent = last[len(last)-1].ID
+	}
+	s.mu.Unlock()
+	for _, u := range ready {
+		s.onEvents(u.events)
+	}
+}
+
+// Backlog returns up to limit of the durable events kept with IDs above
+// after, in the order of their IDs, and the highest ID of an event no
+// longer kept: a client that saw events up to after and asks for the
+// rest has missed some if it is above after.
+func (s *Store) Backlog(_ context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	var events []lock.Event
+	for _, h := range s.history {
+		if len(h) == 0 || h[len(h)-1].ID <= after {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(h, after+1, func(e lock.Event, id uint64) int { return cmp.Compare(e.ID, id) })
+		for _, e := range h[i:] {
+			if e.ID <= s.sent && s.keep.Keeps(e.At, now) {
+				events = append(events, e)
+			}
+		}
+	}
+	slices.SortFunc(events, func(a, b lock.Event) int { return cmp.Compare(a.ID, b.ID) })
+	return events[:min(len(events), limit)], s.forgotten, nil
 }

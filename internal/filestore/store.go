@@ -80,6 +80,10 @@ type Store struct {
 	history    map[string][]lock.Event // each lock's events, oldest first, held or free
 	lastEvent  uint64                  // the highest event ID handed out
 	keep       txn.History             // how much history to keep
+	forgotten  uint64                  // the highest event ID no longer kept
+	unsent     []unsent                // events of changes not yet durable, oldest first
+	sent       uint64                  // the highest event ID handed to onEvents
+	onEvents   func([]lock.Event)      // told of each change's events once durable, in order
 
 	watchMu  sync.Mutex // guards watchers; taken under mu, never the other way round
 	watchers map[int64][]chan struct{}
@@ -99,6 +103,10 @@ type Options struct {
 	Now             func() time.Time // nil is time.Now
 	// History is how much of each lock's history to keep (zero: none).
 	History txn.History
+	// Events, if set, is told of each change's events once the change is
+	// durable, in the order of the changes, from one goroutine at a time.
+	// It must be quick.
+	Events func([]lock.Event)
 }
 
 // Open takes the state file at path for this process, reads it (creating
@@ -107,7 +115,7 @@ type Options struct {
 func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	s := &Store{disk: newDisk(path, fsys, opts.CheckpointBytes, opts.Log), metrics: opts.Metrics,
 		wake: make(chan struct{}, 1), queues: map[string][]txn.Waiter{}, watchers: map[int64][]chan struct{}{},
-		history: map[string][]lock.Event{}, keep: opts.History}
+		history: map[string][]lock.Event{}, keep: opts.History, onEvents: opts.Events}
 	now := opts.Now
 	if now == nil {
 		now = time.Now
@@ -132,13 +140,16 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	for _, e := range st.Requests {
 		s.requests.Put(e)
 	}
-	s.lastEvent = st.LastEvent
+	s.lastEvent, s.sent = st.LastEvent, st.LastEvent
 	s.record(st.History)
 	s.durableSeq.Store(st.Seq)
 	for name, l := range s.locks {
 		s.scheduleLeases(name, lock.Lock{}, l)
 	}
-	s.journal.OnSync(s.metrics.Synced)
+	s.journal.OnSync(func(d time.Duration, records int, durable uint64) {
+		s.metrics.Synced(d, records)
+		s.send(durable)
+	})
 	return s, nil
 }
 

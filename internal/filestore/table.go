@@ -317,6 +317,9 @@ func (x *tx) commit() error {
 	s.seq = s.lastSeq
 	s.lastEvent = max(s.lastEvent, c.LastEvent)
 	s.record(x.events)
+	if len(x.events) > 0 && s.onEvents != nil {
+		s.unsent = append(s.unsent, unsent{seq: s.seq, events: x.events})
+	}
 	var forgotten []idempotency.Entry
 	for _, scope := range x.forgets {
 		if e, ok := s.requests.Take(scope); ok {
@@ -372,6 +375,9 @@ func (s *Store) rollback(from uint64, err error) uint64 {
 		}
 		s.lastToken, s.lastEvent = u.lastToken, u.lastEvent
 		s.unrecord(u.events)
+		if n := len(s.unsent); n > 0 && s.unsent[n-1].seq == u.seq {
+			s.unsent = s.unsent[:n-1]
+		}
 		if u.oldPool != nil {
 			s.putPool(u.pool, *u.oldPool)
 		}

@@ -68,7 +68,7 @@ type Journal struct {
 	wake   chan struct{} // wakes the committer; room for one
 	done   chan struct{} // closed when the committer has stopped
 
-	onSync func(d time.Duration, records int) // told of each batch written and synced; set before appends
+	onSync func(d time.Duration, records int, durable uint64) // told of each batch written and synced; set before appends
 
 	fileMu    sync.Mutex // guards the fields below: the committer and Compact
 	file      atomicfile.InPlaceFile
@@ -192,9 +192,11 @@ func (j *Journal) cutTail(f atomicfile.InPlaceFile, size, good int, created bool
 	return nil
 }
 
-// OnSync has f told how long each batch took to write and sync, and how
-// many records it held. Call it before the first Append.
-func (j *Journal) OnSync(f func(d time.Duration, records int)) { j.onSync = f }
+// OnSync has f told how long each batch took to write and sync, how many
+// records it held, and the last seq it made durable. f runs before the
+// next batch is written: it must be quick. Call it before the first
+// Append.
+func (j *Journal) OnSync(f func(d time.Duration, records int, durable uint64)) { j.onSync = f }
 
 // Fatal delivers the failure after which nothing more is durable: the
 // process must stop and start again from its files.
@@ -350,7 +352,7 @@ func (j *Journal) flush() bool {
 	}
 	j.mu.Unlock()
 	if j.onSync != nil {
-		j.onSync(time.Since(start), len(ends))
+		j.onSync(time.Since(start), len(ends), last)
 	}
 	if full {
 		select {

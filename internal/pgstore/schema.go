@@ -89,17 +89,28 @@ var migrations = []string{
 	);
 	ALTER TABLE locker_queue ADD COLUMN claim_count int NOT NULL DEFAULT 0, ADD COLUMN pool text;`,
 
-	// 10: each lock's history, written in the transaction of its change.
+	// 10: each lock's history, written in the transaction of its change
+	// (xid8: PostgreSQL 13 or later).
 	// IDs come from the sequence as the row is written, under the lock's
 	// row lock: in commit order for each lock.
 	`CREATE TABLE locker_events (
 		id bigserial PRIMARY KEY,
 		name text NOT NULL,
 		at timestamptz NOT NULL,
-		event jsonb NOT NULL -- the event as internal/lock.Event encodes it; its id is the row's
+		event jsonb NOT NULL, -- the event as internal/lock.Event encodes it; its id is the row's
+		-- the transaction that wrote it, and the oldest one still running
+		-- then: a stream that resumes after an event also sends the events
+		-- with lower IDs that may have committed after it (see Backlog)
+		xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+		running xid8 NOT NULL DEFAULT pg_snapshot_xmin(pg_current_snapshot())
 	);
 	CREATE INDEX locker_events_by_name ON locker_events (name, id);
-	CREATE INDEX locker_events_by_age ON locker_events (at);`,
+	CREATE INDEX locker_events_by_age ON locker_events (at);
+	CREATE INDEX locker_events_by_xid ON locker_events (xid);
+	-- the highest ID of an event deleted (too many for its lock, or too
+	-- old): a stream that resumes after it has missed events
+	CREATE TABLE locker_events_forgotten (id bigint NOT NULL);
+	INSERT INTO locker_events_forgotten VALUES (0);`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

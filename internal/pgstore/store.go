@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/locker-ci/locker/internal/idempotency"
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -57,6 +58,10 @@ type Store struct {
 	node string // unique per process: its waiters are its own
 	keep txn.History
 
+	onEvents  func([]lock.Event) // told of the events every node commits
+	sent      sent               // the events handed to onEvents; the listener's
+	trimmedTo int64              // the highest event ID when history was last trimmed; the heartbeats'
+
 	mu       sync.Mutex                // guards watchers
 	watchers map[int64][]chan struct{} // this node's waiters, by ID
 
@@ -74,6 +79,10 @@ type Options struct {
 	// History is how much of each lock's history to keep (zero: none).
 	// Every node of a database should keep the same.
 	History txn.History
+	// Events, if set, is told of the events every node commits, as they
+	// commit: each lock's in order. It runs on the node's listener and
+	// must be quick.
+	Events func([]lock.Event)
 }
 
 // Open connects to the database at url, migrates its schema, and joins
@@ -103,7 +112,7 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, watchers: map[int64][]chan struct{}{},
+	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, watchers: map[int64][]chan struct{}{},
 		jobs: make(chan *job), closing: make(chan struct{})}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
@@ -188,9 +197,7 @@ func (s *Store) heartbeats(ctx context.Context) {
 		}
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", idempotency.Retention.String())
 		s.sweep(ctx)
-		if s.keep.Age > 0 {
-			_, _ = s.pool.Exec(ctx, "DELETE FROM locker_events WHERE at < clock_timestamp() - $1::interval", s.keep.Age.String())
-		}
+		s.trimHistory(ctx)
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", keptPlaces.String())
 	}
 }
@@ -268,20 +275,28 @@ func (s *Store) watched() []int64 {
 	return ids
 }
 
-// listen wakes this node's waiters when a lock they wait for changes,
-// reconnecting when the connection is lost.
+// listen wakes this node's waiters when a lock they wait for changes, and
+// hands on the events every node commits, reconnecting when the
+// connection is lost (and then catching up on the events it missed).
 func (s *Store) listen(ctx context.Context) {
 	for ctx.Err() == nil {
 		conn, err := s.pool.Acquire(ctx)
 		if err == nil {
-			if _, err = conn.Exec(ctx, "LISTEN "+channel); err == nil {
-				for {
-					n, err := conn.Conn().WaitForNotification(ctx)
-					if err != nil {
-						break
-					}
-					s.wakePayload(n.Payload)
+			if _, err = conn.Exec(ctx, "LISTEN "+channel+"; LISTEN "+eventsChannel); err == nil && s.onEvents != nil {
+				err = s.catchUp(ctx, conn.Conn())
+			}
+			for err == nil {
+				var n *pgconn.Notification
+				if n, err = conn.Conn().WaitForNotification(ctx); err != nil {
+					break
 				}
+				if n.Channel == eventsChannel {
+					if s.onEvents != nil {
+						err = s.follow(ctx, conn.Conn(), n.Payload)
+					}
+					continue
+				}
+				s.wakePayload(n.Payload)
 			}
 			conn.Hijack().Close(context.Background()) // a connection that listened is not given back
 		}

@@ -324,8 +324,9 @@ func (t *tx) commit() error {
 	return nil
 }
 
-// queueEvents queues the statements that add the transaction's events to
-// their locks' histories, in order, and drop those past the number kept.
+// queueEvents queues the statement that adds the transaction's events to
+// their locks' histories, in order, and tells every node of them. Those
+// past the number kept are dropped by the heartbeats (trimHistory).
 func (t *tx) queueEvents(b *pgx.Batch) error {
 	if len(t.events) == 0 || t.s.keep.Events <= 0 {
 		return nil
@@ -338,12 +339,12 @@ func (t *tx) queueEvents(b *pgx.Batch) error {
 		}
 		names[i], ats[i], raws[i] = e.Lock, e.At, raw
 	}
-	b.Queue(`INSERT INTO locker_events (name, at, event)
-		SELECT name, at, event FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) WITH ORDINALITY AS e(name, at, event, n) ORDER BY n`,
-		names, ats, raws)
-	b.Queue(`DELETE FROM locker_events WHERE id IN (
-		SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS n
-			FROM locker_events WHERE name = ANY($1)) e WHERE n > $2)`, sorted(names), t.s.keep.Events)
+	// Every node hears of the events at the commit, in commit order, by
+	// the range of their IDs (a NOTIFY's payload is short): see follow.
+	b.Queue(`WITH e AS (INSERT INTO locker_events (name, at, event)
+			SELECT name, at, event FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) WITH ORDINALITY AS e(name, at, event, n) ORDER BY n
+			RETURNING id)
+		SELECT pg_notify($4, min(id) || '-' || max(id)) FROM e`, names, ats, raws, eventsChannel)
 	return nil
 }
 
