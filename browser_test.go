@@ -221,14 +221,27 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("locks that stand out: %q; want prod, held over 1 s, one waiting", got)
 	}
 
-	// The page refreshes itself within its interval, without a reload
-	// (the marker survives), and keeps what the filter box holds.
+	// The page follows the stream of changes: a change shows without a
+	// reload (the marker survives), long before the page's own refresh,
+	// once a minute while the stream is open, would come.
+	testutil.WaitFor(t, "the page to follow the stream of changes", func() bool {
+		return eval[string](t, ctx, `document.body.dataset.live || ""`) == "stream"
+	})
+	if got := eval[string](t, ctx, `document.getElementById("cadence").textContent`); got != "updates as locks change" {
+		t.Errorf("following the stream, the page says it %q; want \"updates as locks change\"", got)
+	}
 	eval[bool](t, ctx, `window.notReloaded = true`)
 	put("/lock/nightly-db", `{"key": "backup", "lock_by": "nightly/backup"}`)
-	took := waitForCard(t, ctx, "nightly-db", statusRefresh*time.Second+3*time.Second)
-	t.Logf("a new lock appeared on the page %v after it was taken (refresh every %d s)", took.Round(10*time.Millisecond), statusRefresh)
+	took := waitForCard(t, ctx, "nightly-db", 30*time.Second)
+	t.Logf("a new lock appeared on the page %v after it was taken, through the stream", took.Round(10*time.Millisecond))
 	if !eval[bool](t, ctx, `window.notReloaded === true`) {
-		t.Errorf("the page reloaded to refresh; want it to fetch and swap the list")
+		t.Errorf("the page reloaded to show a change; want it to fetch and swap the list")
+	}
+	events := eval[string](t, ctx, `[...document.querySelectorAll(".lock .events li")].map(li => li.textContent).join("|")`)
+	for _, want := range []string{"ago: taken by nightly/backup", "ago: taken by deploy/prod", "ago: taken by integration-tests"} {
+		if !strings.Contains(events, want) {
+			t.Errorf("the locks' latest changes %q do not say %q", events, want)
+		}
 	}
 
 	// Typing in the filter shows only what matches, and the URL says so.
@@ -253,10 +266,10 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	byName := []string{hostile, "nightly-db", "prod", "staging"}
 	testutil.WaitFor(t, "the locks in name order", func() bool { return slices.Equal(lockNames(t, ctx), byName) })
-	time.Sleep(statusRefresh*time.Second + time.Second) // a refresh
-	if got := lockNames(t, ctx); !slices.Equal(got, byName) {
-		t.Errorf("after a refresh, the lock cards are %q; want them still by name, %q", got, byName)
-	}
+	// A change refreshes the list, which stays in name order.
+	put("/lock/backups", `{"key": "weekly", "lock_by": "weekly/backup"}`)
+	byName = []string{hostile, "backups", "nightly-db", "prod", "staging"}
+	testutil.WaitFor(t, "the page to show backups, in name order", func() bool { return slices.Equal(lockNames(t, ctx), byName) })
 
 	checkColourSchemes(t, ctx)
 	checkPhoneWidth(t, ctx, base)
@@ -313,7 +326,17 @@ locks:
 pools:
   browsers:
     members: [browsers-1, browsers-2, browsers-3]
-`, at(-7*time.Hour-12*time.Minute), at(-25*time.Minute), at(35*time.Minute), at(-9*time.Minute), at(-52*time.Minute), at(4*time.Minute)))
+last_event: 7
+history:
+  - {id: 1, lock: prod-cloudfoundry, at: %[7]s, event: taken, holder: deploy-prod, key: deploy-v2.13, token: 35, counts: 1}
+  - {id: 2, lock: prod-cloudfoundry, at: %[8]s, event: released, holder: deploy-prod, key: deploy-v2.13, token: 35, counts: 1, held: 41m0s}
+  - {id: 3, lock: db-migrations, at: %[9]s, event: forced, holder: schema-migrate, key: migrate-2026-11, token: 36, counts: 1, held: 3h2m0s, by: ops (10.0.0.7)}
+  - {id: 4, lock: prod-cloudfoundry, at: %[1]s, event: taken, holder: deploy-prod, key: deploy-v2.14, token: 38, counts: 1}
+  - {id: 5, lock: db-migrations, at: %[5]s, event: taken, holder: schema-migrate, key: migrate-2026-12, token: 41, counts: 1}
+  - {id: 6, lock: staging, at: %[2]s, event: taken, holder: api-tests, key: tests, token: 40, counts: 1}
+  - {id: 7, lock: staging, at: %[4]s, event: taken, holder: e2e-tests, key: tests, token: 40, counts: 1, waited: 16m12s}
+`, at(-7*time.Hour-12*time.Minute), at(-25*time.Minute), at(35*time.Minute), at(-9*time.Minute), at(-52*time.Minute), at(4*time.Minute),
+		at(-26*time.Hour), at(-25*time.Hour-19*time.Minute), at(-2*time.Hour)))
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": state})
 	waiter := putAsyncAuth(t, ls.url, "/lock/staging?wait=2m", `{"key": "upgrade", "lock_by": "upgrade-staging"}`)
 	defer func() {

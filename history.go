@@ -83,6 +83,15 @@ func (e *engine) History(name string, before uint64, limit int) ([]lock.Event, e
 	return events, nil
 }
 
+// Recent returns the last n events of each lock in names, newest first.
+func (e *engine) Recent(ctx context.Context, names []string, n int) (map[string][]lock.Event, error) {
+	recent, err := e.store.Recent(ctx, names, n)
+	if err != nil {
+		return nil, e.fail("", err)
+	}
+	return recent, nil
+}
+
 // historyReply is the answer to GET /history/<name>.
 type historyReply struct {
 	Lock   string       `json:"lock"`
@@ -192,9 +201,18 @@ func (e *engine) Backlog(after uint64, limit int) ([]lock.Event, uint64, error) 
 
 // eventsQuery is what GET /events asked for.
 type eventsQuery struct {
-	match  func(lock.Event) bool // nil: every event
-	after  uint64                // Last-Event-ID
-	resume bool                  // Last-Event-ID was sent
+	locks  []string // the locks followed, sorted; nil: every lock
+	after  uint64   // Last-Event-ID
+	resume bool     // Last-Event-ID was sent
+}
+
+// follows reports whether q follows the lock of e.
+func (q eventsQuery) follows(e lock.Event) bool {
+	if q.locks == nil {
+		return true
+	}
+	_, ok := slices.BinarySearch(q.locks, e.Lock)
+	return ok
 }
 
 // decodeEventsQuery reads ?lock=, ?pool= and Last-Event-ID (the header,
@@ -228,14 +246,13 @@ func (s *server) decodeEventsQuery(r *http.Request) (eventsQuery, error) {
 		if err := printable("?lock=", name); err != nil {
 			return q, err
 		}
-		q.match = func(e lock.Event) bool { return e.Lock == name }
+		q.locks = []string{name}
 	case byPool:
 		p, err := s.locks.Pool(query.Get("pool"))
 		if err != nil {
 			return q, err
 		}
-		members := p.Members // sorted
-		q.match = func(e lock.Event) bool { _, ok := slices.BinarySearch(members, e.Lock); return ok }
+		q.locks = p.Members // sorted
 	}
 	return q, nil
 }
@@ -250,7 +267,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	sub := s.locks.hub.Subscribe(q.match, streamBuffer)
+	sub := s.locks.hub.Subscribe(q.locks, streamBuffer)
 	defer sub.Close()
 	// What was missed is read after subscribing, so that nothing falls
 	// between the two; an event in both is sent once.
@@ -286,18 +303,16 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	defer tick.Stop()
 	for sw.err == nil {
 		select {
-		case e := <-sub.C:
-			if _, dup := sent[e.ID]; dup {
-				continue
-			}
-			sw.event(e)
-			for len(sub.C) > 0 && sw.err == nil { // a burst goes out in one write
-				sw.event(<-sub.C)
+		case <-sub.Ready:
+			for _, e := range sub.Take() { // a burst goes out in one write
+				if _, dup := sent[e.ID]; !dup {
+					sw.event(e)
+				}
 			}
 			_ = sw.flush()
 		case <-sub.Cut:
-			for len(sub.C) > 0 && sw.err == nil {
-				sw.event(<-sub.C)
+			for _, e := range sub.Take() {
+				sw.event(e)
 			}
 			sw.end("end", fmt.Sprintf("this stream fell %d events behind and was cut off; %s", streamBuffer, advice.Resume), true)
 			return
@@ -328,7 +343,7 @@ func (s *server) missed(q eventsQuery) ([]lock.Event, uint64, error) {
 		}
 		forgotten = max(forgotten, f)
 		for _, e := range page {
-			if _, dup := seen[e.ID]; !dup && (q.match == nil || q.match(e)) {
+			if _, dup := seen[e.ID]; !dup && q.follows(e) {
 				seen[e.ID] = struct{}{}
 				out = append(out, e)
 			}

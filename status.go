@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	_ "embed"
 	"encoding/base64"
@@ -70,6 +71,9 @@ const (
 	// statusLeaseSoon: a lease that ends sooner stands out, for a holder
 	// that may be about to lose its lock.
 	statusLeaseSoon = 10 * time.Minute
+	// statusEvents is how many of each lock's latest events the page
+	// shows; GET /history has the rest.
+	statusEvents = 3
 )
 
 // The urgencies by which the page orders the locks, most urgent first;
@@ -123,6 +127,15 @@ type statusLock struct {
 	LeaseSoon  string // how soon the first lease ends, when within statusLeaseSoon
 	Holders    []statusHolder
 	Queue      []statusWaiter
+	Events     []statusEvent // the latest, newest first
+}
+
+// statusEvent is one event of a lock's history, for a person.
+type statusEvent struct {
+	Kind string // the event's kind, for its style
+	At   string // RFC 3339
+	Ago  string // how long ago, e.g. "12 min"
+	Text string // what happened, e.g. "released by deploy-42 after 2 h"
 }
 
 // statusHolder is one holder of a lock.
@@ -188,6 +201,10 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, locks := range page.byUrgency {
 		page.Locks = append(page.Locks, locks...)
+	}
+	if err := page.addEvents(r.Context(), s.locks); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	page.Title = fmt.Sprintf("Locker: %d held, %d waiting", page.Held, page.Waiting)
 	if err := page.addPools(s.locks); err != nil {
@@ -378,6 +395,50 @@ func (p *statusPage) lock(name string, l Snapshot) statusLock {
 		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humanDuration(p.Now.Sub(q.Since))})
 	}
 	return sl
+}
+
+// addEvents adds the latest events of each lock shown.
+func (p *statusPage) addEvents(ctx context.Context, e *engine) error {
+	names := make([]string, len(p.Locks))
+	for i, l := range p.Locks {
+		names[i] = l.Name
+	}
+	recent, err := e.Recent(ctx, names, statusEvents)
+	if err != nil {
+		return err
+	}
+	for i := range p.Locks {
+		for _, ev := range recent[p.Locks[i].Name] {
+			p.Locks[i].Events = append(p.Locks[i].Events, statusEvent{Kind: string(ev.Kind), At: ev.At.UTC().Format(time.RFC3339),
+				Ago: humanDuration(p.Now.Sub(ev.At)), Text: eventText(ev)})
+		}
+	}
+	return nil
+}
+
+// eventText says what an event tells, in a few words.
+func eventText(e lock.Event) string {
+	held := ""
+	if e.Held > 0 {
+		held = " after " + humanDuration(time.Duration(e.Held))
+	}
+	switch e.Kind {
+	case lock.Taken:
+		s := "taken by " + e.Holder
+		if e.Waited > 0 {
+			s += " after waiting " + humanDuration(time.Duration(e.Waited))
+		}
+		return s
+	case lock.Released:
+		return "released by " + e.Holder + held
+	case lock.Expired:
+		return "the lease of " + e.Holder + " ran out" + held
+	case lock.Forced:
+		return "forced free by " + e.By + "; " + e.Holder + " had it" + held
+	case lock.Dropped:
+		return "the grant to " + e.Holder + " was given back: its node was taken for dead"
+	}
+	return string(e.Kind) + " " + e.Holder
 }
 
 // matches reports whether filter, case aside, is part of the lock's name,

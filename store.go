@@ -34,6 +34,9 @@ type Store interface {
 	// History returns up to limit of the events of the lock called name
 	// with IDs below before (0: any), newest first.
 	History(ctx context.Context, name string, before uint64, limit int) ([]lock.Event, error)
+	// Recent returns the last n events of each lock in names, newest
+	// first.
+	Recent(ctx context.Context, names []string, n int) (map[string][]lock.Event, error)
 	// Backlog returns up to limit of the events kept with IDs above after,
 	// in the order of their IDs, and the highest ID of an event no longer
 	// kept. Events reach the function given at open as they commit.

@@ -49,6 +49,9 @@ type config struct {
 	listing   int           // locks held in the listing step
 	serverEnv []string      // extra environment for the locker server
 	database  string        // PostgreSQL for the postgres step; "" skips it
+
+	historyLocks  int   // locks in the history step's state files
+	historyEvents []int // events a lock in each of them
 }
 
 func run() error {
@@ -66,7 +69,9 @@ func run() error {
 	flag.IntVar(&cfg.listing, "listing", 1000000, "locks held in the listing step's table")
 	serverEnv := flag.String("server-env", "", "extra environment for the locker server, space-separated, e.g. \"GOMAXPROCS=1 GOGC=400\"")
 	flag.StringVar(&cfg.database, "database", "postgres://127.0.0.1:5432/test?sslmode=disable", "the PostgreSQL server of the postgres step (each run makes and drops a schema); \"\" skips the step")
-	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large); targets whose figures were not measured are not checked")
+	flag.IntVar(&cfg.historyLocks, "history-locks", 100000, "locks in the history step's state files")
+	historyFlag := flag.String("history-events", "1,10", "events a lock in each of the history step's state files")
+	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large, listing, sets, history); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
 		return serveNoop(*noopDir, *noopDB, *noopWork)
@@ -77,6 +82,13 @@ func run() error {
 			return fmt.Errorf("-large: %q is not a number of locks", f)
 		}
 		cfg.large = append(cfg.large, n)
+	}
+	for _, f := range strings.Split(*historyFlag, ",") {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n < 0 {
+			return fmt.Errorf("-history-events: %q is not a number of events", f)
+		}
+		cfg.historyEvents = append(cfg.historyEvents, n)
 	}
 	cfg.serverEnv = strings.Fields(*serverEnv)
 	locker, err := filepath.Abs(cfg.locker)
@@ -113,6 +125,7 @@ func run() error {
 		{"large and restart", benchLarge},
 		{"listing (of a table of -listing locks)", benchListing},
 		{"sets (of two locks, against one)", benchSets},
+		{"history (restarts with histories; 1,000 idle streams and a stuck one)", benchHistory},
 	}
 	var names, chosen []string
 	for _, s := range steps {

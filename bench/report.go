@@ -1,6 +1,9 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+	"strconv"
+)
 
 // The report: every figure of a run, its rows as the table prints them,
 // and its targets.
@@ -40,6 +43,7 @@ type report struct {
 	RestartRSSMB  figure          `json:"restart_rss_mb"` // after a restart and a parallel run
 	Listing       *listingFigures `json:"listing,omitempty"`
 	Sets          *setFigures     `json:"sets,omitempty"`
+	History       *historyFigures `json:"history,omitempty"`
 
 	Targets []target `json:"targets"`
 	Notes   []string `json:"notes,omitempty"` // figures beside the targets
@@ -122,6 +126,19 @@ func (r *report) rows() [][3]string {
 		f("a set of two, PUT+DELETE /locks per client", st.SetRPS, 0)
 		f("claims on a pool of 10, claim+DELETE per client", st.ClaimRPS, 0)
 	}
+	if h := r.History; h != nil {
+		for _, pt := range h.Restarts {
+			name := fmt.Sprintf("%d locks with %d events each", h.Locks, pt.Events)
+			rows = append(rows, [3]string{name + ": state file", fmt.Sprintf("%.1f MB", pt.StateMB), ""})
+			f(name+": restart", pt.RestartMs, 0)
+			f(name+": RSS after the restart", pt.RSSMB, 1)
+		}
+		f("parallel, p99", h.QuietP99Ms, 3)
+		f(fmt.Sprintf("parallel with %d idle streams and a stuck one, p99", h.IdleStreams), h.FollowedP99Ms, 3)
+		f("parallel", h.QuietRPS, 0)
+		f(fmt.Sprintf("parallel with %d idle streams and a stuck one", h.IdleStreams), h.FollowedRPS, 0)
+		rows = append(rows, [3]string{"the stuck stream was ended by the server", strconv.FormatBool(h.StuckStreamCut), ""})
+	}
 	if l := r.Listing; l != nil {
 		name := fmt.Sprintf("listing of %d locks", l.Locks)
 		f(name+": changes alone, p99", l.QuietP99Ms, 3)
@@ -201,6 +218,17 @@ func (r *report) check() {
 	if st := r.Sets; st != nil {
 		add("a set of two costs <= 1.3 x one lock", st.OneRPS.Median <= 1.3*st.SetRPS.Median, []figure{st.OneRPS, st.SetRPS},
 			"%.2f x (%.0f vs %.0f req/s)", st.OneRPS.Median/st.SetRPS.Median, st.OneRPS.Median, st.SetRPS.Median)
+	}
+	if h := r.History; h != nil {
+		for _, pt := range h.Restarts {
+			add(fmt.Sprintf("%d locks with %d events each restart in <= 2 s", h.Locks, pt.Events), pt.RestartMs.Median <= 2000, []figure{pt.RestartMs},
+				"%.0f ms (state file %.1f MB)", pt.RestartMs.Median, pt.StateMB)
+			add(fmt.Sprintf("%d locks with %d events each fit in <= 250 MB", h.Locks, pt.Events), pt.RSSMB.Median <= 250, []figure{pt.RSSMB},
+				"%.1f MB", pt.RSSMB.Median)
+		}
+		add("1,000 idle streams and a stuck one add <= 10% to a change's p99", h.FollowedP99Ms.Median <= 1.1*h.QuietP99Ms.Median,
+			[]figure{h.FollowedP99Ms, h.QuietP99Ms}, "%.3f vs %.3f ms (%+.0f%%)", h.FollowedP99Ms.Median, h.QuietP99Ms.Median,
+			100*(h.FollowedP99Ms.Median/h.QuietP99Ms.Median-1))
 	}
 	add("restart <= 2 s", r.RestartMs.Median <= 2000, []figure{r.RestartMs}, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
 	if r.RestartLocks >= 100000 {

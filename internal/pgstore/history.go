@@ -196,3 +196,25 @@ func (s *Store) trimHistory(ctx context.Context) {
 		s.trimmedTo = trimmed
 	}
 }
+
+// Recent returns the last n events kept of each lock in names, newest
+// first.
+func (s *Store) Recent(ctx context.Context, names []string, n int) (map[string][]lock.Event, error) {
+	rows, err := s.pool.Query(ctx, `SELECT e.id, e.event FROM unnest($1::text[]) AS l(name)
+		CROSS JOIN LATERAL (SELECT id, event FROM locker_events WHERE name = l.name
+			AND ($3::bigint = 0 OR at > clock_timestamp() - $3 * interval '1 millisecond')
+			ORDER BY id DESC LIMIT $2) e
+		ORDER BY e.id DESC`, names, min(n, max(s.keep.Events, 1)), s.keep.Age.Milliseconds())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	events, err := scanEvents(rows)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	recent := make(map[string][]lock.Event, len(names))
+	for _, e := range events {
+		recent[e.Lock] = append(recent[e.Lock], e)
+	}
+	return recent, nil
+}

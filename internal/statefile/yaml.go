@@ -223,10 +223,8 @@ func (p *parser) history(doc *document) bool {
 	}
 	p.next()
 	for bytes.HasPrefix(p.peek(), []byte("  - {")) {
-		var e lock.Event
-		dec := json.NewDecoder(bytes.NewReader(p.next()[4:]))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&e); err != nil || dec.More() {
+		e, ok := parseEvent(p.next()[4:])
+		if !ok {
 			return false
 		}
 		doc.History = append(doc.History, e)

@@ -98,6 +98,9 @@ func TestEncodeIsYAML(t *testing.T) {
 		if err := Encode(&buf, st); err != nil {
 			t.Fatal(err)
 		}
+		if content, _, _ := unseal(buf.Bytes()); !parsesFast(content) {
+			t.Fatalf("the fast parser refused Encode's output:\n%s", buf.String())
+		}
 		var got document
 		if err := yaml.UnmarshalStrict(buf.Bytes(), &got); err != nil {
 			t.Fatalf("yaml.v2 cannot read Encode's output: %v\n%s", err, buf.String())
@@ -130,4 +133,10 @@ func TestEntryHasEveryLockField(t *testing.T) {
 			t.Errorf("lock.Lock has %s, which lock.Entry (the state file) does not keep", f.Name)
 		}
 	}
+}
+
+// parsesFast reports whether the fast parser reads content.
+func parsesFast(content []byte) bool {
+	_, ok := parse(content)
+	return ok
 }

@@ -6,10 +6,16 @@ import (
 	"github.com/locker-ci/locker/internal/lock"
 )
 
+// events returns events with ids, of lock "odd" for odd ids, "even" for
+// even ones.
 func events(ids ...uint64) []lock.Event {
 	var out []lock.Event
 	for _, id := range ids {
-		out = append(out, lock.Event{ID: id, Lock: "l"})
+		name := "even"
+		if id%2 == 1 {
+			name = "odd"
+		}
+		out = append(out, lock.Event{ID: id, Lock: name})
 	}
 	return out
 }
@@ -21,7 +27,8 @@ func TestASlowSubscriberIsCutOffAlone(t *testing.T) {
 	h := NewHub()
 	slow := h.Subscribe(nil, 2)
 	fast := h.Subscribe(nil, 100)
-	odd := h.Subscribe(func(e lock.Event) bool { return e.ID%2 == 1 }, 100)
+	odd := h.Subscribe([]string{"odd", "other"}, 100)
+	none := h.Subscribe([]string{"other"}, 1)
 	h.Publish(events(1, 2))
 	h.Publish(events(3))
 	h.Publish(events(4, 5))
@@ -30,16 +37,19 @@ func TestASlowSubscriberIsCutOffAlone(t *testing.T) {
 	default:
 		t.Fatal("a subscriber two events behind with room for two was not cut off at the third")
 	}
-	if h.Len() != 2 {
-		t.Errorf("%d subscribers after the cut; want 2", h.Len())
+	if h.Len() != 3 {
+		t.Errorf("%d subscribers after the cut; want 3", h.Len())
+	}
+	if got := none.Take(); len(got) != 0 {
+		t.Errorf("a subscriber to a lock with no events got %d", len(got))
 	}
 	for _, c := range []struct {
 		sub  *Sub
 		want []uint64
 	}{{fast, []uint64{1, 2, 3, 4, 5}}, {odd, []uint64{1, 3, 5}}, {slow, []uint64{1, 2}}} {
 		var got []uint64
-		for len(c.sub.C) > 0 {
-			got = append(got, (<-c.sub.C).ID)
+		for _, e := range c.sub.Take() {
+			got = append(got, e.ID)
 		}
 		if len(got) != len(c.want) {
 			t.Fatalf("got %v; want %v", got, c.want)
@@ -52,6 +62,7 @@ func TestASlowSubscriberIsCutOffAlone(t *testing.T) {
 	}
 	fast.Close()
 	odd.Close()
+	none.Close()
 	if h.Len() != 0 {
 		t.Errorf("%d subscribers after closing every one", h.Len())
 	}

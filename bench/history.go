@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/statefile"
+)
+
+// historyFigures are what histories cost: a restart with -history-locks
+// locks, each with a history of each of -history-events events, and the
+// p99 of a change at cfg.clients clients with and without a thousand idle
+// streams and one that never reads.
+type historyFigures struct {
+	Locks          int            `json:"locks"`
+	Restarts       []historyPoint `json:"restarts"`
+	QuietP99Ms     figure         `json:"quiet_p99_ms"`
+	FollowedP99Ms  figure         `json:"followed_p99_ms"`
+	QuietRPS       figure         `json:"quiet_rps"`
+	FollowedRPS    figure         `json:"followed_rps"`
+	IdleStreams    int            `json:"idle_streams"`
+	StuckStreamCut bool           `json:"stuck_stream_cut"` // the server ended the stream that never read
+}
+
+// historyPoint is a restart with Events events a lock.
+type historyPoint struct {
+	Events    int     `json:"events_per_lock"`
+	StateMB   float64 `json:"state_file_mb"`
+	RestartMs figure  `json:"restart_ms"`
+	RSSMB     figure  `json:"rss_mb"`
+}
+
+// benchHistory measures restarts from state files with histories, then
+// the streams' cost.
+func benchHistory(cfg config, dir string, r *report) error {
+	h := &historyFigures{Locks: cfg.historyLocks, IdleStreams: 1000}
+	for _, events := range cfg.historyEvents {
+		pt, err := historyRestarts(cfg, dir, cfg.historyLocks, events)
+		if err != nil {
+			return err
+		}
+		h.Restarts = append(h.Restarts, pt)
+	}
+	var quiet, followed []loadResult
+	for i := range cfg.runs {
+		res, err := lockerRun(cfg, dir, 100+2*i, cfg.clients, ownLock("quiet"))
+		if err != nil {
+			return err
+		}
+		quiet = append(quiet, res)
+		res, cut, err := followedRun(cfg, dir, 101+2*i, h.IdleStreams)
+		if err != nil {
+			return err
+		}
+		followed = append(followed, res)
+		h.StuckStreamCut = cut
+	}
+	h.QuietP99Ms, h.FollowedP99Ms = latencyFigure(quiet, 99), latencyFigure(followed, 99)
+	h.QuietRPS, h.FollowedRPS = rpsFigure(quiet), rpsFigure(followed)
+	r.History = h
+	return nil
+}
+
+// historyRestarts writes a state file of locks locks, each held and with
+// events events in its history, as the server writes one, and measures
+// restarts from it: from exec to the first answer, and the RSS after a
+// look at a history.
+func historyRestarts(cfg config, dir string, locks, events int) (historyPoint, error) {
+	runDir := filepath.Join(dir, fmt.Sprintf("history-%d", events))
+	if err := os.MkdirAll(runDir, 0o750); err != nil {
+		return historyPoint{}, err
+	}
+	state := filepath.Join(runDir, "locks.yml")
+	fmt.Fprintf(os.Stderr, "bench: writing %d locks with %d events each...\n", locks, events)
+	if err := writeHistories(state, locks, events); err != nil {
+		return historyPoint{}, err
+	}
+	pt := historyPoint{Events: events, StateMB: float64(fileSize(state)) / 1e6}
+	env := cfg
+	env.serverEnv = append([]string{"LOCKER_HISTORY=" + strconv.Itoa(max(events, 1))}, cfg.serverEnv...)
+	var restarts, rss []float64
+	for range cfg.runs {
+		t0 := time.Now()
+		p, _, err := startLocker(env, runDir)
+		if err != nil {
+			return historyPoint{}, err
+		}
+		c := newClient(p.url)
+		status, _, err := c.get("/lock/restart-probe")
+		if err != nil || status != http.StatusOK {
+			_ = p.stop()
+			return historyPoint{}, fmt.Errorf("first GET after restart: %d %v", status, err)
+		}
+		restarts = append(restarts, ms(time.Since(t0)))
+		if status, body, err := c.get("/history/lock-7?limit=1000"); err != nil || status != http.StatusOK || bytes.Count([]byte(body), []byte(`"id":`)) != events {
+			_ = p.stop()
+			return historyPoint{}, fmt.Errorf("GET /history/lock-7 after the restart: %d %v, want %d events", status, err, events)
+		}
+		rss = append(rss, p.rssMB())
+		if err := p.kill(); err != nil { // a clean stop would rewrite the file
+			return historyPoint{}, err
+		}
+	}
+	pt.RestartMs, pt.RSSMB = newFigure("ms", restarts), newFigure("MB", rss)
+	return pt, nil
+}
+
+// writeHistories writes a state file without a seal (so that no journal
+// need be beside it): locks held locks, each with a history of events
+// events, a taking and a release in turn, as CI jobs leave them.
+func writeHistories(path string, locks, events int) error {
+	st := statefile.State{Locks: map[string]lock.Lock{}}
+	at := time.Now().UTC().Add(-24 * time.Hour).Truncate(time.Millisecond)
+	for i := range locks {
+		name := "lock-" + strconv.Itoa(i)
+		for e := range events {
+			st.LastEvent++
+			ev := lock.Event{ID: st.LastEvent, Lock: name, At: at.Add(time.Duration(e) * time.Minute), Kind: lock.Taken,
+				Holder: "deploy-" + strconv.Itoa(e/2), Key: "release-" + strconv.Itoa(e/2), Token: uint64(i*events + e + 1), Counts: 1,
+				Note: "https://ci.example.com/teams/main/pipelines/deploy/jobs/prod/builds/" + strconv.Itoa(e/2)}
+			if e%2 == 1 {
+				ev.Kind, ev.Note, ev.Held = lock.Released, "", lock.Duration(time.Minute)
+			}
+			st.History = append(st.History, ev)
+		}
+		st.LastToken++
+		st.Locks[name] = lock.Lock{Key: "k", Token: st.LastToken, AcquiredAt: at,
+			Holders: []lock.Holder{{Name: "job", Hold: lock.Hold{Count: 1, Since: at}}}}
+	}
+	st.LastToken += uint64(locks * events)
+	var buf bytes.Buffer
+	if err := statefile.Encode(&buf, st); err != nil {
+		return err
+	}
+	data := buf.Bytes()
+	data = data[:bytes.LastIndexByte(data[:len(data)-1], '\n')+1] // without the seal
+	return os.WriteFile(path, data, 0o600)
+}
+
+// followedRun runs the parallel workload on a fresh server that idle
+// streams follow (each a lock no one changes) and one stream that never
+// reads follows whole. It reports whether the server cut that one off.
+func followedRun(cfg config, dir string, i, idle int) (loadResult, bool, error) {
+	runDir := filepath.Join(dir, fmt.Sprintf("run-%d", i))
+	if err := os.MkdirAll(runDir, 0o750); err != nil {
+		return loadResult{}, false, err
+	}
+	p, _, err := startLocker(cfg, runDir)
+	if err != nil {
+		return loadResult{}, false, err
+	}
+	host := p.url[len("http://"):]
+	var conns []net.Conn
+	closeAll := func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	for s := range idle + 1 {
+		path := "/events?lock=quiet-" + strconv.Itoa(s)
+		if s == idle {
+			path = "/events" // the stuck one
+		}
+		c, err := net.Dial("tcp", host)
+		if err != nil {
+			closeAll()
+			_ = p.stop()
+			return loadResult{}, false, err
+		}
+		conns = append(conns, c)
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host); err != nil {
+			closeAll()
+			_ = p.stop()
+			return loadResult{}, false, err
+		}
+		if s < idle { // the idle ones read the answer's head, then wait
+			if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+				closeAll()
+				_ = p.stop()
+				return loadResult{}, false, fmt.Errorf("stream %d: %w", s, err)
+			}
+		}
+	}
+	stuck := conns[idle]
+	res, err := runOnce(cfg, p, cfg.clients, ownLock("followed"), func() error { return nil })
+	if err != nil {
+		closeAll()
+		_ = p.stop()
+		return loadResult{}, false, err
+	}
+	// The stuck stream, read now: what the server wrote before it gave up
+	// on it, then its last event saying why, or nothing more.
+	_ = stuck.SetReadDeadline(time.Now().Add(30 * time.Second))
+	cut := false
+	sc := bufio.NewScanner(stuck)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if sc.Text() == "event: end" {
+			cut = true
+			break
+		}
+	}
+	closeAll()
+	return res, cut, p.stop()
+}
