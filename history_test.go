@@ -6,13 +6,17 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -251,5 +255,22 @@ func TestEveryNodeStreamsEveryNodesEvents(t *testing.T) {
 			t.Fatalf("event %d on node b's stream: %s (id %d, after %d); want %s", i+1, got, e.ID, last, w)
 		}
 		last = e.ID
+	}
+}
+
+// TestNoHistoryKeepsNone: with LOCKER_HISTORY=0 a change keeps no event,
+// and the change is made as ever.
+func TestNoHistoryKeepsNone(t *testing.T) {
+	store, err := filestore.Open(filepath.Join(t.TempDir(), "locks.yml"), atomicfile.OS{}, filestore.Options{Log: discardLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close(false)
+	tab := &engine{store: store, log: discardLog, hub: stream.NewHub()}
+	if _, err := acquire(tab, "prod", "k", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if h := history(t, tab, "prod"); len(h) != 0 || tab.get("prod").Free() {
+		t.Errorf("with no history kept: history %v, lock free %v; want none, and the lock held", h, tab.get("prod").Free())
 	}
 }

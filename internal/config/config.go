@@ -99,7 +99,7 @@ func Load(environ []string) (Config, error) {
 	e.count("LOCKER_MAX_LOCKS_PER_REQUEST", &cfg.MaxSet)
 	e.boolean("LOCKER_METRICS_AUTH", &cfg.MetricsAuth)
 	e.bytes("LOCKER_CHECKPOINT_BYTES", &cfg.CheckpointBytes)
-	e.count("LOCKER_HISTORY", &cfg.History.Events)
+	e.countOrNone("LOCKER_HISTORY", &cfg.History.Events)
 	e.duration("LOCKER_HISTORY_AGE", &cfg.History.Age)
 	e.logging(&cfg)
 	if e.err != nil {
@@ -197,11 +197,23 @@ func (e *env) duration(name string, dst *time.Duration) {
 	}
 }
 
+// count reads a whole number of at least 1.
 func (e *env) count(name string, dst *int) {
+	e.whole(name, dst, 1, "not a positive whole number: %q (e.g. 64)")
+}
+
+// countOrNone reads a whole number of at least 0.
+func (e *env) countOrNone(name string, dst *int) {
+	e.whole(name, dst, 0, "not a whole number: %q (e.g. 100; 0 for none)")
+}
+
+// whole reads a whole number of at least least; problem says why one
+// is refused.
+func (e *env) whole(name string, dst *int, least int, problem string) {
 	if v := e.value(name); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			e.err = fmt.Errorf("%s: not a positive whole number: %q (e.g. 64)", name, v)
+		if err != nil || n < least {
+			e.err = fmt.Errorf("%s: "+problem, name, v)
 			return
 		}
 		*dst = n
