@@ -274,3 +274,18 @@ func TestNoHistoryKeepsNone(t *testing.T) {
 		t.Errorf("with no history kept: history %v, lock free %v; want none, and the lock held", h, tab.get("prod").Free())
 	}
 }
+
+// TestALeaseRunsOutWithoutAChangeOnPostgreSQL: a lease that runs out on a
+// lock no one touches again is ended by the nodes, its event recorded,
+// as the file store's expiry loop does.
+func TestALeaseRunsOutWithoutAChangeOnPostgreSQL(t *testing.T) {
+	t.Parallel() // waits for a lease
+	tab := newPGTable(t, testutil.PostgresSchema(t), "node")
+	if _, err := tab.Acquire(context.Background(), "prod", acquireRequest{Request: lock.Request{Key: "k", Requestor: "a", TTL: time.Second, Named: true}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the lease's end in the history", func() bool {
+		h := history(t, tab, "prod")
+		return len(h) == 2 && h[1].Kind == lock.Expired
+	})
+}

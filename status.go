@@ -259,7 +259,7 @@ func (p *statusPage) add(l Listed) error {
 
 // urgency says how soon a person should look at l.
 func (p *statusPage) urgency(l Snapshot) int {
-	first := firstLease(l)
+	first := l.FirstLease()
 	switch {
 	case !l.Free() && !l.AcquiredAt.IsZero() && p.Now.Sub(l.AcquiredAt) > p.heldOver:
 		return urgencyHeldOver
@@ -269,17 +269,6 @@ func (p *statusPage) urgency(l Snapshot) int {
 		return urgencyLeaseSoon
 	}
 	return urgencyNone
-}
-
-// firstLease is when the first lease on l ends; zero when none does.
-func firstLease(l Snapshot) time.Time {
-	var first time.Time
-	for _, h := range l.Holders {
-		if !h.ExpiresAt.IsZero() && (first.IsZero() || h.ExpiresAt.Before(first)) {
-			first = h.ExpiresAt
-		}
-	}
-	return first
 }
 
 // otherOrder returns the page's URL, its query as given, in the order it
@@ -388,7 +377,7 @@ func (p *statusPage) lock(name string, l Snapshot) statusLock {
 		}
 		sl.Holders = append(sl.Holders, sh)
 	}
-	if first := firstLease(l); !first.IsZero() && first.Sub(p.Now) < statusLeaseSoon {
+	if first := l.FirstLease(); !first.IsZero() && first.Sub(p.Now) < statusLeaseSoon {
 		sl.LeaseSoon = humanDuration(first.Sub(p.Now))
 	}
 	for _, q := range l.Waiting {

@@ -76,6 +76,18 @@ type Entry struct {
 	Holders    map[string]Hold `yaml:"holders,omitempty" json:"-"`
 }
 
+// FirstLease returns when the first lease on l runs out; zero when no
+// holder has one.
+func (l Lock) FirstLease() time.Time {
+	var first time.Time
+	for _, h := range l.Holders {
+		if !h.ExpiresAt.IsZero() && (first.IsZero() || h.ExpiresAt.Before(first)) {
+			first = h.ExpiresAt
+		}
+	}
+	return first
+}
+
 // Free reports whether no one holds l.
 func (l Lock) Free() bool { return len(l.Holders) == 0 }
 

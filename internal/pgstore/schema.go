@@ -111,6 +111,14 @@ var migrations = []string{
 	-- old): a stream that resumes after it has missed events
 	CREATE TABLE locker_events_forgotten (id bigint NOT NULL);
 	INSERT INTO locker_events_forgotten VALUES (0);`,
+
+	// 11: when a lock's first lease runs out, so that the nodes end the
+	// leases that ran out (and record their events) without a change to
+	// the lock, as the file store does.
+	`ALTER TABLE locker_locks ADD COLUMN expires timestamptz;
+	UPDATE locker_locks SET expires = (SELECT min((h->>'expires_at')::timestamptz)
+		FROM jsonb_array_elements(lock->'holders') h WHERE h ? 'expires_at') WHERE lock IS NOT NULL;
+	CREATE INDEX locker_locks_by_expiry ON locker_locks (expires) WHERE expires IS NOT NULL;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -214,9 +214,9 @@ func (s *Store) sweep(ctx context.Context) {
 		LIMIT 1000 FOR UPDATE SKIP LOCKED)`)
 }
 
-// Run has settle look at the locks whose queues hold waiters of nodes
-// that stopped beating, or of this node with no request left (orphans),
-// until ctx is done: the engine takes them out, gives back what they were
+// Run has settle look, each heartbeat, at the locks whose leases ran out,
+// and at those whose queues hold waiters of nodes that stopped beating,
+// or of this node with no request left (orphans), until ctx is done: the engine takes them out, gives back what they were
 // granted, and grants whoever is next.
 func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names []string) error) {
 	t := time.NewTicker(heartbeat)
@@ -235,10 +235,20 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 			continue
 		}
 		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil || len(names) == 0 {
+		if err != nil {
 			continue
 		}
-		_ = settle(ctx, sorted(names))
+		// And the locks whose leases ran out: every node looks, and the
+		// row locks let one end each lease once.
+		rows, err = s.pool.Query(ctx, `SELECT name FROM locker_locks WHERE expires <= clock_timestamp() ORDER BY expires LIMIT 1000`)
+		if err != nil {
+			continue
+		}
+		expired, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(names)+len(expired) == 0 {
+			continue
+		}
+		_ = settle(ctx, sorted(append(names, expired...)))
 	}
 }
 

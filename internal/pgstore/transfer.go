@@ -89,8 +89,8 @@ func (s *Store) Import(ctx context.Context, c txn.Contents) error {
 			if err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO locker_locks (name, lock) VALUES ($1, $2)
-				ON CONFLICT (name) DO UPDATE SET lock = excluded.lock`, name, raw); err != nil {
+			if _, err := tx.Exec(ctx, `INSERT INTO locker_locks (name, lock, expires) VALUES ($1, $2, $3)
+				ON CONFLICT (name) DO UPDATE SET lock = excluded.lock, expires = excluded.expires`, name, raw, firstLease(l)); err != nil {
 				return err
 			}
 		}

@@ -258,14 +258,15 @@ func (t *tx) commit() error {
 	b := &pgx.Batch{}
 	for _, name := range t.names {
 		var raw []byte
-		if l := t.locks[name]; !l.Free() {
+		l := t.locks[name]
+		if !l.Free() {
 			var err error
 			if raw, err = json.Marshal(l); err != nil {
 				return err
 			}
 		}
 		if !bytes.Equal(raw, t.before[name]) {
-			b.Queue("UPDATE locker_locks SET lock = $2 WHERE name = $1", name, raw)
+			b.Queue("UPDATE locker_locks SET lock = $2, expires = $3 WHERE name = $1", name, raw, firstLease(l))
 		}
 	}
 	if len(t.gone) > 0 {
@@ -320,6 +321,14 @@ func (t *tx) commit() error {
 	b.Queue("COMMIT")
 	if err := t.conn.SendBatch(t.ctx, b).Close(); err != nil {
 		return fmt.Errorf("%w: %w", txn.ErrUncertain, err)
+	}
+	return nil
+}
+
+// firstLease is when the first lease on l runs out, or nil.
+func firstLease(l lock.Lock) *time.Time {
+	if t := l.FirstLease(); !t.IsZero() {
+		return &t
 	}
 	return nil
 }
