@@ -9,9 +9,11 @@ import (
 )
 
 // Each lock's history is a slice of its events, oldest first, kept apart
-// from the lock (a free lock keeps its history). Slices are only
-// appended to, or cut from either end by reslicing, never changed in
-// place: a checkpoint's copy shares them.
+// from the lock (a free lock keeps its history). An event in a slice is
+// never changed in place: slices are appended to, or cut from the front by
+// reslicing, and one cut from the back (a change undone) loses its room,
+// so that the next append copies it. A checkpoint's copy of the map shares
+// the slices, and reads them without the mutex.
 
 // record adds events, in the order of their IDs, to their locks'
 // histories, keeping at most s.keep.Events a lock. Callers hold s.mu, or
@@ -22,7 +24,11 @@ func (s *Store) record(events []lock.Event) {
 	}
 	for _, e := range events {
 		h := append(s.history[e.Lock], e)
-		if cut := len(h) - s.keep.Events; cut > 0 {
+		cut := max(len(h)-s.keep.Events, 0)
+		for cut < len(h)-1 && !s.keep.Keeps(h[cut].At, e.At) {
+			cut++ // too old: forgotten now that the lock changes again
+		}
+		if cut > 0 {
 			s.forgotten = max(s.forgotten, h[cut-1].ID)
 			h = h[cut:]
 		}
@@ -75,7 +81,7 @@ func (s *Store) unrecord(events []lock.Event) {
 	for _, e := range slices.Backward(events) {
 		h := s.history[e.Lock]
 		if n := len(h); n > 0 && h[n-1].ID == e.ID {
-			h = h[:n-1]
+			h = slices.Clip(h[:n-1])
 		}
 		if len(h) == 0 {
 			delete(s.history, e.Lock)
@@ -85,25 +91,26 @@ func (s *Store) unrecord(events []lock.Event) {
 	}
 }
 
-// kept returns every event still kept, in the order of their IDs, and
-// forgets the ones too old to keep. Callers hold s.mu.
-func (s *Store) kept() []lock.Event {
+// kept returns the events of history (a copy of s.history) still kept,
+// in the order of their IDs, without s.mu, and notes the highest ID of
+// those too old.
+func (s *Store) kept(history map[string][]lock.Event) []lock.Event {
 	now := s.now()
 	var all []lock.Event
-	for name, h := range s.history {
-		i := 0
-		for i < len(h) && !s.keep.Keeps(h[i].At, now) {
-			s.forgotten = max(s.forgotten, h[i].ID)
-			i++
+	var old uint64
+	for _, h := range history {
+		for _, e := range h {
+			if s.keep.Keeps(e.At, now) {
+				all = append(all, e)
+			} else {
+				old = max(old, e.ID)
+			}
 		}
-		if i == len(h) {
-			delete(s.history, name)
-			continue
-		}
-		s.history[name] = h[i:]
-		all = append(all, h[i:]...)
 	}
 	slices.SortFunc(all, func(a, b lock.Event) int { return cmp.Compare(a.ID, b.ID) })
+	s.mu.Lock()
+	s.forgotten = max(s.forgotten, old)
+	s.mu.Unlock()
 	return all
 }
 
@@ -162,7 +169,7 @@ func (s *Store) send(seq uint64) {
 func (s *Store) Backlog(_ context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
+	now, forgotten := s.now(), s.forgotten
 	var events []lock.Event
 	for _, h := range s.history {
 		if len(h) == 0 || h[len(h)-1].ID <= after {
@@ -170,13 +177,16 @@ func (s *Store) Backlog(_ context.Context, after uint64, limit int) ([]lock.Even
 		}
 		i, _ := slices.BinarySearchFunc(h, after+1, func(e lock.Event, id uint64) int { return cmp.Compare(e.ID, id) })
 		for _, e := range h[i:] {
-			if e.ID <= s.sent && s.keep.Keeps(e.At, now) {
+			switch {
+			case !s.keep.Keeps(e.At, now):
+				forgotten = max(forgotten, e.ID)
+			case e.ID <= s.sent:
 				events = append(events, e)
 			}
 		}
 	}
 	slices.SortFunc(events, func(a, b lock.Event) int { return cmp.Compare(a.ID, b.ID) })
-	return events[:min(len(events), limit)], s.forgotten, nil
+	return events[:min(len(events), limit)], forgotten, nil
 }
 
 // Recent returns the last n events kept of each lock in names, newest

@@ -306,10 +306,13 @@ func (s *Store) Len() int {
 // saved returns the table as it is now, sharing its Lock values.
 func (s *Store) saved() Saved {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.requests.Prune(s.now())
-	return Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Requests: s.requests.All(),
-		LastEvent: s.lastEvent, History: s.kept()}
+	st := Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Requests: s.requests.All(),
+		LastEvent: s.lastEvent}
+	history := maps.Clone(s.history) // its slices are shared: see history.go
+	s.mu.Unlock()
+	st.History = s.kept(history)
+	return st
 }
 
 // checkpoint saves the whole table to the state file, so that the journal
