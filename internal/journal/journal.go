@@ -417,17 +417,18 @@ func (j *Journal) fail(from uint64, err error) {
 }
 
 // breakDown fails everything not yet durable for good, and reports err as
-// fatal.
+// fatal before any waiter hears of it, so that whoever sees a write fail
+// this way also finds the journal broken.
 func (j *Journal) breakDown(err error) {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	j.broken = err
 	j.pending = nil
-	j.broadcast()
-	j.mu.Unlock()
 	select {
-	case j.fatal <- err:
+	case j.fatal <- err: // room for one: never blocks
 	default:
 	}
+	j.broadcast()
 }
 
 // CompactAt sets the file size past which Full is signalled.
