@@ -4,8 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
-	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -32,9 +31,19 @@ func (s *Store) History(ctx context.Context, name string, before uint64, limit i
 	return events, nil
 }
 
-// eventsChannel is the LISTEN/NOTIFY channel of the events: the payload
-// is "MIN-MAX", the range of the IDs a transaction's events were given.
+// eventsChannel is the LISTEN/NOTIFY channel on which a node tells the
+// others it committed events, with no payload: they look for them (see
+// pollEvents). Telling at every commit would cost more than the events
+// themselves: PostgreSQL commits the transactions that notify one at a
+// time, and wakes every listening session for each.
 const eventsChannel = "locker_events"
+
+// eventsQuiet is how long a node goes without telling the others of its
+// events, and how often a node that was told looks again.
+const eventsQuiet = 50 * time.Millisecond
+
+// eventsPage is how many events a node reads at a time.
+const eventsPage = 1000
 
 // sentIDs is how many of the latest events a node remembers having
 // handed on, so that each goes out once: a range fetched for one
@@ -68,42 +77,61 @@ func (m *sent) add(id uint64) bool {
 	return true
 }
 
-// follow fetches the events a notification on eventsChannel names, over
-// conn, and hands the new ones to onEvents in the order of their IDs.
-func (s *Store) follow(ctx context.Context, conn *pgx.Conn, payload string) error {
-	lo, hi, ok := strings.Cut(payload, "-")
-	from, err1 := strconv.ParseUint(lo, 10, 64)
-	to, err2 := strconv.ParseUint(hi, 10, 64)
-	if !ok || err1 != nil || err2 != nil {
-		return fmt.Errorf("a notification of events that names no range of IDs: %q", payload)
-	}
-	return s.sendRange(ctx, conn, "id BETWEEN $1 AND $2", int64(from), int64(to))
+// tellOthers reports whether this node's next commit of events is to
+// tell the others: the first one after eventsQuiet without. The others
+// look every eventsQuiet for twice that after they were told, so they
+// find the commits in between too.
+func (s *Store) tellOthers() bool {
+	now, last := time.Now().UnixNano(), s.toldAt.Load()
+	return now-last >= int64(eventsQuiet) && s.toldAt.CompareAndSwap(last, now)
 }
 
-// catchUp hands on the events committed while this node did not listen:
-// those above the oldest ID it remembers (or the highest, when it
-// remembers none).
-func (s *Store) catchUp(ctx context.Context, conn *pgx.Conn) error {
-	var after uint64
-	if len(s.sent.order) > 0 {
-		after = s.sent.order[0]
-	} else if err := conn.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM locker_events").Scan(&after); err != nil {
-		return err
+// pollEvents hands on the events every node commits, from those after the
+// last one committed when the node opened, in the order of their IDs (commit
+// order for each lock: see Backlog). It looks when a node tells of events,
+// then every eventsQuiet for as long as it finds any and for twice that
+// after it was told, and every heartbeat whatever it hears (a telling
+// commit that failed, a notification lost with its connection).
+func (s *Store) pollEvents(ctx context.Context) {
+	var busyUntil time.Time
+	wait := time.NewTimer(heartbeat)
+	defer wait.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.eventsTold:
+			busyUntil = time.Now().Add(2 * eventsQuiet)
+		case <-wait.C:
+		}
+		next := heartbeat
+		if found, err := s.fetchEvents(ctx); err == nil && (found || time.Now().Before(busyUntil)) {
+			next = eventsQuiet
+		}
+		wait.Reset(next)
 	}
-	return s.sendRange(ctx, conn, "id > $1 AND $2 = 0", int64(after), 0)
 }
 
-// sendRange hands on the events where holds, in the order of their IDs,
-// that were not handed on before.
-func (s *Store) sendRange(ctx context.Context, conn *pgx.Conn, where string, args ...any) error {
-	rows, err := conn.Query(ctx, "SELECT id, event FROM locker_events WHERE "+where+" ORDER BY id", args...)
-	if err != nil {
-		return err
+// fetchEvents hands on the events committed since it last looked, and
+// reports whether there were any.
+func (s *Store) fetchEvents(ctx context.Context) (bool, error) {
+	found := false
+	for {
+		from := s.sent.max
+		events, _, err := s.Backlog(ctx, from, eventsPage)
+		if err != nil {
+			return found, err
+		}
+		found = s.send(events) || found
+		if s.sent.max == from || len(events) < eventsPage {
+			return found, nil
+		}
 	}
-	events, err := scanEvents(rows)
-	if err != nil {
-		return err
-	}
+}
+
+// send hands on those of events, in the order of their IDs, that were not
+// handed on before, and reports whether there were any.
+func (s *Store) send(events []lock.Event) bool {
 	fresh := events[:0]
 	for _, e := range events {
 		if s.sent.add(e.ID) {
@@ -113,7 +141,7 @@ func (s *Store) sendRange(ctx context.Context, conn *pgx.Conn, where string, arg
 	if len(fresh) > 0 && s.onEvents != nil {
 		s.onEvents(fresh)
 	}
-	return nil
+	return len(fresh) > 0
 }
 
 // scanEvents reads rows of (id, event).
@@ -124,18 +152,27 @@ func scanEvents(rows pgx.Rows) ([]lock.Event, error) {
 		var (
 			id  int64
 			raw []byte
-			e   lock.Event
 		)
 		if err := rows.Scan(&id, &raw); err != nil {
 			return nil, err
 		}
-		if err := json.Unmarshal(raw, &e); err != nil {
-			return nil, fmt.Errorf("event %d: %w", id, err)
+		e, err := decodeEvent(uint64(id), raw)
+		if err != nil {
+			return nil, err
 		}
-		e.ID = uint64(id)
 		events = append(events, e)
 	}
 	return events, rows.Err()
+}
+
+// decodeEvent reads the event with ID id kept as raw.
+func decodeEvent(id uint64, raw []byte) (lock.Event, error) {
+	var e lock.Event
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return e, fmt.Errorf("event %d: %w", id, err)
+	}
+	e.ID = id
+	return e, nil
 }
 
 // Backlog returns up to limit of the events kept with IDs above after, in
@@ -184,11 +221,18 @@ func (s *Store) trimHistory(ctx context.Context) {
 	}
 	var trimmed int64
 	err := s.pool.QueryRow(ctx, `WITH touched AS (SELECT DISTINCT name FROM locker_events WHERE id > $1),
-		d AS (DELETE FROM locker_events WHERE id IN (
+		many AS (DELETE FROM locker_events WHERE id IN (
 			SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS n
 				FROM locker_events WHERE name IN (SELECT name FROM touched)) e WHERE n > $2)
-			OR ($3::bigint > 0 AND at < clock_timestamp() - $3 * interval '1 millisecond')
 			RETURNING id),
+		-- those below the first event young enough to keep: all too old
+		-- (events' times only roughly follow their IDs, so some older
+		-- ones may wait; History does not read them meanwhile)
+		old AS (DELETE FROM locker_events WHERE $3::bigint > 0 AND id < coalesce(
+				(SELECT id FROM locker_events WHERE at >= clock_timestamp() - $3 * interval '1 millisecond' ORDER BY id LIMIT 1),
+				(SELECT max(id) + 1 FROM locker_events))
+			RETURNING id),
+		d AS (SELECT id FROM many UNION ALL SELECT id FROM old),
 		f AS (UPDATE locker_events_forgotten SET id = greatest(id, (SELECT max(id) FROM d)) WHERE EXISTS (SELECT 1 FROM d))
 		SELECT coalesce((SELECT max(id) FROM locker_events), $1)`,
 		s.trimmedTo, s.keep.Events, s.keep.Age.Milliseconds()).Scan(&trimmed)

@@ -58,9 +58,11 @@ type Store struct {
 	node string // unique per process: its waiters are its own
 	keep txn.History
 
-	onEvents  func([]lock.Event) // told of the events every node commits
-	sent      sent               // the events handed to onEvents; the listener's
-	trimmedTo int64              // the highest event ID when history was last trimmed; the heartbeats'
+	onEvents   func([]lock.Event) // told of the events every node commits
+	sent       sent               // the events handed to onEvents; pollEvents'
+	eventsTold chan struct{}      // a node told of events (room for one)
+	toldAt     atomic.Int64       // when this node last told the others of events, in Unix nanoseconds
+	trimmedTo  int64              // the highest event ID when history was last trimmed; the heartbeats'
 
 	mu       sync.Mutex                // guards watchers
 	watchers map[int64][]chan struct{} // this node's waiters, by ID
@@ -113,10 +115,19 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, watchers: map[int64][]chan struct{}{},
-		jobs: make(chan *job), closing: make(chan struct{})}
+		eventsTold: make(chan struct{}, 1), jobs: make(chan *job), closing: make(chan struct{})}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
 		return nil, err
+	}
+	if s.onEvents != nil && s.keep.Events > 0 {
+		// The stream hands on the events committed from now on.
+		var last int64
+		if err := pool.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM locker_events").Scan(&last); err != nil {
+			pool.Close()
+			return nil, err
+		}
+		s.sent.max = uint64(last)
 	}
 	for range committers {
 		s.committing.Go(s.commitLoop)
@@ -125,6 +136,9 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	s.stop = stop
 	s.done.Go(func() { s.heartbeats(bg) })
 	s.done.Go(func() { s.listen(bg) })
+	if s.onEvents != nil && s.keep.Events > 0 {
+		s.done.Go(func() { s.pollEvents(bg) })
+	}
 	return s, nil
 }
 
@@ -286,23 +300,22 @@ func (s *Store) watched() []int64 {
 }
 
 // listen wakes this node's waiters when a lock they wait for changes, and
-// hands on the events every node commits, reconnecting when the
-// connection is lost (and then catching up on the events it missed).
+// pollEvents when a node tells of events, reconnecting when the
+// connection is lost.
 func (s *Store) listen(ctx context.Context) {
 	for ctx.Err() == nil {
 		conn, err := s.pool.Acquire(ctx)
 		if err == nil {
-			if _, err = conn.Exec(ctx, "LISTEN "+channel+"; LISTEN "+eventsChannel); err == nil && s.onEvents != nil {
-				err = s.catchUp(ctx, conn.Conn())
-			}
+			_, err = conn.Exec(ctx, "LISTEN "+channel+"; LISTEN "+eventsChannel)
 			for err == nil {
 				var n *pgconn.Notification
 				if n, err = conn.Conn().WaitForNotification(ctx); err != nil {
 					break
 				}
 				if n.Channel == eventsChannel {
-					if s.onEvents != nil {
-						err = s.follow(ctx, conn.Conn(), n.Payload)
+					select {
+					case s.eventsTold <- struct{}{}:
+					default: // pollEvents has yet to look
 					}
 					continue
 				}

@@ -58,7 +58,8 @@ type tx struct {
 
 	pools map[string]poolState // the pools named, their rows locked: as read, or as changed since
 
-	events []lock.Event // to add to the history
+	events      []lock.Event // to add to the history
+	tellsOthers bool         // the commit tells the other nodes of events
 }
 
 // poolState is a pool a transaction named.
@@ -320,6 +321,9 @@ func (t *tx) commit() error {
 	}
 	b.Queue("COMMIT")
 	if err := t.conn.SendBatch(t.ctx, b).Close(); err != nil {
+		if t.tellsOthers {
+			t.s.toldAt.Store(0) // the next commit tells them
+		}
 		return fmt.Errorf("%w: %w", txn.ErrUncertain, err)
 	}
 	return nil
@@ -334,8 +338,10 @@ func firstLease(l lock.Lock) *time.Time {
 }
 
 // queueEvents queues the statement that adds the transaction's events to
-// their locks' histories, in order, and tells every node of them. Those
-// past the number kept are dropped by the heartbeats (trimHistory).
+// their locks' histories, in order, and, unless this node told the others
+// of events less than eventsQuiet ago, the notification that tells them
+// to look (see pollEvents). Those past the number kept are dropped by the
+// heartbeats (trimHistory).
 func (t *tx) queueEvents(b *pgx.Batch) error {
 	if len(t.events) == 0 || t.s.keep.Events <= 0 {
 		return nil
@@ -348,12 +354,15 @@ func (t *tx) queueEvents(b *pgx.Batch) error {
 		}
 		names[i], ats[i], raws[i] = e.Lock, e.At, raw
 	}
-	// Every node hears of the events at the commit, in commit order, by
-	// the range of their IDs (a NOTIFY's payload is short): see follow.
-	b.Queue(`WITH e AS (INSERT INTO locker_events (name, at, event)
-			SELECT name, at, event FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) WITH ORDINALITY AS e(name, at, event, n) ORDER BY n
-			RETURNING id)
-		SELECT pg_notify($4, min(id) || '-' || max(id)) FROM e`, names, ats, raws, eventsChannel)
+	b.Queue(`WITH x AS MATERIALIZED (SELECT pg_current_xact_id() AS xid, pg_snapshot_xmin(pg_current_snapshot()) AS running)
+		INSERT INTO locker_events (name, at, event, xid, running)
+		SELECT e.name, e.at, e.event, x.xid, x.running
+		FROM x, unnest($1::text[], $2::timestamptz[], $3::json[]) WITH ORDINALITY AS e(name, at, event, n) ORDER BY e.n`,
+		names, ats, raws)
+	if t.s.tellOthers() {
+		b.Queue("SELECT pg_notify($1, '')", eventsChannel)
+		t.tellsOthers = true
+	}
 	return nil
 }
 
