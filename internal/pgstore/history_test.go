@@ -4,10 +4,12 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -56,5 +58,55 @@ func TestBacklogSendsWhatCommittedOutOfOrder(t *testing.T) {
 	}
 	if !slices.ContainsFunc(events, func(e lock.Event) bool { return e.ID == slowID }) {
 		t.Errorf("the backlog after event %d is %v; want event %d, which committed after it", fast[0].ID, events, slowID)
+	}
+}
+
+// TestOldEventsAreForgotten: the heartbeats delete the events older than
+// the store keeps, found by their IDs, and note the highest one deleted, so
+// that a stream resumed before it is told of the gap; a read never shows
+// them, deleted or not, and the young ones stay.
+func TestOldEventsAreForgotten(t *testing.T) {
+	ctx := context.Background()
+	u := testURL(t)
+	s, err := Open(ctx, u, "n", Options{History: txn.History{Events: 100, Age: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(false)
+	record := func(name string, at time.Time) {
+		t.Helper()
+		if err := s.Update(ctx, []string{name}, txn.Options{}, func(tx txn.Tx) error {
+			tx.Record(lock.Event{Lock: name, Kind: lock.Taken, Holder: "a", Key: "k", Counts: 1, At: at})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	record("old", now.Add(-3*time.Hour))
+	record("old", now.Add(-2*time.Hour))
+	record("young", now.Add(-time.Minute))
+	// An old event with an ID above a young one (a lease's end is dated
+	// when it ran out): not read, and deleted once nothing below it is
+	// young.
+	record("late", now.Add(-2*time.Hour))
+	for _, name := range []string{"old", "late"} {
+		if h, err := s.History(ctx, name, 0, 10); err != nil || len(h) != 0 {
+			t.Errorf("the history of %s: %v, %v; want nothing older than an hour", name, h, err)
+		}
+	}
+	var oldest, forgotten uint64
+	testutil.WaitFor(t, "a heartbeat to delete the old events", func() bool {
+		if err := s.pool.QueryRow(ctx, "SELECT min(id), (SELECT id FROM locker_events_forgotten) FROM locker_events").Scan(&oldest, &forgotten); err != nil {
+			t.Fatal(err)
+		}
+		return forgotten > 0
+	})
+	young, err := s.History(ctx, "young", 0, 10)
+	if err != nil || len(young) != 1 {
+		t.Fatalf("the history of young: %v, %v; want its one event", young, err)
+	}
+	if oldest != young[0].ID || forgotten != young[0].ID-1 {
+		t.Errorf("after the heartbeat the oldest event kept is %d and the highest forgotten %d; want %d and %d", oldest, forgotten, young[0].ID, young[0].ID-1)
 	}
 }
