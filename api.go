@@ -77,6 +77,7 @@ type server struct {
 	maxTTL       time.Duration // the longest lease a request may ask for
 	maxSet       int           // the most locks a request may name; 0 for config.DefaultMaxSet (maxLocks)
 	writeTimeout time.Duration // how long writing a reply may take, after any wait
+	streamBuffer int           // how many events a stream may fall behind before it is cut off
 	metrics      *metrics.Metrics
 	metricsOpen  bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
 }

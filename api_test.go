@@ -25,8 +25,9 @@ import (
 // testServer is the real router over a table saved in a temp directory.
 type testServer struct {
 	handler http.Handler
-	path    string // the state file
-	user    string // basic-auth user sent by send; "" when auth is off
+	server  *server // its settings, which the handler reads at each request
+	path    string  // the state file
+	user    string  // basic-auth user sent by send; "" when auth is off
 	pass    string
 }
 
@@ -38,13 +39,13 @@ func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServe
 
 // serveTable is the real router over tab, saved in path.
 func serveTable(tab *engine, path, user, pass string) *testServer {
-	s := &server{locks: tab, log: discardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: defaultTimeouts.write,
+	s := &server{locks: tab, log: discardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	tab.metrics = s.metrics
 	if user != "" {
 		s.auth = newCredentials(user, pass)
 	}
-	return &testServer{handler: s.routes(), path: path, user: user, pass: pass}
+	return &testServer{handler: s.routes(), server: s, path: path, user: user, pass: pass}
 }
 
 // request is one HTTP request in a test table.

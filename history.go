@@ -175,10 +175,11 @@ func forcedBy(r *http.Request) string {
 
 // Tuned numbers of the stream.
 const (
-	// streamBuffer is how many events a subscriber may fall behind
-	// before it is cut off: enough for a burst of changes, and for the
-	// events that come while a resumed stream sends what it missed.
-	streamBuffer = 4096
+	// defaultStreamBuffer is how many events a subscriber may fall
+	// behind before it is cut off (server.streamBuffer): enough for a
+	// burst of changes, and for the events that come while a resumed
+	// stream sends what it missed.
+	defaultStreamBuffer = 4096
 	// backlogPage is how many missed events a resumed stream reads at a
 	// time.
 	backlogPage = 1000
@@ -267,7 +268,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	sub := s.locks.hub.Subscribe(q.locks, streamBuffer)
+	sub := s.locks.hub.Subscribe(q.locks, s.streamBuffer)
 	defer sub.Close()
 	// What was missed is read after subscribing, so that nothing falls
 	// between the two; an event in both is sent once.
@@ -314,7 +315,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			for _, e := range sub.Take() {
 				sw.event(e)
 			}
-			sw.end("end", fmt.Sprintf("this stream fell %d events behind and was cut off; %s", streamBuffer, advice.Resume), true)
+			sw.end("end", fmt.Sprintf("this stream fell %d events behind and was cut off; %s", s.streamBuffer, advice.Resume), true)
 			return
 		case <-tick.C:
 			sw.comment("keep-alive")

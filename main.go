@@ -204,7 +204,7 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), store.Close(true))
 	}
 	srv := &server{locks: locks, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
-		writeTimeout: defaultTimeouts.write, metrics: m, metricsOpen: !cfg.MetricsAuth}
+		writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer, metrics: m, metricsOpen: !cfg.MetricsAuth}
 	if cfg.User != "" {
 		srv.auth = newCredentials(cfg.User, cfg.Pass)
 	}

@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,14 +22,19 @@ import (
 // p99 of a change at cfg.clients clients with and without a thousand idle
 // streams and one that never reads.
 type historyFigures struct {
-	Locks          int            `json:"locks"`
-	Restarts       []historyPoint `json:"restarts"`
-	QuietP99Ms     figure         `json:"quiet_p99_ms"`
-	FollowedP99Ms  figure         `json:"followed_p99_ms"`
-	QuietRPS       figure         `json:"quiet_rps"`
-	FollowedRPS    figure         `json:"followed_rps"`
-	IdleStreams    int            `json:"idle_streams"`
-	StuckStreamCut bool           `json:"stuck_stream_cut"` // the server ended the stream that never read
+	Locks         int            `json:"locks"`
+	Restarts      []historyPoint `json:"restarts"`
+	QuietP99Ms    figure         `json:"quiet_p99_ms"`
+	FollowedP99Ms figure         `json:"followed_p99_ms"`
+	QuietRPS      figure         `json:"quiet_rps"`
+	FollowedRPS   figure         `json:"followed_rps"`
+	// The control: as many idle connections that follow nothing (each
+	// after one GET /locks, kept alive), so that what a stream costs is
+	// told apart from what an open connection costs.
+	ConnectedP99Ms figure `json:"connected_p99_ms"`
+	ConnectedRPS   figure `json:"connected_rps"`
+	IdleStreams    int    `json:"idle_streams"`
+	StuckStreamCut bool   `json:"stuck_stream_cut"` // the server ended the stream that never read
 }
 
 // historyPoint is a restart with Events events a lock.
@@ -49,22 +56,26 @@ func benchHistory(cfg config, dir string, r *report) error {
 		}
 		h.Restarts = append(h.Restarts, pt)
 	}
-	var quiet, followed []loadResult
+	var quiet, followed, connected []loadResult
 	for i := range cfg.runs {
-		res, err := lockerRun(cfg, dir, 100+2*i, cfg.clients, ownLock("quiet"))
+		res, err := lockerRun(cfg, dir, 100+3*i, cfg.clients, ownLock("quiet"))
 		if err != nil {
 			return err
 		}
 		quiet = append(quiet, res)
-		res, cut, err := followedRun(cfg, dir, 101+2*i, h.IdleStreams)
+		res, cut, err := followedRun(cfg, dir, 101+3*i, h.IdleStreams, true)
 		if err != nil {
 			return err
 		}
 		followed = append(followed, res)
 		h.StuckStreamCut = cut
+		if res, _, err = followedRun(cfg, dir, 102+3*i, h.IdleStreams, false); err != nil {
+			return err
+		}
+		connected = append(connected, res)
 	}
-	h.QuietP99Ms, h.FollowedP99Ms = latencyFigure(quiet, 99), latencyFigure(followed, 99)
-	h.QuietRPS, h.FollowedRPS = rpsFigure(quiet), rpsFigure(followed)
+	h.QuietP99Ms, h.FollowedP99Ms, h.ConnectedP99Ms = latencyFigure(quiet, 99), latencyFigure(followed, 99), latencyFigure(connected, 99)
+	h.QuietRPS, h.FollowedRPS, h.ConnectedRPS = rpsFigure(quiet), rpsFigure(followed), rpsFigure(connected)
 	r.History = h
 	return nil
 }
@@ -148,7 +159,9 @@ func writeHistories(path string, locks, events int) error {
 // followedRun runs the parallel workload on a fresh server that idle
 // streams follow (each a lock no one changes) and one stream that never
 // reads follows whole. It reports whether the server cut that one off.
-func followedRun(cfg config, dir string, i, idle int) (loadResult, bool, error) {
+// Without streams, the idle connections each GET /locks once and stay
+// open, and there is no stuck one.
+func followedRun(cfg config, dir string, i, idle int, streams bool) (loadResult, bool, error) {
 	runDir := filepath.Join(dir, fmt.Sprintf("run-%d", i))
 	if err := os.MkdirAll(runDir, 0o750); err != nil {
 		return loadResult{}, false, err
@@ -166,7 +179,12 @@ func followedRun(cfg config, dir string, i, idle int) (loadResult, bool, error) 
 	}
 	for s := range idle + 1 {
 		path := "/events?lock=quiet-" + strconv.Itoa(s)
-		if s == idle {
+		switch {
+		case !streams && s == idle:
+			continue
+		case !streams:
+			path = "/locks"
+		case s == idle:
 			path = "/events" // the stuck one
 		}
 		c, err := net.Dial("tcp", host)
@@ -182,20 +200,23 @@ func followedRun(cfg config, dir string, i, idle int) (loadResult, bool, error) 
 			return loadResult{}, false, err
 		}
 		if s < idle { // the idle ones read the answer's head, then wait
-			if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err == nil && !streams {
+				_, err = io.Copy(io.Discard, resp.Body)
+			}
+			if err != nil {
 				closeAll()
 				_ = p.stop()
 				return loadResult{}, false, fmt.Errorf("stream %d: %w", s, err)
 			}
 		}
 	}
-	stuck := conns[idle]
 	res, err := runOnce(cfg, p, cfg.clients, ownLock("followed"), func() error { return nil })
-	if err != nil {
+	if err != nil || !streams {
 		closeAll()
-		_ = p.stop()
-		return loadResult{}, false, err
+		return res, false, errors.Join(err, p.stop())
 	}
+	stuck := conns[idle]
 	// The stuck stream, read now: what the server wrote before it gave up
 	// on it, then its last event saying why, or nothing more.
 	_ = stuck.SetReadDeadline(time.Now().Add(30 * time.Second))

@@ -135,8 +135,10 @@ func (r *report) rows() [][3]string {
 		}
 		f("parallel, p99", h.QuietP99Ms, 3)
 		f(fmt.Sprintf("parallel with %d idle streams and a stuck one, p99", h.IdleStreams), h.FollowedP99Ms, 3)
+		f(fmt.Sprintf("parallel with %d idle connections, no stream, p99", h.IdleStreams), h.ConnectedP99Ms, 3)
 		f("parallel", h.QuietRPS, 0)
 		f(fmt.Sprintf("parallel with %d idle streams and a stuck one", h.IdleStreams), h.FollowedRPS, 0)
+		f(fmt.Sprintf("parallel with %d idle connections, no stream", h.IdleStreams), h.ConnectedRPS, 0)
 		rows = append(rows, [3]string{"the stuck stream was ended by the server", strconv.FormatBool(h.StuckStreamCut), ""})
 	}
 	if l := r.Listing; l != nil {
@@ -229,6 +231,10 @@ func (r *report) check() {
 		add("1,000 idle streams and a stuck one add <= 10% to a change's p99", h.FollowedP99Ms.Median <= 1.1*h.QuietP99Ms.Median,
 			[]figure{h.FollowedP99Ms, h.QuietP99Ms}, "%.3f vs %.3f ms (%+.0f%%)", h.FollowedP99Ms.Median, h.QuietP99Ms.Median,
 			100*(h.FollowedP99Ms.Median/h.QuietP99Ms.Median-1))
+		if h.ConnectedP99Ms.Median > 0 {
+			r.Notes = append(r.Notes, fmt.Sprintf("%d idle connections that follow no stream: p99 %.3f ms (%+.0f%% over none; the streams %+.0f%% over these)",
+				h.IdleStreams, h.ConnectedP99Ms.Median, 100*(h.ConnectedP99Ms.Median/h.QuietP99Ms.Median-1), 100*(h.FollowedP99Ms.Median/h.ConnectedP99Ms.Median-1)))
+		}
 	}
 	add("restart <= 2 s", r.RestartMs.Median <= 2000, []figure{r.RestartMs}, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
 	if r.RestartLocks >= 100000 {
