@@ -57,20 +57,69 @@ func intern(events []lock.Event) []lock.Event {
 	return events
 }
 
-// load puts the events read from the files into their locks' histories,
-// each history a slice of its own length: appending one at a time would
-// leave room for as many again.
+// load puts the events read from the files, in the order of their IDs,
+// into their locks' histories, keeping what record would have kept. It
+// moves them in place so that each lock's are together, and each history
+// is a slice of events of its own length (record's next append copies
+// it): a history of millions of events is held once, not twice.
 func (s *Store) load(events []lock.Event) {
-	counts := map[string]int{}
+	if s.keep.Events <= 0 {
+		return
+	}
+	groupByLock(events)
+	for i := 0; i < len(events); {
+		j := i + 1
+		for j < len(events) && events[j].Lock == events[i].Lock {
+			j++
+		}
+		h := events[i:j:j]
+		cut, latest := max(len(h)-s.keep.Events, 0), h[len(h)-1].At
+		for cut < len(h)-1 && !s.keep.Keeps(h[cut].At, latest) {
+			cut++
+		}
+		if cut > 0 {
+			s.forgotten = max(s.forgotten, h[cut-1].ID)
+		}
+		s.history[h[0].Lock] = h[cut:]
+		i = j
+	}
+}
+
+// groupByLock reorders events in place so that each lock's are together,
+// the locks in the order of their first event, each lock's in the order
+// they had.
+func groupByLock(events []lock.Event) {
+	type group struct{ next, end int }
+	groups := map[string]*group{}
+	var order []*group
 	for _, e := range events {
-		counts[e.Lock]++
+		g := groups[e.Lock]
+		if g == nil {
+			g = &group{}
+			groups[e.Lock] = g
+			order = append(order, g)
+		}
+		g.end++ // for now, the count
 	}
-	for name, n := range counts {
-		s.history[name] = make([]lock.Event, 0, min(n, max(s.keep.Events, 0)))
+	at := 0
+	for _, g := range order {
+		g.next, at = at, at+g.end
+		g.end = at
 	}
-	s.record(events)
-	for name, h := range s.history {
-		s.history[name] = slices.Clip(h)
+	// Where each event goes; then each cycle of the permutation is walked
+	// once, swapping events into place.
+	to := make([]int, len(events))
+	for i, e := range events {
+		g := groups[e.Lock]
+		to[i] = g.next
+		g.next++
+	}
+	for i := range events {
+		for to[i] != i {
+			j := to[i]
+			events[i], events[j] = events[j], events[i]
+			to[i], to[j] = to[j], to[i]
+		}
 	}
 }
 

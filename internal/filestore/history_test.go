@@ -2,8 +2,11 @@ package filestore
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -61,5 +64,33 @@ func TestOldEventsAreForgotten(t *testing.T) {
 	events, forgotten, err := s.Backlog(ctx, 0, 10)
 	if err != nil || len(events) != 1 || forgotten != h[0].ID-1 {
 		t.Errorf("the backlog from the start: %v, forgotten %d, %v; want the new event, and the two before it forgotten", events, forgotten, err)
+	}
+}
+
+// TestGroupByLockKeepsEachLocksOrder: events of many locks, interleaved
+// at random, come out with each lock's together and in their order.
+func TestGroupByLockKeepsEachLocksOrder(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		events := make([]lock.Event, r.IntN(200))
+		for i := range events {
+			events[i] = lock.Event{ID: uint64(i + 1), Lock: fmt.Sprintf("lock-%d", r.IntN(1+round))}
+		}
+		want := map[string][]uint64{}
+		for _, e := range events {
+			want[e.Lock] = append(want[e.Lock], e.ID)
+		}
+		groupByLock(events)
+		got, seen := map[string][]uint64{}, map[string]bool{}
+		for i, e := range events {
+			if i > 0 && e.Lock != events[i-1].Lock && seen[e.Lock] {
+				t.Fatalf("round %d: %s's events are not together: %v", round, e.Lock, events)
+			}
+			seen[e.Lock] = true
+			got[e.Lock] = append(got[e.Lock], e.ID)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("round %d: each lock's events %v; want %v", round, got, want)
+		}
 	}
 }

@@ -222,6 +222,9 @@ func (p *parser) history(doc *document) bool {
 		return true
 	}
 	p.next()
+	// Room for every event at once: a history may hold millions, and a
+	// slice grown an append at a time copies them over and over.
+	doc.History = make([]lock.Event, 0, bytes.Count(p.data, []byte("\n  - {"))+1)
 	for bytes.HasPrefix(p.peek(), []byte("  - {")) {
 		e, ok := parseEvent(p.next()[4:])
 		if !ok {
