@@ -37,10 +37,10 @@ func (s *Store) record(events []lock.Event) {
 }
 
 // intern makes the events read from the files share one copy of each
-// lock name, holder, key and kind: a history repeats them, and a string
-// read from a file is a copy of its own (an event costs about a third
-// less memory).
-func intern(events []lock.Event) []lock.Event {
+// lock name, holder, key and kind, with each other and with the locks
+// read with them: a history repeats them, and a string read from a file
+// is a copy of its own (an event costs about a third less memory).
+func intern(events []lock.Event, locks map[string]lock.Lock) []lock.Event {
 	seen := map[string]string{}
 	one := func(s string) string {
 		if t, ok := seen[s]; ok {
@@ -48,6 +48,13 @@ func intern(events []lock.Event) []lock.Event {
 		}
 		seen[s] = s
 		return s
+	}
+	for name, l := range locks {
+		one(name)
+		one(l.Key)
+		for _, h := range l.Holders {
+			one(h.Name)
+		}
 	}
 	for i := range events {
 		e := &events[i]

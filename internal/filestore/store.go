@@ -141,7 +141,7 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 		s.requests.Put(e)
 	}
 	s.lastEvent, s.sent = st.LastEvent, st.LastEvent
-	s.load(intern(st.History))
+	s.load(intern(st.History, s.locks))
 	s.durableSeq.Store(st.Seq)
 	for name, l := range s.locks {
 		s.scheduleLeases(name, lock.Lock{}, l)
