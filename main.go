@@ -54,7 +54,7 @@ var version = "dev"
 const usage = `locker: an HTTP server that hands out named locks to CI pipelines.
 
 Usage: locker serve [-h]
-       locker --version
+       locker version
 
 With no arguments, or serve, locker serves the lock API. The same binary
 is the client: locker run, lock, unlock, ls, ... (locker help lists them).
@@ -139,6 +139,10 @@ func main() {
 func run(ctx context.Context, args []string, environ []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "migrate" {
 		return runMigrate(ctx, args[1:], stdout)
+	}
+	if len(args) == 1 && args[0] == "version" {
+		fmt.Fprintf(stdout, "locker %s\n", version)
+		return nil
 	}
 	if len(args) > 0 && args[0] == "serve" {
 		args = args[1:]

@@ -331,6 +331,7 @@ func TestRunHelpAndVersion(t *testing.T) {
 		{[]string{"-h"}, []string{"LOCKER_CONFIG", "PORT", "AUTH_USER", "AUTH_PASS", "SSL_CERT", "SSL_KEY"}},
 		{[]string{"--help"}, []string{"LOCKER_CONFIG"}},
 		{[]string{"--version"}, []string{"locker " + version}},
+		{[]string{"version"}, []string{"locker " + version}},
 	}
 	for _, tt := range tests {
 		var out bytes.Buffer

@@ -82,8 +82,8 @@ type connFlags struct {
 }
 
 // serverWords are the first arguments that run the server, not the
-// client: serve, migrate and --version (and none at all).
-var serverWords = []string{"serve", "migrate", "-v", "-version", "--version"}
+// client: serve, migrate, version and --version (and none at all).
+var serverWords = []string{"serve", "migrate", "version", "-v", "-version", "--version"}
 
 // IsServer reports whether args, the command line after the program's
 // name, run the server; everything else is the client's, help included.
@@ -344,7 +344,7 @@ Usage:
                          too); locker serve -h lists its settings
   locker migrate         copy the locks between a state file and
                          PostgreSQL (locker migrate -h)
-  locker --version       say which version this is
+  locker version         say which version this is (also --version)
   locker COMMAND [ARGS]  talk to a locker server:
 
 `)
