@@ -11,7 +11,7 @@ STATE ?= locker-state.yml
 TOOLS := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build run test test-packages stress calibrate lint resource bench clean
+.PHONY: build run test test-packages stress calibrate lint resource dist bench clean
 
 # build: compile the server to ./locker.
 build:
@@ -73,6 +73,13 @@ lint: $(TOOLS)/staticcheck
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) go install $(STATICCHECK)
+
+# dist: the release archives of VERSION (git describe) and their SHA256SUMS
+# in dist/: the server for linux and darwin on amd64 and arm64, the
+# resource for linux; the same commit gives the same bytes.
+dist:
+	rm -rf dist
+	go run ./scripts/dist -version $(VERSION) -out dist
 
 # resource: build the Concourse resource's check, in and out into bin/resource.
 resource:
