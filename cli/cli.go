@@ -55,6 +55,7 @@ var commands = []command{
 	{"pool", "make, list, show and remove pools of interchangeable locks", poolUsage, cmdPool},
 	{"force-unlock", "free a stuck lock, whoever holds it", forceUsage, cmdForceUnlock},
 	{"health", "check that a server serves (for container and monit health checks)", healthUsage, cmdHealth},
+	{"completion", "print the shell completion script for bash, zsh or fish", completionUsage, cmdCompletion},
 }
 
 // command is one of the client's commands.
@@ -100,6 +101,9 @@ var connection = map[string]bool{"url": true, "ca-cert": true, "insecure": false
 // cancel what the command waits for; run passes them on to its command
 // instead.
 func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == completeWord {
+		return complete(args[1:], getenv, stdout)
+	}
 	global, args, err := splitConnection(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "locker: %v\n", err)
