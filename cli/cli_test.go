@@ -49,6 +49,25 @@ func server(t *testing.T) *testutil.Server {
 		"AUTH_USER=ci", "AUTH_PASS=s3cret")
 }
 
+// put sends PUT path with body to s as the user server gives it, and
+// fails the test unless the answer is 200.
+func put(t *testing.T, s *testutil.Server, path, body string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.SetBasicAuth("ci", "s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT %s = %d", path, resp.StatusCode)
+	}
+}
+
 // client is the locker binary run as a client of one server.
 type client struct {
 	url string
@@ -477,19 +496,7 @@ func TestLsReadsPages(t *testing.T) {
 	c := newClient(t, s)
 	const n = 1203 // past one page of locker ls
 	for i := range n {
-		req, err := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/lock/team-%d%%2Flock-%04d", s.URL, i%2, i), strings.NewReader(`{"key": "k", "lock_by": "job"}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.SetBasicAuth("ci", "s3cret")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("PUT lock %d = %d", i, resp.StatusCode)
-		}
+		put(t, s, fmt.Sprintf("/lock/team-%d%%2Flock-%04d", i%2, i), `{"key": "k", "lock_by": "job"}`)
 	}
 	rows := func(out string) []string {
 		var names []string

@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -22,26 +21,10 @@ func TestBashCompletes(t *testing.T) {
 		t.Fatal("bash is needed for this test (apt-get install bash)")
 	}
 	s := server(t)
-	put := func(path, body string) {
-		t.Helper()
-		req, err := http.NewRequest(http.MethodPut, s.URL+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.SetBasicAuth("ci", "s3cret")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("PUT %s = %d", path, resp.StatusCode)
-		}
-	}
 	for _, name := range []string{"prod-deploy", "prod-db", "staging"} {
-		put("/lock/"+name, `{"key": "k", "lock_by": "job"}`)
+		put(t, s, "/lock/"+name, `{"key": "k", "lock_by": "job"}`)
 	}
-	put("/pool/envs", `{"members": ["env-1", "env-2"]}`)
+	put(t, s, "/pool/envs", `{"members": ["env-1", "env-2"]}`)
 	complete := func(url, line string) string {
 		t.Helper()
 		words := strings.Split(line, " ") // the last one is what TAB completes
