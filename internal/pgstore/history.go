@@ -46,9 +46,9 @@ const eventsQuiet = 50 * time.Millisecond
 const eventsPage = 1000
 
 // sentIDs is how many of the latest events a node remembers having
-// handed on, so that each goes out once: a range fetched for one
-// notification may hold events of another transaction that committed
-// before it, whose own notification comes later.
+// handed on, so that each goes out once: each read also returns the
+// events with lower IDs of transactions that were running when the last
+// one handed on was written (see Backlog), most of them handed on before.
 const sentIDs = 1 << 14
 
 // sent remembers the IDs of the events handed to onEvents, the latest
@@ -152,27 +152,18 @@ func scanEvents(rows pgx.Rows) ([]lock.Event, error) {
 		var (
 			id  int64
 			raw []byte
+			e   lock.Event
 		)
 		if err := rows.Scan(&id, &raw); err != nil {
 			return nil, err
 		}
-		e, err := decodeEvent(uint64(id), raw)
-		if err != nil {
-			return nil, err
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return nil, fmt.Errorf("event %d: %w", id, err)
 		}
+		e.ID = uint64(id)
 		events = append(events, e)
 	}
 	return events, rows.Err()
-}
-
-// decodeEvent reads the event with ID id kept as raw.
-func decodeEvent(id uint64, raw []byte) (lock.Event, error) {
-	var e lock.Event
-	if err := json.Unmarshal(raw, &e); err != nil {
-		return e, fmt.Errorf("event %d: %w", id, err)
-	}
-	e.ID = id
-	return e, nil
 }
 
 // Backlog returns up to limit of the events kept with IDs above after, in
