@@ -12,6 +12,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -61,7 +62,14 @@ func TestOldEventsAreForgotten(t *testing.T) {
 	if kept := len(s.history["prod"]); kept != 1 {
 		t.Errorf("prod's history holds %d events in memory; want the old ones dropped at its change", kept)
 	}
-	events, forgotten, err := s.Backlog(ctx, 0, 10)
+	// The backlog holds an event once it went to the followers, after
+	// the journal's sync: a moment after the change returns.
+	var events []lock.Event
+	var forgotten uint64
+	testutil.WaitFor(t, "the new event in the backlog", func() bool {
+		events, forgotten, err = s.Backlog(ctx, 0, 10)
+		return err != nil || len(events) > 0
+	})
 	if err != nil || len(events) != 1 || forgotten != h[0].ID-1 {
 		t.Errorf("the backlog from the start: %v, forgotten %d, %v; want the new event, and the two before it forgotten", events, forgotten, err)
 	}
