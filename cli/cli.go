@@ -1,6 +1,6 @@
 // Package cli is the locker command line's client side: run a command
 // while holding a lock (locker run), take and give back locks from
-// scripts, and see them. It talks to the server through internal/client,
+// scripts, and see them. It talks to the server through package client,
 // as the Concourse resource does.
 //
 // Exit codes: 0 done; 1 refused or timed out (the lock is held by someone
@@ -24,8 +24,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/locker-ci/locker/client"
 	"github.com/locker-ci/locker/internal/advice"
-	"github.com/locker-ci/locker/internal/client"
 	"github.com/locker-ci/locker/internal/nearest"
 )
 
@@ -294,7 +294,7 @@ var terms = advice.Terms{
 
 // connect makes the client from the connection settings.
 func (e *env) connect() int {
-	cfg := client.Config{URL: e.conn.url, User: e.getenv("LOCKER_USER"), Password: e.getenv("LOCKER_PASSWORD"), Terms: terms,
+	cfg := client.Config{URL: e.conn.url, User: e.getenv("LOCKER_USER"), Password: e.getenv("LOCKER_PASSWORD"), Rewrite: terms.Replace,
 		Insecure: e.conn.insecure, TLSAdvice: "pass --ca-cert FILE (or set LOCKER_CA_CERT) with the CA's certificate, or --insecure to trust any (not recommended)"}
 	if cfg.URL == "" {
 		fmt.Fprintf(e.stderr, "locker %s: which server? Set LOCKER_URL (e.g. export LOCKER_URL=https://locker.example.com:8910) or pass --url\n", e.name)

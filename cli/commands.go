@@ -13,8 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/locker-ci/locker/internal/client"
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/client"
 )
 
 // holdFlags are the flags of the commands that change a hold.
@@ -97,7 +96,9 @@ func cmdLock(e *env, args []string) int {
 		return code
 	}
 	deadline := time.Now().Add(cmp.Or(h.wait, patience))
-	l, err := e.client.Lock(e.ctx, name, r, h.wait > 0, e.progress(deadline))
+	o := e.progress(deadline)
+	o.Wait = h.wait > 0
+	l, err := e.client.Lock(e.ctx, name, r, o)
 	if err != nil {
 		return e.fail(err)
 	}
@@ -246,7 +247,7 @@ func cmdLs(e *env, args []string) int {
 }
 
 // lsRow writes one lock's line of locker ls.
-func lsRow(w io.Writer, now time.Time, l client.Listed) {
+func lsRow(w io.Writer, now time.Time, l client.Lock) {
 	var holders, notes []string
 	var lease time.Time
 	for _, h := range slices.Sorted(maps.Keys(l.Holders)) {
@@ -291,12 +292,12 @@ func cmdShow(e *env, args []string) int {
 		_, _ = e.stdout.Write(l.Raw)
 		return exitOK
 	}
-	writeLock(e.stdout, pos[0], l.View, time.Now())
+	writeLock(e.stdout, pos[0], l.Lock, time.Now())
 	return exitOK
 }
 
 // writeLock describes a lock for a person.
-func writeLock(w io.Writer, name string, l lock.View, now time.Time) {
+func writeLock(w io.Writer, name string, l client.Lock, now time.Time) {
 	if len(l.Holders) == 0 {
 		fmt.Fprintf(w, "%s is free\n", oneLine(name))
 	} else {

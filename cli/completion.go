@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/client"
 )
 
 // Shell completion. The scripts locker completion prints are a few lines
@@ -187,7 +187,7 @@ func completionClient(url string, getenv func(string) string) *client.Client {
 	if url == "" {
 		return nil
 	}
-	cfg := client.Config{URL: url, User: getenv("LOCKER_USER"), Password: getenv("LOCKER_PASSWORD"), Terms: terms}
+	cfg := client.Config{URL: url, User: getenv("LOCKER_USER"), Password: getenv("LOCKER_PASSWORD"), Rewrite: terms.Replace}
 	if path := getenv("LOCKER_CA_CERT"); path != "" {
 		cfg.CACert, _ = os.ReadFile(path) // unreadable: the TLS handshake fails, quietly
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -8,13 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/locker-ci/locker/internal/client"
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/client"
 )
 
 const historyUsage = `Usage: locker history NAME [--limit N] [--before ID] [--json]
@@ -49,9 +48,8 @@ func cmdHistory(e *env, args []string) int {
 		return e.fail(err)
 	}
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
 		for _, ev := range h.Events {
-			if err := enc.Encode(ev); err != nil {
+			if err := writeJSONLine(e.stdout, ev.Raw); err != nil {
 				return e.fail(err)
 			}
 		}
@@ -72,7 +70,7 @@ func cmdHistory(e *env, args []string) int {
 
 // writeEvent describes one event of a lock's history for a person, on
 // one line, saying how long ago it was if withAge is set.
-func writeEvent(w io.Writer, ev lock.Event, withAge bool) {
+func writeEvent(w io.Writer, ev client.Event, withAge bool) {
 	fmt.Fprintf(w, "%s  %-8s  %s  key %q", ev.At.Local().Format("2006-01-02 15:04:05"), ev.Kind, oneLine(ev.Holder), ev.Key)
 	if ev.Token != 0 {
 		fmt.Fprintf(w, "  token %d", ev.Token)
@@ -81,9 +79,9 @@ func writeEvent(w io.Writer, ev lock.Event, withAge bool) {
 		fmt.Fprintf(w, "  ×%d", ev.Counts)
 	}
 	if ev.Waited > 0 {
-		fmt.Fprintf(w, "  waited %s", round(time.Duration(ev.Waited)))
+		fmt.Fprintf(w, "  waited %s", round(ev.Waited))
 	}
-	if held := time.Duration(ev.Held); held >= time.Second {
+	if held := ev.Held; held >= time.Second {
 		fmt.Fprintf(w, "  held %s", round(held))
 	} else if held > 0 {
 		fmt.Fprint(w, "  held <1s")
@@ -98,6 +96,17 @@ func writeEvent(w io.Writer, ev lock.Event, withAge bool) {
 		fmt.Fprintf(w, "  (%s)", ago(time.Now(), ev.At))
 	}
 	fmt.Fprintln(w)
+}
+
+// writeJSONLine writes the JSON raw, as the server sent it, on one line.
+func writeJSONLine(w io.Writer, raw []byte) error {
+	var line bytes.Buffer
+	if err := json.Compact(&line, raw); err != nil {
+		return err
+	}
+	line.WriteByte('\n')
+	_, err := w.Write(line.Bytes())
+	return err
 }
 
 // shellWord returns s as one word for a POSIX shell: bare when it is made
@@ -138,14 +147,12 @@ func cmdWatch(e *env, args []string) int {
 	if *count < 0 {
 		return e.usageError("--count N stops after N events; give a number above 0")
 	}
-	query := url.Values{}
+	filter := client.Filter{Pool: *pool}
 	switch {
 	case len(pos) == 1 && *pool != "":
 		return e.usageError("give a lock NAME or --pool, not both")
 	case len(pos) == 1:
-		query.Set("lock", pos[0])
-	case *pool != "":
-		query.Set("pool", *pool)
+		filter.Lock = pos[0]
 	}
 	if *last < 0 || *last > 1000 || *last > 0 && len(pos) == 0 {
 		return e.usageError("--last N shows the last N (up to 1000) events of the lock NAME")
@@ -153,15 +160,14 @@ func cmdWatch(e *env, args []string) int {
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	write := func(ev lock.Event) { writeEvent(e.stdout, ev, false) }
+	write := func(ev client.Event) { writeEvent(e.stdout, ev, false) }
 	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		write = func(ev lock.Event) { _ = enc.Encode(ev) }
+		write = func(ev client.Event) { _ = writeJSONLine(e.stdout, ev.Raw) }
 	}
 	ctx, done := context.WithCancel(e.ctx)
 	defer done()
 	shown := 0
-	show := func(ev lock.Event) {
+	show := func(ev client.Event) {
 		if *count > 0 && shown == *count {
 			return
 		}
@@ -183,11 +189,11 @@ func cmdWatch(e *env, args []string) int {
 			from = h.Events[0].ID
 		}
 	}
-	notice := func(kind, msg string) { fmt.Fprintf(e.stderr, "locker watch: %s\n", msg) }
+	notice := func(n client.Notice) { fmt.Fprintf(e.stderr, "locker watch: %s\n", n.Message) }
 	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
 		var err error
 		before := from
-		from, err = e.client.Follow(ctx, query, from, show, notice)
+		from, err = e.client.Follow(ctx, filter, from, show, notice)
 		if ctx.Err() != nil {
 			return exitOK
 		}

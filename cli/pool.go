@@ -71,12 +71,12 @@ func cmdPool(e *env, args []string) int {
 		}
 		_ = w.Flush()
 	case "show":
-		p, raw, err := e.client.Pool(e.ctx, rest[0])
+		p, err := e.client.Pool(e.ctx, rest[0])
 		if err != nil {
 			return e.fail(err)
 		}
 		if *asJSON {
-			_, _ = e.stdout.Write(raw)
+			_, _ = e.stdout.Write(p.Raw)
 			return exitOK
 		}
 		now := time.Now()

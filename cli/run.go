@@ -16,8 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/locker-ci/locker/internal/client"
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/client"
 )
 
 const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] -- CMD [ARGS...]
@@ -240,18 +239,19 @@ func (p runPlan) what() string {
 // take takes what p says: one lock, several, or members of a pool, and
 // returns the fencing token of each lock it holds.
 func (e *env) take(ctx context.Context, p runPlan) (map[string]uint64, error) {
-	var views map[string]lock.View
+	var views map[string]client.Lock
 	var err error
 	prog := e.progress(p.deadline)
+	prog.Wait = p.wait
 	switch {
 	case p.pool != "":
-		views, err = e.client.Claim(ctx, p.pool, p.count, p.req, p.wait, prog)
+		views, err = e.client.Claim(ctx, p.pool, p.count, p.req, prog)
 	case len(p.names) == 1:
 		var l client.Reply
-		l, err = e.client.Lock(ctx, p.names[0], p.req, p.wait, prog)
-		views = map[string]lock.View{p.names[0]: l.View}
+		l, err = e.client.Lock(ctx, p.names[0], p.req, prog)
+		views = map[string]client.Lock{p.names[0]: l.Lock}
 	default:
-		views, err = e.client.LockSet(ctx, p.names, p.req, p.wait, prog)
+		views, err = e.client.LockSet(ctx, p.names, p.req, prog)
 	}
 	if err != nil {
 		return nil, err

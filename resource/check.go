@@ -22,5 +22,5 @@ func Check(ctx context.Context, req CheckRequest, stderr io.Writer) ([]Version, 
 	if err != nil {
 		return nil, err
 	}
-	return []Version{version(l)}, nil
+	return []Version{version(l.Lock)}, nil
 }

@@ -12,8 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/locker-ci/locker/client"
 	"github.com/locker-ci/locker/internal/advice"
-	"github.com/locker-ci/locker/internal/client"
 )
 
 // tlsAdvice ends a certificate error: how a pipeline trusts the server.
@@ -36,12 +36,12 @@ var terms = advice.Terms{
 // has checked.
 func newClient(src Source) (*client.Client, error) {
 	return client.New(client.Config{URL: src.LockerURI, User: src.Username, Password: src.Password,
-		CACert: []byte(src.CACert), Insecure: src.SkipSSLValidation, TLSAdvice: tlsAdvice, Terms: terms})
+		CACert: []byte(src.CACert), Insecure: src.SkipSSLValidation, TLSAdvice: tlsAdvice, Rewrite: terms.Replace})
 }
 
 // version is the lock's state as a Concourse version: it changes whenever
 // the lock changes hands (the token) or its holders' counts change.
-func version(l client.Reply) Version {
+func version(l client.Lock) Version {
 	h := sha256.New()
 	fmt.Fprintf(h, "%q\n", l.Key)
 	for _, r := range slices.Sorted(maps.Keys(l.LockedBy)) {
@@ -55,7 +55,7 @@ func version(l client.Reply) Version {
 func poolVersion(p client.PoolInfo) Version {
 	h := sha256.New()
 	for _, m := range slices.Sorted(maps.Keys(p.Members)) {
-		fmt.Fprintf(h, "%q %s\n", m, version(client.Reply{View: p.Members[m]}).Ref)
+		fmt.Fprintf(h, "%q %s\n", m, version(p.Members[m]).Ref)
 	}
 	return Version{Ref: "0:" + hex.EncodeToString(h.Sum(nil))[:16]}
 }
@@ -66,11 +66,11 @@ func getPool(ctx context.Context, src Source) (Version, []byte, error) {
 	if err != nil {
 		return Version{}, nil, err
 	}
-	p, raw, err := c.Pool(ctx, src.Pool)
+	p, err := c.Pool(ctx, src.Pool)
 	if err != nil {
 		return Version{}, nil, err
 	}
-	return poolVersion(p), raw, nil
+	return poolVersion(p), p.Raw, nil
 }
 
 // getLock returns the lock the source names, and that name.

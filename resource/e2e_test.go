@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/client"
 	"github.com/locker-ci/locker/internal/testcert"
 	"github.com/locker-ci/locker/internal/testutil"
 )

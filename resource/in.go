@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/client"
 )
 
 // In writes the lock as it is now into dest: "lock" (its JSON, as GET
@@ -73,7 +73,7 @@ func In(ctx context.Context, req InRequest, dest string, stderr io.Writer) (Resp
 			return Response{}, fmt.Errorf("writing %s: %w", file, err)
 		}
 	}
-	v := version(l)
+	v := version(l.Lock)
 	if req.Version != nil && req.Version.Ref != "" {
 		v = *req.Version
 	}

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/client"
 )
 
 // While a lock waits, out says who holds it and its place in the queue
@@ -99,7 +99,7 @@ func Out(ctx context.Context, req OutRequest, dir string, env func(string) strin
 	if requestor == "" {
 		requestor = p.Key
 	}
-	v := version(l)
+	v := version(l.Lock)
 	if req.Source.Pool != "" {
 		v.Lock = name
 	}
@@ -122,12 +122,13 @@ func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defa
 	names := slices.Sorted(slices.Values(p.Locks))
 	if p.LockOp == "lock" {
 		r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit}
-		views, err := c.LockSet(ctx, names, r, true, o)
+		o.Wait = true
+		views, err := c.LockSet(ctx, names, r, o)
 		if err != nil {
 			return client.Reply{}, err
 		}
 		o.Progress(fmt.Sprintf("locked %s with key %q", strings.Join(names, ", "), p.Key))
-		return client.Reply{View: views[name]}, nil
+		return client.Reply{Lock: views[name]}, nil
 	}
 	views, released, err := c.UnlockSet(ctx, names, client.Request{Key: p.Key, Requestor: p.requestor(), All: p.All}, o)
 	if err != nil {
@@ -142,20 +143,21 @@ func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defa
 			strings.Join(names, ", "), p.Key, p.requestor())
 	}
 	o.Progress(fmt.Sprintf("unlocked %s with key %q", strings.Join(names, ", "), p.Key))
-	return client.Reply{View: views[name]}, nil
+	return client.Reply{Lock: views[name]}, nil
 }
 
 // claim claims a free member of pool, waiting for one until it is granted,
 // ctx is done, or the deadline (unless zero) passes, and returns its name.
 func claim(ctx context.Context, c *client.Client, pool string, p OutParams, defaultNote string, o client.Options) (string, client.Reply, error) {
 	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit}
-	got, err := c.Claim(ctx, pool, 1, r, true, o)
+	o.Wait = true
+	got, err := c.Claim(ctx, pool, 1, r, o)
 	if err != nil {
 		return "", client.Reply{}, err
 	}
 	for member, view := range got {
 		o.Progress(fmt.Sprintf("claimed %q from the pool %q with key %q", member, pool, p.Key))
-		return member, client.Reply{View: view}, nil
+		return member, client.Reply{Lock: view}, nil
 	}
 	return "", client.Reply{}, fmt.Errorf("the claim on the pool %q was answered with no member", pool)
 }
@@ -167,7 +169,8 @@ func acquire(ctx context.Context, c *client.Client, name string, p OutParams, de
 	if r.TTL != "" && p.TTL == "" {
 		o.Progress(fmt.Sprintf("taking %q with a lease of %s, the default: set params.ttl for another, or ttl: none to hold it until it is unlocked", name, r.TTL))
 	}
-	l, err := c.Lock(ctx, name, r, true, o)
+	o.Wait = true
+	l, err := c.Lock(ctx, name, r, o)
 	if err == nil {
 		o.Progress(fmt.Sprintf("locked %q with key %q", name, p.Key))
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/locker-ci/locker/internal/client"
+	"github.com/locker-ci/locker/client"
 )
 
 // TestPoolClaimAndRelease: with source.pool, put claims a free member
@@ -44,7 +44,7 @@ func TestPoolClaimAndRelease(t *testing.T) {
 	}
 	third := startBinary(t, "out", claim, t.TempDir())
 	waitUntil(t, "the third claim to wait", func() bool {
-		p, _, err := c.Pool(t.Context(), "envs")
+		p, err := c.Pool(t.Context(), "envs")
 		return err == nil && len(p.Waiting) == 1
 	})
 	mustSucceed(t, "release", runBinary(t, "out", OutRequest{Source: src, Params: OutParams{Release: "env", Key: "e2e"}}, build))
@@ -75,14 +75,14 @@ func TestSetOfLocks(t *testing.T) {
 	}
 	for _, name := range []string{"prod-app", "prod-db"} {
 		if l := ls.getLock(t, name, src); l.LockedBy["deploy"] != 1 {
-			t.Errorf("%s after the set's put = %+v; want it held by deploy", name, l.View)
+			t.Errorf("%s after the set's put = %+v; want it held by deploy", name, l.Lock)
 		}
 	}
 	unlock := OutRequest{Source: src, Params: OutParams{LockOp: "unlock", Key: "deploy", Locks: []string{"prod-app", "prod-db"}}}
 	mustSucceed(t, "unlock the set", runBinary(t, "out", unlock, t.TempDir()))
 	for _, name := range []string{"prod-app", "prod-db"} {
 		if l := ls.getLock(t, name, src); len(l.LockedBy) != 0 {
-			t.Errorf("%s after the set's unlock = %+v; want it free", name, l.View)
+			t.Errorf("%s after the set's unlock = %+v; want it free", name, l.Lock)
 		}
 	}
 	if r := runBinary(t, "out", unlock, t.TempDir()); r.code == 0 || !strings.Contains(r.stderr, "gave back nothing") {
@@ -106,7 +106,7 @@ func TestLimitFromAPipeline(t *testing.T) {
 	second := startBinary(t, "out", lock("e2e-2"), t.TempDir())
 	waitUntil(t, "the second holder to wait", func() bool { return len(ls.getLock(t, "browsers", src).Waiting) == 1 })
 	if l := ls.getLock(t, "browsers", src); l.Limit != 1 || len(l.LockedBy) != 1 {
-		t.Fatalf("browsers = %+v; want one holder under a limit of 1", l.View)
+		t.Fatalf("browsers = %+v; want one holder under a limit of 1", l.Lock)
 	}
 	mustSucceed(t, "unlock", runBinary(t, "out", outReq(src, "unlock", "e2e", "e2e-1"), t.TempDir()))
 	mustSucceed(t, "second", second.wait(t))

@@ -4,8 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/locker-ci/locker/internal/client"
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/client"
 )
 
 func TestSourceValidate(t *testing.T) {
@@ -99,15 +98,15 @@ func TestOutParamsValidate(t *testing.T) {
 }
 
 func TestVersionFollowsTheLock(t *testing.T) {
-	held := func(key string, token uint64, lockedBy map[string]int) client.Reply {
-		return client.Reply{View: lock.View{Key: key, Token: token, LockedBy: lockedBy}}
+	held := func(key string, token uint64, lockedBy map[string]int) client.Lock {
+		return client.Lock{Key: key, Token: token, LockedBy: lockedBy}
 	}
 	base := held("k", 3, map[string]int{"a": 1, "b": 2})
 	same := held("k", 3, map[string]int{"b": 2, "a": 1})
 	if version(base) != version(same) {
 		t.Errorf("the same lock has two versions: %v, %v", version(base), version(same))
 	}
-	for name, other := range map[string]client.Reply{
+	for name, other := range map[string]client.Lock{
 		"another token":    held("k", 4, map[string]int{"a": 1, "b": 2}),
 		"another count":    held("k", 3, map[string]int{"a": 2, "b": 2}),
 		"another holder":   held("k", 3, map[string]int{"a": 1, "c": 2}),

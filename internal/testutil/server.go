@@ -29,15 +29,29 @@ var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
 // It is killed when the test ends, if not before.
 func StartServer(tb testing.TB, bin string, env ...string) *Server {
 	tb.Helper()
+	s, err := Start(bin, env...)
+	if s != nil {
+		tb.Cleanup(s.Kill)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// Start is StartServer for a caller with no test to end it, such as a
+// TestMain: it returns why the server did not start, and the caller
+// kills it.
+func Start(bin string, env ...string) (*Server, error) {
 	cmd := exec.Command(bin)
 	cmd.Env = append([]string{"PORT=0"}, env...)
 	s := &Server{cmd: cmd, Log: &SyncBuffer{}, done: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	port := make(chan string, 1)
 	go func() {
@@ -55,7 +69,6 @@ func StartServer(tb testing.TB, bin string, env ...string) *Server {
 		_ = cmd.Wait()
 		close(s.done)
 	}()
-	tb.Cleanup(s.Kill)
 	scheme := "http"
 	for _, e := range env {
 		if strings.HasPrefix(e, "SSL_CERT=") {
@@ -65,12 +78,12 @@ func StartServer(tb testing.TB, bin string, env ...string) *Server {
 	select {
 	case pt := <-port:
 		s.URL = scheme + "://127.0.0.1:" + pt
+		return s, nil
 	case <-s.done:
-		tb.Fatalf("locker exited at start:\n%s", s.Log)
+		return s, fmt.Errorf("locker exited at start:\n%s", s.Log)
 	case <-time.After(20 * time.Second):
-		tb.Fatalf("locker did not start within 20 s:\n%s", s.Log)
+		return s, fmt.Errorf("locker did not start within 20 s:\n%s", s.Log)
 	}
-	return s
 }
 
 // Kill stops the server with SIGKILL and waits for it to exit.

@@ -1,11 +1,8 @@
-// Package client talks to a Locker server over its HTTP API. It is the one
-// client the locker command line and the Concourse resource share: the
-// requests, their Idempotency-Keys, the errors, and waiting for a lock
-// with retries and progress reports.
 package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -25,10 +22,11 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/advice"
-	"github.com/locker-ci/locker/internal/lock"
 )
 
-// RequestTimeout bounds one request that does not wait for a lock.
+// RequestTimeout bounds one request that does not wait for a lock: a
+// request that has had no answer by then is given up (and, for a change,
+// sent again with its Idempotency-Key).
 const RequestTimeout = 30 * time.Second
 
 // maxReplyBytes bounds a reply read into memory: a listing of 100,000
@@ -41,12 +39,30 @@ type Config struct {
 	User, Password string // basic auth; no auth when User is ""
 	CACert         []byte // PEM certificates trusted besides the system's
 	Insecure       bool   // trust any certificate (not recommended)
-	// TLSAdvice ends a certificate error: how the user of this client
-	// trusts the server, in the words of its own settings.
+	// TLSAdvice ends the message of a certificate error: how the user of
+	// the program trusts the server, in the words of its own settings,
+	// e.g. "pass --ca-cert FILE". "" says it in general terms.
 	TLSAdvice string
-	// Terms say the advice in the server's messages (send ?wait=5m...)
-	// in the words of this client's own commands and settings.
-	Terms advice.Terms
+	// Rewrite rewrites each message from the server (an Error's Message,
+	// a notice in the stream of events) before the caller sees it: a
+	// program with settings of its own can say the server's advice ("send
+	// ?wait=5m to wait for it") in their words. Nil says it in this
+	// package's ("set Options.Wait to wait for it").
+	Rewrite func(msg string) string
+}
+
+// goTerms say the server's advice in the words of this package.
+var goTerms = advice.Terms{
+	advice.Wait:        "set Options.Wait to wait for it",
+	advice.WaitForThem: "set Options.Wait to wait for them",
+	advice.Take:        "take it again with Lock",
+	advice.ReleaseKey:  "Request.Key must be the key the lock was taken with",
+	advice.Auth:        "set Config.User and Config.Password to the server's AUTH_USER and AUTH_PASS",
+	advice.RenewTTL:    `the server has no default lease (LOCKER_DEFAULT_TTL), so set Request.TTL, e.g. "10m"`,
+	advice.ShorterTTL:  "ask for a shorter Request.TTL, and renew it with Renew",
+	advice.Limit:       "set Request.Limit to ",
+	advice.Pools:       "Pools lists them, and SetPool makes one",
+	advice.Resume:      "call Follow again with the ID it returned to go on",
 }
 
 // Client talks to one locker server. It is safe for concurrent use.
@@ -55,8 +71,12 @@ type Client struct {
 	user, pass string
 	http       *http.Client
 	tlsAdvice  string
-	terms      advice.Terms
+	rewrite    func(string) string
 }
+
+// defaultTLSAdvice says how to trust a server whose certificate is not
+// trusted, when the program using the client does not say it better.
+const defaultTLSAdvice = "give the client the certificate of the CA that signed it (Config.CACert)"
 
 // New returns a client for cfg, or an error that says what is wrong with it.
 func New(cfg Config) (*Client, error) {
@@ -68,8 +88,12 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{base: strings.TrimRight(cfg.URL, "/"), user: cfg.User, pass: cfg.Password,
-		http: &http.Client{Transport: t}, tlsAdvice: cfg.TLSAdvice, terms: cfg.Terms}, nil
+	c := &Client{base: strings.TrimRight(cfg.URL, "/"), user: cfg.User, pass: cfg.Password,
+		http: &http.Client{Transport: t}, tlsAdvice: cmp.Or(cfg.TLSAdvice, defaultTLSAdvice), rewrite: cfg.Rewrite}
+	if c.rewrite == nil {
+		c.rewrite = goTerms.Replace
+	}
+	return c, nil
 }
 
 // NewTransport returns an HTTP transport that trusts the certificates in
@@ -92,10 +116,11 @@ func NewTransport(caCert []byte, insecure bool) (*http.Transport, error) {
 	return t, nil
 }
 
-// Error is an answer other than 200 from the server.
+// Error is an answer other than 200 from the server. A refused lock is
+// Status 423 (http.StatusLocked); its Message says who holds it.
 type Error struct {
-	Status  int
-	Message string // the server's "error", or the body, in the client's Terms
+	Status  int    // the HTTP status, e.g. 423 (http.StatusLocked)
+	Message string // the server's "error", or its body, as Config.Rewrite leaves it
 }
 
 // Error is the server's message; a refusal (423) needs nothing more. The
@@ -134,8 +159,10 @@ func NewIdempotencyKey() string {
 	return hex.EncodeToString(b)
 }
 
-// Do sends a request and returns the body of a 200; any other answer is
-// an *Error. A change carries idempotencyKey, unless it is "".
+// Do sends a request to the server's path (e.g. "/healthz") with body as
+// JSON (unless nil), and returns the body of a 200; any other answer is
+// an *Error. A change carries idempotencyKey, unless it is "". The other
+// methods cover the API; Do is for what they do not.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body any, idempotencyKey string) ([]byte, error) {
 	resp, err := c.send(ctx, method, path, query, body, idempotencyKey)
 	if err != nil {
@@ -196,8 +223,11 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		msg = e.Error
 	}
-	return nil, &Error{Status: resp.StatusCode, Message: c.terms.Replace(msg)}
+	return nil, &Error{Status: resp.StatusCode, Message: c.say(msg)}
 }
+
+// say returns a message from the server as Config.Rewrite has it.
+func (c *Client) say(msg string) string { return c.rewrite(msg) }
 
 // explain says a connection error shortly, and adds to a certificate
 // error what the user can do about it.
@@ -216,27 +246,19 @@ func (c *Client) explain(err error) error {
 	return err
 }
 
-// Path is the API path of the lock called name.
-func Path(name string) string {
+// lockPath is the API path of the lock called name.
+func lockPath(name string) string {
 	return "/lock/" + url.PathEscape(name)
 }
 
-// Reply is the server's answer about one lock: the lock and its queue and,
-// for a change, what happened.
-type Reply struct {
-	lock.View
-	Released *int   `json:"released,omitempty"` // DELETE: how many counts it gave back (nil from an older server)
-	Response string `json:"response,omitempty"`
-	Raw      []byte `json:"-"` // the JSON as the server sent it
-}
-
-// HoldersString lists the lock's holders for a person: "a (2, since
-// 10:04:05Z, lease until 10:34:05Z, https://ci/builds/1), b (1)".
-func (r Reply) HoldersString() string {
+// HoldersString lists the lock's holders for a person, in name order: "a
+// (2, since 2026-12-05T10:04:05Z, lease until 2026-12-05T10:34:05Z,
+// https://ci/builds/1), b (1)".
+func (l Lock) HoldersString() string {
 	var parts []string
-	for _, name := range slices.Sorted(maps.Keys(r.LockedBy)) {
-		h := r.Holders[name]
-		p := fmt.Sprintf("%s (%d", name, r.LockedBy[name])
+	for _, name := range slices.Sorted(maps.Keys(l.LockedBy)) {
+		h := l.Holders[name]
+		p := fmt.Sprintf("%s (%d", name, l.LockedBy[name])
 		if !h.Since.IsZero() {
 			p += ", since " + h.Since.Format(time.RFC3339)
 		}
@@ -265,23 +287,18 @@ func decodeReply(name string, data []byte) (Reply, error) {
 func (c *Client) Get(ctx context.Context, name string) (Reply, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
-	data, err := c.Do(ctx, http.MethodGet, Path(name), nil, nil, "")
+	data, err := c.Do(ctx, http.MethodGet, lockPath(name), nil, nil, "")
 	if err != nil {
 		return Reply{}, err
 	}
 	return decodeReply(name, data)
 }
 
-// Listed is a lock in a page of the listing.
-type Listed struct {
-	Name string
-	lock.View
-}
-
-// Page returns a page of the listing: up to limit locks held or waited
-// for whose names start with prefix and sort after after, in name order,
-// and the name to go on after ("" when there are no more).
-func (c *Client) Page(ctx context.Context, prefix, after string, limit int) ([]Listed, string, error) {
+// Page returns a page of the listing: up to limit (1 to 10,000) locks
+// held or waited for whose names start with prefix and sort after after,
+// in name order, and the name to go on after ("" when there are no more).
+// Each page is a snapshot; pages read one after another are not one.
+func (c *Client) Page(ctx context.Context, prefix, after string, limit int) ([]Lock, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
@@ -296,13 +313,15 @@ func (c *Client) Page(ctx context.Context, prefix, after string, limit int) ([]L
 		return nil, "", err
 	}
 	defer resp.Body.Close()
-	var locks map[string]lock.View
+	var locks map[string]Lock
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxReplyBytes)).Decode(&locks); err != nil {
 		return nil, "", fmt.Errorf("the locker's answer to GET /locks is not a list of locks: %w", err)
 	}
-	page := make([]Listed, 0, len(locks))
+	page := make([]Lock, 0, len(locks))
 	for _, name := range slices.Sorted(maps.Keys(locks)) {
-		page = append(page, Listed{Name: name, View: locks[name]})
+		l := locks[name]
+		l.Name = name
+		page = append(page, l)
 	}
 	next := ""
 	if link := resp.Header.Get("Link"); link != "" {
@@ -340,12 +359,13 @@ func (c *Client) ListTo(ctx context.Context, prefix string, w io.Writer) error {
 // History is a page of a lock's history, newest first, and the ID to ask
 // for the page before it with (0 when there is no more).
 type History struct {
-	Events []lock.Event
-	Before uint64
+	Events []Event // newest first
+	Before uint64  // pass as History's before for the older events; 0 when there are none
 }
 
-// History returns up to limit of the events of the lock called name with
-// IDs below before (0: the newest), newest first.
+// History returns up to limit (1 to 1,000) of the events of the lock
+// called name with IDs below before (0: the newest), newest first. A lock
+// never taken, or not within the time the server keeps history, has none.
 func (c *Client) History(ctx context.Context, name string, before uint64, limit int) (History, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
@@ -358,8 +378,8 @@ func (c *Client) History(ctx context.Context, name string, before uint64, limit 
 		return History{}, err
 	}
 	var reply struct {
-		Events []lock.Event `json:"events"`
-		Next   string       `json:"next"`
+		Events []Event `json:"events"`
+		Next   string  `json:"next"`
 	}
 	if err := json.Unmarshal(data, &reply); err != nil {
 		return History{}, fmt.Errorf("the locker's answer about the history of %q is not one: %w", name, err)

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/locker-ci/locker/internal/lock"
 )
 
 // Waiting is done in rounds of at most waitRound, so that a proxy in front
@@ -33,41 +31,64 @@ const pollInterval = 10 * time.Second
 
 // Request is one change to a lock, sent as many times as it takes.
 type Request struct {
+	// Key is what the holders of a lock share: a request with another key
+	// is refused, or waits, until they have all let go.
 	Key       string
 	Requestor string // lock_by; "" sends none, and the server takes the key
-	TTL       string // the lease, e.g. "10m"; "" for the server's default
-	Note      string // shown to others, e.g. a build's URL
-	All       bool   // Unlock: every count the requestor holds
-	Limit     int    // Lock: the most holders that may share it; 0 for no cap
+	// TTL is the lease, e.g. "10m": the server frees the lock when it runs
+	// out unless renewed. "" takes the server's default (none, unless it
+	// sets LOCKER_DEFAULT_TTL).
+	TTL   string // Lock, LockSet, Claim and the renewals
+	Note  string // Lock, LockSet, Claim: shown to others, e.g. a build's URL
+	All   bool   // Unlock, UnlockSet: every count the requestor holds
+	Limit int    // Lock, LockSet: the most holders that may share it; 0 for no cap
 	// IdempotencyKey goes with every try, so that a retry after a lost
-	// reply is not counted twice. Lock, Unlock and Renew make one when it
-	// is "".
+	// reply is not counted twice. A call makes one when it is "": set it
+	// to carry one change across calls (e.g. across restarts of a program
+	// that waits for a lock).
 	IdempotencyKey string
 }
 
-func (r Request) body() map[string]any {
+// The fields of a Request that each kind of change sends: one Request
+// serves to take a lock, renew it and give it back.
+const (
+	takeFields   = "ttl note limit"
+	claimFields  = "ttl note"
+	renewFields  = "ttl"
+	unlockFields = "all"
+)
+
+// body returns the JSON body of a change that sends r's key, requestor
+// and the fields named in fields that are set.
+func (r Request) body(fields string) map[string]any {
 	body := map[string]any{"key": r.Key}
 	if r.Requestor != "" {
 		body["lock_by"] = r.Requestor
 	}
-	if r.TTL != "" {
-		body["ttl"] = r.TTL
-	}
-	if r.Note != "" {
-		body["note"] = r.Note
-	}
-	if r.All {
-		body["all"] = true
-	}
-	if r.Limit > 0 {
-		body["limit"] = r.Limit
+	for _, f := range strings.Fields(fields) {
+		switch {
+		case f == "ttl" && r.TTL != "":
+			body[f] = r.TTL
+		case f == "note" && r.Note != "":
+			body[f] = r.Note
+		case f == "limit" && r.Limit > 0:
+			body[f] = r.Limit
+		case f == "all" && r.All:
+			body[f] = true
+		}
 	}
 	return body
 }
 
-// Options say how long a call keeps trying and whom it tells.
+// Options say whether a call waits for its locks, how long it keeps
+// trying, and whom it tells.
 type Options struct {
-	// Deadline ends the waiting and the retrying; zero never ends them.
+	// Wait makes Lock, LockSet and Claim wait in the queue until the
+	// locks are granted, ctx is done or Deadline passes; without it, a
+	// refusal is returned at once: an *Error with Status 423.
+	Wait bool
+	// Deadline ends the waiting and the retrying with a *TimedOut; zero
+	// never ends them (ctx still does).
 	Deadline time.Time
 	// Progress, when set, is told of each retry and, while a lock is
 	// waited for, who holds it and where the request stands in the queue:
@@ -85,35 +106,45 @@ func (o Options) say(format string, args ...any) {
 // TimedOut is the error of a call whose Deadline passed: Last is the last
 // thing that went wrong (a 423 saying who holds the lock, or why the
 // server could not be reached).
-type TimedOut struct{ Last error }
+type TimedOut struct {
+	Last error // nil when nothing went wrong before the time ran out
+}
 
+// Error says what went wrong last, or that the time ran out.
 func (e *TimedOut) Error() string {
 	if e.Last == nil {
 		return "the time to wait ran out"
 	}
 	return e.Last.Error()
 }
+
+// Unwrap returns Last, for errors.As and IsStatus: a wait that ran out
+// while the lock was held is a 423.
 func (e *TimedOut) Unwrap() error { return e.Last }
 
-// Lock takes the lock called name for r.Key and r.Requestor. With wait,
-// it asks again, round after round, until it is granted, ctx is done or
-// the deadline passes (a *TimedOut); without, a refusal (423) is returned
-// at once. Network errors and 5xx answers are retried, with the same
-// Idempotency-Key, until the deadline.
-func (c *Client) Lock(ctx context.Context, name string, r Request, wait bool, o Options) (Reply, error) {
-	data, err := c.take(ctx, Path(name), name, r.body(), r, wait, o)
+// Lock takes the lock called name for r.Key and r.Requestor. With
+// o.Wait, it waits in the lock's queue, round after round, until it is
+// granted, ctx is done or o.Deadline passes (a *TimedOut); without, a
+// refusal (an *Error with Status 423) is returned at once. Network errors
+// and 5xx answers are retried, with the same Idempotency-Key, until the
+// deadline: a lost answer does not count a take twice.
+func (c *Client) Lock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
+	data, err := c.take(ctx, lockPath(name), name, r.body(takeFields), r, o)
 	if err != nil {
 		return Reply{}, err
 	}
 	return decodeReply(name, data)
 }
 
-// LockSet takes every lock in names, in one change or none (PUT /locks),
-// as Lock takes one, and returns each one.
-func (c *Client) LockSet(ctx context.Context, names []string, r Request, wait bool, o Options) (map[string]lock.View, error) {
-	body := r.body()
+// LockSet takes every lock in names, all in one change or none (PUT
+// /locks), as Lock takes one, and returns each one by name.
+func (c *Client) LockSet(ctx context.Context, names []string, r Request, o Options) (map[string]Lock, error) {
+	if len(names) == 0 {
+		return nil, errors.New("LockSet needs the names of the locks to take")
+	}
+	body := r.body(takeFields)
 	body["locks"] = names
-	data, err := c.take(ctx, "/locks", names[0], body, r, wait, o)
+	data, err := c.take(ctx, "/locks", names[0], body, r, o)
 	if err != nil {
 		return nil, err
 	}
@@ -122,11 +153,14 @@ func (c *Client) LockSet(ctx context.Context, names []string, r Request, wait bo
 
 // Claim takes count free members of the pool called pool, in one change
 // (PUT /pool/<pool>/claim), as Lock takes a lock, and returns the members
-// it got.
-func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, wait bool, o Options) (map[string]lock.View, error) {
-	body := r.body()
+// it got, by name. Give them back with Unlock or UnlockSet.
+func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, o Options) (map[string]Lock, error) {
+	if r.Limit > 0 {
+		return nil, errors.New("Request.Limit caps a lock's holders, and a claim on a pool takes none: leave it 0")
+	}
+	body := r.body(claimFields)
 	body["count"] = count
-	data, err := c.take(ctx, "/pool/"+url.PathEscape(pool)+"/claim", "", body, r, wait, o)
+	data, err := c.take(ctx, poolPath(pool)+"/claim", "", body, r, o)
 	if err != nil {
 		return nil, err
 	}
@@ -134,9 +168,9 @@ func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, w
 }
 
 // decodeSet reads the answer to a request over several locks.
-func decodeSet(data []byte) (map[string]lock.View, error) {
+func decodeSet(data []byte) (map[string]Lock, error) {
 	var reply struct {
-		Locks map[string]lock.View `json:"locks"`
+		Locks map[string]Lock `json:"locks"`
 	}
 	if err := json.Unmarshal(data, &reply); err != nil || reply.Locks == nil {
 		return nil, fmt.Errorf("the locker's answer is not a set of locks: %s", data)
@@ -146,8 +180,9 @@ func decodeSet(data []byte) (map[string]lock.View, error) {
 
 // take sends the PUT at path with body until it is answered: Lock's loop.
 // While it waits, it reports on the lock called report ("" for none).
-func (c *Client) take(ctx context.Context, path, report string, body map[string]any, r Request, wait bool, o Options) ([]byte, error) {
+func (c *Client) take(ctx context.Context, path, report string, body map[string]any, r Request, o Options) ([]byte, error) {
 	r.IdempotencyKey = cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
+	wait := o.Wait
 	if wait && report != "" {
 		defer c.reportWhileWaiting(ctx, report, r, o)()
 	}
@@ -221,16 +256,18 @@ func (o Options) retry(ctx context.Context, what, name string, err error, backof
 	return min(2*backoff, maxBackoff), nil
 }
 
-// Unlock gives back the requestor's count of the lock called name (every
-// count with All), retrying while the server cannot be reached.
+// Unlock gives back one of the requestor's counts of the lock called name
+// (every count with r.All), retrying while the server cannot be reached.
+// The reply's Released says how many it gave back: 0 when the requestor
+// held none.
 func (c *Client) Unlock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	return c.changeOne(ctx, http.MethodDelete, "unlock", name, nil, r.body(), r, o)
+	return c.changeOne(ctx, http.MethodDelete, "unlock", name, nil, r.body(unlockFields), r, o)
 }
 
 // Renew extends the requestor's lease on the lock called name to r.TTL
 // from now, retrying while the server cannot be reached.
 func (c *Client) Renew(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	return c.changeOne(ctx, http.MethodPatch, "renew", name, nil, r.body(), r, o)
+	return c.changeOne(ctx, http.MethodPatch, "renew", name, nil, r.body(renewFields), r, o)
 }
 
 // ForceUnlock frees the lock called name, whoever holds it.
@@ -241,8 +278,8 @@ func (c *Client) ForceUnlock(ctx context.Context, name string, o Options) (Reply
 // UnlockSet gives back the requestor's count of every lock in names, in
 // one change (DELETE /locks), as Unlock does for one, and says how many
 // counts it gave back of each.
-func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, map[string]int, error) {
-	data, err := c.changeSet(ctx, http.MethodDelete, "unlock", names, r, o)
+func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Options) (map[string]Lock, map[string]int, error) {
+	data, err := c.changeSet(ctx, http.MethodDelete, "unlock", names, r.body(unlockFields), o, r.IdempotencyKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -256,8 +293,8 @@ func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Opt
 
 // RenewSet extends the requestor's lease on every lock in names, in one
 // change (PATCH /locks), as Renew does for one.
-func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Options) (map[string]lock.View, error) {
-	data, err := c.changeSet(ctx, http.MethodPatch, "renew", names, r, o)
+func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Options) (map[string]Lock, error) {
+	data, err := c.changeSet(ctx, http.MethodPatch, "renew", names, r.body(renewFields), o, r.IdempotencyKey)
 	if err != nil {
 		return nil, err
 	}
@@ -266,25 +303,25 @@ func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Opti
 
 // changeOne sends a change to the lock called name.
 func (c *Client) changeOne(ctx context.Context, method, what, name string, query url.Values, body any, r Request, o Options) (Reply, error) {
-	data, err := c.change(ctx, method, what, name, Path(name), query, body, r, o)
+	data, err := c.change(ctx, method, what, name, lockPath(name), query, body, r.IdempotencyKey, o)
 	if err != nil {
 		return Reply{}, err
 	}
 	return decodeReply(name, data)
 }
 
-// changeSet sends a change to every lock in names, and returns the answer.
-func (c *Client) changeSet(ctx context.Context, method, what string, names []string, r Request, o Options) ([]byte, error) {
-	body := r.body()
+// changeSet sends a change with body to every lock in names, and returns
+// the answer.
+func (c *Client) changeSet(ctx context.Context, method, what string, names []string, body map[string]any, o Options, idem string) ([]byte, error) {
 	body["locks"] = names
-	return c.change(ctx, method, what, strings.Join(names, ", "), "/locks", nil, body, r, o)
+	return c.change(ctx, method, what, strings.Join(names, ", "), "/locks", nil, body, idem, o)
 }
 
 // change sends a change that does not wait to path, retrying it with one
 // Idempotency-Key while the server cannot be reached; label names its
 // locks in messages.
-func (c *Client) change(ctx context.Context, method, what, label, path string, query url.Values, body any, r Request, o Options) ([]byte, error) {
-	idem := cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
+func (c *Client) change(ctx context.Context, method, what, label, path string, query url.Values, body any, idem string, o Options) ([]byte, error) {
+	idem = cmp.Or(idem, NewIdempotencyKey())
 	backoff := firstBackoff
 	for {
 		rctx, cancel := context.WithTimeout(ctx, RequestTimeout)

@@ -6,30 +6,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-
-	"github.com/locker-ci/locker/internal/lock"
 )
-
-// PoolInfo is a pool as GET /pool/<pool> shows it: each member's lock,
-// the free ones, and the claims waiting.
-type PoolInfo struct {
-	Name    string               `json:"name"`
-	Members map[string]lock.View `json:"members"`
-	Free    []string             `json:"free"`
-	Waiting []PoolWaiter         `json:"waiting"`
-}
-
-// PoolWaiter is a claim waiting for a pool.
-type PoolWaiter struct {
-	lock.Waiting
-	Count int `json:"count"`
-}
 
 // poolPath is the API path of the pool called name.
 func poolPath(name string) string { return "/pool/" + url.PathEscape(name) }
 
 // SetPool makes the pool called name of members, or replaces its
-// members, and returns the server's sentence about it.
+// members, and returns the server's sentence about it. A pool's members
+// are locks: Claim takes free ones.
 func (c *Client) SetPool(ctx context.Context, name string, members []string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
@@ -65,22 +49,24 @@ func (c *Client) Pools(ctx context.Context) (map[string][]string, error) {
 	return out, nil
 }
 
-// Pool returns the pool called name, and the server's JSON for it.
-func (c *Client) Pool(ctx context.Context, name string) (PoolInfo, []byte, error) {
+// Pool returns the pool called name: its members' locks, the free ones
+// and the claims waiting.
+func (c *Client) Pool(ctx context.Context, name string) (PoolInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
 	data, err := c.Do(ctx, http.MethodGet, poolPath(name), nil, nil, "")
 	if err != nil {
-		return PoolInfo{}, nil, err
+		return PoolInfo{}, err
 	}
 	var p PoolInfo
 	if err := json.Unmarshal(data, &p); err != nil {
-		return PoolInfo{}, nil, fmt.Errorf("the locker's answer about the pool %q is not a pool: %w", name, err)
+		return PoolInfo{}, fmt.Errorf("the locker's answer about the pool %q is not a pool: %w", name, err)
 	}
-	return p, data, nil
+	p.Raw = data
+	return p, nil
 }
 
-// DeletePool removes the pool called name.
+// DeletePool removes the pool called name; its members stay locks.
 func (c *Client) DeletePool(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
