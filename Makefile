@@ -58,8 +58,9 @@ stress:
 calibrate:
 	scripts/calibrate.sh
 
-# test-packages: install Debian's chromium (the browser test) and ruby (the
-# BOSH templates) if missing; needs root or sudo, else those tests are skipped.
+# test-packages: install Debian's chromium (the browser test), ruby (the
+# BOSH templates), zsh and fish (completion) if missing; needs root or sudo,
+# else those tests are skipped.
 test-packages:
 	@scripts/install-test-packages.sh
 

@@ -50,7 +50,7 @@ complete -o default -F _locker locker
 # locker's completion for zsh: source <(locker completion zsh)
 _locker() {
 	local -a candidates
-	candidates=("${(@f)$(locker __complete "${(@)words[2,CURRENT]}" 2>/dev/null)}")
+	candidates=(${(f)"$(locker __complete "${(@)words[2,CURRENT]}" 2>/dev/null)"})
 	compadd -a candidates
 }
 compdef _locker locker

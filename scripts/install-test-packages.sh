@@ -1,7 +1,8 @@
 #!/bin/sh
 # install-test-packages.sh installs, with apt-get, the Debian packages some
 # tests need when they are missing: chromium (the status page's browser
-# test) and ruby (the BOSH job's ERB templates). `make test` runs it.
+# test), ruby (the BOSH job's ERB templates), zsh and fish (the command
+# line's completion scripts). `make test` runs it.
 # It needs apt-get and root (or sudo without a password); without them it
 # says so and those tests are skipped, unless CI is set.
 set -eu
@@ -13,6 +14,11 @@ fi
 if ! command -v ruby >/dev/null 2>&1; then
 	missing="$missing ruby"
 fi
+for shell in zsh fish; do # locker completion's scripts
+	if ! command -v $shell >/dev/null 2>&1; then
+		missing="$missing $shell"
+	fi
+done
 if [ -z "$missing" ]; then
 	exit 0
 fi
