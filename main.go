@@ -41,6 +41,7 @@ import (
 	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/config"
+	"github.com/locker-ci/locker/internal/gcfloor"
 	"github.com/locker-ci/locker/internal/lazyfs"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
@@ -117,12 +118,18 @@ const (
 	shutdownTimeout = 10 * time.Second
 )
 
+// gcFloor is the heap the server lets grow before it collects garbage,
+// however little of it is live: see internal/gcfloor. A table of locks
+// whose live heap is more than half of it is collected as GOGC says.
+const gcFloor = 32 << 20
+
 func main() {
 	if !cli.IsServer(os.Args[1:]) {
 		os.Exit(cli.Main(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer gcfloor.Set(gcFloor)()
 	stopProfile := profile.Start() // only in a build with the pprof tag
 	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stopProfile()
