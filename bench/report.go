@@ -22,6 +22,7 @@ type report struct {
 	DurableCPUus  figure          `json:"durable_ceiling_server_cpu_us_per_request"`
 	ClientCPUus   figure          `json:"load_generator_cpu_us_per_request"`
 	DurableOneRPS figure          `json:"durable_ceiling_one_client_rps"`
+	WorkingOneRPS figure          `json:"durable_ceiling_with_kept_work_one_client_rps"`
 	WorkingRPS    figure          `json:"durable_ceiling_with_kept_work_rps"`
 	WorkingCPUus  figure          `json:"durable_ceiling_with_kept_work_server_cpu_us_per_request"`
 	SerialRPS     figure          `json:"serial_rps"`
@@ -82,6 +83,7 @@ func (r *report) rows() [][3]string {
 	f("durable ceiling + decoding, 2 log lines, reply", r.WorkingRPS, 0)
 	f("  its server CPU", r.WorkingCPUus, 1)
 	f("durable ceiling, 1 client", r.DurableOneRPS, 0)
+	f("durable ceiling + decoding, 2 log lines, reply, 1 client", r.WorkingOneRPS, 0)
 	f("serial", r.SerialRPS, 0)
 	f("serial p50", r.SerialP50Ms, 3)
 	f("serial p99", r.SerialP99Ms, 3)
@@ -176,6 +178,10 @@ func (r *report) check() {
 	if len(r.WorkingRPS.Runs) > 0 && len(r.ParallelRPS.Runs) > 0 {
 		r.Notes = append(r.Notes, fmt.Sprintf("the durable no-op doing only the work the issue keeps (decoding, two log lines, a reply) reaches %.2f x the durable ceiling; parallel is %.2f x it",
 			r.WorkingRPS.Median/r.DurableRPS.Median, r.ParallelRPS.Median/r.WorkingRPS.Median))
+	}
+	if len(r.WorkingOneRPS.Runs) > 0 && len(r.SerialRPS.Runs) > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("at 1 client, the durable no-op doing only the kept work reaches %.2f x the durable ceiling; serial is %.2f x it",
+			r.WorkingOneRPS.Median/r.DurableOneRPS.Median, r.SerialRPS.Median/r.WorkingOneRPS.Median))
 	}
 	if len(r.DurableRPS.Runs) > 0 && len(r.ParallelRPS.Runs) > 0 {
 		r.Notes = append(r.Notes, fmt.Sprintf("the durable ceiling is %.0f%% of the ceiling; parallel is %.0f%% of the durable ceiling",

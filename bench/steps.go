@@ -129,10 +129,11 @@ func perRun(res []loadResult, unit string, f func(loadResult) float64) figure {
 	return newFigure(unit, xs)
 }
 
-// benchSerial runs one client against the durable do-nothing server and
-// the locker, the two in turn in each run.
+// benchSerial runs one client against the durable do-nothing server, the
+// same doing the work the locker must keep (see keptWork), and the
+// locker, the three in turn in each run.
 func benchSerial(cfg config, dir string, r *report) error {
-	var durable, locker []loadResult
+	var durable, working, locker []loadResult
 	for i := range cfg.runs {
 		durableDir := filepath.Join(dir, fmt.Sprintf("noop-durable-serial-%d", i))
 		if err := os.MkdirAll(durableDir, 0o750); err != nil {
@@ -144,12 +145,21 @@ func benchSerial(cfg config, dir string, r *report) error {
 			return fmt.Errorf("durable ceiling, 1 client: %w", err)
 		}
 		durable = append(durable, res)
+		if err := os.MkdirAll(durableDir, 0o750); err != nil {
+			return err
+		}
+		res, err = noopRunWith(cfg, 1, "-noop-durable", durableDir, "-noop-work")
+		_ = os.RemoveAll(durableDir)
+		if err != nil {
+			return fmt.Errorf("durable ceiling with the kept work, 1 client: %w", err)
+		}
+		working = append(working, res)
 		if res, err = lockerRun(cfg, dir, i, 1, ownLock("serial")); err != nil {
 			return err
 		}
 		locker = append(locker, res)
 	}
-	r.DurableOneRPS = rpsFigure(durable)
+	r.DurableOneRPS, r.WorkingOneRPS = rpsFigure(durable), rpsFigure(working)
 	r.SerialRPS, r.SerialP50Ms, r.SerialP99Ms = rpsFigure(locker), latencyFigure(locker, 50), latencyFigure(locker, 99)
 	return nil
 }
