@@ -35,10 +35,11 @@ type Request struct {
 	// is refused, or waits, until they have all let go.
 	Key       string
 	Requestor string // lock_by; "" sends none, and the server takes the key
-	// TTL is the lease, e.g. "10m": the server frees the lock when it runs
-	// out unless renewed. "" takes the server's default (none, unless it
-	// sets LOCKER_DEFAULT_TTL).
-	TTL   string // Lock, LockSet, Claim and the renewals
+	// TTL is the lease, e.g. "10m", of Lock, LockSet, Claim and the
+	// renewals: the server frees the lock when it runs out unless renewed.
+	// "" takes the server's default (none, unless it sets
+	// LOCKER_DEFAULT_TTL).
+	TTL   string
 	Note  string // Lock, LockSet, Claim: shown to others, e.g. a build's URL
 	All   bool   // Unlock, UnlockSet: every count the requestor holds
 	Limit int    // Lock, LockSet: the most holders that may share it; 0 for no cap
@@ -49,33 +50,39 @@ type Request struct {
 	IdempotencyKey string
 }
 
-// The fields of a Request that each kind of change sends: one Request
-// serves to take a lock, renew it and give it back.
+// fields are the fields of a Request besides the key and the requestor
+// that a kind of change sends: one Request serves to take a lock, renew
+// it and give it back, though each takes only some of them.
+type fields uint8
+
 const (
-	takeFields   = "ttl note limit"
-	claimFields  = "ttl note"
-	renewFields  = "ttl"
-	unlockFields = "all"
+	sendTTL fields = 1 << iota
+	sendNote
+	sendLimit
+	sendAll
+
+	takeFields  = sendTTL | sendNote | sendLimit
+	claimFields = sendTTL | sendNote
 )
 
 // body returns the JSON body of a change that sends r's key, requestor
-// and the fields named in fields that are set.
-func (r Request) body(fields string) map[string]any {
+// and, of send, the fields that are set.
+func (r Request) body(send fields) map[string]any {
 	body := map[string]any{"key": r.Key}
 	if r.Requestor != "" {
 		body["lock_by"] = r.Requestor
 	}
-	for _, f := range strings.Fields(fields) {
-		switch {
-		case f == "ttl" && r.TTL != "":
-			body[f] = r.TTL
-		case f == "note" && r.Note != "":
-			body[f] = r.Note
-		case f == "limit" && r.Limit > 0:
-			body[f] = r.Limit
-		case f == "all" && r.All:
-			body[f] = true
-		}
+	if send&sendTTL != 0 && r.TTL != "" {
+		body["ttl"] = r.TTL
+	}
+	if send&sendNote != 0 && r.Note != "" {
+		body["note"] = r.Note
+	}
+	if send&sendLimit != 0 && r.Limit > 0 {
+		body["limit"] = r.Limit
+	}
+	if send&sendAll != 0 && r.All {
+		body["all"] = true
 	}
 	return body
 }
@@ -261,13 +268,13 @@ func (o Options) retry(ctx context.Context, what, name string, err error, backof
 // The reply's Released says how many it gave back: 0 when the requestor
 // held none.
 func (c *Client) Unlock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	return c.changeOne(ctx, http.MethodDelete, "unlock", name, nil, r.body(unlockFields), r, o)
+	return c.changeOne(ctx, http.MethodDelete, "unlock", name, nil, r.body(sendAll), r, o)
 }
 
 // Renew extends the requestor's lease on the lock called name to r.TTL
 // from now, retrying while the server cannot be reached.
 func (c *Client) Renew(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	return c.changeOne(ctx, http.MethodPatch, "renew", name, nil, r.body(renewFields), r, o)
+	return c.changeOne(ctx, http.MethodPatch, "renew", name, nil, r.body(sendTTL), r, o)
 }
 
 // ForceUnlock frees the lock called name, whoever holds it.
@@ -279,7 +286,7 @@ func (c *Client) ForceUnlock(ctx context.Context, name string, o Options) (Reply
 // one change (DELETE /locks), as Unlock does for one, and says how many
 // counts it gave back of each.
 func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Options) (map[string]Lock, map[string]int, error) {
-	data, err := c.changeSet(ctx, http.MethodDelete, "unlock", names, r.body(unlockFields), o, r.IdempotencyKey)
+	data, err := c.changeSet(ctx, http.MethodDelete, "unlock", names, r.body(sendAll), o, r.IdempotencyKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -294,7 +301,7 @@ func (c *Client) UnlockSet(ctx context.Context, names []string, r Request, o Opt
 // RenewSet extends the requestor's lease on every lock in names, in one
 // change (PATCH /locks), as Renew does for one.
 func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Options) (map[string]Lock, error) {
-	data, err := c.changeSet(ctx, http.MethodPatch, "renew", names, r.body(renewFields), o, r.IdempotencyKey)
+	data, err := c.changeSet(ctx, http.MethodPatch, "renew", names, r.body(sendTTL), o, r.IdempotencyKey)
 	if err != nil {
 		return nil, err
 	}

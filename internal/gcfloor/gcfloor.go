@@ -2,7 +2,8 @@
 // a small heap needs. Go collects when the heap has doubled since the last
 // collection (GOGC=100): a lock server holding a few megabytes, serving
 // thousands of requests a second, each leaving garbage behind, collects
-// twenty times a second, and spends a tenth of its CPU on it. With a floor,
+// twenty times a second, and spends several per cent of its CPU on it
+// (about 5% of the server's in a profile under load). With a floor,
 // the heap may grow to the floor before a collection however little of it
 // is live; a heap whose live part is above half the floor is collected as
 // GOGC says, so a large lock table costs no more memory than before.
