@@ -49,25 +49,14 @@ func Example() {
 	// now held by map[upgrade:1]
 }
 
-// connect returns a client for the server in LOCKER_URL, as a program
-// would make one.
-func connect() *client.Client {
-	c, err := client.New(client.Config{
-		URL:      os.Getenv("LOCKER_URL"),
-		User:     os.Getenv("LOCKER_USER"),
-		Password: os.Getenv("LOCKER_PASSWORD"),
-	})
-	if err != nil {
-		log.Fatal(err)
-	}
-	return c
-}
-
 // Deploys of different versions exclude each other (their keys differ):
 // a deploy waits for the one before it to finish, then takes prod with a
 // lease that frees it if the deploy vanishes.
 func ExampleClient_Lock() {
-	c := connect()
+	c, err := client.New(client.Config{URL: os.Getenv("LOCKER_URL"), User: os.Getenv("LOCKER_USER"), Password: os.Getenv("LOCKER_PASSWORD")})
+	if err != nil {
+		log.Fatal(err)
+	}
 	ctx := context.Background()
 	first := client.Request{Key: "v41", Requestor: "deploy-41", TTL: "30m"}
 	if _, err := c.Lock(ctx, "prod", first, client.Options{}); err != nil {
@@ -101,7 +90,10 @@ func ExampleClient_Lock() {
 // A long job renews its lease while it runs; the server frees the lock
 // if the renewals stop.
 func ExampleClient_Renew() {
-	c := connect()
+	c, err := client.New(client.Config{URL: os.Getenv("LOCKER_URL"), User: os.Getenv("LOCKER_USER"), Password: os.Getenv("LOCKER_PASSWORD")})
+	if err != nil {
+		log.Fatal(err)
+	}
 	ctx := context.Background()
 	r := client.Request{Key: "nightly", Requestor: "nightly-build", TTL: "1m"}
 	if _, err := c.Lock(ctx, "build-cache", r, client.Options{}); err != nil {
@@ -120,7 +112,10 @@ func ExampleClient_Renew() {
 // A job that needs the database and the web tier takes both in one
 // change, or neither.
 func ExampleClient_LockSet() {
-	c := connect()
+	c, err := client.New(client.Config{URL: os.Getenv("LOCKER_URL"), User: os.Getenv("LOCKER_USER"), Password: os.Getenv("LOCKER_PASSWORD")})
+	if err != nil {
+		log.Fatal(err)
+	}
 	ctx := context.Background()
 	r := client.Request{Key: "migrate", Requestor: "migration"}
 	locks, err := c.LockSet(ctx, []string{"db", "web"}, r, client.Options{Wait: true})
@@ -140,7 +135,10 @@ func ExampleClient_LockSet() {
 
 // Test environments as a pool: each job claims whichever one is free.
 func ExampleClient_Claim() {
-	c := connect()
+	c, err := client.New(client.Config{URL: os.Getenv("LOCKER_URL"), User: os.Getenv("LOCKER_USER"), Password: os.Getenv("LOCKER_PASSWORD")})
+	if err != nil {
+		log.Fatal(err)
+	}
 	ctx := context.Background()
 	if _, err := c.SetPool(ctx, "envs", []string{"env-1", "env-2"}); err != nil {
 		log.Fatal(err)
@@ -154,7 +152,7 @@ func ExampleClient_Claim() {
 			fmt.Println(job, "claimed", member)
 		}
 	}
-	_, err := c.Claim(ctx, "envs", 1, client.Request{Key: "job-c", Requestor: "job-c"}, client.Options{})
+	_, err = c.Claim(ctx, "envs", 1, client.Request{Key: "job-c", Requestor: "job-c"}, client.Options{})
 	fmt.Println("job-c refused:", client.IsStatus(err, http.StatusLocked))
 	// Output:
 	// job-a claimed env-1
@@ -164,7 +162,10 @@ func ExampleClient_Claim() {
 
 // Who held the lock, newest first.
 func ExampleClient_History() {
-	c := connect()
+	c, err := client.New(client.Config{URL: os.Getenv("LOCKER_URL"), User: os.Getenv("LOCKER_USER"), Password: os.Getenv("LOCKER_PASSWORD")})
+	if err != nil {
+		log.Fatal(err)
+	}
 	ctx := context.Background()
 	r := client.Request{Key: "release", Requestor: "release-job"}
 	if _, err := c.Lock(ctx, "artifacts", r, client.Options{}); err != nil {
@@ -188,7 +189,10 @@ func ExampleClient_History() {
 // Follow the changes to a lock, from after an event seen before: a
 // program that follows again with the ID Follow returned misses none.
 func ExampleClient_Follow() {
-	c := connect()
+	c, err := client.New(client.Config{URL: os.Getenv("LOCKER_URL"), User: os.Getenv("LOCKER_USER"), Password: os.Getenv("LOCKER_PASSWORD")})
+	if err != nil {
+		log.Fatal(err)
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	a := client.Request{Key: "a", Requestor: "job-a"}
