@@ -28,7 +28,10 @@ import (
 
 // Domain errors; api.go maps each one to an HTTP status.
 var (
-	errLockHeld   = errors.New("locked")
+	errLockHeld = errors.New("locked")
+	// errInvalid: the request cannot be made as asked, whatever the
+	// locks' state (a claim for more members than its pool has).
+	errInvalid    = errors.New("bad request")
 	errClientGone = errors.New("the client went away while waiting")
 	errKeyReused  = errors.New("Idempotency-Key reused")
 	// errKeyBusy and errGrantEnded are about an Idempotency-Key whose
@@ -346,19 +349,8 @@ func (e *engine) Acquire(ctx context.Context, name string, req acquireRequest) (
 // queued in the same order everywhere, so none waits for another in a
 // circle). Each lock gets its own fencing token.
 func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequest) (map[string]Snapshot, error) {
-	start := time.Now()
-	// What the change decided, for after it: one variable, which the
-	// change's function shares (one allocation, not one each).
-	var out struct {
-		verdict lock.Verdict
-		got     map[string]Snapshot // granted, or as they are, for a refusal
-		w       txn.Waiter
-		replay  *outcome
-		woken   <-chan struct{}
-		stop    func()
-	}
-	out.stop = func() {}
-	defer func() { out.stop() }()
+	a := newAttempt(names, req)
+	defer func() { a.stop() }()
 	// The change runs to its end whatever the client does: a waiter queued
 	// by a request that gave up before hearing so would wait for no one.
 	// A client that left is seen in the wait.
@@ -366,21 +358,7 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 	defer cancel()
 	opts := txn.Options{Recall: req.Idem.scopeOrNone(), Token: true, NewWait: req.Wait > 0}
 	err := e.update(cctx, names, opts, func(tx txn.Tx) error {
-		var err error
-		if out.replay, err = recall(tx, req.Idem); out.replay != nil || err != nil {
-			return stillHeld(tx, names, req, out.replay, err)
-		}
-		if p, ok := findIdem(tx.Queue(names[0]), req.Idem); ok && (req.Wait > 0 || p.Left.IsZero()) {
-			// An earlier request with this key is in the queue: its client
-			// sent again (its connection died unnoticed, a reply was lost,
-			// or it waits in rounds). This one takes its place, or its grant.
-			if out.verdict, out.w, out.got, err = takeOver(tx, names, p, req); out.verdict == lock.Queue {
-				out.stop()
-				out.woken, out.stop = e.store.Watch(out.w.ID)
-				for _, name := range names {
-					grantQueue(tx, name) // it may be at the head of free locks
-				}
-			}
+		if again, err := e.again(tx, a); again || err != nil {
 			return err
 		}
 		for _, name := range names {
@@ -389,43 +367,107 @@ func (e *engine) AcquireSet(ctx context.Context, names []string, req acquireRequ
 					errLimitDiffers, name, limitText(l.Limit), advice.Limit, l.Limit)
 			}
 		}
-		out.verdict = decide(tx, names, req)
-		switch out.verdict {
+		a.verdict = decide(tx, names, req)
+		switch a.verdict {
 		case lock.Grant:
 			for _, name := range names {
 				tx.Set(name, lock.Give(tx.Lock(name), req.Request, tx.Now(), tx.NextToken))
 			}
-			out.got = snapshots(tx, names)
-			return remember(tx, req.Idem, outcomeOf(out.got, nil, nil, false))
+			a.got = snapshots(tx, names)
+			return remember(tx, req.Idem, outcomeOf(a.got, nil, nil, false))
 		case lock.Queue:
-			out.w = enqueue(tx, names, req)
-			out.stop()
-			out.woken, out.stop = e.store.Watch(out.w.ID)
+			a.queued(e.store, enqueue(tx, names, req))
 			return nil
 		}
-		out.got = snapshots(tx, names) // for the refusal
+		a.got = snapshots(tx, names) // for the refusal
 		return nil
 	})
-	newWait := func() *wait {
-		return &wait{e: e, names: names, id: out.w.ID, round: out.w.Round, req: req, start: start}
+	return e.answer(ctx, a, err, func() error {
+		return fmt.Errorf("%w: %s; %s", errLockHeld, refusals(a.got, req.Key), advice.Wait)
+	})
+}
+
+// attempt is a request to take locks (a lock, a set, a claim on a pool)
+// and what its change decided, for after it: shared by the change's
+// function and its caller.
+type attempt struct {
+	names   []string // the locks it names (a claim's: the pool's members)
+	pool    string   // a claim's pool, or ""
+	req     acquireRequest
+	start   time.Time
+	verdict lock.Verdict
+	got     map[string]Snapshot // granted, or as they are, for a refusal
+	w       txn.Waiter          // its waiter, once queued
+	replay  *outcome            // the outcome remembered for its Idempotency-Key
+	woken   <-chan struct{}     // the store's signal that its waiter was granted
+	stop    func()              // ends the watch of its waiter
+}
+
+func newAttempt(names []string, req acquireRequest) *attempt {
+	return &attempt{names: names, req: req, start: time.Now(), verdict: lock.Refuse, stop: func() {}}
+}
+
+// queued notes that the change put w in the queue (or took over its
+// place), and watches it from now on: its grant may come at the commit.
+func (a *attempt) queued(store Store, w txn.Waiter) {
+	a.verdict, a.w = lock.Queue, w
+	a.stop()
+	a.woken, a.stop = store.Watch(w.ID)
+}
+
+// again answers a request sent before with its Idempotency-Key, and
+// reports whether it was one: the outcome remembered, while the hold it
+// tells of lasts (stillHeld), or the waiter an earlier request left in the
+// queue, whose grant it takes up or whose place it takes (takeOver). A
+// place kept after a wait ran out is taken only by a request that waits.
+func (e *engine) again(tx txn.Tx, a *attempt) (bool, error) {
+	var err error
+	if a.replay, err = recall(tx, a.req.Idem); a.replay != nil || err != nil {
+		return true, stillHeld(tx, a.names, a.req, a.replay, err)
+	}
+	p, ok := findIdem(tx, a.names, a.req.Idem)
+	if !ok || a.req.Wait == 0 && !p.Left.IsZero() {
+		return false, nil
+	}
+	verdict, got, err := takeOver(tx, a.names, p, a.req)
+	switch verdict {
+	case lock.Grant:
+		a.verdict, a.got = verdict, got
+	case lock.Queue:
+		p.Round++
+		a.queued(e.store, p)
+		for _, name := range a.names {
+			grantQueue(tx, name) // it may be at the head of free locks
+		}
+	}
+	return true, err
+}
+
+// answer answers a, whose change returned err: refused says why when it
+// was refused. A request queued waits for its grant.
+func (e *engine) answer(ctx context.Context, a *attempt, err error, refused func() error) (map[string]Snapshot, error) {
+	w := &wait{e: e, names: a.names, pool: a.pool, id: a.w.ID, round: a.w.Round, req: a.req, start: a.start}
+	what := a.names[0]
+	if a.pool != "" {
+		what = a.pool
 	}
 	switch {
-	case err != nil && out.verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
+	case err != nil && a.verdict == lock.Queue && errors.Is(err, txn.ErrUncertain):
 		// The waiter may be in the queue with no one to answer it.
-		newWait().takeOut(context.WithoutCancel(ctx))
-		return nil, e.fail(names[0], err)
+		w.takeOut(context.WithoutCancel(ctx))
+		return nil, e.fail(what, err)
 	case err != nil:
-		return nil, e.fail(names[0], err)
-	case out.replay != nil:
-		return out.replay.locks(names), nil
-	case out.verdict == lock.Grant:
-		e.granted(names, req, out.got, 0)
-		return out.got, nil
-	case out.verdict == lock.Refuse:
+		return nil, e.fail(what, err)
+	case a.replay != nil:
+		return a.replay.locks(a.names), nil
+	case a.verdict == lock.Grant:
+		e.granted(a.req, a.got, 0)
+		return a.got, nil
+	case a.verdict == lock.Refuse:
 		e.metrics.Refused()
-		return nil, fmt.Errorf("%w: %s; %s", errLockHeld, refusals(out.got, req.Key), advice.Wait)
+		return nil, refused()
 	}
-	return newWait().run(ctx, out.woken)
+	return w.run(ctx, a.woken)
 }
 
 // decide is lock.Decide over a set: granted if every lock can be had now,
@@ -464,23 +506,37 @@ func refusals(got map[string]Snapshot, key string) string {
 	return strings.Join(why, "; ")
 }
 
-// granted logs and counts a grant of each lock in names.
-func (e *engine) granted(names []string, req acquireRequest, got map[string]Snapshot, waited time.Duration) {
-	for _, name := range names {
-		e.metrics.Acquired(waited, waited > 0)
-		// Attrs, not key-value pairs: no value is boxed, and the record
-		// holds them without a slice of its own.
-		attrs := make([]slog.Attr, 0, 6)
-		attrs = append(attrs, slog.String("lock", name), slog.String("key", req.Key), slog.String("holder", req.Requestor),
-			slog.Uint64("token", got[name].Token))
-		if waited > 0 {
-			attrs = append(attrs, slog.Duration("waited", waited.Round(time.Millisecond)))
+// granted logs and counts a grant of each lock in got.
+func (e *engine) granted(req acquireRequest, got map[string]Snapshot, waited time.Duration) {
+	if len(got) == 1 { // the common case, without a slice of names
+		for name, s := range got {
+			e.grantedOne(name, req, s.Token, waited, "")
 		}
-		if len(names) > 1 {
-			attrs = append(attrs, slog.String("set", strings.Join(names, ",")))
-		}
-		e.log.LogAttrs(context.Background(), slog.LevelInfo, "lock granted", attrs...)
+		return
 	}
+	names := slices.Sorted(maps.Keys(got))
+	set := strings.Join(names, ",")
+	for _, name := range names {
+		e.grantedOne(name, req, got[name].Token, waited, set)
+	}
+}
+
+// grantedOne logs and counts the grant of one lock, of set if it is one
+// of several.
+func (e *engine) grantedOne(name string, req acquireRequest, token uint64, waited time.Duration, set string) {
+	e.metrics.Acquired(waited, waited > 0)
+	// Attrs, not key-value pairs: no value is boxed, and the record
+	// holds them without a slice of its own.
+	attrs := make([]slog.Attr, 0, 6)
+	attrs = append(attrs, slog.String("lock", name), slog.String("key", req.Key), slog.String("holder", req.Requestor),
+		slog.Uint64("token", token))
+	if waited > 0 {
+		attrs = append(attrs, slog.Duration("waited", waited.Round(time.Millisecond)))
+	}
+	if set != "" {
+		attrs = append(attrs, slog.String("set", set))
+	}
+	e.log.LogAttrs(context.Background(), slog.LevelInfo, "lock granted", attrs...)
 }
 
 // change runs step in a transaction over the locks named, for a request

@@ -132,7 +132,7 @@ func TestPoolBadClaimsAndChanges(t *testing.T) {
 		if _, err := tab.SetPool("envs", []string{"e1", "e2"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 3, 0)); !errors.Is(err, errBadRequest) || !strings.Contains(err.Error(), "has 2 members") {
+		if _, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 3, 0)); !errors.Is(err, errInvalid) || !strings.Contains(err.Error(), "has 2 members") {
 			t.Errorf("a claim of 3 from 2 members = %v; want 400", err)
 		}
 		got, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 1, 0))

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
@@ -58,7 +61,8 @@ func grantQueue(tx txn.Tx, name string) {
 		}
 		l = lock.Give(l, w.Req, tx.Now(), tx.NextToken)
 		tx.Set(name, l)
-		w.Granted = &l
+		g := l.Only(w.Req.Requestor)
+		w.Granted = &g
 		tx.PutWaiter(name, w)
 	}
 }
@@ -95,7 +99,8 @@ func grantSet(tx txn.Tx, w txn.Waiter) bool {
 		l := lock.Give(tx.Lock(name), w.Req, tx.Now(), tx.NextToken)
 		tx.Set(name, l)
 		q, _ := find(tx.Queue(name), w.ID)
-		q.Granted = &l
+		g := l.Only(w.Req.Requestor)
+		q.Granted = &g
 		tx.PutWaiter(name, q)
 	}
 	for _, name := range w.Set {
@@ -139,7 +144,8 @@ func grantClaim(tx txn.Tx, w txn.Waiter) bool {
 		l := lock.Give(tx.Lock(name), w.Req, tx.Now(), tx.NextToken)
 		tx.Set(name, l)
 		q, _ := find(tx.Queue(name), w.ID)
-		q.Granted = &l
+		g := l.Only(w.Req.Requestor)
+		q.Granted = &g
 		tx.PutWaiter(name, q)
 	}
 	tx.SetPool(w.Pool, p.Claim(chosen, tx.Now()))
@@ -188,47 +194,86 @@ func enqueue(tx txn.Tx, names []string, req acquireRequest) txn.Waiter {
 	return w
 }
 
-// findIdem returns the waiter of queue that a request with idem's key
-// left, if any.
-func findIdem(queue []txn.Waiter, idem *idemRequest) (txn.Waiter, bool) {
+// findIdem returns the waiter that a request with idem's key left in
+// the queue of one of names, if any.
+func findIdem(tx txn.Reader, names []string, idem *idemRequest) (txn.Waiter, bool) {
 	if idem == nil {
 		return txn.Waiter{}, false
 	}
-	for _, w := range queue {
-		if w.Idem == idem.scope && !w.Abandoned {
-			return w, true
+	for _, name := range names {
+		for _, w := range tx.Queue(name) {
+			if w.Idem == idem.scope && !w.Abandoned {
+				return w, true
+			}
 		}
 	}
 	return txn.Waiter{}, false
 }
 
-// takeOver answers req, sent again with the Idempotency-Key of waiter p
-// (same request: recall checked the fingerprint of an answered one; an
-// unanswered one is checked here). A grant p has not taken up is taken up
-// now; a waiting p, or the place it kept, is taken over: req waits in
-// its place, and the earlier request, if still there, stands down.
-func takeOver(tx txn.Tx, names []string, p txn.Waiter, req acquireRequest) (lock.Verdict, txn.Waiter, map[string]Snapshot, error) {
+// sameRequest reports whether req, over names, is the request that left
+// waiter p: the same body (the fingerprint of an answered request is
+// checked by recall; an unanswered one's here), the same locks, and for
+// a claim the same count.
+func sameRequest(p txn.Waiter, names []string, req acquireRequest) bool {
 	sameLocks := len(names) == 1 && p.Set == nil || slices.Equal(p.Set, names)
-	if p.Req != req.Request || !sameLocks {
-		return lock.Refuse, p, nil, fmt.Errorf("%w: it is in the queue for another request (key %q, requestor %q); send a new key with a new request",
+	return sameLocks && p.Req == req.Request && p.Count == req.Count
+}
+
+// queuesOf returns those of names whose queue holds the waiter with id:
+// all of them while it waits, a claim's granted members once granted.
+func queuesOf(tx txn.Reader, names []string, id int64) []string {
+	var in []string
+	for _, name := range names {
+		if _, ok := find(tx.Queue(name), id); ok {
+			in = append(in, name)
+		}
+	}
+	return in
+}
+
+// takeOver answers req, sent again with the Idempotency-Key of waiter p.
+// A grant p has not taken up is taken up now (Grant, with the locks); a
+// waiting p, or the place it kept, is taken over (Queue): req waits in
+// its place, and the earlier request, if still there, stands down.
+func takeOver(tx txn.Tx, names []string, p txn.Waiter, req acquireRequest) (lock.Verdict, map[string]Snapshot, error) {
+	if !sameRequest(p, names, req) {
+		return lock.Refuse, nil, fmt.Errorf("%w: it is in the queue for another request (key %q, requestor %q); send a new key with a new request",
 			errKeyReused, p.Req.Key, p.Req.Requestor)
 	}
+	in := queuesOf(tx, names, p.ID)
 	if p.Granted != nil {
-		got, err := takeUp(tx, names, p.ID, req)
-		return lock.Grant, p, got, err
+		got, err := takeUp(tx, in, p.ID, req)
+		return lock.Grant, got, err
 	}
 	if req.Wait == 0 {
-		return lock.Refuse, p, nil, fmt.Errorf("%w: a request with this Idempotency-Key has waited for %q since %s and is still in the queue; send this one with ?wait= to take its place, or send it again once that one is answered",
-			errKeyBusy, strings.Join(names, ", "), p.Since.Format(time.RFC3339))
+		return lock.Refuse, nil, fmt.Errorf("%w: a request with this Idempotency-Key has waited for %s since %s and is still in the queue; send this one with ?wait= to take its place, or send it again once that one is answered",
+			errKeyBusy, waitedFor(names, p), p.Since.Format(time.RFC3339))
 	}
-	for _, name := range names {
+	for _, name := range in {
 		q, _ := find(tx.Queue(name), p.ID)
 		q.Round = p.Round + 1
 		q.Left, q.Owner = time.Time{}, "" // waiting again, for this node's request
 		tx.PutWaiter(name, q)
 	}
-	p.Round++
-	return lock.Queue, p, nil, nil
+	return lock.Queue, nil, nil
+}
+
+// waitedFor names what waiter p waits for, for messages: its pool, or
+// its locks.
+func waitedFor(names []string, p txn.Waiter) string {
+	if p.Pool != "" {
+		return fmt.Sprintf("the pool %q", p.Pool)
+	}
+	return quoteAll(names)
+}
+
+// quoteAll names locks for a message: "a", "b".
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
 }
 
 // takeUp takes the grant of waiter id in each lock of names up: it leaves
@@ -239,22 +284,38 @@ func takeUp(tx txn.Tx, names []string, id int64, req acquireRequest) (map[string
 		q, _ := find(tx.Queue(name), id)
 		tx.RemoveWaiter(name, id)
 		s := snapshot(tx, name)
-		if q.Granted != nil {
-			s.Lock = q.Granted.Clone()
+		if g := q.Granted; g != nil && !holdsGrant(s.Lock, *g) {
+			s.Lock = g.Clone() // ended since (its lease ran out): the hold as granted
 		}
 		got[name] = s
 	}
 	return got, remember(tx, req.Idem, outcomeOf(got, nil, nil, req.Count > 0))
 }
 
+// holdsGrant reports whether l is still the lock granted as g: the same
+// key and token, held by g's holder.
+func holdsGrant(l, g lock.Lock) bool {
+	if l.Key != g.Key || l.Token != g.Token || len(g.Holders) == 0 {
+		return false
+	}
+	_, holds := l.Holder(g.Holders[0].Name)
+	return holds
+}
+
 // stillHeld passes on a remembered grant only while its hold lasts: a
 // client that sent again long after must not take a hold that has since
-// ended (its lease ran out, someone forced it free) for a live one.
+// ended (its lease ran out, someone forced it free) for a live one. A
+// claim's members may have left its pool since: the change is run again
+// naming them (moreLocks).
 func stillHeld(tx txn.Tx, names []string, req acquireRequest, replay *outcome, err error) error {
 	if err != nil || replay == nil {
 		return err
 	}
-	for name, was := range replay.locks(names) {
+	was := replay.locks(names)
+	if err := needs(tx, slices.Collect(maps.Keys(was))); err != nil {
+		return err
+	}
+	for name, was := range was {
 		now := snapshot(tx, name)
 		if _, holds := now.Holder(req.Requestor); holds && now.Token == was.Token && now.Key == was.Key {
 			continue
@@ -263,6 +324,53 @@ func stillHeld(tx txn.Tx, names []string, req acquireRequest, replay *outcome, e
 			errGrantEnded, name, was.Token, was.AcquiredAt.Format(time.RFC3339))
 	}
 	return nil
+}
+
+// moreLocks asks for a change to be run again over more locks: a step
+// found that it must see locks its transaction did not name (a pool's
+// members changed under a claim, or a remembered claim's member has left
+// its pool). A transaction names its locks as it begins, so that the
+// PostgreSQL store can take their row locks in one order.
+type moreLocks struct{ names []string }
+
+func (m *moreLocks) Error() string {
+	return "the change must see more locks: " + strings.Join(m.names, ", ")
+}
+
+// needs returns a *moreLocks for those of names tx did not name, or nil.
+func needs(tx txn.Reader, names []string) error {
+	var missing []string
+	for _, name := range names {
+		if !tx.Named(name) {
+			missing = append(missing, name)
+		}
+	}
+	if missing == nil {
+		return nil
+	}
+	return &moreLocks{missing}
+}
+
+// namingTries bounds how often a change is run again over more locks:
+// each run names every lock asked for before, so only a pool whose
+// members change again and again between two runs needs another.
+const namingTries = 5
+
+// updateNaming is update over names, run again over more when apply asks
+// for them (moreLocks). It returns the names of its last run.
+func (e *engine) updateNaming(ctx context.Context, names []string, opts txn.Options, apply func(tx txn.Tx, names []string) error) ([]string, error) {
+	for try := 1; ; try++ {
+		err := e.update(ctx, names, opts, func(tx txn.Tx) error { return apply(tx, names) })
+		var more *moreLocks
+		if !errors.As(err, &more) {
+			return names, err
+		}
+		if try == namingTries {
+			return names, fmt.Errorf("%w: its members changed %d times while this request read them; send it again", errPoolChanged, namingTries)
+		}
+		names = slices.Sorted(slices.Values(append(slices.Clone(names), more.names...)))
+		names = slices.Compact(names)
+	}
 }
 
 // run waits for w to be granted, until w.req.Wait runs out or ctx
@@ -302,10 +410,19 @@ func (w *wait) run(ctx context.Context, woken <-chan struct{}) (map[string]Snaps
 			return nil, w.e.fail(w.names[0], err)
 		case errors.Is(err, errSuperseded):
 			return nil, fmt.Errorf("%w: %w", errKeyBusy, err)
+		case endsTheWait(err):
+			return nil, err
 		case err != nil && ctx.Err() != nil:
 			return w.end(ctx, false)
 		}
 	}
+}
+
+// endsTheWait reports whether err, from a look at a waiter, is its
+// request's answer: its pool was removed or became too small for it, or
+// the grant it was told of has since ended.
+func endsTheWait(err error) bool {
+	return errors.Is(err, errNoPool) || errors.Is(err, errPoolTooSmall) || errors.Is(err, errGrantEnded)
 }
 
 // end ends the wait of w, which ran out (timedOut) or whose context
@@ -321,6 +438,8 @@ func (w *wait) end(ctx context.Context, timedOut bool) (map[string]Snapshot, err
 		return nil, w.e.fail(w.names[0], err)
 	case errors.Is(err, errSuperseded):
 		return nil, fmt.Errorf("%w: %w", errKeyBusy, err)
+	case endsTheWait(err):
+		return nil, err
 	case err != nil:
 		// The store is away as the wait ends: the waiter must not stay
 		// queued with no one to answer it once it is back.
@@ -331,6 +450,9 @@ func (w *wait) end(ctx context.Context, timedOut bool) (map[string]Snapshot, err
 		return nil, w.e.fail(w.names[0], err)
 	case granted:
 		return w.taken(ctx, got)
+	case timedOut && w.pool != "":
+		w.e.metrics.WaitTimedOut()
+		return nil, fmt.Errorf("%w: timed out after %v waiting for %d of the pool %q: %s", errLockHeld, w.req.Wait, w.req.Count, w.pool, refusals(got, w.req.Key))
 	case timedOut:
 		w.e.metrics.WaitTimedOut()
 		return nil, fmt.Errorf("%w: timed out after %v waiting: %s", errLockHeld, w.req.Wait, refusals(got, w.req.Key))
@@ -340,24 +462,51 @@ func (w *wait) end(ctx context.Context, timedOut bool) (map[string]Snapshot, err
 	return nil, errClientGone
 }
 
+// locate finds w's waiter in the queues of names: the queues it is in,
+// and the waiter. A claim's waiter moves with its pool's members
+// (SetPool): the locks it is in that names lack are asked for
+// (moreLocks), and so are the pool's members when it is in none of
+// names.
+func (w *wait) locate(tx txn.Tx, names []string) ([]string, txn.Waiter, error) {
+	var q txn.Waiter
+	var in []string
+	for _, name := range names {
+		if e, ok := find(tx.Queue(name), w.id); ok {
+			q, in = e, append(in, name)
+		}
+	}
+	if w.pool == "" {
+		return in, q, nil
+	}
+	if len(in) > 0 {
+		return in, q, needs(tx, q.Set)
+	}
+	if p, ok := tx.Pool(w.pool); ok {
+		return in, q, needs(tx, p.Members)
+	}
+	return in, q, nil
+}
+
 // claim looks at w in its locks' queues: once granted (a set is granted
 // whole), it takes the grant up (the waiter leaves the queues, the
 // outcome is remembered) and returns the locks as granted. With end, a
 // waiter not yet granted leaves, or keeps its place with hold. The locks
 // as they are now are returned either way.
 func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapshot, granted bool, err error) {
-	err = w.e.update(ctx, w.names, txn.Options{Pool: w.pool}, func(tx txn.Tx) error {
-		granted = false
-		var q txn.Waiter
-		var in []string // the queues it is in: all of its locks, or a claim's grant
-		for _, name := range w.names {
-			if e, ok := find(tx.Queue(name), w.id); ok {
-				q, in = e, append(in, name)
-			}
+	var set []string // the locks w waits in, as this look found them
+	names, err := w.e.updateNaming(ctx, w.names, txn.Options{Pool: w.pool}, func(tx txn.Tx, names []string) error {
+		granted, set = false, nil
+		in, q, err := w.locate(tx, names)
+		if err != nil {
+			return err
+		}
+		waitsIn := names // the locks w waits for: a claim's pool's members as its waiter says
+		if q.Set != nil {
+			waitsIn = q.Set
 		}
 		switch {
-		case len(in) == 0, q.Granted == nil && len(in) < len(w.names):
-			got, granted, err = w.gone(tx)
+		case len(in) == 0, q.Granted == nil && len(in) < len(waitsIn):
+			got, granted, err = w.gone(tx, names)
 			return err
 		case q.Round != w.round:
 			return errSuperseded
@@ -365,10 +514,12 @@ func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapsh
 			granted = true
 			got, err = takeUp(tx, in, w.id, w.req)
 			return err
-		case !end && q.Left.IsZero():
+		}
+		set = in
+		if !end && q.Left.IsZero() {
 			return nil
 		}
-		for _, name := range w.names {
+		for _, name := range in {
 			q, _ := find(tx.Queue(name), w.id)
 			switch {
 			case !end:
@@ -381,41 +532,65 @@ func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapsh
 				tx.RemoveWaiter(name, w.id)
 			}
 		}
-		for _, name := range w.names {
+		for _, name := range in {
 			grantQueue(tx, name) // whoever queued behind it may now be at the head
 		}
-		got = snapshots(tx, w.names)
+		got = snapshots(tx, in)
 		return nil
 	})
+	switch {
+	case err != nil:
+	case set != nil:
+		w.names = set // a claim's waiter follows its pool's members
+	default:
+		w.names = names
+	}
 	return got, granted, err
 }
 
-// gone answers a wait whose waiter is no longer in the queue: taken up by
-// a claim whose commit went unanswered, or by the same request sent again
-// (both remembered its outcome), or dropped because its node was taken
-// for dead.
-func (w *wait) gone(tx txn.Tx) (map[string]Snapshot, bool, error) {
+// gone answers a wait whose waiter is no longer in the queues of names:
+// taken up by a claim whose commit went unanswered, or by the same
+// request sent again (both remembered its outcome), taken out because
+// its pool was removed or became too small for it, or dropped because
+// its node was taken for dead.
+func (w *wait) gone(tx txn.Tx, names []string) (map[string]Snapshot, bool, error) {
 	if o, err := recall(tx, w.req.Idem); o != nil || err != nil {
-		if err != nil {
+		if err = stillHeld(tx, names, w.req, o, err); err != nil {
 			return nil, false, err
 		}
-		return o.locks(w.names), true, nil
+		return o.locks(names), true, nil
 	}
-	if got := snapshots(tx, w.names); w.uncertain && holdsAll(got, w.req) {
+	if w.pool != "" {
+		p, ok := tx.Pool(w.pool)
+		switch {
+		case !ok:
+			return nil, false, fmt.Errorf("%w: the pool %q was removed while this claim waited for it; %s", errNoPool, w.pool, advice.Pools)
+		case w.req.Count > len(p.Members):
+			return nil, false, poolTooSmall(w.pool, p, w.req.Count)
+		}
+	}
+	want := len(names) // a claim's: its count of them
+	if w.req.Count > 0 {
+		want = w.req.Count
+	}
+	if got := heldBy(tx, names, w.req); w.uncertain && len(got) == want {
 		return got, true, nil
 	}
 	return nil, false, txn.ErrDropped
 }
 
-// holdsAll reports whether req's requestor holds every lock in got with
-// req's key.
-func holdsAll(got map[string]Snapshot, req acquireRequest) bool {
-	for _, s := range got {
-		if _, holds := s.Holder(req.Requestor); !holds || s.Key != req.Key {
-			return false
+// heldBy returns those of names that req's requestor holds with req's
+// key.
+func heldBy(tx txn.Reader, names []string, req acquireRequest) map[string]Snapshot {
+	got := map[string]Snapshot{}
+	for _, name := range names {
+		if s := snapshot(tx, name); s.Key == req.Key {
+			if _, holds := s.Holder(req.Requestor); holds {
+				got[name] = s
+			}
 		}
 	}
-	return true
+	return got
 }
 
 // errSuperseded: a later request with the same Idempotency-Key took the
@@ -441,7 +616,7 @@ func (w *wait) taken(ctx context.Context, got map[string]Snapshot) (map[string]S
 		w.giveBack(context.WithoutCancel(ctx))
 		return nil, errClientGone
 	}
-	w.e.granted(w.names, w.req, got, time.Since(w.start))
+	w.e.granted(w.req, got, time.Since(w.start))
 	return got, nil
 }
 
@@ -484,12 +659,12 @@ func (w *wait) giveBack(ctx context.Context) {
 func (w *wait) takeOut(ctx context.Context) {
 	for try := range takeOutTries {
 		cctx, cancel := context.WithTimeout(ctx, changeTimeout)
-		err := w.e.update(cctx, w.names, txn.Options{}, func(tx txn.Tx) error {
-			for _, name := range w.names {
-				q, ok := find(tx.Queue(name), w.id)
-				if !ok || q.Round != w.round {
-					continue // gone already, never queued, or another request's now
-				}
+		_, err := w.e.updateNaming(cctx, w.names, txn.Options{Pool: w.pool}, func(tx txn.Tx, names []string) error {
+			in, q, err := w.locate(tx, names)
+			if err != nil || len(in) == 0 || q.Round != w.round {
+				return err // gone already, never queued, or another request's now
+			}
+			for _, name := range in {
 				tx.RemoveWaiter(name, w.id)
 				if q.Granted != nil {
 					if next, released, _ := lock.Release(tx.Lock(name), w.req.Key, w.req.Requestor, false); released > 0 {
@@ -497,7 +672,7 @@ func (w *wait) takeOut(ctx context.Context) {
 					}
 				}
 			}
-			for _, name := range w.names {
+			for _, name := range in {
 				grantQueue(tx, name)
 			}
 			return nil

@@ -97,6 +97,16 @@ func (l Lock) Clone() Lock {
 	return l
 }
 
+// Only returns l with the hold of the holder called name alone: what a
+// queue keeps of a grant until its request takes it up. (The whole lock
+// each time would make n same-key waiters granted together cost n copies
+// of a lock of up to n holders.)
+func (l Lock) Only(name string) Lock {
+	h, _ := l.Holder(name)
+	l.Holders = []Holder{h}
+	return l
+}
+
 // Holder returns the holder called name.
 func (l Lock) Holder(name string) (Holder, bool) {
 	i, ok := slices.BinarySearchFunc(l.Holders, name, byName)
