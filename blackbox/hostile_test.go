@@ -36,7 +36,26 @@ func TestThousandsOfWaiters(t *testing.T) {
 		total = 1000
 	}
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
-	if status := testutil.HTTPDo(t, p.URL, "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+	letThrough(t, []string{p.URL}, total, group)
+}
+
+// TestTwoThousandWaitersWithOneKeyOnPostgreSQL: 2,000 requests with one
+// key wait for a lock on two nodes sharing a database; the holder's
+// release grants them all in one change, which tells both nodes of every
+// grant (notifications that carry 2,000 IDs), and each is answered.
+func TestTwoThousandWaitersWithOneKeyOnPostgreSQL(t *testing.T) {
+	t.Parallel()
+	env := "LOCKER_DATABASE_URL=" + testutil.PostgresSchema(t)
+	a, b := testutil.StartServer(t, buildLocker(t), env), testutil.StartServer(t, buildLocker(t), env)
+	letThrough(t, []string{a.URL, b.URL}, 2000, 2000)
+}
+
+// letThrough holds the lock "busy" through the first of urls, queues
+// total waiters for it, in groups of group that share a key, on each of
+// urls in turn, and releases it: every waiter must be granted and give
+// it back, leaving nothing held or queued.
+func letThrough(t *testing.T, urls []string, total, group int) {
+	if status := testutil.HTTPDo(t, urls[0], "PUT", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)
 	}
 	transport := &http.Transport{DisableKeepAlives: true}
@@ -45,10 +64,11 @@ func TestThousandsOfWaiters(t *testing.T) {
 	failures := make(chan string, total)
 	for g := range total / group {
 		for i := range group {
+			base := urls[(g*group+i)%len(urls)]
 			wg.Go(func() {
 				key := fmt.Sprintf(`{"key": "group-%d", "lock_by": "w-%d-%d"}`, g, g, i)
 				for _, r := range []struct{ method, path string }{{"PUT", "/lock/busy?wait=5m"}, {"DELETE", "/lock/busy"}} {
-					req, _ := http.NewRequest(r.method, p.URL+r.path, strings.NewReader(key))
+					req, _ := http.NewRequest(r.method, base+r.path, strings.NewReader(key))
 					resp, err := client.Do(req)
 					if err != nil {
 						failures <- err.Error()
@@ -63,9 +83,9 @@ func TestThousandsOfWaiters(t *testing.T) {
 			})
 		}
 		// Let each group queue before the next, so that groups stay together.
-		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, p.URL, "locker_waiters") == float64((g+1)*group) })
+		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, urls[0], "locker_waiters") == float64((g+1)*group) })
 	}
-	if status := testutil.HTTPDo(t, p.URL, "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+	if status := testutil.HTTPDo(t, urls[0], "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)
 	}
 	wg.Wait()
@@ -73,10 +93,10 @@ func TestThousandsOfWaiters(t *testing.T) {
 	for f := range failures {
 		t.Fatalf("a waiter failed: %s", f)
 	}
-	if n := waiting(t, p.URL, "busy"); n != 0 {
+	if n := waiting(t, urls[0], "busy"); n != 0 {
 		t.Errorf("%d still waiting", n)
 	}
-	if status, body := httpGet(t, p.URL, "/locks"); status != http.StatusOK || body != "{}\n" {
+	if status, body := httpGet(t, urls[0], "/locks"); status != http.StatusOK || body != "{}\n" {
 		t.Errorf("GET /locks after every waiter came and went = %d %s; want {}", status, body)
 	}
 }

@@ -320,3 +320,62 @@ func TestAVanishedNodesRowLocksAreFreed(t *testing.T) {
 		t.Errorf("the change waited %v; node a's transaction held the row, so it must have waited until the database ended it (%v)", took, idleInTransaction)
 	}
 }
+
+// TestEveryWakeIsToldWhateverItsNumber: a change that wakes 2,000
+// waiters at once (a release that 2,000 same-key requests wait for)
+// commits, and another node hears of each: a notification's payload
+// must stay under PostgreSQL's 8,000 bytes, or the change fails.
+func TestEveryWakeIsToldWhateverItsNumber(t *testing.T) {
+	u := testURL(t)
+	ctx := context.Background()
+	a, err := Open(ctx, u, "a", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(false)
+	b, err := Open(ctx, u, "b", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(false)
+	wake := func(ids []int64) error {
+		return a.Update(ctx, []string{"l"}, txn.Options{}, func(tx txn.Tx) error {
+			for _, id := range ids {
+				tx.Wake(id)
+			}
+			return nil
+		})
+	}
+	const probe = 1 << 50
+	heard, stop := b.Watch(probe)
+	testutil.WaitFor(t, "node b to listen", func() bool {
+		if err := wake([]int64{probe}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-heard:
+			return true
+		case <-time.After(100 * time.Millisecond):
+			return false
+		}
+	})
+	stop()
+	ids := make([]int64, 2000)
+	woken := make([]<-chan struct{}, len(ids))
+	for i := range ids {
+		ids[i] = probe + 1 + int64(i) // 16 digits each: 34,000 bytes of IDs in all
+		var stop func()
+		woken[i], stop = b.Watch(ids[i])
+		defer stop()
+	}
+	if err := wake(ids); err != nil {
+		t.Fatalf("a change that wakes %d waiters: %v", len(ids), err)
+	}
+	for i, ch := range woken {
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("node b was not told of waiter %d of %d", i+1, len(ids))
+		}
+	}
+}

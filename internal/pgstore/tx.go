@@ -8,7 +8,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -313,11 +312,7 @@ func (t *tx) commit() error {
 		return err
 	}
 	if len(t.told) > 0 {
-		ids := make([]string, len(t.told))
-		for i, id := range t.told {
-			ids[i] = strconv.FormatInt(id, 10)
-		}
-		b.Queue("SELECT pg_notify($1, $2)", channel, strings.Join(ids, ","))
+		b.Queue("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload", channel, payloads(t.told))
 	}
 	b.Queue("COMMIT")
 	if err := t.conn.SendBatch(t.ctx, b).Close(); err != nil {
@@ -396,7 +391,8 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 		ON CONFLICT (id, name) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
 			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
-			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round`,
+			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round,
+			set_of = excluded.set_of`,
 		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
 		w.Since, idem, left, granted, w.Round, w.Set, w.Count, pool)
 	return nil
@@ -419,4 +415,28 @@ func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) er
 		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
 	return fn(t)
+}
+
+// maxPayload is the most bytes a notification's payload carries:
+// PostgreSQL refuses a NOTIFY of 8,000 bytes or more, and with it the
+// transaction.
+const maxPayload = 7900
+
+// payloads returns the IDs of ids as the payloads of as few
+// notifications as carry them all, each under maxPayload bytes: IDs
+// separated by commas.
+func payloads(ids []int64) []string {
+	var out []string
+	var b []byte
+	for _, id := range ids {
+		if len(b)+21 > maxPayload { // room for a comma and the longest int64
+			out = append(out, string(b))
+			b = b[:0]
+		}
+		if len(b) > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, id, 10)
+	}
+	return append(out, string(b))
 }
