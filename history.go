@@ -14,6 +14,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -190,8 +191,8 @@ const (
 
 // Backlog returns up to limit of the events kept with IDs above after, in
 // the order of their IDs, and the highest ID of an event no longer kept.
-func (e *engine) Backlog(after uint64, limit int) ([]lock.Event, uint64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+func (e *engine) Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, changeTimeout)
 	defer cancel()
 	events, forgotten, err := e.store.Backlog(ctx, after, limit)
 	if err != nil {
@@ -260,22 +261,19 @@ func (s *server) decodeEventsQuery(r *http.Request) (eventsQuery, error) {
 
 // handleEvents handles GET /events: one Server-Sent Event a change to a
 // lock's history, with its id; with Last-Event-ID, first the kept events
-// after it. It ends with an "end" event saying why: the client fell too
-// far behind, or the server is stopping.
+// after it, a page at a time as they are read. It ends with an "end"
+// event saying why: the client fell too far behind, or the server is
+// stopping.
 func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	q, err := s.decodeEventsQuery(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	sub := s.locks.hub.Subscribe(q.locks, s.streamBuffer)
-	defer sub.Close()
-	// What was missed is read after subscribing, so that nothing falls
-	// between the two; an event in both is sent once.
-	var backlog []lock.Event
+	var first []lock.Event // the first page of what was missed, read before answering
 	var forgotten uint64
 	if q.resume {
-		if backlog, forgotten, err = s.missed(q); err != nil {
+		if first, forgotten, err = s.locks.Backlog(r.Context(), q.after, backlogPage); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -291,10 +289,17 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if q.resume && forgotten > q.after {
 		sw.end("gap", fmt.Sprintf("some events after %d are no longer kept (each lock keeps its last LOCKER_HISTORY events, for LOCKER_HISTORY_AGE): the ones still kept follow", q.after), false)
 	}
-	sent := make(map[uint64]struct{}, len(backlog))
-	for _, e := range backlog {
-		sent[e.ID] = struct{}{}
-		sw.event(e)
+	var sent stream.Seen // an event read twice goes out once
+	after := q.after
+	if q.resume && !s.catchUp(r.Context(), sw, q, &sent, &after, first) {
+		return
+	}
+	// What committed since the last page comes from the subscription, or
+	// from the pages read after subscribing: nothing falls between the two.
+	sub := s.locks.hub.Subscribe(q.locks, s.streamBuffer)
+	defer sub.Close()
+	if q.resume && !s.catchUp(r.Context(), sw, q, &sent, &after, nil) {
+		return
 	}
 	sw.comment("following") // the client hears the stream is open at once
 	if sw.flush() != nil {
@@ -306,14 +311,16 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-sub.Ready:
 			for _, e := range sub.Take() { // a burst goes out in one write
-				if _, dup := sent[e.ID]; !dup {
+				if sent.Add(e.ID) {
 					sw.event(e)
 				}
 			}
 			_ = sw.flush()
 		case <-sub.Cut:
 			for _, e := range sub.Take() {
-				sw.event(e)
+				if sent.Add(e.ID) {
+					sw.event(e)
+				}
 			}
 			sw.end("end", fmt.Sprintf("this stream fell %d events behind and was cut off; %s", s.streamBuffer, advice.Resume), true)
 			return
@@ -329,30 +336,41 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// missed reads the kept events after q.after that q takes, a page at a
-// time, each once, and the highest ID of an event no longer kept. On
-// PostgreSQL some may be at or below q.after (see pgstore's Backlog): a
-// client that resumes may be sent again an event it had.
-func (s *server) missed(q eventsQuery) ([]lock.Event, uint64, error) {
-	var out []lock.Event
-	seen := map[uint64]struct{}{}
-	after, forgotten := q.after, uint64(0)
+// catchUp sends the kept events after *after that q follows, a page at
+// a time (starting with page, when it is not nil), each once, until a
+// page is not full; *after becomes the last ID read. It reports whether
+// the stream goes on: not when the client went away, a write failed, or
+// a page could not be read (the client is told to resume).
+func (s *server) catchUp(ctx context.Context, sw *sseWriter, q eventsQuery, sent *stream.Seen, after *uint64, page []lock.Event) bool {
 	for {
-		page, f, err := s.locks.Backlog(after, backlogPage)
-		if err != nil {
-			return nil, 0, err
-		}
-		forgotten = max(forgotten, f)
-		for _, e := range page {
-			if _, dup := seen[e.ID]; !dup && q.follows(e) {
-				seen[e.ID] = struct{}{}
-				out = append(out, e)
+		if page == nil {
+			var err error
+			if page, _, err = s.locks.Backlog(ctx, *after, backlogPage); err != nil {
+				if ctx.Err() == nil {
+					s.log.Error("reading the events a stream missed", "after", *after, "err", err)
+					sw.end("end", fmt.Sprintf("the events after %d could not be read (%v); %s", *after, err, advice.Resume), true)
+				}
+				return false
 			}
 		}
-		if len(page) < backlogPage || page[len(page)-1].ID <= after {
-			return out, forgotten, nil
+		for _, e := range page {
+			if q.follows(e) && sent.Add(e.ID) {
+				sw.event(e)
+			}
 		}
-		after = page[len(page)-1].ID
+		if sw.flush() != nil || ctx.Err() != nil {
+			return false
+		}
+		// On PostgreSQL a page may hold events at or below *after (see
+		// pgstore's Backlog): the next page starts after the highest.
+		if len(page) < backlogPage || page[len(page)-1].ID <= *after {
+			if len(page) > 0 {
+				*after = max(*after, page[len(page)-1].ID)
+			}
+			return true
+		}
+		*after = page[len(page)-1].ID
+		page = nil
 	}
 }
 

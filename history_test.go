@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -307,5 +308,70 @@ func TestALeaseRunsOutWithoutAChangeOnPostgreSQL(t *testing.T) {
 	testutil.WaitFor(t, "the lease's end in the history", func() bool {
 		h := history(t, tab, "prod")
 		return len(h) == 2 && h[1].Kind == lock.Expired
+	})
+}
+
+// TestAResumedStreamSendsEveryKeptEventOnce: a stream resumed from the
+// first event, over pages of kept events, while changes go on, sends
+// every kept event and every new one, each once. Both stores.
+func TestAResumedStreamSendsEveryKeptEventOnce(t *testing.T) {
+	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+		tab := open(t)
+		srv := httptest.NewServer(serveTable(tab, "", "", "").handler)
+		t.Cleanup(srv.Close)
+		change := func(name string) {
+			if _, err := acquire(tab, name, "k", "a"); err != nil {
+				t.Error(err)
+			}
+			if _, _, err := tab.Release(name, "k", "a", false, nil); err != nil {
+				t.Error(err)
+			}
+		}
+		var wg sync.WaitGroup
+		for w := range 8 { // 2,400 events: more than two pages
+			wg.Go(func() {
+				for i := range 150 {
+					change(fmt.Sprintf("l-%d-%d", w, i))
+				}
+			})
+		}
+		wg.Wait()
+		s := testutil.OpenStream(t, srv.URL, "", "0")
+		wg.Go(func() {
+			for i := range 100 {
+				change(fmt.Sprintf("live-%d", i%3))
+			}
+		})
+		wg.Wait()
+		// Every event kept, read a page at a time; on the file store an
+		// event is read once the journal's sync has sent it, a moment
+		// after its change returned.
+		want := map[uint64]bool{}
+		testutil.WaitFor(t, "the 2,600 events to be kept", func() bool {
+			clear(want)
+			for after := uint64(0); ; {
+				page, _, err := tab.Backlog(context.Background(), after, 500)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range page {
+					want[e.ID] = true
+					after = max(after, e.ID)
+				}
+				if len(page) < 500 {
+					return len(want) == 2600
+				}
+			}
+		})
+		got := map[uint64]int{}
+		for len(got) < len(want) {
+			e := s.NextEvent(t)
+			if got[e.ID]++; got[e.ID] > 1 {
+				t.Fatalf("event %d was sent twice", e.ID)
+			}
+			if !want[e.ID] {
+				t.Fatalf("event %d was sent, and is not kept", e.ID)
+			}
+		}
 	})
 }

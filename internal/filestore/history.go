@@ -24,6 +24,7 @@ func (s *Store) record(events []lock.Event) {
 	}
 	for _, e := range events {
 		h := append(s.history[e.Lock], e)
+		s.byID.add(e)
 		cut := max(len(h)-s.keep.Events, 0)
 		for cut < len(h)-1 && !s.keep.Keeps(h[cut].At, e.At) {
 			cut++ // too old: forgotten now that the lock changes again
@@ -31,9 +32,75 @@ func (s *Store) record(events []lock.Event) {
 		if cut > 0 {
 			s.forgotten = max(s.forgotten, h[cut-1].ID)
 			h = h[cut:]
+			s.byID.dropped(cut, s.history)
 		}
 		s.history[e.Lock] = h
 	}
+}
+
+// eventIndex is every kept event's ID and lock, in the order of the IDs,
+// so that a stream resuming after an ID finds the events after it
+// without looking at the others (Backlog): a table keeps hundreds of
+// thousands. It may also hold events since dropped from their history
+// (the oldest of a lock with many); those are skipped, and taken out
+// once they are as many as the kept ones.
+type eventIndex struct {
+	refs  []eventRef
+	stale int // how many of refs were dropped from their history
+}
+
+// eventRef is an event of a lock's history, by ID.
+type eventRef struct {
+	id   uint64
+	lock string
+}
+
+// add adds e, whose ID is above every one before it.
+func (x *eventIndex) add(e lock.Event) { x.refs = append(x.refs, eventRef{e.ID, e.Lock}) }
+
+// dropped notes that n events were dropped from their history, and
+// takes the dropped ones out when they are half of the index.
+func (x *eventIndex) dropped(n int, history map[string][]lock.Event) {
+	x.stale += n
+	if x.stale < 1024 || 2*x.stale < len(x.refs) {
+		return
+	}
+	kept := x.refs[:0]
+	for _, r := range x.refs {
+		if _, ok := kept1(history, r); ok {
+			kept = append(kept, r)
+		}
+	}
+	clear(x.refs[len(kept):]) // let the dropped locks' names go
+	x.refs, x.stale = kept, 0
+}
+
+// unadd takes back e, the last event added.
+func (x *eventIndex) unadd(e lock.Event) {
+	if n := len(x.refs); n > 0 && x.refs[n-1].id == e.ID {
+		x.refs = x.refs[:n-1]
+	}
+}
+
+// after returns the index of the first event with an ID above id.
+func (x *eventIndex) after(id uint64) int {
+	i, _ := slices.BinarySearchFunc(x.refs, id+1, func(r eventRef, id uint64) int { return cmp.Compare(r.id, id) })
+	return i
+}
+
+// kept1 returns the event r refers to, if its lock's history still
+// holds it: a history is a run of its lock's events, cut from the front
+// (dropped) and the back (undone).
+func kept1(history map[string][]lock.Event, r eventRef) (lock.Event, bool) {
+	h := history[r.lock]
+	if len(h) == 0 || r.id < h[0].ID || r.id > h[len(h)-1].ID {
+		return lock.Event{}, false
+	}
+	i, found := slices.BinarySearchFunc(h, r.id, func(e lock.Event, id uint64) int { return cmp.Compare(e.ID, id) })
+	if !found {
+		return lock.Event{}, false
+	}
+	return h[i], true
 }
 
 // intern makes the events read from the files share one copy of each
@@ -73,21 +140,31 @@ func (s *Store) load(events []lock.Event) {
 	if s.keep.Events <= 0 {
 		return
 	}
+	if !slices.IsSortedFunc(events, func(a, b lock.Event) int { return cmp.Compare(a.ID, b.ID) }) {
+		slices.SortStableFunc(events, func(a, b lock.Event) int { return cmp.Compare(a.ID, b.ID) })
+	}
+	s.byID.refs = make([]eventRef, len(events))
+	for i, e := range events {
+		s.byID.refs[i] = eventRef{e.ID, e.Lock}
+	}
 	groupByLock(events)
+	cut := 0
+	defer func() { s.byID.dropped(cut, s.history) }()
 	for i := 0; i < len(events); {
 		j := i + 1
 		for j < len(events) && events[j].Lock == events[i].Lock {
 			j++
 		}
 		h := events[i:j:j]
-		cut, latest := max(len(h)-s.keep.Events, 0), h[len(h)-1].At
-		for cut < len(h)-1 && !s.keep.Keeps(h[cut].At, latest) {
-			cut++
+		drop, latest := max(len(h)-s.keep.Events, 0), h[len(h)-1].At
+		for drop < len(h)-1 && !s.keep.Keeps(h[drop].At, latest) {
+			drop++
 		}
-		if cut > 0 {
-			s.forgotten = max(s.forgotten, h[cut-1].ID)
+		if drop > 0 {
+			s.forgotten = max(s.forgotten, h[drop-1].ID)
+			cut += drop
 		}
-		s.history[h[0].Lock] = h[cut:]
+		s.history[h[0].Lock] = h[drop:]
 		i = j
 	}
 }
@@ -135,6 +212,7 @@ func groupByLock(events []lock.Event) {
 // Callers hold s.mu.
 func (s *Store) unrecord(events []lock.Event) {
 	for _, e := range slices.Backward(events) {
+		s.byID.unadd(e)
 		h := s.history[e.Lock]
 		if n := len(h); n > 0 && h[n-1].ID == e.ID {
 			h = slices.Clip(h[:n-1])
@@ -221,28 +299,31 @@ func (s *Store) send(seq uint64) {
 // Backlog returns up to limit of the durable events kept with IDs above
 // after, in the order of their IDs, and the highest ID of an event no
 // longer kept: a client that saw events up to after and asks for the
-// rest has missed some if it is above after.
-func (s *Store) Backlog(_ context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+// rest has missed some if it is above after. It looks at the events
+// after after, by ID, until it has limit of them: the store's mutex is
+// held for as long as a page takes, whatever the history holds.
+func (s *Store) Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now, forgotten := s.now(), s.forgotten
-	var events []lock.Event
-	for _, h := range s.history {
-		if len(h) == 0 || h[len(h)-1].ID <= after {
-			continue
+	events := make([]lock.Event, 0, min(limit, 1024))
+	for _, r := range s.byID.refs[s.byID.after(after):] {
+		if len(events) == limit || r.id > s.sent {
+			break // the rest are not durable yet: a follower hears of them
 		}
-		i, _ := slices.BinarySearchFunc(h, after+1, func(e lock.Event, id uint64) int { return cmp.Compare(e.ID, id) })
-		for _, e := range h[i:] {
-			switch {
-			case !s.keep.Keeps(e.At, now):
-				forgotten = max(forgotten, e.ID)
-			case e.ID <= s.sent:
-				events = append(events, e)
-			}
+		e, ok := kept1(s.history, r)
+		switch {
+		case !ok: // dropped since: s.forgotten counts it
+		case !s.keep.Keeps(e.At, now):
+			forgotten = max(forgotten, e.ID)
+		default:
+			events = append(events, e)
 		}
 	}
-	slices.SortFunc(events, func(a, b lock.Event) int { return cmp.Compare(a.ID, b.ID) })
-	return events[:min(len(events), limit)], forgotten, nil
+	return events, forgotten, nil
 }
 
 // Recent returns the last n events kept of each lock in names, newest

@@ -7,8 +7,11 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/lock"
@@ -100,5 +103,104 @@ func TestGroupByLockKeepsEachLocksOrder(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("round %d: each lock's events %v; want %v", round, got, want)
 		}
+	}
+}
+
+// newHistoryStore is a store on a new file that keeps each lock's last
+// keep events, told of none.
+func newHistoryStore(tb testing.TB, keep int) *Store {
+	tb.Helper()
+	s, err := Open(filepath.Join(tb.TempDir(), "locks.yml"), atomicfile.OS{}, Options{Log: slog.New(slog.DiscardHandler), History: txn.History{Events: keep}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close(false) })
+	return s
+}
+
+// TestBacklogPagesThroughTheHistories: events recorded on many locks,
+// some dropped (each lock keeps its last 3), some undone, some not yet
+// durable: Backlog's pages, read one after another from any ID, give
+// every kept durable event once, in the order of their IDs.
+func TestBacklogPagesThroughTheHistories(t *testing.T) {
+	ctx := context.Background()
+	s := newHistoryStore(t, 3)
+	r := rand.New(rand.NewPCG(3, 4))
+	id := uint64(0)
+	for range 20000 {
+		batch := make([]lock.Event, 1+r.IntN(3))
+		for i := range batch {
+			id++
+			batch[i] = lock.Event{ID: id, Lock: fmt.Sprintf("l%d", r.IntN(500)), At: time.Now()}
+		}
+		s.record(batch)
+		if r.IntN(10) == 0 {
+			s.unrecord(batch)
+			id -= uint64(len(batch))
+		}
+	}
+	s.sent = id - 5 // the last events are not durable yet
+	var want []uint64
+	for _, h := range s.history {
+		for _, e := range h {
+			if e.ID <= s.sent {
+				want = append(want, e.ID)
+			}
+		}
+	}
+	slices.Sort(want)
+	for _, from := range []uint64{0, want[len(want)/2], s.sent} {
+		var got []uint64
+		for after := from; ; {
+			page, _, err := s.Backlog(ctx, after, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page {
+				got = append(got, e.ID)
+			}
+			if len(page) < 100 {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		i, _ := slices.BinarySearch(want, from+1)
+		if !slices.Equal(got, want[i:]) {
+			t.Errorf("the backlog after %d: %d events; want %d, the kept durable ones in order (first difference near %v)",
+				from, len(got), len(want[i:]), got[:min(len(got), 5)])
+		}
+	}
+	if stale := s.byID.stale; len(s.byID.refs)-stale > len(want)+5 || stale > len(s.byID.refs)/2+1024 {
+		t.Errorf("the index holds %d events, %d of them dropped, for %d kept; want the dropped ones taken out", len(s.byID.refs), stale, len(want))
+	}
+}
+
+// TestBacklogReadsOnlyItsPage: with 200,000 events kept, a page of 1,000
+// costs what a page costs, not what the history holds (it is read under
+// the store's mutex, which every change waits for: a stream resuming
+// from an old event stalled every change when each page gathered and
+// sorted every kept event).
+func TestBacklogReadsOnlyItsPage(t *testing.T) {
+	ctx := context.Background()
+	s := newHistoryStore(t, 2)
+	batch := make([]lock.Event, 0, 1000)
+	for i := range 200000 {
+		batch = append(batch, lock.Event{ID: uint64(i + 1), Lock: fmt.Sprintf("lock-%d", i/2), At: time.Now(), Kind: lock.Taken})
+		if len(batch) == cap(batch) {
+			s.record(batch)
+			batch = make([]lock.Event, 0, 1000)
+		}
+	}
+	s.sent = 200000
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	page, _, err := s.Backlog(ctx, 0, 1000)
+	runtime.ReadMemStats(&after)
+	if err != nil || len(page) != 1000 || page[0].ID != 1 || page[999].ID != 1000 {
+		t.Fatalf("the first page: %d events, %v; want events 1 to 1,000", len(page), err)
+	}
+	perEvent := int(unsafe.Sizeof(lock.Event{}))
+	if n := after.TotalAlloc - before.TotalAlloc; n > uint64(4*1000*perEvent) {
+		t.Errorf("a page of 1,000 events of 200,000 allocated %d bytes; want about %d, a page's", n, 1000*perEvent)
 	}
 }

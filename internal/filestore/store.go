@@ -78,6 +78,7 @@ type Store struct {
 	undo       []undo                  // changes not yet known to be durable, oldest first
 	requests   idempotency.Set         // outcomes by Idempotency-Key
 	history    map[string][]lock.Event // each lock's events, oldest first, held or free
+	byID       eventIndex              // the events of history by ID, for Backlog
 	lastEvent  uint64                  // the highest event ID handed out
 	keep       txn.History             // how much history to keep
 	forgotten  uint64                  // the highest event ID no longer kept

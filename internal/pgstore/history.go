@@ -45,38 +45,6 @@ const eventsQuiet = 50 * time.Millisecond
 // eventsPage is how many events a node reads at a time.
 const eventsPage = 1000
 
-// sentIDs is how many of the latest events a node remembers having
-// handed on, so that each goes out once: each read also returns the
-// events with lower IDs of transactions that were running when the last
-// one handed on was written (see Backlog), most of them handed on before.
-const sentIDs = 1 << 14
-
-// sent remembers the IDs of the events handed to onEvents, the latest
-// sentIDs of them.
-type sent struct {
-	ids   map[uint64]struct{}
-	order []uint64 // oldest first
-	max   uint64   // the highest ID handed on
-}
-
-// add reports whether id is new, and remembers it.
-func (m *sent) add(id uint64) bool {
-	if _, ok := m.ids[id]; ok {
-		return false
-	}
-	if m.ids == nil {
-		m.ids = map[uint64]struct{}{}
-	}
-	m.ids[id] = struct{}{}
-	m.order = append(m.order, id)
-	if len(m.order) > sentIDs {
-		delete(m.ids, m.order[0])
-		m.order = m.order[1:]
-	}
-	m.max = max(m.max, id)
-	return true
-}
-
 // tellOthers reports whether this node's next commit of events is to
 // tell the others: the first one after eventsQuiet without. The others
 // look every eventsQuiet for twice that after they were told, so they
@@ -117,13 +85,13 @@ func (s *Store) pollEvents(ctx context.Context) {
 func (s *Store) fetchEvents(ctx context.Context) (bool, error) {
 	found := false
 	for {
-		from := s.sent.max
+		from := s.sent.Max
 		events, _, err := s.Backlog(ctx, from, eventsPage)
 		if err != nil {
 			return found, err
 		}
 		found = s.send(events) || found
-		if s.sent.max == from || len(events) < eventsPage {
+		if s.sent.Max == from || len(events) < eventsPage {
 			return found, nil
 		}
 	}
@@ -134,7 +102,7 @@ func (s *Store) fetchEvents(ctx context.Context) (bool, error) {
 func (s *Store) send(events []lock.Event) bool {
 	fresh := events[:0]
 	for _, e := range events {
-		if s.sent.add(e.ID) {
+		if s.sent.Add(e.ID) {
 			fresh = append(fresh, e)
 		}
 	}

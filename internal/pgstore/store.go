@@ -27,6 +27,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -59,7 +60,7 @@ type Store struct {
 	keep txn.History
 
 	onEvents   func([]lock.Event) // told of the events every node commits
-	sent       sent               // the events handed to onEvents; pollEvents'
+	sent       stream.Seen        // the events handed to onEvents; pollEvents'
 	eventsTold chan struct{}      // a node told of events (room for one)
 	toldAt     atomic.Int64       // when this node last told the others of events, in Unix nanoseconds
 	trimmedTo  int64              // the highest event ID when history was last trimmed; the heartbeats'
@@ -127,7 +128,7 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 			pool.Close()
 			return nil, err
 		}
-		s.sent.max = uint64(last)
+		s.sent.Max = uint64(last)
 	}
 	for range committers {
 		s.committing.Go(s.commitLoop)
