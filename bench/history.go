@@ -35,6 +35,18 @@ type historyFigures struct {
 	ConnectedRPS   figure `json:"connected_rps"`
 	IdleStreams    int    `json:"idle_streams"`
 	StuckStreamCut bool   `json:"stuck_stream_cut"` // the server ended the stream that never read
+	// Streams resumed from the first of 200,000 kept events (the history
+	// of ResumedLocks locks, two events each) while the parallel workload
+	// runs: its p99 and throughput, and how long each stream took to send
+	// its first event and all of them.
+	ResumedLocks     int    `json:"resumed_locks"`
+	ResumedStreams   int    `json:"resumed_streams"`
+	ResumedP99Ms     figure `json:"resumed_p99_ms"`
+	ResumedRPS       figure `json:"resumed_rps"`
+	ResumedFirstMs   figure `json:"resumed_first_event_ms"`
+	ResumedAllMs     figure `json:"resumed_all_events_ms"`
+	ResumedIdleP99Ms figure `json:"resumed_idle_p99_ms"` // the same server and workload, no stream
+	ResumedIdleRPS   figure `json:"resumed_idle_rps"`
 }
 
 // historyPoint is a restart with Events events a lock.
@@ -76,8 +88,100 @@ func benchHistory(cfg config, dir string, r *report) error {
 	}
 	h.QuietP99Ms, h.FollowedP99Ms, h.ConnectedP99Ms = latencyFigure(quiet, 99), latencyFigure(followed, 99), latencyFigure(connected, 99)
 	h.QuietRPS, h.FollowedRPS, h.ConnectedRPS = rpsFigure(quiet), rpsFigure(followed), rpsFigure(connected)
+	h.ResumedLocks, h.ResumedStreams = 100000, 4
+	if err := resumedRuns(cfg, dir, h); err != nil {
+		return err
+	}
 	r.History = h
 	return nil
+}
+
+// resumedRuns measures h's resumed figures: each run alternates the
+// workload alone and with the streams, on one state file.
+func resumedRuns(cfg config, dir string, h *historyFigures) error {
+	runDir := filepath.Join(dir, "resumed")
+	if err := os.MkdirAll(runDir, 0o750); err != nil {
+		return err
+	}
+	state := filepath.Join(runDir, "locks.yml")
+	fmt.Fprintf(os.Stderr, "bench: writing %d locks with 2 events each...\n", h.ResumedLocks)
+	if err := writeHistories(state, h.ResumedLocks, 2); err != nil {
+		return err
+	}
+	env := cfg
+	env.serverEnv = append([]string{"LOCKER_HISTORY=2"}, cfg.serverEnv...)
+	var alone, resumed []loadResult
+	var first, all []float64
+	for range cfg.runs {
+		for _, streams := range []int{0, h.ResumedStreams} {
+			p, _, err := startLocker(env, runDir)
+			if err != nil {
+				return err
+			}
+			res, f, a, err := resumedRun(env, p, streams, 2*h.ResumedLocks)
+			if err = errors.Join(err, p.kill()); err != nil { // a clean stop would rewrite the file
+				return err
+			}
+			if streams == 0 {
+				alone = append(alone, res)
+				continue
+			}
+			resumed = append(resumed, res)
+			first, all = append(first, f...), append(all, a...)
+		}
+	}
+	h.ResumedIdleP99Ms, h.ResumedP99Ms = latencyFigure(alone, 99), latencyFigure(resumed, 99)
+	h.ResumedIdleRPS, h.ResumedRPS = rpsFigure(alone), rpsFigure(resumed)
+	h.ResumedFirstMs, h.ResumedAllMs = newFigure("ms", first), newFigure("ms", all)
+	return nil
+}
+
+// resumedRun opens streams GETs of /events with Last-Event-ID: 0 on p,
+// each read as fast as it comes, and runs the parallel workload
+// meanwhile. It returns the workload's result and, for each stream, the
+// milliseconds to its first event and to its kept-th.
+func resumedRun(cfg config, p *process, streams, kept int) (loadResult, []float64, []float64, error) {
+	type times struct {
+		first, all float64
+		err        error
+	}
+	done := make(chan times, streams)
+	start := time.Now()
+	for range streams {
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, p.url+"/events", nil)
+			req.Header.Set("Last-Event-ID", "0")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- times{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			var t times
+			n := 0
+			sc := bufio.NewScanner(resp.Body)
+			for n < kept && sc.Scan() {
+				if bytes.HasPrefix(sc.Bytes(), []byte("id: ")) {
+					if n++; n == 1 {
+						t.first = ms(time.Since(start))
+					}
+				}
+			}
+			t.all = ms(time.Since(start))
+			if n < kept {
+				t.err = fmt.Errorf("a resumed stream ended after %d of %d events: %v", n, kept, sc.Err())
+			}
+			done <- t
+		}()
+	}
+	res, err := runOnce(cfg, p, cfg.clients, ownLock("resumed"), func() error { return nil })
+	var first, all []float64
+	for range streams {
+		t := <-done
+		err = errors.Join(err, t.err)
+		first, all = append(first, t.first), append(all, t.all)
+	}
+	return res, first, all, err
 }
 
 // historyRestarts writes a state file of locks locks, each held and with

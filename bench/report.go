@@ -142,6 +142,13 @@ func (r *report) rows() [][3]string {
 		f(fmt.Sprintf("parallel with %d idle streams and a stuck one", h.IdleStreams), h.FollowedRPS, 0)
 		f(fmt.Sprintf("parallel with %d idle connections, no stream", h.IdleStreams), h.ConnectedRPS, 0)
 		rows = append(rows, [3]string{"the stuck stream was ended by the server", strconv.FormatBool(h.StuckStreamCut), ""})
+		name := fmt.Sprintf("%d streams resumed from the first of %d events", h.ResumedStreams, 2*h.ResumedLocks)
+		f("parallel beside the streams' state file, no stream, p99", h.ResumedIdleP99Ms, 3)
+		f("parallel with "+name+", p99", h.ResumedP99Ms, 3)
+		f("parallel beside the streams' state file, no stream", h.ResumedIdleRPS, 0)
+		f("parallel with "+name, h.ResumedRPS, 0)
+		f(name+": first event", h.ResumedFirstMs, 0)
+		f(name+": every event", h.ResumedAllMs, 0)
 	}
 	if l := r.Listing; l != nil {
 		name := fmt.Sprintf("listing of %d locks", l.Locks)
