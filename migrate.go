@@ -17,14 +17,17 @@ import (
 
 const migrateUsage = `Usage: locker migrate [--force] --from SOURCE --to TARGET
 
-Copies every held lock, and the fencing token counter, from SOURCE to
-TARGET; each is a state file (the path LOCKER_CONFIG names) or a
-PostgreSQL URL (postgres://...). TARGET must be empty: a state file that
-does not exist or holds no lock, or a database with no lock held or waited
-for. SOURCE is left as it was, and must exist. Stop the servers on both
-first: requests that wait and Idempotency-Key outcomes are not copied. A
-database that nodes still serve (they beat within the last 5 s) is
-refused as SOURCE unless --force is given.
+Copies every held lock, the pools, the fencing token counter, each
+lock's history and the outcomes remembered by Idempotency-Key (so that a
+client that sends a request again after the move is answered as the
+first time) from SOURCE to TARGET; each is a state file (the path
+LOCKER_CONFIG names) or a PostgreSQL URL (postgres://...). TARGET must
+hold no lock: a state file that does not exist or holds no lock, or a
+database with no lock held or waited for. History TARGET kept already
+stays, and SOURCE's events are numbered after it. SOURCE is left as it
+was, and must exist. Stop the servers on both first: requests that wait
+are not copied. A database that nodes still serve (they beat within the
+last 5 s) is refused as SOURCE unless --force is given.
 
 Examples:
   locker migrate --from /var/vcap/store/locker/locker.yml --to 'postgres://locker@db:5432/locker'
@@ -54,8 +57,9 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := writeTable(ctx, *to, c); err != nil {
 		return fmt.Errorf("writing %s: %w", describe(*to), err)
 	}
-	fmt.Fprintf(stdout, "copied %d locks and %s (fencing tokens go on after %d) from %s to %s\n",
-		len(c.Locks), plural(len(c.Pools), "pool", "pools"), c.LastToken, describe(*from), describe(*to))
+	fmt.Fprintf(stdout, "copied %d locks, %s, %s and %s (fencing tokens go on after %d) from %s to %s\n",
+		len(c.Locks), plural(len(c.Pools), "pool", "pools"), plural(len(c.History), "event", "events"),
+		plural(len(c.Requests), "remembered outcome", "remembered outcomes"), c.LastToken, describe(*from), describe(*to))
 	return nil
 }
 
@@ -95,7 +99,8 @@ func readTable(ctx context.Context, from string, force bool) (txn.Contents, erro
 		return s.Export(ctx)
 	}
 	st, err := filestore.Read(from, atomicfile.OS{})
-	return txn.Contents{Locks: st.Locks, Pools: st.Pools, LastToken: st.LastToken}, err
+	return txn.Contents{Locks: st.Locks, Pools: st.Pools, LastToken: st.LastToken,
+		History: st.History, LastEvent: st.LastEvent, Requests: st.Requests}, err
 }
 
 // writeTable writes c into a target that holds no locks.

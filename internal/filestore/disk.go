@@ -382,6 +382,23 @@ func (d *disk) keepOriginal() error {
 	return nil
 }
 
+// mergeRequests returns the outcomes of have and then of add, oldest
+// first by when each was answered; add's in place of have's of the same
+// scope.
+func mergeRequests(have, add []idempotency.Entry) []idempotency.Entry {
+	if len(add) == 0 {
+		return have
+	}
+	scopes := map[string]bool{}
+	for _, e := range add {
+		scopes[e.Scope] = true
+	}
+	out := slices.DeleteFunc(slices.Clone(have), func(e idempotency.Entry) bool { return scopes[e.Scope] })
+	out = append(out, add...)
+	slices.SortStableFunc(out, func(a, b idempotency.Entry) int { return a.At.Compare(b.At) })
+	return out
+}
+
 // Write puts c into the state file at path, which must hold no locks, as
 // a checkpoint does (the state file whole and synced, then its journal
 // emptied), with the token counter past c's last token and every lock's
@@ -399,6 +416,12 @@ func Write(path string, fsys atomicfile.FS, c txn.Contents) error {
 			d.journal.Close(false), d.owner.Release())
 	}
 	st.Locks, st.LastToken = locks, max(st.LastToken, lastToken)
+	if events := txn.Renumbered(c.History, st.LastEvent); len(events) > 0 {
+		st.History = append(st.History, events...)
+		st.LastEvent = max(st.LastEvent, events[len(events)-1].ID)
+	}
+	st.LastEvent = max(st.LastEvent, c.LastEvent)
+	st.Requests = mergeRequests(st.Requests, c.Requests)
 	for name, p := range c.Pools {
 		if st.Pools == nil {
 			st.Pools = map[string]lock.Pool{}

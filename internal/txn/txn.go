@@ -213,10 +213,31 @@ func (t *Tables) Named(name string) bool {
 }
 
 // Contents is what a store holds at rest, as locker migrate copies it
-// from one store to another: the held locks, the pools, and the last
-// fencing token handed out.
+// from one store to another: the held locks, the pools, the last
+// fencing token handed out, each lock's history, and the outcomes
+// remembered by Idempotency-Key.
 type Contents struct {
 	Locks     map[string]lock.Lock
 	Pools     map[string]lock.Pool
 	LastToken uint64
+	// History is the events kept, in the order of their IDs; LastEvent
+	// the highest event ID handed out.
+	History   []lock.Event
+	LastEvent uint64
+	Requests  []idempotency.Entry // oldest first
+}
+
+// Renumbered returns events (in the order of their IDs) with IDs above
+// last, shifted up together when the first is not: a store that takes
+// in another's history keeps its own IDs, and the events' order.
+func Renumbered(events []lock.Event, last uint64) []lock.Event {
+	if len(events) == 0 || events[0].ID > last {
+		return events
+	}
+	shift := last - events[0].ID + 1
+	out := slices.Clone(events)
+	for i := range out {
+		out[i].ID += shift
+	}
+	return out
 }
