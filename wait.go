@@ -320,8 +320,8 @@ func stillHeld(tx txn.Tx, names []string, req acquireRequest, replay *outcome, e
 		if _, holds := now.Holder(req.Requestor); holds && now.Token == was.Token && now.Key == was.Key {
 			continue
 		}
-		return fmt.Errorf("%w: this request (its Idempotency-Key) was granted %q with token %d at %s, but that hold has since ended (its lease ran out, or it was released or forced free); send a new request with a new Idempotency-Key to take the lock again",
-			errGrantEnded, name, was.Token, was.AcquiredAt.Format(time.RFC3339))
+		return fmt.Errorf("%w: this request (its Idempotency-Key) was granted %q with token %d at %s, but that hold has since ended (its lease ran out, or it was released or forced free); %s",
+			errGrantEnded, name, was.Token, was.AcquiredAt.Format(time.RFC3339), advice.TakeAgain)
 	}
 	return nil
 }

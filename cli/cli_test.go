@@ -588,3 +588,48 @@ func TestRunHoldsASetAndAClaim(t *testing.T) {
 		t.Errorf("pool show after rm = %v; want it not found", r)
 	}
 }
+
+// send sends method path with body to s as the user server gives it, and
+// fails the test unless the answer is 200.
+func send(t *testing.T, s *testutil.Server, method, path, body string) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.SetBasicAuth("ci", "s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("%s %s = %d", method, path, resp.StatusCode)
+	}
+}
+
+// TestRunAsksAgainWhenItsLostGrantEnded: the answer to run's claim is
+// lost, and before run sends it again the member it was granted is
+// forced free and taken by another job: the claim sent again is refused
+// (409, the hold ended), and run asks again with a new Idempotency-Key,
+// waits for the member and runs its command then, never beside the
+// other job. Its messages name the pool, not the claim's path.
+func TestRunAsksAgainWhenItsLostGrantEnded(t *testing.T) {
+	t.Parallel()
+	s := server(t)
+	c := newClient(t, s)
+	if r := c.run(t, "pool", "set", "clip", "clip-1"); r.code != 0 {
+		t.Fatalf("pool set = %v", r)
+	}
+	c.url = testutil.DropFirstReplyThen(t, s.URL, http.MethodPut, func([]byte) {
+		send(t, s, "DELETE", "/lock/clip-1?force=true", "")
+		send(t, s, "PUT", "/lock/clip-1", `{"key": "other-job", "ttl": "3s"}`)
+	})
+	r := c.run(t, "run", "--pool", "clip", "--ttl", "6s", "--wait", "1m", "--", "sh", "-c", `echo "$LOCKER_LOCK"; `+lockerBin+` show clip-1 --json`)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "clip-1\n") || strings.Contains(r.stdout, "other-job") {
+		t.Fatalf("run --pool whose lost grant ended = %v; want the command run once other-job's lease ran out, with clip-1 its own", r)
+	}
+	if !strings.Contains(r.stderr, `ended before its answer arrived`) || !strings.Contains(r.stderr, `the pool "clip"`) || strings.Contains(r.stderr, `"/pool/clip/claim"`) {
+		t.Errorf("run's messages = %q; want it to say the grant ended and it asked again, naming the pool \"clip\" (not its path)", r.stderr)
+	}
+}

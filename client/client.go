@@ -121,6 +121,17 @@ func NewTransport(caCert []byte, insecure bool) (*http.Transport, error) {
 type Error struct {
 	Status  int    // the HTTP status, e.g. 423 (http.StatusLocked)
 	Message string // the server's "error", or its body, as Config.Rewrite leaves it
+	// ended says the server answered that the grant a request sent
+	// again was given has since ended (409), in its own words.
+	ended bool
+}
+
+// grantEnded reports whether err is the server's answer to a request
+// sent again with its Idempotency-Key that the grant it was given has
+// since ended: the lock is not held, and a new request may take it.
+func grantEnded(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.ended
 }
 
 // Error is the server's message; a refusal (423) needs nothing more. The
@@ -223,7 +234,8 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		msg = e.Error
 	}
-	return nil, &Error{Status: resp.StatusCode, Message: c.say(msg)}
+	return nil, &Error{Status: resp.StatusCode, Message: c.say(msg),
+		ended: resp.StatusCode == http.StatusConflict && strings.Contains(msg, advice.TakeAgain)}
 }
 
 // say returns a message from the server as Config.Rewrite has it.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -136,7 +137,7 @@ func (e *TimedOut) Unwrap() error { return e.Last }
 // and 5xx answers are retried, with the same Idempotency-Key, until the
 // deadline: a lost answer does not count a take twice.
 func (c *Client) Lock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	data, err := c.take(ctx, lockPath(name), name, r.body(takeFields), r, o)
+	data, err := c.take(ctx, lockPath(name), name, strconv.Quote(name), r.body(takeFields), r, o)
 	if err != nil {
 		return Reply{}, err
 	}
@@ -151,7 +152,7 @@ func (c *Client) LockSet(ctx context.Context, names []string, r Request, o Optio
 	}
 	body := r.body(takeFields)
 	body["locks"] = names
-	data, err := c.take(ctx, "/locks", names[0], body, r, o)
+	data, err := c.take(ctx, "/locks", names[0], quoteAll(names), body, r, o)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +168,7 @@ func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, o
 	}
 	body := r.body(claimFields)
 	body["count"] = count
-	data, err := c.take(ctx, poolPath(pool)+"/claim", "", body, r, o)
+	data, err := c.take(ctx, poolPath(pool)+"/claim", "", fmt.Sprintf("%d of the pool %q", count, pool), body, r, o)
 	if err != nil {
 		return nil, err
 	}
@@ -186,8 +187,12 @@ func decodeSet(data []byte) (map[string]Lock, error) {
 }
 
 // take sends the PUT at path with body until it is answered: Lock's loop.
-// While it waits, it reports on the lock called report ("" for none).
-func (c *Client) take(ctx context.Context, path, report string, body map[string]any, r Request, o Options) ([]byte, error) {
+// While it waits, it reports on the lock called report ("" for none);
+// label names what it takes in messages. A grant that ended before its
+// answer arrived (the server's 409) is asked for again, with a new
+// Idempotency-Key, unless the caller chose the key.
+func (c *Client) take(ctx context.Context, path, report, label string, body map[string]any, r Request, o Options) ([]byte, error) {
+	ownKey := r.IdempotencyKey == ""
 	r.IdempotencyKey = cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
 	wait := o.Wait
 	if wait && report != "" {
@@ -235,8 +240,14 @@ func (c *Client) take(ctx context.Context, path, report string, body map[string]
 					return nil, stopped(err, last)
 				}
 			}
+		case ownKey && grantEnded(err):
+			// Its lease ran out while the answer was lost (the request
+			// was sent again) or on its way: the lock is not held.
+			o.say("the grant of %s ended before its answer arrived (%v); asking again with a new Idempotency-Key", label, err)
+			r.IdempotencyKey = NewIdempotencyKey()
+			backoff = firstBackoff
 		case Retryable(err) && ctx.Err() == nil:
-			if backoff, err = o.retry(ctx, "lock", cmp.Or(report, path), err, backoff); err != nil {
+			if backoff, err = o.retry(ctx, "take "+label, err, backoff); err != nil {
 				return nil, err
 			}
 		default:
@@ -248,14 +259,14 @@ func (c *Client) take(ctx context.Context, path, report string, body map[string]
 // retry says that the call will be tried again after backoff, sleeps, and
 // returns the next backoff, or why to stop trying. The first retry says
 // how long the trying goes on.
-func (o Options) retry(ctx context.Context, what, name string, err error, backoff time.Duration) (time.Duration, error) {
+func (o Options) retry(ctx context.Context, action string, err error, backoff time.Duration) (time.Duration, error) {
 	switch {
 	case backoff > firstBackoff:
-		o.say("still could not %s %q: %v; trying again in %v", what, name, err, backoff)
+		o.say("still could not %s: %v; trying again in %v", action, err, backoff)
 	case o.Deadline.IsZero():
-		o.say("could not %s %q: %v; trying again in %v, and on until it works", what, name, err, backoff)
+		o.say("could not %s: %v; trying again in %v, and on until it works", action, err, backoff)
 	default:
-		o.say("could not %s %q: %v; trying again in %v, and on until %s", what, name, err, backoff, o.Deadline.Format("15:04:05"))
+		o.say("could not %s: %v; trying again in %v, and on until %s", action, err, backoff, o.Deadline.Format("15:04:05"))
 	}
 	if serr := sleep(ctx, backoff, o.Deadline); serr != nil {
 		return 0, stopped(serr, err)
@@ -310,7 +321,7 @@ func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Opti
 
 // changeOne sends a change to the lock called name.
 func (c *Client) changeOne(ctx context.Context, method, what, name string, query url.Values, body any, r Request, o Options) (Reply, error) {
-	data, err := c.change(ctx, method, what, name, lockPath(name), query, body, r.IdempotencyKey, o)
+	data, err := c.change(ctx, method, what, strconv.Quote(name), lockPath(name), query, body, r.IdempotencyKey, o)
 	if err != nil {
 		return Reply{}, err
 	}
@@ -321,7 +332,7 @@ func (c *Client) changeOne(ctx context.Context, method, what, name string, query
 // the answer.
 func (c *Client) changeSet(ctx context.Context, method, what string, names []string, body map[string]any, o Options, idem string) ([]byte, error) {
 	body["locks"] = names
-	return c.change(ctx, method, what, strings.Join(names, ", "), "/locks", nil, body, idem, o)
+	return c.change(ctx, method, what, quoteAll(names), "/locks", nil, body, idem, o)
 }
 
 // change sends a change that does not wait to path, retrying it with one
@@ -340,7 +351,7 @@ func (c *Client) change(ctx context.Context, method, what, label, path string, q
 		if !Retryable(err) || ctx.Err() != nil {
 			return nil, err
 		}
-		if backoff, err = o.retry(ctx, what, label, err, backoff); err != nil {
+		if backoff, err = o.retry(ctx, what+" "+label, err, backoff); err != nil {
 			return nil, err
 		}
 	}
@@ -435,4 +446,13 @@ func sleep(ctx context.Context, d time.Duration, deadline time.Time) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// quoteAll names locks for a message: "a", "b".
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
 }

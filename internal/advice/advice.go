@@ -20,6 +20,7 @@ const (
 	Limit       = `send "limit": `
 	Pools       = `GET /pools lists them, and PUT /pool/<pool> with {"members": [...]} makes one`
 	Resume      = "reconnect with Last-Event-ID set to the last id received to go on"
+	TakeAgain   = "send a new request with a new Idempotency-Key to take the lock again"
 )
 
 // Terms says each phrase in a client's own words: a phrase it leaves out

@@ -109,6 +109,13 @@ func DirEntries(tb testing.TB, dir string) []string {
 // first one with method: the request was made, the client never hears.
 // It returns the proxy's URL.
 func DropFirstReply(tb testing.TB, target, method string) string {
+	return DropFirstReplyThen(tb, target, method, nil)
+}
+
+// DropFirstReplyThen is DropFirstReply that calls then, if not nil, with
+// the reply it dropped before it cuts the connection: what the world does
+// meanwhile (another client takes the lock, a lease runs out).
+func DropFirstReplyThen(tb testing.TB, target, method string, then func(reply []byte)) string {
 	tb.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
@@ -118,7 +125,11 @@ func DropFirstReply(tb testing.TB, target, method string) string {
 	var dropped atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == method && dropped.CompareAndSwap(false, true) {
-			proxy.ServeHTTP(httptest.NewRecorder(), r) // made upstream, reply thrown away
+			rec := httptest.NewRecorder()
+			proxy.ServeHTTP(rec, r) // made upstream, reply thrown away
+			if then != nil {
+				then(rec.Body.Bytes())
+			}
 			conn, _, err := http.NewResponseController(w).Hijack()
 			if err == nil {
 				conn.Close()
