@@ -245,7 +245,7 @@ func TestANodeWaitsForItsDatabase(t *testing.T) {
 	parsed.Path = "/no_such_database_here"
 	start = time.Now()
 	err = run(context.Background(), nil, []string{"LOCKER_DATABASE_URL=" + parsed.String(), "PORT=0"}, io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), `database "no_such_database_here" does not exist`) || time.Since(start) > 5*time.Second {
+	if err == nil || !strings.Contains(err.Error(), `database "no_such_database_here" does not exist`) || time.Since(start) > databasePatience/2 {
 		t.Errorf("a start on a database that does not exist = %v after %v; want that error, at once", err, time.Since(start))
 	}
 }

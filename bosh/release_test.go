@@ -328,7 +328,7 @@ func TestRenderedJobServes(t *testing.T) {
 	// The drain script finds no one waiting and lets BOSH stop the job.
 	start := time.Now()
 	out, err := exec.Command("bash", filepath.Join(job, "bin/drain")).Output()
-	if err != nil || strings.TrimSpace(string(out)) != "0" || time.Since(start) > 10*time.Second {
+	if err != nil || strings.TrimSpace(string(out)) != "0" || time.Since(start) > 20*time.Second { // waiting, it would take drain_timeout, 30 s
 		t.Errorf("drain = %q, %v after %v; want 0 at once", out, err, time.Since(start))
 	}
 }

@@ -241,7 +241,7 @@ func TestLeaseFreesAnAbortedJobsLock(t *testing.T) {
 	mustSucceed(t, "lock with a lease", runBinary(t, "out", req)) // never unlocked
 	start := time.Now()
 	mustSucceed(t, "next job", runBinary(t, "out", outReq(src, "lock", "next", "next")))
-	if waited := time.Since(start); waited > 10*time.Second {
+	if waited := time.Since(start); waited > 30*time.Second { // without the lease: until its wait ran out
 		t.Errorf("next job waited %v for a 1s lease", waited)
 	}
 }
@@ -310,7 +310,7 @@ func TestBasicAuth(t *testing.T) {
 	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "401 Unauthorized: authentication required: set source.username and source.password to the locker's AUTH_USER and AUTH_PASS\n") {
 		t.Errorf("lock with a wrong password = %d %q %q; want exit 1 with the server's message", r.code, r.stdout, r.stderr)
 	}
-	if d := time.Since(start); d > 5*time.Second {
+	if d := time.Since(start); d > 30*time.Second { // retrying, it would go on for minutes
 		t.Errorf("a 401 took %v; it must fail at once, not retry", d)
 	}
 }
