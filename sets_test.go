@@ -121,7 +121,10 @@ func TestSetKeepsItsPlace(t *testing.T) {
 
 // TestSetsInOppositeOrders: many clients take random sets of 2 to 4 of 6
 // locks, named in random orders, waiting for them: every request is
-// granted (no deadlock), and no lock ever has two holders. 8 clients, 15
+// granted (no deadlock), and no lock ever has two holders. Each request
+// has an Idempotency-Key, and now and then a client sends a request of
+// an earlier round again with its key, as a client restarted from a key
+// it saved would: it must be told that grant has ended. 8 clients, 15
 // sets each, in make test; with LOCKER_STRESS set (make stress), 50
 // clients for 30 s on each store, and the longest wait is logged.
 func TestSetsInOppositeOrders(t *testing.T) {
@@ -143,17 +146,33 @@ func TestSetsInOppositeOrders(t *testing.T) {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(uint64(c), 1))
 				me := fmt.Sprintf("c%d", c)
+				type round struct {
+					names []string
+					req   acquireRequest
+				}
+				var saved []round // granted and given back, with their keys
 				for i := 0; i < sets && (d == 0 || time.Now().Before(end)); i++ {
+					if len(saved) > 0 && rng.IntN(4) == 0 {
+						old := saved[rng.IntN(len(saved))]
+						if got, err := tab.AcquireSet(context.Background(), old.names, old.req); !errors.Is(err, errGrantEnded) {
+							errs <- fmt.Errorf("%s: set %v sent again with the key of a round it gave back = %v, %v; want errGrantEnded", me, old.names, got, err)
+							return
+						}
+					}
 					perm := rng.Perm(len(locks))[:2+rng.IntN(3)]
 					var names []string
 					for _, i := range perm {
 						names = append(names, locks[i])
 					}
 					slices.Sort(names)
+					req := setRequest(me, me, time.Minute)
+					key := fmt.Sprintf("%s-%d", me, i)
+					req.Idem = &idemRequest{scope: "PUT " + scopeOf(names) + " " + key, fingerprint: key}
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 					asked := time.Now()
-					_, err := tab.AcquireSet(ctx, names, setRequest(me, me, time.Minute))
+					_, err := tab.AcquireSet(ctx, names, req)
 					cancel()
+					saved = append(saved, round{names, req})
 					if err != nil {
 						errs <- fmt.Errorf("%s: set %v: %w", me, names, err)
 						return
