@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -47,6 +48,14 @@ type historyFigures struct {
 	ResumedAllMs     figure `json:"resumed_all_events_ms"`
 	ResumedIdleP99Ms figure `json:"resumed_idle_p99_ms"` // the same server and workload, no stream
 	ResumedIdleRPS   figure `json:"resumed_idle_rps"`
+	// The same on one PostgreSQL node, the table moved there by locker
+	// migrate (without -database, not measured).
+	PGResumedP99Ms     figure `json:"pg_resumed_p99_ms"`
+	PGResumedRPS       figure `json:"pg_resumed_rps"`
+	PGResumedFirstMs   figure `json:"pg_resumed_first_event_ms"`
+	PGResumedAllMs     figure `json:"pg_resumed_all_events_ms"`
+	PGResumedIdleP99Ms figure `json:"pg_resumed_idle_p99_ms"`
+	PGResumedIdleRPS   figure `json:"pg_resumed_idle_rps"`
 }
 
 // historyPoint is a restart with Events events a lock.
@@ -133,6 +142,47 @@ func resumedRuns(cfg config, dir string, h *historyFigures) error {
 	h.ResumedIdleP99Ms, h.ResumedP99Ms = latencyFigure(alone, 99), latencyFigure(resumed, 99)
 	h.ResumedIdleRPS, h.ResumedRPS = rpsFigure(alone), rpsFigure(resumed)
 	h.ResumedFirstMs, h.ResumedAllMs = newFigure("ms", first), newFigure("ms", all)
+	if cfg.database == "" {
+		return nil
+	}
+	return resumedOnPostgres(env, state, h)
+}
+
+// resumedOnPostgres measures the resumed figures on one PostgreSQL node,
+// its table moved from the state file by locker migrate.
+func resumedOnPostgres(cfg config, state string, h *historyFigures) error {
+	db, drop, err := newSchema(cfg.database)
+	if err != nil {
+		return err
+	}
+	defer drop()
+	fmt.Fprintf(os.Stderr, "bench: moving them to PostgreSQL...\n")
+	if out, err := exec.Command(cfg.migrator, "migrate", "--from", state, "--to", db).CombinedOutput(); err != nil {
+		return fmt.Errorf("locker migrate: %w\n%s", err, out)
+	}
+	var alone, resumed []loadResult
+	var first, all []float64
+	for range cfg.runs {
+		for _, streams := range []int{0, h.ResumedStreams} {
+			p, err := start(cfg.locker, nil, append([]string{"PORT=0", "LOCKER_DATABASE_URL=" + db}, cfg.serverEnv...))
+			if err != nil {
+				return err
+			}
+			res, f, a, err := resumedRun(cfg, p, streams, 2*h.ResumedLocks)
+			if err = errors.Join(err, p.stop()); err != nil {
+				return err
+			}
+			if streams == 0 {
+				alone = append(alone, res)
+				continue
+			}
+			resumed = append(resumed, res)
+			first, all = append(first, f...), append(all, a...)
+		}
+	}
+	h.PGResumedIdleP99Ms, h.PGResumedP99Ms = latencyFigure(alone, 99), latencyFigure(resumed, 99)
+	h.PGResumedIdleRPS, h.PGResumedRPS = rpsFigure(alone), rpsFigure(resumed)
+	h.PGResumedFirstMs, h.PGResumedAllMs = newFigure("ms", first), newFigure("ms", all)
 	return nil
 }
 
@@ -160,7 +210,7 @@ func resumedRun(cfg config, p *process, streams, kept int) (loadResult, []float6
 			var t times
 			n := 0
 			sc := bufio.NewScanner(resp.Body)
-			for n < kept && sc.Scan() {
+			for sc.Scan() && sc.Text() != ": following" { // the backlog is sent
 				if bytes.HasPrefix(sc.Bytes(), []byte("id: ")) {
 					if n++; n == 1 {
 						t.first = ms(time.Since(start))
@@ -169,7 +219,7 @@ func resumedRun(cfg config, p *process, streams, kept int) (loadResult, []float6
 			}
 			t.all = ms(time.Since(start))
 			if n < kept {
-				t.err = fmt.Errorf("a resumed stream ended after %d of %d events: %v", n, kept, sc.Err())
+				t.err = fmt.Errorf("a resumed stream sent %d of %d events before it said it follows: %v", n, kept, sc.Err())
 			}
 			done <- t
 		}()

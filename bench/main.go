@@ -16,6 +16,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -41,6 +42,7 @@ func main() {
 // config is the benchmark's flags.
 type config struct {
 	locker    string        // the server binary
+	migrator  string        // the binary whose locker migrate moves a state file to PostgreSQL
 	runs      int           // runs per figure
 	duration  time.Duration // length of one throughput run
 	clients   int           // clients in the parallel runs
@@ -61,6 +63,7 @@ func run() error {
 	noopWork := flag.Bool("noop-work", false, "with -noop-durable: also decode the body, log two lines and encode a lock-sized reply")
 	var cfg config
 	flag.StringVar(&cfg.locker, "locker", "./locker", "the locker server binary")
+	flag.StringVar(&cfg.migrator, "migrator", "", "the locker binary whose migrate command moves the history step's table to PostgreSQL (default: -locker; one that copies histories, to measure an older server)")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per figure; the median is reported")
 	flag.DurationVar(&cfg.duration, "duration", 3*time.Second, "length of one throughput run")
 	flag.IntVar(&cfg.clients, "clients", 16, "clients in the parallel, contended and large runs")
@@ -96,6 +99,9 @@ func run() error {
 		return err
 	}
 	cfg.locker = locker
+	if cfg.migrator, err = filepath.Abs(cmp.Or(cfg.migrator, cfg.locker)); err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp("", "locker-bench")
 	if err != nil {
 		return err

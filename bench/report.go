@@ -149,6 +149,12 @@ func (r *report) rows() [][3]string {
 		f("parallel with "+name, h.ResumedRPS, 0)
 		f(name+": first event", h.ResumedFirstMs, 0)
 		f(name+": every event", h.ResumedAllMs, 0)
+		f("PostgreSQL, 1 node beside those events, no stream, p99", h.PGResumedIdleP99Ms, 3)
+		f("PostgreSQL, 1 node with "+name+", p99", h.PGResumedP99Ms, 3)
+		f("PostgreSQL, 1 node beside those events, no stream", h.PGResumedIdleRPS, 0)
+		f("PostgreSQL, 1 node with "+name, h.PGResumedRPS, 0)
+		f("PostgreSQL: "+name+": first event", h.PGResumedFirstMs, 0)
+		f("PostgreSQL: "+name+": every event", h.PGResumedAllMs, 0)
 	}
 	if l := r.Listing; l != nil {
 		name := fmt.Sprintf("listing of %d locks", l.Locks)
