@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -13,25 +12,23 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/locker-ci/locker/internal/advice"
-	"github.com/locker-ci/locker/internal/config"
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/jsonbody"
 	"github.com/locker-ci/locker/internal/metrics"
+	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/txn"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
 var (
 	errBadRequest   = errors.New("bad request")
-	errBodyTooLarge = errors.New("request body too large")
 	errUnauthorized = errors.New("authentication required: " + advice.Auth)
 	errNotFound     = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, GET /history/<name> and GET /events, and GET / is the status page")
 	errMethod       = errors.New("method not allowed")
@@ -52,27 +49,29 @@ var errorStatuses = []struct {
 	{errUnauthorized, http.StatusUnauthorized},
 	{errNotFound, http.StatusNotFound},
 	{errMethod, http.StatusMethodNotAllowed},
-	{errBodyTooLarge, http.StatusRequestEntityTooLarge},
-	{errLockHeld, http.StatusLocked},
-	{errKeyReused, http.StatusUnprocessableEntity},
-	{errKeyBusy, http.StatusConflict},
-	{errGrantEnded, http.StatusConflict},
-	{errLimitDiffers, http.StatusConflict},
-	{errNoPool, http.StatusNotFound},
-	{errInvalid, http.StatusBadRequest},
-	{errPoolChanged, http.StatusConflict},
-	{errPoolTooSmall, http.StatusConflict},
-	{errClientGone, statusClientClosed},
-	{errShuttingDown, http.StatusServiceUnavailable},
+	{jsonbody.ErrInvalid, http.StatusBadRequest},
+	{jsonbody.ErrTooLarge, http.StatusRequestEntityTooLarge},
+	{engine.ErrHeld, http.StatusLocked},
+	{engine.ErrKeyReused, http.StatusUnprocessableEntity},
+	{engine.ErrKeyBusy, http.StatusConflict},
+	{engine.ErrGrantEnded, http.StatusConflict},
+	{engine.ErrLimitDiffers, http.StatusConflict},
+	{engine.ErrNoPool, http.StatusNotFound},
+	{engine.ErrInvalid, http.StatusBadRequest},
+	{engine.ErrPoolChanged, http.StatusConflict},
+	{engine.ErrPoolTooSmall, http.StatusConflict},
+	{engine.ErrClientGone, statusClientClosed},
+	{engine.ErrClosed, http.StatusServiceUnavailable},
 	{errNotReady, http.StatusServiceUnavailable},
-	{errDatabase, http.StatusServiceUnavailable},
-	{errUncertain, http.StatusInternalServerError},
-	{errSave, http.StatusInternalServerError},
+	{engine.ErrUnavailable, http.StatusServiceUnavailable},
+	{engine.ErrDiskUncertain, http.StatusInternalServerError},
+	{engine.ErrNotSaved, http.StatusInternalServerError},
 }
 
 // server answers the lock API.
 type server struct {
-	locks        *engine
+	locks        *engine.Engine
+	hub          *stream.Hub // the events of every change, as they commit (GET /events)
 	log          *slog.Logger
 	auth         *credentials  // nil when the API is open
 	maxWait      time.Duration // longer waits are cut to this
@@ -193,271 +192,10 @@ func notReady(err error) error {
 	if room := new(txn.NoRoomError); errors.As(err, &room) {
 		return fmt.Errorf("%w: %v on the disk that holds the state file; changes are taken again as soon as they fit; the server's log has the details", errNotReady, room)
 	}
-	if errors.Is(err, errDatabase) {
+	if errors.Is(err, engine.ErrUnavailable) {
 		return fmt.Errorf("%w: the database cannot be reached, so changes are refused until it answers; the server's log has the details", errNotReady)
 	}
 	return fmt.Errorf("%w: the last change could not be saved to disk, so changes are refused until a write succeeds; the server's log has the details", errNotReady)
-}
-
-// handleList handles GET /locks: the locks that are held or waited for,
-// by name. With ?limit= it answers one page, and a Link header to the
-// next; without, every lock, written as it is read a page at a time.
-func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
-	page, err := decodePage(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	lw := newListingWriter(w)
-	if page.Limit > 0 {
-		locks, next, err := s.locks.List(r.Context(), page)
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		if next != "" {
-			w.Header().Set("Link", nextPageLink(page, next))
-		}
-		for _, l := range locks {
-			lw.add(l)
-		}
-		lw.end()
-		return
-	}
-	err = s.locks.Each(r.Context(), page.Prefix, page.After, func(l Listed) error {
-		lw.add(l)
-		return lw.err
-	})
-	switch {
-	case err == nil:
-		lw.end()
-	case !lw.started:
-		s.writeError(w, r, err)
-	default:
-		// Part of the listing has gone out as a 200: cut the connection,
-		// so that the client sees a broken reply, not a short one.
-		s.log.Error("listing cut short", "err", err)
-		panic(http.ErrAbortHandler)
-	}
-}
-
-// handleGet handles GET /lock/{name}.
-func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
-	name, err := lockName(r)
-	if err == nil {
-		_, err = checkQuery(r, "/lock/<name>")
-	}
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	l, err := s.locks.Get(name)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	s.writeLock(w, r, name, l, "")
-}
-
-// handleLock handles PUT /lock/{name}.
-func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
-	name, req, err := decodeLockRequest(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	asked, err := s.prepareAcquire(w, &req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	l, err := s.locks.Acquire(r.Context(), name, req.acquireRequest)
-	if err != nil {
-		err = s.waitCut(err, asked, req.Wait)
-		s.writeError(w, r, err)
-		return
-	}
-	s.writeLock(w, r, name, l, "lock for "+name+" acquired by "+req.Requestor)
-}
-
-// prepareAcquire gives req the default lease, checks its lease, cuts its
-// wait to LOCKER_MAX_WAIT, and keeps the server's timeouts from cutting
-// the wait. It returns the wait asked for.
-func (s *server) prepareAcquire(w http.ResponseWriter, req *lockRequest) (time.Duration, error) {
-	if req.TTL == 0 {
-		req.TTL = s.defaultTTL
-	}
-	if err := s.checkTTL(req.TTL); err != nil {
-		return 0, err
-	}
-	asked := req.Wait
-	req.Wait = min(req.Wait, s.maxWait)
-	if req.Wait > 0 {
-		// The wait must not be cut by the server's timeouts. A read deadline
-		// matters too: when it passes, net/http cancels the request.
-		deadline := time.Now().Add(req.Wait + s.writeTimeout)
-		rc := http.NewResponseController(w)
-		_ = rc.SetWriteDeadline(deadline) // only test recorders lack deadlines
-		_ = rc.SetReadDeadline(deadline)
-	}
-	return asked, nil
-}
-
-// waitCut adds to a refusal after a wait cut to LOCKER_MAX_WAIT that the
-// client should ask again.
-func (s *server) waitCut(err error, asked, waited time.Duration) error {
-	if errors.Is(err, errLockHeld) && asked > waited {
-		return fmt.Errorf("%w (the wait asked for, %v, was cut to LOCKER_MAX_WAIT, %v: ask again)", err, asked, s.maxWait)
-	}
-	return err
-}
-
-// renewal returns the lease a PATCH renews for: its ttl, or the default.
-func (s *server) renewal(req lockRequest) (time.Duration, error) {
-	ttl := cmp.Or(req.TTL, s.defaultTTL)
-	if ttl == 0 {
-		return 0, fmt.Errorf("%w: %s", errBadRequest, advice.RenewTTL)
-	}
-	return ttl, s.checkTTL(ttl)
-}
-
-// checkTTL refuses a lease longer than the server allows.
-func (s *server) checkTTL(ttl time.Duration) error {
-	if s.maxTTL > 0 && ttl > s.maxTTL {
-		return fmt.Errorf("%w: ttl is %v, over LOCKER_MAX_TTL (%v); %s", errBadRequest, ttl, s.maxTTL, advice.ShorterTTL)
-	}
-	return nil
-}
-
-// handleRenew handles PATCH /lock/{name}: a lease heartbeat.
-func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
-	name, req, err := decodeLockRequest(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ttl, err := s.renewal(req)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	l, err := s.locks.Renew(name, req.Key, req.Requestor, ttl, req.Idem)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	h, _ := l.Holder(req.Requestor)
-	s.writeLock(w, r, name, l, fmt.Sprintf("lease of %s on %s renewed until %s", req.Requestor, name, h.ExpiresAt.Format(time.RFC3339)))
-}
-
-// handleUnlock handles DELETE /lock/{name}.
-func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
-	name, req, err := decodeLockRequest(w, r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	if req.Force {
-		s.forceRelease(w, r, name, req.Idem)
-		return
-	}
-	l, released, err := s.locks.Release(name, req.Key, req.Requestor, req.All, req.Idem)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	var msg string
-	switch {
-	case released == 0 && l.Free():
-		msg = fmt.Sprintf("lock for %s was not held; nothing to release", name)
-	case released == 0:
-		msg = fmt.Sprintf("the requestor %q holds no count of %s; nothing released, still held by %s", req.Requestor, name, l.HoldersString())
-	case l.Free():
-		msg = fmt.Sprintf("lock for %s released by %s; it is now free", name, req.Requestor)
-	default:
-		msg = fmt.Sprintf("lock for %s released by %s; held by %s", name, req.Requestor, l.HoldersString())
-	}
-	s.writeRelease(w, r, name, l, released, msg)
-}
-
-// forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
-// stuck lock. It is logged with who asked.
-func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string, idem *idemRequest) {
-	old, now, err := s.locks.ForceRelease(name, forcedBy(r), idem)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	user, _, _ := r.BasicAuth()
-	msg := fmt.Sprintf("lock for %s was not held; nothing to release", name)
-	if !old.Free() {
-		msg = fmt.Sprintf("lock for %s force-released; it was held with key %q by %s", name, old.Key, old.HoldersString())
-		if !now.Replayed {
-			s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
-				"key", old.Key, "holders", old.HoldersString(), "token", old.Token)
-		}
-	}
-	s.writeLock(w, r, name, now, msg)
-}
-
-// lockReply is the answer to a request about one lock: the lock as
-// lock.View shows it and, for a change, a sentence saying what happened.
-type lockReply struct {
-	lock.View
-	Released *int   `json:"released,omitempty"` // DELETE: how many counts it gave back
-	Response string `json:"response,omitempty"`
-}
-
-// maxLocks is the most locks one request may name.
-func (s *server) maxLocks() int { return cmp.Or(s.maxSet, config.DefaultMaxSet) }
-
-// writeLock answers 200 with the lock called name and, for a change, a
-// sentence saying what happened.
-func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, l Snapshot, response string) {
-	writeView(w, name, l, nil, response)
-}
-
-// writeView answers 200 with a lockReply of l, called name: written by
-// lock.AppendView, the bytes encoding/json would write for it, without
-// the reflection and the maps (TestWriteViewIsEncodingJSON).
-func writeView(w http.ResponseWriter, name string, l Snapshot, released *int, response string) {
-	markReplay(w, l)
-	bp := viewBuffers.Get().(*[]byte)
-	b := lock.AppendView((*bp)[:0], name, l.Lock, l.Waiting)
-	b = b[:len(b)-1] // the view's closing brace: the reply's fields follow
-	if released != nil {
-		b = append(b, `,"released":`...)
-		b = strconv.AppendInt(b, int64(*released), 10)
-	}
-	if response != "" {
-		b = append(b, `,"response":`...)
-		b = lock.AppendString(b, response)
-	}
-	b = append(b, "}\n"...)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b) // a client that went away cannot be told
-	if cap(b) <= 64<<10 {
-		*bp = b
-		viewBuffers.Put(bp)
-	}
-}
-
-// viewBuffers recycles the buffers writeView writes replies into.
-var viewBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-// markReplay says in a header that the answer is a repeat of the first
-// answer to the request's Idempotency-Key, and that nothing changed.
-func markReplay(w http.ResponseWriter, l Snapshot) {
-	if l.Replayed {
-		w.Header().Set("Idempotent-Replayed", "true")
-	}
-}
-
-// writeRelease answers a DELETE as writeLock does, and says how many
-// counts it gave back: a client can tell "released" from "held nothing".
-func (s *server) writeRelease(w http.ResponseWriter, r *http.Request, name string, l Snapshot, released int, response string) {
-	writeView(w, name, l, &released, response)
 }
 
 // replyBuffers recycles the buffers replies are encoded into.
@@ -501,9 +239,9 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusInternalServerError {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.EscapedPath(), "err", err)
 		switch {
-		case errors.Is(err, errUncertain):
+		case errors.Is(err, engine.ErrDiskUncertain):
 			msg = "the lock state could not be synced to disk, so this change may or may not be kept; the server is stopping to restart from its file. Check GET /lock/<name> when it is back"
-		case errors.Is(err, errSave):
+		case errors.Is(err, engine.ErrNotSaved):
 			msg = "the lock state could not be saved to disk, so nothing was changed; try again, and ask the operator to check the server's log"
 		default:
 			msg = "internal error; the server's log has the details"

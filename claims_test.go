@@ -1,105 +1,16 @@
 package main
 
 import (
-	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // Claims on pools over the API, on both stores: sent again with their
 // Idempotency-Key, and waiting while the pool changes or goes.
-
-// sendKeyed passes r through the router with an Idempotency-Key.
-func (ts *testServer) sendKeyed(tb testing.TB, r request, key string) *httptest.ResponseRecorder {
-	tb.Helper()
-	req := httptest.NewRequest(r.method, r.target, strings.NewReader(r.body))
-	req.Header.Set("Idempotency-Key", key)
-	rec := httptest.NewRecorder()
-	ts.handler.ServeHTTP(rec, req)
-	return rec
-}
-
-// claimReply is what a claim's answer says: the members it got, and the
-// holders of each.
-type claimReply struct {
-	Locks map[string]struct {
-		Key   string `json:"key"`
-		Token uint64 `json:"token"`
-	} `json:"locks"`
-}
-
-// members returns the members a claim's answer gives, sorted.
-func (c claimReply) members() []string {
-	var names []string
-	for name := range c.Locks {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
-}
-
-// decodeClaim reads a claim's 200 answer.
-func decodeClaim(tb testing.TB, rec *httptest.ResponseRecorder) claimReply {
-	tb.Helper()
-	var c claimReply
-	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &c) != nil {
-		tb.Fatalf("claim = %d %s; want 200 with the members", rec.Code, rec.Body)
-	}
-	return c
-}
-
-// forEachServer runs f as a subtest on each store, with the real router
-// over it.
-func forEachServer(t *testing.T, f func(t *testing.T, ts *testServer)) {
-	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
-		f(t, serveTable(open(t), "", "", ""))
-	})
-}
-
-// inBackground sends r (with an Idempotency-Key, unless key is "") in a
-// goroutine and returns its answer's channel.
-func (ts *testServer) inBackground(tb testing.TB, r request, key string) <-chan *httptest.ResponseRecorder {
-	done := make(chan *httptest.ResponseRecorder, 1)
-	go func() {
-		if key == "" {
-			done <- ts.send(tb, r)
-			return
-		}
-		done <- ts.sendKeyed(tb, r, key)
-	}()
-	return done
-}
-
-// poolWaiting returns how many claims wait for the pool.
-func (ts *testServer) poolWaiting(tb testing.TB, pool string) int {
-	tb.Helper()
-	rec := ts.send(tb, request{"GET", "/pool/" + pool, ""})
-	var v struct {
-		Waiting []json.RawMessage `json:"waiting"`
-	}
-	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &v) != nil {
-		tb.Fatalf("GET /pool/%s = %d %s", pool, rec.Code, rec.Body)
-	}
-	return len(v.Waiting)
-}
-
-// answer waits for a request sent in the background.
-func answer(tb testing.TB, done <-chan *httptest.ResponseRecorder, what string) *httptest.ResponseRecorder {
-	tb.Helper()
-	select {
-	case rec := <-done:
-		return rec
-	case <-time.After(20 * time.Second):
-		tb.Fatalf("%s was not answered", what)
-		return nil
-	}
-}
 
 // TestAReplayedClaimThatEndedIsRefused: a claim sent again with its
 // Idempotency-Key after the member it got was given back and claimed by

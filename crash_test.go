@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -13,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/faults"
 	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/journal"
@@ -44,24 +45,12 @@ func TestSyscallOrder(t *testing.T) {
 		// the PUT: its record written and synced
 		"jwrite", "jsync",
 	}
-	if !isSubsequence(want, ops) {
+	if !testutil.IsSubsequence(want, ops) {
 		t.Errorf("disk operations before the 200:\n  %v\nwant, in this order:\n  %v", ops, want)
 	}
 	if i := slices.Index(ops, "jsync"); i < 0 || slices.Contains(ops[i+1:], "jwrite") {
 		t.Errorf("a journal write came after the last sync before the 200: %v", ops)
 	}
-}
-
-// isSubsequence reports whether want appears in got in order, with other
-// elements in between allowed.
-func isSubsequence(want, got []string) bool {
-	i := 0
-	for _, g := range got {
-		if i < len(want) && g == want[i] {
-			i++
-		}
-	}
-	return i == len(want)
 }
 
 func TestSaveFailure(t *testing.T) {
@@ -71,7 +60,7 @@ func TestSaveFailure(t *testing.T) {
 		ls := startServe(t, map[string]string{"LOCKER_CONFIG": path}, d)
 		ls.call(t, "PUT", "/lock/held", `{"key": "k", "lock_by": "a"}`)
 		before := ls.listLocks(t)
-		onDiskBefore := onDisk(t, path)
+		onDiskBefore := testutil.OnDisk(t, path)
 
 		d.Fail("jwrite")
 		status, body := ls.call(t, "PUT", "/lock/new", `{"key": "k"}`)
@@ -81,7 +70,7 @@ func TestSaveFailure(t *testing.T) {
 		if got := ls.listLocks(t); !reflect.DeepEqual(got, before) {
 			t.Errorf("GET /locks after the failed save = %v; want %v", got, before)
 		}
-		if got := onDisk(t, path); got != onDiskBefore {
+		if got := testutil.OnDisk(t, path); got != onDiskBefore {
 			t.Errorf("the files changed after a failed save:\n%s", got)
 		}
 		d.Fail("")
@@ -105,8 +94,8 @@ func TestSaveFailure(t *testing.T) {
 		}
 		select {
 		case err := <-ls.done:
-			if !errors.Is(err, errUncertain) {
-				t.Errorf("serve after a failed fsync = %v; want errUncertain (main exits 1)", err)
+			if !errors.Is(err, engine.ErrDiskUncertain) {
+				t.Errorf("serve after a failed fsync = %v; want engine.ErrDiskUncertain (main exits 1)", err)
 			}
 			ls.done <- err // for the cleanup's shutdown
 		case <-time.After(10 * time.Second):
@@ -114,7 +103,7 @@ func TestSaveFailure(t *testing.T) {
 		}
 		// What a restart finds is what was acknowledged.
 		d.Fail("")
-		if got := loadTestTable(t, path, nil, time.Now).list(); len(got) != 1 || got["held"].Free() {
+		if got := enginetest.List(t, enginetest.Load(t, path, nil, time.Now)); len(got) != 1 || got["held"].Free() {
 			t.Errorf("after the restart the table is %v; want only the acknowledged lock", got)
 		}
 	})
@@ -123,7 +112,7 @@ func TestSaveFailure(t *testing.T) {
 func TestBadStateFile(t *testing.T) {
 	const good = "version: 1\nseq: 2\nlast_token: 5\nlocks:\n  prod:\n    key: k\n    locked_by:\n      a: 1\n    token: 5\n"
 	goodJournal := func(tb testing.TB) string {
-		payload, err := json.Marshal(filestore.Change{Seq: 3, LastToken: 6, Locks: map[string]*Lock{"next": {Key: "j", Token: 6, Holders: []Holder{{Name: "b", Hold: lock.Hold{Count: 1}}}}}})
+		payload, err := json.Marshal(filestore.Change{Seq: 3, LastToken: 6, Locks: map[string]*lock.Lock{"next": {Key: "j", Token: 6, Holders: []lock.Holder{{Name: "b", Hold: lock.Hold{Count: 1}}}}}})
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -151,18 +140,18 @@ func TestBadStateFile(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "locks.yml")
 			if tt.name != "journal without its state file" {
-				writeTestFile(t, path, tt.state)
+				testutil.WriteFile(t, path, tt.state)
 			}
 			if tt.journal != "" {
-				writeTestFile(t, path+".journal", tt.journal)
+				testutil.WriteFile(t, path+".journal", tt.journal)
 			}
-			before := dirContents(t, dir)
+			before := testutil.DirContents(t, dir)
 			if tt.wantErr != "" {
 				err := run(t.Context(), nil, []string{"LOCKER_CONFIG=" + path, "PORT=0"}, io.Discard, io.Discard)
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), path) {
 					t.Errorf("start = %v; want a refusal naming %s and saying %q", err, path, tt.wantErr)
 				}
-				after := dirContents(t, dir)
+				after := testutil.DirContents(t, dir)
 				delete(after, "locks.yml.lock") // the server's claim on the state, released as it exits
 				if !reflect.DeepEqual(after, before) {
 					t.Errorf("a refused start changed the files:\nbefore %v\nafter  %v", before, after)
@@ -180,21 +169,4 @@ func TestBadStateFile(t *testing.T) {
 			}
 		})
 	}
-}
-
-func writeTestFile(tb testing.TB, path, data string) {
-	tb.Helper()
-	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// dirContents maps each file in dir to its contents.
-func dirContents(tb testing.TB, dir string) map[string]string {
-	tb.Helper()
-	out := map[string]string{}
-	for _, name := range testutil.DirEntries(tb, dir) {
-		out[name] = string(testutil.ReadFile(tb, filepath.Join(dir, name)))
-	}
-	return out
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -14,58 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // End-to-end tests of waiting, over real HTTP against a real state file.
-
-// putResult is what a client sending PUT got back.
-type putResult struct {
-	status int
-	body   []byte
-	at     time.Time // when the answer arrived
-}
-
-// putAsync sends a PUT in the background, with ctx, and returns its result
-// on the channel.
-func putAsync(ctx context.Context, url, path, body string) <-chan putResult {
-	out := make(chan putResult, 1)
-	go func() {
-		req, _ := http.NewRequestWithContext(ctx, "PUT", url+path, strings.NewReader(body))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			out <- putResult{status: 0, body: []byte(err.Error()), at: time.Now()}
-			return
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		out <- putResult{status: resp.StatusCode, body: body, at: time.Now()}
-	}()
-	return out
-}
-
-// waiting returns how many requests wait for the lock called name.
-func (ls *liveServer) waiting(tb testing.TB, name string) int {
-	tb.Helper()
-	status, body := ls.call(tb, "GET", "/lock/"+name, "")
-	var v lock.View
-	if err := json.Unmarshal(body, &v); status != http.StatusOK || err != nil {
-		tb.Fatalf("GET /lock/%s = %d %s", name, status, body)
-	}
-	return len(v.Waiting)
-}
-
-func result(tb testing.TB, ch <-chan putResult) putResult {
-	tb.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(20 * time.Second):
-		tb.Fatal("no answer to the waiting PUT")
-		return putResult{}
-	}
-}
 
 func TestWaitIsHandedTheLockOnRelease(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
@@ -76,7 +29,7 @@ func TestWaitIsHandedTheLockOnRelease(t *testing.T) {
 	var first lockReply
 	_ = json.Unmarshal(body, &first)
 
-	second := putAsync(context.Background(), ls.url, "/lock/prod?wait=10s", `{"key": "B", "lock_by": "second"}`)
+	second := testutil.PutAsync(context.Background(), ls.url, "/lock/prod?wait=10s", `{"key": "B", "lock_by": "second"}`)
 	testutil.WaitFor(t, "the second PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
 
 	// A PUT with the holder's key does not jump the queue.
@@ -88,15 +41,15 @@ func TestWaitIsHandedTheLockOnRelease(t *testing.T) {
 	if status, body := ls.call(t, "DELETE", "/lock/prod", `{"key": "A", "lock_by": "first"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d %s", status, body)
 	}
-	r := result(t, second)
-	if r.status != http.StatusOK {
-		t.Fatalf("waiting PUT = %d %s; want 200", r.status, r.body)
+	r := testutil.PutAnswer(t, second)
+	if r.Status != http.StatusOK {
+		t.Fatalf("waiting PUT = %d %s; want 200", r.Status, r.Body)
 	}
 	var got lockReply
-	if err := json.Unmarshal(r.body, &got); err != nil || got.Key != "B" || got.LockedBy["second"] != 1 || got.Token <= first.Token {
-		t.Errorf("waiting PUT got %s; want key B, held by second, a token above %d", r.body, first.Token)
+	if err := json.Unmarshal(r.Body, &got); err != nil || got.Key != "B" || got.LockedBy["second"] != 1 || got.Token <= first.Token {
+		t.Errorf("waiting PUT got %s; want key B, held by second, a token above %d", r.Body, first.Token)
 	}
-	t.Logf("handoff: %v from sending DELETE to the waiter's 200", r.at.Sub(released))
+	t.Logf("handoff: %v from sending DELETE to the waiter's 200", r.At.Sub(released))
 }
 
 func TestWaitTimesOutWith423(t *testing.T) {
@@ -128,15 +81,15 @@ func TestClientThatLeavesIsNeverGranted(t *testing.T) {
 
 	const leavers = 20
 	ctx, cancel := context.WithCancel(context.Background())
-	var results []<-chan putResult
+	var results []<-chan testutil.PutResult
 	for i := range leavers {
-		results = append(results, putAsync(ctx, ls.url, "/lock/prod?wait=1m", `{"key": "B", "lock_by": "b`+string(rune('a'+i))+`"}`))
+		results = append(results, testutil.PutAsync(ctx, ls.url, "/lock/prod?wait=1m", `{"key": "B", "lock_by": "b`+string(rune('a'+i))+`"}`))
 	}
 	testutil.WaitFor(t, "every PUT to queue", func() bool { return ls.waiting(t, "prod") == leavers })
 	cancel()
 	for _, ch := range results {
-		if r := result(t, ch); r.status != 0 {
-			t.Errorf("a cancelled PUT got an answer: %d %s", r.status, r.body)
+		if r := testutil.PutAnswer(t, ch); r.Status != 0 {
+			t.Errorf("a cancelled PUT got an answer: %d %s", r.Status, r.Body)
 		}
 	}
 	testutil.WaitFor(t, "the queue to empty", func() bool { return ls.waiting(t, "prod") == 0 })
@@ -154,7 +107,7 @@ func TestClientThatLeavesIsNeverGranted(t *testing.T) {
 func TestShutdownAnswersWaiters(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
 	ls.call(t, "PUT", "/lock/prod", `{"key": "A"}`)
-	waiter := putAsync(context.Background(), ls.url, "/lock/prod?wait=1m", `{"key": "B"}`)
+	waiter := testutil.PutAsync(context.Background(), ls.url, "/lock/prod?wait=1m", `{"key": "B"}`)
 	testutil.WaitFor(t, "the PUT to queue", func() bool { return ls.waiting(t, "prod") == 1 })
 
 	// Shutdown waits for handlers up to shutdownTimeout, and then fails:
@@ -164,9 +117,9 @@ func TestShutdownAnswersWaiters(t *testing.T) {
 		t.Fatalf("run after shutdown with a waiter = %v; want nil", err)
 	}
 	t.Logf("shutdown with a waiter took %v", time.Since(start).Round(time.Millisecond))
-	r := result(t, waiter)
-	if r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "shutting down") {
-		t.Errorf("waiter during shutdown got %d %s; want 503 saying the server is shutting down", r.status, r.body)
+	r := testutil.PutAnswer(t, waiter)
+	if r.Status != http.StatusServiceUnavailable || !strings.Contains(string(r.Body), "shutting down") {
+		t.Errorf("waiter during shutdown got %d %s; want 503 saying the server is shutting down", r.Status, r.Body)
 	}
 }
 
@@ -180,14 +133,14 @@ func TestWaitOutlivesServerTimeouts(t *testing.T) {
 	if status := testutil.HTTPDo(t, url, "PUT", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d", status)
 	}
-	waiter := putAsync(context.Background(), url, "/lock/l?wait=5s", `{"key": "B"}`)
-	testutil.WaitFor(t, "the PUT to queue", func() bool { return len(tab.get("l").Waiting) == 1 })
+	waiter := testutil.PutAsync(context.Background(), url, "/lock/l?wait=5s", `{"key": "B"}`)
+	testutil.WaitFor(t, "the PUT to queue", func() bool { return len(enginetest.Get(t, tab, "l").Waiting) == 1 })
 	time.Sleep(3 * short.read) // outlive both timeouts while queued
 	if status := testutil.HTTPDo(t, url, "DELETE", "/lock/l", `{"key": "A"}`); status != http.StatusOK {
 		t.Fatalf("DELETE = %d", status)
 	}
-	if r := result(t, waiter); r.status != http.StatusOK {
-		t.Errorf("PUT that waited past the server's timeouts = %d %s; want 200", r.status, r.body)
+	if r := testutil.PutAnswer(t, waiter); r.Status != http.StatusOK {
+		t.Errorf("PUT that waited past the server's timeouts = %d %s; want 200", r.Status, r.Body)
 	}
 }
 
@@ -328,7 +281,7 @@ func TestAnonymousSameKeyJobsDoNotStarveAnotherKey(t *testing.T) {
 	if status, body := ls.call(t, "PUT", "/lock/staging", `{"key": "tests"}`); status != http.StatusOK {
 		t.Fatalf("PUT = %d %s", status, body)
 	}
-	upgrade := putAsync(t.Context(), ls.url, "/lock/staging?wait=10s", `{"key": "upgrade"}`)
+	upgrade := testutil.PutAsync(t.Context(), ls.url, "/lock/staging?wait=10s", `{"key": "upgrade"}`)
 	testutil.WaitFor(t, "the upgrade to queue", func() bool { return ls.waiting(t, "staging") == 1 })
 	for _, body := range []string{`{"key": "tests"}`, `{"key": "tests", "lock_by": "other-tests"}`} {
 		if status, reply := ls.call(t, "PUT", "/lock/staging", body); status != http.StatusLocked {
@@ -344,8 +297,8 @@ func TestAnonymousSameKeyJobsDoNotStarveAnotherKey(t *testing.T) {
 			t.Fatalf("DELETE = %d %s", status, reply)
 		}
 	}
-	if r := result(t, upgrade); r.status != http.StatusOK {
-		t.Errorf("the upgrade = %d %s; want it granted once the tests let go", r.status, r.body)
+	if r := testutil.PutAnswer(t, upgrade); r.Status != http.StatusOK {
+		t.Errorf("the upgrade = %d %s; want it granted once the tests let go", r.Status, r.Body)
 	}
 }
 
@@ -354,11 +307,11 @@ func TestAnonymousSameKeyJobsDoNotStarveAnotherKey(t *testing.T) {
 func TestGrantsAndReleasesAreLogged(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
 	ls.call(t, "PUT", "/lock/prod", `{"key": "a", "lock_by": "deploy-1"}`)
-	waiter := putAsync(t.Context(), ls.url, "/lock/prod?wait=10s", `{"key": "b", "lock_by": "deploy-2"}`)
+	waiter := testutil.PutAsync(t.Context(), ls.url, "/lock/prod?wait=10s", `{"key": "b", "lock_by": "deploy-2"}`)
 	testutil.WaitFor(t, "the waiter to queue", func() bool { return ls.waiting(t, "prod") == 1 })
 	ls.call(t, "DELETE", "/lock/prod", `{"key": "a", "lock_by": "deploy-1"}`)
-	if r := result(t, waiter); r.status != http.StatusOK {
-		t.Fatalf("the waiter = %d %s", r.status, r.body)
+	if r := testutil.PutAnswer(t, waiter); r.Status != http.StatusOK {
+		t.Fatalf("the waiter = %d %s", r.Status, r.Body)
 	}
 	for _, want := range []string{
 		`msg="lock granted" lock=prod key=a holder=deploy-1 token=1`,

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/enginetest"
 )
 
 // FuzzAPI sends any method, path, body and credentials through the real
@@ -40,8 +42,9 @@ func FuzzAPI(f *testing.F) {
 		if err != nil || !strings.HasPrefix(path, "/") {
 			return // not something a client can send
 		}
-		tab, state := newTestTable(t, nil)
-		s := &server{locks: tab, log: discardLog, maxWait: 10 * time.Millisecond, writeTimeout: time.Second,
+		tab := enginetest.File(t, nil)
+		state := tab.Path
+		s := &server{locks: tab.Engine, hub: tab.Hub, log: enginetest.DiscardLog, maxWait: 10 * time.Millisecond, writeTimeout: time.Second,
 			auth: newCredentials("ci", "s3cret")}
 		h := s.routes()
 		setup := httptest.NewRequest("PUT", "/lock/held", strings.NewReader(`{"key": "k", "lock_by": "a"}`))
@@ -62,19 +65,8 @@ func FuzzAPI(f *testing.F) {
 		if rec.Code != 200 && rec.Header().Get("Content-Type") != "application/json" {
 			t.Fatalf("%s %s = %d with Content-Type %q; errors are JSON", method, path, rec.Code, rec.Header().Get("Content-Type"))
 		}
-		if got, want := loadTestTable(t, state, nil, time.Now).list(), tab.list(); !reflect.DeepEqual(stripQueues(got), stripQueues(want)) {
+		if got, want := enginetest.List(t, enginetest.Load(t, state, nil, time.Now)), enginetest.List(t, tab); !reflect.DeepEqual(stripQueues(got), stripQueues(want)) {
 			t.Fatalf("after %s %s %q the files hold\n%v\nbut memory holds\n%v", method, path, body, got, want)
 		}
 	})
-}
-
-// stripQueues drops the queues, which are not kept on disk.
-func stripQueues(m map[string]Snapshot) map[string]Lock {
-	out := map[string]Lock{}
-	for name, s := range m {
-		if !s.Free() {
-			out[name] = s.Lock
-		}
-	}
-	return out
 }

@@ -13,85 +13,19 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/advice"
+	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/stream"
-	"github.com/locker-ci/locker/internal/txn"
 )
 
-// A lock's history: every change that takes or ends a hold adds its
-// events (internal/lock.Events) in the same transaction, so that an event
-// is kept exactly when its change is.
-
-// recorder is the transaction every change's steps run over: it passes
-// each lock it is given on to the store's transaction, with the events of
-// the change.
-type recorder struct {
-	txn.Tx
-	ending lock.Ending // how the holds it ends now end, when not by their leases
-}
-
-// Set records the events of changing the lock called name to l, then
-// changes it.
-func (r *recorder) Set(name string, l lock.Lock) {
-	now := r.Now()
-	for _, e := range lock.Events(name, r.Tx.Lock(name), l, now, r.ending) {
-		if e.Kind == lock.Taken {
-			e.Waited = waited(r.Tx.Queue(name), e, now)
-		}
-		r.Tx.Record(e)
-	}
-	r.Tx.Set(name, l)
-}
-
-// waited is how long the holder of a taking waited in the queue: since
-// its waiter came, if it had one.
-func waited(queue []txn.Waiter, e lock.Event, now time.Time) lock.Duration {
-	for _, w := range queue {
-		if w.Waiting() && w.Req.Requestor == e.Holder && w.Req.Key == e.Key {
-			return lock.Duration(now.Sub(w.Since))
-		}
-	}
-	return 0
-}
-
-// ending makes the holds tx ends from now on end as why says, until the
-// function it returns is called.
-func ending(tx txn.Tx, why lock.Ending) (restore func()) {
-	r, ok := tx.(*recorder)
-	if !ok {
-		return func() {}
-	}
-	old := r.ending
-	r.ending = why
-	return func() { r.ending = old }
-}
+// A lock's history, GET /history/<name>, and the stream of every change,
+// GET /events.
 
 // maxHistoryPage is the most events a page of GET /history may ask for.
 const maxHistoryPage = 1000
 
 // defaultHistoryPage is a page's size without ?limit=.
 const defaultHistoryPage = 50
-
-// History returns up to limit of the events of the lock called name with
-// IDs below before (0: the newest), newest first.
-func (e *engine) History(name string, before uint64, limit int) ([]lock.Event, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
-	defer cancel()
-	events, err := e.store.History(ctx, name, before, limit)
-	if err != nil {
-		return nil, e.fail(name, err)
-	}
-	return events, nil
-}
-
-// Recent returns the last n events of each lock in names, newest first.
-func (e *engine) Recent(ctx context.Context, names []string, n int) (map[string][]lock.Event, error) {
-	recent, err := e.store.Recent(ctx, names, n)
-	if err != nil {
-		return nil, e.fail("", err)
-	}
-	return recent, nil
-}
 
 // historyReply is the answer to GET /history/<name>.
 type historyReply struct {
@@ -171,9 +105,6 @@ func forcedBy(r *http.Request) string {
 	return host
 }
 
-// The stream of changes, GET /events: the events of every lock as their
-// changes commit (on PostgreSQL, every node's), as Server-Sent Events.
-
 // Tuned numbers of the stream.
 const (
 	// defaultStreamBuffer is how many events a subscriber may fall
@@ -188,18 +119,6 @@ const (
 	// proxies and the client see it is alive.
 	keepAlive = 15 * time.Second
 )
-
-// Backlog returns up to limit of the events kept with IDs above after, in
-// the order of their IDs, and the highest ID of an event no longer kept.
-func (e *engine) Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, changeTimeout)
-	defer cancel()
-	events, forgotten, err := e.store.Backlog(ctx, after, limit)
-	if err != nil {
-		return nil, 0, e.fail("", err)
-	}
-	return events, forgotten, nil
-}
 
 // eventsQuery is what GET /events asked for.
 type eventsQuery struct {
@@ -296,7 +215,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	// What committed since the last page comes from the subscription, or
 	// from the pages read after subscribing: nothing falls between the two.
-	sub := s.locks.hub.Subscribe(q.locks, s.streamBuffer)
+	sub := s.hub.Subscribe(q.locks, s.streamBuffer)
 	defer sub.Close()
 	if q.resume && !s.catchUp(r.Context(), sw, q, &sent, &after, nil) {
 		return
@@ -328,7 +247,7 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			sw.comment("keep-alive")
 			_ = sw.flush()
 		case <-r.Context().Done():
-			if errors.Is(context.Cause(r.Context()), errShuttingDown) {
+			if errors.Is(context.Cause(r.Context()), engine.ErrClosed) {
 				sw.end("end", "the server is stopping; "+advice.Resume, true)
 			}
 			return

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -12,31 +11,6 @@ import (
 )
 
 // Hostile clients against the real server on a real port.
-
-// shortTimeouts are server timeouts short enough for tests to outlast.
-var shortTimeouts = timeouts{readHeader: 300 * time.Millisecond, read: time.Second, write: time.Second, idle: time.Second}
-
-// startShortTimeouts serves the router on 127.0.0.1 with shortTimeouts.
-func startShortTimeouts(tb testing.TB) (string, *engine) {
-	tb.Helper()
-	return startWithTimeouts(tb, shortTimeouts)
-}
-
-// startWithTimeouts serves the router on 127.0.0.1 with the given server
-// timeouts and returns its address and table.
-func startWithTimeouts(tb testing.TB, short timeouts) (string, *engine) {
-	tb.Helper()
-	tab, _ := newTestTable(tb, nil)
-	s := &server{locks: tab, log: discardLog, maxWait: time.Minute, writeTimeout: short.write}
-	httpSrv := newHTTPServer(s.routes(), discardLog, short, context.Background())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go func() { _ = httpSrv.Serve(ln) }()
-	tb.Cleanup(func() { _ = httpSrv.Close() })
-	return ln.Addr().String(), tab
-}
 
 func TestSlowlorisIsCutOff(t *testing.T) {
 	addr, _ := startShortTimeouts(t)

@@ -13,13 +13,15 @@
 // (package cli): main hands it the command line when its first word is
 // one of the client's commands.
 //
-// The pieces, top down: api.go and request.go answer HTTP; locks.go is the
-// lock table, running the rules of internal/lock (tx.go makes and undoes
-// its changes, leases.go expires holds); store.go is the interface to
-// persistence and the file store, built from internal/journal,
-// internal/statefile and internal/atomicfile. With LOCKER_DATABASE_URL,
-// pgtable.go serves the table several nodes share in PostgreSQL
-// (internal/pgstore) instead.
+// The pieces, top down: main.go reads the configuration and serves;
+// api.go lists the routes, the middleware (auth, the request log) and
+// which error answers which status; locks.go, pools.go, history.go and
+// status.go are the endpoints, and request.go reads their requests. They
+// call the lock engine (internal/engine), which runs every request's
+// steps as transactions of a store: store.go opens the one the
+// configuration names, the state file and its journal
+// (internal/filestore) or PostgreSQL (internal/pgstore). docs/design.md
+// has the map of every package.
 package main
 
 import (
@@ -41,10 +43,12 @@ import (
 	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/config"
+	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/gcfloor"
 	"github.com/locker-ci/locker/internal/lazyfs"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
+	"github.com/locker-ci/locker/internal/migrate"
 	"github.com/locker-ci/locker/internal/profile"
 	"github.com/locker-ci/locker/internal/stream"
 )
@@ -135,7 +139,7 @@ func main() {
 	stopProfile()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "locker: %v\n", err)
-		if errors.Is(err, errUsage) {
+		if errors.Is(err, migrate.ErrUsage) {
 			os.Exit(2)
 		}
 		os.Exit(1)
@@ -145,7 +149,7 @@ func main() {
 // run reads the configuration and serves the lock API until ctx is done.
 func run(ctx context.Context, args []string, environ []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "migrate" {
-		return runMigrate(ctx, args[1:], stdout)
+		return migrate.Run(ctx, args[1:], stdout)
 	}
 	if len(args) == 1 && args[0] == "version" {
 		fmt.Fprintf(stdout, "locker %s\n", version)
@@ -199,9 +203,9 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 	if err != nil {
 		return err
 	}
-	var locks *engine
+	var locks *engine.Engine
 	m := metrics.New(version, metrics.Gauges{
-		Table: func() metrics.TableStats { return locks.stats() },
+		Table: func() metrics.TableStats { return metrics.TableStats(locks.Stats()) },
 		Ready: func() bool { return locks.Ready() == nil },
 	})
 	hub := stream.NewHub()
@@ -209,12 +213,12 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 	if err != nil {
 		return err
 	}
-	locks = &engine{store: store, log: log, metrics: m, hub: hub}
+	locks = engine.New(store, engine.Options{Log: log, Metrics: m})
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Listen, strconv.Itoa(cfg.Port)))
 	if err != nil {
 		return errors.Join(fmt.Errorf("LOCKER_LISTEN/PORT: %w", err), store.Close(true))
 	}
-	srv := &server{locks: locks, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
+	srv := &server{locks: locks, hub: hub, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
 		writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer, metrics: m, metricsOpen: !cfg.MetricsAuth}
 	if cfg.User != "" {
 		srv.auth = newCredentials(cfg.User, cfg.Pass)
@@ -230,7 +234,7 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 			"addr", ln.Addr().String())
 	}
 	logs.Flush()
-	return serveUntilDone(ctx, ln, tlsConfig, srv, locks, log)
+	return serveUntilDone(ctx, ln, tlsConfig, srv, store, log)
 }
 
 // loopback reports whether addr is on the loopback interface only.
@@ -251,11 +255,12 @@ func loadTLS(cfg config.Config) (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
-// serveUntilDone serves srv on ln, with the table's background loops,
+// serveUntilDone serves srv on ln, with the engine's background loops,
 // until ctx is done or the store breaks; then it shuts the server down and
-// closes the table.
-func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, locks *engine, log *slog.Logger) error {
-	// Requests see errShuttingDown as their context's cause when the server
+// closes the store.
+func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config, srv *server, store engine.Store, log *slog.Logger) error {
+	locks := srv.locks
+	// Requests see engine.ErrClosed as their context's cause when the server
 	// stops, so that waiters answer 503 instead of holding up the shutdown.
 	base, stopRequests := context.WithCancelCause(context.Background())
 	defer stopRequests(nil)
@@ -265,7 +270,7 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	// The table's loops run until the HTTP server has stopped.
 	background, stopBackground := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
-	loops.Go(func() { locks.background(background) })
+	loops.Go(func() { locks.Run(background) })
 	stopLoops := func() {
 		stopBackground()
 		loops.Wait()
@@ -284,24 +289,24 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	select {
 	case err := <-served:
 		stopLoops()
-		return errors.Join(fmt.Errorf("serving: %w", err), locks.store.Close(false))
+		return errors.Join(fmt.Errorf("serving: %w", err), store.Close(false))
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err := <-locks.store.Broken():
+	case err := <-store.Broken():
 		stopErr = fmt.Errorf("stopping, the lock state on disk is in doubt: %w", err)
 		log.Error("stopping so that a restart reads the state from disk again", "err", err)
 	}
-	stopRequests(errShuttingDown)
+	stopRequests(engine.ErrClosed)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	shutdownErr := httpSrv.Shutdown(shutdownCtx)
 	stopLoops()
 	held := locks.Len() // counted while the store is open: a database closes with it
 	if stopErr != nil {
-		_ = locks.store.Close(false) // the store keeps what it has; nothing more can be trusted
+		_ = store.Close(false) // the store keeps what it has; nothing more can be trusted
 		return stopErr
 	}
-	if err := locks.store.Close(true); err != nil {
+	if err := store.Close(true); err != nil {
 		return fmt.Errorf("saving the lock state at shutdown: %w (the journal beside the state file still holds every change)", err)
 	}
 	if shutdownErr != nil {

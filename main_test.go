@@ -13,142 +13,17 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/faults"
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/statefile"
 	"github.com/locker-ci/locker/internal/testcert"
 	"github.com/locker-ci/locker/internal/testutil"
 )
-
-// liveServer is run() serving on a real port.
-type liveServer struct {
-	url    string // http(s)://127.0.0.1:port
-	log    *testutil.SyncBuffer
-	stop   context.CancelFunc
-	done   chan error
-	client *http.Client
-}
-
-var listenAddr = regexp.MustCompile(`msg="locker listening" addr=(\S+)`)
-
-// environ returns env as os.Environ would.
-func environ(env map[string]string) []string {
-	var kvs []string
-	for k, v := range env {
-		kvs = append(kvs, k+"="+v)
-	}
-	return kvs
-}
-
-// startRun starts run with env (PORT defaults to 0) and waits until it
-// serves. The server is stopped when the test ends, if not before.
-func startRun(tb testing.TB, env map[string]string) *liveServer {
-	tb.Helper()
-	return startServe(tb, env, nil)
-}
-
-// startServe is startRun with the server's disk operations going through d
-// (the real disk when d is nil).
-func startServe(tb testing.TB, env map[string]string, d atomicfile.FS) *liveServer {
-	tb.Helper()
-	if _, ok := env["PORT"]; !ok {
-		env["PORT"] = "0"
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ls := &liveServer{log: &testutil.SyncBuffer{}, stop: cancel, done: make(chan error, 1), client: &http.Client{Timeout: 10 * time.Second}}
-	go func() {
-		if d == nil {
-			ls.done <- run(ctx, nil, environ(env), io.Discard, ls.log)
-			return
-		}
-		cfg, err := loadConfig(environ(env))
-		if err != nil {
-			ls.done <- err
-			return
-		}
-		ls.done <- serve(ctx, cfg, d, ls.log)
-	}()
-	tb.Cleanup(func() { _ = ls.shutdown() })
-
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if m := listenAddr.FindStringSubmatch(ls.log.String()); m != nil {
-			_, port, err := net.SplitHostPort(m[1])
-			if err != nil {
-				tb.Fatalf("listening address %q: %v", m[1], err)
-			}
-			scheme := "http"
-			if env["SSL_CERT"] != "" {
-				scheme = "https"
-			}
-			ls.url = scheme + "://127.0.0.1:" + port
-			return ls
-		}
-		select {
-		case err := <-ls.done:
-			tb.Fatalf("run returned before serving: %v\nlog:\n%s", err, ls.log)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	tb.Fatalf("server did not start within 10s; log:\n%s", ls.log)
-	return nil
-}
-
-// shutdown cancels run's context, as SIGTERM does, and returns what run
-// returned. It may be called more than once.
-func (ls *liveServer) shutdown() error {
-	ls.stop()
-	select {
-	case err, ok := <-ls.done:
-		if ok {
-			close(ls.done)
-		}
-		return err
-	case <-time.After(15 * time.Second):
-		return context.DeadlineExceeded
-	}
-}
-
-// call sends a request and returns its status and body.
-func (ls *liveServer) call(tb testing.TB, method, path, body string, auth ...string) (int, []byte) {
-	tb.Helper()
-	req, err := http.NewRequest(method, ls.url+path, strings.NewReader(body))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if len(auth) == 2 {
-		req.SetBasicAuth(auth[0], auth[1])
-	}
-	resp, err := ls.client.Do(req)
-	if err != nil {
-		tb.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return resp.StatusCode, data
-}
-
-func (ls *liveServer) listLocks(tb testing.TB, auth ...string) map[string]shown {
-	tb.Helper()
-	status, body := ls.call(tb, "GET", "/locks", "", auth...)
-	if status != http.StatusOK {
-		tb.Fatalf("GET /locks = %d %s", status, body)
-	}
-	var got map[string]shown
-	if err := json.Unmarshal(body, &got); err != nil {
-		tb.Fatalf("GET /locks body %q: %v", body, err)
-	}
-	return got
-}
 
 func TestRunKeepsLocksAcrossRestarts(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locks.yml")
@@ -230,9 +105,9 @@ func TestRunLoadsTheOriginalJSONStateFile(t *testing.T) {
 	if err != nil || !bytes.HasPrefix(data, []byte("# Locker's lock table.")) {
 		t.Fatalf("state file after a change is not this server's YAML (%v):\n%s", err, data)
 	}
-	prod := lockOf("prod-cf", map[string]int{"prod-cf": 2})
+	prod := enginetest.LockOf("prod-cf", map[string]int{"prod-cf": 2})
 	prod.Token = 1 // the original kept none; it got one on load
-	if want := map[string]Lock{"prod": prod}; !reflect.DeepEqual(got.Locks, want) {
+	if want := map[string]lock.Lock{"prod": prod}; !reflect.DeepEqual(got.Locks, want) {
 		t.Errorf("state file holds %v; want %v", got, want)
 	}
 	// The original's bytes are kept, to roll back with, and the log says so.

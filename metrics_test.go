@@ -10,39 +10,11 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/locker-ci/locker/internal/config"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/testutil"
 )
-
-// scrape parses a /metrics body with the Prometheus library's own parser.
-func scrape(tb testing.TB, body []byte) map[string]*dto.MetricFamily {
-	tb.Helper()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
-	if err != nil {
-		tb.Fatalf("parsing /metrics: %v\n%s", err, body)
-	}
-	return families
-}
-
-// value returns the value of the one metric of family name, a counter or
-// a gauge.
-func value(tb testing.TB, families map[string]*dto.MetricFamily, name string) float64 {
-	tb.Helper()
-	f, ok := families[name]
-	if !ok || len(f.Metric) != 1 {
-		tb.Fatalf("/metrics has no single %s", name)
-	}
-	if c := f.Metric[0].GetCounter(); c != nil {
-		return c.GetValue()
-	}
-	return f.Metric[0].GetGauge().GetValue()
-}
 
 func TestMetrics(t *testing.T) {
 	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "AUTH_USER": "ci", "AUTH_PASS": "s3cret"})
@@ -68,12 +40,12 @@ func TestMetrics(t *testing.T) {
 	if status != http.StatusOK {
 		t.Fatalf("GET /metrics = %d", status)
 	}
-	m := scrape(t, body)
+	m := testutil.Scrape(t, body)
 	for name, want := range map[string]float64{
 		"locker_acquisitions_total": 2, "locker_refusals_total": 1, "locker_wait_timeouts_total": 1,
 		"locker_releases_total": 1, "locker_locks_held": 1, "locker_holders": 1, "locker_waiters": 1, "locker_ready": 1,
 	} {
-		if got := value(t, m, name); got != want {
+		if got := testutil.MetricValue(t, m, name); got != want {
 			t.Errorf("%s = %v; want %v", name, got, want)
 		}
 	}
@@ -82,17 +54,17 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("the waiter = %d; want it granted after the forced release", r)
 	}
 	_, body = ls.call(t, "GET", "/metrics", "", "ci", "s3cret")
-	m = scrape(t, body)
-	if got := value(t, m, "locker_forced_releases_total"); got != 1 {
+	m = testutil.Scrape(t, body)
+	if got := testutil.MetricValue(t, m, "locker_forced_releases_total"); got != 1 {
 		t.Errorf("locker_forced_releases_total = %v; want 1", got)
 	}
-	if got := value(t, m, "locker_acquisitions_total"); got != 3 {
+	if got := testutil.MetricValue(t, m, "locker_acquisitions_total"); got != 3 {
 		t.Errorf("locker_acquisitions_total after the waiter's grant = %v; want 3", got)
 	}
 	if h := m["locker_wait_seconds"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 1 {
 		t.Errorf("locker_wait_seconds has %d samples; want the one waiter's", h.GetSampleCount())
 	}
-	if age := value(t, m, "locker_oldest_lock_age_seconds"); age < 0 || age > 60 { // 0 when scraped in the millisecond of the grant
+	if age := testutil.MetricValue(t, m, "locker_oldest_lock_age_seconds"); age < 0 || age > 60 { // 0 when scraped in the millisecond of the grant
 		t.Errorf("locker_oldest_lock_age_seconds = %v; want the age of prod's hold, a few seconds at most", age)
 	}
 	for _, name := range []string{"locker_journal_sync_seconds", "locker_journal_records_per_sync", "locker_build_info", "locker_http_request_duration_seconds"} {
@@ -109,29 +81,12 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// putAsyncAuth sends a PUT with the test credentials in the background.
-func putAsyncAuth(tb testing.TB, base, path, body string) <-chan int {
-	done := make(chan int, 1)
-	go func() {
-		req, _ := http.NewRequest("PUT", base+path, strings.NewReader(body))
-		req.SetBasicAuth("ci", "s3cret")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			done <- 0
-			return
-		}
-		resp.Body.Close()
-		done <- resp.StatusCode
-	}()
-	return done
-}
-
 // TestMetricsLabelsStayBounded sends requests for 100,000 distinct lock
 // names, and made-up methods: the request metric's series stay a handful,
 // one per route, method and status code.
 func TestMetricsLabelsStayBounded(t *testing.T) {
-	tab, _ := newTestTable(t, unsyncedDisk{})
-	s := &server{locks: tab, log: discardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: time.Second,
+	tab := enginetest.File(t, unsyncedDisk{})
+	s := &server{locks: tab.Engine, hub: tab.Hub, log: enginetest.DiscardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: time.Second,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	h := s.routes()
 	for i := range 100_000 {
@@ -143,7 +98,7 @@ func TestMetricsLabelsStayBounded(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	series := len(scrape(t, rec.Body.Bytes())["locker_http_request_duration_seconds"].GetMetric())
+	series := len(testutil.Scrape(t, rec.Body.Bytes())["locker_http_request_duration_seconds"].GetMetric())
 	if series == 0 || series > 10 {
 		t.Errorf("locker_http_request_duration_seconds has %d series after 100,000 lock names; want a handful", series)
 	}

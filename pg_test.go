@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/migrate"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -35,24 +36,24 @@ func TestNodesShareOneTableInPostgreSQL(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	waiter := putAsync(ctx, b.url, "/lock/prod?wait=20s", `{"key": "upgrade", "lock_by": "job-2"}`)
+	waiter := testutil.PutAsync(ctx, b.url, "/lock/prod?wait=20s", `{"key": "upgrade", "lock_by": "job-2"}`)
 	testutil.WaitFor(t, "the waiter on b to show on a", func() bool { return a.waiting(t, "prod") == 1 })
 	if status, body := a.call(t, "DELETE", "/lock/prod", `{"key": "deploy", "lock_by": "job-1"}`); status != 200 {
 		t.Fatalf("DELETE on a = %d %s", status, body)
 	}
-	r := result(t, waiter)
+	r := testutil.PutAnswer(t, waiter)
 	var got lock.View
-	if err := json.Unmarshal(r.body, &got); r.status != 200 || err != nil || got.Key != "upgrade" || got.Token < 2 {
-		t.Fatalf("the waiter on b = %d %s; want the lock with key upgrade, a new token", r.status, r.body)
+	if err := json.Unmarshal(r.Body, &got); r.Status != 200 || err != nil || got.Key != "upgrade" || got.Token < 2 {
+		t.Fatalf("the waiter on b = %d %s; want the lock with key upgrade, a new token", r.Status, r.Body)
 	}
 
 	// A retry on the other node, with the same Idempotency-Key, changes nothing.
 	body := `{"key": "upgrade", "lock_by": "job-3"}`
-	first, _, err := sendWithKey(t, a.url, "PUT", "/lock/prod", body, "retry-1")
+	first, _, err := testutil.SendWithKey(t, a.url, "PUT", "/lock/prod", body, "retry-1")
 	if err != nil || first.StatusCode != 200 {
 		t.Fatalf("PUT with a key on a: %v %v", first, err)
 	}
-	again, _, err := sendWithKey(t, b.url, "PUT", "/lock/prod", body, "retry-1")
+	again, _, err := testutil.SendWithKey(t, b.url, "PUT", "/lock/prod", body, "retry-1")
 	if err != nil || again.StatusCode != 200 || again.Header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("the retry on b: %v %v; want 200, Idempotent-Replayed", again, err)
 	}
@@ -114,7 +115,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	const keyed = `{"key": "deploy", "lock_by": "job-1", "ttl": "1h", "note": "https://ci/builds/1"}`
 	sendAgain := func(base, where string) {
 		t.Helper()
-		resp, body, err := sendWithKey(t, base, "PUT", "/lock/prod", keyed, "K1")
+		resp, body, err := testutil.SendWithKey(t, base, "PUT", "/lock/prod", keyed, "K1")
 		if err != nil || resp.StatusCode != 200 || (where != "" && resp.Header.Get("Idempotent-Replayed") != "true") || !strings.Contains(body, `"locked_by":{"job-1":1}`) {
 			t.Errorf("PUT with Idempotency-Key K1 %s = %v %v %s; want the first answer, replayed, one count", where, resp, err, body)
 		}
@@ -139,21 +140,21 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	if err := s.shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	migrate := func(from, to string) (string, error) {
+	move := func(from, to string) (string, error) {
 		var out strings.Builder
 		err := run(context.Background(), []string{"migrate", "--from", from, "--to", to}, nil, &out, io.Discard)
 		return out.String(), err
 	}
-	if _, err := migrate(filepath.Join(dir, "lcoks.yml"), db); err == nil || !strings.Contains(err.Error(), "lcoks.yml") {
+	if _, err := move(filepath.Join(dir, "lcoks.yml"), db); err == nil || !strings.Contains(err.Error(), "lcoks.yml") {
 		t.Errorf("migrate from a mistyped path = %v; want an error naming it", err)
 	}
-	if _, err := migrate("", db); !errors.Is(err, errUsage) {
+	if _, err := move("", db); !errors.Is(err, migrate.ErrUsage) {
 		t.Errorf("migrate without --from = %v; want a usage error (exit 2)", err)
 	}
-	if out, err := migrate(file, db); err != nil || !strings.Contains(out, "copied 2 locks, 1 pool, 5 events and 1 remembered outcome") {
+	if out, err := move(file, db); err != nil || !strings.Contains(out, "copied 2 locks, 1 pool, 5 events and 1 remembered outcome") {
 		t.Fatalf("migrate to the database = %q, %v", out, err)
 	}
-	if _, err := migrate(file, db); err == nil || !strings.Contains(err.Error(), "migrate does not overwrite locks") {
+	if _, err := move(file, db); err == nil || !strings.Contains(err.Error(), "migrate does not overwrite locks") {
 		t.Errorf("a second migrate into the same database = %v; want it refused", err)
 	}
 	p := startRun(t, map[string]string{"LOCKER_DATABASE_URL": db})
@@ -184,7 +185,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	}
 	// While a node serves the database, it is no source to copy from.
 	early := filepath.Join(dir, "early.yml")
-	if _, err := migrate(db, early); err == nil || !strings.Contains(err.Error(), "1 locker nodes still serve it") {
+	if _, err := move(db, early); err == nil || !strings.Contains(err.Error(), "1 locker nodes still serve it") {
 		t.Errorf("migrate from a database a node serves = %v; want it refused", err)
 	}
 	if _, err := os.Stat(early); err == nil {
@@ -198,10 +199,10 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := filepath.Join(dir, "back.yml")
-	if out, err := migrate(db, back); err != nil || !strings.Contains(out, "copied 3 locks, 1 pool, 6 events and 1 remembered outcome") {
+	if out, err := move(db, back); err != nil || !strings.Contains(out, "copied 3 locks, 1 pool, 6 events and 1 remembered outcome") {
 		t.Fatalf("migrate back = %q, %v", out, err)
 	}
-	if _, err := migrate(db, back); err == nil || !strings.Contains(err.Error(), "it holds 3 locks") {
+	if _, err := move(db, back); err == nil || !strings.Contains(err.Error(), "it holds 3 locks") {
 		t.Errorf("migrate onto a state file with locks = %v; want it refused", err)
 	}
 	f := startRun(t, map[string]string{"LOCKER_CONFIG": back})
@@ -222,7 +223,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 // answers. A database that refuses the node (one that does not exist)
 // fails the start at once.
 func TestANodeWaitsForItsDatabase(t *testing.T) {
-	u, px := throughProxy(t, testutil.PostgresSchema(t))
+	u, px := testutil.ThroughProxy(t, testutil.PostgresSchema(t))
 	px.Down()
 	up := time.AfterFunc(2500*time.Millisecond, px.Up)
 	defer up.Stop()

@@ -6,9 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/url"
@@ -20,6 +18,8 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/jsonbody"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -82,7 +82,7 @@ const maxIdempotencyKeyBytes = 255
 
 // lockRequest is a request to change the lock in the path.
 type lockRequest struct {
-	acquireRequest      // Key and Requestor always; TTL, Wait and Note on PUT
+	engine.Request      // Key and Requestor always; TTL, Wait and Note on PUT
 	All            bool // DELETE: release every count of Requestor
 	Force          bool // DELETE: release every holder; no key needed
 }
@@ -121,7 +121,7 @@ func decodeChange(w http.ResponseWriter, r *http.Request, path string, namesOf f
 	if err != nil {
 		return req, err
 	}
-	fields, body, err := decodeObject(w, r, req.Force && path != "/locks")
+	fields, body, err := jsonbody.Read(w, r, maxBodyBytes, bodyExample, req.Force && path != "/locks")
 	if err != nil {
 		return req, err
 	}
@@ -132,7 +132,7 @@ func decodeChange(w http.ResponseWriter, r *http.Request, path string, namesOf f
 	case claimPath:
 		allowed = claimFields
 	}
-	if f, ok := firstUnknown(fields, allowed); ok {
+	if f, ok := jsonbody.FirstUnknown(fields, allowed); ok {
 		return req, fmt.Errorf("%w: unknown field %q in the body; %s %s accepts %s",
 			errBadRequest, f, r.Method, path, joinList(quoted(allowed), "and"))
 	}
@@ -234,7 +234,7 @@ func checkQuery(r *http.Request, path string) (url.Values, error) {
 		method = http.MethodGet
 	}
 	accepted := queryParams[method+" "+path]
-	if p, ok := firstUnknown(query, accepted.names); ok {
+	if p, ok := jsonbody.FirstUnknown(query, accepted.names); ok {
 		return nil, fmt.Errorf("%w: unknown query parameter %q; %s %s accepts %s", errBadRequest, p, r.Method, path, cmp.Or(accepted.example, "no query parameters"))
 	}
 	for _, p := range slices.Sorted(maps.Keys(query)) {
@@ -258,7 +258,7 @@ func decodeQuery(r *http.Request, req *lockRequest, path string) (url.Values, er
 		}
 	}
 	if v, ok := query["wait"]; ok {
-		if req.Wait, err = parseDuration("wait", v[0], true); err != nil {
+		if req.Wait, err = jsonbody.ParseDuration("wait", v[0], true); err != nil {
 			return nil, err
 		}
 	}
@@ -268,7 +268,7 @@ func decodeQuery(r *http.Request, req *lockRequest, path string) (url.Values, er
 // decodeFields sets req from the body's fields, which hold only known
 // names; query is the request's query, for a wait given in both.
 func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lockRequest) error {
-	if err := stringField(fields, "key", &req.Key); err != nil {
+	if err := jsonbody.String(fields, "key", bodyExample, &req.Key); err != nil {
 		return err
 	}
 	if req.Key == "" && !req.Force {
@@ -282,7 +282,7 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 			return fmt.Errorf("%w: \"all\" must be true or false, e.g. {\"key\": \"prod-cf\", \"all\": true}", errBadRequest)
 		}
 	}
-	if err := stringField(fields, "note", &req.Note); err != nil {
+	if err := jsonbody.String(fields, "note", bodyExample, &req.Note); err != nil {
 		return err
 	}
 	if raw, ok := fields["limit"]; ok {
@@ -291,11 +291,11 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 		}
 	}
 	var err error
-	if req.TTL, err = durationField(fields, "ttl", false); err != nil {
+	if req.TTL, err = jsonbody.Duration(fields, "ttl", false); err != nil {
 		return err
 	}
 	if _, ok := fields["wait"]; ok {
-		wait, err := durationField(fields, "wait", true)
+		wait, err := jsonbody.Duration(fields, "wait", true)
 		if err != nil {
 			return err
 		}
@@ -313,7 +313,7 @@ func decodeRequestor(fields map[string]json.RawMessage, req *lockRequest) error 
 	from := ""
 	for _, f := range requestorFields {
 		var v string
-		if err := stringField(fields, f, &v); err != nil {
+		if err := jsonbody.String(fields, f, bodyExample, &v); err != nil {
 			return err
 		}
 		if v == "" {
@@ -330,22 +330,6 @@ func decodeRequestor(fields map[string]json.RawMessage, req *lockRequest) error 
 		req.Requestor = req.Key
 	}
 	return nil
-}
-
-// firstUnknown returns the first of m's keys, in sorted order, that known
-// does not list. Sorting happens only when there is one to report.
-func firstUnknown[V any](m map[string]V, known []string) (string, bool) {
-	for k := range m {
-		if slices.Contains(known, k) {
-			continue
-		}
-		for _, k := range slices.Sorted(maps.Keys(m)) {
-			if !slices.Contains(known, k) {
-				return k, true
-			}
-		}
-	}
-	return "", false
 }
 
 // lockName returns the lock name in r's path, unescaped.
@@ -380,36 +364,11 @@ func printable(what, s string) error {
 	return nil
 }
 
-// decodeObject reads r's body as exactly one JSON object. An empty body is
-// an error unless optional is set.
-func decodeObject(w http.ResponseWriter, r *http.Request, optional bool) (map[string]json.RawMessage, []byte, error) {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		return nil, nil, fmt.Errorf("%w: the body is over %d bytes; a lock request is a small JSON object such as %s",
-			errBodyTooLarge, maxBodyBytes, bodyExample)
-	case err != nil:
-		return nil, nil, fmt.Errorf("%w: the body could not be read (%v); send a JSON object such as %s", errBadRequest, err, bodyExample)
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(data, &fields); err == nil && fields != nil {
-		if topLevelKeys(data) != len(fields) {
-			return nil, nil, fmt.Errorf("%w: the field %q is given twice in the body; give each field once", errBadRequest, duplicateKey(data))
-		}
-		return fields, data, nil
-	}
-	if err := explainBody(data, optional); err != nil {
-		return nil, nil, err
-	}
-	return map[string]json.RawMessage{}, data, nil // an empty body, allowed
-}
-
 // idempotencyKey reads r's Idempotency-Key header, if any: the key scoped
 // to r's method and the lock called name, and a fingerprint of what the
 // request asks (method, body and force; not wait, which a client that
 // asks again may shorten).
-func idempotencyKey(r *http.Request, name string, body []byte, force bool) (*idemRequest, error) {
+func idempotencyKey(r *http.Request, name string, body []byte, force bool) (*engine.IdempotencyKey, error) {
 	values := r.Header.Values("Idempotency-Key")
 	switch {
 	case len(values) == 0:
@@ -427,156 +386,10 @@ func idempotencyKey(r *http.Request, name string, body []byte, force bool) (*ide
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%t\n", r.Method, force)
 	h.Write(bytes.TrimSpace(body))
-	return &idemRequest{
-		scope:       r.Method + " " + name + " " + key,
-		fingerprint: hex.EncodeToString(h.Sum(nil)),
+	return &engine.IdempotencyKey{
+		Scope:       r.Method + " " + name + " " + key,
+		Fingerprint: hex.EncodeToString(h.Sum(nil)),
 	}, nil
-}
-
-// topLevelKeys counts the keys of the JSON object in data, which
-// json.Unmarshal has taken: more than its map holds means one is given
-// twice (encoding/json keeps the last one silently).
-func topLevelKeys(data []byte) int {
-	keys, depth, inString, afterValue := 0, 0, false, false
-	for i := 0; i < len(data); i++ {
-		c := data[i]
-		switch {
-		case inString && c == '\\':
-			i++ // skip the escaped character
-		case inString && c == '"':
-			inString = false
-		case inString:
-		case c == '"':
-			if depth == 1 && !afterValue {
-				keys++
-			}
-			inString = true
-		case c == '{' || c == '[':
-			depth++
-		case c == '}' || c == ']':
-			depth--
-		case c == ':' && depth == 1:
-			afterValue = true
-		case c == ',' && depth == 1:
-			afterValue = false
-		}
-	}
-	return keys
-}
-
-// duplicateKey returns the first key that the JSON object in data gives
-// twice (the slow path, for the error message).
-func duplicateKey(data []byte) string {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	seen := map[string]bool{}
-	if _, err := dec.Token(); err != nil {
-		return ""
-	}
-	for dec.More() {
-		t, err := dec.Token()
-		key, _ := t.(string)
-		if err != nil || seen[key] {
-			return key
-		}
-		seen[key] = true
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return ""
-		}
-	}
-	return ""
-}
-
-// explainBody says what is wrong with a body that is not one JSON object,
-// or returns nil for an empty body when that is allowed. (It is the slow
-// path: json.Unmarshal only says where it stopped.)
-func explainBody(data []byte, optional bool) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	var fields map[string]json.RawMessage
-	err := dec.Decode(&fields)
-	trailing := false
-	if err == nil {
-		// Only white space may follow the object.
-		if _, err = dec.Token(); err == io.EOF {
-			err = nil
-		} else {
-			trailing = true
-		}
-	}
-	var wrongType *json.UnmarshalTypeError
-	switch {
-	case trailing:
-		return fmt.Errorf("%w: there is data after the JSON object; send exactly one object, e.g. %s", errBadRequest, bodyExample)
-	case errors.Is(err, io.EOF) && optional:
-		return nil
-	case errors.Is(err, io.EOF):
-		return fmt.Errorf("%w: the request has no body; send a JSON object such as %s", errBadRequest, bodyExample)
-	case errors.As(err, &wrongType), err == nil && fields == nil:
-		return fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample)
-	case err != nil:
-		return fmt.Errorf("%w: the body is not valid JSON (%v); send an object such as %s", errBadRequest, err, bodyExample)
-	}
-	return fmt.Errorf("%w: the body must be a JSON object such as %s", errBadRequest, bodyExample) // not reached: Unmarshal took it
-}
-
-// stringField sets *dst to the string in fields[name]. An absent or null
-// field leaves *dst alone.
-func stringField(fields map[string]json.RawMessage, name string, dst *string) error {
-	raw, ok := fields[name]
-	if !ok {
-		return nil
-	}
-	// Most values are strings with nothing to unescape: no need to decode.
-	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' &&
-		!bytes.ContainsAny(raw[1:n-1], `"\`) && utf8.Valid(raw[1:n-1]) {
-		*dst = string(raw[1 : n-1])
-		return nil
-	}
-	v, err := decodeString(raw)
-	if err != nil {
-		return fmt.Errorf("%w: %q %s", errBadRequest, name, err)
-	}
-	*dst = v
-	return nil
-}
-
-// decodeString decodes raw, a JSON value that must be a string: the slow
-// path of stringField, apart so that its variable, which encoding/json
-// needs a pointer to, is made only when a field takes it.
-func decodeString(raw json.RawMessage) (string, error) {
-	var v string
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", fmt.Errorf("must be a string, e.g. %s", bodyExample)
-	}
-	// encoding/json turns invalid UTF-8, and escapes of lone surrogates,
-	// into U+FFFD: two different keys would become one.
-	if !utf8.Valid(raw) || (strings.ContainsRune(v, utf8.RuneError) &&
-		!bytes.Contains(raw, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(raw), []byte(`\ufffd`))) {
-		return "", errors.New("is not valid UTF-8 (or escapes half a surrogate pair); send text")
-	}
-	return v, nil
-}
-
-// durationField returns the duration in fields[name], 0 when absent or null.
-func durationField(fields map[string]json.RawMessage, name string, zeroOK bool) (time.Duration, error) {
-	var s string
-	if err := stringField(fields, name, &s); err != nil {
-		return 0, fmt.Errorf("%w: %q must be a duration string such as \"30s\", \"5m\" or \"1h\"", errBadRequest, name)
-	}
-	if s == "" {
-		return 0, nil
-	}
-	return parseDuration(name, s, zeroOK)
-}
-
-// parseDuration parses s as a Go duration that must be positive (or zero,
-// when zeroOK).
-func parseDuration(name, s string, zeroOK bool) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err == nil && (d > 0 || (d == 0 && zeroOK)) {
-		return d, nil
-	}
-	return 0, fmt.Errorf("%w: %s must be a positive duration such as \"30s\", \"5m\" or \"1h\"; got %q", errBadRequest, name, s)
 }
 
 // joinList formats items as "a, b and c" (conj "and") or "a, b or c".

@@ -16,6 +16,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/humane"
+	"github.com/locker-ci/locker/internal/jsonbody"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -40,7 +43,7 @@ var (
 			}
 			return many
 		},
-		"mark": markMatches,
+		"mark": humane.Mark,
 		// args passes a text and the filter to the "marked" template.
 		"args": func(text, filter string) markArgs { return markArgs{text, filter} },
 	}).Parse(statusHTML))
@@ -179,7 +182,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	page := statusPage{HeldOver: statusHeldOverText, heldOver: statusHeldOver, Filter: strings.TrimSpace(query.Get("q")),
 		Refresh: statusRefresh, Version: version, Style: template.CSS(statusCSS), Script: template.JS(statusJS)}
 	if v, ok := query["held_over"]; ok {
-		if page.heldOver, err = parseDuration("held_over", v[0], false); err != nil {
+		if page.heldOver, err = jsonbody.ParseDuration("held_over", v[0], false); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
@@ -229,7 +232,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 // add counts l, which the table's locks come to in name order, and shows
 // it if it matches p.Filter and the page has room: room for the
 // statusMaxLocks most urgent (or, by name, the first).
-func (p *statusPage) add(l Listed) error {
+func (p *statusPage) add(l engine.Listed) error {
 	if !l.Free() {
 		p.Held++
 	}
@@ -258,7 +261,7 @@ func (p *statusPage) add(l Listed) error {
 }
 
 // urgency says how soon a person should look at l.
-func (p *statusPage) urgency(l Snapshot) int {
+func (p *statusPage) urgency(l engine.Snapshot) int {
 	first := l.FirstLease()
 	switch {
 	case !l.Free() && !l.AcquiredAt.IsZero() && p.Now.Sub(l.AcquiredAt) > p.heldOver:
@@ -291,41 +294,8 @@ func otherOrder(query url.Values, byName bool) string {
 // matches the filter marked.
 type markArgs struct{ Text, Filter string }
 
-// markPart is a piece of text on the page, and whether it is (part of)
-// what the filter matched.
-type markPart struct {
-	Text  string
-	Match bool
-}
-
-// markMatches cuts s into the pieces the filter matches, case aside, and
-// the rest, for the page to mark.
-func markMatches(s, filter string) []markPart {
-	if filter == "" {
-		return []markPart{{Text: s}}
-	}
-	var parts []markPart
-	lower, f := strings.ToLower(s), strings.ToLower(filter)
-	for {
-		i := strings.Index(lower, f)
-		// ToLower keeps the byte length of most text; where it does not,
-		// the text is shown unmarked rather than cut in the wrong place.
-		if i < 0 || len(lower) != len(s) {
-			return append(parts, markPart{Text: s})
-		}
-		if i > 0 {
-			parts = append(parts, markPart{Text: s[:i]})
-		}
-		parts = append(parts, markPart{Text: s[i : i+len(f)], Match: true})
-		s, lower = s[i+len(f):], lower[i+len(f):]
-		if s == "" {
-			return parts
-		}
-	}
-}
-
 // addPools adds the pools, by name, up to statusMaxPools.
-func (p *statusPage) addPools(e *engine) error {
+func (p *statusPage) addPools(e *engine.Engine) error {
 	pools, err := e.Pools()
 	if err != nil {
 		return err
@@ -336,7 +306,7 @@ func (p *statusPage) addPools(e *engine) error {
 	}
 	for _, name := range names {
 		v, err := e.Pool(name)
-		if errors.Is(err, errNoPool) {
+		if errors.Is(err, engine.ErrNoPool) {
 			continue // removed since
 		}
 		if err != nil {
@@ -350,7 +320,7 @@ func (p *statusPage) addPools(e *engine) error {
 				sm.Holder = ""
 				sp.Free++
 			} else if !l.AcquiredAt.IsZero() {
-				sm.Since = humanDuration(p.Now.Sub(l.AcquiredAt))
+				sm.Since = humane.Duration(p.Now.Sub(l.AcquiredAt))
 			}
 			sp.Members = append(sp.Members, sm)
 		}
@@ -360,34 +330,34 @@ func (p *statusPage) addPools(e *engine) error {
 }
 
 // lock returns l, called name, as the page shows it.
-func (p *statusPage) lock(name string, l Snapshot) statusLock {
+func (p *statusPage) lock(name string, l engine.Snapshot) statusLock {
 	sl := statusLock{Name: name, Key: l.Key, Token: l.Token}
 	if !l.AcquiredAt.IsZero() {
 		sl.AcquiredAt = l.AcquiredAt.UTC().Format(time.RFC3339)
-		sl.HeldFor = humanDuration(p.Now.Sub(l.AcquiredAt))
+		sl.HeldFor = humane.Duration(p.Now.Sub(l.AcquiredAt))
 		sl.Long = !l.Free() && p.Now.Sub(l.AcquiredAt) > p.heldOver
 	}
 	for _, h := range l.Holders {
-		sh := statusHolder{Name: h.Name, Count: h.Count, Note: h.Note, NoteURL: linkable(h.Note)}
+		sh := statusHolder{Name: h.Name, Count: h.Count, Note: h.Note, NoteURL: humane.Link(h.Note)}
 		if !h.Since.IsZero() {
-			sh.Since = humanDuration(p.Now.Sub(h.Since))
+			sh.Since = humane.Duration(p.Now.Sub(h.Since))
 		}
 		if !h.ExpiresAt.IsZero() {
-			sh.Lease = humanDuration(h.ExpiresAt.Sub(p.Now))
+			sh.Lease = humane.Duration(h.ExpiresAt.Sub(p.Now))
 		}
 		sl.Holders = append(sl.Holders, sh)
 	}
 	if first := l.FirstLease(); !first.IsZero() && first.Sub(p.Now) < statusLeaseSoon {
-		sl.LeaseSoon = humanDuration(first.Sub(p.Now))
+		sl.LeaseSoon = humane.Duration(first.Sub(p.Now))
 	}
 	for _, q := range l.Waiting {
-		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humanDuration(p.Now.Sub(q.Since))})
+		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humane.Duration(p.Now.Sub(q.Since))})
 	}
 	return sl
 }
 
 // addEvents adds the latest events of each lock shown.
-func (p *statusPage) addEvents(ctx context.Context, e *engine) error {
+func (p *statusPage) addEvents(ctx context.Context, e *engine.Engine) error {
 	names := make([]string, len(p.Locks))
 	for i, l := range p.Locks {
 		names[i] = l.Name
@@ -399,41 +369,16 @@ func (p *statusPage) addEvents(ctx context.Context, e *engine) error {
 	for i := range p.Locks {
 		for _, ev := range recent[p.Locks[i].Name] {
 			p.Locks[i].Events = append(p.Locks[i].Events, statusEvent{Kind: string(ev.Kind), At: ev.At.UTC().Format(time.RFC3339),
-				Ago: humanDuration(p.Now.Sub(ev.At)), Text: eventText(ev)})
+				Ago: humane.Duration(p.Now.Sub(ev.At)), Text: humane.Event(ev)})
 		}
 	}
 	return nil
 }
 
-// eventText says what an event tells, in a few words.
-func eventText(e lock.Event) string {
-	held := ""
-	if e.Held > 0 {
-		held = " after " + humanDuration(time.Duration(e.Held))
-	}
-	switch e.Kind {
-	case lock.Taken:
-		s := "taken by " + e.Holder
-		if e.Waited > 0 {
-			s += " after waiting " + humanDuration(time.Duration(e.Waited))
-		}
-		return s
-	case lock.Released:
-		return "released by " + e.Holder + held
-	case lock.Expired:
-		return "the lease of " + e.Holder + " ran out" + held
-	case lock.Forced:
-		return "forced free by " + e.By + "; " + e.Holder + " had it" + held
-	case lock.Dropped:
-		return "the grant to " + e.Holder + " was given back: its node was taken for dead"
-	}
-	return string(e.Kind) + " " + e.Holder
-}
-
 // matches reports whether filter, case aside, is part of the lock's name,
 // key, a holder's name or note, or a waiter's name or key. An empty
 // filter matches every lock.
-func matches(name string, l Snapshot, filter string) bool {
+func matches(name string, l engine.Snapshot, filter string) bool {
 	if filter == "" {
 		return true
 	}
@@ -444,33 +389,4 @@ func matches(name string, l Snapshot, filter string) bool {
 	}
 	return slices.ContainsFunc(l.Holders, func(h lock.Holder) bool { return has(h.Name) || has(h.Note) }) ||
 		slices.ContainsFunc(l.Waiting, func(w lock.Waiting) bool { return has(w.Requestor) || has(w.Key) })
-}
-
-// linkable returns note if it is an absolute http or https URL, the kind
-// a pipeline leaves there (its build's page), and "" otherwise: no other
-// scheme becomes a link.
-func linkable(note string) string {
-	u, err := url.Parse(note)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return ""
-	}
-	return note
-}
-
-// humanDuration says d the way a person reads it at a glance, to the
-// second under a minute and to the minute above: "42 s", "12 min",
-// "3 h 5 min", "2 d 4 h", with no-break spaces, so that a number never
-// wraps apart from its unit. Negative durations (a lease that just ran
-// out, a clock step) read as "0 s".
-func humanDuration(d time.Duration) string {
-	d = max(d, 0)
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%d\u00a0s", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%d\u00a0min", int(d.Minutes()))
-	case d < 24*time.Hour:
-		return fmt.Sprintf("%d\u00a0h\u00a0%d\u00a0min", int(d.Hours()), int(d.Minutes())%60)
-	}
-	return fmt.Sprintf("%d\u00a0d\u00a0%d\u00a0h", int(d.Hours())/24, int(d.Hours())%24)
 }

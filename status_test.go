@@ -5,49 +5,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/locker-ci/locker/internal/enginetest"
 )
-
-// statusServer is the real router over a table whose clock the test moves.
-func statusServer(t *testing.T, user, pass string) (*testServer, *engine, *fakeClock) {
-	t.Helper()
-	clock := newFakeClock()
-	path := filepath.Join(t.TempDir(), "locks.yml")
-	tab := loadTestTable(t, path, nil, clock.Now)
-	return serveTable(tab, path, user, pass), tab, clock
-}
-
-// page returns GET target's body, failing the test unless it is a 200
-// HTML page.
-func (ts *testServer) page(t *testing.T, target string) string {
-	t.Helper()
-	rec := ts.send(t, request{"GET", target, ""})
-	if rec.Code != http.StatusOK {
-		t.Fatalf("GET %s = %d %s; want 200", target, rec.Code, rec.Body)
-	}
-	if ct := rec.Header().Get("Content-Type"); ct != "text/html; charset=utf-8" {
-		t.Errorf("GET %s: Content-Type = %q; want text/html; charset=utf-8", target, ct)
-	}
-	return rec.Body.String()
-}
-
-// cards returns the lock names on a status page, in order.
-func cards(body string) []string {
-	var names []string
-	for _, m := range regexp.MustCompile(`<article class="lock[^"]*" data-name="([^"]*)"`).FindAllStringSubmatch(body, -1) {
-		names = append(names, m[1])
-	}
-	return names
-}
-
-// nbsp puts no-break spaces in s where it has spaces, as the page writes
-// durations.
-func nbsp(s string) string { return strings.ReplaceAll(s, " ", "\u00a0") }
 
 func TestStatusPage(t *testing.T) {
 	ts, _, clock := statusServer(t, "", "")
@@ -133,7 +98,7 @@ func TestStatusPageQueueAndLimits(t *testing.T) {
 	ts.mustSend(t, request{"PUT", "/lock/prod", `{"key": "deploy", "lock_by": "a"}`})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	queued(t, ctx, tab, "prod", "upgrade", "b")
+	enginetest.Queued(t, ctx, tab, "prod", "upgrade", "b")
 	clock.Advance(90 * time.Second)
 	body := ts.page(t, "/")
 	if !strings.Contains(body, "<li>b (key <code>upgrade</code>), waiting "+nbsp("1 min")+"</li>") {
@@ -206,41 +171,6 @@ func TestStatusPagePolicyAllowsItsOwnScript(t *testing.T) {
 	}
 }
 
-func TestHumanDuration(t *testing.T) {
-	for _, tc := range []struct {
-		d    time.Duration
-		want string
-	}{
-		{-3 * time.Second, "0 s"},
-		{0, "0 s"},
-		{42*time.Second + 900*time.Millisecond, "42 s"},
-		{12*time.Minute + 59*time.Second, "12 min"},
-		{3*time.Hour + 5*time.Minute, "3 h 5 min"},
-		{52 * time.Hour, "2 d 4 h"},
-	} {
-		if got := humanDuration(tc.d); got != nbsp(tc.want) {
-			t.Errorf("humanDuration(%v) = %q; want %q", tc.d, got, tc.want)
-		}
-	}
-}
-
-func TestLinkable(t *testing.T) {
-	for note, want := range map[string]bool{
-		"https://ci.example.com/builds/42": true,
-		"http://ci:8080/b/1":               true,
-		"javascript:alert(1)":              false,
-		"data:text/html,<b>x</b>":          false,
-		"//ci.example.com/builds/42":       false,
-		"ci.example.com/builds/42":         false,
-		"https://":                         false,
-		"deploying v1.2":                   false,
-	} {
-		if got := linkable(note) != ""; got != want {
-			t.Errorf("linkable(%q) = %v; want %v", note, got, want)
-		}
-	}
-}
-
 // TestStatusPageShowsPools: each pool is a group of its members, free or
 // held (by whom), with the claims waiting; names are escaped.
 func TestStatusPageShowsPools(t *testing.T) {
@@ -275,7 +205,7 @@ func TestStatusPageOrdersByUrgency(t *testing.T) {
 	ts.mustSend(t, request{"PUT", "/lock/a-quiet", `{"key": "k", "ttl": "1h"}`})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	queued(t, ctx, tab, "c-queue", "other", "w")
+	enginetest.Queued(t, ctx, tab, "c-queue", "other", "w")
 
 	body := ts.page(t, "/")
 	if got, want := cards(body), []string{"zz-held-long", "c-queue", "b-lease-ends", "a-quiet"}; !slices.Equal(got, want) {
@@ -319,7 +249,7 @@ func TestStatusPageMarksWhatTheFilterMatched(t *testing.T) {
 	ts.mustSend(t, request{"PUT", "/lock/Prod-DB", `{"key": "deploy-prod", "lock_by": "prod-job", "note": "https://ci/prod/1"}`})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	queued(t, ctx, tab, "Prod-DB", "upgrade-prod", "<prod>")
+	enginetest.Queued(t, ctx, tab, "Prod-DB", "upgrade-prod", "<prod>")
 	body := ts.page(t, "/?q=prod")
 	for _, want := range []string{
 		`<span class="name"><mark>Prod</mark>-DB</span>`,
@@ -334,23 +264,6 @@ func TestStatusPageMarksWhatTheFilterMatched(t *testing.T) {
 	}
 	if strings.Contains(ts.page(t, "/"), "<mark>") {
 		t.Errorf("without a filter, the page marks something")
-	}
-}
-
-func TestMarkMatches(t *testing.T) {
-	for _, tc := range []struct {
-		s, filter string
-		want      []markPart
-	}{
-		{"prod", "", []markPart{{"prod", false}}},
-		{"prod-db", "PROD", []markPart{{"prod", true}, {"-db", false}}},
-		{"a-prod-prod", "prod", []markPart{{"a-", false}, {"prod", true}, {"-", false}, {"prod", true}}},
-		{"staging", "prod", []markPart{{"staging", false}}},
-		{"İstanbul", "i", []markPart{{"İstanbul", false}}}, // ToLower changes its length: left unmarked
-	} {
-		if got := markMatches(tc.s, tc.filter); !slices.Equal(got, tc.want) {
-			t.Errorf("markMatches(%q, %q) = %v; want %v", tc.s, tc.filter, got, tc.want)
-		}
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
 )
@@ -26,7 +28,7 @@ import (
 // finds what was sent before the cut, then an "end" event saying why and
 // what to do, and the stream's end.
 func TestAStreamThatDoesNotReadIsCutOff(t *testing.T) {
-	tab, _ := newTestTable(t, nil)
+	tab := enginetest.File(t, nil)
 	ts := serveTable(tab, "", "", "")
 	ts.server.streamBuffer = 64
 	srv := httptest.NewServer(ts.handler)
@@ -56,11 +58,11 @@ func TestAStreamThatDoesNotReadIsCutOff(t *testing.T) {
 	// only subscriber.
 	note := strings.Repeat("n", 1024)
 	changes := 0
-	for tab.hub.Len() > 1 {
+	for tab.Hub.Len() > 1 {
 		if changes == 20000 {
 			t.Fatalf("after %d changes the stream that does not read was not cut off", changes)
 		}
-		req := acquireRequest{Request: lock.Request{Key: "k", Requestor: "job", Note: note, Named: true}}
+		req := engine.Request{Request: lock.Request{Key: "k", Requestor: "job", Note: note, Named: true}}
 		if _, err := tab.Acquire(context.Background(), "prod", req); err != nil {
 			t.Fatal(err)
 		}

@@ -402,3 +402,23 @@ func (c *Client) History(ctx context.Context, name string, before uint64, limit 
 	}
 	return h, nil
 }
+
+// quoteAll names locks for a message: "a", "b".
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// decodeSet reads the answer to a request over several locks.
+func decodeSet(data []byte) (map[string]Lock, error) {
+	var reply struct {
+		Locks map[string]Lock `json:"locks"`
+	}
+	if err := json.Unmarshal(data, &reply); err != nil || reply.Locks == nil {
+		return nil, fmt.Errorf("the locker's answer is not a set of locks: %s", data)
+	}
+	return reply.Locks, nil
+}

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 )
@@ -173,17 +172,6 @@ func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, o
 		return nil, err
 	}
 	return decodeSet(data)
-}
-
-// decodeSet reads the answer to a request over several locks.
-func decodeSet(data []byte) (map[string]Lock, error) {
-	var reply struct {
-		Locks map[string]Lock `json:"locks"`
-	}
-	if err := json.Unmarshal(data, &reply); err != nil || reply.Locks == nil {
-		return nil, fmt.Errorf("the locker's answer is not a set of locks: %s", data)
-	}
-	return reply.Locks, nil
 }
 
 // take sends the PUT at path with body until it is answered: Lock's loop.
@@ -446,13 +434,4 @@ func sleep(ctx context.Context, d time.Duration, deadline time.Time) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-// quoteAll names locks for a message: "a", "b".
-func quoteAll(names []string) string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = strconv.Quote(n)
-	}
-	return strings.Join(q, ", ")
 }

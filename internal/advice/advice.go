@@ -5,7 +5,10 @@
 // its own terms, by Terms.
 package advice
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // The phrases. Limit and Check are followed by a value: the lock's limit,
 // the lock's name.
@@ -37,4 +40,12 @@ func (t Terms) Replace(msg string) string {
 		pairs = append(pairs, phrase, own)
 	}
 	return strings.NewReplacer(pairs...).Replace(msg)
+}
+
+// Plural says n of something: "1 request", "2 requests".
+func Plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -144,4 +145,17 @@ func (p *Proxy) Up() {
 	p.mu.Lock()
 	p.down = false
 	p.mu.Unlock()
+}
+
+// ThroughProxy returns the URL of u through a proxy that can cut the
+// database away.
+func ThroughProxy(tb testing.TB, u string) (string, *Proxy) {
+	tb.Helper()
+	parsed, err := url.Parse(u)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	px := NewProxy(tb, parsed.Host)
+	parsed.Host = px.Addr()
+	return parsed.String(), px
 }

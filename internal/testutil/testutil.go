@@ -3,6 +3,7 @@ package testutil
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"io/fs"
@@ -158,4 +159,115 @@ func ReadJournal(tb testing.TB, path string) []byte {
 		data = data[:i]
 	}
 	return data
+}
+
+// OnDisk returns what the state file at path and its journal hold.
+func OnDisk(tb testing.TB, path string) string {
+	tb.Helper()
+	return string(ReadFile(tb, path)) + "\n--- journal ---\n" + string(ReadJournal(tb, path))
+}
+
+// FakeClock is a clock that moves only when told to.
+type FakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewFakeClock returns a clock that shows 2026-11-25 09:00 UTC.
+func NewFakeClock() *FakeClock {
+	return &FakeClock{now: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)}
+}
+
+// Now returns the clock's time.
+func (c *FakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock on by d, and returns its new time.
+func (c *FakeClock) Advance(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
+
+// IsSubsequence reports whether want appears in got in order, with other
+// elements in between allowed.
+func IsSubsequence(want, got []string) bool {
+	i := 0
+	for _, g := range got {
+		if i < len(want) && g == want[i] {
+			i++
+		}
+	}
+	return i == len(want)
+}
+
+// DirContents maps each file in dir to its contents.
+func DirContents(tb testing.TB, dir string) map[string]string {
+	tb.Helper()
+	out := map[string]string{}
+	for _, name := range DirEntries(tb, dir) {
+		out[name] = string(ReadFile(tb, filepath.Join(dir, name)))
+	}
+	return out
+}
+
+// SendWithKey makes one request through base, with key as its
+// Idempotency-Key unless it is "".
+func SendWithKey(tb testing.TB, base, method, path, body, key string) (*http.Response, string, error) {
+	tb.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return resp, string(data), err
+}
+
+// PutResult is what a client sending PUT got back.
+type PutResult struct {
+	Status int
+	Body   []byte
+	At     time.Time // when the answer arrived
+}
+
+// PutAsync sends a PUT in the background, with ctx, and returns its PutAnswer
+// on the channel.
+func PutAsync(ctx context.Context, url, path, body string) <-chan PutResult {
+	out := make(chan PutResult, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "PUT", url+path, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			out <- PutResult{Status: 0, Body: []byte(err.Error()), At: time.Now()}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		out <- PutResult{Status: resp.StatusCode, Body: body, At: time.Now()}
+	}()
+	return out
+}
+
+// PutAnswer waits for the answer on ch.
+func PutAnswer(tb testing.TB, ch <-chan PutResult) PutResult {
+	tb.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(20 * time.Second):
+		tb.Fatal("no answer to the waiting PUT")
+		return PutResult{}
+	}
 }

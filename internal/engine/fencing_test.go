@@ -1,4 +1,4 @@
-package main
+package engine_test
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -54,10 +56,10 @@ func TestFencedWrites(t *testing.T) {
 }
 
 func runFencedClients(t *testing.T, fencing bool) (lost, writes int) {
-	tab, _ := newTestTable(t, nil)
+	tab := enginetest.File(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	var loop sync.WaitGroup
-	loop.Go(func() { tab.background(ctx) })
+	loop.Go(func() { tab.Run(ctx) })
 	defer func() { cancel(); loop.Wait() }()
 
 	counter := &fencedCounter{fencing: fencing}
@@ -70,7 +72,7 @@ func runFencedClients(t *testing.T, fencing bool) (lost, writes int) {
 			r := rand.New(rand.NewPCG(uint64(c), 3))
 			for range rounds {
 				key := "client-" + string(rune('a'+c))
-				s, err := tab.Acquire(context.Background(), "resource", acquireRequest{Request: lock.Request{Key: key, Requestor: key, TTL: lease}, Wait: 10 * time.Second})
+				s, err := tab.Acquire(context.Background(), "resource", engine.Request{Request: lock.Request{Key: key, Requestor: key, TTL: lease}, Wait: 10 * time.Second})
 				if err != nil {
 					t.Error(err)
 					return

@@ -1,4 +1,6 @@
-package main
+// Package migrate is locker migrate: it copies what a store holds at rest
+// (txn.Contents) from a state file to a PostgreSQL database, or back.
+package migrate
 
 import (
 	"context"
@@ -9,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filestore"
 	"github.com/locker-ci/locker/internal/pgstore"
@@ -34,11 +37,11 @@ Examples:
   locker migrate --from 'postgres://locker@db:5432/locker' --to /var/lib/locker/locker.yml
 `
 
-// errUsage marks a command line that is wrong: main exits 2 for it.
-var errUsage = errors.New("usage")
+// ErrUsage marks a command line that is wrong: main exits 2 for it.
+var ErrUsage = errors.New("usage")
 
-// runMigrate handles locker migrate.
-func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
+// Run handles locker migrate with args (what follows "migrate").
+func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("locker migrate", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	from := fs.String("from", "", "")
@@ -48,7 +51,7 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprint(stdout, migrateUsage)
 		return nil
 	} else if err != nil || *from == "" || *to == "" || fs.NArg() > 0 {
-		return fmt.Errorf("%w: migrate needs --from and --to, each a state file or a postgres:// URL (locker migrate -h)", errUsage)
+		return fmt.Errorf("%w: migrate needs --from and --to, each a state file or a postgres:// URL (locker migrate -h)", ErrUsage)
 	}
 	c, err := readTable(ctx, *from, *force)
 	if err != nil {
@@ -58,8 +61,8 @@ func runMigrate(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("writing %s: %w", describe(*to), err)
 	}
 	fmt.Fprintf(stdout, "copied %d locks, %s, %s and %s (fencing tokens go on after %d) from %s to %s\n",
-		len(c.Locks), plural(len(c.Pools), "pool", "pools"), plural(len(c.History), "event", "events"),
-		plural(len(c.Requests), "remembered outcome", "remembered outcomes"), c.LastToken, describe(*from), describe(*to))
+		len(c.Locks), advice.Plural(len(c.Pools), "pool", "pools"), advice.Plural(len(c.History), "event", "events"),
+		advice.Plural(len(c.Requests), "remembered outcome", "remembered outcomes"), c.LastToken, describe(*from), describe(*to))
 	return nil
 }
 

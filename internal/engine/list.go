@@ -1,12 +1,9 @@
-package main
+package engine
 
 import (
 	"context"
-	"net/http"
-	"runtime"
+	"time"
 
-	"github.com/locker-ci/locker/internal/lock"
-	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -25,7 +22,7 @@ type Listed struct {
 
 // List returns a page of the locks held or waited for, in name order, and
 // the name to go on after when there may be more ("" at the end).
-func (e *engine) List(ctx context.Context, page txn.Page) ([]Listed, string, error) {
+func (e *Engine) List(ctx context.Context, page txn.Page) ([]Listed, string, error) {
 	limit := page.Limit
 	if limit > 0 {
 		page.Limit++ // one more says whether there are more
@@ -52,7 +49,7 @@ func (e *engine) List(ctx context.Context, page txn.Page) ([]Listed, string, err
 // prefix and sorts after after, in name order, a page at a time, until fn
 // returns an error (which Each returns). The locks fn is given share
 // their holders with the store's copy: fn must not change them.
-func (e *engine) Each(ctx context.Context, prefix, after string, fn func(Listed) error) error {
+func (e *Engine) Each(ctx context.Context, prefix, after string, fn func(Listed) error) error {
 	return e.pages(ctx, txn.Page{Prefix: prefix, After: after}, func(t *txn.Tables) error {
 		for _, name := range t.Names {
 			if s := current(t, name); !s.Free() || len(s.Waiting) > 0 {
@@ -67,7 +64,7 @@ func (e *engine) Each(ctx context.Context, prefix, after string, fn func(Listed)
 
 // pages calls fn with each page of the table from page on, scanPage locks
 // at a time, read into one Tables.
-func (e *engine) pages(ctx context.Context, page txn.Page, fn func(*txn.Tables) error) error {
+func (e *Engine) pages(ctx context.Context, page txn.Page, fn func(*txn.Tables) error) error {
 	page.Limit = scanPage
 	var t txn.Tables
 	for {
@@ -85,7 +82,7 @@ func (e *engine) pages(ctx context.Context, page txn.Page, fn func(*txn.Tables) 
 }
 
 // scan reads one page into t, within changeTimeout.
-func (e *engine) scan(ctx context.Context, page txn.Page, t *txn.Tables) error {
+func (e *Engine) scan(ctx context.Context, page txn.Page, t *txn.Tables) error {
 	ctx, cancel := context.WithTimeout(ctx, changeTimeout)
 	defer cancel()
 	if err := e.store.Scan(ctx, page, t); err != nil {
@@ -94,12 +91,20 @@ func (e *engine) scan(ctx context.Context, page txn.Page, t *txn.Tables) error {
 	return nil
 }
 
-// stats returns the gauges' figures, read a page at a time with no
+// TableStats is what the gauges show of the table: locks held, their
+// holders, requests waiting, and how long the longest-held lock has been
+// held.
+type TableStats struct {
+	Locks, Holders, Waiters int
+	OldestAge               time.Duration
+}
+
+// Stats returns the gauges' figures, read a page at a time with no
 // snapshot per lock (a scrape of a big table allocates little): locks
 // held, their holders, requests waiting, and how long the longest-held
 // lock has been held. A table that cannot be read counts what was read.
-func (e *engine) stats() metrics.TableStats {
-	var st metrics.TableStats
+func (e *Engine) Stats() TableStats {
+	var st TableStats
 	_ = e.pages(context.Background(), txn.Page{}, func(t *txn.Tables) error {
 		for _, l := range t.Locks {
 			if l.Free() {
@@ -121,58 +126,4 @@ func (e *engine) stats() metrics.TableStats {
 
 // Len returns the number of held locks (as many as could be read, when
 // the store cannot say).
-func (e *engine) Len() int { return e.stats().Locks }
-
-// listingWriter writes GET /locks's reply, {"<name>": <lock>, ...} in
-// name order, as the locks come: the bytes an encoded map would be, but
-// never the whole table in memory, and little garbage per lock (a
-// million of them make the collector scan the whole table again). The
-// reply starts (200) once 32 KiB are ready; until then an error can still
-// be answered as one.
-type listingWriter struct {
-	w       http.ResponseWriter
-	buf     []byte
-	n       int
-	started bool  // the status has been written
-	err     error // the first write that failed: the client went away
-}
-
-func newListingWriter(w http.ResponseWriter) *listingWriter {
-	return &listingWriter{w: w, buf: append(make([]byte, 0, 40<<10), '{')}
-}
-
-// add writes one lock.
-func (lw *listingWriter) add(l Listed) {
-	if lw.n > 0 {
-		lw.buf = append(lw.buf, ',')
-	}
-	lw.n++
-	lw.buf = lock.AppendString(lw.buf, l.Name)
-	lw.buf = append(lw.buf, ':')
-	lw.buf = lock.AppendView(lw.buf, l.Name, l.Lock, l.Waiting)
-	if len(lw.buf) >= 32<<10 {
-		lw.flush()
-	}
-}
-
-// end writes the rest of the reply.
-func (lw *listingWriter) end() {
-	lw.buf = append(lw.buf, "}\n"...)
-	lw.flush()
-}
-
-func (lw *listingWriter) flush() {
-	if !lw.started {
-		lw.w.Header().Set("Content-Type", "application/json")
-		lw.w.WriteHeader(http.StatusOK)
-		lw.started = true
-	}
-	if lw.err == nil {
-		_, lw.err = lw.w.Write(lw.buf)
-	}
-	lw.buf = lw.buf[:0]
-	// A listing is long work that blocks nothing: let the changes that
-	// wait for a core go first, rather than after the scheduler's 10 ms
-	// slice.
-	runtime.Gosched()
-}
+func (e *Engine) Len() int { return e.Stats().Locks }

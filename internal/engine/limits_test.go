@@ -1,47 +1,41 @@
-package main
+package engine_test
 
 import (
 	"context"
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/enginetest"
 )
-
-// limited is a request for name's lock with key, as requestor, capped at
-// limit holders.
-func limited(tab *engine, name, key, requestor string, limit int, wait time.Duration) (Snapshot, error) {
-	return tab.Acquire(context.Background(), name, acquireRequest{Request: lock.Request{Key: key, Requestor: requestor, Named: true, Limit: limit}, Wait: wait})
-}
 
 // TestLimits: the first holder sets the cap; holders with the key share
 // the lock up to it; the next waits or is refused, saying the limit; a
 // different limit while held is refused; a holder coming back is not a
 // new holder; once free, the next holder sets the cap again. Both stores.
 func TestLimits(t *testing.T) {
-	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+	enginetest.ForEachStore(t, func(t *testing.T, open func(testing.TB) *enginetest.Table) {
 		tab := open(t)
 		for _, r := range []string{"test-1", "test-2"} {
 			if _, err := limited(tab, "staging", "tests", r, 2, 0); err != nil {
 				t.Fatalf("%s: %v", r, err)
 			}
 		}
-		if s := tab.get("staging"); s.Limit != 2 || len(s.Holders) != 2 {
+		if s := enginetest.Get(t, tab, "staging"); s.Limit != 2 || len(s.Holders) != 2 {
 			t.Fatalf("staging = %+v; want two holders under a limit of 2", s.Lock)
 		}
 		_, err := limited(tab, "staging", "tests", "test-3", 0, 0)
-		if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "as many holders as its limit of 2 allows") {
+		if !errors.Is(err, engine.ErrHeld) || !strings.Contains(err.Error(), "as many holders as its limit of 2 allows") {
 			t.Errorf("a third holder = %v; want 423 saying the limit", err)
 		}
-		if _, err := limited(tab, "staging", "tests", "test-3", 3, 0); !errors.Is(err, errLimitDiffers) || !strings.Contains(err.Error(), `send "limit": 2`) {
+		if _, err := limited(tab, "staging", "tests", "test-3", 3, 0); !errors.Is(err, engine.ErrLimitDiffers) || !strings.Contains(err.Error(), `send "limit": 2`) {
 			t.Errorf("a request naming another limit = %v; want 409 saying the current one", err)
 		}
 		if _, err := limited(tab, "staging", "tests", "test-1", 2, 0); err != nil {
 			t.Errorf("a holder coming back while the lock is full = %v; want it granted", err)
 		}
-		third := queued(t, context.Background(), tab, "staging", "tests", "test-3")
+		third := enginetest.Queued(t, context.Background(), tab, "staging", "tests", "test-3")
 		if granted(t, third) {
 			t.Fatal("the third holder was granted over the limit")
 		}

@@ -1,11 +1,10 @@
-package main
+package engine_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,7 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -24,61 +24,18 @@ import (
 // database shows (nodes that die, a database that goes away). The rules
 // themselves are the contract tests', run on every store.
 
-func req(key, requestor string) lock.Request {
-	return lock.Request{Key: key, Requestor: requestor, Named: true}
-}
-
-func mustAcquire(t *testing.T, e *engine, name string, r lock.Request) Snapshot {
-	t.Helper()
-	s, err := e.Acquire(context.Background(), name, acquireRequest{Request: r})
-	if err != nil {
-		t.Fatalf("acquire %s with %q by %s: %v", name, r.Key, r.Requestor, err)
-	}
-	return s
-}
-
-func mustRelease(t *testing.T, e *engine, name, key, requestor string) Snapshot {
-	t.Helper()
-	s, n, err := e.Release(name, key, requestor, false, nil)
-	if err != nil || n != 1 {
-		t.Fatalf("release %s by %s = %d, %v", name, requestor, n, err)
-	}
-	return s
-}
-
-func waitForQueue(t *testing.T, e *engine, name string, n int) {
-	t.Helper()
-	testutil.WaitFor(t, fmt.Sprintf("%d waiting on %s", n, name), func() bool {
-		s, err := e.Get(name)
-		return err == nil && len(s.Waiting) == n
-	})
-}
-
-// throughProxy returns the URL of u through a proxy that can cut the
-// database away.
-func throughProxy(t *testing.T, u string) (string, *testutil.Proxy) {
-	t.Helper()
-	parsed, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := testutil.NewProxy(t, parsed.Host)
-	parsed.Host = px.Addr()
-	return parsed.String(), px
-}
-
 func TestRulesHoldAcrossNodes(t *testing.T) {
 	u := testutil.PostgresSchema(t)
-	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
+	a, b := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b")
 	first := mustAcquire(t, a, "prod", req("deploy", "job-1"))
-	if _, err := b.Acquire(context.Background(), "prod", acquireRequest{Request: req("upgrade", "job-2")}); !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), `key "deploy"`) {
+	if _, err := b.Acquire(context.Background(), "prod", engine.Request{Request: req("upgrade", "job-2")}); !errors.Is(err, engine.ErrHeld) || !strings.Contains(err.Error(), `key "deploy"`) {
 		t.Fatalf("another key on node b = %v; want refused, held with deploy", err)
 	}
 	shared := mustAcquire(t, b, "prod", req("deploy", "job-3"))
 	if shared.Token != first.Token || len(shared.Holders) != 2 {
 		t.Errorf("same key on node b: %+v; want a second holder under token %d", shared.Lock, first.Token)
 	}
-	for _, e := range []*engine{a, b} {
+	for _, e := range []*enginetest.Table{a, b} {
 		if s, err := e.Get("prod"); err != nil || s.LockedBy()["job-1"] != 1 || s.LockedBy()["job-3"] != 1 {
 			t.Errorf("a node sees %+v, %v", s.Lock, err)
 		}
@@ -86,7 +43,7 @@ func TestRulesHoldAcrossNodes(t *testing.T) {
 	// Tokens come from one sequence: strictly increasing across nodes, and
 	// a node that joins later goes on from there.
 	last := first.Token
-	for i, e := range []*engine{a, b, a, newPGTable(t, u, "c")} {
+	for i, e := range []*enginetest.Table{a, b, a, enginetest.Postgres(t, u, "c")} {
 		s := mustAcquire(t, e, "tokens", req("k", "r"))
 		if s.Token <= last {
 			t.Errorf("grant %d: token %d after %d", i, s.Token, last)
@@ -103,21 +60,19 @@ func TestLeasesAreJudgedByTheDatabasesClock(t *testing.T) {
 	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
 	var logs testutil.SyncBuffer
-	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
-	for _, e := range []*engine{a, b} {
-		e.log = slog.New(slog.NewTextHandler(&logs, nil))
-	}
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	a, b := enginetest.PostgresLogged(t, u, "a", log), enginetest.PostgresLogged(t, u, "b", log)
 	r := req("deploy", "job-1")
 	r.TTL = time.Second
 	s := mustAcquire(t, a, "prod", r)
 	if got := s.Holders[0].ExpiresAt.Sub(s.AcquiredAt); got != time.Second {
 		t.Errorf("lease ends %v after the grant; want 1s", got)
 	}
-	if _, err := b.Acquire(context.Background(), "prod", acquireRequest{Request: req("other", "job-2")}); err == nil {
+	if _, err := b.Acquire(context.Background(), "prod", engine.Request{Request: req("other", "job-2")}); err == nil {
 		t.Fatal("granted another key while the lease runs")
 	}
 	start := time.Now()
-	got, err := b.Acquire(context.Background(), "prod", acquireRequest{Request: req("other", "job-2"), Wait: 10 * time.Second})
+	got, err := b.Acquire(context.Background(), "prod", engine.Request{Request: req("other", "job-2"), Wait: 10 * time.Second})
 	if err != nil || got.Key != "other" {
 		t.Fatalf("waiting for the lease to end: %+v, %v", got, err)
 	}
@@ -132,17 +87,17 @@ func TestLeasesAreJudgedByTheDatabasesClock(t *testing.T) {
 // node a lets go.
 func TestQueueIsFirstComeFirstServedAcrossNodes(t *testing.T) {
 	u := testutil.PostgresSchema(t)
-	a, b, c := newPGTable(t, u, "a"), newPGTable(t, u, "b"), newPGTable(t, u, "c")
+	a, b, c := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b"), enginetest.Postgres(t, u, "c")
 	mustAcquire(t, a, "prod", req("holder", "h"))
 	type result struct {
 		who string
-		s   Snapshot
+		s   engine.Snapshot
 		err error
 		at  time.Time
 	}
 	results := make(chan result, 2)
-	wait := func(e *engine, key string) {
-		s, err := e.Acquire(context.Background(), "prod", acquireRequest{Request: req(key, key), Wait: 30 * time.Second})
+	wait := func(e *enginetest.Table, key string) {
+		s, err := e.Acquire(context.Background(), "prod", engine.Request{Request: req(key, key), Wait: 30 * time.Second})
 		results <- result{key, s, err, time.Now()}
 	}
 	go wait(b, "first")
@@ -175,12 +130,12 @@ func TestQueueIsFirstComeFirstServedAcrossNodes(t *testing.T) {
 func TestADeadNodesWaitersAreDropped(t *testing.T) {
 	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
-	cut, px := throughProxy(t, u)
-	a, dead := newPGTable(t, u, "a"), newPGTable(t, cut, "dead")
+	cut, px := testutil.ThroughProxy(t, u)
+	a, dead := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, cut, "dead")
 	mustAcquire(t, dead, "held-by-dead", req("k", "r"))
 	mustAcquire(t, a, "prod", req("holder", "h"))
 	go func() {
-		_, _ = dead.Acquire(context.Background(), "prod", acquireRequest{Request: req("other", "w"), Wait: time.Minute})
+		_, _ = dead.Acquire(context.Background(), "prod", engine.Request{Request: req("other", "w"), Wait: time.Minute})
 	}()
 	waitForQueue(t, a, "prod", 1)
 	px.Down()
@@ -202,24 +157,24 @@ func TestADeadNodesWaitersAreDropped(t *testing.T) {
 // nothing; the key with another request is refused.
 func TestIdempotencyKeysAcrossNodes(t *testing.T) {
 	u := testutil.PostgresSchema(t)
-	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
+	a, b := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b")
 	ctx := context.Background()
-	put := &idemRequest{scope: "PUT prod k1", fingerprint: "f1"}
-	first, err := a.Acquire(ctx, "prod", acquireRequest{Request: req("deploy", "job"), Idem: put})
+	put := &engine.IdempotencyKey{Scope: "PUT prod k1", Fingerprint: "f1"}
+	first, err := a.Acquire(ctx, "prod", engine.Request{Request: req("deploy", "job"), Idem: put})
 	if err != nil || first.Replayed {
 		t.Fatalf("first PUT: %+v, %v", first, err)
 	}
-	again, err := b.Acquire(ctx, "prod", acquireRequest{Request: req("deploy", "job"), Idem: put})
+	again, err := b.Acquire(ctx, "prod", engine.Request{Request: req("deploy", "job"), Idem: put})
 	if err != nil || !again.Replayed || again.Token != first.Token {
 		t.Errorf("the retry on node b = %+v, %v; want the first answer, replayed", again, err)
 	}
 	if s, _ := a.Get("prod"); s.LockedBy()["job"] != 1 {
 		t.Errorf("after the retry, job holds %d counts; want 1", s.LockedBy()["job"])
 	}
-	if _, err := b.Acquire(ctx, "prod", acquireRequest{Request: req("deploy", "other"), Idem: &idemRequest{scope: "PUT prod k1", fingerprint: "f2"}}); !errors.Is(err, errKeyReused) {
-		t.Errorf("the key with another request = %v; want errKeyReused", err)
+	if _, err := b.Acquire(ctx, "prod", engine.Request{Request: req("deploy", "other"), Idem: &engine.IdempotencyKey{Scope: "PUT prod k1", Fingerprint: "f2"}}); !errors.Is(err, engine.ErrKeyReused) {
+		t.Errorf("the key with another request = %v; want engine.ErrKeyReused", err)
 	}
-	del := &idemRequest{scope: "DELETE prod k2", fingerprint: "f3"}
+	del := &engine.IdempotencyKey{Scope: "DELETE prod k2", Fingerprint: "f3"}
 	if _, n, err := b.Release("prod", "deploy", "job", false, del); err != nil || n != 1 {
 		t.Fatalf("DELETE: %d, %v", n, err)
 	}
@@ -240,16 +195,16 @@ func TestIdempotencyKeysAcrossNodes(t *testing.T) {
 // out first would be answered 423, rightly.)
 func TestDatabaseLossWithWaiters(t *testing.T) {
 	t.Parallel() // mostly waits
-	u, px := throughProxy(t, testutil.PostgresSchema(t))
-	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
+	u, px := testutil.ThroughProxy(t, testutil.PostgresSchema(t))
+	a, b := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b")
 	first := mustAcquire(t, a, "prod", req("holder", "h"))
 	type answer struct {
-		s   Snapshot
+		s   engine.Snapshot
 		err error
 	}
 	waiter := make(chan answer, 1)
 	go func() {
-		s, err := b.Acquire(context.Background(), "prod", acquireRequest{Request: req("other", "w"), Wait: time.Minute})
+		s, err := b.Acquire(context.Background(), "prod", engine.Request{Request: req("other", "w"), Wait: time.Minute})
 		waiter <- answer{s, err}
 	}()
 	waitForQueue(t, a, "prod", 1)
@@ -258,8 +213,8 @@ func TestDatabaseLossWithWaiters(t *testing.T) {
 	// (a goroutine that cuts it may not have run yet on a loaded machine).
 	px.Down()
 	back := time.Now().Add(1500 * time.Millisecond)
-	if _, err := a.Acquire(context.Background(), "other", acquireRequest{Request: req("k", "r")}); !errors.Is(err, errDatabase) {
-		t.Errorf("a change while the database is away = %v; want errDatabase", err)
+	if _, err := a.Acquire(context.Background(), "other", engine.Request{Request: req("k", "r")}); !errors.Is(err, engine.ErrUnavailable) {
+		t.Errorf("a change while the database is away = %v; want engine.ErrUnavailable", err)
 	}
 	if err := a.Ready(); err == nil {
 		t.Error("Ready while the database is away = nil")
@@ -296,7 +251,7 @@ func TestTokensAcrossADatabaseRestart(t *testing.T) {
 	if restart == "" {
 		t.Skip("LOCKER_TEST_RESTART_POSTGRES is not set: PostgreSQL was not restarted (it is the command that restarts it, e.g. pg_ctlcluster 15 main restart)")
 	}
-	a := newPGTable(t, testutil.PostgresSchema(t), "a")
+	a := enginetest.Postgres(t, testutil.PostgresSchema(t), "a")
 	var last uint64
 	for i := range 5 {
 		last = mustAcquire(t, a, fmt.Sprintf("l%d", i), req("k", "r")).Token
@@ -304,9 +259,9 @@ func TestTokensAcrossADatabaseRestart(t *testing.T) {
 	if out, err := exec.Command("sh", "-c", restart).CombinedOutput(); err != nil {
 		t.Fatalf("restarting PostgreSQL (%s): %v\n%s", restart, err, out)
 	}
-	var after Snapshot
+	var after engine.Snapshot
 	testutil.WaitFor(t, "the node to get through to PostgreSQL after its restart", func() bool {
-		s, err := a.Acquire(context.Background(), "after-restart", acquireRequest{Request: req("k", "r")})
+		s, err := a.Acquire(context.Background(), "after-restart", engine.Request{Request: req("k", "r")})
 		after = s
 		return err == nil
 	})
@@ -323,11 +278,11 @@ func TestTokensAcrossADatabaseRestart(t *testing.T) {
 // on any node; a request without one that queued meanwhile stays behind.
 func TestAWaiterThatComesBackKeepsItsPlace(t *testing.T) {
 	u := testutil.PostgresSchema(t)
-	a, b := newPGTable(t, u, "a"), newPGTable(t, u, "b")
+	a, b := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b")
 	ctx := context.Background()
 	mustAcquire(t, a, "prod", req("holder", "h"))
-	round := &idemRequest{scope: "PUT prod round", fingerprint: "f"}
-	if _, err := b.Acquire(ctx, "prod", acquireRequest{Request: req("first", "first"), Wait: 200 * time.Millisecond, Idem: round}); !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "timed out") {
+	round := &engine.IdempotencyKey{Scope: "PUT prod round", Fingerprint: "f"}
+	if _, err := b.Acquire(ctx, "prod", engine.Request{Request: req("first", "first"), Wait: 200 * time.Millisecond, Idem: round}); !errors.Is(err, engine.ErrHeld) || !strings.Contains(err.Error(), "timed out") {
 		t.Fatalf("the first round = %v; want it timed out", err)
 	}
 	type answer struct {
@@ -337,12 +292,12 @@ func TestAWaiterThatComesBackKeepsItsPlace(t *testing.T) {
 	answers := make(chan answer, 2)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		_, err := a.Acquire(ctx, "prod", acquireRequest{Request: req("second", "second"), Wait: 20 * time.Second})
+		_, err := a.Acquire(ctx, "prod", engine.Request{Request: req("second", "second"), Wait: 20 * time.Second})
 		answers <- answer{"second", err}
 	})
 	waitForQueue(t, a, "prod", 1)
 	wg.Go(func() {
-		_, err := a.Acquire(ctx, "prod", acquireRequest{Request: req("first", "first"), Wait: 20 * time.Second, Idem: round}) // the next round, on another node
+		_, err := a.Acquire(ctx, "prod", engine.Request{Request: req("first", "first"), Wait: 20 * time.Second, Idem: round}) // the next round, on another node
 		answers <- answer{"first", err}
 	})
 	waitForQueue(t, b, "prod", 2)
@@ -368,16 +323,16 @@ func TestAWaiterThatComesBackKeepsItsPlace(t *testing.T) {
 func TestADeadNodesGrantIsGivenBack(t *testing.T) {
 	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
-	cut, px := throughProxy(t, u)
-	a, dead := newPGTable(t, u, "a"), newPGTable(t, cut, "dead")
+	cut, px := testutil.ThroughProxy(t, u)
+	a, dead := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, cut, "dead")
 	mustAcquire(t, a, "prod", req("holder", "h"))
 	go func() {
-		_, _ = dead.Acquire(context.Background(), "prod", acquireRequest{Request: req("dead", "w"), Wait: time.Minute})
+		_, _ = dead.Acquire(context.Background(), "prod", engine.Request{Request: req("dead", "w"), Wait: time.Minute})
 	}()
 	waitForQueue(t, a, "prod", 1)
 	next := make(chan error, 1)
 	go func() {
-		_, err := a.Acquire(context.Background(), "prod", acquireRequest{Request: req("next", "n"), Wait: time.Minute})
+		_, err := a.Acquire(context.Background(), "prod", engine.Request{Request: req("next", "n"), Wait: time.Minute})
 		next <- err
 	}()
 	waitForQueue(t, a, "prod", 2)
@@ -391,9 +346,9 @@ func TestADeadNodesGrantIsGivenBack(t *testing.T) {
 			t.Fatalf("the next waiter = %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the grant to the dead node was never given back: %+v", a.get("prod"))
+		t.Fatalf("the grant to the dead node was never given back: %+v", enginetest.Get(t, a, "prod"))
 	}
-	s := a.get("prod")
+	s := enginetest.Get(t, a, "prod")
 	if _, holds := s.Holder("w"); holds || s.Key != "next" {
 		t.Errorf("after the dead node's grant was given back: %+v; want next alone", s.Lock)
 	}
@@ -405,7 +360,7 @@ func TestADeadNodesGrantIsGivenBack(t *testing.T) {
 func TestAFreeLockCostsNoRow(t *testing.T) {
 	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
-	a := newPGTable(t, u, "a")
+	a := enginetest.Postgres(t, u, "a")
 	for i := range 50 {
 		name := fmt.Sprintf("never-held-%d", i)
 		if _, _, err := a.Release(name, "k", "r", false, nil); err != nil {
@@ -436,7 +391,7 @@ func TestAFreeLockCostsNoRow(t *testing.T) {
 func TestExclusionWhileRowsComeAndGo(t *testing.T) {
 	t.Parallel() // mostly waits
 	u := testutil.PostgresSchema(t)
-	nodes := []*engine{newPGTable(t, u, "a"), newPGTable(t, u, "b")}
+	nodes := []*enginetest.Table{enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b")}
 	var inside, most atomic.Int32
 	var wg sync.WaitGroup
 	for c := range 6 {
@@ -448,8 +403,8 @@ func TestExclusionWhileRowsComeAndGo(t *testing.T) {
 				if c%3 != 0 {
 					wait = 10 * time.Second // some wait, some are refused
 				}
-				if _, err := e.Acquire(context.Background(), "x", acquireRequest{Request: req(key, key), Wait: wait}); err != nil {
-					if !errors.Is(err, errLockHeld) {
+				if _, err := e.Acquire(context.Background(), "x", engine.Request{Request: req(key, key), Wait: wait}); err != nil {
+					if !errors.Is(err, engine.ErrHeld) {
 						t.Error(err)
 					}
 					continue

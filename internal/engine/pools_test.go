@@ -1,66 +1,28 @@
-package main
+package engine_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
 	"github.com/locker-ci/locker/internal/txn"
 )
-
-// claimRequest is a claim of count members with key, as requestor.
-func claimRequest(key, requestor string, count int, wait time.Duration) acquireRequest {
-	return acquireRequest{Request: lock.Request{Key: key, Requestor: requestor, Named: true}, Wait: wait, Count: count}
-}
-
-// claimed returns the members in got, sorted.
-func claimed(got map[string]Snapshot) []string {
-	var names []string
-	for n := range got {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
-
-// queuedClaim starts a waiting claim in the background and returns once
-// it is in the pool's queue.
-func queuedClaim(tb testing.TB, tab *engine, pool, requestor string, count int) <-chan map[string]Snapshot {
-	tb.Helper()
-	v, err := tab.Pool(pool)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	before := len(v.Waiting)
-	done := make(chan map[string]Snapshot, 1)
-	go func() {
-		got, err := tab.Claim(context.Background(), pool, claimRequest(requestor, requestor, count, time.Hour))
-		if err != nil {
-			tb.Errorf("%s's claim: %v", requestor, err)
-		}
-		done <- got
-	}()
-	testutil.WaitFor(tb, "the claim to join the pool's queue", func() bool {
-		v, err := tab.Pool(pool)
-		return err == nil && len(v.Waiting) > before
-	})
-	return done
-}
 
 // TestPoolClaims: claims take free members, the least recently claimed
 // first; a claim for more than are free is refused, or waits and is
 // granted in one change once enough are free; claims that wait are
 // served in arrival order. Both stores.
 func TestPoolClaims(t *testing.T) {
-	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+	enginetest.ForEachStore(t, func(t *testing.T, open func(testing.TB) *enginetest.Table) {
 		tab := open(t)
 		if _, err := tab.SetPool("staging", []string{"s3", "s1", "s2"}); err != nil {
 			t.Fatal(err)
@@ -78,10 +40,10 @@ func TestPoolClaims(t *testing.T) {
 			t.Errorf("two claims got %v; want s1 then s2 (never claimed, by name)", order)
 		}
 		_, err := tab.Claim(ctx, "staging", claimRequest("c", "c", 2, 0))
-		if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), `the pool "staging" has 1 of its 3 members free for a claim of 2`) {
+		if !errors.Is(err, engine.ErrHeld) || !strings.Contains(err.Error(), `the pool "staging" has 1 of its 3 members free for a claim of 2`) {
 			t.Fatalf("a claim of 2 with 1 free = %v; want 423 saying how many are free", err)
 		}
-		if s := tab.get("s3"); !s.Free() {
+		if s := enginetest.Get(t, tab, "s3"); !s.Free() {
 			t.Errorf("s3 after the refused claim = %+v; want it free", s.Lock)
 		}
 		c := queuedClaim(t, tab, "staging", "c", 2)
@@ -123,16 +85,16 @@ func TestPoolClaims(t *testing.T) {
 // than the pool has, and a member removed while held (it stays held, and
 // is given back as any lock).
 func TestPoolBadClaimsAndChanges(t *testing.T) {
-	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+	enginetest.ForEachStore(t, func(t *testing.T, open func(testing.TB) *enginetest.Table) {
 		tab := open(t)
 		ctx := context.Background()
-		if _, err := tab.Claim(ctx, "nope", claimRequest("k", "k", 1, 0)); !errors.Is(err, errNoPool) {
-			t.Errorf("a claim on no pool = %v; want errNoPool", err)
+		if _, err := tab.Claim(ctx, "nope", claimRequest("k", "k", 1, 0)); !errors.Is(err, engine.ErrNoPool) {
+			t.Errorf("a claim on no pool = %v; want engine.ErrNoPool", err)
 		}
 		if _, err := tab.SetPool("envs", []string{"e1", "e2"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 3, 0)); !errors.Is(err, errInvalid) || !strings.Contains(err.Error(), "has 2 members") {
+		if _, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 3, 0)); !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "has 2 members") {
 			t.Errorf("a claim of 3 from 2 members = %v; want 400", err)
 		}
 		got, err := tab.Claim(ctx, "envs", claimRequest("k", "k", 1, 0))
@@ -142,7 +104,7 @@ func TestPoolBadClaimsAndChanges(t *testing.T) {
 		if _, err := tab.SetPool("envs", []string{"e2", "e3"}); err != nil {
 			t.Fatal(err)
 		}
-		if holderOf(tab.get("e1"), "k").Count != 1 {
+		if enginetest.HolderOf(enginetest.Get(t, tab, "e1"), "k").Count != 1 {
 			t.Error("e1, removed from the pool while held, is no longer held")
 		}
 		if _, released, err := tab.Release("e1", "k", "k", false, nil); err != nil || released != 1 {
@@ -151,8 +113,8 @@ func TestPoolBadClaimsAndChanges(t *testing.T) {
 		if err := tab.DeletePool("envs"); err != nil {
 			t.Fatal(err)
 		}
-		if err := tab.DeletePool("envs"); !errors.Is(err, errNoPool) {
-			t.Errorf("deleting it again = %v; want errNoPool", err)
+		if err := tab.DeletePool("envs"); !errors.Is(err, engine.ErrNoPool) {
+			t.Errorf("deleting it again = %v; want engine.ErrNoPool", err)
 		}
 	})
 }
@@ -160,7 +122,7 @@ func TestPoolBadClaimsAndChanges(t *testing.T) {
 // TestPoolNeverGivesAMemberTwice: 20 clients claim from a pool of 5 and
 // give back what they got, for a while: no member ever has two claims.
 func TestPoolNeverGivesAMemberTwice(t *testing.T) {
-	forEachStore(t, func(t *testing.T, open func(testing.TB) *engine) {
+	enginetest.ForEachStore(t, func(t *testing.T, open func(testing.TB) *enginetest.Table) {
 		tab := open(t)
 		if _, err := tab.SetPool("p", []string{"m1", "m2", "m3", "m4", "m5"}); err != nil {
 			t.Fatal(err)
@@ -199,7 +161,7 @@ func TestPoolNeverGivesAMemberTwice(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if l := tab.list(); len(l) != 0 {
+		if l := enginetest.List(t, tab); len(l) != 0 {
 			t.Errorf("after every claim was given back: %d locks held or waited for", len(l))
 		}
 	})
@@ -208,14 +170,15 @@ func TestPoolNeverGivesAMemberTwice(t *testing.T) {
 // TestPoolSurvivesARestart: a pool and when its members were claimed are
 // kept in the state file and its journal.
 func TestPoolSurvivesARestart(t *testing.T) {
-	tab, path := newTestTable(t, nil)
+	tab := enginetest.File(t, nil)
+	path := tab.Path
 	if _, err := tab.SetPool("p", []string{"m1", "m2"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tab.Claim(context.Background(), "p", claimRequest("k", "k", 1, 0)); err != nil {
 		t.Fatal(err)
 	}
-	again := loadTestTable(t, path, nil, time.Now)
+	again := enginetest.Load(t, path, nil, time.Now)
 	pools, err := again.Pools()
 	if err != nil || !reflect.DeepEqual(pools["p"].Members, []string{"m1", "m2"}) || pools["p"].Claimed["m1"].IsZero() {
 		t.Errorf("after a restart: %+v, %v; want p with m1 claimed", pools, err)
@@ -228,7 +191,7 @@ func TestPoolSurvivesARestart(t *testing.T) {
 // last lock.
 func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 	u := testutil.PostgresSchema(t)
-	a, b, c := newPGTable(t, u, "a"), newPGTable(t, u, "b"), newPGTable(t, u, "c")
+	a, b, c := enginetest.Postgres(t, u, "a"), enginetest.Postgres(t, u, "b"), enginetest.Postgres(t, u, "c")
 	if _, err := a.SetPool("p", []string{"m1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +228,7 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 		t.Fatal("the second claim, on node c, was not granted")
 	}
 
-	if _, err := acquire(a, "y", "A", "a"); err != nil {
+	if _, err := enginetest.Acquire(a, "y", "A", "a"); err != nil {
 		t.Fatal(err)
 	}
 	set := queuedSet(t, context.Background(), b, []string{"x", "y"}, "S", "set")
@@ -274,7 +237,7 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 	}
 	mustGrant(t, set, "the set on node b")
 	for _, name := range []string{"x", "y"} {
-		if holderOf(c.get(name), "set").Count != 1 {
+		if enginetest.HolderOf(enginetest.Get(t, c, name), "set").Count != 1 {
 			t.Errorf("%s, seen from node c, is not held by the set", name)
 		}
 	}
@@ -285,13 +248,13 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 // reached, and gave up taking it out) is taken out by its node, and what
 // it was granted is given back: the lock is not held for no one.
 func TestAnOrphanWaiterIsTakenOut(t *testing.T) {
-	tab := newPGTable(t, testutil.PostgresSchema(t), "a")
-	if _, err := acquire(tab, "l", "A", "holder"); err != nil {
+	tab := enginetest.Postgres(t, testutil.PostgresSchema(t), "a")
+	if _, err := enginetest.Acquire(tab, "l", "A", "holder"); err != nil {
 		t.Fatal(err)
 	}
-	req := acquireRequest{Request: lock.Request{Key: "B", Requestor: "gone"}, Wait: time.Hour}
-	if err := tab.update(context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
-		enqueue(tx, []string{"l"}, req) // queued, with no request watching it
+	req := engine.Request{Request: lock.Request{Key: "B", Requestor: "gone"}, Wait: time.Hour}
+	if err := engine.Update(tab.Engine, context.Background(), []string{"l"}, txn.Options{NewWait: true}, func(tx txn.Tx) error {
+		engine.Enqueue(tx, []string{"l"}, req) // queued, with no request watching it
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -300,7 +263,7 @@ func TestAnOrphanWaiterIsTakenOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "the orphan to be taken out and its grant given back", func() bool {
-		s := tab.get("l")
-		return s.Free() && len(s.Waiting) == 0 && len(tab.list()) == 0
+		s := enginetest.Get(t, tab, "l")
+		return s.Free() && len(s.Waiting) == 0 && len(enginetest.List(t, tab)) == 0
 	})
 }
