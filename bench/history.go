@@ -37,25 +37,13 @@ type historyFigures struct {
 	IdleStreams    int    `json:"idle_streams"`
 	StuckStreamCut bool   `json:"stuck_stream_cut"` // the server ended the stream that never read
 	// Streams resumed from the first of 200,000 kept events (the history
-	// of ResumedLocks locks, two events each) while the parallel workload
-	// runs: its p99 and throughput, and how long each stream took to send
-	// its first event and all of them.
-	ResumedLocks     int    `json:"resumed_locks"`
-	ResumedStreams   int    `json:"resumed_streams"`
-	ResumedP99Ms     figure `json:"resumed_p99_ms"`
-	ResumedRPS       figure `json:"resumed_rps"`
-	ResumedFirstMs   figure `json:"resumed_first_event_ms"`
-	ResumedAllMs     figure `json:"resumed_all_events_ms"`
-	ResumedIdleP99Ms figure `json:"resumed_idle_p99_ms"` // the same server and workload, no stream
-	ResumedIdleRPS   figure `json:"resumed_idle_rps"`
-	// The same on one PostgreSQL node, the table moved there by locker
-	// migrate (without -database, not measured).
-	PGResumedP99Ms     figure `json:"pg_resumed_p99_ms"`
-	PGResumedRPS       figure `json:"pg_resumed_rps"`
-	PGResumedFirstMs   figure `json:"pg_resumed_first_event_ms"`
-	PGResumedAllMs     figure `json:"pg_resumed_all_events_ms"`
-	PGResumedIdleP99Ms figure `json:"pg_resumed_idle_p99_ms"`
-	PGResumedIdleRPS   figure `json:"pg_resumed_idle_rps"`
+	// of ResumedLocks locks, two events each) beside the parallel
+	// workload, on the file store and on one PostgreSQL node (the table
+	// moved there by locker migrate; without -database, not measured).
+	ResumedLocks   int            `json:"resumed_locks"`
+	ResumedStreams int            `json:"resumed_streams"`
+	Resumed        resumedFigures `json:"resumed"`
+	PGResumed      resumedFigures `json:"pg_resumed"`
 }
 
 // historyPoint is a restart with Events events a lock.
@@ -105,8 +93,20 @@ func benchHistory(cfg config, dir string, r *report) error {
 	return nil
 }
 
-// resumedRuns measures h's resumed figures: each run alternates the
-// workload alone and with the streams, on one state file.
+// resumedFigures are the parallel workload's p99 and throughput with the
+// resumed streams and, alternating with them, on the same server without
+// any, and how long each stream took to send its first event and all.
+type resumedFigures struct {
+	P99Ms     figure `json:"p99_ms"`
+	RPS       figure `json:"rps"`
+	FirstMs   figure `json:"first_event_ms"`
+	AllMs     figure `json:"all_events_ms"`
+	IdleP99Ms figure `json:"idle_p99_ms"`
+	IdleRPS   figure `json:"idle_rps"`
+}
+
+// resumedRuns measures h's resumed figures on the file store, then on
+// PostgreSQL.
 func resumedRuns(cfg config, dir string, h *historyFigures) error {
 	runDir := filepath.Join(dir, "resumed")
 	if err := os.MkdirAll(runDir, 0o750); err != nil {
@@ -117,40 +117,15 @@ func resumedRuns(cfg config, dir string, h *historyFigures) error {
 	if err := writeHistories(state, h.ResumedLocks, 2); err != nil {
 		return err
 	}
-	env := cfg
-	env.serverEnv = append([]string{"LOCKER_HISTORY=2"}, cfg.serverEnv...)
-	var alone, resumed []loadResult
-	var first, all []float64
-	for range cfg.runs {
-		for _, streams := range []int{0, h.ResumedStreams} {
-			p, _, err := startLocker(env, runDir)
-			if err != nil {
-				return err
-			}
-			res, f, a, err := resumedRun(env, p, streams, 2*h.ResumedLocks)
-			if err = errors.Join(err, p.kill()); err != nil { // a clean stop would rewrite the file
-				return err
-			}
-			if streams == 0 {
-				alone = append(alone, res)
-				continue
-			}
-			resumed = append(resumed, res)
-			first, all = append(first, f...), append(all, a...)
-		}
+	cfg.serverEnv = append([]string{"LOCKER_HISTORY=2"}, cfg.serverEnv...)
+	var err error
+	h.Resumed, err = resumedSeries(cfg, h, func() (*process, error) {
+		p, _, err := startLocker(cfg, runDir)
+		return p, err
+	}, (*process).kill) // a clean stop would rewrite the file
+	if err != nil || cfg.database == "" {
+		return err
 	}
-	h.ResumedIdleP99Ms, h.ResumedP99Ms = latencyFigure(alone, 99), latencyFigure(resumed, 99)
-	h.ResumedIdleRPS, h.ResumedRPS = rpsFigure(alone), rpsFigure(resumed)
-	h.ResumedFirstMs, h.ResumedAllMs = newFigure("ms", first), newFigure("ms", all)
-	if cfg.database == "" {
-		return nil
-	}
-	return resumedOnPostgres(env, state, h)
-}
-
-// resumedOnPostgres measures the resumed figures on one PostgreSQL node,
-// its table moved from the state file by locker migrate.
-func resumedOnPostgres(cfg config, state string, h *historyFigures) error {
 	db, drop, err := newSchema(cfg.database)
 	if err != nil {
 		return err
@@ -160,17 +135,27 @@ func resumedOnPostgres(cfg config, state string, h *historyFigures) error {
 	if out, err := exec.Command(cfg.migrator, "migrate", "--from", state, "--to", db).CombinedOutput(); err != nil {
 		return fmt.Errorf("locker migrate: %w\n%s", err, out)
 	}
+	h.PGResumed, err = resumedSeries(cfg, h, func() (*process, error) {
+		return start(cfg.locker, nil, append([]string{"PORT=0", "LOCKER_DATABASE_URL=" + db}, cfg.serverEnv...))
+	}, (*process).stop)
+	return err
+}
+
+// resumedSeries runs the workload cfg.runs times without streams and with
+// h.ResumedStreams, alternating, each on a server started by open and
+// ended by end.
+func resumedSeries(cfg config, h *historyFigures, open func() (*process, error), end func(*process) error) (resumedFigures, error) {
 	var alone, resumed []loadResult
 	var first, all []float64
 	for range cfg.runs {
 		for _, streams := range []int{0, h.ResumedStreams} {
-			p, err := start(cfg.locker, nil, append([]string{"PORT=0", "LOCKER_DATABASE_URL=" + db}, cfg.serverEnv...))
+			p, err := open()
 			if err != nil {
-				return err
+				return resumedFigures{}, err
 			}
 			res, f, a, err := resumedRun(cfg, p, streams, 2*h.ResumedLocks)
-			if err = errors.Join(err, p.stop()); err != nil {
-				return err
+			if err = errors.Join(err, end(p)); err != nil {
+				return resumedFigures{}, err
 			}
 			if streams == 0 {
 				alone = append(alone, res)
@@ -180,10 +165,8 @@ func resumedOnPostgres(cfg config, state string, h *historyFigures) error {
 			first, all = append(first, f...), append(all, a...)
 		}
 	}
-	h.PGResumedIdleP99Ms, h.PGResumedP99Ms = latencyFigure(alone, 99), latencyFigure(resumed, 99)
-	h.PGResumedIdleRPS, h.PGResumedRPS = rpsFigure(alone), rpsFigure(resumed)
-	h.PGResumedFirstMs, h.PGResumedAllMs = newFigure("ms", first), newFigure("ms", all)
-	return nil
+	return resumedFigures{P99Ms: latencyFigure(resumed, 99), RPS: rpsFigure(resumed), FirstMs: newFigure("ms", first), AllMs: newFigure("ms", all),
+		IdleP99Ms: latencyFigure(alone, 99), IdleRPS: rpsFigure(alone)}, nil
 }
 
 // resumedRun opens streams GETs of /events with Last-Event-ID: 0 on p,

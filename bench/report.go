@@ -143,18 +143,17 @@ func (r *report) rows() [][3]string {
 		f(fmt.Sprintf("parallel with %d idle connections, no stream", h.IdleStreams), h.ConnectedRPS, 0)
 		rows = append(rows, [3]string{"the stuck stream was ended by the server", strconv.FormatBool(h.StuckStreamCut), ""})
 		name := fmt.Sprintf("%d streams resumed from the first of %d events", h.ResumedStreams, 2*h.ResumedLocks)
-		f("parallel beside the streams' state file, no stream, p99", h.ResumedIdleP99Ms, 3)
-		f("parallel with "+name+", p99", h.ResumedP99Ms, 3)
-		f("parallel beside the streams' state file, no stream", h.ResumedIdleRPS, 0)
-		f("parallel with "+name, h.ResumedRPS, 0)
-		f(name+": first event", h.ResumedFirstMs, 0)
-		f(name+": every event", h.ResumedAllMs, 0)
-		f("PostgreSQL, 1 node beside those events, no stream, p99", h.PGResumedIdleP99Ms, 3)
-		f("PostgreSQL, 1 node with "+name+", p99", h.PGResumedP99Ms, 3)
-		f("PostgreSQL, 1 node beside those events, no stream", h.PGResumedIdleRPS, 0)
-		f("PostgreSQL, 1 node with "+name, h.PGResumedRPS, 0)
-		f("PostgreSQL: "+name+": first event", h.PGResumedFirstMs, 0)
-		f("PostgreSQL: "+name+": every event", h.PGResumedAllMs, 0)
+		for _, store := range []struct {
+			prefix string
+			r      resumedFigures
+		}{{"", h.Resumed}, {"PostgreSQL, 1 node: ", h.PGResumed}} {
+			f(store.prefix+"parallel beside those events, no stream, p99", store.r.IdleP99Ms, 3)
+			f(store.prefix+"parallel with "+name+", p99", store.r.P99Ms, 3)
+			f(store.prefix+"parallel beside those events, no stream", store.r.IdleRPS, 0)
+			f(store.prefix+"parallel with "+name, store.r.RPS, 0)
+			f(store.prefix+name+": first event", store.r.FirstMs, 0)
+			f(store.prefix+name+": every event", store.r.AllMs, 0)
+		}
 	}
 	if l := r.Listing; l != nil {
 		name := fmt.Sprintf("listing of %d locks", l.Locks)

@@ -53,18 +53,8 @@ func server(t *testing.T) *testutil.Server {
 // fails the test unless the answer is 200.
 func put(t *testing.T, s *testutil.Server, path, body string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPut, s.URL+path, strings.NewReader(body))
-	if err != nil {
+	if err := send(s, http.MethodPut, path, body); err != nil {
 		t.Fatal(err)
-	}
-	req.SetBasicAuth("ci", "s3cret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("PUT %s = %d", path, resp.StatusCode)
 	}
 }
 
@@ -590,22 +580,22 @@ func TestRunHoldsASetAndAClaim(t *testing.T) {
 }
 
 // send sends method path with body to s as the user server gives it, and
-// fails the test unless the answer is 200.
-func send(t *testing.T, s *testutil.Server, method, path, body string) {
-	t.Helper()
+// says why unless the answer is 200.
+func send(s *testutil.Server, method, path, body string) error {
 	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	req.SetBasicAuth("ci", "s3cret")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Errorf("%s %s = %d", method, path, resp.StatusCode)
+		return fmt.Errorf("%s %s = %d", method, path, resp.StatusCode)
 	}
+	return nil
 }
 
 // TestRunAsksAgainWhenItsLostGrantEnded: the answer to run's claim is
@@ -622,8 +612,14 @@ func TestRunAsksAgainWhenItsLostGrantEnded(t *testing.T) {
 		t.Fatalf("pool set = %v", r)
 	}
 	c.url = testutil.DropFirstReplyThen(t, s.URL, http.MethodPut, func([]byte) {
-		send(t, s, "DELETE", "/lock/clip-1?force=true", "")
-		send(t, s, "PUT", "/lock/clip-1", `{"key": "other-job", "ttl": "3s"}`)
+		for _, err := range []error{
+			send(s, "DELETE", "/lock/clip-1?force=true", ""),
+			send(s, "PUT", "/lock/clip-1", `{"key": "other-job", "ttl": "3s"}`),
+		} {
+			if err != nil {
+				t.Error(err)
+			}
+		}
 	})
 	r := c.run(t, "run", "--pool", "clip", "--ttl", "6s", "--wait", "1m", "--", "sh", "-c", `echo "$LOCKER_LOCK"; `+lockerBin+` show clip-1 --json`)
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "clip-1\n") || strings.Contains(r.stdout, "other-job") {

@@ -22,6 +22,22 @@ import (
 // testURL returns the URL of a new, empty schema on the test database.
 func testURL(t *testing.T) string { return testutil.PostgresSchema(t) }
 
+// twoNodes opens two nodes, a and b, on a new schema, closed when the
+// test ends.
+func twoNodes(t *testing.T) (a, b *Store) {
+	t.Helper()
+	u := testURL(t)
+	for i, node := range []**Store{&a, &b} {
+		s, err := Open(context.Background(), u, string(rune('a'+i)), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close(false) })
+		*node = s
+	}
+	return a, b
+}
+
 func TestNodesMigrateTheSchemaAtOnce(t *testing.T) {
 	u := testURL(t)
 	var wg sync.WaitGroup
@@ -281,18 +297,8 @@ func TestAChangeThatPanicsFailsAlone(t *testing.T) {
 // machine, a cut network), holds up the other nodes' changes to those
 // locks only until the database ends its idle transaction.
 func TestAVanishedNodesRowLocksAreFreed(t *testing.T) {
-	u := testURL(t)
 	ctx := context.Background()
-	a, err := Open(ctx, u, "a", Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(false)
-	b, err := Open(ctx, u, "b", Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(false)
+	a, b := twoNodes(t)
 
 	// Node a's connection, mid-transaction, then silent.
 	conn, err := a.pool.Acquire(ctx)
@@ -326,18 +332,8 @@ func TestAVanishedNodesRowLocksAreFreed(t *testing.T) {
 // commits, and another node hears of each: a notification's payload
 // must stay under PostgreSQL's 8,000 bytes, or the change fails.
 func TestEveryWakeIsToldWhateverItsNumber(t *testing.T) {
-	u := testURL(t)
 	ctx := context.Background()
-	a, err := Open(ctx, u, "a", Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close(false)
-	b, err := Open(ctx, u, "b", Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(false)
+	a, b := twoNodes(t)
 	wake := func(ids []int64) error {
 		return a.Update(ctx, []string{"l"}, txn.Options{}, func(tx txn.Tx) error {
 			for _, id := range ids {
