@@ -47,10 +47,12 @@ test: lint test-packages
 	go test -run '^$$' -fuzz '^FuzzReadLines$$' -fuzztime $(FUZZ_JOURNAL) ./internal/journal
 
 # stress: the long runs: 2,000 crash cycles, 10,000 waiters, minute-long linearizability
-# and torture runs, 50 clients taking sets for 30 s on each store, thirty times the fuzzing.
+# and torture runs, 50 clients taking sets for 30 s on each store, the release archives of
+# every platform, thirty times the fuzzing.
 stress:
 	LOCKER_STRESS=1 go test -race -count=1 -timeout 3h -run 'TestCrashKill|TestLinearizable|TestThousandsOfWaiters|TestTortureNodes' -v ./blackbox
-	LOCKER_STRESS=1 go test -race -count=1 -run '^TestSetsInOppositeOrders$$' -v .
+	LOCKER_STRESS=1 go test -race -count=1 -run '^TestSetsInOppositeOrders$$' -v ./internal/engine
+	LOCKER_STRESS=1 go test -race -count=1 -v ./scripts/dist
 	$(MAKE) test FUZZ_API=120000x FUZZ_STATE=6000000x FUZZ_JOURNAL=6000000x
 
 # calibrate: prove that TestLinearizable and TestLinearizableNodes catch each

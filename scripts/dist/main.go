@@ -43,11 +43,32 @@ var platforms = []platform{{"linux", "amd64"}, {"linux", "arm64"}, {"darwin", "a
 func main() {
 	version := flag.String("version", "", "the version stamped in and named in the archives, e.g. v1.2.0")
 	out := flag.String("out", "dist", "the folder the archives are written to")
+	only := flag.String("platforms", "", "build only these of the platforms, comma-separated, e.g. linux-amd64 (the tests' quick run)")
 	flag.Parse()
-	if err := build(".", *version, *out, platforms); err != nil {
+	targets, err := choose(*only)
+	if err == nil {
+		err = build(".", *version, *out, targets)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "dist:", err)
 		os.Exit(1)
 	}
+}
+
+// choose returns the platforms named in list (all of them for "").
+func choose(list string) ([]platform, error) {
+	if list == "" {
+		return platforms, nil
+	}
+	var chosen []platform
+	for _, name := range strings.Split(list, ",") {
+		i := slices.IndexFunc(platforms, func(p platform) bool { return p.String() == name })
+		if i < 0 {
+			return nil, fmt.Errorf("-platforms: %q is not one of the release's platforms (linux-amd64, linux-arm64, darwin-amd64, darwin-arm64)", name)
+		}
+		chosen = append(chosen, platforms[i])
+	}
+	return chosen, nil
 }
 
 // build writes the archives of version for each of targets, and
