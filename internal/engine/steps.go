@@ -222,7 +222,7 @@ func takeUp(tx txn.Tx, names []string, id int64, req Request) (map[string]Snapsh
 		q, _ := find(tx.Queue(name), id)
 		tx.RemoveWaiter(name, id)
 		s := snapshot(tx, name)
-		if g := q.Granted; g != nil && !holdsGrant(s.Lock, *g) {
+		if g := q.Granted; g != nil && !holdsGrant(s.Lock, *g, req.Requestor) {
 			s.Lock = g.Clone() // ended since (its lease ran out): the hold as granted
 		}
 		got[name] = s
@@ -230,14 +230,11 @@ func takeUp(tx txn.Tx, names []string, id int64, req Request) (map[string]Snapsh
 	return got, remember(tx, req.Idem, outcomeOf(got, nil, nil, req.Count > 0))
 }
 
-// holdsGrant reports whether l is still the lock granted as g: the same
-// key and token, held by g's holder.
-func holdsGrant(l, g lock.Lock) bool {
-	if l.Key != g.Key || l.Token != g.Token || len(g.Holders) == 0 {
-		return false
-	}
-	_, holds := l.Holder(g.Holders[0].Name)
-	return holds
+// holdsGrant reports whether l is still the lock granted to requestor as
+// g: the same key and token, requestor among its holders.
+func holdsGrant(l, g lock.Lock, requestor string) bool {
+	_, holds := l.Holder(requestor)
+	return holds && l.Key == g.Key && l.Token == g.Token
 }
 
 // stillHeld passes on a remembered grant only while its hold lasts: a
