@@ -58,7 +58,11 @@
 // A call retries when the server cannot be reached or answers 5xx,
 // waiting 1 s, doubling up to 30 s, until Options.Deadline (zero: until
 // ctx is done). A refusal (423 Locked) or a bad request (4xx) is not
-// retried: it is an *Error, whose Status says which.
+// retried: it is an *Error, whose Status says which. One 409 is: a take
+// (Lock, LockSet, Claim) sent again after its answer was lost, whose
+// grant has since ended (its lease ran out meanwhile), is asked for
+// again with a new Idempotency-Key, within the same deadline, unless
+// Request.IdempotencyKey was the caller's own.
 //
 // # What may change
 //
