@@ -11,7 +11,7 @@ STATE ?= locker-state.yml
 TOOLS := $(CURDIR)/bin/tools
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build run test test-packages stress calibrate lint resource dist bench clean
+.PHONY: build run test fuzz test-packages stress calibrate lint resource dist bench clean
 
 # build: compile the server to ./locker.
 build:
@@ -26,22 +26,28 @@ run: build
 # the two cores here well; the default, one per core, left cores idle.
 TEST_PARALLEL ?= 4
 
-# How many inputs `make test` gives each fuzz target (at most 20 s each here).
-# Counts, not durations: with a duration, go1.26's fuzzing can end in a
-# spurious "context deadline exceeded" (go.dev/issue/75804, fixed in 1.27).
+# How many inputs `make fuzz` gives each fuzz target (at most 20 s each
+# here; make stress gives thirty times as many). Counts, not durations:
+# with a duration, go1.26's fuzzing can end in a spurious "context
+# deadline exceeded" (go.dev/issue/75804, fixed in 1.27).
 FUZZ_API ?= 4000x
 FUZZ_STATE ?= 200000x
 FUZZ_JOURNAL ?= 200000x
 
 # test: lint, every test under the race detector (the black-box tests in
 # blackbox/, the status page's browser test, the BOSH release's and the
-# PostgreSQL store's too), each fuzz target briefly. CI runs this.
+# PostgreSQL store's too; each fuzz target's seed corpus). CI runs this.
 test: lint test-packages
 	@bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null || [ -n "$$LOCKER_TEST_DATABASE_URL" ] || \
 		echo "make test: no PostgreSQL on 127.0.0.1:5432 and LOCKER_TEST_DATABASE_URL unset: the PostgreSQL store's tests are skipped (set LOCKER_TEST_DATABASE_URL=postgres://... to run them)"
 	LOCKER_TEST_RESTART_POSTGRES= go test -race -count=1 -parallel $(TEST_PARALLEL) ./...
 	@if [ -n "$$LOCKER_TEST_RESTART_POSTGRES" ]; then echo "restarting PostgreSQL for TestTokensAcrossADatabaseRestart"; \
 		go test -race -count=1 -run '^TestTokensAcrossADatabaseRestart$$' . || exit 1; fi
+
+# fuzz: each fuzz target, a few hundred thousand inputs (a minute here;
+# building the fuzzing binaries takes another minute with empty caches,
+# which is why make test runs only their seed corpora).
+fuzz:
 	go test -run '^$$' -fuzz '^FuzzAPI$$' -fuzztime $(FUZZ_API) .
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_STATE) ./internal/statefile
 	go test -run '^$$' -fuzz '^FuzzReadLines$$' -fuzztime $(FUZZ_JOURNAL) ./internal/journal
@@ -53,7 +59,8 @@ stress:
 	LOCKER_STRESS=1 go test -race -count=1 -timeout 3h -run 'TestCrashKill|TestLinearizable|TestThousandsOfWaiters|TestTortureNodes' -v ./blackbox
 	LOCKER_STRESS=1 go test -race -count=1 -run '^TestSetsInOppositeOrders$$' -v ./internal/engine
 	LOCKER_STRESS=1 go test -race -count=1 -v ./scripts/dist
-	$(MAKE) test FUZZ_API=120000x FUZZ_STATE=6000000x FUZZ_JOURNAL=6000000x
+	$(MAKE) test
+	$(MAKE) fuzz FUZZ_API=120000x FUZZ_STATE=6000000x FUZZ_JOURNAL=6000000x
 
 # calibrate: prove that TestLinearizable and TestLinearizableNodes catch each
 # planted bug (about 40 minutes).
