@@ -151,7 +151,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 	if _, err := move("", db); !errors.Is(err, migrate.ErrUsage) {
 		t.Errorf("migrate without --from = %v; want a usage error (exit 2)", err)
 	}
-	if out, err := move(file, db); err != nil || !strings.Contains(out, "copied 2 locks, 1 pool, 5 events and 1 remembered outcome") {
+	if out, err := move(file, db); err != nil || !strings.Contains(out, "copied 2 locks, 1 pool, 5 events, 1 remembered outcome and 0 credentials") {
 		t.Fatalf("migrate to the database = %q, %v", out, err)
 	}
 	if _, err := move(file, db); err == nil || !strings.Contains(err.Error(), "migrate does not overwrite locks") {
@@ -199,7 +199,7 @@ func TestMigrateBetweenAFileAndPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := filepath.Join(dir, "back.yml")
-	if out, err := move(db, back); err != nil || !strings.Contains(out, "copied 3 locks, 1 pool, 6 events and 1 remembered outcome") {
+	if out, err := move(db, back); err != nil || !strings.Contains(out, "copied 3 locks, 1 pool, 6 events, 1 remembered outcome and 0 credentials") {
 		t.Fatalf("migrate back = %q, %v", out, err)
 	}
 	if _, err := move(db, back); err == nil || !strings.Contains(err.Error(), "it holds 3 locks") {

@@ -24,6 +24,7 @@ const (
 	Pools       = `GET /pools lists them, and PUT /pool/<pool> with {"members": [...]} makes one`
 	Resume      = "reconnect with Last-Event-ID set to the last id received to go on"
 	TakeAgain   = "send a new request with a new Idempotency-Key to take the lock again"
+	Credentials = "GET /credentials lists them"
 )
 
 // Terms says each phrase in a client's own words: a phrase it leaves out

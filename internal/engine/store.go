@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
@@ -39,6 +40,11 @@ type Store interface {
 	// order after page.After. It holds up changes for no longer than
 	// reading that page takes.
 	Scan(ctx context.Context, page txn.Page, t *txn.Tables) error
+	// Credentials returns every credential kept, by name.
+	Credentials(ctx context.Context) (map[string]access.Credential, error)
+	// UpdateCredential changes the credential called name as change
+	// says, in a change of its own, and returns once it is durable.
+	UpdateCredential(ctx context.Context, name string, change txn.ChangeCredential) error
 	// Pools returns every pool, by name.
 	Pools(ctx context.Context) (map[string]lock.Pool, error)
 	// Watch returns a channel that is signalled when the waiter with id

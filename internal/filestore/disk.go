@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filelock"
 	"github.com/locker-ci/locker/internal/idempotency"
@@ -310,16 +311,8 @@ func replay(st *Saved, snapSeq uint64, payload []byte) (uint64, error) {
 		}
 	}
 	st.Seq, st.LastToken = c.Seq, c.LastToken
-	for name, p := range c.Pools {
-		if st.Pools == nil {
-			st.Pools = map[string]lock.Pool{}
-		}
-		if p == nil {
-			delete(st.Pools, name)
-		} else {
-			st.Pools[name] = *p
-		}
-	}
+	st.Pools = applyChanges(st.Pools, c.Pools)
+	st.Credentials = applyChanges(st.Credentials, c.Credentials)
 	if len(c.Forget) > 0 {
 		st.Requests = slices.DeleteFunc(st.Requests, func(e idempotency.Entry) bool { return slices.Contains(c.Forget, e.Scope) })
 	}
@@ -422,6 +415,12 @@ func Write(path string, fsys atomicfile.FS, c txn.Contents) error {
 	}
 	st.LastEvent = max(st.LastEvent, c.LastEvent)
 	st.Requests = mergeRequests(st.Requests, c.Requests)
+	for _, cred := range c.Credentials {
+		if st.Credentials == nil {
+			st.Credentials = map[string]access.Credential{}
+		}
+		st.Credentials[cred.Name] = cred
+	}
 	for name, p := range c.Pools {
 		if st.Pools == nil {
 			st.Pools = map[string]lock.Pool{}

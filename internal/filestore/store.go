@@ -20,6 +20,7 @@ import (
 
 	"github.com/google/btree"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/journal"
@@ -46,6 +47,9 @@ type Change struct {
 	Remember  []idempotency.Entry   `json:"remember,omitempty"`
 	Forget    []string              `json:"forget,omitempty"`
 	Pools     map[string]*lock.Pool `json:"pools,omitempty"` // the pools it changed, as they are after it (nil: removed)
+	// Credentials are the credentials it changed, as they are after it
+	// (nil: removed): their secrets' hashes.
+	Credentials map[string]*access.Credential `json:"credentials,omitempty"`
 	// Events are the events it adds to its locks' histories, and
 	// LastEvent the event counter after it.
 	Events    []lock.Event `json:"events,omitempty"`
@@ -65,26 +69,27 @@ type Store struct {
 	now     func() time.Time
 	wake    chan struct{} // tells the expiry loop that a new lease may come first
 
-	mu         sync.Mutex // guards the fields below
-	locks      map[string]lock.Lock
-	queues     map[string][]txn.Waiter // waiters per lock, first come first served
-	names      *btree.BTreeG[string]   // the names in locks or queues, in order: the listing's pages
-	pools      map[string]lock.Pool
-	lastToken  uint64 // the highest fencing token handed out
-	lastWaiter int64  // the highest waiter ID handed out
-	leases     leaseHeap
-	seq        uint64                  // the change the table now shows; replies wait for it
-	lastSeq    uint64                  // the last seq handed out; seqs are never reused
-	undo       []undo                  // changes not yet known to be durable, oldest first
-	requests   idempotency.Set         // outcomes by Idempotency-Key
-	history    map[string][]lock.Event // each lock's events, oldest first, held or free
-	byID       eventIndex              // the events of history by ID, for Backlog
-	lastEvent  uint64                  // the highest event ID handed out
-	keep       txn.History             // how much history to keep
-	forgotten  uint64                  // the highest event ID no longer kept
-	unsent     []unsent                // events of changes not yet durable, oldest first
-	sent       uint64                  // the highest event ID handed to onEvents
-	onEvents   func([]lock.Event)      // told of each change's events once durable, in order
+	mu          sync.Mutex // guards the fields below
+	locks       map[string]lock.Lock
+	queues      map[string][]txn.Waiter // waiters per lock, first come first served
+	names       *btree.BTreeG[string]   // the names in locks or queues, in order: the listing's pages
+	pools       map[string]lock.Pool
+	credentials map[string]access.Credential // by name: hashes, never secrets
+	lastToken   uint64                       // the highest fencing token handed out
+	lastWaiter  int64                        // the highest waiter ID handed out
+	leases      leaseHeap
+	seq         uint64                  // the change the table now shows; replies wait for it
+	lastSeq     uint64                  // the last seq handed out; seqs are never reused
+	undo        []undo                  // changes not yet known to be durable, oldest first
+	requests    idempotency.Set         // outcomes by Idempotency-Key
+	history     map[string][]lock.Event // each lock's events, oldest first, held or free
+	byID        eventIndex              // the events of history by ID, for Backlog
+	lastEvent   uint64                  // the highest event ID handed out
+	keep        txn.History             // how much history to keep
+	forgotten   uint64                  // the highest event ID no longer kept
+	unsent      []unsent                // events of changes not yet durable, oldest first
+	sent        uint64                  // the highest event ID handed to onEvents
+	onEvents    func([]lock.Event)      // told of each change's events once durable, in order
 
 	watchMu  sync.Mutex // guards watchers; taken under mu, never the other way round
 	watchers map[int64][]chan struct{}
@@ -134,6 +139,9 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 	if s.pools == nil {
 		s.pools = map[string]lock.Pool{}
 	}
+	if s.credentials = st.Credentials; s.credentials == nil {
+		s.credentials = map[string]access.Credential{}
+	}
 	s.names = btree.NewOrderedG[string](32)
 	for _, name := range slices.Sorted(maps.Keys(s.locks)) {
 		s.names.ReplaceOrInsert(name)
@@ -159,7 +167,7 @@ func Open(path string, fsys atomicfile.FS, opts Options) (*Store, error) {
 // shows what could still be undone).
 func (s *Store) Update(_ context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
 	s.mu.Lock()
-	x := s.begin(names, opts.Pool)
+	x := s.begin(names, opts.Pool, "")
 	if err := apply(x); err != nil {
 		x.abort()
 		s.mu.Unlock()
@@ -177,7 +185,41 @@ func (s *Store) Update(_ context.Context, names []string, opts txn.Options, appl
 // View runs fn over the locks named, once what it sees is on disk.
 func (s *Store) View(_ context.Context, names []string, fn func(txn.Reader) error) error {
 	s.mu.Lock()
-	err := fn(s.begin(names, ""))
+	err := fn(s.begin(names, "", ""))
+	seq := s.seq
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.durable(seq)
+}
+
+// Credentials returns every credential, by name, once what it shows is
+// on disk.
+func (s *Store) Credentials(context.Context) (map[string]access.Credential, error) {
+	s.mu.Lock()
+	creds, seq := maps.Clone(s.credentials), s.seq
+	s.mu.Unlock()
+	return creds, s.durable(seq)
+}
+
+// UpdateCredential changes the credential called name as change says,
+// in a change of its own, and returns once it is on disk.
+func (s *Store) UpdateCredential(_ context.Context, name string, change txn.ChangeCredential) error {
+	s.mu.Lock()
+	x := s.begin(nil, "", name)
+	c, ok := x.cred.get(s.credentials, name)
+	next, err := change(c, ok)
+	switch {
+	case err != nil || next == nil && !ok:
+		s.mu.Unlock()
+		return err
+	case next == nil:
+		x.cred.remove(s.credentials, name)
+	default:
+		x.cred.set(s.credentials, name, *next)
+	}
+	err = x.commit()
 	seq := s.seq
 	s.mu.Unlock()
 	if err != nil {
@@ -308,7 +350,7 @@ func (s *Store) Len() int {
 func (s *Store) saved() Saved {
 	s.mu.Lock()
 	s.requests.Prune(s.now())
-	st := Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Requests: s.requests.All(),
+	st := Saved{Seq: s.seq, LastToken: s.lastToken, Locks: maps.Clone(s.locks), Pools: maps.Clone(s.pools), Credentials: maps.Clone(s.credentials), Requests: s.requests.All(),
 		LastEvent: s.lastEvent}
 	history := maps.Clone(s.history) // its slices are shared: see history.go
 	s.mu.Unlock()

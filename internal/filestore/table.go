@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
@@ -25,25 +26,19 @@ import (
 type tx struct {
 	s     *Store
 	names []string
-	pool  string // the pool it named, or ""
 	now   time.Time
 
-	oldLocks  map[string]lock.Lock // what Set replaced, the first time
-	queueOps  []queueOp            // the queue changes, to undo in reverse
-	lastToken uint64               // the counter at begin
-	granted   []grant              // waiters it granted, to tell at commit
-	tookOver  []grant              // waiters a later round took over, to tell at commit
-	woken     []grant              // waiters to wake at commit
-	remembers []idempotency.Entry  // outcomes to remember
-	forgets   []string             // scopes whose outcome to forget
-	oldPool   *poolState           // the pool as it was, once changed
-	events    []lock.Event         // the events to add to the history
-}
-
-// poolState is a pool as a transaction found it: there or not.
-type poolState struct {
-	pool lock.Pool
-	ok   bool
+	oldLocks  map[string]lock.Lock    // what Set replaced, the first time
+	queueOps  []queueOp               // the queue changes, to undo in reverse
+	lastToken uint64                  // the counter at begin
+	granted   []grant                 // waiters it granted, to tell at commit
+	tookOver  []grant                 // waiters a later round took over, to tell at commit
+	woken     []grant                 // waiters to wake at commit
+	remembers []idempotency.Entry     // outcomes to remember
+	forgets   []string                // scopes whose outcome to forget
+	events    []lock.Event            // the events to add to the history
+	pool      slot[lock.Pool]         // the pool it named
+	cred      slot[access.Credential] // the credential it named
 }
 
 // queueOp is one change to a queue, made in place: the waiter at index
@@ -70,14 +65,15 @@ type undo struct {
 	granted    []grant
 	remembered []idempotency.Entry
 	forgotten  []idempotency.Entry
-	pool       string
-	oldPool    *poolState
 	lastEvent  uint64       // the event counter before it
 	events     []lock.Event // the events it added
+	pool       slot[lock.Pool]
+	cred       slot[access.Credential]
 }
 
-func (s *Store) begin(names []string, pool string) *tx {
-	return &tx{s: s, names: names, pool: pool, now: s.now(), lastToken: s.lastToken}
+func (s *Store) begin(names []string, pool, credential string) *tx {
+	return &tx{s: s, names: names, now: s.now(), lastToken: s.lastToken,
+		pool: slot[lock.Pool]{kind: "pool", name: pool}, cred: slot[access.Credential]{kind: "credential", name: credential}}
 }
 
 // check panics when x did not name the lock called name: the engine must
@@ -94,48 +90,13 @@ func (x *tx) Named(name string) bool { return slices.Contains(x.names, name) }
 
 func (x *tx) Wake(id int64) { x.woken = append(x.woken, grant{id: id}) }
 
-func (x *tx) NamedPool(name string) bool { return name != "" && name == x.pool }
+func (x *tx) NamedPool(name string) bool { return x.pool.named(name) }
 
-// checkPool panics when x did not name the pool called name.
-func (x *tx) checkPool(name string) {
-	if !x.NamedPool(name) {
-		panic(fmt.Sprintf("filestore: pool %q is not the one the transaction named (%q)", name, x.pool))
-	}
-}
+func (x *tx) Pool(name string) (lock.Pool, bool) { return x.pool.get(x.s.pools, name) }
 
-func (x *tx) Pool(name string) (lock.Pool, bool) {
-	x.checkPool(name)
-	p, ok := x.s.pools[name]
-	return p, ok
-}
+func (x *tx) SetPool(name string, p lock.Pool) { x.pool.set(x.s.pools, name, p) }
 
-func (x *tx) SetPool(name string, p lock.Pool) {
-	x.keepPool(name)
-	x.s.pools[name] = p
-}
-
-func (x *tx) DeletePool(name string) {
-	x.keepPool(name)
-	delete(x.s.pools, name)
-}
-
-// keepPool remembers the pool as x found it, the first time x changes it.
-func (x *tx) keepPool(name string) {
-	x.checkPool(name)
-	if x.oldPool == nil {
-		p, ok := x.s.pools[name]
-		x.oldPool = &poolState{p, ok}
-	}
-}
-
-// putPool puts back a pool as it was. Callers hold s.mu.
-func (s *Store) putPool(name string, old poolState) {
-	if old.ok {
-		s.pools[name] = old.pool
-	} else {
-		delete(s.pools, name)
-	}
-}
+func (x *tx) DeletePool(name string) { x.pool.remove(x.s.pools, name) }
 
 func (x *tx) Lock(name string) lock.Lock {
 	x.check(name)
@@ -265,9 +226,8 @@ func (x *tx) abort() {
 		x.s.setQueue(op.name, queue)
 	}
 	x.s.lastToken = x.lastToken
-	if x.oldPool != nil {
-		x.s.putPool(x.pool, *x.oldPool)
-	}
+	x.pool.putBack(x.s.pools)
+	x.cred.putBack(x.s.credentials)
 }
 
 // commit hands x's durable part to the journal under a new seq, which the
@@ -276,14 +236,14 @@ func (x *tx) abort() {
 // nothing. If the journal cannot take the record, x is undone at once.
 func (x *tx) commit() error {
 	s := x.s
-	if len(x.oldLocks) == 0 && len(x.remembers) == 0 && len(x.forgets) == 0 && x.oldPool == nil {
+	if len(x.oldLocks) == 0 && len(x.remembers) == 0 && len(x.forgets) == 0 && !x.pool.changed() && !x.cred.changed() {
 		s.tell(x.granted)
 		s.tell(x.tookOver)
 		s.tell(x.woken)
 		return nil
 	}
 	c := Change{Seq: s.lastSeq + 1, Prev: s.seq, LastToken: s.lastToken, Locks: make(map[string]*lock.Lock, len(x.oldLocks)),
-		Remember: x.remembers, Forget: x.forgets}
+		Remember: x.remembers, Forget: x.forgets, Pools: x.pool.record(s.pools), Credentials: x.cred.record(s.credentials)}
 	lastEvent := s.lastEvent
 	if len(x.events) > 0 && s.keep.Events > 0 {
 		for i := range x.events {
@@ -298,12 +258,6 @@ func (x *tx) commit() error {
 			c.Locks[name] = &l
 		} else {
 			c.Locks[name] = nil
-		}
-	}
-	if x.oldPool != nil {
-		c.Pools = map[string]*lock.Pool{x.pool: nil}
-		if p, ok := s.pools[x.pool]; ok {
-			c.Pools[x.pool] = &p
 		}
 	}
 	if err := s.append(c); err != nil {
@@ -334,7 +288,7 @@ func (x *tx) commit() error {
 		s.undo = s.undo[1:]
 	}
 	s.undo = append(s.undo, undo{seq: s.seq, oldLocks: x.oldLocks, lastToken: x.lastToken, granted: x.granted,
-		remembered: x.remembers, forgotten: forgotten, pool: x.pool, oldPool: x.oldPool, lastEvent: lastEvent, events: x.events})
+		remembered: x.remembers, forgotten: forgotten, pool: x.pool, cred: x.cred, lastEvent: lastEvent, events: x.events})
 	for name, old := range x.oldLocks {
 		s.scheduleLeases(name, old, s.locks[name])
 	}
@@ -378,9 +332,8 @@ func (s *Store) rollback(from uint64, err error) uint64 {
 		if n := len(s.unsent); n > 0 && s.unsent[n-1].seq == u.seq {
 			s.unsent = s.unsent[:n-1]
 		}
-		if u.oldPool != nil {
-			s.putPool(u.pool, *u.oldPool)
-		}
+		u.pool.putBack(s.pools)
+		u.cred.putBack(s.credentials)
 		s.undo = s.undo[:len(s.undo)-1]
 	}
 	// The table now shows the last change that was saved: the latest one

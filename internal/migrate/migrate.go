@@ -8,9 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/atomicfile"
 	"github.com/locker-ci/locker/internal/filestore"
@@ -60,9 +63,10 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := writeTable(ctx, *to, c); err != nil {
 		return fmt.Errorf("writing %s: %w", describe(*to), err)
 	}
-	fmt.Fprintf(stdout, "copied %d locks, %s, %s and %s (fencing tokens go on after %d) from %s to %s\n",
+	fmt.Fprintf(stdout, "copied %d locks, %s, %s, %s and %s (fencing tokens go on after %d) from %s to %s\n",
 		len(c.Locks), advice.Plural(len(c.Pools), "pool", "pools"), advice.Plural(len(c.History), "event", "events"),
-		advice.Plural(len(c.Requests), "remembered outcome", "remembered outcomes"), c.LastToken, describe(*from), describe(*to))
+		advice.Plural(len(c.Requests), "remembered outcome", "remembered outcomes"), advice.Plural(len(c.Credentials), "credential", "credentials"),
+		c.LastToken, describe(*from), describe(*to))
 	return nil
 }
 
@@ -102,8 +106,12 @@ func readTable(ctx context.Context, from string, force bool) (txn.Contents, erro
 		return s.Export(ctx)
 	}
 	st, err := filestore.Read(from, atomicfile.OS{})
+	var creds []access.Credential
+	for _, name := range slices.Sorted(maps.Keys(st.Credentials)) {
+		creds = append(creds, st.Credentials[name])
+	}
 	return txn.Contents{Locks: st.Locks, Pools: st.Pools, LastToken: st.LastToken,
-		History: st.History, LastEvent: st.LastEvent, Requests: st.Requests}, err
+		History: st.History, LastEvent: st.LastEvent, Requests: st.Requests, Credentials: creds}, err
 }
 
 // writeTable writes c into a target that holds no locks.

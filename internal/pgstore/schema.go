@@ -128,6 +128,10 @@ var migrations = []string{
 	// not once a row (the columns' defaults stay for other writers).
 	`ALTER TABLE locker_events ALTER COLUMN event TYPE json USING event::json;
 	DROP INDEX locker_events_by_age;`,
+
+	// 13: credentials made over the API: each a name, its secret's hash
+	// and its grants (internal/access.Credential, as JSON); never a secret.
+	`CREATE TABLE locker_credentials (name text PRIMARY KEY, credential json NOT NULL);`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

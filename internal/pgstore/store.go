@@ -59,11 +59,12 @@ type Store struct {
 	node string // unique per process: its waiters are its own
 	keep txn.History
 
-	onEvents   func([]lock.Event) // told of the events every node commits
-	sent       stream.Seen        // the events handed to onEvents; pollEvents'
-	eventsTold chan struct{}      // a node told of events (room for one)
-	toldAt     atomic.Int64       // when this node last told the others of events, in Unix nanoseconds
-	trimmedTo  int64              // the highest event ID when history was last trimmed; the heartbeats'
+	onEvents      func([]lock.Event) // told of the events every node commits
+	onCredentials func()             // told that the credentials may have changed
+	sent          stream.Seen        // the events handed to onEvents; pollEvents'
+	eventsTold    chan struct{}      // a node told of events (room for one)
+	toldAt        atomic.Int64       // when this node last told the others of events, in Unix nanoseconds
+	trimmedTo     int64              // the highest event ID when history was last trimmed; the heartbeats'
 
 	mu       sync.Mutex                // guards watchers
 	watchers map[int64][]chan struct{} // this node's waiters, by ID
@@ -86,6 +87,10 @@ type Options struct {
 	// commit: each lock's in order. It runs on the node's listener and
 	// must be quick.
 	Events func([]lock.Event)
+	// CredentialsChanged, if set, is told when a node (this one too)
+	// changed a credential, and every heartbeat: the credentials are to be
+	// read again. It must be quick.
+	CredentialsChanged func()
 }
 
 // Open connects to the database at url, migrates its schema, and joins
@@ -115,7 +120,7 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, watchers: map[int64][]chan struct{}{},
+	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, onCredentials: opts.CredentialsChanged, watchers: map[int64][]chan struct{}{},
 		eventsTold: make(chan struct{}, 1), jobs: make(chan *job), closing: make(chan struct{})}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
@@ -214,6 +219,9 @@ func (s *Store) heartbeats(ctx context.Context) {
 		s.sweep(ctx)
 		s.trimHistory(ctx)
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_queue WHERE left_at < clock_timestamp() - $1::interval", keptPlaces.String())
+		if s.onCredentials != nil {
+			s.onCredentials() // a notification may have been lost with the listener's connection
+		}
 	}
 }
 
@@ -307,11 +315,17 @@ func (s *Store) listen(ctx context.Context) {
 	for ctx.Err() == nil {
 		conn, err := s.pool.Acquire(ctx)
 		if err == nil {
-			_, err = conn.Exec(ctx, "LISTEN "+channel+"; LISTEN "+eventsChannel)
+			_, err = conn.Exec(ctx, "LISTEN "+channel+"; LISTEN "+eventsChannel+"; LISTEN "+credentialsChannel)
 			for err == nil {
 				var n *pgconn.Notification
 				if n, err = conn.Conn().WaitForNotification(ctx); err != nil {
 					break
+				}
+				if n.Channel == credentialsChannel {
+					if s.onCredentials != nil {
+						s.onCredentials()
+					}
+					continue
 				}
 				if n.Channel == eventsChannel {
 					select {

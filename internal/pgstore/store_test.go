@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
 	"github.com/locker-ci/locker/internal/txn"
@@ -373,5 +374,48 @@ func TestEveryWakeIsToldWhateverItsNumber(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("node b was not told of waiter %d of %d", i+1, len(ids))
 		}
+	}
+}
+
+// TestEveryNodeHearsOfACredentialChange: a credential changed on one node
+// is told to the others (CredentialsChanged), which read it at once.
+func TestEveryNodeHearsOfACredentialChange(t *testing.T) {
+	u := testURL(t)
+	ctx := context.Background()
+	a, err := Open(ctx, u, "a", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(false)
+	told := make(chan struct{}, 100)
+	b, err := Open(ctx, u, "b", Options{CredentialsChanged: func() { told <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(false)
+	_, hash := access.NewSecret()
+	for _, change := range []struct {
+		what string
+		next *access.Credential
+	}{
+		{"made", &access.Credential{Name: "ci", Hash: hash, Grants: []access.Grant{{Role: access.Lock, Prefix: "a/"}}}},
+		{"revoked", nil},
+	} {
+		for len(told) > 0 {
+			<-told // heartbeats
+		}
+		if err := a.UpdateCredential(ctx, "ci", func(access.Credential, bool) (*access.Credential, error) { return change.next, nil }); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, "node b to be told and read the credential "+change.what, func() bool {
+			select {
+			case <-told:
+			case <-time.After(50 * time.Millisecond):
+				return false
+			}
+			creds, err := b.Credentials(ctx)
+			_, there := creds["ci"]
+			return err == nil && there == (change.next != nil)
+		})
 	}
 }

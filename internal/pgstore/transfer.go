@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,6 +80,13 @@ func exportKept(ctx context.Context, tx pgx.Tx, c *txn.Contents) error {
 	if called {
 		c.LastEvent = uint64(last)
 	}
+	creds, err := readCredentials(ctx, tx)
+	if err != nil {
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(creds)) {
+		c.Credentials = append(c.Credentials, creds[name])
+	}
 	rows, err = tx.Query(ctx, "SELECT scope, fingerprint, at, outcome FROM locker_requests ORDER BY at, scope")
 	if err != nil {
 		return err
@@ -119,6 +128,16 @@ func importKept(ctx context.Context, tx pgx.Tx, c txn.Contents) error {
 	}
 	if next > 0 {
 		if _, err := tx.Exec(ctx, "SELECT setval('locker_events_id_seq', $1::bigint)", int64(next)); err != nil {
+			return err
+		}
+	}
+	for _, cred := range c.Credentials {
+		raw, err := json.Marshal(cred)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO locker_credentials (name, credential) VALUES ($1, $2)
+			ON CONFLICT (name) DO UPDATE SET credential = excluded.credential`, cred.Name, raw); err != nil {
 			return err
 		}
 	}

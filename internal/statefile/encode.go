@@ -54,6 +54,17 @@ func Encode(w io.Writer, st State) error {
 			}
 		}
 	}
+	if len(st.Credentials) > 0 {
+		// One credential a line, as JSON, as the events are.
+		ew.printf("credentials:\n")
+		for _, name := range slices.Sorted(maps.Keys(st.Credentials)) {
+			line, err := json.Marshal(st.Credentials[name])
+			if err != nil {
+				return err
+			}
+			ew.printf("  - %s\n", line)
+		}
+	}
 	if len(st.History) > 0 {
 		// One event a line, as JSON (a YAML flow mapping): a history is
 		// read back far more often by this package than by a person.

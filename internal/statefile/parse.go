@@ -5,10 +5,12 @@ package statefile
 
 import (
 	"bytes"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
@@ -46,7 +48,7 @@ func parse(data []byte) (document, bool) {
 	doc.Locks = map[string]lock.Entry{}
 	switch line := p.next(); string(line) {
 	case "locks: {}":
-		return doc, p.pools(&doc) && p.history(&doc) && p.requests(&doc)
+		return doc, p.pools(&doc) && p.credentials(&doc) && p.history(&doc) && p.requests(&doc)
 	case "locks:":
 	default:
 		return doc, false
@@ -65,7 +67,7 @@ func parse(data []byte) (document, bool) {
 		}
 		doc.Locks[name] = e
 	}
-	return doc, p.pools(&doc) && p.history(&doc) && p.requests(&doc)
+	return doc, p.pools(&doc) && p.credentials(&doc) && p.history(&doc) && p.requests(&doc)
 }
 
 // history reads the history section, if there is one: an event a line.
@@ -83,6 +85,23 @@ func (p *parser) history(doc *document) bool {
 			return false
 		}
 		doc.History = append(doc.History, e)
+	}
+	return true
+}
+
+// credentials reads the credentials section, if there is one: a
+// credential a line, as JSON.
+func (p *parser) credentials(doc *document) bool {
+	if string(p.peek()) != "credentials:" {
+		return true
+	}
+	p.next()
+	for bytes.HasPrefix(p.peek(), []byte("  - {")) {
+		var c access.Credential
+		if err := json.Unmarshal(p.next()[4:], &c); err != nil {
+			return false
+		}
+		doc.Credentials = append(doc.Credentials, c)
 	}
 	return true
 }

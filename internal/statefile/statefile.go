@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v2"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
@@ -42,6 +43,9 @@ type State struct {
 	// Requests are the outcomes remembered by Idempotency-Key, oldest
 	// first.
 	Requests []idempotency.Entry
+	// Credentials are the credentials made over the API, by name: their
+	// secrets' hashes, never a secret.
+	Credentials map[string]access.Credential
 	// Original says the file is in the original locker's JSON format
 	// (Decode sets it; Encode writes this package's YAML regardless).
 	Original bool
@@ -53,14 +57,15 @@ type State struct {
 
 // document is the YAML document, as yaml.v2 reads and writes it.
 type document struct {
-	Version   int                   `yaml:"version"`
-	Seq       uint64                `yaml:"seq"`
-	LastToken uint64                `yaml:"last_token"`
-	Locks     map[string]lock.Entry `yaml:"locks"`
-	LastEvent uint64                `yaml:"last_event,omitempty"`
-	Pools     map[string]lock.Pool  `yaml:"pools,omitempty"`
-	History   []lock.Event          `yaml:"history,omitempty"`
-	Requests  []idempotency.Entry   `yaml:"requests,omitempty"`
+	Version     int                   `yaml:"version"`
+	Seq         uint64                `yaml:"seq"`
+	LastToken   uint64                `yaml:"last_token"`
+	Locks       map[string]lock.Entry `yaml:"locks"`
+	LastEvent   uint64                `yaml:"last_event,omitempty"`
+	Pools       map[string]lock.Pool  `yaml:"pools,omitempty"`
+	Credentials []access.Credential   `yaml:"credentials,omitempty"`
+	History     []lock.Event          `yaml:"history,omitempty"`
+	Requests    []idempotency.Entry   `yaml:"requests,omitempty"`
 }
 
 // Decode parses a state file: this server's YAML, or the original locker's
@@ -107,6 +112,9 @@ func Decode(data []byte) (State, error) {
 			}
 		}
 		st.Pools = doc.Pools
+		if st.Credentials, err = checkCredentials(doc.Credentials); err != nil {
+			return State{}, err
+		}
 		if err := checkHistory(doc.History, doc.LastEvent); err != nil {
 			return State{}, err
 		}
@@ -137,8 +145,11 @@ func Decode(data []byte) (State, error) {
 func goTypes(msg string) string {
 	msg = unknownField.ReplaceAllString(msg, "$1 is not a field of $2")
 	return strings.NewReplacer(
-		"of statefile.document", "of the top level, which holds version, seq, last_token, locks and pools",
-		"into statefile.document", "into the top level, which holds version, seq, last_token, locks and pools",
+		"of statefile.document", "of the top level, which holds version, seq, last_token, last_event, locks, pools, credentials, history and requests",
+		"into statefile.document", "into the top level, which holds version, seq, last_token, last_event, locks, pools, credentials, history and requests",
+		"of access.Credential", "of a credential, which holds name, hash, grants, created_by, created_at and expires_at",
+		"access.Credential", "a credential",
+		"of access.Grant", "of a grant, which holds role and prefix",
 		"statefile.document", "the top level",
 		"of lock.Entry", "of a lock, which holds key, locked_by, token, acquired_at, limit and holders",
 		"lock.Entry", "a lock",
@@ -216,4 +227,25 @@ func checkPool(name string, p lock.Pool) error {
 		return fmt.Errorf("pool %q: its members must be sorted, each once", name)
 	}
 	return nil
+}
+
+// checkCredentials checks the credentials read from the file, and
+// returns them by name.
+func checkCredentials(list []access.Credential) (map[string]access.Credential, error) {
+	if len(list) == 0 {
+		return nil, nil
+	}
+	byName := make(map[string]access.Credential, len(list))
+	for _, c := range list {
+		for _, err := range []error{access.CheckName(c.Name), access.CheckGrants(c.Grants), access.CheckHash(c.Hash)} {
+			if err != nil {
+				return nil, fmt.Errorf("credential %q: %w", c.Name, err)
+			}
+		}
+		if _, dup := byName[c.Name]; dup {
+			return nil, fmt.Errorf("credential %q is given twice", c.Name)
+		}
+		byName[c.Name] = c
+	}
+	return byName, nil
 }

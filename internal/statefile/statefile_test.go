@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v2"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -33,7 +34,7 @@ func TestStateRoundTrip(t *testing.T) {
 		"staging":     {Members: []string{"envs/staging-1", "staging 2: b"}, Claimed: map[string]time.Time{"staging 2: b": at}},
 		"never used":  {Members: []string{"x"}},
 		"pool #3 \"q": {Members: []string{"a", "b", "c"}, Claimed: map[string]time.Time{"a": at, "c": at.Add(time.Second)}},
-	}}
+	}, Credentials: testCredentials(at)}
 	var buf bytes.Buffer
 	if err := Encode(&buf, st); err != nil {
 		t.Fatal(err)
@@ -64,6 +65,7 @@ func TestParseAgreesWithYAML(t *testing.T) {
 			"line\nbreak\x00": {Key: "- not a list", Holders: []lock.Holder{{Name: "{}", Hold: lock.Hold{Count: 4, ExpiresAt: at.Add(time.Hour)}}}},
 			"plain.name/ok-1": {Key: "k", Token: 9, AcquiredAt: at, Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}, {Name: "b", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at, Note: "n"}}}},
 		}},
+		{LastToken: 1, Locks: map[string]lock.Lock{}, Credentials: testCredentials(at)},
 		{LastToken: 3, Locks: map[string]lock.Lock{}, LastEvent: 12, History: []lock.Event{
 			{ID: 4, Lock: "prod", At: at, Kind: lock.Taken, Holder: "a", Key: "k", Token: 3, Counts: 1, Note: "<b>&\n\"ü\"", Waited: lock.Duration(90 * time.Second)},
 			{ID: 12, Lock: "a/b: c #d", At: at, Kind: lock.Forced, Holder: "- x", Key: "yes", Counts: 2, Held: lock.Duration(time.Hour), By: "admin from 10.0.0.1"},
@@ -90,6 +92,7 @@ func TestParseAgreesWithYAML(t *testing.T) {
 		if len(slow.Locks) == 0 {
 			slow.Locks = map[string]lock.Entry{}
 		}
+		slices.SortFunc(fast.Credentials, func(a, b access.Credential) int { return strings.Compare(a.Name, b.Name) })
 		if !reflect.DeepEqual(fast, slow) {
 			t.Errorf("state %d: fast parser read\n%+v\nyaml.v2 read\n%+v", i, fast, slow)
 		}
@@ -136,6 +139,9 @@ func TestDecode(t *testing.T) {
 		},
 		{name: "YAML without locks", data: "version: 1\n", want: map[string]lock.Lock{}},
 		{name: "wrong version", data: "version: 7\nlocks: {}\n", wantErr: `"version: 7" is not a format this locker reads`},
+		{name: "a credential's secret, not its hash", data: "version: 1\nlocks: {}\ncredentials:\n  - {name: ci, hash: lkr_secret, grants: [{role: lock, prefix: \"\"}]}\n", wantErr: `credential "ci": a credential's hash is "sha256:" and 64 hex digits`},
+		{name: "a credential's unknown role", data: "version: 1\nlocks: {}\ncredentials:\n  - {name: ci, hash: x, grants: [{role: write, prefix: a/}]}\n", wantErr: `"write" is not a role`},
+		{name: "a credential's misspelt field", data: "version: 1\nlocks: {}\ncredentials:\n  - {name: ci, hsah: x}\n", wantErr: "hsah is not a field of a credential"},
 		{name: "no version", data: "locks: {}\n", wantErr: `"version: 0" is not a format`},
 		{name: "unknown field", data: "version: 1\nlocks:\n  p:\n    key: k\n    lokced_by: {a: 1}\n", wantErr: "lokced_by"},
 		{name: "legacy shape written as YAML", data: "prod:\n  key: k\n  locked_by: {a: 1}\n", wantErr: "not a valid Locker state file"},
@@ -210,5 +216,16 @@ func TestAnEditedFileIsRefusedUntilItsSealIsDeleted(t *testing.T) {
 	// the numbers: still caught.
 	if _, err := Decode(bytes.Replace(buf.Bytes(), []byte("key: k"), []byte("key: K"), 1)); !errors.Is(err, ErrEdited) {
 		t.Errorf("Decode(file with a key changed) = %v; want ErrEdited", err)
+	}
+}
+
+// testCredentials are credentials with every field filled, names that
+// need quoting in YAML, and several grants.
+func testCredentials(at time.Time) map[string]access.Credential {
+	_, hash := access.NewSecret()
+	return map[string]access.Credential{
+		"team-a-ci": {Name: "team-a-ci", Hash: hash, Grants: []access.Grant{{Role: access.Lock, Prefix: "team-a/"}, {Role: access.Read, Prefix: ""}},
+			CreatedBy: "admin", CreatedAt: at, ExpiresAt: at.Add(90 * 24 * time.Hour)},
+		"ops #1 \"q\" - {x}": {Name: "ops #1 \"q\" - {x}", Hash: hash, Grants: []access.Grant{{Role: access.Operate, Prefix: "- x"}}},
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/idempotency"
 	"github.com/locker-ci/locker/internal/lock"
 )
@@ -214,17 +215,19 @@ func (t *Tables) Named(name string) bool {
 
 // Contents is what a store holds at rest, as locker migrate copies it
 // from one store to another: the held locks, the pools, the last
-// fencing token handed out, each lock's history, and the outcomes
-// remembered by Idempotency-Key.
+// fencing token handed out, each lock's history, the outcomes
+// remembered by Idempotency-Key, and the credentials (their secrets'
+// hashes: a secret is kept nowhere).
 type Contents struct {
 	Locks     map[string]lock.Lock
 	Pools     map[string]lock.Pool
 	LastToken uint64
 	// History is the events kept, in the order of their IDs; LastEvent
 	// the highest event ID handed out.
-	History   []lock.Event
-	LastEvent uint64
-	Requests  []idempotency.Entry // oldest first
+	History     []lock.Event
+	LastEvent   uint64
+	Requests    []idempotency.Entry // oldest first
+	Credentials []access.Credential // by name
 }
 
 // Renumbered returns events (in the order of their IDs) with IDs above
@@ -241,3 +244,7 @@ func Renumbered(events []lock.Event, last uint64) []lock.Event {
 	}
 	return out
 }
+
+// ChangeCredential says what becomes of a credential, found (ok) as c or
+// not there: the credential to keep (nil: none), or why nothing changes.
+type ChangeCredential func(c access.Credential, ok bool) (*access.Credential, error)
