@@ -3,23 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
-	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/jsonbody"
+	"github.com/locker-ci/locker/internal/keyring"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/stream"
 	"github.com/locker-ci/locker/internal/txn"
@@ -28,11 +24,10 @@ import (
 
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
 var (
-	errBadRequest   = errors.New("bad request")
-	errUnauthorized = errors.New("authentication required: " + advice.Auth)
-	errNotFound     = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, GET /history/<name> and GET /events, and GET / is the status page")
-	errMethod       = errors.New("method not allowed")
-	errNotReady     = errors.New("not ready")
+	errBadRequest = errors.New("bad request")
+	errNotFound   = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, GET /history/<name> and GET /events, and GET / is the status page")
+	errMethod     = errors.New("method not allowed")
+	errNotReady   = errors.New("not ready")
 )
 
 // statusClientClosed is logged when a client leaves before its answer, as
@@ -47,6 +42,10 @@ var errorStatuses = []struct {
 }{
 	{errBadRequest, http.StatusBadRequest},
 	{errUnauthorized, http.StatusUnauthorized},
+	{errForbidden, http.StatusForbidden},
+	{errThrottled, http.StatusTooManyRequests},
+	{engine.ErrCredentialExists, http.StatusConflict},
+	{engine.ErrNoCredential, http.StatusNotFound},
 	{errNotFound, http.StatusNotFound},
 	{errMethod, http.StatusMethodNotAllowed},
 	{jsonbody.ErrInvalid, http.StatusBadRequest},
@@ -70,18 +69,22 @@ var errorStatuses = []struct {
 
 // server answers the lock API.
 type server struct {
-	locks        *engine.Engine
-	hub          *stream.Hub // the events of every change, as they commit (GET /events)
-	log          *slog.Logger
-	auth         *credentials  // nil when the API is open
-	maxWait      time.Duration // longer waits are cut to this
-	defaultTTL   time.Duration // lease for a PUT without ttl; 0 for none
-	maxTTL       time.Duration // the longest lease a request may ask for
-	maxSet       int           // the most locks a request may name; 0 for config.DefaultMaxSet (maxLocks)
-	writeTimeout time.Duration // how long writing a reply may take, after any wait
-	streamBuffer int           // how many events a stream may fall behind before it is cut off
-	metrics      *metrics.Metrics
-	metricsOpen  bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
+	locks *engine.Engine
+	hub   *stream.Hub // the events of every change, as they commit (GET /events)
+	log   *slog.Logger
+	keys  *keyring.Keyring // the credentials it knows; nil, or one that is not Closed, when the API is open
+	// credentialsFile is LOCKER_CREDENTIALS_FILE, read again on SIGHUP;
+	// credentialsChanged is told when another node changed a credential.
+	credentialsFile    string
+	credentialsChanged <-chan struct{}
+	maxWait            time.Duration // longer waits are cut to this
+	defaultTTL         time.Duration // lease for a PUT without ttl; 0 for none
+	maxTTL             time.Duration // the longest lease a request may ask for
+	maxSet             int           // the most locks a request may name; 0 for config.DefaultMaxSet (maxLocks)
+	writeTimeout       time.Duration // how long writing a reply may take, after any wait
+	streamBuffer       int           // how many events a stream may fall behind before it is cut off
+	metrics            *metrics.Metrics
+	metricsOpen        bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
 }
 
 // routes returns the whole API, wrapped in authentication and request logs.
@@ -119,6 +122,10 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/pool/{pool:[^/]+}", s.handleSetPool).Methods(http.MethodPut)
 	r.HandleFunc("/pool/{pool:[^/]+}", s.handleDeletePool).Methods(http.MethodDelete)
 	r.HandleFunc("/pool/{pool:[^/]+}/claim", s.handleClaim).Methods(http.MethodPut)
+	r.HandleFunc("/credentials", s.handleCredentials).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/credentials", s.handleCreateCredential).Methods(http.MethodPost)
+	r.HandleFunc("/credentials/{credential:[^/]+}", s.handleDeleteCredential).Methods(http.MethodDelete)
+	r.HandleFunc("/credentials/{credential:[^/]+}/rotate", s.handleRotateCredential).Methods(http.MethodPost)
 
 	// The request log and the metrics learn the route's template, never
 	// the path: a lock's name must not become a label.
@@ -147,7 +154,7 @@ func (s *server) routes() http.Handler {
 // allowedMethods lists the methods that router serves for req's path.
 func allowedMethods(router *mux.Router, req *http.Request) []string {
 	var allowed []string
-	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		probe := req.Clone(req.Context())
 		probe.Method = m
 		var match mux.RouteMatch
@@ -253,55 +260,6 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	s.writeJSON(w, r, status, map[string]string{"error": msg})
 }
 
-// credentials are the one user allowed in when basic auth is on. Only
-// hashes are kept, so comparing them takes the same time whatever the
-// lengths.
-type credentials struct {
-	user, pass [sha256.Size]byte
-}
-
-func newCredentials(user, pass string) *credentials {
-	return &credentials{user: sha256.Sum256([]byte(user)), pass: sha256.Sum256([]byte(pass))}
-}
-
-func (c *credentials) match(user, pass string) bool {
-	u := sha256.Sum256([]byte(user))
-	p := sha256.Sum256([]byte(pass))
-	// Both comparisons always run: which half was wrong must not show.
-	return subtle.ConstantTimeCompare(u[:], c.user[:])&subtle.ConstantTimeCompare(p[:], c.pass[:]) == 1
-}
-
-// requireAuth refuses every request without the right basic-auth
-// credentials, unknown routes included.
-func (s *server) requireAuth(next http.Handler) http.Handler {
-	if s.auth == nil {
-		return next
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if slices.Contains(openPaths, r.URL.Path) || (s.metricsOpen && r.URL.Path == "/metrics") {
-			next.ServeHTTP(w, r)
-			return
-		}
-		user, pass, ok := r.BasicAuth()
-		if !ok || !s.auth.match(user, pass) {
-			// The user name tried, never the password; the client is told
-			// the same whatever the cause.
-			s.log.Warn("authentication failed", "user", user, "credentials_sent", ok, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.EscapedPath())
-			w.Header().Set("WWW-Authenticate", `Basic realm="locker"`)
-			if r.URL.Path == "/" && strings.Contains(r.Header.Get("Accept"), "text/html") {
-				// A person who cancelled the browser's prompt reads this.
-				w.Header().Set("Content-Type", "text/html; charset=utf-8")
-				w.WriteHeader(http.StatusUnauthorized)
-				_, _ = io.WriteString(w, loginCancelled)
-				return
-			}
-			s.writeError(w, r, errUnauthorized)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 // loginCancelled is the status page's answer to a browser without the
 // credentials: what a person sees after cancelling the login prompt.
 const loginCancelled = `<!doctype html>
@@ -320,9 +278,10 @@ the person who runs it has them.</p>
 // context.
 type logEntry struct {
 	http.ResponseWriter
-	status int
-	err    error
-	route  string // the route's template, once the router matched one
+	status     int
+	err        error
+	route      string // the route's template, once the router matched one
+	credential string // who sent it, once authenticated
 }
 
 // logEntryKey finds a request's *logEntry in its context.
@@ -349,6 +308,9 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 			slog.Int("status", e.status),
 			slog.Duration("duration", time.Since(start)),
 			slog.String("remote", r.RemoteAddr),
+		}
+		if e.credential != "" {
+			attrs = append(attrs, slog.String("credential", e.credential))
 		}
 		if e.err != nil && e.status < 500 {
 			attrs = append(attrs, slog.String("error", e.err.Error()))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/enginetest"
+	"github.com/locker-ci/locker/internal/keyring"
 )
 
 // FuzzAPI sends any method, path, body and credentials through the real
@@ -45,7 +46,7 @@ func FuzzAPI(f *testing.F) {
 		tab := enginetest.File(t, nil)
 		state := tab.Path
 		s := &server{locks: tab.Engine, hub: tab.Hub, log: enginetest.DiscardLog, maxWait: 10 * time.Millisecond, writeTimeout: time.Second,
-			auth: newCredentials("ci", "s3cret")}
+			keys: keyring.New("ci", "s3cret")}
 		h := s.routes()
 		setup := httptest.NewRequest("PUT", "/lock/held", strings.NewReader(`{"key": "k", "lock_by": "a"}`))
 		setup.SetBasicAuth("ci", "s3cret")

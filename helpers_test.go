@@ -19,6 +19,7 @@ import (
 	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/enginetest"
+	"github.com/locker-ci/locker/internal/keyring"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/metrics"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -47,8 +48,9 @@ func newTestServer(tb testing.TB, d atomicfile.FS, user, pass string) *testServe
 func serveTable(tab *enginetest.Table, path, user, pass string) *testServer {
 	s := &server{locks: tab.Engine, hub: tab.Hub, log: enginetest.DiscardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
-	if user != "" {
-		s.auth = newCredentials(user, pass)
+	s.keys = keyring.New(user, pass)
+	if err := s.reloadCredentials(context.Background()); err != nil {
+		panic(err)
 	}
 	return &testServer{handler: s.routes(), server: s, path: path, user: user, pass: pass}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/lock"
@@ -50,10 +51,17 @@ func (s *server) handleHistory(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.allow(r, access.Read, name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	events, err := s.locks.History(name, before, limit)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	for i, e := range events {
+		events[i], _ = shownEvent(callerOf(r), e)
 	}
 	reply := historyReply{Lock: name, Events: events}
 	if reply.Events == nil {
@@ -123,23 +131,38 @@ const (
 // eventsQuery is what GET /events asked for.
 type eventsQuery struct {
 	locks  []string // the locks followed, sorted; nil: every lock
+	pool   string   // the pool whose members they are, if one was named
 	after  uint64   // Last-Event-ID
 	resume bool     // Last-Event-ID was sent
+	who    *caller  // who follows: it is sent only what it may read
 }
 
-// follows reports whether q follows the lock of e.
+// follows reports whether q follows the lock of e, and may read it.
 func (q eventsQuery) follows(e lock.Event) bool {
-	if q.locks == nil {
-		return true
+	if q.locks != nil {
+		if _, ok := slices.BinarySearch(q.locks, e.Lock); !ok {
+			return false
+		}
 	}
-	_, ok := slices.BinarySearch(q.locks, e.Lock)
-	return ok
+	return q.pool != "" && q.who.role(q.pool) >= access.Read || q.who.role(e.Lock) >= access.Read
+}
+
+// shown returns e as q's follower may see it: its key hidden unless it
+// may lock its lock (or the pool it follows).
+func (q eventsQuery) shown(e lock.Event) lock.Event {
+	if q.pool != "" && q.who.role(q.pool) >= access.Lock {
+		return e
+	}
+	if q.who.role(e.Lock) < access.Lock {
+		e.Key = hiddenKey
+	}
+	return e
 }
 
 // decodeEventsQuery reads ?lock=, ?pool= and Last-Event-ID (the header,
 // as EventSource sends it when it reconnects, or ?last_event_id=).
 func (s *server) decodeEventsQuery(r *http.Request) (eventsQuery, error) {
-	var q eventsQuery
+	q := eventsQuery{who: callerOf(r)}
 	query, err := checkQuery(r, "/events")
 	if err != nil {
 		return q, err
@@ -167,9 +190,16 @@ func (s *server) decodeEventsQuery(r *http.Request) (eventsQuery, error) {
 		if err := printable("?lock=", name); err != nil {
 			return q, err
 		}
+		if err := s.allow(r, access.Read, name); err != nil {
+			return q, err
+		}
 		q.locks = []string{name}
 	case byPool:
-		p, err := s.locks.Pool(query.Get("pool"))
+		q.pool = query.Get("pool")
+		if err := s.allow(r, access.Read, q.pool); err != nil {
+			return q, err
+		}
+		p, err := s.locks.Pool(q.pool)
 		if err != nil {
 			return q, err
 		}
@@ -230,15 +260,15 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-sub.Ready:
 			for _, e := range sub.Take() { // a burst goes out in one write
-				if sent.Add(e.ID) {
-					sw.event(e)
+				if sent.Add(e.ID) && q.follows(e) {
+					sw.event(q.shown(e))
 				}
 			}
 			_ = sw.flush()
 		case <-sub.Cut:
 			for _, e := range sub.Take() {
-				if sent.Add(e.ID) {
-					sw.event(e)
+				if sent.Add(e.ID) && q.follows(e) {
+					sw.event(q.shown(e))
 				}
 			}
 			sw.end("end", fmt.Sprintf("this stream fell %d events behind and was cut off; %s", s.streamBuffer, advice.Resume), true)
@@ -274,7 +304,7 @@ func (s *server) catchUp(ctx context.Context, sw *sseWriter, q eventsQuery, sent
 		}
 		for _, e := range page {
 			if q.follows(e) && sent.Add(e.ID) {
-				sw.event(e)
+				sw.event(q.shown(e))
 			}
 		}
 		if sw.flush() != nil || ctx.Err() != nil {

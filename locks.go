@@ -5,15 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/engine"
+	"github.com/locker-ci/locker/internal/listing"
 	"github.com/locker-ci/locker/internal/lock"
 )
 
@@ -22,15 +23,22 @@ import (
 // request (request.go), calls the engine and writes its reply.
 
 // handleList handles GET /locks: the locks that are held or waited for,
-// by name. With ?limit= it answers one page, and a Link header to the
-// next; without, every lock, written as it is read a page at a time.
+// by name, that the caller may read. With ?limit= it answers one page,
+// and a Link header to the next; without, every lock, written as it is
+// read a page at a time.
 func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
 	page, err := decodePage(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	lw := newListingWriter(w)
+	lw := listing.New(w)
+	add := func(l engine.Listed) {
+		if callerOf(r).role(l.Name) >= access.Read {
+			l.Snapshot = asSeen(r, l.Name, l.Snapshot)
+			lw.Add(l.Name, l.Lock, l.Waiting)
+		}
+	}
 	if page.Limit > 0 {
 		locks, next, err := s.locks.List(r.Context(), page)
 		if err != nil {
@@ -41,19 +49,19 @@ func (s *server) handleList(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Link", nextPageLink(page, next))
 		}
 		for _, l := range locks {
-			lw.add(l)
+			add(l)
 		}
-		lw.end()
+		lw.End()
 		return
 	}
 	err = s.locks.Each(r.Context(), page.Prefix, page.After, func(l engine.Listed) error {
-		lw.add(l)
-		return lw.err
+		add(l)
+		return lw.Err()
 	})
 	switch {
 	case err == nil:
-		lw.end()
-	case !lw.started:
+		lw.End()
+	case !lw.Started():
 		s.writeError(w, r, err)
 	default:
 		// Part of the listing has gone out as a 200: cut the connection,
@@ -73,11 +81,16 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.allow(r, access.Read, name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	l, err := s.locks.Get(name)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
+	l = asSeen(r, name, l)
 	s.writeLock(w, r, name, l, "")
 }
 
@@ -85,6 +98,10 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleLock(w http.ResponseWriter, r *http.Request) {
 	name, req, err := decodeLockRequest(w, r)
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.allow(r, access.Lock, name); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -158,6 +175,10 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.allow(r, access.Lock, name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	ttl, err := s.renewal(req)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -176,6 +197,10 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 	name, req, err := decodeLockRequest(w, r)
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.mayRelease(r, req.Force, name); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -308,6 +333,10 @@ func (s *server) handleLockSet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.allow(r, access.Lock, names...); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	asked, err := s.prepareAcquire(w, &req)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -325,6 +354,10 @@ func (s *server) handleLockSet(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleRenewSet(w http.ResponseWriter, r *http.Request) {
 	names, req, err := decodeSetRequest(w, r, s.maxLocks())
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.allow(r, access.Lock, names...); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -346,6 +379,10 @@ func (s *server) handleRenewSet(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
 	names, req, err := decodeSetRequest(w, r, s.maxLocks())
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.mayRelease(r, req.Force, names...); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -386,58 +423,4 @@ func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
 		msg += fmt.Sprintf("; it held nothing of %s", strings.Join(none, ", "))
 	}
 	s.writeSet(w, r, got, released, msg)
-}
-
-// listingWriter writes GET /locks's reply, {"<name>": <lock>, ...} in
-// name order, as the locks come: the bytes an encoded map would be, but
-// never the whole table in memory, and little garbage per lock (a
-// million of them make the collector scan the whole table again). The
-// reply starts (200) once 32 KiB are ready; until then an error can still
-// be answered as one.
-type listingWriter struct {
-	w       http.ResponseWriter
-	buf     []byte
-	n       int
-	started bool  // the status has been written
-	err     error // the first write that failed: the client went away
-}
-
-func newListingWriter(w http.ResponseWriter) *listingWriter {
-	return &listingWriter{w: w, buf: append(make([]byte, 0, 40<<10), '{')}
-}
-
-// add writes one lock.
-func (lw *listingWriter) add(l engine.Listed) {
-	if lw.n > 0 {
-		lw.buf = append(lw.buf, ',')
-	}
-	lw.n++
-	lw.buf = lock.AppendString(lw.buf, l.Name)
-	lw.buf = append(lw.buf, ':')
-	lw.buf = lock.AppendView(lw.buf, l.Name, l.Lock, l.Waiting)
-	if len(lw.buf) >= 32<<10 {
-		lw.flush()
-	}
-}
-
-// end writes the rest of the reply.
-func (lw *listingWriter) end() {
-	lw.buf = append(lw.buf, "}\n"...)
-	lw.flush()
-}
-
-func (lw *listingWriter) flush() {
-	if !lw.started {
-		lw.w.Header().Set("Content-Type", "application/json")
-		lw.w.WriteHeader(http.StatusOK)
-		lw.started = true
-	}
-	if lw.err == nil {
-		_, lw.err = lw.w.Write(lw.buf)
-	}
-	lw.buf = lw.buf[:0]
-	// A listing is long work that blocks nothing: let the changes that
-	// wait for a core go first, rather than after the scheduler's 10 ms
-	// slice.
-	runtime.Gosched()
 }

@@ -45,6 +45,7 @@ import (
 	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/gcfloor"
+	"github.com/locker-ci/locker/internal/keyring"
 	"github.com/locker-ci/locker/internal/lazyfs"
 	"github.com/locker-ci/locker/internal/logbuf"
 	"github.com/locker-ci/locker/internal/metrics"
@@ -209,7 +210,13 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 		Ready: func() bool { return locks.Ready() == nil },
 	})
 	hub := stream.NewHub()
-	store, err := openStore(ctx, cfg, lazyfs.FS(fsys), log, m, hub.Publish)
+	credentialsChanged := make(chan struct{}, 1)
+	store, err := openStore(ctx, cfg, lazyfs.FS(fsys), log, m, hub.Publish, func() {
+		select {
+		case credentialsChanged <- struct{}{}:
+		default: // a reload is due already
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -220,20 +227,29 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 	}
 	srv := &server{locks: locks, hub: hub, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
 		writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer, metrics: m, metricsOpen: !cfg.MetricsAuth}
-	if cfg.User != "" {
-		srv.auth = newCredentials(cfg.User, cfg.Pass)
+	srv.keys = keyring.New(cfg.User, cfg.Pass)
+	if cfg.CredentialsFile != "" {
+		file, err := keyring.ReadFile(cfg.CredentialsFile)
+		if err != nil {
+			return errors.Join(fmt.Errorf("LOCKER_CREDENTIALS_FILE: %w", err), store.Close(false))
+		}
+		srv.keys.SetFile(file)
+	}
+	if err := srv.reloadCredentials(ctx); err != nil {
+		return errors.Join(fmt.Errorf("reading the credentials: %w", err), store.Close(false))
 	}
 	where := "state_file=" + cfg.StatePath
 	if cfg.DatabaseURL != "" {
 		where = "postgresql"
 	}
 	log.Info("locker listening", "addr", ln.Addr().String(), "https", tlsConfig != nil,
-		"auth", srv.auth != nil, "store", where, "locks", locks.Len(), "version", version)
-	if srv.auth == nil && !loopback(ln.Addr()) {
+		"auth", cfg.User != "", "store", where, "locks", locks.Len(), "version", version)
+	if cfg.User == "" && !loopback(ln.Addr()) {
 		log.Warn("auth is off and locker listens beyond this machine: anyone who can reach it can take and free every lock; set AUTH_USER and AUTH_PASS, or LOCKER_LISTEN=127.0.0.1",
 			"addr", ln.Addr().String())
 	}
 	logs.Flush()
+	srv.credentialsFile, srv.credentialsChanged = cfg.CredentialsFile, credentialsChanged
 	return serveUntilDone(ctx, ln, tlsConfig, srv, store, log)
 }
 
@@ -271,6 +287,7 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	background, stopBackground := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
 	loops.Go(func() { locks.Run(background) })
+	loops.Go(func() { srv.watchCredentials(background) })
 	stopLoops := func() {
 		stopBackground()
 		loops.Wait()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/jsonbody"
@@ -24,8 +25,9 @@ import (
 // poolExample is a body for PUT /pool/<pool>, for error messages.
 const poolExample = `{"members": ["staging-1", "staging-2", "staging-3"]}`
 
-// poolName returns the pool's name from r's path: printable text with no
-// slash.
+// poolName returns the pool's name from r's path: printable text, named
+// like a lock (a slash in it is written %2F), so that a grant on a prefix
+// covers a team's pools as it covers its locks.
 func poolName(r *http.Request) (string, error) {
 	name, err := url.PathUnescape(mux.Vars(r)["pool"])
 	switch {
@@ -33,8 +35,8 @@ func poolName(r *http.Request) (string, error) {
 		return "", fmt.Errorf("%w: the pool name is not valid URL encoding (%v)", errBadRequest, err)
 	case !utf8.ValidString(name):
 		return "", fmt.Errorf("%w: the pool name is not valid UTF-8", errBadRequest)
-	case strings.Contains(name, "/"):
-		return "", fmt.Errorf("%w: a pool's name has no slash (%q); its members' names may", errBadRequest, name)
+	case name == "":
+		return "", fmt.Errorf("%w: the pool name is empty; every pool has a name", errBadRequest)
 	case len(name) > maxFieldBytes:
 		return "", fmt.Errorf("%w: the pool name is %d bytes long; the limit is %d", errBadRequest, len(name), maxFieldBytes)
 	}
@@ -77,7 +79,9 @@ func (s *server) handlePools(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make(map[string]poolSummary, len(pools))
 	for name, p := range pools {
-		out[name] = poolSummary{Members: p.Members}
+		if callerOf(r).role(name) >= access.Read {
+			out[name] = poolSummary{Members: p.Members}
+		}
 	}
 	s.writeJSON(w, r, http.StatusOK, out)
 }
@@ -90,6 +94,10 @@ func (s *server) handlePool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.allow(r, access.Read, name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	v, err := s.locks.Pool(name)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -99,8 +107,17 @@ func (s *server) handlePool(w http.ResponseWriter, r *http.Request) {
 	if reply.Waiting == nil {
 		reply.Waiting = []engine.PoolWaiter{}
 	}
+	if callerOf(r).role(name) < access.Lock {
+		reply.Waiting = slices.Clone(reply.Waiting)
+		for i := range reply.Waiting {
+			reply.Waiting[i].Key = hiddenKey
+		}
+	}
 	for _, m := range v.Members {
 		l := v.Locks[m]
+		if callerOf(r).role(name) < access.Lock {
+			l = asSeen(r, m, l) // a member's key, to those who may lock the pool or the member
+		}
 		reply.Members[m] = l.View(m, l.Waiting)
 		if l.Free() {
 			reply.Free = append(reply.Free, m)
@@ -114,6 +131,10 @@ func (s *server) handlePool(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleSetPool(w http.ResponseWriter, r *http.Request) {
 	name, err := poolQuery(r)
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.allow(r, access.Operate, name); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -147,6 +168,10 @@ func (s *server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if err := s.allow(r, access.Operate, name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if err := s.locks.DeletePool(name); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -160,6 +185,10 @@ func (s *server) handleDeletePool(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleClaim(w http.ResponseWriter, r *http.Request) {
 	name, err := poolName(r)
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.allow(r, access.Lock, name); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

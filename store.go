@@ -50,9 +50,11 @@ func openDatabase(ctx context.Context, url string, opts pgstore.Options, log *sl
 }
 
 // The store hands the events of each change, as it commits, to events.
-func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics, events func([]lock.Event)) (engine.Store, error) {
+// On PostgreSQL, credentialsChanged is told when another node may have
+// changed a credential.
+func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics, events func([]lock.Event), credentialsChanged func()) (engine.Store, error) {
 	if cfg.DatabaseURL != "" {
-		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History, Events: events}, log)
+		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History, Events: events, CredentialsChanged: credentialsChanged}, log)
 		if err != nil {
 			return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 		}

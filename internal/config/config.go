@@ -45,6 +45,7 @@ type Config struct {
 	Listen            string        // LOCKER_LISTEN: host or IP to listen on; "" for every interface
 	Port              int           // PORT
 	User, Pass        string        // AUTH_USER, AUTH_PASS: basic auth when set
+	CredentialsFile   string        // LOCKER_CREDENTIALS_FILE: credentials with roles, read at start and on SIGHUP
 	CertFile, KeyFile string        // SSL_CERT, SSL_KEY: HTTPS when set
 	MaxWait           time.Duration // LOCKER_MAX_WAIT: the longest ?wait= a request gets
 	DefaultTTL        time.Duration // LOCKER_DEFAULT_TTL: the lease of a PUT that sends none; 0 for none
@@ -75,11 +76,13 @@ func Load(environ []string) (Config, error) {
 		Port:        DefaultPort,
 		User:        getenv("AUTH_USER"),
 		Pass:        getenv("AUTH_PASS"),
-		CertFile:    getenv("SSL_CERT"),
-		KeyFile:     getenv("SSL_KEY"),
-		MaxWait:     DefaultMaxWait,
-		MaxTTL:      DefaultMaxTTL,
-		MaxSet:      DefaultMaxSet,
+
+		CredentialsFile: getenv("LOCKER_CREDENTIALS_FILE"),
+		CertFile:        getenv("SSL_CERT"),
+		KeyFile:         getenv("SSL_KEY"),
+		MaxWait:         DefaultMaxWait,
+		MaxTTL:          DefaultMaxTTL,
+		MaxSet:          DefaultMaxSet,
 
 		CheckpointBytes: filestore.DefaultCheckpointBytes,
 		MetricsAuth:     true,
@@ -137,6 +140,7 @@ func isPlaceholder(pass string) bool {
 var knownVariables = []string{
 	"LOCKER_CONFIG", "LOCKER_DATABASE_URL", "LOCKER_LISTEN", "LOCKER_MAX_WAIT", "LOCKER_DEFAULT_TTL", "LOCKER_MAX_TTL",
 	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES", "LOCKER_HISTORY", "LOCKER_HISTORY_AGE",
+	"LOCKER_CREDENTIALS_FILE",
 	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
 	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
 	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS", "LOCKER_CPU_PROFILE",

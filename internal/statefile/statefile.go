@@ -217,8 +217,8 @@ func checkHistory(events []lock.Event, last uint64) error {
 
 // checkPool checks a pool read from the file.
 func checkPool(name string, p lock.Pool) error {
-	if name == "" || strings.Contains(name, "/") {
-		return fmt.Errorf("pool %q: a pool's name is not empty and has no slash", name)
+	if name == "" {
+		return errors.New("a pool has an empty name")
 	}
 	if len(p.Members) == 0 {
 		return fmt.Errorf("pool %q has no members", name)
