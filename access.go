@@ -159,7 +159,8 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 		if e, ok := r.Context().Value(logEntryKey{}).(*logEntry); ok {
 			e.credential = c.Name
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, &caller{name: c.Name, grants: c.Grants})))
+		ctx := engine.WithCredential(context.WithValue(r.Context(), callerKey{}, &caller{name: c.Name, grants: c.Grants}), c.Name)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

@@ -5,11 +5,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/enginetest"
+	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // Credentials with roles on name prefixes, over real HTTP, on both
@@ -190,6 +192,82 @@ func TestAReadCredentialSeesOnlyItsNamesWithoutKeys(t *testing.T) {
 		}
 		if status, body := tm.do(t, "read-a", "DELETE", "/lock/team-a%2Fdb", `{"key": "secret-key", "lock_by": "job"}`); status != http.StatusForbidden {
 			t.Errorf("read-a giving back team-a/db with its key = %d %s; want 403", status, body)
+		}
+	})
+}
+
+// TestEveryEventNamesItsCredential: the history says which credential
+// took, gave back or forced each hold (a waiter's taking, its own
+// request's), and GET /history lists every lock's events a caller may
+// read, newest first, or one credential's with ?by=. Both stores.
+func TestEveryEventNamesItsCredential(t *testing.T) {
+	enginetest.ForEachStore(t, func(t *testing.T, open func(testing.TB) *enginetest.Table) {
+		tm := newTeam(t, open(t))
+		steps := []struct{ as, method, path, body string }{
+			{"lock-a", "PUT", "/lock/team-a%2Fx", `{"key": "a", "lock_by": "job-1"}`},
+			{"lock-a", "DELETE", "/lock/team-a%2Fx", `{"key": "a", "lock_by": "job-1"}`},
+			{"root", "PUT", "/lock/team-a%2Fx", `{"key": "r", "lock_by": "root-job"}`},
+			{"operate-a", "DELETE", "/lock/team-a%2Fx?force=true", ""},
+			{"root", "PUT", "/lock/team-b%2Fx", `{"key": "b", "lock_by": "b-job"}`},
+		}
+		for _, st := range steps {
+			if status, body := tm.do(t, st.as, st.method, st.path, st.body); status != http.StatusOK {
+				t.Fatalf("%s %s as %s = %d %s", st.method, st.path, st.as, status, body)
+			}
+		}
+		type event struct {
+			Lock, Event, Credential string
+		}
+		history := func(as, path string) []event {
+			t.Helper()
+			status, body := tm.do(t, as, "GET", path, "")
+			var h struct{ Events []event }
+			if status != http.StatusOK || json.Unmarshal([]byte(body), &h) != nil {
+				t.Fatalf("GET %s as %s = %d %s", path, as, status, body)
+			}
+			return h.Events
+		}
+		want := []event{
+			{"team-a/x", "forced", "operate-a"},
+			{"team-a/x", "taken", "root"},
+			{"team-a/x", "released", "lock-a"},
+			{"team-a/x", "taken", "lock-a"},
+		}
+		if got := history("read-a", "/history/team-a%2Fx"); !reflect.DeepEqual(got, want) {
+			t.Errorf("team-a/x's history = %+v; want %+v", got, want)
+		}
+		if got := history("read-a", "/history"); !reflect.DeepEqual(got, want) {
+			t.Errorf("GET /history as read-a = %+v; want team-a/x's events alone (team-b/x is not its to read)", got)
+		}
+		if got := history("root", "/history?by=lock-a&limit=1"); !reflect.DeepEqual(got, want[2:3]) {
+			t.Errorf("GET /history?by=lock-a&limit=1 = %+v; want lock-a's last event", got)
+		}
+		if got := history("root", "/history"); len(got) != 5 || got[0].Lock != "team-b/x" {
+			t.Errorf("GET /history as root = %+v; want all five events, team-b/x's first", got)
+		}
+
+		// A waiter's taking is its own request's, whoever's change
+		// granted it.
+		if status, body := tm.do(t, "root", "PUT", "/lock/team-a%2Fq", `{"key": "r"}`); status != http.StatusOK {
+			t.Fatalf("PUT = %d %s", status, body)
+		}
+		waited := make(chan int, 1)
+		go func() {
+			status, _ := tm.do(t, "lock-a", "PUT", "/lock/team-a%2Fq?wait=1m", `{"key": "a"}`)
+			waited <- status
+		}()
+		testutil.WaitFor(t, "lock-a to wait", func() bool {
+			_, body := tm.do(t, "root", "GET", "/lock/team-a%2Fq", "")
+			return strings.Contains(body, `"requestor":"a"`)
+		})
+		if status, body := tm.do(t, "root", "DELETE", "/lock/team-a%2Fq", `{"key": "r"}`); status != http.StatusOK {
+			t.Fatalf("DELETE = %d %s", status, body)
+		}
+		if status := <-waited; status != http.StatusOK {
+			t.Fatalf("lock-a's wait = %d", status)
+		}
+		if got := history("root", "/history/team-a%2Fq?limit=1"); len(got) != 1 || got[0] != (event{"team-a/q", "taken", "lock-a"}) {
+			t.Errorf("the waiter's taking = %+v; want lock-a's", got)
 		}
 	})
 }

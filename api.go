@@ -25,7 +25,7 @@ import (
 // Errors about the request itself; errorStatuses maps them to HTTP statuses.
 var (
 	errBadRequest = errors.New("bad request")
-	errNotFound   = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, GET /history/<name> and GET /events, and GET / is the status page")
+	errNotFound   = errors.New("no such endpoint; the API is GET /locks, GET, PUT, PATCH, DELETE /lock/<name> and /locks, GET /pools, GET, PUT, DELETE /pool/<pool> and PUT /pool/<pool>/claim, GET /history and /history/<name>, GET /events, GET and POST /credentials, DELETE /credentials/<name> and POST /credentials/<name>/rotate, and GET / is the status page")
 	errMethod     = errors.New("method not allowed")
 	errNotReady   = errors.New("not ready")
 )
@@ -103,6 +103,7 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/lock/{name:.+}", s.handleRenew).Methods(http.MethodPatch)
 	r.HandleFunc("/lock/{name:.+}", s.handleUnlock).Methods(http.MethodDelete)
 	r.HandleFunc("/history/{name:.+}", s.handleHistory).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/history", s.handleEveryHistory).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/events", s.handleEvents).Methods(http.MethodGet)
 
 	// Health checks, which requireAuth lets through.

@@ -30,7 +30,7 @@ const defaultHistoryPage = 50
 
 // historyReply is the answer to GET /history/<name>.
 type historyReply struct {
-	Lock   string       `json:"lock"`
+	Lock   string       `json:"lock,omitempty"` // none for every lock's
 	Events []lock.Event `json:"events"`
 	// Next is the URL of the page of older events, when there may be
 	// more.
@@ -45,7 +45,7 @@ func (s *server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	var before uint64
 	limit := defaultHistoryPage
 	if err == nil {
-		before, limit, err = decodeHistoryQuery(r)
+		before, limit, err = decodeHistoryQuery(r, "/history/<name>")
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -75,8 +75,8 @@ func (s *server) handleHistory(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeHistoryQuery reads ?before= and ?limit= of GET /history/<name>.
-func decodeHistoryQuery(r *http.Request) (before uint64, limit int, err error) {
-	query, err := checkQuery(r, "/history/<name>")
+func decodeHistoryQuery(r *http.Request, path string) (before uint64, limit int, err error) {
+	query, err := checkQuery(r, path)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -92,6 +92,55 @@ func decodeHistoryQuery(r *http.Request) (before uint64, limit int, err error) {
 		}
 	}
 	return before, limit, nil
+}
+
+// historyScan bounds how many events GET /history reads for one page of
+// what the caller may see: a page of a credential with a narrow grant
+// may end early (its "next" goes on where the reading stopped).
+const historyScan = 20 * maxHistoryPage
+
+// handleEveryHistory handles GET /history: the events of every lock the
+// caller may read, newest first, a page at a time; with ?by=, only those
+// a credential's requests caused.
+func (s *server) handleEveryHistory(w http.ResponseWriter, r *http.Request) {
+	before, limit, err := decodeHistoryQuery(r, "/history")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	by := r.URL.Query().Get("by")
+	var out []lock.Event
+	last, scanned, more := before, 0, true
+	for more && len(out) < limit && scanned < historyScan {
+		page, err := s.locks.History("", last, maxHistoryPage)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		more = len(page) == maxHistoryPage
+		for i, e := range page {
+			last, scanned = e.ID, scanned+1
+			if ev, ok := shownEvent(callerOf(r), e); ok && (by == "" || e.Credential == by) {
+				if out = append(out, ev); len(out) == limit {
+					more = more || i < len(page)-1
+					break
+				}
+			}
+		}
+	}
+	reply := historyReply{Events: out}
+	if reply.Events == nil {
+		reply.Events = []lock.Event{}
+	}
+	if more && last > 0 {
+		q := url.Values{"before": {strconv.FormatUint(last, 10)}, "limit": {strconv.Itoa(limit)}}
+		if by != "" {
+			q.Set("by", by)
+		}
+		reply.Next = "/history?" + q.Encode()
+		w.Header().Set("Link", "<"+reply.Next+`>; rel="next"`)
+	}
+	s.writeJSON(w, r, http.StatusOK, reply)
 }
 
 // historyPath is the path of the page of the lock's events before the

@@ -34,7 +34,7 @@ func TestTheStreamIsTheSameOnBothStores(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, _, err := tab.Release("prod", "k", "a", true, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "prod", "k", "a", true, nil); err != nil {
 			t.Fatal(err)
 		}
 		var seen []lock.Event
@@ -121,7 +121,7 @@ func TestEveryNodeStreamsEveryNodesEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		want = append(want, "taken by "+by)
-		if _, _, err := node.Release("prod", "k", by, false, nil); err != nil {
+		if _, _, err := node.Release(context.Background(), "prod", "k", by, false, nil); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, "released by "+by)
@@ -140,7 +140,7 @@ func TestEveryNodeStreamsEveryNodesEvents(t *testing.T) {
 		holders = append(holders, by)
 		want = append(want, "taken by "+by)
 	}
-	if _, _, err := a.ForceRelease("long", "admin", nil); err != nil {
+	if _, _, err := a.ForceRelease(context.Background(), "long", "admin", nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, by := range holders {
@@ -168,7 +168,7 @@ func TestAResumedStreamSendsEveryKeptEventOnce(t *testing.T) {
 			if _, err := enginetest.Acquire(tab, name, "k", "a"); err != nil {
 				t.Error(err)
 			}
-			if _, _, err := tab.Release(name, "k", "a", false, nil); err != nil {
+			if _, _, err := tab.Release(context.Background(), name, "k", "a", false, nil); err != nil {
 				t.Error(err)
 			}
 		}

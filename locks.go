@@ -184,7 +184,7 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	l, err := s.locks.Renew(name, req.Key, req.Requestor, ttl, req.Idem)
+	l, err := s.locks.Renew(r.Context(), name, req.Key, req.Requestor, ttl, req.Idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -208,7 +208,7 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 		s.forceRelease(w, r, name, req.Idem)
 		return
 	}
-	l, released, err := s.locks.Release(name, req.Key, req.Requestor, req.All, req.Idem)
+	l, released, err := s.locks.Release(r.Context(), name, req.Key, req.Requestor, req.All, req.Idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -230,7 +230,7 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 // forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
 // stuck lock. It is logged with who asked.
 func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string, idem *engine.IdempotencyKey) {
-	old, now, err := s.locks.ForceRelease(name, forcedBy(r), idem)
+	old, now, err := s.locks.ForceRelease(r.Context(), name, forcedBy(r), idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -366,7 +366,7 @@ func (s *server) handleRenewSet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	got, err := s.locks.RenewSet(names, req.Key, req.Requestor, ttl, req.Idem)
+	got, err := s.locks.RenewSet(r.Context(), names, req.Key, req.Requestor, ttl, req.Idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -387,7 +387,7 @@ func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Force {
-		old, got, err := s.locks.ForceReleaseSet(names, forcedBy(r), req.Idem)
+		old, got, err := s.locks.ForceReleaseSet(r.Context(), names, forcedBy(r), req.Idem)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -402,7 +402,7 @@ func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
 		s.writeSet(w, r, got, nil, fmt.Sprintf("locks %s force-released (%d of them were held)", strings.Join(names, ", "), len(old)))
 		return
 	}
-	got, released, err := s.locks.ReleaseSet(names, req.Key, req.Requestor, req.All, req.Idem)
+	got, released, err := s.locks.ReleaseSet(r.Context(), names, req.Key, req.Requestor, req.All, req.Idem)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

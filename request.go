@@ -64,6 +64,7 @@ var (
 		"DELETE /locks":       {[]string{"force"}, "?force=true"},
 		"PUT " + claimPath:    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
 		"GET /history/<name>": {[]string{"limit", "before"}, "?limit=<events per page> and ?before=<event id>, e.g. ?limit=20"},
+		"GET /history":        {[]string{"limit", "before", "by"}, "?limit=<events per page>, ?before=<event id> and ?by=<credential>, e.g. ?by=team-a-ci"},
 		"GET /events":         {[]string{"lock", "pool", "last_event_id"}, "?lock=<name> or ?pool=<pool>, and ?last_event_id=<id>, e.g. ?lock=prod"},
 	}
 )

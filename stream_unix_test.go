@@ -66,7 +66,7 @@ func TestAStreamThatDoesNotReadIsCutOff(t *testing.T) {
 		if _, err := tab.Acquire(context.Background(), "prod", req); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.Release("prod", "k", "job", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "prod", "k", "job", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		changes += 2

@@ -103,6 +103,10 @@ type Event struct {
 	// By says who forced the lock free: the user and address of the
 	// request.
 	By string
+	// Credential names the credential whose request made the change
+	// (none for a lease that ran out, and on a server without
+	// credentials).
+	Credential string
 	// Raw is the event's JSON as the server sent it.
 	Raw []byte
 }
@@ -136,6 +140,7 @@ func (e *Event) UnmarshalJSON(data []byte) error {
 		Waited string    `json:"waited"`
 		Held   string    `json:"held"`
 		By     string    `json:"by"`
+		Cred   string    `json:"credential"`
 	}
 	if err := json.Unmarshal(data, &wire); err != nil {
 		return err
@@ -149,7 +154,7 @@ func (e *Event) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*e = Event{ID: wire.ID, Lock: wire.Lock, At: wire.At, Kind: wire.Kind, Holder: wire.Holder, Key: wire.Key,
-		Token: wire.Token, Counts: wire.Counts, Note: wire.Note, Waited: waited, Held: held, By: wire.By,
+		Token: wire.Token, Counts: wire.Counts, Note: wire.Note, Waited: waited, Held: held, By: wire.By, Credential: wire.Cred,
 		Raw: append([]byte(nil), data...)}
 	return nil
 }

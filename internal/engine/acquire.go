@@ -102,7 +102,7 @@ func (e *Engine) acquire(ctx context.Context, a *attempt) (map[string]Snapshot, 
 		case lock.Grant:
 			return a.give(tx, chosen)
 		case lock.Queue:
-			a.queued(e.store, enqueue(tx, a.names, a.pool, a.req))
+			a.queued(e.store, enqueue(tx, a.names, a.pool, a.req, credentialOf(ctx)))
 		default:
 			a.got = snapshots(tx, a.names) // for the refusal
 		}

@@ -18,8 +18,8 @@ import (
 // that does not wait: it is answered within changeTimeout, and a request
 // seen before, by its Idempotency-Key, gets its first outcome (replay)
 // and changes nothing but the first step of every change.
-func (e *Engine) change(names []string, idem *IdempotencyKey, step func(tx txn.Tx) error) (replay *outcome, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), changeTimeout)
+func (e *Engine) change(ctx context.Context, names []string, idem *IdempotencyKey, step func(tx txn.Tx) error) (replay *outcome, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
 	defer cancel()
 	err = e.update(ctx, names, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
 		var err error
@@ -38,21 +38,21 @@ func (e *Engine) change(names []string, idem *IdempotencyKey, step func(tx txn.T
 // or every count when all is set, and says how many counts it gave back.
 // Releasing a free lock, or for a requestor that holds nothing under key,
 // changes nothing; a lock held with another key is refused with ErrHeld.
-func (e *Engine) Release(name, key, requestor string, all bool, idem *IdempotencyKey) (Snapshot, int, error) {
-	got, released, err := e.ReleaseSet([]string{name}, key, requestor, all, idem)
+func (e *Engine) Release(ctx context.Context, name, key, requestor string, all bool, idem *IdempotencyKey) (Snapshot, int, error) {
+	got, released, err := e.ReleaseSet(ctx, []string{name}, key, requestor, all, idem)
 	return got[name], released[name], err
 }
 
 // ReleaseSet is Release over every lock in names, in one change: refused
 // whole when one of them is held with another key.
-func (e *Engine) ReleaseSet(names []string, key, requestor string, all bool, idem *IdempotencyKey) (map[string]Snapshot, map[string]int, error) {
+func (e *Engine) ReleaseSet(ctx context.Context, names []string, key, requestor string, all bool, idem *IdempotencyKey) (map[string]Snapshot, map[string]int, error) {
 	// What the change did, shared with its function (one allocation).
 	var out struct {
 		got      map[string]Snapshot
 		held     map[string]lock.Lock
 		released map[string]int
 	}
-	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+	replay, err := e.change(ctx, names, idem, func(tx txn.Tx) error {
 		out.held, out.released = make(map[string]lock.Lock, len(names)), make(map[string]int, len(names))
 		for _, name := range names {
 			l := tx.Lock(name)
@@ -94,18 +94,18 @@ func (e *Engine) ReleaseSet(names []string, key, requestor string, all bool, ide
 // ForceRelease frees the lock called name whoever holds it, for by (who
 // asked, for its history), and returns what it was and what it is now
 // (the next waiters may have it).
-func (e *Engine) ForceRelease(name, by string, idem *IdempotencyKey) (lock.Lock, Snapshot, error) {
-	old, got, err := e.ForceReleaseSet([]string{name}, by, idem)
+func (e *Engine) ForceRelease(ctx context.Context, name, by string, idem *IdempotencyKey) (lock.Lock, Snapshot, error) {
+	old, got, err := e.ForceReleaseSet(ctx, []string{name}, by, idem)
 	return old[name], got[name], err
 }
 
 // ForceReleaseSet is ForceRelease over every lock in names, in one change.
-func (e *Engine) ForceReleaseSet(names []string, by string, idem *IdempotencyKey) (map[string]lock.Lock, map[string]Snapshot, error) {
+func (e *Engine) ForceReleaseSet(ctx context.Context, names []string, by string, idem *IdempotencyKey) (map[string]lock.Lock, map[string]Snapshot, error) {
 	var (
 		got map[string]Snapshot
 		old map[string]lock.Lock
 	)
-	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+	replay, err := e.change(ctx, names, idem, func(tx txn.Tx) error {
 		defer ending(tx, lock.Ending{Kind: lock.Forced, By: by})()
 		old = make(map[string]lock.Lock, len(names))
 		for _, name := range names {
@@ -136,16 +136,16 @@ func (e *Engine) ForceReleaseSet(names []string, by string, idem *IdempotencyKey
 // Renew sets requestor's lease on the lock called name to end ttl from now,
 // without changing its count. It is refused with ErrHeld when requestor
 // holds nothing under key.
-func (e *Engine) Renew(name, key, requestor string, ttl time.Duration, idem *IdempotencyKey) (Snapshot, error) {
-	got, err := e.RenewSet([]string{name}, key, requestor, ttl, idem)
+func (e *Engine) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration, idem *IdempotencyKey) (Snapshot, error) {
+	got, err := e.RenewSet(ctx, []string{name}, key, requestor, ttl, idem)
 	return got[name], err
 }
 
 // RenewSet is Renew over every lock in names, in one change: refused
 // whole when requestor holds one of them with nothing under key.
-func (e *Engine) RenewSet(names []string, key, requestor string, ttl time.Duration, idem *IdempotencyKey) (map[string]Snapshot, error) {
+func (e *Engine) RenewSet(ctx context.Context, names []string, key, requestor string, ttl time.Duration, idem *IdempotencyKey) (map[string]Snapshot, error) {
 	var got map[string]Snapshot
-	replay, err := e.change(names, idem, func(tx txn.Tx) error {
+	replay, err := e.change(ctx, names, idem, func(tx txn.Tx) error {
 		for _, name := range names {
 			next, ok := lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl))
 			if !ok {

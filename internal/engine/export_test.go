@@ -18,7 +18,7 @@ func Update(e *Engine, ctx context.Context, names []string, opts txn.Options, ap
 
 // Enqueue puts req in the queue of each lock in names, as one waiter.
 func Enqueue(tx txn.Tx, names []string, req Request) txn.Waiter {
-	return enqueue(tx, names, "", req)
+	return enqueue(tx, names, "", req, "")
 }
 
 // Look looks at the waiter with id in the queues of names once, as the

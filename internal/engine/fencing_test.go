@@ -92,7 +92,7 @@ func runFencedClients(t *testing.T, fencing bool) (lost, writes int) {
 					writes++
 					mu.Unlock()
 				}
-				_, _, _ = tab.Release("resource", key, key, true, nil) // may have expired already
+				_, _, _ = tab.Release(context.Background(), "resource", key, key, true, nil) // may have expired already
 			}
 		})
 	}

@@ -130,7 +130,7 @@ func mustAcquire(t *testing.T, e *enginetest.Table, name string, r lock.Request)
 
 func mustRelease(t *testing.T, e *enginetest.Table, name, key, requestor string) engine.Snapshot {
 	t.Helper()
-	s, n, err := e.Release(name, key, requestor, false, nil)
+	s, n, err := e.Release(context.Background(), name, key, requestor, false, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("release %s by %s = %d, %v", name, requestor, n, err)
 	}

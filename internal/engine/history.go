@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"time"
 
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
@@ -13,31 +12,57 @@ import (
 // the change.
 type recorder struct {
 	txn.Tx
-	ending lock.Ending // how the holds it ends now end, when not by their leases
+	ending     lock.Ending // how the holds it ends now end, when not by their leases
+	credential string      // the credential of the change's request
 }
 
 // Set records the events of changing the lock called name to l, then
-// changes it.
+// changes it. An event names the credential of the request that caused
+// it: a taking from the queue, the waiting request's; a lease that ran
+// out or a dead node's grant given back, none.
 func (r *recorder) Set(name string, l lock.Lock) {
 	now := r.Now()
 	for _, e := range lock.Events(name, r.Tx.Lock(name), l, now, r.ending) {
-		if e.Kind == lock.Taken {
-			e.Waited = waited(r.Tx.Queue(name), e, now)
+		switch e.Kind {
+		case lock.Taken:
+			e.Credential = r.credential
+			if w, ok := waiterOf(r.Tx.Queue(name), e); ok {
+				e.Waited, e.Credential = lock.Duration(now.Sub(w.Since)), w.Credential
+			}
+		case lock.Expired, lock.Dropped:
+		default:
+			e.Credential = r.credential
 		}
 		r.Tx.Record(e)
 	}
 	r.Tx.Set(name, l)
 }
 
-// waited is how long the holder of a taking waited in the queue: since
-// its waiter came, if it had one.
-func waited(queue []txn.Waiter, e lock.Event, now time.Time) lock.Duration {
+// waiterOf returns the waiter of queue whose taking e is: its holder and
+// key, waiting.
+func waiterOf(queue []txn.Waiter, e lock.Event) (txn.Waiter, bool) {
 	for _, w := range queue {
 		if w.Waiting() && w.Req.Requestor == e.Holder && w.Req.Key == e.Key {
-			return lock.Duration(now.Sub(w.Since))
+			return w, true
 		}
 	}
-	return 0
+	return txn.Waiter{}, false
+}
+
+// credentialKey finds, in a request's context, the credential it was
+// sent with.
+type credentialKey struct{}
+
+// WithCredential returns ctx for a request sent with the credential
+// called name: the events of its changes name it.
+func WithCredential(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, credentialKey{}, name)
+}
+
+// credentialOf returns the credential ctx's request was sent with, or "".
+func credentialOf(ctx context.Context) string {
+	name, _ := ctx.Value(credentialKey{}).(string)
+	return name
 }
 
 // ending makes the holds tx ends from now on end as why says, until the

@@ -35,13 +35,13 @@ func TestHistoryIsTheSameOnBothStores(t *testing.T) {
 		if _, err := enginetest.Acquire(tab, "prod", "other", "x"); err == nil {
 			t.Fatal("another key was granted a held lock")
 		}
-		if _, _, err := tab.Release("prod", "k1", "a", true, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "prod", "k1", "a", true, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tab.Renew("prod", "k1", "b", time.Hour, nil); err != nil {
+		if _, err := tab.Renew(context.Background(), "prod", "k1", "b", time.Hour, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.ForceRelease("prod", "admin (10.0.0.1)", nil); err != nil {
+		if _, _, err := tab.ForceRelease(context.Background(), "prod", "admin (10.0.0.1)", nil); err != nil {
 			t.Fatal(err)
 		}
 		take("k2", "c", "", time.Second)
@@ -49,7 +49,7 @@ func TestHistoryIsTheSameOnBothStores(t *testing.T) {
 		take("k3", "d", "", 0)
 		waiter := enginetest.Queued(t, ctx, tab, "prod", "k4", "e")
 		time.Sleep(5 * time.Millisecond) // a wait long enough to see
-		if _, _, err := tab.Release("prod", "k3", "d", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "prod", "k3", "d", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, waiter, "e")

@@ -32,7 +32,7 @@ func TestLeases(t *testing.T) {
 	// Renewing moves the expiry without changing the count; a PUT without
 	// ttl leaves the lease as it was.
 	clock.Advance(50 * time.Second)
-	if _, err := tab.Renew("l", "k", "a", time.Minute, nil); err != nil {
+	if _, err := tab.Renew(context.Background(), "l", "k", "a", time.Minute, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := enginetest.Acquire(tab, "l", "k", "a"); err != nil {
@@ -42,10 +42,10 @@ func TestLeases(t *testing.T) {
 	if want := start.Add(110 * time.Second); !h.ExpiresAt.Equal(want) || h.Count != 2 {
 		t.Errorf("after renew: expires_at %v, count %d; want %v, 2", h.ExpiresAt, h.Count, want)
 	}
-	if _, err := tab.Renew("l", "other", "a", time.Minute, nil); !errors.Is(err, engine.ErrHeld) {
+	if _, err := tab.Renew(context.Background(), "l", "other", "a", time.Minute, nil); !errors.Is(err, engine.ErrHeld) {
 		t.Errorf("renew with the wrong key = %v; want engine.ErrHeld", err)
 	}
-	if _, err := tab.Renew("l", "k", "nobody", time.Minute, nil); !errors.Is(err, engine.ErrHeld) {
+	if _, err := tab.Renew(context.Background(), "l", "k", "nobody", time.Minute, nil); !errors.Is(err, engine.ErrHeld) {
 		t.Errorf("renew by a non-holder = %v; want engine.ErrHeld", err)
 	}
 
@@ -67,7 +67,7 @@ func TestLeases(t *testing.T) {
 	if granted(t, c) {
 		t.Fatal("c was granted while b holds the lock")
 	}
-	if _, _, err := tab.Release("l", "k", "b", false, nil); err != nil {
+	if _, _, err := tab.Release(context.Background(), "l", "k", "b", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustGrant(t, c, "c")
@@ -130,7 +130,7 @@ func TestLeaseIsJudgedAtTheRequest(t *testing.T) {
 			t.Fatal(err)
 		}
 		testutil.WaitFor(t, "the lease to run out", func() bool { return enginetest.Get(t, tab, "l").Free() })
-		if _, err := tab.Renew("l", "k", "a", time.Minute, nil); !errors.Is(err, engine.ErrHeld) {
+		if _, err := tab.Renew(context.Background(), "l", "k", "a", time.Minute, nil); !errors.Is(err, engine.ErrHeld) {
 			t.Errorf("renewing a lease after it ran out = %v; want engine.ErrHeld", err)
 		}
 		if _, err := enginetest.Acquire(tab, "l", "other", "b"); err != nil {
@@ -155,11 +155,11 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("token of another lock = %d, %v; want above %d", other.Token, err, first.Token)
 	}
 	for _, r := range []string{"a", "b"} {
-		if _, _, err := tab.Release("l", "k", r, false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "k", r, false, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := tab.Release("m", "k", "a", false, nil); err != nil {
+	if _, _, err := tab.Release(context.Background(), "m", "k", "a", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Every lock is free and gone from the file, yet a restart does not
@@ -180,7 +180,7 @@ func TestForceRelease(t *testing.T) {
 			}
 		}
 		c := enginetest.Queued(t, context.Background(), tab, "l", "other", "c")
-		old, _, err := tab.ForceRelease("l", "test", nil)
+		old, _, err := tab.ForceRelease(context.Background(), "l", "test", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -39,12 +39,12 @@ func TestLimits(t *testing.T) {
 		if granted(t, third) {
 			t.Fatal("the third holder was granted over the limit")
 		}
-		if _, _, err := tab.Release("staging", "tests", "test-2", true, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "staging", "tests", "test-2", true, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, third, "test-3")
 		for _, r := range []string{"test-1", "test-3"} {
-			if _, _, err := tab.Release("staging", "tests", r, true, nil); err != nil {
+			if _, _, err := tab.Release(context.Background(), "staging", "tests", r, true, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

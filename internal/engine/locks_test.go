@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"context"
 	"errors"
 	"reflect"
 	"testing"
@@ -99,7 +100,7 @@ func TestLockRules(t *testing.T) {
 					case "acquire":
 						_, err = enginetest.Acquire(tab, "l", s.key, s.by)
 					case "release", "release-all":
-						_, released, err = tab.Release("l", s.key, s.by, s.op == "release-all", nil)
+						_, released, err = tab.Release(context.Background(), "l", s.key, s.by, s.op == "release-all", nil)
 					default:
 						t.Fatalf("unknown op %q", s.op)
 					}
@@ -125,7 +126,7 @@ func TestReleasedLocksDisappear(t *testing.T) {
 		if _, err := enginetest.Acquire(tab, name, "k", "r"); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.Release(name, "k", "r", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), name, "k", "r", false, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -155,9 +156,12 @@ func TestFailedSaveChangesNothing(t *testing.T) {
 		{"acquire a free lock", func() error { _, err := enginetest.Acquire(tab, "new", "k", "a"); return err }},
 		{"acquire again", func() error { _, err := enginetest.Acquire(tab, "held", "k", "a"); return err }},
 		{"share the lock", func() error { _, err := enginetest.Acquire(tab, "held", "k", "b"); return err }},
-		{"release", func() error { _, _, err := tab.Release("held", "k", "a", false, nil); return err }},
-		{"renew", func() error { _, err := tab.Renew("held", "k", "a", time.Minute, nil); return err }},
-		{"force release", func() error { _, _, err := tab.ForceRelease("held", "test", nil); return err }},
+		{"release", func() error { _, _, err := tab.Release(context.Background(), "held", "k", "a", false, nil); return err }},
+		{"renew", func() error {
+			_, err := tab.Renew(context.Background(), "held", "k", "a", time.Minute, nil)
+			return err
+		}},
+		{"force release", func() error { _, _, err := tab.ForceRelease(context.Background(), "held", "test", nil); return err }},
 	}
 	for _, c := range changes {
 		err := c.do()
@@ -190,10 +194,10 @@ func TestNoOpChangesDoNotWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Took()
-	if _, _, err := tab.Release("free", "k", "a", false, nil); err != nil {
+	if _, _, err := tab.Release(context.Background(), "free", "k", "a", false, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := tab.Release("l", "k", "nobody", false, nil); err != nil {
+	if _, _, err := tab.Release(context.Background(), "l", "k", "nobody", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := enginetest.Acquire(tab, "l", "other", "b"); !errors.Is(err, engine.ErrHeld) {

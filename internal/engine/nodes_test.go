@@ -175,11 +175,11 @@ func TestIdempotencyKeysAcrossNodes(t *testing.T) {
 		t.Errorf("the key with another request = %v; want engine.ErrKeyReused", err)
 	}
 	del := &engine.IdempotencyKey{Scope: "DELETE prod k2", Fingerprint: "f3"}
-	if _, n, err := b.Release("prod", "deploy", "job", false, del); err != nil || n != 1 {
+	if _, n, err := b.Release(context.Background(), "prod", "deploy", "job", false, del); err != nil || n != 1 {
 		t.Fatalf("DELETE: %d, %v", n, err)
 	}
 	mustAcquire(t, a, "prod", req("deploy", "job")) // taken again meanwhile
-	if s, n, err := a.Release("prod", "deploy", "job", false, del); err != nil || n != 1 || !s.Replayed {
+	if s, n, err := a.Release(context.Background(), "prod", "deploy", "job", false, del); err != nil || n != 1 || !s.Replayed {
 		t.Errorf("the DELETE's retry = %d, %+v, %v; want the first answer (1 count), replayed", n, s, err)
 	}
 	if s, _ := a.Get("prod"); s.LockedBy()["job"] != 1 {
@@ -223,7 +223,7 @@ func TestDatabaseLossWithWaiters(t *testing.T) {
 	px.Up()
 	// Back: the holder lets go, and the waiter, whose wait has 2 s left, gets it.
 	testutil.WaitFor(t, "the release after the database came back", func() bool {
-		_, _, err := a.Release("prod", "holder", "h", false, nil)
+		_, _, err := a.Release(context.Background(), "prod", "holder", "h", false, nil)
 		return err == nil
 	})
 	var w answer
@@ -363,7 +363,7 @@ func TestAFreeLockCostsNoRow(t *testing.T) {
 	a := enginetest.Postgres(t, u, "a")
 	for i := range 50 {
 		name := fmt.Sprintf("never-held-%d", i)
-		if _, _, err := a.Release(name, "k", "r", false, nil); err != nil {
+		if _, _, err := a.Release(context.Background(), name, "k", "r", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustAcquire(t, a, "taken", req("k", "r"))
@@ -413,7 +413,7 @@ func TestExclusionWhileRowsComeAndGo(t *testing.T) {
 				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
 				}
 				inside.Add(-1)
-				if _, _, err := e.Release("x", key, key, false, nil); err != nil {
+				if _, _, err := e.Release(context.Background(), "x", key, key, false, nil); err != nil {
 					t.Error(err)
 				}
 			}

@@ -48,7 +48,7 @@ func TestPoolClaims(t *testing.T) {
 		}
 		c := queuedClaim(t, tab, "staging", "c", 2)
 		d := queuedClaim(t, tab, "staging", "d", 1)
-		if _, _, err := tab.Release("s1", "a", "a", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "s1", "a", "a", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -64,7 +64,7 @@ func TestPoolClaims(t *testing.T) {
 			t.Fatalf("d, behind c, was granted %v with no member free", claimed(got))
 		default:
 		}
-		if _, _, err := tab.Release("s2", "b", "b", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "s2", "b", "b", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -107,7 +107,7 @@ func TestPoolBadClaimsAndChanges(t *testing.T) {
 		if enginetest.HolderOf(enginetest.Get(t, tab, "e1"), "k").Count != 1 {
 			t.Error("e1, removed from the pool while held, is no longer held")
 		}
-		if _, released, err := tab.Release("e1", "k", "k", false, nil); err != nil || released != 1 {
+		if _, released, err := tab.Release(context.Background(), "e1", "k", "k", false, nil); err != nil || released != 1 {
 			t.Errorf("giving back e1 = %d, %v; want 1", released, err)
 		}
 		if err := tab.DeletePool("envs"); err != nil {
@@ -153,7 +153,7 @@ func TestPoolNeverGivesAMemberTwice(t *testing.T) {
 						delete(holding, m)
 					}
 					mu.Unlock()
-					if _, _, err := tab.ReleaseSet(claimed(got), me, me, false, nil); err != nil {
+					if _, _, err := tab.ReleaseSet(context.Background(), claimed(got), me, me, false, nil); err != nil {
 						t.Errorf("%s: %v", me, err)
 						return
 					}
@@ -200,7 +200,7 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 	}
 	first := queuedClaim(t, b, "p", "first", 1)
 	second := queuedClaim(t, c, "p", "second", 1)
-	if _, _, err := a.Release("m1", "holder", "holder", false, nil); err != nil {
+	if _, _, err := a.Release(context.Background(), "m1", "holder", "holder", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -216,7 +216,7 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 		t.Fatalf("second, behind first, was granted %v", claimed(got))
 	case <-time.After(300 * time.Millisecond):
 	}
-	if _, _, err := b.Release("m1", "first", "first", false, nil); err != nil {
+	if _, _, err := b.Release(context.Background(), "m1", "first", "first", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -232,7 +232,7 @@ func TestClaimsAndSetsAcrossNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	set := queuedSet(t, context.Background(), b, []string{"x", "y"}, "S", "set")
-	if _, _, err := a.Release("y", "A", "a", false, nil); err != nil {
+	if _, _, err := a.Release(context.Background(), "y", "A", "a", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustGrant(t, set, "the set on node b")
@@ -259,7 +259,7 @@ func TestAnOrphanWaiterIsTakenOut(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := tab.Release("l", "A", "holder", false, nil); err != nil {
+	if _, _, err := tab.Release(context.Background(), "l", "A", "holder", false, nil); err != nil {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "the orphan to be taken out and its grant given back", func() bool {

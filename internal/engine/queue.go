@@ -163,8 +163,8 @@ func waiting(queue []txn.Waiter) int {
 // waiter, and returns it: a request for several locks waits in each
 // one's queue with one ID, a claim on pool in every member's, for any
 // req.Count of them.
-func enqueue(tx txn.Tx, names []string, pool string, req Request) txn.Waiter {
-	w := txn.Waiter{ID: tx.NewWaiterID(), Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone()}
+func enqueue(tx txn.Tx, names []string, pool string, req Request, credential string) txn.Waiter {
+	w := txn.Waiter{ID: tx.NewWaiterID(), Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone(), Credential: credential}
 	if len(names) > 1 || pool != "" {
 		w.Set = names
 	}

@@ -30,7 +30,7 @@ func TestQueueIsFirstComeFirstServed(t *testing.T) {
 			t.Fatalf("queue = %v; want %v", got, want)
 		}
 
-		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "A", "a0", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, b1, "b1")
@@ -41,14 +41,14 @@ func TestQueueIsFirstComeFirstServed(t *testing.T) {
 			t.Errorf("lock = %v; want %v", got, want)
 		}
 
-		if _, _, err := tab.Release("l", "B", "b1", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "B", "b1", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, a2, "a2")
 		if granted(t, b3) {
 			t.Fatal("b3 was granted while a2 holds the lock with another key")
 		}
-		if _, _, err := tab.Release("l", "A", "a2", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "A", "a2", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, b3, "b3")
@@ -68,7 +68,7 @@ func TestQueueGrantsSameKeyWaitersTogether(t *testing.T) {
 		c4 := enginetest.Queued(t, ctx, tab, "l", "C", "c4")
 		b5 := enginetest.Queued(t, ctx, tab, "l", "B", "b5")
 
-		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "A", "a0", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		for i, done := range []<-chan error{b1, b2, b3} {
@@ -191,7 +191,7 @@ func TestGrantRaceWithLeaving(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.Release("l", "A", "a0", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "A", "a0", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		got, granted, err := engine.Look(tab.Engine, []string{"l"}, w.ID, req, false, true)

@@ -55,7 +55,7 @@ func TestASecondRequestWithTheKeyTakesTheFirstsPlace(t *testing.T) {
 		if s := enginetest.Get(t, tab, "l"); len(s.Waiting) != 1 {
 			t.Errorf("queue after the second request came = %+v; want it alone, in the first's place", s.Waiting)
 		}
-		if _, _, err := tab.Release("l", "A", "a", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "A", "a", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, second, "the second request")
@@ -81,7 +81,7 @@ func TestAGrantNotTakenUpGoesToTheRetry(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.Release("l", "A", "a", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "l", "A", "a", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		req.Wait = 0
@@ -146,7 +146,7 @@ func TestAClaimWhoseAnswerWasLost(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			if _, _, err := tab.Release("l", "A", "a", false, nil); err != nil {
+			if _, _, err := tab.Release(context.Background(), "l", "A", "a", false, nil); err != nil {
 				t.Fatal(err)
 			}
 			if _, granted, err := engine.Look(tab.Engine, []string{"l"}, w.ID, req, false, false); !granted || err != nil {
@@ -193,7 +193,7 @@ func TestWaiterComingBackKeepsItsPlace(t *testing.T) {
 			bDone := make(chan error, 1)
 			go func() { _, err := tab.Acquire(ctx, "l", b); bDone <- err }()
 			testutil.WaitFor(t, "b to queue again", func() bool { return len(enginetest.Get(t, tab, "l").Waiting) == 2 })
-			if _, _, err := tab.Release("l", "A", "a", false, nil); err != nil {
+			if _, _, err := tab.Release(context.Background(), "l", "A", "a", false, nil); err != nil {
 				t.Fatal(err)
 			}
 			if tt.first == "b" {

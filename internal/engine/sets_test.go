@@ -32,7 +32,7 @@ func TestSetIsAllOrNothing(t *testing.T) {
 		if s := enginetest.Get(t, tab, "prod-db"); !s.Free() {
 			t.Errorf("prod-db after the refused set = %+v; want it free (all or nothing)", s)
 		}
-		if _, _, err := tab.Release("prod-app", "other", "x", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "prod-app", "other", "x", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		got, err := tab.AcquireSet(context.Background(), []string{"prod-app", "prod-db"}, setRequest("deploy", "d", 0))
@@ -44,13 +44,13 @@ func TestSetIsAllOrNothing(t *testing.T) {
 			t.Errorf("the set granted %+v and %+v; want both held by d, each with its own token", app.Lock, db.Lock)
 		}
 		// Given back in one change; a wrong key gives back nothing.
-		if _, _, err := tab.ReleaseSet([]string{"prod-app", "prod-db"}, "wrong", "d", false, nil); !errors.Is(err, engine.ErrHeld) {
+		if _, _, err := tab.ReleaseSet(context.Background(), []string{"prod-app", "prod-db"}, "wrong", "d", false, nil); !errors.Is(err, engine.ErrHeld) {
 			t.Errorf("ReleaseSet with the wrong key = %v; want engine.ErrHeld", err)
 		}
 		if enginetest.HolderOf(enginetest.Get(t, tab, "prod-db"), "d").Count != 1 {
 			t.Error("a refused ReleaseSet gave back prod-db")
 		}
-		_, released, err := tab.ReleaseSet([]string{"prod-app", "prod-db"}, "deploy", "d", false, nil)
+		_, released, err := tab.ReleaseSet(context.Background(), []string{"prod-app", "prod-db"}, "deploy", "d", false, nil)
 		if err != nil || released["prod-app"] != 1 || released["prod-db"] != 1 {
 			t.Fatalf("ReleaseSet = %v, %v; want one count of each", released, err)
 		}
@@ -78,7 +78,7 @@ func TestSetKeepsItsPlace(t *testing.T) {
 		if granted(t, set) || granted(t, single) {
 			t.Fatal("granted while b is held")
 		}
-		if _, _, err := tab.Release("b", "B", "holder", false, nil); err != nil {
+		if _, _, err := tab.Release(context.Background(), "b", "B", "holder", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, set, "the set")
@@ -90,7 +90,7 @@ func TestSetKeepsItsPlace(t *testing.T) {
 				t.Errorf("%s = %+v; want it held by the set", name, got)
 			}
 		}
-		if _, _, err := tab.ReleaseSet([]string{"a", "b"}, "S", "set", false, nil); err != nil {
+		if _, _, err := tab.ReleaseSet(context.Background(), []string{"a", "b"}, "S", "set", false, nil); err != nil {
 			t.Fatal(err)
 		}
 		mustGrant(t, single, "the single request")
@@ -170,7 +170,7 @@ func TestSetsInOppositeOrders(t *testing.T) {
 						delete(holding, n)
 					}
 					mu.Unlock()
-					if _, _, err := tab.ReleaseSet(names, me, me, false, nil); err != nil {
+					if _, _, err := tab.ReleaseSet(context.Background(), names, me, me, false, nil); err != nil {
 						errs <- fmt.Errorf("%s: release %v: %w", me, names, err)
 						return
 					}

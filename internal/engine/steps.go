@@ -32,7 +32,7 @@ type expiry struct {
 func (e *Engine) update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error {
 	var ended []expiry
 	err := e.store.Update(ctx, names, opts, func(tx txn.Tx) error {
-		r := &recorder{Tx: tx} // the changes' events go with them (history.go)
+		r := &recorder{Tx: tx, credential: credentialOf(ctx)} // the changes' events go with them (history.go)
 		ended = ended[:0]
 		for _, name := range names {
 			ended = append(ended, settle(r, name)...)

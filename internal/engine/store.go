@@ -24,7 +24,7 @@ type Store interface {
 	// it may have.
 	Update(ctx context.Context, names []string, opts txn.Options, apply func(txn.Tx) error) error
 	// History returns up to limit of the events of the lock called name
-	// with IDs below before (0: any), newest first.
+	// (every lock, for "") with IDs below before (0: any), newest first.
 	History(ctx context.Context, name string, before uint64, limit int) ([]lock.Event, error)
 	// Recent returns the last n events of each lock in names, newest
 	// first.

@@ -249,9 +249,15 @@ func (s *Store) kept(history map[string][]lock.Event) []lock.Event {
 }
 
 // History returns up to limit of the events of the lock called name
-// with IDs below before (0: any), newest first, once they are durable.
+// (every lock, for "") with IDs below before (0: any), newest first, once
+// they are durable.
 func (s *Store) History(_ context.Context, name string, before uint64, limit int) ([]lock.Event, error) {
 	s.mu.Lock()
+	if name == "" {
+		events, seq := s.everyLocks(before, limit)
+		s.mu.Unlock()
+		return events, s.durable(seq)
+	}
 	h, now, seq := s.history[name], s.now(), s.seq
 	var events []lock.Event
 	for _, e := range slices.Backward(h) {
@@ -264,6 +270,24 @@ func (s *Store) History(_ context.Context, name string, before uint64, limit int
 	}
 	s.mu.Unlock()
 	return events, s.durable(seq)
+}
+
+// everyLocks returns up to limit of the events of every lock with IDs
+// below before (0: any), newest first, by the index of their IDs, and
+// the change they reach. Callers hold s.mu.
+func (s *Store) everyLocks(before uint64, limit int) ([]lock.Event, uint64) {
+	now, refs := s.now(), s.byID.refs
+	end := len(refs)
+	if before > 0 {
+		end = s.byID.after(before - 1)
+	}
+	var events []lock.Event
+	for i := end - 1; i >= 0 && len(events) < limit; i-- {
+		if e, ok := kept1(s.history, refs[i]); ok && s.keep.Keeps(e.At, now) {
+			events = append(events, e)
+		}
+	}
+	return events, s.seq
 }
 
 // unsent is the events of a change not yet known to be durable.

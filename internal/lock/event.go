@@ -29,6 +29,11 @@ type Event struct {
 	// By says who freed a lock that was forced free: the request's user
 	// and address.
 	By string `json:"by,omitempty" yaml:"by,omitempty"`
+	// Credential names the credential whose request made the change (for
+	// a taking from the queue, the waiting request's); none for a lease
+	// that ran out or a dead node's grant given back, and on a server
+	// without credentials.
+	Credential string `json:"credential,omitempty" yaml:"credential,omitempty"`
 }
 
 // Kind is what an event says happened.

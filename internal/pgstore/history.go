@@ -12,15 +12,35 @@ import (
 	"github.com/locker-ci/locker/internal/txn"
 )
 
-// History returns up to limit of the events of the lock called name with
-// IDs below before (0: any), newest first, none older than the store
+// History returns up to limit of the events of the lock called name
+// (every lock, for "") with IDs below before (0: any), newest first, none older than the store
 // keeps: the heartbeats delete the events past the number kept and the
 // old ones a while after, and this reads as if they had.
 func (s *Store) History(ctx context.Context, name string, before uint64, limit int) ([]lock.Event, error) {
+	if name == "" {
+		return s.everyLocks(ctx, before, limit)
+	}
 	rows, err := s.pool.Query(ctx, `SELECT id, event FROM locker_events
 		WHERE name = $1 AND ($2::bigint = 0 OR id < $2) AND ($3::bigint = 0 OR at > clock_timestamp() - $3 * interval '1 millisecond')
 			AND id >= coalesce((SELECT id FROM locker_events WHERE name = $1 ORDER BY id DESC OFFSET $5 - 1 LIMIT 1), 0)
 		ORDER BY id DESC LIMIT $4`, name, int64(before), s.keep.Age.Milliseconds(), limit, max(s.keep.Events, 1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	events, err := scanEvents(rows)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	return events, nil
+}
+
+// everyLocks returns up to limit of the events of every lock with IDs
+// below before (0: any), newest first: those past the number a lock keeps
+// wait for the heartbeats' trim.
+func (s *Store) everyLocks(ctx context.Context, before uint64, limit int) ([]lock.Event, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, event FROM locker_events
+		WHERE ($1::bigint = 0 OR id < $1) AND ($2::bigint = 0 OR at > clock_timestamp() - $2 * interval '1 millisecond')
+		ORDER BY id DESC LIMIT $3`, int64(before), s.keep.Age.Milliseconds(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}

@@ -130,8 +130,10 @@ var migrations = []string{
 	DROP INDEX locker_events_by_age;`,
 
 	// 13: credentials made over the API: each a name, its secret's hash
-	// and its grants (internal/access.Credential, as JSON); never a secret.
-	`CREATE TABLE locker_credentials (name text PRIMARY KEY, credential json NOT NULL);`,
+	// and its grants (internal/access.Credential, as JSON); never a
+	// secret. A waiter's credential, for the history of its grant.
+	`CREATE TABLE locker_credentials (name text PRIMARY KEY, credential json NOT NULL);
+	ALTER TABLE locker_queue ADD COLUMN credential text;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

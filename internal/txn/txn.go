@@ -124,6 +124,9 @@ type Waiter struct {
 	// members it is not granted it leaves at once.
 	Count int
 	Pool  string
+	// Credential names the credential of the request that queued it, for
+	// the history of its grant.
+	Credential string
 }
 
 // Waiting reports whether w waits to be granted: not a kept place, not
