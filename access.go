@@ -351,10 +351,15 @@ func decodeCredential(w http.ResponseWriter, r *http.Request) (access.Credential
 // hold.
 const hiddenKey = "(hidden)"
 
-// asSeen returns s as r's caller may see the lock called name: its key,
-// and its waiters' keys, hidden unless the caller may lock it.
+// asSeen returns s as r's caller may see the lock called name (view).
 func asSeen(r *http.Request, name string, s engine.Snapshot) engine.Snapshot {
-	if callerOf(r).role(name) >= access.Lock {
+	return callerOf(r).view(name, s)
+}
+
+// view returns s as c may see the lock called name: its key, and its
+// waiters' keys, hidden unless c may lock it.
+func (c *caller) view(name string, s engine.Snapshot) engine.Snapshot {
+	if c.role(name) >= access.Lock {
 		return s
 	}
 	if !s.Free() {

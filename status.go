@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/humane"
 	"github.com/locker-ci/locker/internal/jsonbody"
@@ -99,6 +100,8 @@ func cspHash(s string) string {
 // statusPage is what the status template shows.
 type statusPage struct {
 	Title       string
+	SignedInAs  string  // the credential the page was asked for with; "" on an open server
+	who         *caller // who asked: the page shows what it may read
 	Now         time.Time
 	Filter      string        // ?q=: show only locks whose name, key, holders or queue contain it
 	HeldOver    string        // locks held longer than this stand out, e.g. "6h"
@@ -179,7 +182,7 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	page := statusPage{HeldOver: statusHeldOverText, heldOver: statusHeldOver, Filter: strings.TrimSpace(query.Get("q")),
+	page := statusPage{SignedInAs: callerOf(r).name, who: callerOf(r), HeldOver: statusHeldOverText, heldOver: statusHeldOver, Filter: strings.TrimSpace(query.Get("q")),
 		Refresh: statusRefresh, Version: version, Style: template.CSS(statusCSS), Script: template.JS(statusJS)}
 	if v, ok := query["held_over"]; ok {
 		if page.heldOver, err = jsonbody.ParseDuration("held_over", v[0], false); err != nil {
@@ -233,6 +236,10 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 // it if it matches p.Filter and the page has room: room for the
 // statusMaxLocks most urgent (or, by name, the first).
 func (p *statusPage) add(l engine.Listed) error {
+	if p.who.role(l.Name) < access.Read {
+		return nil
+	}
+	l.Snapshot = p.who.view(l.Name, l.Snapshot)
 	if !l.Free() {
 		p.Held++
 	}
@@ -300,7 +307,7 @@ func (p *statusPage) addPools(e *engine.Engine) error {
 	if err != nil {
 		return err
 	}
-	names := slices.Sorted(maps.Keys(pools))
+	names := slices.DeleteFunc(slices.Sorted(maps.Keys(pools)), func(name string) bool { return p.who.role(name) < access.Read })
 	if len(names) > statusMaxPools {
 		p.HiddenPools, names = len(names)-statusMaxPools, names[:statusMaxPools]
 	}

@@ -53,6 +53,7 @@ var commands = []command{
 	{"history", "show who took and gave back a lock, newest first", historyUsage, cmdHistory},
 	{"watch", "show the changes to locks as they happen", watchUsage, cmdWatch},
 	{"pool", "make, list, show and remove pools of interchangeable locks", poolUsage, cmdPool},
+	{"credential", "make, list, rotate and revoke credentials with roles on name prefixes", credentialUsage, cmdCredential},
 	{"force-unlock", "free a stuck lock, whoever holds it", forceUsage, cmdForceUnlock},
 	{"health", "check that a server serves (for container and monit health checks)", healthUsage, cmdHealth},
 	{"completion", "print the shell completion script for bash, zsh or fish", completionUsage, cmdCompletion},

@@ -629,3 +629,59 @@ func TestRunAsksAgainWhenItsLostGrantEnded(t *testing.T) {
 		t.Errorf("run's messages = %q; want it to say the grant ended and it asked again, naming the pool \"clip\" (not its path)", r.stderr)
 	}
 }
+
+// TestCredentialsFromTheCommandLine: an admin makes a credential with a
+// grant on team-a/, which the CLI then uses: it takes team-a/x, is
+// refused team-b/x (saying why), is refused once rotated with its old
+// secret and once revoked.
+func TestCredentialsFromTheCommandLine(t *testing.T) {
+	t.Parallel()
+	admin := newClient(t, server(t))
+	r := admin.run(t, "credential", "create", "team-a-ci", "--grant", "lock:team-a/", "--grant", "read:", "--expires-in", "2160h")
+	m := regexp.MustCompile(`(?m)^secret: (lkr_\S+)$`).FindStringSubmatch(r.stdout)
+	if r.code != 0 || m == nil || !strings.Contains(r.stdout, "lock on team-a/, read on every name") {
+		t.Fatalf("credential create = %v; want the grants and the secret", r)
+	}
+	as := func(secret string, args ...string) result {
+		cmd, stdout, stderr := admin.command(lockerBin, args...)
+		cmd.Env = append(cmd.Env, "LOCKER_USER=team-a-ci", "LOCKER_PASSWORD="+secret)
+		err := cmd.Run()
+		if _, ok := err.(*exec.ExitError); err != nil && !ok {
+			t.Fatal(err)
+		}
+		return result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String()}
+	}
+	if r := as(m[1], "lock", "team-a/x", "--key", "k"); r.code != 0 {
+		t.Errorf("team-a-ci taking team-a/x = %v; want it taken", r)
+	}
+	if r := as(m[1], "lock", "team-b/x", "--key", "k"); r.code == 0 || !strings.Contains(r.stderr, `the credential "team-a-ci" has the role read on the lock "team-b/x"`) {
+		t.Errorf("team-a-ci taking team-b/x = %v; want it refused, saying it has read there", r)
+	}
+	if r := admin.run(t, "credential", "ls"); r.code != 0 || !regexpMatch(`(?m)^team-a-ci\s+lock on team-a/, read on every name\s+api\s`, r.stdout) || strings.Contains(r.stdout, m[1]) {
+		t.Errorf("credential ls = %v; want team-a-ci with its grants, and no secret", r)
+	}
+	r = admin.run(t, "credential", "rotate", "team-a-ci")
+	rotated := regexp.MustCompile(`(?m)^secret: (lkr_\S+)$`).FindStringSubmatch(r.stdout)
+	if r.code != 0 || rotated == nil || rotated[1] == m[1] {
+		t.Fatalf("credential rotate = %v; want a new secret", r)
+	}
+	if r := as(m[1], "ls"); r.code == 0 || !strings.Contains(r.stderr, "401") {
+		t.Errorf("the old secret after the rotation = %v; want 401", r)
+	}
+	if r := as(rotated[1], "ls"); r.code != 0 {
+		t.Errorf("the new secret = %v; want it let in", r)
+	}
+	if r := admin.run(t, "credential", "rm", "team-a-ci"); r.code != 0 {
+		t.Fatalf("credential rm = %v", r)
+	}
+	if r := as(rotated[1], "ls"); r.code == 0 || !strings.Contains(r.stderr, "401") {
+		t.Errorf("the secret of a revoked credential = %v; want 401", r)
+	}
+	r = admin.run(t, "credential", "hash")
+	if h := regexp.MustCompile(`(?m)^hash: (sha256:[0-9a-f]{64})$`).FindStringSubmatch(r.stdout); r.code != 0 || h == nil {
+		t.Errorf("credential hash = %v; want a secret and its hash", r)
+	}
+	if r := admin.run(t, "credential", "create", "x", "--grant", "write:a/"); r.code != 2 || !strings.Contains(r.stderr, "read, lock, operate or admin") {
+		t.Errorf("a grant of an unknown role = %v; want a usage error naming the roles", r)
+	}
+}

@@ -48,7 +48,7 @@ func TestShellsComplete(t *testing.T) {
 	away := "http://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
 	cases := []struct{ url, line, want string }{
 		{s.URL, "locker lo", "lock"},
-		{s.URL, "locker ", "completion force-unlock health help history lock ls migrate pool renew run serve show unlock version watch"},
+		{s.URL, "locker ", "completion credential force-unlock health help history lock ls migrate pool renew run serve show unlock version watch"},
 		{s.URL, "locker unlock ", "prod-db prod-deploy staging"},
 		{s.URL, "locker unlock prod-d", "prod-db prod-deploy"},
 		{s.URL, "locker --url " + s.URL + " show st", "staging"},

@@ -219,7 +219,7 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if err != nil {
 		return nil, c.explain(err)
 	}
-	if resp.StatusCode == http.StatusOK {
+	if resp.StatusCode/100 == 2 { // 200, and 201 for a credential made
 		return resp, nil
 	}
 	defer resp.Body.Close()
