@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"html"
@@ -277,7 +278,33 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("the browser console reported problems:\n%s", strings.Join(p, "\n"))
 	}
 	checkWithoutJavaScript(t, ctx, base, put)
+	checkAReadCredential(t, ctx, ls, auth)
 	screenshotABoard(t, ctx)
+}
+
+// checkAReadCredential signs in, in a tab of its own, as a credential
+// that may read prod alone: the page says so, shows prod and no other
+// lock, and prod's holder but not its key.
+func checkAReadCredential(t *testing.T, parent context.Context, ls *liveServer, admin []string) {
+	t.Helper()
+	status, body := ls.call(t, "POST", "/credentials", `{"name": "watch-prod", "grants": [{"role": "read", "prefix": "prod"}]}`, admin...)
+	var c struct{ Secret string }
+	if status != http.StatusCreated || json.Unmarshal(body, &c) != nil {
+		t.Fatalf("POST /credentials = %d %s", status, body)
+	}
+	ctx, cancel := chromedp.NewContext(parent)
+	defer cancel()
+	base := strings.Replace(ls.url, "http://", "http://watch-prod:"+c.Secret+"@", 1)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
+		t.Fatalf("loading the status page as watch-prod: %v", err)
+	}
+	if got := lockNames(t, ctx); !slices.Equal(got, []string{"prod"}) {
+		t.Errorf("as watch-prod, the page shows %q; want prod alone", got)
+	}
+	text := eval[string](t, ctx, `document.body.innerText`)
+	if !strings.Contains(text, "Signed in as watch-prod") || !strings.Contains(text, "deploy/prod") || strings.Contains(text, "deploy-v1.4") {
+		t.Errorf("as watch-prod, the page says:\n%s\nwant \"Signed in as watch-prod\", prod's holder, and not its key", text)
+	}
 }
 
 // screenshotABoard shows the page a team sees on a working day, from a

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -330,5 +332,37 @@ func TestAReadCredentialOnlyHearsItsOwnLocks(t *testing.T) {
 		if e.Lock != "team-a/db" || e.Key != hiddenKey {
 			t.Fatalf("watch-a's stream sent %+v; want team-a/db's events alone, their keys hidden", e)
 		}
+	}
+}
+
+// TestTheOriginalResourcesRequestsWorkWithACredential: the original
+// locker-resource's scripts send curl -fsS -u USERNAME:PASSWORD with
+// {"key", "requestor"} bodies; with a lock credential's name and secret
+// as their username and password they take and give back their team's
+// locks, and fail (curl's exit 22: an HTTP error) on another team's.
+func TestTheOriginalResourcesRequestsWorkWithACredential(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatalf("curl is not on this machine (it is on every machine this project runs on): %v", err)
+	}
+	ls := startRun(t, map[string]string{"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml"), "AUTH_USER": "root", "AUTH_PASS": "rootpass"})
+	secret := ls.makeCredential(t, `{"name": "team-a-ci", "grants": [{"role": "lock", "prefix": "team-a/"}]}`)
+	req := func(method, lock string) (int, string) {
+		cmd := exec.Command(curl, "-fsS", "-u", "team-a-ci:"+secret, ls.url+"/lock/"+lock, "-X", method, "-d", `{"key":"deploy","requestor":"pipeline-job"}`)
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	if code, out := req("PUT", "team-a%2Fprod"); code != 0 || !strings.Contains(out, `"locked_by":{"pipeline-job":1}`) {
+		t.Errorf("the original's lock with team-a-ci = exit %d %s; want it taken", code, out)
+	}
+	if code, out := req("DELETE", "team-a%2Fprod"); code != 0 || !strings.Contains(out, "now free") {
+		t.Errorf("the original's unlock with team-a-ci = exit %d %s; want it given back", code, out)
+	}
+	if code, out := req("PUT", "team-b%2Fprod"); code != 22 || !strings.Contains(out, "403") {
+		t.Errorf("the original's lock of team-b/prod with team-a-ci = exit %d %s; want curl's HTTP error, 403", code, out)
 	}
 }
