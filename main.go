@@ -77,6 +77,9 @@ Configuration is read from the environment:
                  interface).
   AUTH_USER      with AUTH_PASS: require HTTP basic auth on every request.
   AUTH_PASS      the password for AUTH_USER.
+  LOCKER_CREDENTIALS_FILE  credentials (names, grants, hashes of secrets)
+                 kept in a file, read at start and on SIGHUP; more are made
+                 with POST /credentials (docs/access.md).
   SSL_CERT       with SSL_KEY: serve HTTPS with this PEM certificate file.
   SSL_KEY        the PEM private key file for SSL_CERT.
   LOCKER_MAX_WAIT     longest ?wait= a request gets (default 15m); longer
