@@ -20,6 +20,8 @@ import (
 
 	"gopkg.in/yaml.v2"
 
+	"github.com/locker-ci/locker/internal/access"
+	"github.com/locker-ci/locker/internal/keyring"
 	"github.com/locker-ci/locker/internal/testcert"
 	"github.com/locker-ci/locker/internal/testutil"
 )
@@ -276,6 +278,121 @@ func TestTemplatesRenderTheOriginalManifest(t *testing.T) {
 	}
 }
 
+// teamCredentials is the credentials of the example operations file,
+// bosh/manifests/operators/team-credentials.yml, as a manifest's
+// properties block under locker.credentials, with each CredHub variable
+// given a secret as the director would; and those secrets by credential.
+func teamCredentials(t *testing.T) (properties string, secrets map[string]string) {
+	t.Helper()
+	var ops []struct {
+		Type  string `yaml:"type"`
+		Path  string `yaml:"path"`
+		Value any    `yaml:"value"`
+	}
+	readYAML(t, "manifests/operators/team-credentials.yml", &ops)
+	var value any
+	for _, op := range ops {
+		if strings.HasSuffix(op.Path, "/properties/locker/credentials?") {
+			value = op.Value
+		}
+	}
+	if value == nil {
+		t.Fatal("team-credentials.yml sets no locker.credentials")
+	}
+	b, err := yaml.Marshal(value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creds []map[string]any
+	if err := yaml.Unmarshal(b, &creds); err != nil {
+		t.Fatal(err)
+	}
+	secrets = map[string]string{}
+	for _, c := range creds {
+		variable, _ := c["secret"].(string)
+		if !strings.HasPrefix(variable, "((") {
+			t.Fatalf("team-credentials.yml: %v's secret is %q; want a CredHub variable", c["name"], variable)
+		}
+		secret := fmt.Sprintf("Cred%dHubMade%s", len(secrets), strings.Repeat("x", 30))
+		c["secret"] = secret
+		secrets[c["name"].(string)] = secret
+	}
+	b, err = yaml.Marshal(map[string]any{"credentials": creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "    " + strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", "\n    ") + "\n", secrets
+}
+
+// TestTemplatesRenderCredentials renders the example team credentials:
+// the server's own reader takes the file, which holds every credential's
+// hash and grants and no secret. Credentials the server would refuse are
+// refused when the job is rendered, naming the credential and what is
+// wrong.
+func TestTemplatesRenderCredentials(t *testing.T) {
+	creds, secrets := teamCredentials(t)
+	job, err := render(t, "properties:\n  locker:\n"+creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := bpm(t, job).Env
+	if env["LOCKER_CREDENTIALS_FILE"] != "/var/vcap/jobs/locker/config/credentials.yml" {
+		t.Fatalf("bpm.yml env LOCKER_CREDENTIALS_FILE = %q; want the rendered config/credentials.yml", env["LOCKER_CREDENTIALS_FILE"])
+	}
+	file := filepath.Join(job, "config/credentials.yml")
+	text := string(testutil.ReadFile(t, file))
+	for name, secret := range secrets {
+		if strings.Contains(text, secret) {
+			t.Errorf("the rendered credentials file holds %s's secret:\n%s", name, text)
+		}
+	}
+	got, err := keyring.ReadFile(file)
+	if err != nil {
+		t.Fatalf("the server refuses the rendered file: %v\n%s", err, text)
+	}
+	if len(got) != len(secrets) {
+		t.Errorf("the rendered file has %d credentials; want %d", len(got), len(secrets))
+	}
+	for _, c := range got {
+		if !c.Matches(secrets[c.Name]) {
+			t.Errorf("%s's hash is not its secret's", c.Name)
+		}
+	}
+	if len(got) > 0 && (got[0].Name != "team-a-ci" || got[0].RoleOn("team-a/deploy") != access.Lock || got[0].RoleOn("team-b/deploy") != access.None) {
+		t.Errorf("team-a-ci renders as %+v; want lock on team-a/ and nothing else", got[0])
+	}
+	// A hash is passed as it is.
+	hash := access.HashSecret("given-as-a-hash")
+	job, err = render(t, "properties:\n  locker:\n    credentials:\n    - {name: ci, hash: \""+hash+"\", grants: [{role: read, prefix: \"\"}]}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := keyring.ReadFile(filepath.Join(job, "config/credentials.yml")); err != nil || len(got) != 1 || !got[0].Matches("given-as-a-hash") {
+		t.Errorf("a credential given by its hash renders as %+v, %v", got, err)
+	}
+	// Without credentials, no file is named.
+	if job, err = render(t, "properties: {}\n"); err != nil || bpm(t, job).Env["LOCKER_CREDENTIALS_FILE"] != "" {
+		t.Errorf("with no credentials, LOCKER_CREDENTIALS_FILE is %q (%v); want none", bpm(t, job).Env["LOCKER_CREDENTIALS_FILE"], err)
+	}
+
+	for _, tc := range []struct{ credentials, want string }{
+		{`[{name: ci, grants: [{role: lock, prefix: a/}]}]`, "locker.credentials[0] (ci): give its secret"},
+		{`[{name: ci, secret: s3cret, hash: "` + hash + `", grants: [{role: lock, prefix: a/}]}]`, "not both"},
+		{`[{name: ci, hash: lkr_plaintext, grants: [{role: lock, prefix: a/}]}]`, "a secret goes in secret, not hash"},
+		{`[{name: ci, secret: s3cret, grants: [{role: owner, prefix: a/}]}]`, `the role "owner" is not one of read, lock, operate, admin`},
+		{`[{name: ci, secret: s3cret}]`, "grants is a list"},
+		{`[{secret: s3cret, grants: [{role: lock, prefix: a/}]}]`, "locker.credentials[0]: the name is missing"},
+		{`[{name: ci, secret: a, grants: [{role: lock}]}, {name: ci, secret: b, grants: [{role: lock}]}]`, "ci given twice"},
+		{`[{name: ci, password: s3cret, grants: [{role: lock}]}]`, "unknown key(s) password"},
+		{`team-a-ci`, "a list of credentials"},
+	} {
+		_, err := render(t, "properties:\n  locker:\n    credentials: "+tc.credentials+"\n")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("rendering credentials %s: %v; want an error with %q", tc.credentials, err, tc.want)
+		}
+	}
+}
+
 // TestRenderedJobServes starts the locker binary as BPM would from the
 // rendered bpm.yml (its /var/vcap paths moved into a temp directory) and
 // talks to it over HTTPS with the credentials; then runs the rendered
@@ -283,7 +400,8 @@ func TestTemplatesRenderTheOriginalManifest(t *testing.T) {
 func TestRenderedJobServes(t *testing.T) {
 	port := testutil.FreePort(t)
 	manifest, caPEM := originalProperties(t, port)
-	job, err := render(t, manifest)
+	creds, secrets := teamCredentials(t)
+	job, err := render(t, manifest+creds)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,10 +425,18 @@ func TestRenderedJobServes(t *testing.T) {
 	pool.AppendCertsFromPEM([]byte(caPEM))
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	for _, tc := range []struct {
-		user, pass string
-		want       int
-	}{{"concourse", `p4ss: with 'quotes' and "more"`, 200}, {"concourse", "wrong", 401}} {
-		req, _ := http.NewRequest("GET", s.URL+"/locks", nil)
+		user, pass, method, path string
+		want                     int
+	}{
+		{"concourse", `p4ss: with 'quotes' and "more"`, "GET", "/locks", 200},
+		{"concourse", "wrong", "GET", "/locks", 401},
+		{"team-a-ci", secrets["team-a-ci"], "PUT", "/lock/team-a/deploy", 200},
+		{"team-a-ci", secrets["team-a-ci"], "PUT", "/lock/team-b/deploy", 403},
+		{"team-a-ci", secrets["team-b-ci"], "PUT", "/lock/team-a/deploy", 401},
+		{"dashboard", secrets["dashboard"], "GET", "/locks", 200},
+		{"dashboard", secrets["dashboard"], "PUT", "/lock/team-a/deploy", 403},
+	} {
+		req, _ := http.NewRequest(tc.method, s.URL+tc.path, strings.NewReader(`{"key":"k","lock_by":"job"}`))
 		req.SetBasicAuth(tc.user, tc.pass)
 		resp, err := c.Do(req)
 		if err != nil {
@@ -318,7 +444,7 @@ func TestRenderedJobServes(t *testing.T) {
 		}
 		resp.Body.Close()
 		if resp.StatusCode != tc.want {
-			t.Errorf("GET /locks as %s:%s = %d; want %d", tc.user, tc.pass, resp.StatusCode, tc.want)
+			t.Errorf("%s %s as %s = %d; want %d", tc.method, tc.path, tc.user, resp.StatusCode, tc.want)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(store, "locker.yml")); err != nil {

@@ -285,7 +285,7 @@ var terms = advice.Terms{
 	advice.WaitForThem: "--wait 5m waits for them",
 	advice.Take:        "take it again with locker lock",
 	advice.ReleaseKey:  "--key must be the key the lock was taken with",
-	advice.Auth:        "set LOCKER_USER and LOCKER_PASSWORD to the server's AUTH_USER and AUTH_PASS",
+	advice.Auth:        "set LOCKER_USER and LOCKER_PASSWORD to a credential's name and secret (or the server's AUTH_USER and AUTH_PASS)",
 	advice.RenewTTL:    "the server has no default lease (LOCKER_DEFAULT_TTL), so say how long: --ttl, e.g. --ttl 10m",
 	advice.ShorterTTL:  "ask for a shorter --ttl, and renew it with locker renew",
 	advice.Limit:       "pass --limit ",

@@ -60,7 +60,7 @@ func TestMessages(t *testing.T) {
 	// Without credentials: the variables that hold them.
 	cmd, _, stderr := c.command(lockerBin, "ls")
 	cmd.Env = append(cmd.Env, "LOCKER_PASSWORD=wrong")
-	if err := cmd.Run(); err == nil || stderr.String() != "locker ls: the locker answered 401 Unauthorized: authentication required: set LOCKER_USER and LOCKER_PASSWORD to the server's AUTH_USER and AUTH_PASS\n" {
+	if err := cmd.Run(); err == nil || stderr.String() != "locker ls: the locker answered 401 Unauthorized: authentication required: set LOCKER_USER and LOCKER_PASSWORD to a credential's name and secret (or the server's AUTH_USER and AUTH_PASS)\n" {
 		t.Errorf("locker ls with a wrong password: %v, %q", err, stderr)
 	}
 	if r := c.run(t, "ls"); !strings.HasPrefix(r.stdout, "NAME  ") || !strings.Contains(r.stdout, "prod") {

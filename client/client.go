@@ -57,7 +57,7 @@ var goTerms = advice.Terms{
 	advice.WaitForThem: "set Options.Wait to wait for them",
 	advice.Take:        "take it again with Lock",
 	advice.ReleaseKey:  "Request.Key must be the key the lock was taken with",
-	advice.Auth:        "set Config.User and Config.Password to the server's AUTH_USER and AUTH_PASS",
+	advice.Auth:        "set Config.User and Config.Password to a credential's name and secret (or the server's AUTH_USER and AUTH_PASS)",
 	advice.RenewTTL:    `the server has no default lease (LOCKER_DEFAULT_TTL), so set Request.TTL, e.g. "10m"`,
 	advice.ShorterTTL:  "ask for a shorter Request.TTL, and renew it with Renew",
 	advice.Limit:       "set Request.Limit to ",

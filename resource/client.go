@@ -25,7 +25,7 @@ var terms = advice.Terms{
 	advice.WaitForThem: "leave params.timeout out, or raise it, to wait for them",
 	advice.Take:        "take it again with lock_op: lock",
 	advice.ReleaseKey:  "params.key must be the key the lock was taken with",
-	advice.Auth:        "set source.username and source.password to the locker's AUTH_USER and AUTH_PASS",
+	advice.Auth:        "set source.username and source.password to a locker credential's name and secret (or its AUTH_USER and AUTH_PASS)",
 	advice.RenewTTL:    "set params.ttl",
 	advice.ShorterTTL:  "set a shorter params.ttl",
 	advice.Limit:       "set params.limit to ",

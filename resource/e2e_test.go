@@ -307,7 +307,7 @@ func TestBasicAuth(t *testing.T) {
 	src.Password = "wrong"
 	start := time.Now()
 	r := runBinary(t, "out", outReq(src, "lock", "k", ""))
-	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "401 Unauthorized: authentication required: set source.username and source.password to the locker's AUTH_USER and AUTH_PASS\n") {
+	if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "401 Unauthorized: authentication required: set source.username and source.password to a locker credential's name and secret (or its AUTH_USER and AUTH_PASS)\n") {
 		t.Errorf("lock with a wrong password = %d %q %q; want exit 1 with the server's message", r.code, r.stdout, r.stderr)
 	}
 	if d := time.Since(start); d > 30*time.Second { // retrying, it would go on for minutes

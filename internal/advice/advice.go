@@ -17,7 +17,7 @@ const (
 	WaitForThem = "send ?wait=5m to wait for them"
 	Take        = "take the lock with PUT"
 	ReleaseKey  = "a release must send the key the lock was taken with"
-	Auth        = "send the locker's username and password with HTTP basic auth (curl -u USER:PASS)"
+	Auth        = "send a credential's name and secret, or AUTH_USER and AUTH_PASS, with HTTP basic auth (curl -u NAME:SECRET)"
 	RenewTTL    = `PATCH renews a lease and needs its length, e.g. {"key": "prod-cf", "lock_by": "my-job", "ttl": "10m"}`
 	ShorterTTL  = "ask for a shorter lease and renew it with PATCH"
 	Limit       = `send "limit": `
