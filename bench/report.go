@@ -15,36 +15,37 @@ type report struct {
 	Duration string `json:"duration"`
 	Clients  int    `json:"clients"`
 
-	FsyncMs       figure          `json:"fsync_ms"`
-	CeilingRPS    figure          `json:"ceiling_rps"`
-	CeilingCPUus  figure          `json:"ceiling_server_cpu_us_per_request"`
-	DurableRPS    figure          `json:"durable_ceiling_rps"`
-	DurableCPUus  figure          `json:"durable_ceiling_server_cpu_us_per_request"`
-	ClientCPUus   figure          `json:"load_generator_cpu_us_per_request"`
-	DurableOneRPS figure          `json:"durable_ceiling_one_client_rps"`
-	WorkingOneRPS figure          `json:"durable_ceiling_with_kept_work_one_client_rps"`
-	WorkingRPS    figure          `json:"durable_ceiling_with_kept_work_rps"`
-	WorkingCPUus  figure          `json:"durable_ceiling_with_kept_work_server_cpu_us_per_request"`
-	SerialRPS     figure          `json:"serial_rps"`
-	SerialP50Ms   figure          `json:"serial_p50_ms"`
-	SerialP99Ms   figure          `json:"serial_p99_ms"`
-	ParallelRPS   figure          `json:"parallel_rps"`
-	ParallelP50Ms figure          `json:"parallel_p50_ms"`
-	ParallelP99Ms figure          `json:"parallel_p99_ms"`
-	ParallelCPUus figure          `json:"parallel_server_cpu_us_per_request"`
-	ContendedRPS  figure          `json:"contended_rps"`
-	ContendedGPS  figure          `json:"contended_grants_per_s"`
-	Overlaps      int             `json:"contended_overlaps"`
-	HandoffP50Ms  figure          `json:"handoff_p50_ms"`
-	HandoffP99Ms  figure          `json:"handoff_p99_ms"`
-	Postgres      *pgFigures      `json:"postgres,omitempty"`
-	Large         []largeFigures  `json:"large"`
-	RestartMs     figure          `json:"restart_ms"`
-	RestartLocks  int             `json:"restart_locks"`
-	RestartRSSMB  figure          `json:"restart_rss_mb"` // after a restart and a parallel run
-	Listing       *listingFigures `json:"listing,omitempty"`
-	Sets          *setFigures     `json:"sets,omitempty"`
-	History       *historyFigures `json:"history,omitempty"`
+	FsyncMs       figure             `json:"fsync_ms"`
+	CeilingRPS    figure             `json:"ceiling_rps"`
+	CeilingCPUus  figure             `json:"ceiling_server_cpu_us_per_request"`
+	DurableRPS    figure             `json:"durable_ceiling_rps"`
+	DurableCPUus  figure             `json:"durable_ceiling_server_cpu_us_per_request"`
+	ClientCPUus   figure             `json:"load_generator_cpu_us_per_request"`
+	DurableOneRPS figure             `json:"durable_ceiling_one_client_rps"`
+	WorkingOneRPS figure             `json:"durable_ceiling_with_kept_work_one_client_rps"`
+	WorkingRPS    figure             `json:"durable_ceiling_with_kept_work_rps"`
+	WorkingCPUus  figure             `json:"durable_ceiling_with_kept_work_server_cpu_us_per_request"`
+	SerialRPS     figure             `json:"serial_rps"`
+	SerialP50Ms   figure             `json:"serial_p50_ms"`
+	SerialP99Ms   figure             `json:"serial_p99_ms"`
+	ParallelRPS   figure             `json:"parallel_rps"`
+	ParallelP50Ms figure             `json:"parallel_p50_ms"`
+	ParallelP99Ms figure             `json:"parallel_p99_ms"`
+	ParallelCPUus figure             `json:"parallel_server_cpu_us_per_request"`
+	ContendedRPS  figure             `json:"contended_rps"`
+	ContendedGPS  figure             `json:"contended_grants_per_s"`
+	Overlaps      int                `json:"contended_overlaps"`
+	HandoffP50Ms  figure             `json:"handoff_p50_ms"`
+	HandoffP99Ms  figure             `json:"handoff_p99_ms"`
+	Postgres      *pgFigures         `json:"postgres,omitempty"`
+	Large         []largeFigures     `json:"large"`
+	RestartMs     figure             `json:"restart_ms"`
+	RestartLocks  int                `json:"restart_locks"`
+	RestartRSSMB  figure             `json:"restart_rss_mb"` // after a restart and a parallel run
+	Listing       *listingFigures    `json:"listing,omitempty"`
+	Sets          *setFigures        `json:"sets,omitempty"`
+	History       *historyFigures    `json:"history,omitempty"`
+	Credentials   *credentialFigures `json:"credentials,omitempty"`
 
 	Targets []target `json:"targets"`
 	Notes   []string `json:"notes,omitempty"` // figures beside the targets
@@ -127,6 +128,12 @@ func (r *report) rows() [][3]string {
 		f("one lock, PUT+DELETE per client", st.OneRPS, 0)
 		f("a set of two, PUT+DELETE /locks per client", st.SetRPS, 0)
 		f("claims on a pool of 10, claim+DELETE per client", st.ClaimRPS, 0)
+	}
+	if c := r.Credentials; c != nil {
+		f("parallel through AUTH_USER", c.AuthUserRPS, 0)
+		f(fmt.Sprintf("parallel through one of %d credentials", c.Credentials), c.CredentialRPS, 0)
+		f("server CPU, through AUTH_USER", c.AuthUserCPUus, 1)
+		f(fmt.Sprintf("server CPU, through one of %d credentials", c.Credentials), c.CredentialCPU, 1)
 	}
 	if h := r.History; h != nil {
 		for _, pt := range h.Restarts {
@@ -253,6 +260,11 @@ func (r *report) check() {
 			r.Notes = append(r.Notes, fmt.Sprintf("%d idle connections that follow no stream: p99 %.3f ms (%+.0f%% over none; the streams %+.0f%% over these)",
 				h.IdleStreams, h.ConnectedP99Ms.Median, 100*(h.ConnectedP99Ms.Median/h.QuietP99Ms.Median-1), 100*(h.FollowedP99Ms.Median/h.ConnectedP99Ms.Median-1)))
 		}
+	}
+	if c := r.Credentials; c != nil {
+		add(fmt.Sprintf("one of %d credentials costs <= 3%% of AUTH_USER's throughput", c.Credentials), c.CredentialRPS.Median >= 0.97*c.AuthUserRPS.Median,
+			[]figure{c.CredentialRPS, c.AuthUserRPS}, "%.0f vs %.0f req/s (%+.1f%%)", c.CredentialRPS.Median, c.AuthUserRPS.Median,
+			100*(c.CredentialRPS.Median/c.AuthUserRPS.Median-1))
 	}
 	add("restart <= 2 s", r.RestartMs.Median <= 2000, []figure{r.RestartMs}, "%.0f ms with %d locks", r.RestartMs.Median, r.RestartLocks)
 	if r.RestartLocks >= 100000 {
