@@ -17,7 +17,7 @@ var update = flag.Bool("update", false, "TestREADME: write what the examples pri
 
 // pages are the documents whose console examples TestREADME runs, in the
 // order they run: a page's examples may use what an earlier one left.
-var pages = []string{"README.md", "docs/api.md", "docs/operating.md", "docs/cli.md", "docs/resource.md",
+var pages = []string{"README.md", "docs/api.md", "docs/operating.md", "docs/cli.md", "docs/access.md", "docs/resource.md",
 	"docs/nodes.md", "docs/deploying.md", "docs/state-file.md", "docs/upgrading.md", "docs/design.md", "docs/performance.md"}
 
 // example is one command of a console block in a page and what it
@@ -57,15 +57,26 @@ func readmeExamples(lines []string) []example {
 }
 
 var (
-	anyTime  = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`)
-	anyToken = regexp.MustCompile(`"token": ?\d+`)
+	anyTime   = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`)
+	anyToken  = regexp.MustCompile(`"token": ?\d+`)
+	anySecret = regexp.MustCompile(`lkr_[A-Za-z0-9_-]{20,}`)
+	anyAgo    = regexp.MustCompile(`\b(\d+[hms])+ ago\b`)
+	columns   = regexp.MustCompile(`(\S) {2,}`) // a table's padding, which an age's width moves
 )
 
-// masked is s without what changes from run to run: times and tokens.
+// masked is s without what changes from run to run: times, ages, tokens
+// and credentials' secrets.
 func masked(s string) string {
 	s = anyTime.ReplaceAllString(s, "<time>")
+	s = anyAgo.ReplaceAllString(s, "<ago>")
+	s = columns.ReplaceAllString(s, "$1  ")
+	s = anySecret.ReplaceAllString(s, "lkr_<secret>")
 	return anyToken.ReplaceAllString(s, `"token": <n>`)
 }
+
+// adminPass is AUTH_PASS of the server that docs/access.md's examples run
+// against.
+const adminPass = "examples-admin-secret"
 
 // TestREADME runs every console example of the README and the pages in
 // docs/, in order, against one fresh server, with $LOCKER set to it, and
@@ -105,8 +116,14 @@ func TestREADME(t *testing.T) {
 	p := startProc(t, filepath.Join(t.TempDir(), "locks.yml"))
 	// The pages' examples use curl, and the locker command line as
 	// installed: on the PATH, its server in LOCKER_URL.
-	env := append(os.Environ(), "LOCKER="+p.URL, "LOCKER_URL="+p.URL,
-		"PATH="+filepath.Dir(buildLocker(t))+string(os.PathListSeparator)+os.Getenv("PATH"))
+	path := "PATH=" + filepath.Dir(buildLocker(t)) + string(os.PathListSeparator) + os.Getenv("PATH")
+	env := append(os.Environ(), "LOCKER="+p.URL, "LOCKER_URL="+p.URL, path)
+	// docs/access.md's run against a server with an admin, as the page
+	// says, in a directory of their own for the secrets they keep.
+	admin := startProc(t, filepath.Join(t.TempDir(), "locks.yml"), "AUTH_USER=admin", "AUTH_PASS="+adminPass)
+	accessEnv := append(os.Environ(), "LOCKER="+admin.URL, "LOCKER_URL="+admin.URL, path,
+		"ADMIN_PASS="+adminPass, "LOCKER_USER=admin", "LOCKER_PASSWORD="+adminPass)
+	accessDir := t.TempDir()
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +135,9 @@ func TestREADME(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		cmd := exec.CommandContext(ctx, "bash", "-c", e.command)
 		cmd.Env = env
+		if pages[e.page] == "docs/access.md" {
+			cmd.Env, cmd.Dir = accessEnv, accessDir
+		}
 		// A command may leave a waiter running in the background: it must
 		// hold no pipe of ours.
 		cmd.Stderr = devNull
