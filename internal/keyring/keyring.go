@@ -29,6 +29,10 @@ const (
 const (
 	Failures = 20
 	Window   = time.Minute
+	// Addresses is how many addresses' failures are kept before those of
+	// the addresses that have not failed within Window are forgotten, so
+	// that failures from ever new addresses do not grow without end.
+	Addresses = 10000
 )
 
 // Keyring is the credentials a server knows.
@@ -206,7 +210,17 @@ func (k *Keyring) Throttled(addr string, now time.Time) time.Duration {
 func (k *Keyring) Failed(addr string, now time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if _, known := k.failures[addr]; !known && len(k.failures) >= Addresses {
+		maps.DeleteFunc(k.failures, func(_ string, ts []time.Time) bool { return now.Sub(ts[len(ts)-1]) >= Window })
+	}
 	k.failures[addr] = append(k.failures[addr], now)
+}
+
+// failingAddresses returns how many addresses' failures are kept.
+func (k *Keyring) failingAddresses() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.failures)
 }
 
 // file is the credentials file's shape.
