@@ -11,10 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
-
-	"github.com/locker-ci/locker/internal/testutil"
 )
 
 // TestCrashKill kills the server with SIGKILL while clients change locks,
@@ -49,11 +48,14 @@ func TestCrashKill(t *testing.T) {
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		stop := make(chan struct{})
+		var stalled []string // requests the server did not answer before the kill
 		for c := range clients {
 			seed := rng.Uint64()
 			wg.Go(func() {
 				r := rand.New(rand.NewPCG(seed, uint64(c)))
-				client := &http.Client{Timeout: 5 * time.Second}
+				// Long enough for a busy machine's fsync: a request that
+				// takes longer is a server that hangs, and fails the test.
+				client := &http.Client{Timeout: 30 * time.Second}
 				for {
 					select {
 					case <-stop:
@@ -65,7 +67,10 @@ func TestCrashKill(t *testing.T) {
 					n, uncertain := counts[name], hasKey(maybe, name)
 					mu.Unlock()
 					if uncertain {
-						continue // wait for the restart to tell
+						// Wait for the restart to tell; without spinning,
+						// which would take the cores from the server.
+						time.Sleep(time.Millisecond)
+						continue
 					}
 					method, query, next, kind := "PUT", "", n+1, "taken"
 					switch x := r.IntN(20); {
@@ -80,6 +85,11 @@ func TestCrashKill(t *testing.T) {
 					case err != nil || status >= 500:
 						maybe[name] = next // it may or may not have happened
 						told.pending[name] = kind
+						select {
+						case <-stop:
+						default:
+							stalled = append(stalled, fmt.Sprintf("%s %s: %d %v", method, name, status, err))
+						}
 					case status == http.StatusOK:
 						counts[name] = next
 						told.told[name] = append(told.told[name], kind)
@@ -96,10 +106,24 @@ func TestCrashKill(t *testing.T) {
 		time.Sleep(time.Duration(50+rng.IntN(451)) * time.Millisecond)
 		// Each cycle meets a checkpoint before its kill, however slow a
 		// busy machine makes the clients: on a quiet one it has met
-		// several by now.
-		testutil.WaitFor(t, "a checkpoint in this cycle", func() bool {
-			return strings.Contains(p.Log.String(), "journal checkpointed into the state file")
-		})
+		// several by now. A server that meets none within a minute, or
+		// leaves a request unanswered, is made to print its goroutines.
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(p.Log.String(), "journal checkpointed into the state file") && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		mu.Lock()
+		hung := slices.Clone(stalled)
+		mu.Unlock()
+		checkpointed := strings.Contains(p.Log.String(), "journal checkpointed into the state file")
+		if !checkpointed || len(hung) > 0 {
+			_ = p.Signal(syscall.SIGQUIT)
+			select {
+			case <-p.Done():
+			case <-time.After(10 * time.Second):
+			}
+			t.Errorf("cycle %d: checkpointed %v; requests unanswered before the kill: %q", cycle, checkpointed, hung)
+		}
 		p.Kill()
 		close(stop)
 		wg.Wait()
