@@ -105,11 +105,7 @@ func routeOf(r *http.Request) string {
 // reloadCredentials reads again the credentials the store keeps into s's
 // keyring.
 func (s *server) reloadCredentials(ctx context.Context) error {
-	stored, err := s.locks.Credentials(ctx)
-	if err == nil {
-		s.keys.SetStored(stored)
-	}
-	return err
+	return s.keys.Reload(func() (map[string]access.Credential, error) { return s.locks.Credentials(ctx) })
 }
 
 // requireAuth refuses every request without a credential the keyring

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -214,6 +216,37 @@ func TestARevokedCredentialIsRefusedOnEveryNode(t *testing.T) {
 		if status, _ := node.as(t, "short", short, "GET", "/locks", ""); status != http.StatusUnauthorized {
 			t.Errorf("an expired credential = %d; want 401", status)
 		}
+	}
+}
+
+// TestCredentialsMadeAtOnceAllLogIn: credentials made by several
+// requests at once each log in on that node as soon as it is answered
+// (two reloads of the keyring that finished out of order once left the
+// newer credential out), on both stores.
+func TestCredentialsMadeAtOnceAllLogIn(t *testing.T) {
+	for _, store := range []string{"file", "postgres"} {
+		t.Run(store, func(t *testing.T) {
+			env := map[string]string{"AUTH_USER": "root", "AUTH_PASS": "rootpass", "LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")}
+			if store == "postgres" {
+				delete(env, "LOCKER_CONFIG")
+				env["LOCKER_DATABASE_URL"] = testutil.PostgresSchema(t)
+			}
+			ls := startRun(t, env)
+			const makers, each = 8, 10
+			var wg sync.WaitGroup
+			for m := range makers {
+				wg.Go(func() {
+					for i := range each {
+						name := fmt.Sprintf("team-%d-%d", m, i)
+						secret := ls.makeCredential(t, `{"name": "`+name+`", "grants": [{"role": "lock", "prefix": "`+name+`/"}]}`)
+						if status, body := ls.as(t, name, secret, "PUT", "/lock/"+name+"/deploy", `{"key": "k"}`); status != http.StatusOK {
+							t.Errorf("%s, just made: PUT = %d %s; want 200", name, status, body)
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
 	}
 }
 

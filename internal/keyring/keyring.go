@@ -37,14 +37,15 @@ const (
 
 // Keyring is the credentials a server knows.
 type Keyring struct {
-	admin    *access.Credential // AUTH_USER's; nil without
-	mu       sync.RWMutex       // guards what follows
-	byName   map[string]access.Credential
-	byHash   map[string]access.Credential // the ones a bearer secret may present
-	stored   map[string]access.Credential
-	file     []access.Credential
-	lastUsed map[string]time.Time // on this node
-	failures map[string][]time.Time
+	admin     *access.Credential // AUTH_USER's; nil without
+	reloading sync.Mutex         // one Reload at a time
+	mu        sync.RWMutex       // guards what follows
+	byName    map[string]access.Credential
+	byHash    map[string]access.Credential // the ones a bearer secret may present
+	stored    map[string]access.Credential
+	file      []access.Credential
+	lastUsed  map[string]time.Time // on this node
+	failures  map[string][]time.Time
 }
 
 // New returns the keyring of a server whose AUTH_USER is user (none for
@@ -80,6 +81,21 @@ func (k *Keyring) SetStored(stored map[string]access.Credential) {
 	defer k.mu.Unlock()
 	k.stored = stored
 	k.reindex()
+}
+
+// Reload makes what read returns the stored credentials, one reload at
+// a time: two reloads that ran at once could otherwise land out of order,
+// the one that read older credentials last, and leave a credential just
+// made out until the next.
+func (k *Keyring) Reload(read func() (map[string]access.Credential, error)) error {
+	k.reloading.Lock()
+	defer k.reloading.Unlock()
+	stored, err := read()
+	if err != nil {
+		return err
+	}
+	k.SetStored(stored)
+	return nil
 }
 
 // SetFile makes file the credentials file's credentials.
