@@ -17,6 +17,7 @@ import (
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/stream"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // A lock's history, GET /history/<name>, and the stream of every change,
@@ -268,13 +269,14 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	var first []lock.Event // the first page of what was missed, read before answering
-	var forgotten uint64
+	var first *txn.Backlog // the first page of what was missed, read before answering
 	if q.resume {
-		if first, forgotten, err = s.locks.Backlog(r.Context(), q.after, backlogPage); err != nil {
+		page, err := s.locks.Backlog(r.Context(), txn.Mark{After: q.after}, backlogPage)
+		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
+		first = &page
 	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{}) // a stream has no end to wait for
@@ -284,19 +286,19 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
 	sw := &sseWriter{w: w, rc: rc, timeout: s.writeTimeout}
 	w.WriteHeader(http.StatusOK)
-	if q.resume && forgotten > q.after {
+	if first != nil && first.Forgotten > q.after {
 		sw.end("gap", fmt.Sprintf("some events after %d are no longer kept (each lock keeps its last LOCKER_HISTORY events, for LOCKER_HISTORY_AGE): the ones still kept follow", q.after), false)
 	}
 	var sent stream.Seen // an event read twice goes out once
-	after := q.after
-	if q.resume && !s.catchUp(r.Context(), sw, q, &sent, &after, first) {
+	var read txn.Mark    // where the pages got to
+	if first != nil && !s.catchUp(r.Context(), sw, q, &sent, &read, first) {
 		return
 	}
 	// What committed since the last page comes from the subscription, or
 	// from the pages read after subscribing: nothing falls between the two.
 	sub := s.hub.Subscribe(q.locks, s.streamBuffer)
 	defer sub.Close()
-	if q.resume && !s.catchUp(r.Context(), sw, q, &sent, &after, nil) {
+	if first != nil && !s.catchUp(r.Context(), sw, q, &sent, &read, nil) {
 		return
 	}
 	sw.comment("following") // the client hears the stream is open at once
@@ -334,24 +336,25 @@ func (s *server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// catchUp sends the kept events after *after that q follows, a page at
-// a time (starting with page, when it is not nil), each once, until a
-// page is not full; *after becomes the last ID read. It reports whether
-// the stream goes on: not when the client went away, a write failed, or
-// a page could not be read (the client is told to resume).
-func (s *server) catchUp(ctx context.Context, sw *sseWriter, q eventsQuery, sent *stream.Seen, after *uint64, page []lock.Event) bool {
+// catchUp sends the kept events that q follows, a page at a time from
+// page (the first, already read) or else from *read, each once, until a
+// page is not full; *read becomes where the last page ended. It reports
+// whether the stream goes on: not when the client went away, a write
+// failed, or a page could not be read (the client is told to resume).
+func (s *server) catchUp(ctx context.Context, sw *sseWriter, q eventsQuery, sent *stream.Seen, read *txn.Mark, page *txn.Backlog) bool {
 	for {
 		if page == nil {
-			var err error
-			if page, _, err = s.locks.Backlog(ctx, *after, backlogPage); err != nil {
+			next, err := s.locks.Backlog(ctx, *read, backlogPage)
+			if err != nil {
 				if ctx.Err() == nil {
-					s.log.Error("reading the events a stream missed", "after", *after, "err", err)
-					sw.end("end", fmt.Sprintf("the events after %d could not be read (%v); %s", *after, err, advice.Resume), true)
+					s.log.Error("reading the events a stream missed", "after", read.After, "err", err)
+					sw.end("end", fmt.Sprintf("the events after %d could not be read (%v); %s", read.After, err, advice.Resume), true)
 				}
 				return false
 			}
+			page = &next
 		}
-		for _, e := range page {
+		for _, e := range page.Events {
 			if q.follows(e) && sent.Add(e.ID) {
 				sw.event(q.shown(e))
 			}
@@ -359,15 +362,10 @@ func (s *server) catchUp(ctx context.Context, sw *sseWriter, q eventsQuery, sent
 		if sw.flush() != nil || ctx.Err() != nil {
 			return false
 		}
-		// On PostgreSQL a page may hold events at or below *after (see
-		// pgstore's Backlog): the next page starts after the highest.
-		if len(page) < backlogPage || page[len(page)-1].ID <= *after {
-			if len(page) > 0 {
-				*after = max(*after, page[len(page)-1].ID)
-			}
+		*read = page.Next
+		if !page.More {
 			return true
 		}
-		*after = page[len(page)-1].ID
 		page = nil
 	}
 }

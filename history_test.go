@@ -16,6 +16,7 @@ import (
 	"github.com/locker-ci/locker/internal/enginetest"
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // TestTheStreamIsTheSameOnBothStores follows GET /events on each store:
@@ -194,16 +195,15 @@ func TestAResumedStreamSendsEveryKeptEventOnce(t *testing.T) {
 		want := map[uint64]bool{}
 		testutil.WaitFor(t, "the 2,600 events to be kept", func() bool {
 			clear(want)
-			for after := uint64(0); ; {
-				page, _, err := tab.Backlog(context.Background(), after, 500)
+			for from := (txn.Mark{}); ; {
+				page, err := tab.Backlog(context.Background(), from, 500)
 				if err != nil {
 					t.Fatal(err)
 				}
-				for _, e := range page {
+				for _, e := range page.Events {
 					want[e.ID] = true
-					after = max(after, e.ID)
 				}
-				if len(page) < 500 {
+				if from = page.Next; !page.More {
 					return len(want) == 2600
 				}
 			}

@@ -86,6 +86,9 @@ type Engine struct {
 	store   Store
 	log     *slog.Logger
 	metrics Counter
+	// backlogs is room for the one backlog page read at a time: streams
+	// catching up share a core, and leave the other to the changes.
+	backlogs chan struct{}
 }
 
 // Options are an engine's settings beyond its store.
@@ -107,7 +110,7 @@ type Counter interface {
 
 // New returns the engine over store.
 func New(store Store, opts Options) *Engine {
-	e := &Engine{store: store, log: opts.Log, metrics: opts.Metrics}
+	e := &Engine{store: store, log: opts.Log, metrics: opts.Metrics, backlogs: make(chan struct{}, 1)}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}

@@ -98,14 +98,21 @@ func (e *Engine) Recent(ctx context.Context, names []string, n int) (map[string]
 	return recent, nil
 }
 
-// Backlog returns up to limit of the events kept with IDs above after, in
-// the order of their IDs, and the highest ID of an event no longer kept.
-func (e *Engine) Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+// Backlog returns a page of up to limit of the events kept after from,
+// in the order of their IDs (a stream's first page starts from the
+// client's last event ID; each next one from the page before's Next).
+func (e *Engine) Backlog(ctx context.Context, from txn.Mark, limit int) (txn.Backlog, error) {
+	select {
+	case e.backlogs <- struct{}{}:
+		defer func() { <-e.backlogs }()
+	case <-ctx.Done():
+		return txn.Backlog{}, ctx.Err()
+	}
 	ctx, cancel := context.WithTimeout(ctx, changeTimeout)
 	defer cancel()
-	events, forgotten, err := e.store.Backlog(ctx, after, limit)
+	page, err := e.store.Backlog(ctx, from, limit)
 	if err != nil {
-		return nil, 0, e.fail("", err)
+		return txn.Backlog{}, e.fail("", err)
 	}
-	return events, forgotten, nil
+	return page, nil
 }

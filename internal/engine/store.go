@@ -29,10 +29,10 @@ type Store interface {
 	// Recent returns the last n events of each lock in names, newest
 	// first.
 	Recent(ctx context.Context, names []string, n int) (map[string][]lock.Event, error)
-	// Backlog returns up to limit of the events kept with IDs above after,
-	// in the order of their IDs, and the highest ID of an event no longer
-	// kept. Events reach the function given at open as they commit.
-	Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error)
+	// Backlog returns a page of up to limit of the events kept after
+	// from, in the order of their IDs. Events reach the function given at
+	// open as they commit.
+	Backlog(ctx context.Context, from txn.Mark, limit int) (txn.Backlog, error)
 	// View runs fn over the locks named as they are, changing nothing.
 	View(ctx context.Context, names []string, fn func(txn.Reader) error) error
 	// Scan reads into t (Reset first) a copy of a page of the locks held

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/txn"
 )
 
 // Each lock's history is a slice of its events, oldest first, kept apart
@@ -320,34 +321,41 @@ func (s *Store) send(seq uint64) {
 	}
 }
 
-// Backlog returns up to limit of the durable events kept with IDs above
-// after, in the order of their IDs, and the highest ID of an event no
-// longer kept: a client that saw events up to after and asks for the
-// rest has missed some if it is above after. It looks at the events
-// after after, by ID, until it has limit of them: the store's mutex is
-// held for as long as a page takes, whatever the history holds.
-func (s *Store) Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+// Backlog returns a page of up to limit of the durable events kept
+// after from, in the order of their IDs, and the highest ID of an event
+// no longer kept: a client that saw events up to from.After and asks for
+// the rest has missed some if it is above that. Events are durable in
+// the order of their IDs here, so from.Running is not needed. It looks at
+// the events after from.After, by ID, until it has limit of them: the
+// store's mutex is held for as long as a page takes, whatever the
+// history holds.
+func (s *Store) Backlog(ctx context.Context, from txn.Mark, limit int) (txn.Backlog, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, 0, err
+		return txn.Backlog{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now, forgotten := s.now(), s.forgotten
-	events := make([]lock.Event, 0, min(limit, 1024))
-	for _, r := range s.byID.refs[s.byID.after(after):] {
-		if len(events) == limit || r.id > s.sent {
+	now := s.now()
+	page := txn.Backlog{Events: make([]lock.Event, 0, min(limit, 1024)), Next: from, Forgotten: s.forgotten}
+	for _, r := range s.byID.refs[s.byID.after(from.After):] {
+		if r.id > s.sent {
 			break // the rest are not durable yet: a follower hears of them
 		}
+		if len(page.Events) == limit {
+			page.More = true
+			break
+		}
+		page.Next.After = r.id
 		e, ok := kept1(s.history, r)
 		switch {
 		case !ok: // dropped since: s.forgotten counts it
 		case !s.keep.Keeps(e.At, now):
-			forgotten = max(forgotten, e.ID)
+			page.Forgotten = max(page.Forgotten, e.ID)
 		default:
-			events = append(events, e)
+			page.Events = append(page.Events, e)
 		}
 	}
-	return events, forgotten, nil
+	return page, nil
 }
 
 // Recent returns the last n events kept of each lock in names, newest

@@ -67,14 +67,13 @@ func TestOldEventsAreForgotten(t *testing.T) {
 	}
 	// The backlog holds an event once it went to the followers, after
 	// the journal's sync: a moment after the change returns.
-	var events []lock.Event
-	var forgotten uint64
+	var page txn.Backlog
 	testutil.WaitFor(t, "the new event in the backlog", func() bool {
-		events, forgotten, err = s.Backlog(ctx, 0, 10)
-		return err != nil || len(events) > 0
+		page, err = s.Backlog(ctx, txn.Mark{}, 10)
+		return err != nil || len(page.Events) > 0
 	})
-	if err != nil || len(events) != 1 || forgotten != h[0].ID-1 {
-		t.Errorf("the backlog from the start: %v, forgotten %d, %v; want the new event, and the two before it forgotten", events, forgotten, err)
+	if err != nil || len(page.Events) != 1 || page.Forgotten != h[0].ID-1 {
+		t.Errorf("the backlog from the start: %v, forgotten %d, %v; want the new event, and the two before it forgotten", page.Events, page.Forgotten, err)
 	}
 }
 
@@ -151,18 +150,17 @@ func TestBacklogPagesThroughTheHistories(t *testing.T) {
 	slices.Sort(want)
 	for _, from := range []uint64{0, want[len(want)/2], s.sent} {
 		var got []uint64
-		for after := from; ; {
-			page, _, err := s.Backlog(ctx, after, 100)
+		for mark := (txn.Mark{After: from}); ; {
+			page, err := s.Backlog(ctx, mark, 100)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, e := range page {
+			for _, e := range page.Events {
 				got = append(got, e.ID)
 			}
-			if len(page) < 100 {
+			if mark = page.Next; !page.More {
 				break
 			}
-			after = page[len(page)-1].ID
 		}
 		i, _ := slices.BinarySearch(want, from+1)
 		if !slices.Equal(got, want[i:]) {
@@ -194,10 +192,10 @@ func TestBacklogReadsOnlyItsPage(t *testing.T) {
 	s.sent = 200000
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	page, _, err := s.Backlog(ctx, 0, 1000)
+	page, err := s.Backlog(ctx, txn.Mark{}, 1000)
 	runtime.ReadMemStats(&after)
-	if err != nil || len(page) != 1000 || page[0].ID != 1 || page[999].ID != 1000 {
-		t.Fatalf("the first page: %d events, %v; want events 1 to 1,000", len(page), err)
+	if err != nil || len(page.Events) != 1000 || page.Events[0].ID != 1 || page.Events[999].ID != 1000 || !page.More || page.Next.After != 1000 {
+		t.Fatalf("the first page: %d events, more %v, next %+v, %v; want events 1 to 1,000, more after 1,000", len(page.Events), page.More, page.Next, err)
 	}
 	perEvent := int(unsafe.Sizeof(lock.Event{}))
 	if n := after.TotalAlloc - before.TotalAlloc; n > uint64(4*1000*perEvent) {

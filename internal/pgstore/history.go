@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -105,13 +106,13 @@ func (s *Store) pollEvents(ctx context.Context) {
 func (s *Store) fetchEvents(ctx context.Context) (bool, error) {
 	found := false
 	for {
-		from := s.sent.Max
-		events, _, err := s.Backlog(ctx, from, eventsPage)
+		page, err := s.Backlog(ctx, s.read, eventsPage)
 		if err != nil {
 			return found, err
 		}
-		found = s.send(events) || found
-		if s.sent.Max == from || len(events) < eventsPage {
+		found = s.send(page.Events) || found
+		s.read = page.Next
+		if !page.More {
 			return found, nil
 		}
 	}
@@ -154,41 +155,69 @@ func scanEvents(rows pgx.Rows) ([]lock.Event, error) {
 	return events, rows.Err()
 }
 
-// Backlog returns up to limit of the events kept with IDs above after, in
+// Backlog returns a page of up to limit of the events kept after from, in
 // the order of their IDs, and the highest ID of an event no longer kept.
 //
 // A transaction's IDs come from a sequence as its rows are written, before
 // its COMMIT, so transactions of different nodes over different locks may
 // commit out of the order of their IDs (never two over the same lock: its
-// row lock orders them). A client that saw event after may not have seen
-// one with a lower ID that committed later: such an event was written by a
-// transaction running when event after was written. So the events with
-// lower IDs written by transactions no older than the oldest one running
-// then come too, first; the caller sends each ID once, and a client may
-// be sent again one it had.
-func (s *Store) Backlog(ctx context.Context, after uint64, limit int) ([]lock.Event, uint64, error) {
+// row lock orders them). A reader that has read up to from.After may not
+// have seen an event with a lower ID that committed later: one written by
+// a transaction still running as it read (the statement that writes
+// events takes its transaction's ID before its events' IDs, so such a
+// transaction's ID is at least the oldest then running). So those come
+// too, first: the events with lower IDs written by transactions no older
+// than from.Running, the oldest one running when the page before was
+// read, which is recent, and so is the part of the index read. A client
+// that resumes from an event ID alone brings no such mark: then it is the
+// oldest transaction running when that event was written, and that
+// event's own transaction is left out (the client saw its events
+// together). The caller sends each ID once; a client may be sent again one
+// it had.
+func (s *Store) Backlog(ctx context.Context, from txn.Mark, limit int) (txn.Backlog, error) {
 	b := &pgx.Batch{}
+	// Taken before the page's own snapshot: not younger than its oldest
+	// running transaction, so the next page looks back at least as far.
+	b.Queue("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
 	b.Queue(`(SELECT id, event FROM locker_events
-			WHERE xid >= (SELECT running FROM locker_events WHERE id = $1) AND id < $1)
+			WHERE xid >= coalesce(nullif($3, '0')::xid8, (SELECT running FROM locker_events WHERE id = $1)) AND id < $1
+				AND xid <> coalesce((SELECT xid FROM locker_events WHERE id = $1 AND $3 = '0'), '0'::xid8))
 		UNION ALL
 		(SELECT id, event FROM locker_events WHERE id > $1 ORDER BY id LIMIT $2)
-		ORDER BY id`, int64(after), limit)
+		ORDER BY id`, int64(from.After), limit, strconv.FormatUint(from.Running, 10))
 	b.Queue("SELECT id FROM locker_events_forgotten")
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
+	var running string
+	if err := br.QueryRow().Scan(&running); err != nil {
+		return txn.Backlog{}, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	page := txn.Backlog{Next: from}
+	var err error
+	if page.Next.Running, err = strconv.ParseUint(running, 10, 64); err != nil {
+		return txn.Backlog{}, fmt.Errorf("the oldest running transaction %q: %w", running, err)
+	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+		return txn.Backlog{}, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
-	events, err := scanEvents(rows)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	if page.Events, err = scanEvents(rows); err != nil {
+		return txn.Backlog{}, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
+	after := 0
+	for _, e := range page.Events {
+		if e.ID > from.After {
+			after++
+			page.Next.After = e.ID
+		}
+	}
+	page.More = after == limit
 	var forgotten int64
 	if err := br.QueryRow().Scan(&forgotten); err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+		return txn.Backlog{}, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
-	return events, uint64(forgotten), nil
+	page.Forgotten = uint64(forgotten)
+	return page, nil
 }
 
 // trimHistory deletes the events past the number kept of the locks that

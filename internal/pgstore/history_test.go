@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -52,13 +53,138 @@ func TestBacklogSendsWhatCommittedOutOfOrder(t *testing.T) {
 	if err := slow.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	events, _, err := s.Backlog(ctx, fast[0].ID, 100)
+	page, err := s.Backlog(ctx, txn.Mark{After: fast[0].ID}, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
+	events := page.Events
 	if !slices.ContainsFunc(events, func(e lock.Event) bool { return e.ID == slowID }) {
 		t.Errorf("the backlog after event %d is %v; want event %d, which committed after it", fast[0].ID, events, slowID)
 	}
+}
+
+// TestBacklogPagesCatchWhatCommitsLate: a stream reads a page while a
+// transaction that wrote an event with a lower ID is still running; the
+// next page, from the first one's mark, holds that event once it has
+// committed.
+func TestBacklogPagesCatchWhatCommitsLate(t *testing.T) {
+	ctx := context.Background()
+	u := testURL(t)
+	s, err := Open(ctx, u, "n", Options{History: txn.History{Events: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(false)
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	slow, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = slow.Rollback(ctx) }()
+	var slowID uint64
+	if err := slow.QueryRow(ctx, `WITH x AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
+		INSERT INTO locker_events (name, at, event, xid) SELECT 'slow', now(), '{"lock":"slow","event":"taken"}', x.xid FROM x RETURNING id`).Scan(&slowID); err != nil {
+		t.Fatal(err)
+	}
+	take(t, s, "fast")
+	first, err := s.Backlog(ctx, txn.Mark{}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Events) != 1 || first.Events[0].Lock != "fast" || first.More {
+		t.Fatalf("the first page: %v (more: %v); want fast's event alone", first.Events, first.More)
+	}
+	if err := slow.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next, err := s.Backlog(ctx, first.Next, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(next.Events, func(e lock.Event) bool { return e.ID == slowID }) {
+		t.Errorf("the page after %+v is %v; want event %d, which committed after the first page was read", first.Next, next.Events, slowID)
+	}
+}
+
+// take takes the lock called name for a, recording the event.
+func take(t *testing.T, s *Store, name string) {
+	t.Helper()
+	if err := s.Update(context.Background(), []string{name}, txn.Options{}, func(tx txn.Tx) error {
+		tx.Set(name, lock.Lock{Key: "k", Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}}})
+		tx.Record(lock.Event{Lock: name, Kind: lock.Taken, Holder: "a", Key: "k", Counts: 1, At: tx.Now()})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAResumedPageIsAPage: a client resumes from an event in the middle
+// of 3,000 that one transaction wrote (as locker migrate writes a
+// history), then follows the pages: each holds at most a page of events
+// (a resumed page once held every event of that transaction below the
+// client's, 1,499 of them, and each next one as many: a stream read
+// 200,000 events for minutes), and together they hold every event after
+// the client's once.
+func TestAResumedPageIsAPage(t *testing.T) {
+	ctx := context.Background()
+	u := testURL(t)
+	s, err := Open(ctx, u, "n", Options{History: txn.History{Events: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(false)
+	var ids []uint64
+	rows, err := s.pool.Query(ctx, `INSERT INTO locker_events (name, at, event)
+		SELECT 'lock-' || n, now(), json_build_object('lock', 'lock-' || n, 'event', 'taken') FROM generate_series(1, 3000) n RETURNING id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, uint64(id))
+	}
+	if rows.Close(); rows.Err() != nil || len(ids) != 3000 {
+		t.Fatalf("wrote %d events: %v", len(ids), rows.Err())
+	}
+	slices.Sort(ids)
+	for i := range 5 {
+		take(t, s, fmt.Sprintf("later-%d", i))
+	}
+	const limit = 100
+	seen := map[uint64]int{}
+	pages := 0
+	for from := (txn.Mark{After: ids[1499]}); ; pages++ {
+		page, err := s.Backlog(ctx, from, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Events) > limit {
+			t.Fatalf("the page from %+v holds %d events; want at most %d", from, len(page.Events), limit)
+		}
+		for _, e := range page.Events {
+			seen[e.ID]++
+		}
+		if from = page.Next; !page.More {
+			break
+		}
+	}
+	if len(seen) != 1500+5 {
+		t.Errorf("the pages held %d events; want the 1,505 after the client's", len(seen))
+	}
+	for _, id := range ids[:1500] {
+		if seen[id] > 0 {
+			t.Errorf("event %d, at or before the client's, was sent again", id)
+			break
+		}
+	}
+	t.Logf("%d pages", pages+1)
 }
 
 // TestOldEventsAreForgotten: the heartbeats delete the events older than

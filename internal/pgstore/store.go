@@ -62,6 +62,7 @@ type Store struct {
 	onEvents      func([]lock.Event) // told of the events every node commits
 	onCredentials func()             // told that the credentials may have changed
 	sent          stream.Seen        // the events handed to onEvents; pollEvents'
+	read          txn.Mark           // where pollEvents' next read starts; its own
 	eventsTold    chan struct{}      // a node told of events (room for one)
 	toldAt        atomic.Int64       // when this node last told the others of events, in Unix nanoseconds
 	trimmedTo     int64              // the highest event ID when history was last trimmed; the heartbeats'
@@ -129,11 +130,17 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	if s.onEvents != nil && s.keep.Events > 0 {
 		// The stream hands on the events committed from now on.
 		var last int64
-		if err := pool.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM locker_events").Scan(&last); err != nil {
+		var running string
+		if err := pool.QueryRow(ctx, "SELECT coalesce(max(id), 0), pg_snapshot_xmin(pg_current_snapshot())::text FROM locker_events").Scan(&last, &running); err != nil {
 			pool.Close()
 			return nil, err
 		}
 		s.sent.Max = uint64(last)
+		if s.read.Running, err = strconv.ParseUint(running, 10, 64); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("the oldest running transaction %q: %w", running, err)
+		}
+		s.read.After = s.sent.Max
 	}
 	for range committers {
 		s.committing.Go(s.commitLoop)

@@ -143,6 +143,24 @@ type History struct {
 // Keeps reports whether an event at at is still kept at now.
 func (h History) Keeps(at, now time.Time) bool { return h.Age <= 0 || now.Sub(at) < h.Age }
 
+// Mark is where a reader of the events (a stream catching up, a node
+// following the others) has got to: the highest event ID it has read,
+// and, on PostgreSQL, the oldest transaction still running as it read (0
+// when not known, as when a client resumes from an event ID alone). Its
+// next read starts there.
+type Mark struct {
+	After   uint64
+	Running uint64
+}
+
+// Backlog is a page of the events kept after a Mark.
+type Backlog struct {
+	Events    []lock.Event // in the order of their IDs
+	Next      Mark         // where the next page starts
+	More      bool         // the page was full: there may be more after Next
+	Forgotten uint64       // the highest ID of an event no longer kept
+}
+
 // Errors of stores, which the server answers each in its own way.
 var (
 	// ErrClosed: the store is shutting down; nothing was changed.
