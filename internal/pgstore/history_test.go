@@ -14,27 +14,46 @@ import (
 	"github.com/locker-ci/locker/internal/txn"
 )
 
+// historyStore opens a node on the database at u that keeps 100 events a
+// lock, closed when the test ends.
+func historyStore(t *testing.T, u string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), u, "n", Options{History: txn.History{Events: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(false) })
+	return s
+}
+
+// storeAndSlowWriter opens a node as historyStore does, and begins a
+// transaction on a connection of its own beside it (rolled back at the
+// end unless committed).
+func storeAndSlowWriter(t *testing.T) (*Store, pgx.Tx) {
+	t.Helper()
+	ctx := context.Background()
+	u := testURL(t)
+	s := historyStore(t, u)
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(ctx) })
+	slow, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = slow.Rollback(ctx) })
+	return s, slow
+}
+
 // TestBacklogSendsWhatCommittedOutOfOrder: a transaction writes an event
 // and commits only after another, with a higher ID, has committed (two
 // nodes, two locks). A client that saw the later one and resumes after it
 // must still get the earlier one.
 func TestBacklogSendsWhatCommittedOutOfOrder(t *testing.T) {
 	ctx := context.Background()
-	u := testURL(t)
-	s, err := Open(ctx, u, "n", Options{History: txn.History{Events: 100}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(false)
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	slow, err := conn.Begin(ctx) // another node's batch, slow to commit
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, slow := storeAndSlowWriter(t) // another node's batch, slow to commit
 	var slowID uint64
 	if err := slow.QueryRow(ctx, `INSERT INTO locker_events (name, at, event) VALUES ('slow', now(), '{"lock":"slow","event":"taken"}') RETURNING id`).Scan(&slowID); err != nil {
 		t.Fatal(err)
@@ -69,22 +88,7 @@ func TestBacklogSendsWhatCommittedOutOfOrder(t *testing.T) {
 // committed.
 func TestBacklogPagesCatchWhatCommitsLate(t *testing.T) {
 	ctx := context.Background()
-	u := testURL(t)
-	s, err := Open(ctx, u, "n", Options{History: txn.History{Events: 100}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(false)
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	slow, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = slow.Rollback(ctx) }()
+	s, slow := storeAndSlowWriter(t)
 	var slowID uint64
 	if err := slow.QueryRow(ctx, `WITH x AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
 		INSERT INTO locker_events (name, at, event, xid) SELECT 'slow', now(), '{"lock":"slow","event":"taken"}', x.xid FROM x RETURNING id`).Scan(&slowID); err != nil {
@@ -131,12 +135,7 @@ func take(t *testing.T, s *Store, name string) {
 // the client's once.
 func TestAResumedPageIsAPage(t *testing.T) {
 	ctx := context.Background()
-	u := testURL(t)
-	s, err := Open(ctx, u, "n", Options{History: txn.History{Events: 100}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(false)
+	s := historyStore(t, testURL(t))
 	var ids []uint64
 	rows, err := s.pool.Query(ctx, `INSERT INTO locker_events (name, at, event)
 		SELECT 'lock-' || n, now(), json_build_object('lock', 'lock-' || n, 'event', 'taken') FROM generate_series(1, 3000) n RETURNING id`)
