@@ -375,5 +375,6 @@ Connection (every command):
   --ca-cert FILE   trust this CA's certificate (PEM) as well as the
                    system's (default $LOCKER_CA_CERT)
   --insecure       trust any certificate (not recommended)
-  LOCKER_USER, LOCKER_PASSWORD   the server's basic-auth credentials
+  LOCKER_USER, LOCKER_PASSWORD   a credential's name and secret (or the
+                                 server's AUTH_USER and AUTH_PASS)
 `
