@@ -51,6 +51,7 @@ var errorStatuses = []struct {
 	{jsonbody.ErrInvalid, http.StatusBadRequest},
 	{jsonbody.ErrTooLarge, http.StatusRequestEntityTooLarge},
 	{engine.ErrHeld, http.StatusLocked},
+	{engine.ErrPrecondition, http.StatusPreconditionFailed},
 	{engine.ErrKeyReused, http.StatusUnprocessableEntity},
 	{engine.ErrKeyBusy, http.StatusConflict},
 	{engine.ErrGrantEnded, http.StatusConflict},
@@ -257,6 +258,10 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e, ok := r.Context().Value(logEntryKey{}).(*logEntry); ok {
 		e.err = err
+	}
+	if pe := (*engine.PreconditionError)(nil); errors.As(err, &pe) {
+		s.writePrecondition(w, r, pe)
+		return
 	}
 	s.writeJSON(w, r, status, map[string]string{"error": msg})
 }

@@ -224,30 +224,23 @@ func TestARevokedCredentialIsRefusedOnEveryNode(t *testing.T) {
 // (two reloads of the keyring that finished out of order once left the
 // newer credential out), on both stores.
 func TestCredentialsMadeAtOnceAllLogIn(t *testing.T) {
-	for _, store := range []string{"file", "postgres"} {
-		t.Run(store, func(t *testing.T) {
-			env := map[string]string{"AUTH_USER": "root", "AUTH_PASS": "rootpass", "LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")}
-			if store == "postgres" {
-				delete(env, "LOCKER_CONFIG")
-				env["LOCKER_DATABASE_URL"] = testutil.PostgresSchema(t)
-			}
-			ls := startRun(t, env)
-			const makers, each = 8, 10
-			var wg sync.WaitGroup
-			for m := range makers {
-				wg.Go(func() {
-					for i := range each {
-						name := fmt.Sprintf("team-%d-%d", m, i)
-						secret := ls.makeCredential(t, `{"name": "`+name+`", "grants": [{"role": "lock", "prefix": "`+name+`/"}]}`)
-						if status, body := ls.as(t, name, secret, "PUT", "/lock/"+name+"/deploy", `{"key": "k"}`); status != http.StatusOK {
-							t.Errorf("%s, just made: PUT = %d %s; want 200", name, status, body)
-						}
+	onEachStore(t, map[string]string{"AUTH_USER": "root", "AUTH_PASS": "rootpass"}, func(t *testing.T, env map[string]string) {
+		ls := startRun(t, env)
+		const makers, each = 8, 10
+		var wg sync.WaitGroup
+		for m := range makers {
+			wg.Go(func() {
+				for i := range each {
+					name := fmt.Sprintf("team-%d-%d", m, i)
+					secret := ls.makeCredential(t, `{"name": "`+name+`", "grants": [{"role": "lock", "prefix": "`+name+`/"}]}`)
+					if status, body := ls.as(t, name, secret, "PUT", "/lock/"+name+"/deploy", `{"key": "k"}`); status != http.StatusOK {
+						t.Errorf("%s, just made: PUT = %d %s; want 200", name, status, body)
 					}
-				})
-			}
-			wg.Wait()
-		})
-	}
+				}
+			})
+		}
+		wg.Wait()
+	})
 }
 
 // TestFailedLoginsAreThrottled: after many failed logins from one

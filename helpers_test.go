@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -304,6 +305,43 @@ func (ls *liveServer) shutdown() error {
 	case <-time.After(15 * time.Second):
 		return context.DeadlineExceeded
 	}
+}
+
+// onEachStore runs f with env and a store of each kind added to it: a
+// state file, then a PostgreSQL schema of its own.
+func onEachStore(t *testing.T, env map[string]string, f func(t *testing.T, env map[string]string)) {
+	for _, store := range []string{"file", "postgres"} {
+		t.Run(store, func(t *testing.T) {
+			e := maps.Clone(env)
+			if store == "file" {
+				e["LOCKER_CONFIG"] = filepath.Join(t.TempDir(), "locks.yml")
+			} else {
+				e["LOCKER_DATABASE_URL"] = testutil.PostgresSchema(t)
+			}
+			f(t, e)
+		})
+	}
+}
+
+// request sends a request with header and returns the response (its body
+// read and closed) and its body.
+func (ls *liveServer) request(tb testing.TB, method, path, body string, header http.Header) (*http.Response, []byte) {
+	tb.Helper()
+	req, err := http.NewRequest(method, ls.url+path, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	maps.Copy(req.Header, header)
+	resp, err := ls.client.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp, data
 }
 
 // call sends a request and returns its status and body.

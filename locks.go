@@ -184,7 +184,7 @@ func (s *server) handleRenew(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	l, err := s.locks.Renew(r.Context(), name, req.Key, req.Requestor, ttl, req.Idem)
+	l, err := s.locks.Renew(r.Context(), name, req.Key, req.Requestor, ttl, req.Idem, changeOptions(req)...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -205,10 +205,10 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Force {
-		s.forceRelease(w, r, name, req.Idem)
+		s.forceRelease(w, r, name, req)
 		return
 	}
-	l, released, err := s.locks.Release(r.Context(), name, req.Key, req.Requestor, req.All, req.Idem)
+	l, released, err := s.locks.Release(r.Context(), name, req.Key, req.Requestor, req.All, req.Idem, changeOptions(req)...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -228,23 +228,29 @@ func (s *server) handleUnlock(w http.ResponseWriter, r *http.Request) {
 }
 
 // forceRelease handles DELETE /lock/{name}?force=true: a person clearing a
-// stuck lock. It is logged with who asked.
-func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string, idem *engine.IdempotencyKey) {
-	old, now, err := s.locks.ForceRelease(r.Context(), name, forcedBy(r), idem)
+// stuck lock. It is logged with who asked, and why.
+func (s *server) forceRelease(w http.ResponseWriter, r *http.Request, name string, req lockRequest) {
+	old, now, err := s.locks.ForceRelease(r.Context(), name, forcedBy(r), req.Idem, changeOptions(req)...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	user, _, _ := r.BasicAuth()
 	msg := fmt.Sprintf("lock for %s was not held; nothing to release", name)
 	if !old.Free() {
 		msg = fmt.Sprintf("lock for %s force-released; it was held with key %q by %s", name, old.Key, old.HoldersString())
 		if !now.Replayed {
-			s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
-				"key", old.Key, "holders", old.HoldersString(), "token", old.Token)
+			s.logForced(r, name, old, req.Reason)
 		}
 	}
 	s.writeLock(w, r, name, now, msg)
+}
+
+// logForced logs a lock forced free: which, who asked, why, and what it
+// was.
+func (s *server) logForced(r *http.Request, name string, old lock.Lock, reason string) {
+	user, _, _ := r.BasicAuth()
+	s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr, "reason", reason,
+		"key", old.Key, "holders", old.HoldersString(), "token", old.Token)
 }
 
 // lockReply is the answer to a request about one lock: the lock as
@@ -269,6 +275,7 @@ func (s *server) writeLock(w http.ResponseWriter, r *http.Request, name string, 
 // the reflection and the maps (TestWriteViewIsEncodingJSON).
 func writeView(w http.ResponseWriter, name string, l engine.Snapshot, released *int, response string) {
 	markReplay(w, l)
+	setETag(w.Header(), l.Token)
 	bp := viewBuffers.Get().(*[]byte)
 	b := lock.AppendView((*bp)[:0], name, l.Lock, l.Waiting)
 	b = b[:len(b)-1] // the view's closing brace: the reply's fields follow
@@ -366,7 +373,7 @@ func (s *server) handleRenewSet(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	got, err := s.locks.RenewSet(r.Context(), names, req.Key, req.Requestor, ttl, req.Idem)
+	got, err := s.locks.RenewSet(r.Context(), names, req.Key, req.Requestor, ttl, req.Idem, changeOptions(req)...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -387,22 +394,20 @@ func (s *server) handleUnlockSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Force {
-		old, got, err := s.locks.ForceReleaseSet(r.Context(), names, forcedBy(r), req.Idem)
+		old, got, err := s.locks.ForceReleaseSet(r.Context(), names, forcedBy(r), req.Idem, changeOptions(req)...)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		user, _, _ := r.BasicAuth()
 		for name, l := range old {
 			if !got[name].Replayed {
-				s.log.Warn("lock force-released", "lock", name, "user", user, "remote", r.RemoteAddr,
-					"key", l.Key, "holders", l.HoldersString(), "token", l.Token)
+				s.logForced(r, name, l, req.Reason)
 			}
 		}
 		s.writeSet(w, r, got, nil, fmt.Sprintf("locks %s force-released (%d of them were held)", strings.Join(names, ", "), len(old)))
 		return
 	}
-	got, released, err := s.locks.ReleaseSet(r.Context(), names, req.Key, req.Requestor, req.All, req.Idem)
+	got, released, err := s.locks.ReleaseSet(r.Context(), names, req.Key, req.Requestor, req.All, req.Idem, changeOptions(req)...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -48,7 +48,7 @@ var (
 	bodyFields = map[string][]string{
 		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit")...),
 		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
-		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all")...),
+		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all", "reason")...),
 	}
 	// queryParams lists the query parameters each route takes, by method
 	// and path as the API writes them, with an example for error messages.
@@ -86,6 +86,10 @@ type lockRequest struct {
 	engine.Request      // Key and Requestor always; TTL, Wait and Note on PUT
 	All            bool // DELETE: release every count of Requestor
 	Force          bool // DELETE: release every holder; no key needed
+	// IfMatch is the If-Match header's condition (PATCH, DELETE): the
+	// change is made only while each lock's token is one it gives.
+	IfMatch *engine.Precondition
+	Reason  string // DELETE with force: why, for the history and the log
 }
 
 // decodeLockRequest reads a change to the lock in the path: its name, the
@@ -144,15 +148,21 @@ func decodeChange(w http.ResponseWriter, r *http.Request, path string, namesOf f
 	if req.Idem, err = idempotencyKey(r, scopeOf(names), body, req.Force); err != nil {
 		return req, err
 	}
+	if req.IfMatch, err = ifMatch(r); err != nil {
+		return req, err
+	}
 	if err := decodeFields(fields, query, &req); err != nil {
 		return req, err
 	}
-	for _, f := range []struct{ name, value string }{{"key", req.Key}, {"lock_by", req.Requestor}, {"note", req.Note}} {
+	if req.Reason != "" && !req.Force {
+		return req, fmt.Errorf("%w: \"reason\" says why a lock is forced free: send it with ?force=true, e.g. DELETE /lock/<name>?force=true with {\"reason\": \"deploy 41 was aborted\"}", errBadRequest)
+	}
+	for _, f := range []struct{ name, value string }{{"key", req.Key}, {"lock_by", req.Requestor}, {"note", req.Note}, {"reason", req.Reason}} {
 		if len(f.value) > maxFieldBytes {
 			return req, fmt.Errorf("%w: %q is %d bytes long; the limit is %d", errBadRequest, f.name, len(f.value), maxFieldBytes)
 		}
 	}
-	for _, f := range []struct{ name, value string }{{`"key"`, req.Key}, {`"lock_by"`, req.Requestor}} {
+	for _, f := range []struct{ name, value string }{{`"key"`, req.Key}, {`"lock_by"`, req.Requestor}, {`"reason"`, req.Reason}} {
 		if err := printable(f.name, f.value); err != nil {
 			return req, err
 		}
@@ -286,6 +296,9 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 	if err := jsonbody.String(fields, "note", bodyExample, &req.Note); err != nil {
 		return err
 	}
+	if err := jsonbody.String(fields, "reason", `{"reason": "deploy 41 was aborted"}`, &req.Reason); err != nil {
+		return err
+	}
 	if raw, ok := fields["limit"]; ok {
 		if err := json.Unmarshal(raw, &req.Limit); err != nil || req.Limit < 1 {
 			return fmt.Errorf("%w: \"limit\" is the most holders that may share the lock, a whole number from 1 up, e.g. {\"key\": \"staging\", \"limit\": 3} (got %s)", errBadRequest, raw)
@@ -387,6 +400,9 @@ func idempotencyKey(r *http.Request, name string, body []byte, force bool) (*eng
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%t\n", r.Method, force)
 	h.Write(bytes.TrimSpace(body))
+	if conditions := r.Header.Values("If-Match"); len(conditions) > 0 {
+		fmt.Fprintf(h, "\nIf-Match: %q", conditions) // another condition is another request
+	}
 	return &engine.IdempotencyKey{
 		Scope:       r.Method + " " + name + " " + key,
 		Fingerprint: hex.EncodeToString(h.Sum(nil)),

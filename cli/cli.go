@@ -69,6 +69,7 @@ type command struct {
 type env struct {
 	ctx            context.Context
 	getenv         func(string) string
+	stdin          *os.File // for a question to a person at a terminal
 	stdout, stderr io.Writer
 	name           string // the command's name, for messages
 	usage          string // the command's help
@@ -131,7 +132,7 @@ func Main(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	}
 	defer stop()
-	e := &env{ctx: ctx, getenv: getenv, stdout: stdout, stderr: stderr, name: c.name, usage: c.usage,
+	e := &env{ctx: ctx, getenv: getenv, stdin: os.Stdin, stdout: stdout, stderr: stderr, name: c.name, usage: c.usage,
 		flags: flag.NewFlagSet("locker "+c.name, flag.ContinueOnError)}
 	e.flags.SetOutput(io.Discard) // errors are said once, by fail
 	e.flags.Usage = func() {}
@@ -291,6 +292,7 @@ var terms = advice.Terms{
 	advice.Limit:       "pass --limit ",
 	advice.Pools:       "locker pool ls lists them, and locker pool set POOL MEMBER... makes one",
 	advice.Resume:      "locker watch goes on from the last event it showed",
+	advice.ReadAgain:   "see it again with locker show NAME, and give its token with --token",
 }
 
 // connect makes the client from the connection settings.
@@ -327,7 +329,8 @@ func (e *env) fail(err error) int {
 	fmt.Fprintf(e.stderr, "locker %s: %v\n", e.name, err)
 	var timedOut *client.TimedOut
 	switch {
-	case client.IsStatus(err, http.StatusLocked), errors.As(err, &timedOut) && client.IsStatus(timedOut.Last, http.StatusLocked):
+	case client.IsStatus(err, http.StatusLocked), client.IsStatus(err, http.StatusPreconditionFailed),
+		errors.As(err, &timedOut) && client.IsStatus(timedOut.Last, http.StatusLocked):
 		return exitRefused
 	}
 	return exitUsage

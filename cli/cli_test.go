@@ -353,7 +353,7 @@ func TestForceUnlockStopsTheCommand(t *testing.T) {
 	c := newClient(t, server(t))
 	run := c.start(t, "run", "prod", "--ttl", "2s", "--grace", "300ms", "--", "sh", "-c", `trap "" TERM; echo $$ > pid; exec sleep 60`)
 	c.waitForFile(t, "pid")
-	if r := c.run(t, "force-unlock", "prod"); r.code != 0 {
+	if r := c.run(t, "force-unlock", "prod", "--reason", "the deploy hung"); r.code != 0 {
 		t.Fatalf("force-unlock = %v", r)
 	}
 	r := run.wait(t, 5*time.Second)
@@ -364,6 +364,48 @@ func TestForceUnlockStopsTheCommand(t *testing.T) {
 	if err := syscall.Kill(pid, 0); err == nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		t.Errorf("the command (pid %d) still runs after run lost the lock", pid)
+	}
+}
+
+// TestForceUnlockSaysWhyAndWhichHolding: force-unlock needs a reason
+// (asked for at a terminal), frees the lock only at the token given
+// (a lock that changed hands since is left to its next holder: exit 1,
+// saying how to look again), and the history keeps who and why.
+func TestForceUnlockSaysWhyAndWhichHolding(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	r := c.run(t, "lock", "prod", "--key", "deploy-41")
+	token, err := strconv.ParseUint(strings.TrimSpace(r.stdout), 10, 64)
+	if r.code != 0 || err != nil {
+		t.Fatalf("lock = %v", r)
+	}
+	if r := c.run(t, "force-unlock", "prod"); r.code != 2 || !strings.Contains(r.stderr, "--reason is missing") {
+		t.Errorf("force-unlock without --reason, no terminal = %v; want exit 2 asking for --reason", r)
+	}
+	r = c.run(t, "force-unlock", "prod", "--token", strconv.FormatUint(token+5, 10), "--reason", "stale")
+	if r.code != 1 || !strings.Contains(r.stderr, "412") || !strings.Contains(r.stderr, "see it again with locker show NAME, and give its token with --token") {
+		t.Errorf("force-unlock at another token = %v; want exit 1, the 412 in the command line's words", r)
+	}
+	if !c.held(t, "prod") {
+		t.Fatal("a refused force-unlock freed the lock")
+	}
+	if r := c.run(t, "force-unlock", "prod", "--token", strconv.FormatUint(token, 10), "--reason", "deploy 41 was aborted"); r.code != 0 {
+		t.Fatalf("force-unlock at its token = %v", r)
+	}
+	// At a terminal (script(1) gives it one), the reason is asked for.
+	if r := c.run(t, "lock", "prod", "--key", "deploy-42"); r.code != 0 {
+		t.Fatalf("lock = %v", r)
+	}
+	cmd, stdout, stderr := c.command("script", "-qec", strconv.Quote(lockerBin)+" force-unlock prod", "/dev/null")
+	cmd.Stdin = strings.NewReader("the build VM is gone\n")
+	if err := cmd.Run(); err != nil || !strings.Contains(stdout.String(), "to be forced free?") {
+		t.Fatalf("force-unlock at a terminal: %v; stdout %q, stderr %q", err, stdout, stderr)
+	}
+	r = c.run(t, "history", "prod")
+	for _, want := range []string{"because: the build VM is gone", "because: deploy 41 was aborted"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("locker history prod:\n%s\nwant %q", r.stdout, want)
+		}
 	}
 }
 

@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -164,32 +166,61 @@ func cmdRenew(e *env, args []string) int {
 	return exitOK
 }
 
-const forceUsage = `Usage: locker force-unlock NAME
+const forceUsage = `Usage: locker force-unlock NAME --reason TEXT [--token N]
 
 Frees the lock called NAME whoever holds it: for a lock left by a build
-that will not come back. The server logs who asked. Its holders are not
-told; if what the lock guards checks fencing tokens, their writes are
-refused from now on.
+that will not come back. The lock's history, the stream and the server's
+log keep who asked and why (--reason; at a terminal, asked for when not
+given). Its holders are not told; if what the lock guards checks fencing
+tokens, their writes are refused from now on.
 
-Example:
-  locker show prod && locker force-unlock prod
+  --reason TEXT  why the lock is forced free
+  --token N      free it only while it is held at fencing token N, as
+                 locker show printed it: if it changed hands since, the
+                 next holder keeps it (exit 1)
+
+Examples:
+  locker show prod
+  locker force-unlock prod --token 17 --reason "deploy 41 was aborted"
 ` + connectionHelp
 
 // cmdForceUnlock handles locker force-unlock.
 func cmdForceUnlock(e *env, args []string) int {
+	var f client.Forcing
+	e.flags.StringVar(&f.Reason, "reason", "", "")
+	e.flags.Uint64Var(&f.Token, "token", 0, "")
 	pos, code, ok := e.parse(args, "NAME")
 	if !ok {
 		return code
 	}
+	if f.Reason == "" {
+		if f.Reason = e.ask(fmt.Sprintf("Why is %q to be forced free? (its history keeps the answer) ", pos[0])); f.Reason == "" {
+			return e.usageError("--reason is missing: say why the lock is forced free, e.g. --reason \"deploy 41 was aborted\" (its history keeps it)")
+		}
+	}
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	l, err := e.client.ForceUnlock(e.ctx, pos[0], e.progress(time.Now().Add(patience)))
+	l, err := e.client.ForceUnlockWith(e.ctx, pos[0], f, e.progress(time.Now().Add(patience)))
 	if err != nil {
 		return e.fail(err)
 	}
 	fmt.Fprintf(e.stderr, "locker force-unlock: %s\n", l.Response)
 	return exitOK
+}
+
+// ask asks a person at a terminal question, on stderr, and returns the
+// line they answer, trimmed; "" when no one is at a terminal.
+func (e *env) ask(question string) string {
+	if e.stdin == nil {
+		return ""
+	}
+	if fi, err := e.stdin.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return ""
+	}
+	fmt.Fprint(e.stderr, question)
+	line, _ := bufio.NewReader(e.stdin).ReadString('\n')
+	return strings.TrimSpace(line)
 }
 
 const lsUsage = `Usage: locker ls [--prefix TEXT] [--json]

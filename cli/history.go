@@ -89,6 +89,9 @@ func writeEvent(w io.Writer, ev client.Event, withAge bool) {
 	if ev.By != "" {
 		fmt.Fprintf(w, "  by %s", oneLine(ev.By))
 	}
+	if ev.Reason != "" {
+		fmt.Fprintf(w, "  because: %s", oneLine(ev.Reason))
+	}
 	if ev.Note != "" {
 		fmt.Fprintf(w, "  note: %s", oneLine(ev.Note))
 	}

@@ -175,7 +175,27 @@ func NewIdempotencyKey() string {
 // an *Error. A change carries idempotencyKey, unless it is "". The other
 // methods cover the API; Do is for what they do not.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body any, idempotencyKey string) ([]byte, error) {
-	resp, err := c.send(ctx, method, path, query, body, idempotencyKey)
+	return c.do(ctx, method, path, query, body, withIdempotencyKey(nil, idempotencyKey))
+}
+
+// withIdempotencyKey returns header (a new one when nil) with the
+// Idempotency-Key key, unless key is "".
+func withIdempotencyKey(header http.Header, key string) http.Header {
+	if key == "" {
+		return header
+	}
+	header = header.Clone()
+	if header == nil {
+		header = http.Header{}
+	}
+	header.Set("Idempotency-Key", key)
+	return header
+}
+
+// do is Do with the request's headers (an Idempotency-Key, an If-Match)
+// in header.
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body any, header http.Header) ([]byte, error) {
+	resp, err := c.send(ctx, method, path, query, body, header)
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +209,7 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 
 // send sends a request and returns the response to it if it is a 200,
 // for the caller to read and close; any other answer is an *Error.
-func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any, idempotencyKey string) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body any, header http.Header) (*http.Response, error) {
 	u := c.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
@@ -212,8 +232,8 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if c.user != "" {
 		req.SetBasicAuth(c.user, c.pass)
 	}
-	if idempotencyKey != "" {
-		req.Header.Set("Idempotency-Key", idempotencyKey)
+	for name, values := range header {
+		req.Header[name] = values
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -320,7 +340,7 @@ func (c *Client) Page(ctx context.Context, prefix, after string, limit int) ([]L
 	if after != "" {
 		q.Set("after", after)
 	}
-	resp, err := c.send(ctx, http.MethodGet, "/locks", q, nil, "")
+	resp, err := c.send(ctx, http.MethodGet, "/locks", q, nil, nil)
 	if err != nil {
 		return nil, "", err
 	}
@@ -357,7 +377,7 @@ func (c *Client) ListTo(ctx context.Context, prefix string, w io.Writer) error {
 	if prefix != "" {
 		q = url.Values{"prefix": {prefix}}
 	}
-	resp, err := c.send(ctx, http.MethodGet, "/locks", q, nil, "")
+	resp, err := c.send(ctx, http.MethodGet, "/locks", q, nil, nil)
 	if err != nil {
 		return err
 	}

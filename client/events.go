@@ -45,7 +45,7 @@ func (c *Client) Follow(ctx context.Context, filter Filter, after uint64, event 
 	if after > 0 {
 		q.Set("last_event_id", strconv.FormatUint(after, 10))
 	}
-	resp, err := c.send(ctx, http.MethodGet, "/events", q, nil, "")
+	resp, err := c.send(ctx, http.MethodGet, "/events", q, nil, nil)
 	if err != nil {
 		return after, err
 	}

@@ -103,6 +103,8 @@ type Event struct {
 	// By says who forced the lock free: the user and address of the
 	// request.
 	By string
+	// Reason says why, for a lock forced free, when its request said.
+	Reason string
 	// Credential names the credential whose request made the change
 	// (none for a lease that ran out, and on a server without
 	// credentials).
@@ -140,6 +142,7 @@ func (e *Event) UnmarshalJSON(data []byte) error {
 		Waited string    `json:"waited"`
 		Held   string    `json:"held"`
 		By     string    `json:"by"`
+		Reason string    `json:"reason"`
 		Cred   string    `json:"credential"`
 	}
 	if err := json.Unmarshal(data, &wire); err != nil {
@@ -154,7 +157,7 @@ func (e *Event) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*e = Event{ID: wire.ID, Lock: wire.Lock, At: wire.At, Kind: wire.Kind, Holder: wire.Holder, Key: wire.Key,
-		Token: wire.Token, Counts: wire.Counts, Note: wire.Note, Waited: waited, Held: held, By: wire.By, Credential: wire.Cred,
+		Token: wire.Token, Counts: wire.Counts, Note: wire.Note, Waited: waited, Held: held, By: wire.By, Reason: wire.Reason, Credential: wire.Cred,
 		Raw: append([]byte(nil), data...)}
 	return nil
 }

@@ -278,7 +278,38 @@ func (c *Client) Renew(ctx context.Context, name string, r Request, o Options) (
 
 // ForceUnlock frees the lock called name, whoever holds it.
 func (c *Client) ForceUnlock(ctx context.Context, name string, o Options) (Reply, error) {
-	return c.changeOne(ctx, http.MethodDelete, "force-unlock", name, url.Values{"force": {"true"}}, map[string]any{}, Request{}, o)
+	return c.ForceUnlockWith(ctx, name, Forcing{}, o)
+}
+
+// Forcing says why a lock is forced free and, optionally, which holding
+// of it.
+type Forcing struct {
+	// Reason is kept with the forced release in the lock's history, the
+	// stream and the server's log.
+	Reason string
+	// Token, unless 0, frees the lock only while it is held at this
+	// fencing token (If-Match): one that changed hands since it was read
+	// is refused with an *Error of status 412, and the next holder keeps
+	// it.
+	Token uint64
+}
+
+// ForceUnlockWith frees the lock called name, whoever holds it, as f
+// says.
+func (c *Client) ForceUnlockWith(ctx context.Context, name string, f Forcing, o Options) (Reply, error) {
+	body := map[string]any{}
+	if f.Reason != "" {
+		body["reason"] = f.Reason
+	}
+	var header http.Header
+	if f.Token != 0 {
+		header = http.Header{"If-Match": {`"` + strconv.FormatUint(f.Token, 10) + `"`}}
+	}
+	data, err := c.change(ctx, http.MethodDelete, "force-unlock", strconv.Quote(name), lockPath(name), url.Values{"force": {"true"}}, body, "", header, o)
+	if err != nil {
+		return Reply{}, err
+	}
+	return decodeReply(name, data)
 }
 
 // UnlockSet gives back the requestor's count of every lock in names, in
@@ -309,7 +340,7 @@ func (c *Client) RenewSet(ctx context.Context, names []string, r Request, o Opti
 
 // changeOne sends a change to the lock called name.
 func (c *Client) changeOne(ctx context.Context, method, what, name string, query url.Values, body any, r Request, o Options) (Reply, error) {
-	data, err := c.change(ctx, method, what, strconv.Quote(name), lockPath(name), query, body, r.IdempotencyKey, o)
+	data, err := c.change(ctx, method, what, strconv.Quote(name), lockPath(name), query, body, r.IdempotencyKey, nil, o)
 	if err != nil {
 		return Reply{}, err
 	}
@@ -320,18 +351,18 @@ func (c *Client) changeOne(ctx context.Context, method, what, name string, query
 // the answer.
 func (c *Client) changeSet(ctx context.Context, method, what string, names []string, body map[string]any, o Options, idem string) ([]byte, error) {
 	body["locks"] = names
-	return c.change(ctx, method, what, quoteAll(names), "/locks", nil, body, idem, o)
+	return c.change(ctx, method, what, quoteAll(names), "/locks", nil, body, idem, nil, o)
 }
 
-// change sends a change that does not wait to path, retrying it with one
-// Idempotency-Key while the server cannot be reached; label names its
-// locks in messages.
-func (c *Client) change(ctx context.Context, method, what, label, path string, query url.Values, body any, idem string, o Options) ([]byte, error) {
-	idem = cmp.Or(idem, NewIdempotencyKey())
+// change sends a change that does not wait to path, with header, retrying
+// it with one Idempotency-Key while the server cannot be reached; label
+// names its locks in messages.
+func (c *Client) change(ctx context.Context, method, what, label, path string, query url.Values, body any, idem string, header http.Header, o Options) ([]byte, error) {
+	header = withIdempotencyKey(header, cmp.Or(idem, NewIdempotencyKey()))
 	backoff := firstBackoff
 	for {
 		rctx, cancel := context.WithTimeout(ctx, RequestTimeout)
-		data, err := c.Do(rctx, method, path, query, body, idem)
+		data, err := c.do(rctx, method, path, query, body, header)
 		cancel()
 		if err == nil {
 			return data, nil

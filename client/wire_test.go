@@ -88,7 +88,7 @@ func TestTheClientReadsEveryFieldTheServerWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := client.Event{ID: e.ID, Lock: e.Lock, At: e.At, Kind: client.EventKind(e.Kind), Holder: e.Holder, Key: e.Key,
-		Token: e.Token, Counts: e.Counts, Note: e.Note, Waited: 90 * time.Second, Held: 2 * time.Hour, By: e.By, Credential: e.Credential, Raw: sent}
+		Token: e.Token, Counts: e.Counts, Note: e.Note, Waited: 90 * time.Second, Held: 2 * time.Hour, By: e.By, Reason: e.Reason, Credential: e.Credential, Raw: sent}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("an event the server wrote as\n%s\nthe client reads as\n%+v", sent, got)
 	}

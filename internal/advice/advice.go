@@ -25,6 +25,7 @@ const (
 	Resume      = "reconnect with Last-Event-ID set to the last id received to go on"
 	TakeAgain   = "send a new request with a new Idempotency-Key to take the lock again"
 	Credentials = "GET /credentials lists them"
+	ReadAgain   = "read it again (GET /lock/<name>: its ETag) and decide again"
 )
 
 // Terms says each phrase in a client's own words: a phrase it leaves out

@@ -17,14 +17,20 @@ import (
 // change runs step in a transaction over the locks named, for a request
 // that does not wait: it is answered within changeTimeout, and a request
 // seen before, by its Idempotency-Key, gets its first outcome (replay)
-// and changes nothing but the first step of every change.
-func (e *Engine) change(ctx context.Context, names []string, idem *IdempotencyKey, step func(tx txn.Tx) error) (replay *outcome, err error) {
+// and changes nothing but the first step of every change. A change with
+// a precondition (o) is made only if its locks meet it.
+func (e *Engine) change(ctx context.Context, names []string, idem *IdempotencyKey, o options, step func(tx txn.Tx) error) (replay *outcome, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
 	defer cancel()
 	err = e.update(ctx, names, txn.Options{Recall: idem.scopeOrNone()}, func(tx txn.Tx) error {
 		var err error
 		if replay, err = recall(tx, idem); replay != nil || err != nil {
 			return err
+		}
+		if o.precondition != nil {
+			if err := o.precondition.check(tx, names); err != nil {
+				return err
+			}
 		}
 		return step(tx)
 	})
@@ -38,21 +44,21 @@ func (e *Engine) change(ctx context.Context, names []string, idem *IdempotencyKe
 // or every count when all is set, and says how many counts it gave back.
 // Releasing a free lock, or for a requestor that holds nothing under key,
 // changes nothing; a lock held with another key is refused with ErrHeld.
-func (e *Engine) Release(ctx context.Context, name, key, requestor string, all bool, idem *IdempotencyKey) (Snapshot, int, error) {
-	got, released, err := e.ReleaseSet(ctx, []string{name}, key, requestor, all, idem)
+func (e *Engine) Release(ctx context.Context, name, key, requestor string, all bool, idem *IdempotencyKey, opts ...Option) (Snapshot, int, error) {
+	got, released, err := e.ReleaseSet(ctx, []string{name}, key, requestor, all, idem, opts...)
 	return got[name], released[name], err
 }
 
 // ReleaseSet is Release over every lock in names, in one change: refused
 // whole when one of them is held with another key.
-func (e *Engine) ReleaseSet(ctx context.Context, names []string, key, requestor string, all bool, idem *IdempotencyKey) (map[string]Snapshot, map[string]int, error) {
+func (e *Engine) ReleaseSet(ctx context.Context, names []string, key, requestor string, all bool, idem *IdempotencyKey, opts ...Option) (map[string]Snapshot, map[string]int, error) {
 	// What the change did, shared with its function (one allocation).
 	var out struct {
 		got      map[string]Snapshot
 		held     map[string]lock.Lock
 		released map[string]int
 	}
-	replay, err := e.change(ctx, names, idem, func(tx txn.Tx) error {
+	replay, err := e.change(ctx, names, idem, optionsOf(opts), func(tx txn.Tx) error {
 		out.held, out.released = make(map[string]lock.Lock, len(names)), make(map[string]int, len(names))
 		for _, name := range names {
 			l := tx.Lock(name)
@@ -92,21 +98,22 @@ func (e *Engine) ReleaseSet(ctx context.Context, names []string, key, requestor 
 }
 
 // ForceRelease frees the lock called name whoever holds it, for by (who
-// asked, for its history), and returns what it was and what it is now
-// (the next waiters may have it).
-func (e *Engine) ForceRelease(ctx context.Context, name, by string, idem *IdempotencyKey) (lock.Lock, Snapshot, error) {
-	old, got, err := e.ForceReleaseSet(ctx, []string{name}, by, idem)
+// asked, for its history; Because says why), and returns what it was and
+// what it is now (the next waiters may have it).
+func (e *Engine) ForceRelease(ctx context.Context, name, by string, idem *IdempotencyKey, opts ...Option) (lock.Lock, Snapshot, error) {
+	old, got, err := e.ForceReleaseSet(ctx, []string{name}, by, idem, opts...)
 	return old[name], got[name], err
 }
 
 // ForceReleaseSet is ForceRelease over every lock in names, in one change.
-func (e *Engine) ForceReleaseSet(ctx context.Context, names []string, by string, idem *IdempotencyKey) (map[string]lock.Lock, map[string]Snapshot, error) {
+func (e *Engine) ForceReleaseSet(ctx context.Context, names []string, by string, idem *IdempotencyKey, opts ...Option) (map[string]lock.Lock, map[string]Snapshot, error) {
 	var (
 		got map[string]Snapshot
 		old map[string]lock.Lock
 	)
-	replay, err := e.change(ctx, names, idem, func(tx txn.Tx) error {
-		defer ending(tx, lock.Ending{Kind: lock.Forced, By: by})()
+	o := optionsOf(opts)
+	replay, err := e.change(ctx, names, idem, o, func(tx txn.Tx) error {
+		defer ending(tx, lock.Ending{Kind: lock.Forced, By: by, Reason: o.reason})()
 		old = make(map[string]lock.Lock, len(names))
 		for _, name := range names {
 			if l := tx.Lock(name); !l.Free() {
@@ -136,16 +143,16 @@ func (e *Engine) ForceReleaseSet(ctx context.Context, names []string, by string,
 // Renew sets requestor's lease on the lock called name to end ttl from now,
 // without changing its count. It is refused with ErrHeld when requestor
 // holds nothing under key.
-func (e *Engine) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration, idem *IdempotencyKey) (Snapshot, error) {
-	got, err := e.RenewSet(ctx, []string{name}, key, requestor, ttl, idem)
+func (e *Engine) Renew(ctx context.Context, name, key, requestor string, ttl time.Duration, idem *IdempotencyKey, opts ...Option) (Snapshot, error) {
+	got, err := e.RenewSet(ctx, []string{name}, key, requestor, ttl, idem, opts...)
 	return got[name], err
 }
 
 // RenewSet is Renew over every lock in names, in one change: refused
 // whole when requestor holds one of them with nothing under key.
-func (e *Engine) RenewSet(ctx context.Context, names []string, key, requestor string, ttl time.Duration, idem *IdempotencyKey) (map[string]Snapshot, error) {
+func (e *Engine) RenewSet(ctx context.Context, names []string, key, requestor string, ttl time.Duration, idem *IdempotencyKey, opts ...Option) (map[string]Snapshot, error) {
 	var got map[string]Snapshot
-	replay, err := e.change(ctx, names, idem, func(tx txn.Tx) error {
+	replay, err := e.change(ctx, names, idem, optionsOf(opts), func(tx txn.Tx) error {
 		for _, name := range names {
 			next, ok := lock.Renew(tx.Lock(name), key, requestor, tx.Now().Add(ttl))
 			if !ok {

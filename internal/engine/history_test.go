@@ -41,7 +41,8 @@ func TestHistoryIsTheSameOnBothStores(t *testing.T) {
 		if _, err := tab.Renew(context.Background(), "prod", "k1", "b", time.Hour, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := tab.ForceRelease(context.Background(), "prod", "admin (10.0.0.1)", nil); err != nil {
+		time.Sleep(5 * time.Millisecond) // a hold long enough to see: the store's clock counts milliseconds
+		if _, _, err := tab.ForceRelease(context.Background(), "prod", "admin (10.0.0.1)", nil, engine.Because("stuck")); err != nil {
 			t.Fatal(err)
 		}
 		take("k2", "c", "", time.Second)
@@ -59,7 +60,7 @@ func TestHistoryIsTheSameOnBothStores(t *testing.T) {
 			{Kind: lock.Taken, Holder: "b", Key: "k1", Counts: 1, Token: true},
 			{Kind: lock.Taken, Holder: "a", Key: "k1", Counts: 1, Note: "build 1", Token: true}, // the hold's note
 			{Kind: lock.Released, Holder: "a", Key: "k1", Counts: 2, Token: true, Held: true},
-			{Kind: lock.Forced, Holder: "b", Key: "k1", Counts: 1, By: "admin (10.0.0.1)", Token: true, Held: true},
+			{Kind: lock.Forced, Holder: "b", Key: "k1", Counts: 1, By: "admin (10.0.0.1)", Reason: "stuck", Token: true, Held: true},
 			{Kind: lock.Taken, Holder: "c", Key: "k2", Counts: 1, Token: true},
 			{Kind: lock.Expired, Holder: "c", Key: "k2", Counts: 1, Token: true, Held: true},
 			{Kind: lock.Taken, Holder: "d", Key: "k3", Counts: 1, Token: true},

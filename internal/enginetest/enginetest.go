@@ -193,11 +193,12 @@ type Said struct {
 	Holder, Key   string
 	Counts        int
 	Note, By      string
+	Reason        string
 	Waited, Token bool // some wait, a token
 	Held          bool // held for some time
 }
 
 func SaidOf(e lock.Event) Said {
-	return Said{Kind: e.Kind, Holder: e.Holder, Key: e.Key, Counts: e.Counts, Note: e.Note, By: e.By,
+	return Said{Kind: e.Kind, Holder: e.Holder, Key: e.Key, Counts: e.Counts, Note: e.Note, By: e.By, Reason: e.Reason,
 		Waited: e.Waited > 0, Token: e.Token > 0, Held: e.Held > 0}
 }

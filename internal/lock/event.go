@@ -29,6 +29,8 @@ type Event struct {
 	// By says who freed a lock that was forced free: the request's user
 	// and address.
 	By string `json:"by,omitempty" yaml:"by,omitempty"`
+	// Reason says why, for a lock forced free, when the request said.
+	Reason string `json:"reason,omitempty" yaml:"reason,omitempty"`
 	// Credential names the credential whose request made the change (for
 	// a taking from the queue, the waiting request's); none for a lease
 	// that ran out or a dead node's grant given back, and on a server
@@ -51,8 +53,9 @@ const (
 // Ending is why the holds a change ends are ended, when it is not their
 // holders giving them back or their leases running out.
 type Ending struct {
-	Kind Kind   // Released (the default), Forced or Dropped
-	By   string // for Forced: who, as Event.By
+	Kind   Kind   // Released (the default), Forced or Dropped
+	By     string // for Forced: who, as Event.By
+	Reason string // for Forced: why, as Event.Reason
 }
 
 // Events returns the events of a change of the lock called name from old
@@ -68,7 +71,7 @@ func Events(name string, old, next Lock, now time.Time, ending Ending) []Event {
 			continue
 		}
 		e := Event{Lock: name, At: now, Kind: ending.Kind, Holder: h.Name, Key: old.Key, Token: old.Token,
-			Counts: h.Count - after.Count, By: ending.By}
+			Counts: h.Count - after.Count, By: ending.By, Reason: ending.Reason}
 		if old.Key != next.Key {
 			e.Counts = h.Count // freed, then taken again with another key
 		}
@@ -76,7 +79,7 @@ func Events(name string, old, next Lock, now time.Time, ending Ending) []Event {
 			e.Kind = Released
 		}
 		if !h.ExpiresAt.IsZero() && !h.ExpiresAt.After(now) {
-			e.Kind, e.At, e.By = Expired, h.ExpiresAt, ""
+			e.Kind, e.At, e.By, e.Reason = Expired, h.ExpiresAt, "", ""
 		}
 		if !h.Since.IsZero() && e.At.After(h.Since) {
 			e.Held = Duration(e.At.Sub(h.Since))

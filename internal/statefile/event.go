@@ -31,6 +31,7 @@ func parseEvent(line []byte) (lock.Event, bool) {
 		(!r.opt(`,"waited":`) || r.str(&waited)) &&
 		(!r.opt(`,"held":`) || r.str(&held)) &&
 		(!r.opt(`,"by":`) || r.str(&e.By)) &&
+		(!r.opt(`,"reason":`) || r.str(&e.Reason)) &&
 		(!r.opt(`,"credential":`) || r.str(&e.Credential)) &&
 		r.lit(`}`) && len(r.rest) == 0
 	if !ok {
