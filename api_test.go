@@ -264,7 +264,7 @@ func TestAPI(t *testing.T) {
 			wantError: `?after= is 1025 bytes long; the limit is 1024`, wantLocks: map[string]shown{}},
 		{name: "HEAD answers as GET", setup: []request{putA}, req: request{"HEAD", "/lock/l", ""}, wantStatus: 200,
 			wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
-		{name: "a limit of 0", req: request{"PUT", "/lock/l", `{"key": "k", "limit": 0}`}, wantStatus: 400, wantError: `"limit" is the most holders that may share the lock, a whole number from 1 up`, wantLocks: map[string]shown{}},
+		{name: "a limit of 0", req: request{"PUT", "/lock/l", `{"key": "k", "limit": 0}`}, wantStatus: 400, wantError: `"limit" is the most holds the lock may have at once (a semaphore's permits), a whole number from 1 up`, wantLocks: map[string]shown{}},
 		{name: "a negative limit", req: request{"PUT", "/lock/l", `{"key": "k", "limit": -2}`}, wantStatus: 400, wantError: `(got -2)`, wantLocks: map[string]shown{}},
 		{name: "a limit as a string", req: request{"PUT", "/lock/l", `{"key": "k", "limit": "3"}`}, wantStatus: 400, wantError: `(got "3")`, wantLocks: map[string]shown{}},
 		{name: "a limit on a release", req: request{"DELETE", "/lock/l", `{"key": "k", "limit": 3}`}, wantStatus: 400, wantError: `unknown field "limit"`, wantLocks: map[string]shown{}},

@@ -301,7 +301,7 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 	}
 	if raw, ok := fields["limit"]; ok {
 		if err := json.Unmarshal(raw, &req.Limit); err != nil || req.Limit < 1 {
-			return fmt.Errorf("%w: \"limit\" is the most holders that may share the lock, a whole number from 1 up, e.g. {\"key\": \"staging\", \"limit\": 3} (got %s)", errBadRequest, raw)
+			return fmt.Errorf("%w: \"limit\" is the most holds the lock may have at once (a semaphore's permits), a whole number from 1 up, e.g. {\"key\": \"staging\", \"limit\": 3} (got %s)", errBadRequest, raw)
 		}
 	}
 	var err error

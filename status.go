@@ -127,6 +127,8 @@ type statusPage struct {
 type statusLock struct {
 	Name, Key  string
 	Token      uint64
+	Limit      int    // the most holds at once; 0 for none
+	Holds      int    // its holders' counts
 	AcquiredAt string // RFC 3339, or "" when the state file did not say
 	HeldFor    string // how long ago AcquiredAt was, e.g. "12 min"
 	Long       bool   // held longer than the page's HeldOver
@@ -338,7 +340,7 @@ func (p *statusPage) addPools(e *engine.Engine) error {
 
 // lock returns l, called name, as the page shows it.
 func (p *statusPage) lock(name string, l engine.Snapshot) statusLock {
-	sl := statusLock{Name: name, Key: l.Key, Token: l.Token}
+	sl := statusLock{Name: name, Key: l.Key, Token: l.Token, Limit: l.Limit, Holds: l.Holds()}
 	if !l.AcquiredAt.IsZero() {
 		sl.AcquiredAt = l.AcquiredAt.UTC().Format(time.RFC3339)
 		sl.HeldFor = humane.Duration(p.Now.Sub(l.AcquiredAt))

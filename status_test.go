@@ -107,6 +107,12 @@ func TestStatusPageQueueAndLimits(t *testing.T) {
 	if !strings.Contains(body, "1 lock held, 1 request waiting.") {
 		t.Errorf("summary does not count the waiter:\n%s", body)
 	}
+	// A lock under a limit says how many of its holds are taken.
+	ts.mustSend(t, request{"PUT", "/lock/browsers", `{"key": "e2e", "lock_by": "e2e-1", "limit": 3}`})
+	ts.mustSend(t, request{"PUT", "/lock/browsers", `{"key": "e2e", "lock_by": "e2e-1"}`})
+	if body := ts.page(t, "/?q=browsers"); !strings.Contains(body, `<span class="limit" title="the most holds at once">2 of 3 held</span>`) {
+		t.Errorf("page does not show the limit:\n%s", body)
+	}
 
 	for i := range statusMaxLocks + 5 {
 		ts.mustSend(t, request{"PUT", fmt.Sprintf("/lock/many-%04d", i), `{"key": "k"}`})

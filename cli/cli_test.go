@@ -409,6 +409,27 @@ func TestForceUnlockSaysWhyAndWhichHolding(t *testing.T) {
 	}
 }
 
+// TestTheLimitIsShown: locker show and ls say how many of a limit's
+// holds are taken; one past it is refused (exit 1).
+func TestTheLimitIsShown(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	for _, by := range []string{"e2e-1", "e2e-2"} {
+		if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", by, "--limit", "2"); r.code != 0 {
+			t.Fatalf("lock = %v", r)
+		}
+	}
+	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-1"); r.code != 1 || !strings.Contains(r.stderr, "2 holds, as many as its limit of 2 allows") {
+		t.Errorf("a third hold under a limit of 2 = %v; want exit 1 saying the limit", r)
+	}
+	if r := c.run(t, "show", "browsers"); !strings.Contains(r.stdout, ", 2 of its limit of 2 holds\n") {
+		t.Errorf("locker show:\n%s\nwant the limit", r.stdout)
+	}
+	if r := c.run(t, "ls"); !strings.Contains(r.stdout, "e2e-1×1,e2e-2×1 (2/2)") {
+		t.Errorf("locker ls:\n%s\nwant the limit", r.stdout)
+	}
+}
+
 // TestLockUnlockLsShow covers the commands for scripts: their output and
 // exit codes.
 func TestLockUnlockLsShow(t *testing.T) {

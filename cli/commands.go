@@ -42,7 +42,7 @@ func (e *env) request(h holdFlags) (client.Request, int, bool) {
 		}
 	}
 	if h.limit < 0 {
-		return client.Request{}, e.usageError("--limit is the most holders that may share the lock, at least 1 (got %d)", h.limit), false
+		return client.Request{}, e.usageError("--limit is the most holds the lock may have at once, at least 1 (got %d)", h.limit), false
 	}
 	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl, Note: h.note, All: h.all, Limit: h.limit}, exitOK, true
 }
@@ -77,8 +77,9 @@ they have all let go. Give it back with locker unlock.
   --note TEXT   shown to others, e.g. the build's URL
   --lock-by R   who holds it (default: the key); a holder may hold a
                 lock more than once, and unlock gives back one count
-  --limit N     at most N holders share it (the first holder sets it;
-                the next one past it waits, or is refused)
+  --limit N     at most N holds at once, a semaphore's permits (the
+                first holder sets it; every hold counts, a holder's
+                second too; the next past it waits, or is refused)
 
 Examples:
   token=$(locker lock prod --key deploy --wait 30m --ttl 2h --note "$BUILD_URL")
@@ -291,8 +292,22 @@ func lsRow(w io.Writer, now time.Time, l client.Lock) {
 			lease = hold.ExpiresAt
 		}
 	}
-	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", oneLine(l.Name), cmp.Or(oneLine(strings.Join(holders, ",")), "-"),
+	held := cmp.Or(oneLine(strings.Join(holders, ",")), "-")
+	if l.Limit > 0 {
+		held += fmt.Sprintf(" (%d/%d)", holds(l), l.Limit)
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", oneLine(l.Name), held,
 		ago(now, l.AcquiredAt), until(now, lease), len(l.Waiting), oneLine(strings.Join(notes, " ")))
+}
+
+// holds returns how many holds l has: its holders' counts, which its
+// limit caps.
+func holds(l client.Lock) int {
+	n := 0
+	for _, h := range l.Holders {
+		n += h.Count
+	}
+	return n
 }
 
 const showUsage = `Usage: locker show NAME [--json]
@@ -332,7 +347,11 @@ func writeLock(w io.Writer, name string, l client.Lock, now time.Time) {
 	if len(l.Holders) == 0 {
 		fmt.Fprintf(w, "%s is free\n", oneLine(name))
 	} else {
-		fmt.Fprintf(w, "%s is held with key %q, token %d, taken %s\n", oneLine(name), l.Key, l.Token, ago(now, l.AcquiredAt))
+		fmt.Fprintf(w, "%s is held with key %q, token %d, taken %s", oneLine(name), l.Key, l.Token, ago(now, l.AcquiredAt))
+		if l.Limit > 0 {
+			fmt.Fprintf(w, ", %d of its limit of %d holds", holds(l), l.Limit)
+		}
+		fmt.Fprintln(w)
 	}
 	for _, h := range slices.Sorted(maps.Keys(l.Holders)) {
 		hold := l.Holders[h]

@@ -20,7 +20,7 @@ type Lock struct {
 	// time the lock changes hands, so that whatever the holder guards can
 	// refuse a holder whose time has passed.
 	Token uint64 `json:"token"`
-	// Limit is the most holders that may share it; 0 for no cap.
+	// Limit is the most holds it may have at once (each count is one); 0 for no cap.
 	Limit int `json:"limit,omitzero"`
 	// AcquiredAt is when the current holding began.
 	AcquiredAt time.Time `json:"acquired_at,omitzero"`

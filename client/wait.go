@@ -42,7 +42,7 @@ type Request struct {
 	TTL   string
 	Note  string // Lock, LockSet, Claim: shown to others, e.g. a build's URL
 	All   bool   // Unlock, UnlockSet: every count the requestor holds
-	Limit int    // Lock, LockSet: the most holders that may share it; 0 for no cap
+	Limit int    // Lock, LockSet: the most holds it may have at once; 0 for no cap
 	// IdempotencyKey goes with every try, so that a retry after a lost
 	// reply is not counted twice. A call makes one when it is "": set it
 	// to carry one change across calls (e.g. across restarts of a program

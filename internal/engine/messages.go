@@ -30,7 +30,7 @@ func refusals(got map[string]Snapshot, key string) string {
 // whose state is s.
 func refusal(name string, s Snapshot, key string) string {
 	if !s.Free() && s.Key == key && s.Full() {
-		msg := fmt.Sprintf("%q is held with key %q by %s, as many holders as its limit of %d allows", name, key, s.HoldersString(), s.Limit)
+		msg := fmt.Sprintf("%q is held with key %q by %s: %d holds, as many as its limit of %d allows", name, key, s.HoldersString(), s.Holds(), s.Limit)
 		if n := len(s.Waiting); n > 0 {
 			msg += fmt.Sprintf(", and %s waiting for it", advice.Plural(n, "request is", "requests are"))
 		}

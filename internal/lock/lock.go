@@ -22,7 +22,7 @@ type Lock struct {
 	Key        string    `json:"key"`
 	Token      uint64    `json:"token,omitzero"`       // fencing token: set each time the lock goes from free to held
 	AcquiredAt time.Time `json:"acquired_at,omitzero"` // when it last went from free to held
-	Limit      int       `json:"limit,omitzero"`       // the most holders that may share it; 0 for no cap
+	Limit      int       `json:"limit,omitzero"`       // the most holds it may have at once; 0 for no cap
 	// Holders is sorted by name. A slice, not a map: most locks have one
 	// holder, and a map costs 750 bytes for one entry.
 	Holders []Holder `json:"holders"`

@@ -10,8 +10,9 @@ type Request struct {
 	// not is one more anonymous job with the key as its name, not the
 	// holder coming back: it must not bypass the queue.
 	Named bool
-	// Limit caps how many holders may share the lock; 0 for no cap. The
-	// request that takes a free lock sets it (LimitDiffers).
+	// Limit caps how many holds the lock may have at once (its holders'
+	// counts); 0 for no cap. The request that takes a free lock sets it
+	// (LimitDiffers).
 	Limit int
 }
 
@@ -27,11 +28,11 @@ const (
 // Decide says what becomes of req for l, which has queued requests
 // waiting, when the client may wait (or not). A requestor that named
 // itself and already holds l with req's key is granted again
-// (re-entrant); a request compatible with the holders is granted only when
-// no one queues before it: no barging.
+// (re-entrant) while its limit has room; a request compatible with the
+// holders is granted only when no one queues before it: no barging.
 func Decide(l Lock, queued int, req Request, mayWait bool) Verdict {
 	_, holds := l.Holder(req.Requestor)
-	reentrant := holds && req.Named && l.Key == req.Key
+	reentrant := holds && req.Named && l.Key == req.Key && !l.Full()
 	switch {
 	case reentrant || (Compatible(l, req) && queued == 0):
 		return Grant
@@ -64,20 +65,16 @@ func Give(l Lock, req Request, now time.Time, next func() uint64) Lock {
 }
 
 // Compatible reports whether req may share l with its holders: l is
-// free, or held with req's key, with room under its limit (req's holder
-// already holds, or there are fewer holders than the limit) and req asking
-// for no other limit. The head of a queue, and the requests right behind
+// free, or held with req's key, with room under its limit (fewer holds,
+// every holder's counts, than the limit: a semaphore's permits) and req
+// asking for no other limit. The head of a queue, and the requests right behind
 // it, are granted one by one for as long as each is compatible: a batch
 // of same-key waiters goes in together.
 func Compatible(l Lock, req Request) bool {
 	if l.Free() {
 		return true
 	}
-	if l.Key != req.Key || LimitDiffers(l, req) {
-		return false
-	}
-	_, holds := l.Holder(req.Requestor)
-	return holds || l.Limit == 0 || len(l.Holders) < l.Limit
+	return l.Key == req.Key && !LimitDiffers(l, req) && !l.Full()
 }
 
 // LimitDiffers reports whether req asks for a limit other than the one
@@ -86,8 +83,17 @@ func LimitDiffers(l Lock, req Request) bool {
 	return !l.Free() && req.Limit != 0 && req.Limit != l.Limit
 }
 
-// Full reports whether l is held by as many holders as its limit allows.
-func (l Lock) Full() bool { return l.Limit > 0 && len(l.Holders) >= l.Limit }
+// Full reports whether l has as many holds as its limit allows.
+func (l Lock) Full() bool { return l.Limit > 0 && l.Holds() >= l.Limit }
+
+// Holds returns how many holds l has: its holders' counts.
+func (l Lock) Holds() int {
+	n := 0
+	for _, h := range l.Holders {
+		n += h.Count
+	}
+	return n
+}
 
 // Release returns l with one count of requestor's hold given back, or
 // every count when all is set, and how many it gave back. Releasing a free
