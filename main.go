@@ -52,6 +52,7 @@ import (
 	"github.com/locker-ci/locker/internal/migrate"
 	"github.com/locker-ci/locker/internal/profile"
 	"github.com/locker-ci/locker/internal/stream"
+	"golang.org/x/term"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -134,6 +135,11 @@ const gcFloor = 32 << 20
 func main() {
 	if !cli.IsServer(os.Args[1:]) {
 		os.Exit(cli.Main(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	}
+	if len(os.Args) == 1 && os.Getenv("LOCKER_CONFIG") == "" && os.Getenv("LOCKER_DATABASE_URL") == "" && term.IsTerminal(int(os.Stdin.Fd())) {
+		// A person who typed "locker" to see what it is: the help, not a
+		// start-up error. A service started with no arguments serves.
+		os.Exit(cli.Main([]string{"help"}, os.Getenv, os.Stdout, os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

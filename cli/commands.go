@@ -8,7 +8,6 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/client"
+	"golang.org/x/term"
 )
 
 // holdFlags are the flags of the commands that change a hold.
@@ -213,10 +213,7 @@ func cmdForceUnlock(e *env, args []string) int {
 // ask asks a person at a terminal question, on stderr, and returns the
 // line they answer, trimmed; "" when no one is at a terminal.
 func (e *env) ask(question string) string {
-	if e.stdin == nil {
-		return ""
-	}
-	if fi, err := e.stdin.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+	if e.stdin == nil || !term.IsTerminal(int(e.stdin.Fd())) {
 		return ""
 	}
 	fmt.Fprint(e.stderr, question)
