@@ -172,30 +172,37 @@ func scanEvents(rows pgx.Rows) ([]lock.Event, error) {
 // that resumes from an event ID alone brings no such mark: then it is the
 // oldest transaction running when that event was written, and that
 // event's own transaction is left out (the client saw its events
-// together). The caller sends each ID once; a client may be sent again one
-// it had.
+// together), on every page after too (Mark.Had): a later page may look
+// back further than the first, when a transaction older than the
+// client's event was still running as the first page was read. The
+// caller sends each ID once; a client may be sent again one it had.
 func (s *Store) Backlog(ctx context.Context, from txn.Mark, limit int) (txn.Backlog, error) {
 	b := &pgx.Batch{}
 	// Taken before the page's own snapshot: not younger than its oldest
 	// running transaction, so the next page looks back at least as far.
-	b.Queue("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+	b.Queue(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
+		coalesce(nullif($2, '0'), (SELECT xid::text FROM locker_events WHERE id = $1 AND $3 = '0'), '0')`,
+		int64(from.After), strconv.FormatUint(from.Had, 10), strconv.FormatUint(from.Running, 10))
 	b.Queue(`(SELECT id, event FROM locker_events
 			WHERE xid >= coalesce(nullif($3, '0')::xid8, (SELECT running FROM locker_events WHERE id = $1)) AND id < $1
-				AND xid <> coalesce((SELECT xid FROM locker_events WHERE id = $1 AND $3 = '0'), '0'::xid8))
+				AND xid <> coalesce(nullif($4, '0')::xid8, (SELECT xid FROM locker_events WHERE id = $1 AND $3 = '0'), '0'::xid8))
 		UNION ALL
 		(SELECT id, event FROM locker_events WHERE id > $1 ORDER BY id LIMIT $2)
-		ORDER BY id`, int64(from.After), limit, strconv.FormatUint(from.Running, 10))
+		ORDER BY id`, int64(from.After), limit, strconv.FormatUint(from.Running, 10), strconv.FormatUint(from.Had, 10))
 	b.Queue("SELECT id FROM locker_events_forgotten")
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
-	var running string
-	if err := br.QueryRow().Scan(&running); err != nil {
+	var running, had string
+	if err := br.QueryRow().Scan(&running, &had); err != nil {
 		return txn.Backlog{}, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
 	page := txn.Backlog{Next: from}
 	var err error
 	if page.Next.Running, err = strconv.ParseUint(running, 10, 64); err != nil {
 		return txn.Backlog{}, fmt.Errorf("the oldest running transaction %q: %w", running, err)
+	}
+	if page.Next.Had, err = strconv.ParseUint(had, 10, 64); err != nil {
+		return txn.Backlog{}, fmt.Errorf("the transaction of event %d %q: %w", from.After, had, err)
 	}
 	rows, err := br.Query()
 	if err != nil {

@@ -235,3 +235,57 @@ func TestOldEventsAreForgotten(t *testing.T) {
 		t.Errorf("after the heartbeat the oldest event kept is %d and the highest forgotten %d; want %d and %d", oldest, forgotten, young[0].ID, young[0].ID-1)
 	}
 }
+
+// TestAResumedStreamIsNotSentWhatItHad: a client resumes after event A
+// while some transaction older than A's, elsewhere in the cluster, is
+// still running (so the page's mark looks back past A). The next page
+// must not hold A, nor an event written before it by A's transaction:
+// the client had them (a stream sent event 1 again after the events
+// after it, with another test's transaction running beside).
+func TestAResumedStreamIsNotSentWhatItHad(t *testing.T) {
+	ctx := context.Background()
+	s, old := storeAndSlowWriter(t)
+	if _, err := old.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil { // holds the cluster's xmin back
+		t.Fatal(err)
+	}
+	var had []uint64
+	if err := s.Update(ctx, []string{"a1", "a2"}, txn.Options{}, func(tx txn.Tx) error {
+		for _, name := range []string{"a1", "a2"} {
+			tx.Set(name, lock.Lock{Key: "k", Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}}})
+			tx.Record(lock.Event{Lock: name, Kind: lock.Taken, Holder: "a", Key: "k", Counts: 1, At: tx.Now()})
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a1", "a2"} {
+		events, err := s.History(ctx, name, 0, 1)
+		if err != nil || len(events) != 1 {
+			t.Fatalf("%s's history: %v, %v", name, events, err)
+		}
+		had = append(had, events[0].ID)
+	}
+	slices.Sort(had)
+	take(t, s, "b")
+	take(t, s, "c")
+	from := txn.Mark{After: had[1]}
+	var got []uint64
+	for range 3 {
+		page, err := s.Backlog(ctx, from, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Events {
+			got = append(got, e.ID)
+		}
+		from = page.Next
+	}
+	for _, id := range had {
+		if slices.Contains(got, id) {
+			t.Errorf("pages after event %d held events %v; want neither of %v, which the client had", had[1], got, had)
+		}
+	}
+	if len(got) < 2 {
+		t.Errorf("pages after event %d held %v; want b's and c's events", had[1], got)
+	}
+}

@@ -146,11 +146,13 @@ func (h History) Keeps(at, now time.Time) bool { return h.Age <= 0 || now.Sub(at
 // Mark is where a reader of the events (a stream catching up, a node
 // following the others) has got to: the highest event ID it has read,
 // and, on PostgreSQL, the oldest transaction still running as it read (0
-// when not known, as when a client resumes from an event ID alone). Its
-// next read starts there.
+// when not known, as when a client resumes from an event ID alone) and
+// the transaction of the event a client resumed from, whose events it
+// had. Its next read starts there.
 type Mark struct {
 	After   uint64
 	Running uint64
+	Had     uint64
 }
 
 // Backlog is a page of the events kept after a Mark.
