@@ -108,6 +108,18 @@ func (s *server) reloadCredentials(ctx context.Context) error {
 	return s.keys.Reload(func() (map[string]access.Credential, error) { return s.locks.Credentials(ctx) })
 }
 
+// missReloadEvery is how often at most a login that the keyring refuses
+// reads the credentials again first.
+const missReloadEvery = 100 * time.Millisecond
+
+// mayReloadOnMiss reports whether a refused login may read the
+// credentials again now: at most once every missReloadEvery, however
+// many clients fail.
+func (s *server) mayReloadOnMiss(now time.Time) bool {
+	last := s.missReloadAt.Load()
+	return now.UnixNano()-last >= int64(missReloadEvery) && s.missReloadAt.CompareAndSwap(last, now.UnixNano())
+}
+
 // requireAuth refuses every request without a credential the keyring
 // knows, unknown routes included, and gives the others' contexts their
 // caller.
@@ -135,6 +147,13 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 			secret = bearer
 		}
 		c, ok := s.keys.Login(user, secret, isBearer, now)
+		if !ok && (basic || isBearer) && s.mayReloadOnMiss(now) {
+			// Made, or rotated, on another node a moment ago: this node
+			// hears of it within a heartbeat; the client need not wait.
+			if err := s.reloadCredentials(r.Context()); err == nil {
+				c, ok = s.keys.Login(user, secret, isBearer, now)
+			}
+		}
 		if !ok {
 			s.keys.Failed(addr, now)
 			// The name tried, never the secret; the client is told the

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -78,6 +79,7 @@ type server struct {
 	// credentialsChanged is told when another node changed a credential.
 	credentialsFile    string
 	credentialsChanged <-chan struct{}
+	missReloadAt       atomic.Int64  // when a refused login last read the credentials again (Unix ns)
 	maxWait            time.Duration // longer waits are cut to this
 	defaultTTL         time.Duration // lease for a PUT without ttl; 0 for none
 	maxTTL             time.Duration // the longest lease a request may ask for
