@@ -183,7 +183,9 @@ func TestAPI(t *testing.T) {
 		{name: "ttl not a duration", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "abc"}`}, wantStatus: 400, wantError: `ttl must be a positive duration`, wantLocks: map[string]shown{}},
 		{name: "ttl negative", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "-5s"}`}, wantStatus: 400, wantError: `got "-5s"`, wantLocks: map[string]shown{}},
 		{name: "ttl zero", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "0s"}`}, wantStatus: 400, wantError: `got "0s"`, wantLocks: map[string]shown{}},
-		{name: "ttl without unit", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "10"}`}, wantStatus: 400, wantError: `got "10"`, wantLocks: map[string]shown{}},
+		{name: "ttl without unit", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "10"}`}, wantStatus: 400, wantError: `got "10": 10 has no unit: write 10s, 10m or 10h`, wantLocks: map[string]shown{}},
+		{name: "ttl in days", req: request{"PUT", "/lock/l", `{"key": "k", "ttl": "1d"}`}, wantStatus: 400, wantError: `got "1d": d is not a unit here: write 24h for 1d`, wantLocks: map[string]shown{}},
+		{name: "wait without unit", req: request{"PUT", "/lock/l?wait=5", `{"key": "k"}`}, wantStatus: 400, wantError: `got "5": 5 has no unit: write 5s, 5m or 5h`, wantLocks: map[string]shown{}},
 		{name: "note too long", req: request{"PUT", "/lock/l", `{"key": "k", "note": "` + strings.Repeat("n", maxFieldBytes+1) + `"}`}, wantStatus: 400, wantError: `"note" is 1025 bytes long`, wantLocks: map[string]shown{}},
 		{name: "note not a string", req: request{"PUT", "/lock/l", `{"key": "k", "note": ["x"]}`}, wantStatus: 400, wantError: `"note" must be a string`, wantLocks: map[string]shown{}},
 		{

@@ -260,6 +260,15 @@ func (e *env) parseUpTo(args []string, max int) ([]string, int, bool) {
 // flagError says err, the flag package's, in the command's terms: an
 // unknown flag with the nearest one the command has.
 func (e *env) flagError(err error) string {
+	if rest, ok := strings.CutPrefix(err.Error(), "invalid value "); ok {
+		// A value's own error names its flag (durationFlag); the rest,
+		// flag's "invalid value "x" for flag -n: parse error", in ours.
+		_, why, _ := strings.Cut(rest, ": ")
+		if strings.HasPrefix(why, "--") {
+			return why
+		}
+		return strings.Replace(err.Error(), " for flag -", " for --", 1)
+	}
 	name, unknown := strings.CutPrefix(err.Error(), "flag provided but not defined: -")
 	if !unknown {
 		return strings.Replace(err.Error(), ": -", ": --", 1) // "flag needs an argument: --ttl"

@@ -430,6 +430,49 @@ func TestTheLimitIsShown(t *testing.T) {
 	}
 }
 
+// TestEveryDurationFlagReadsAlike: --wait, --ttl, --grace and
+// --expires-in read a duration one way, and say a mistake one way: a
+// number without a unit, days, a negative one; forever is a wait's value
+// for every command that waits.
+func TestEveryDurationFlagReadsAlike(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lock", "prod", "--key", "k", "--wait", "5"}, `--wait must be a duration such as 30s, 10m or 2h, 0 not to wait, or forever (got "5": 5 has no unit: write 5s, 5m or 5h)`},
+		{[]string{"run", "prod", "--wait", "5", "--", "true"}, `--wait must be a duration such as 30s, 10m or 2h, 0 not to wait, or forever (got "5": 5 has no unit: write 5s, 5m or 5h)`},
+		{[]string{"lock", "prod", "--key", "k", "--ttl", "1d"}, `--ttl must be a positive duration such as 90s, 10m or 2h (got "1d": d is not a unit here: write 24h for 1d)`},
+		{[]string{"run", "prod", "--ttl", "2d", "--", "true"}, `--ttl must be a positive duration such as 90s, 10m or 2h (got "2d": d is not a unit here: write 48h for 2d)`},
+		{[]string{"renew", "prod", "--key", "k", "--ttl", "0"}, `--ttl must be a positive duration such as 90s, 10m or 2h (got "0": it must be more than 0)`},
+		{[]string{"run", "prod", "--grace", "-1s", "--", "true"}, `--grace must be a positive duration such as 90s, 10m or 2h (got "-1s": -1s is negative)`},
+		{[]string{"credential", "create", "ci", "--grant", "read:", "--expires-in", "1w"}, `--expires-in must be a positive duration such as 90s, 10m or 2h (got "1w": w is not a unit here: write 168h for 1w)`},
+		{[]string{"lock", "prod", "--key", "k", "--ttl", "forever"}, `--ttl must be a positive duration such as 90s, 10m or 2h (got "forever"`},
+	} {
+		if r := c.run(t, tc.args...); r.code != 2 || !strings.Contains(r.stderr, "locker "+tc.args[0]+": "+tc.want) {
+			t.Errorf("locker %q = %v; want exit 2 and %q", tc.args, r, tc.want)
+		}
+	}
+	// --wait forever waits until granted, for locker lock as for run.
+	if r := c.run(t, "lock", "prod", "--key", "a"); r.code != 0 {
+		t.Fatalf("lock = %v", r)
+	}
+	// A refusal after a wait says the wait asked for, not what was left
+	// of it when the last round was sent.
+	if r := c.run(t, "lock", "prod", "--key", "b", "--wait", "1s"); r.code != 1 || !strings.Contains(r.stderr, "timed out after 1s waiting") {
+		t.Errorf("lock --wait 1s on a held lock = %v; want exit 1, timed out after 1s", r)
+	}
+	waiter := c.start(t, "lock", "prod", "--key", "b", "--wait", "forever")
+	waitUntil(t, "the waiter to queue", 5*time.Second, func() bool { return strings.Contains(c.run(t, "show", "prod").stdout, "waiting 1:") })
+	if r := c.run(t, "unlock", "prod", "--key", "a"); r.code != 0 {
+		t.Fatalf("unlock = %v", r)
+	}
+	if r := waiter.wait(t, 10*time.Second); r.code != 0 {
+		t.Errorf("lock --wait forever = %v; want it granted when the lock was given back", r)
+	}
+}
+
 // TestLockUnlockLsShow covers the commands for scripts: their output and
 // exit codes.
 func TestLockUnlockLsShow(t *testing.T) {
@@ -477,7 +520,7 @@ func TestLockUnlockLsShow(t *testing.T) {
 		{[]string{"lock", "--key", "k"}, "NAME is missing"},
 		{[]string{"lock", "prod", "--key", "k", "--ttl", "soon"}, "--ttl must be a positive duration"},
 		{[]string{"run", "prod", "sleep", "1"}, "the command to run goes after --"},
-		{[]string{"run", "prod", "--ttl", "500ms", "--", "true"}, "--ttl must be a duration of at least 1s"},
+		{[]string{"run", "prod", "--ttl", "500ms", "--", "true"}, "--ttl must be at least 1s"},
 		{[]string{"ls", "--url", "http://127.0.0.1:1"}, "connection refused"},
 		{[]string{"ls", "--url", "ftp://x"}, "must be http:// or https://"},
 		{[]string{"nonsense"}, `unknown command "nonsense" (locker help lists them)`},

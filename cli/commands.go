@@ -20,10 +20,11 @@ import (
 
 // holdFlags are the flags of the commands that change a hold.
 type holdFlags struct {
-	key, lockBy, ttl, note string
-	wait                   time.Duration
-	all                    bool
-	limit                  int
+	key, lockBy, note string
+	ttl               durationFlag
+	wait              durationFlag
+	all               bool
+	limit             int
 }
 
 func (e *env) keyFlags(h *holdFlags) {
@@ -31,20 +32,37 @@ func (e *env) keyFlags(h *holdFlags) {
 	e.flags.StringVar(&h.lockBy, "lock-by", "", "")
 }
 
+// ttlFlag defines --ttl, with its default (none when "").
+func (e *env) ttlFlag(h *holdFlags, def string) {
+	h.ttl = durationFlag{name: "ttl"}
+	e.durationVar(&h.ttl, def)
+}
+
+// waitFlag defines --wait: a duration, 0 not to wait, or forever; def is
+// its default.
+func (e *env) waitFlag(h *holdFlags, def string) {
+	h.wait = durationFlag{name: "wait", forever: true, zero: true}
+	e.durationVar(&h.wait, def)
+}
+
+// waitDeadline is when a wait of f ends: zero for forever, and for no
+// wait, when a server that cannot be reached is given up on.
+func waitDeadline(f durationFlag) time.Time {
+	if f.endless {
+		return time.Time{}
+	}
+	return time.Now().Add(cmp.Or(f.d, patience))
+}
+
 // request checks the hold flags and returns them as a request.
 func (e *env) request(h holdFlags) (client.Request, int, bool) {
 	if h.key == "" {
 		return client.Request{}, e.usageError("--key is missing: holders with the same key share a lock, e.g. --key deploy-v1.4"), false
 	}
-	if h.ttl != "" {
-		if d, err := time.ParseDuration(h.ttl); err != nil || d <= 0 {
-			return client.Request{}, e.usageError("--ttl must be a positive duration such as 90s, 10m or 2h (got %q)", h.ttl), false
-		}
-	}
 	if h.limit < 0 {
 		return client.Request{}, e.usageError("--limit is the most holds the lock may have at once, at least 1 (got %d)", h.limit), false
 	}
-	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl, Note: h.note, All: h.all, Limit: h.limit}, exitOK, true
+	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl.text, Note: h.note, All: h.all, Limit: h.limit}, exitOK, true
 }
 
 // holdArgs reads the arguments of a command that changes a hold (NAME and
@@ -90,17 +108,16 @@ Examples:
 func cmdLock(e *env, args []string) int {
 	var h holdFlags
 	e.keyFlags(&h)
-	e.flags.DurationVar(&h.wait, "wait", 0, "")
-	e.flags.StringVar(&h.ttl, "ttl", "", "")
+	e.waitFlag(&h, "0")
+	e.ttlFlag(&h, "")
 	e.flags.StringVar(&h.note, "note", "", "")
 	e.flags.IntVar(&h.limit, "limit", 0, "")
 	name, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code
 	}
-	deadline := time.Now().Add(cmp.Or(h.wait, patience))
-	o := e.progress(deadline)
-	o.Wait = h.wait > 0
+	o := e.progress(waitDeadline(h.wait))
+	o.Wait = h.wait.d > 0 || h.wait.endless
 	l, err := e.client.Lock(e.ctx, name, r, o)
 	if err != nil {
 		return e.fail(err)
@@ -154,7 +171,7 @@ Example:
 func cmdRenew(e *env, args []string) int {
 	var h holdFlags
 	e.keyFlags(&h)
-	e.flags.StringVar(&h.ttl, "ttl", "", "")
+	e.ttlFlag(&h, "")
 	name, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -43,7 +45,8 @@ Examples:
 func cmdCredential(e *env, args []string) int {
 	var grants names
 	e.flags.Var(&grants, "grant", "")
-	expiresIn := e.flags.Duration("expires-in", 0, "")
+	expiresIn := durationFlag{name: "expires-in"}
+	e.durationVar(&expiresIn, "")
 	pos, code, ok := e.parseUpTo(args, 2)
 	if !ok {
 		return code
@@ -56,7 +59,7 @@ func cmdCredential(e *env, args []string) int {
 	n, known := want[sub]
 	switch {
 	case !known:
-		return e.usageError("%q is not one of create, ls, rotate, rm and hash", sub)
+		return e.usageError("%q is not one of create, ls, rotate, rm and hash%s", sub, didYouMean(sub, slices.Collect(maps.Keys(want))))
 	case len(rest) != n:
 		return e.usageError("locker credential %s takes %d argument(s), not %d", sub, n, len(rest))
 	case sub == "create" && len(grants) == 0:
@@ -84,7 +87,7 @@ func cmdCredential(e *env, args []string) int {
 		var secret string
 		var err error
 		if sub == "create" {
-			c, secret, err = e.client.CreateCredential(e.ctx, rest[0], parsed, *expiresIn)
+			c, secret, err = e.client.CreateCredential(e.ctx, rest[0], parsed, expiresIn.d)
 		} else {
 			c, secret, err = e.client.RotateCredential(e.ctx, rest[0])
 		}

@@ -29,6 +29,8 @@ func TestMessages(t *testing.T) {
 		{[]string{"--url", s.URL, "serve"}, 2, "", "locker: --url, --ca-cert and --insecure are the client's; locker serve reads its settings from the environment (locker serve -h)\n"},
 		{[]string{"lock", "prod", "--key", "a", "--tll", "5m"}, 2, "",
 			"locker lock: unknown flag --tll; did you mean --ttl?\nUsage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N]\n(locker lock -h for more)\n"},
+		{[]string{"pool", "lst"}, 2, "", "locker pool: \"lst\" is not one of set, ls, show and rm; did you mean ls?\nUsage: locker pool set POOL MEMBER...\n(locker pool -h for more)\n"},
+		{[]string{"credential", "rotat", "x"}, 2, "", "locker credential: \"rotat\" is not one of create, ls, rotate, rm and hash; did you mean rotate?\nUsage: locker credential create NAME --grant ROLE:PREFIX... [--expires-in D]\n(locker credential -h for more)\n"},
 		{[]string{"lock", "prod", "--key"}, 2, "",
 			"locker lock: flag needs an argument: --key\nUsage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N]\n(locker lock -h for more)\n"},
 

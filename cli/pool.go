@@ -43,7 +43,7 @@ func cmdPool(e *env, args []string) int {
 	n, known := want[sub]
 	switch {
 	case !known:
-		return e.usageError("%q is not one of set, ls, show and rm", sub)
+		return e.usageError("%q is not one of set, ls, show and rm%s", sub, didYouMean(sub, slices.Collect(maps.Keys(want))))
 	case sub == "set" && len(rest) < 2:
 		return e.usageError("locker pool set needs the pool's name and at least one member, e.g. locker pool set staging staging-1 staging-2")
 	case n >= 0 && len(rest) != n:

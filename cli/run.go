@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -77,8 +76,7 @@ const (
 // runFlags are locker run's settings.
 type runFlags struct {
 	holdFlags
-	waitFor string // "forever", "0" or a duration
-	grace   time.Duration
+	grace durationFlag
 }
 
 // cmdRun handles locker run.
@@ -94,10 +92,11 @@ func cmdRun(e *env, args []string) int {
 	command := args[dash+1:]
 	var f runFlags
 	e.keyFlags(&f.holdFlags)
-	e.flags.StringVar(&f.ttl, "ttl", defaultTTL.String(), "")
-	e.flags.StringVar(&f.waitFor, "wait", "forever", "")
+	e.ttlFlag(&f.holdFlags, defaultTTL.String())
+	e.waitFlag(&f.holdFlags, "forever")
 	e.flags.StringVar(&f.note, "note", "", "")
-	e.flags.DurationVar(&f.grace, "grace", 0, "")
+	f.grace = durationFlag{name: "grace"}
+	e.durationVar(&f.grace, "")
 	var locks names
 	e.flags.Var(&locks, "lock", "")
 	pool := e.flags.String("pool", "", "")
@@ -124,30 +123,24 @@ func cmdRun(e *env, args []string) int {
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	return e.runHolding(runPlan{names: held, pool: *pool, count: *count, req: r, ttl: ttl, wait: f.waitFor != "0" && f.waitFor != "0s",
-		deadline: deadline, grace: f.grace, command: command})
+	return e.runHolding(runPlan{names: held, pool: *pool, count: *count, req: r, ttl: ttl, wait: f.wait.d > 0 || f.wait.endless,
+		deadline: deadline, grace: f.grace.d, command: command})
 }
 
 // runRequest checks run's flags and fills in their defaults.
 func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl time.Duration, deadline time.Time, code int) {
-	ttl, err := time.ParseDuration(f.ttl)
-	if err != nil || ttl < minRunTTL {
-		return r, 0, deadline, e.usageError("--ttl must be a duration of at least %v, e.g. 2m (got %q): run renews it every third", minRunTTL, f.ttl)
+	ttl = f.ttl.d
+	if ttl < minRunTTL {
+		return r, 0, deadline, e.usageError("--ttl must be at least %v, e.g. 2m (got %q): run renews it every third", minRunTTL, f.ttl.text)
 	}
-	if f.waitFor != "forever" {
-		d, err := time.ParseDuration(f.waitFor)
-		if err != nil || d < 0 {
-			return r, 0, deadline, e.usageError("--wait must be a duration such as 30m, 0 not to wait, or forever (got %q)", f.waitFor)
-		}
-		// Without a wait, a server that cannot be reached is tried for a
-		// while, as by locker lock, and then run gives up (exit 2).
-		deadline = time.Now().Add(cmp.Or(d, patience))
+	// Without a wait, a server that cannot be reached is tried for a
+	// while, as by locker lock, and then run gives up (exit 2).
+	deadline = waitDeadline(f.wait)
+	if !f.grace.set {
+		f.grace.d = min(maxGrace, ttl/4)
 	}
-	if f.grace == 0 {
-		f.grace = min(maxGrace, ttl/4)
-	}
-	if f.grace < 0 || f.grace > ttl/4 {
-		return r, 0, deadline, e.usageError("--grace must be positive and at most a quarter of the ttl (%v), so that the command is stopped before the lease runs out (got %v)", ttl/4, f.grace)
+	if f.grace.d > ttl/4 {
+		return r, 0, deadline, e.usageError("--grace must be at most a quarter of the ttl (%v), so that the command is stopped before the lease runs out (got %v)", ttl/4, f.grace.d)
 	}
 	if f.key == "" {
 		f.key = "run-" + client.NewIdempotencyKey()[:16]
@@ -162,7 +155,7 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 			f.note = strings.ToValidUTF8(f.note[:maxNote], "") + "…"
 		}
 	}
-	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl, Note: f.note}, ttl, deadline, exitOK
+	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl.text, Note: f.note}, ttl, deadline, exitOK
 }
 
 // defaultMaxNames is how many locks locker run may name: the server's

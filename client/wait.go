@@ -193,7 +193,7 @@ func (c *Client) take(ctx context.Context, path, report, label string, body map[
 		if wait {
 			round = waitRound
 			if !o.Deadline.IsZero() {
-				round = min(round, time.Until(o.Deadline).Truncate(time.Millisecond))
+				round = min(round, waitLeft(o.Deadline))
 				if round <= 0 {
 					return nil, &TimedOut{last}
 				}
@@ -242,6 +242,18 @@ func (c *Client) take(ctx context.Context, path, report, label string, body map[
 			return nil, err
 		}
 	}
+}
+
+// waitLeft is the wait to ask the server for until deadline: what is left
+// of it, to the millisecond, and, from a second, rounded up to a tenth
+// of one, so that a refusal says the wait that was asked for ("timed out
+// after 5s", not "after 4.999s").
+func waitLeft(deadline time.Time) time.Duration {
+	left := time.Until(deadline)
+	if left >= time.Second-100*time.Millisecond {
+		return (left + 99*time.Millisecond).Truncate(100 * time.Millisecond)
+	}
+	return left.Truncate(time.Millisecond)
 }
 
 // retry says that the call will be tried again after backoff, sleeps, and

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/locker-ci/locker/internal/duration"
 )
 
 // Errors, which the API answers 400 and 413.
@@ -188,14 +190,18 @@ func Duration(fields map[string]json.RawMessage, name string, zeroOK bool) (time
 	return ParseDuration(name, s, zeroOK)
 }
 
-// ParseDuration parses s, the value of name, as a Go duration that must
-// be positive (or zero, when zeroOK).
+// ParseDuration parses s, the value of name, as a duration
+// (internal/duration, as the command line reads its flags) that must be
+// positive (or zero, when zeroOK).
 func ParseDuration(name, s string, zeroOK bool) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err == nil && (d > 0 || (d == 0 && zeroOK)) {
-		return d, nil
+	d, err := duration.Parse(s)
+	if err == nil && d == 0 && !zeroOK {
+		err = errors.New("it must be more than 0")
 	}
-	return 0, fmt.Errorf("%w: %s must be a positive duration such as \"30s\", \"5m\" or \"1h\"; got %q", ErrInvalid, name, s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s must be a positive duration such as \"30s\", \"5m\" or \"1h\"; got %q: %v", ErrInvalid, name, s, err)
+	}
+	return d, nil
 }
 
 // FirstUnknown returns the first of m's keys, in sorted order, that known
