@@ -85,9 +85,11 @@ func letThrough(t *testing.T, urls []string, total, group int) {
 		// Let each group queue before the next, so that groups stay together.
 		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, urls[0], "locker_waiters") == float64((g+1)*group) })
 	}
-	if status := testutil.HTTPDo(t, urls[0], "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
-		t.Fatalf("DELETE = %d", status)
+	released := time.Now()
+	if status, body := httpDo(t, urls[0], "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
+		t.Fatalf("DELETE = %d %s (after %v)", status, body, time.Since(released).Round(time.Millisecond))
 	}
+	t.Logf("the release that granted %d waiters took %v", total, time.Since(released).Round(time.Millisecond))
 	wg.Wait()
 	close(failures)
 	for f := range failures {

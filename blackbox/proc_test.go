@@ -78,16 +78,26 @@ func startProc(tb testing.TB, state string, env ...string) *testutil.Server {
 
 func httpGet(tb testing.TB, base, path string) (int, string) {
 	tb.Helper()
-	resp, err := http.Get(base + path)
+	return httpDo(tb, base, http.MethodGet, path, "")
+}
+
+// httpDo sends a request with body and returns its status and its body.
+func httpDo(tb testing.TB, base, method, path, body string) (int, string) {
+	tb.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	reply, err := io.ReadAll(resp.Body)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return resp.StatusCode, string(body)
+	return resp.StatusCode, string(reply)
 }
 
 // waiting returns how many requests wait for the lock called name.

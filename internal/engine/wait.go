@@ -48,6 +48,9 @@ func (w *wait) run(ctx context.Context, woken <-chan struct{}) (map[string]Snaps
 		select {
 		case <-woken:
 		case <-tick:
+			if !w.mayHaveNews(ctx) {
+				continue
+			}
 		case <-timer.C:
 			return w.end(ctx, true)
 		case <-ctx.Done():
@@ -73,6 +76,24 @@ func (w *wait) run(ctx context.Context, woken <-chan struct{}) (map[string]Snaps
 			return w.end(ctx, false)
 		}
 	}
+}
+
+// mayHaveNews reports whether a look at w's waiter under the locks'
+// transaction may find something new: unless its own rows, read alone,
+// show it still waiting in each lock it waited in, as this request's
+// round, with no grant. (A grant whose notification was lost shows
+// there; the rest of a queue is not read.)
+func (w *wait) mayHaveNews(ctx context.Context) bool {
+	rows, err := w.e.store.Waiter(ctx, w.id, w.names)
+	if err != nil || len(rows) != len(w.names) {
+		return true
+	}
+	for _, q := range rows {
+		if q.Granted != nil || q.Round != w.round || !q.Left.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // endsTheWait reports whether err, from a look at a waiter, is its

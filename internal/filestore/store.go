@@ -298,6 +298,20 @@ func (s *Store) Now() time.Time { return s.now() }
 // Recheck is 0: every grant is told.
 func (s *Store) Recheck() time.Duration { return 0 }
 
+// Waiter returns the waiter with id in each queue of names it is in.
+func (s *Store) Waiter(ctx context.Context, id int64, names []string) (map[string]txn.Waiter, error) {
+	found := map[string]txn.Waiter{}
+	err := s.View(ctx, names, func(r txn.Reader) error {
+		for _, name := range names {
+			if i := slices.IndexFunc(r.Queue(name), func(w txn.Waiter) bool { return w.ID == id }); i >= 0 {
+				found[name] = r.Queue(name)[i]
+			}
+		}
+		return nil
+	})
+	return found, err
+}
+
 // Run ends leases when they run out and checkpoints when the journal asks,
 // until ctx is done.
 func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names []string) error) {

@@ -65,8 +65,12 @@ type Ending struct {
 // knows the queue.
 func Events(name string, old, next Lock, now time.Time, ending Ending) []Event {
 	var events []Event
+	// Both locks' holders are in name order: each is looked up in the
+	// other by walking both once (a change that gives a lock to 2,000
+	// waiters one at a time looked each up by a search, 0.5 s of it).
+	afterOf := holderWalk(next.Holders)
 	for _, h := range old.Holders {
-		after, _ := next.Holder(h.Name)
+		after := afterOf(h.Name)
 		if after.Count >= h.Count && old.Key == next.Key {
 			continue
 		}
@@ -86,8 +90,9 @@ func Events(name string, old, next Lock, now time.Time, ending Ending) []Event {
 		}
 		events = append(events, e)
 	}
+	beforeOf := holderWalk(old.Holders)
 	for _, h := range next.Holders {
-		before, _ := old.Holder(h.Name)
+		before := beforeOf(h.Name)
 		if old.Key != next.Key {
 			before = Holder{}
 		}
@@ -98,6 +103,22 @@ func Events(name string, old, next Lock, now time.Time, ending Ending) []Event {
 			Counts: h.Count - before.Count, Note: h.Note})
 	}
 	return events
+}
+
+// holderWalk returns a function that finds in holders, which are in name
+// order, the holder of each name it is asked for (a zero Holder if none),
+// when it is asked in name order: a walk through holders, once.
+func holderWalk(holders []Holder) func(name string) Holder {
+	i := 0
+	return func(name string) Holder {
+		for i < len(holders) && holders[i].Name < name {
+			i++
+		}
+		if i < len(holders) && holders[i].Name == name {
+			return holders[i]
+		}
+		return Holder{}
+	}
 }
 
 // Duration is a time.Duration that JSON shows as Go writes it ("1m30s"),

@@ -193,8 +193,10 @@ type mark struct {
 }
 
 // mark notes what t has staged. The maps are copied; the slices in them
-// are never changed in place (Set and PutWaiter replace them).
+// are not changed in place after (PutWaiter and RemoveWaiter copy a
+// queue before they first change it: ownQueue).
 func (t *tx) mark() mark {
+	t.owned = nil
 	return mark{locks: maps.Clone(t.locks), queues: maps.Clone(t.queues), put: maps.Clone(t.put),
 		gone: len(t.gone), told: len(t.told), memo: t.memo, pools: t.pools, events: len(t.events)}
 }
@@ -202,5 +204,6 @@ func (t *tx) mark() mark {
 // restore takes t back to what it had staged at m.
 func (t *tx) restore(m mark) {
 	t.locks, t.queues, t.put, t.memo, t.pools = m.locks, m.queues, m.put, m.memo, m.pools
+	t.owned = nil
 	t.gone, t.told, t.events = t.gone[:m.gone], t.told[:m.told], t.events[:m.events]
 }

@@ -30,7 +30,9 @@ type Reader interface {
 	// Lock returns the lock called name, leases not yet settled.
 	Lock(name string) lock.Lock
 	// Queue returns the lock's queue, first come first: waiters, places
-	// kept for a client's next round, and grants not yet taken up.
+	// kept for a client's next round, and grants not yet taken up. A
+	// change to the queue (PutWaiter, RemoveWaiter) may change the slice
+	// in place: read it again after one.
 	Queue(name string) []Waiter
 	// Named reports whether the transaction named the lock called name.
 	Named(name string) bool
