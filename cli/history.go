@@ -60,7 +60,7 @@ func cmdHistory(e *env, args []string) int {
 		return exitOK
 	}
 	for _, ev := range h.Events {
-		writeEvent(e.stdout, ev, true)
+		writeEvent(e.stdout, ev, true, false)
 	}
 	if h.Before > 0 {
 		fmt.Fprintf(e.stdout, "older events: locker history %s --before %d\n", shellWord(pos[0]), h.Before)
@@ -69,9 +69,14 @@ func cmdHistory(e *env, args []string) int {
 }
 
 // writeEvent describes one event of a lock's history for a person, on
-// one line, saying how long ago it was if withAge is set.
-func writeEvent(w io.Writer, ev client.Event, withAge bool) {
-	fmt.Fprintf(w, "%s  %-8s  %s  key %q", ev.At.Local().Format("2006-01-02 15:04:05"), ev.Kind, oneLine(ev.Holder), ev.Key)
+// one line, naming its lock if withLock is set, and saying how long ago
+// it was if withAge is.
+func writeEvent(w io.Writer, ev client.Event, withAge, withLock bool) {
+	fmt.Fprintf(w, "%s  %-8s  ", ev.At.Local().Format("2006-01-02 15:04:05"), ev.Kind)
+	if withLock {
+		fmt.Fprintf(w, "%s  ", oneLine(ev.Lock))
+	}
+	fmt.Fprintf(w, "%s  key %q", oneLine(ev.Holder), ev.Key)
 	if ev.Token != 0 {
 		fmt.Fprintf(w, "  token %d", ev.Token)
 	}
@@ -124,8 +129,9 @@ func shellWord(s string) string {
 const watchUsage = `Usage: locker watch [NAME] [--pool POOL] [--last N] [--count N] [--json]
 
 Shows the changes to locks as they happen, one a line: every lock's, or
-only NAME's, or only the members' of POOL. --last N first shows NAME's
-last N events, then follows on from them, as tail -f does. When the
+only NAME's, or only the members' of POOL (each line then names its
+lock). --last N first shows the last N events (of NAME, of POOL's
+members, or of every lock), then follows on from them, as tail -f does. When the
 connection breaks (the server restarts, or a node dies), it connects
 again and goes on from the last event it showed, missing none the server
 still keeps. It runs until interrupted (Ctrl-C), or until it has shown
@@ -157,13 +163,13 @@ func cmdWatch(e *env, args []string) int {
 	case len(pos) == 1:
 		filter.Lock = pos[0]
 	}
-	if *last < 0 || *last > 1000 || *last > 0 && len(pos) == 0 {
-		return e.usageError("--last N shows the last N (up to 1000) events of the lock NAME")
+	if *last < 0 || *last > 1000 {
+		return e.usageError("--last N shows the last N (up to 1000) events; give a number from 1 to 1000")
 	}
 	if code := e.connect(); code != exitOK {
 		return code
 	}
-	write := func(ev client.Event) { writeEvent(e.stdout, ev, false) }
+	write := func(ev client.Event) { writeEvent(e.stdout, ev, false, filter.Lock == "") }
 	if *asJSON {
 		write = func(ev client.Event) { _ = writeJSONLine(e.stdout, ev.Raw) }
 	}
@@ -181,15 +187,15 @@ func cmdWatch(e *env, args []string) int {
 	}
 	var from uint64
 	if *last > 0 {
-		h, err := e.client.History(ctx, pos[0], 0, *last)
+		events, err := lastEvents(ctx, e.client, filter, *last)
 		if err != nil {
 			return e.fail(err)
 		}
-		for _, ev := range slices.Backward(h.Events) {
+		for _, ev := range slices.Backward(events) {
 			show(ev)
 		}
-		if len(h.Events) > 0 {
-			from = h.Events[0].ID
+		if len(events) > 0 {
+			from = events[0].ID
 		}
 	}
 	notice := func(n client.Notice) { fmt.Fprintf(e.stderr, "locker watch: %s\n", n.Message) }
@@ -213,6 +219,29 @@ func cmdWatch(e *env, args []string) int {
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// lastEvents returns the last n events that filter follows, newest
+// first: a lock's, every lock's, or the newest n of a pool's members'.
+func lastEvents(ctx context.Context, c *client.Client, filter client.Filter, n int) ([]client.Event, error) {
+	if filter.Pool == "" {
+		h, err := c.History(ctx, filter.Lock, 0, n)
+		return h.Events, err
+	}
+	p, err := c.Pool(ctx, filter.Pool)
+	if err != nil {
+		return nil, err
+	}
+	var events []client.Event
+	for name := range p.Members {
+		h, err := c.History(ctx, name, 0, n)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, h.Events...)
+	}
+	slices.SortFunc(events, func(a, b client.Event) int { return cmp.Compare(b.ID, a.ID) })
+	return events[:min(n, len(events))], nil
 }
 
 // errStreamEnded: the server ended the stream without an error.

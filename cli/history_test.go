@@ -56,9 +56,43 @@ func TestHistoryAndWatch(t *testing.T) {
 	if r := c.run(t, "history", "never-taken"); r.code != 0 || !strings.Contains(r.stdout, "never-taken has no history") {
 		t.Errorf("locker history never-taken: %v; want it to say there is none", r)
 	}
-	for _, args := range [][]string{{"history", "prod", "--limit", "0"}, {"watch", "prod", "--pool", "p"}, {"watch", "--last", "2"}} {
+	for _, args := range [][]string{{"history", "prod", "--limit", "0"}, {"watch", "prod", "--pool", "p"}, {"watch", "--last", "1001"}} {
 		if r := c.run(t, args...); r.code != 2 || !strings.Contains(r.stderr, "Usage: locker "+args[0]) {
 			t.Errorf("locker %s: %v; want a usage error", strings.Join(args, " "), r)
+		}
+	}
+}
+
+// TestWatchNamesTheLocks: locker watch without a name, and with --pool,
+// says which lock each event is about, and --last works with both.
+func TestWatchNamesTheLocks(t *testing.T) {
+	c := newClient(t, server(t))
+	if r := c.run(t, "pool", "set", "stage", "stage-1", "stage-2"); r.code != 0 {
+		t.Fatal(r)
+	}
+	for _, name := range []string{"stage-1", "other", "stage-2"} {
+		if r := c.run(t, "lock", name, "--key", "k", "--lock-by", "a"); r.code != 0 {
+			t.Fatal(r)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"watch", "--last", "2", "--count", "2"}, []string{`taken +other +a +key "k"`, `taken +stage-2 +a +key "k"`}},
+		{[]string{"watch", "--pool", "stage", "--last", "2", "--count", "2"}, []string{`taken +stage-1 +a +key "k"`, `taken +stage-2 +a +key "k"`}},
+		{[]string{"watch", "stage-1", "--last", "1", "--count", "1"}, []string{`taken +a +key "k"`}},
+	} {
+		r := c.run(t, tc.args...)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if r.code != 0 || len(lines) != len(tc.want) {
+			t.Errorf("locker %s: %v; want %d lines", strings.Join(tc.args, " "), r, len(tc.want))
+			continue
+		}
+		for i, line := range lines {
+			if !regexp.MustCompile(`^\S+ \S+  ` + tc.want[i]).MatchString(line) {
+				t.Errorf("locker %s, line %d = %q; want it to match %s", strings.Join(tc.args, " "), i+1, line, tc.want[i])
+			}
 		}
 	}
 }

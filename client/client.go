@@ -398,6 +398,7 @@ type History struct {
 // History returns up to limit (1 to 1,000) of the events of the lock
 // called name with IDs below before (0: the newest), newest first. A lock
 // never taken, or not within the time the server keeps history, has none.
+// With name "", the events of every lock the credential may read.
 func (c *Client) History(ctx context.Context, name string, before uint64, limit int) (History, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
@@ -405,7 +406,11 @@ func (c *Client) History(ctx context.Context, name string, before uint64, limit 
 	if before > 0 {
 		q.Set("before", strconv.FormatUint(before, 10))
 	}
-	data, err := c.Do(ctx, http.MethodGet, "/history/"+url.PathEscape(name), q, nil, "")
+	path := "/history"
+	if name != "" {
+		path += "/" + url.PathEscape(name)
+	}
+	data, err := c.Do(ctx, http.MethodGet, path, q, nil, "")
 	if err != nil {
 		return History{}, err
 	}
