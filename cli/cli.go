@@ -10,6 +10,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +37,10 @@ const (
 	exitRefused  = 1 // the lock is held by another key, or the wait ran out
 	exitUsage    = 2 // bad arguments, or the server could not be reached
 	exitLockLost = 3 // run: the lease could not be renewed while the command ran
+	// exitConflict: lock and run, the lock refused or the wait ran out
+	// (--conflict-exit-code; sysexits' EX_TEMPFAIL, "try again later"),
+	// so that a script tells a run skipped from a command that failed.
+	exitConflict = 75
 )
 
 // patience is how long a command keeps retrying a server it cannot reach
@@ -76,6 +82,7 @@ type env struct {
 	flags          *flag.FlagSet
 	conn           connFlags
 	client         *client.Client
+	conflictExit   int // the exit code of a refusal, or a wait that ran out (0: exitRefused)
 }
 
 // connFlags are the settings every command takes: which server, and how.
@@ -329,8 +336,9 @@ func (e *env) connect() int {
 	return exitOK
 }
 
-// fail says what went wrong and returns the exit code for it: 1 for a
-// refusal or a wait that ran out, 2 for anything else.
+// fail says what went wrong and returns the exit code for it: for a
+// refusal or a wait that ran out, the command's conflict code (1 unless
+// it takes --conflict-exit-code), 2 for anything else.
 func (e *env) fail(err error) int {
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("interrupted before the locker answered")
@@ -340,9 +348,23 @@ func (e *env) fail(err error) int {
 	switch {
 	case client.IsStatus(err, http.StatusLocked), client.IsStatus(err, http.StatusPreconditionFailed),
 		errors.As(err, &timedOut) && client.IsStatus(timedOut.Last, http.StatusLocked):
-		return exitRefused
+		return cmp.Or(e.conflictExit, exitRefused)
 	}
 	return exitUsage
+}
+
+// conflictFlag adds --conflict-exit-code, the exit code of a refusal or
+// a wait that ran out (default exitConflict).
+func (e *env) conflictFlag() {
+	e.conflictExit = exitConflict
+	e.flags.Func("conflict-exit-code", "", func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 255 {
+			return fmt.Errorf("--conflict-exit-code must be an exit code from 1 to 255, e.g. %d (got %q; 0 would say the lock was taken)", exitConflict, s)
+		}
+		e.conflictExit = n
+		return nil
+	})
 }
 
 // progress returns client options that tell stderr what is happening,

@@ -156,7 +156,7 @@ func (c client) held(t *testing.T, name string) bool {
 	t.Helper()
 	r := c.run(t, "lock", name, "--key", "probe")
 	switch r.code {
-	case 1:
+	case 75:
 		return true
 	case 0:
 		if u := c.run(t, "unlock", name, "--key", "probe"); u.code != 0 {
@@ -314,8 +314,8 @@ func TestSIGTERMToRunReachesTheCommandAndReleasesAfter(t *testing.T) {
 	if r.code != 7 || !strings.Contains(r.stderr, `released "prod"`) {
 		t.Errorf("run after SIGTERM = %v; want the command's exit code 7, and the lock released", r)
 	}
-	if probe := strings.TrimSpace(string(testutil.ReadFile(t, filepath.Join(c.dir, "probe")))); probe != "probe 1" {
-		t.Errorf("while the command handled SIGTERM, locking with another key gave %q; want exit 1 (still held)", probe)
+	if probe := strings.TrimSpace(string(testutil.ReadFile(t, filepath.Join(c.dir, "probe")))); probe != "probe 75" {
+		t.Errorf("while the command handled SIGTERM, locking with another key gave %q; want exit 75 (still held)", probe)
 	}
 	if c.held(t, "prod") {
 		t.Error("the lock is held after run exited")
@@ -419,8 +419,8 @@ func TestTheLimitIsShown(t *testing.T) {
 			t.Fatalf("lock = %v", r)
 		}
 	}
-	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-1"); r.code != 1 || !strings.Contains(r.stderr, "2 holds, as many as its limit of 2 allows") {
-		t.Errorf("a third hold under a limit of 2 = %v; want exit 1 saying the limit", r)
+	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-1"); r.code != 75 || !strings.Contains(r.stderr, "2 holds, as many as its limit of 2 allows") {
+		t.Errorf("a third hold under a limit of 2 = %v; want exit 75 saying the limit", r)
 	}
 	if r := c.run(t, "show", "browsers"); !strings.Contains(r.stdout, ", 2 of its limit of 2 holds\n") {
 		t.Errorf("locker show:\n%s\nwant the limit", r.stdout)
@@ -460,8 +460,8 @@ func TestEveryDurationFlagReadsAlike(t *testing.T) {
 	}
 	// A refusal after a wait says the wait asked for, not what was left
 	// of it when the last round was sent.
-	if r := c.run(t, "lock", "prod", "--key", "b", "--wait", "1s"); r.code != 1 || !strings.Contains(r.stderr, "timed out after 1s waiting") {
-		t.Errorf("lock --wait 1s on a held lock = %v; want exit 1, timed out after 1s", r)
+	if r := c.run(t, "lock", "prod", "--key", "b", "--wait", "1s"); r.code != 75 || !strings.Contains(r.stderr, "timed out after 1s waiting") {
+		t.Errorf("lock --wait 1s on a held lock = %v; want exit 75, timed out after 1s", r)
 	}
 	waiter := c.start(t, "lock", "prod", "--key", "b", "--wait", "forever")
 	waitUntil(t, "the waiter to queue", 5*time.Second, func() bool { return strings.Contains(c.run(t, "show", "prod").stdout, "waiting 1:") })
@@ -482,11 +482,11 @@ func TestLockUnlockLsShow(t *testing.T) {
 	if r.code != 0 || strings.TrimSpace(r.stdout) != "1" {
 		t.Fatalf("lock = %v; want exit 0 and token 1", r)
 	}
-	if r := c.run(t, "lock", "prod", "--key", "upgrade"); r.code != 1 || !strings.Contains(r.stderr, `held with key "deploy"`) {
-		t.Errorf("lock with another key = %v; want exit 1 saying who holds it", r)
+	if r := c.run(t, "lock", "prod", "--key", "upgrade"); r.code != 75 || !strings.Contains(r.stderr, `held with key "deploy"`) {
+		t.Errorf("lock with another key = %v; want exit 75 saying who holds it", r)
 	}
-	if r := c.run(t, "lock", "prod", "--key", "upgrade", "--wait", "300ms"); r.code != 1 || !strings.Contains(r.stderr, "timed out") {
-		t.Errorf("lock --wait 300ms on a held lock = %v; want exit 1, timed out", r)
+	if r := c.run(t, "lock", "prod", "--key", "upgrade", "--wait", "300ms"); r.code != 75 || !strings.Contains(r.stderr, "timed out") {
+		t.Errorf("lock --wait 300ms on a held lock = %v; want exit 75, timed out", r)
 	}
 	r = c.run(t, "ls")
 	if r.code != 0 || !strings.Contains(r.stdout, "NAME") || !regexpMatch(`(?m)^prod\s+deploy×1\s+\S+ ago\s+in \S+\s+0\s+https://ci.example.com/builds/7$`, r.stdout) {
@@ -626,8 +626,8 @@ func TestLockWithALimit(t *testing.T) {
 	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-1", "--limit", "1"); r.code != 0 {
 		t.Fatalf("lock --limit 1 = %v; want exit 0", r)
 	}
-	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-2"); r.code != 1 || !strings.Contains(r.stderr, "limit of 1") {
-		t.Errorf("a second holder = %v; want exit 1 saying the limit", r)
+	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--lock-by", "e2e-2"); r.code != 75 || !strings.Contains(r.stderr, "limit of 1") {
+		t.Errorf("a second holder = %v; want exit 75 saying the limit", r)
 	}
 	if r := c.run(t, "lock", "browsers", "--key", "e2e", "--limit", "-1"); r.code != 2 || !strings.Contains(r.stderr, "--limit") {
 		t.Errorf("lock --limit -1 = %v; want a usage error (exit 2)", r)

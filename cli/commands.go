@@ -82,7 +82,7 @@ func (e *env) holdArgs(args []string, h *holdFlags) (name string, r client.Reque
 	return pos[0], r, exitOK, true
 }
 
-const lockUsage = `Usage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N]
+const lockUsage = `Usage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]
 
 Takes the lock called NAME with key K and prints its fencing token.
 Holders with the same key share the lock; another key is refused until
@@ -98,6 +98,12 @@ they have all let go. Give it back with locker unlock.
   --limit N     at most N holds at once, a semaphore's permits (the
                 first holder sets it; every hold counts, a holder's
                 second too; the next past it waits, or is refused)
+  --conflict-exit-code N
+                the exit code when the lock is refused or the wait runs
+                out (default 75)
+
+Exit code: 0 taken; 75 (--conflict-exit-code) refused, or the wait ran
+out; 2 for a usage or connection error.
 
 Examples:
   token=$(locker lock prod --key deploy --wait 30m --ttl 2h --note "$BUILD_URL")
@@ -112,6 +118,7 @@ func cmdLock(e *env, args []string) int {
 	e.ttlFlag(&h, "")
 	e.flags.StringVar(&h.note, "note", "", "")
 	e.flags.IntVar(&h.limit, "limit", 0, "")
+	e.conflictFlag()
 	name, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code

@@ -50,10 +50,13 @@ $LOCKER_LOCKS, separated by spaces.
   --lock NAME   a lock to take with the others (repeat it)
   --pool POOL   take free members of the pool instead of named locks
   --count N     with --pool: how many members (default 1)
+  --conflict-exit-code N
+                the exit code when the lock is refused or the wait runs
+                out, CMD not run (default 75)
 
-Exit code: CMD's (128+N if a signal N killed it); 1 if the lock was
-refused or the wait ran out; 2 for a usage or connection error; 3 if the
-lock was lost while CMD ran.
+Exit code: CMD's (128+N if a signal N killed it); 75 (--conflict-exit-code)
+if the lock was refused or the wait ran out, and CMD did not run; 2 for a
+usage or connection error; 3 if the lock was lost while CMD ran.
 
 Examples:
   locker run prod -- ./deploy.sh
@@ -101,6 +104,7 @@ func cmdRun(e *env, args []string) int {
 	e.flags.Var(&locks, "lock", "")
 	pool := e.flags.String("pool", "", "")
 	count := e.flags.Int("count", 1, "")
+	e.conflictFlag()
 	pos, code, ok := e.parseUpTo(args[:dash], defaultMaxNames)
 	if !ok {
 		return code
