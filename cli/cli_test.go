@@ -791,3 +791,66 @@ func TestCredentialsFromTheCommandLine(t *testing.T) {
 		t.Errorf("a grant of an unknown role = %v; want a usage error naming the roles", r)
 	}
 }
+
+// TestSetsAndClaimsFromTheCommandLine: locker lock and unlock with
+// several names take and give back a set, all or nothing; locker pool
+// claim takes members for a script's later steps, waits saying where it
+// stands, and they are given back with locker unlock.
+func TestSetsAndClaimsFromTheCommandLine(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	if r := c.run(t, "lock", "db", "app", "--key", "deploy"); r.code != 0 || !regexp.MustCompile(`^app \d+\ndb \d+\n$`).MatchString(r.stdout) {
+		t.Fatalf("locker lock db app = %v; want each lock's name and token, a line each", r)
+	}
+	if r := c.run(t, "lock", "app", "web", "--key", "other"); r.code != 75 || !strings.Contains(r.stderr, `"app" is held with key "deploy"`) {
+		t.Errorf("a set with a held lock = %v; want exit 75 saying who holds it", r)
+	}
+	if r := c.run(t, "show", "web", "--json"); !strings.Contains(r.stdout, `"key":""`) && !strings.Contains(r.stdout, `"key": ""`) {
+		t.Errorf("web after the refused set = %v; want it free (all or nothing)", r)
+	}
+	if r := c.run(t, "renew", "db", "app", "--key", "deploy", "--ttl", "1h"); r.code != 0 || !regexp.MustCompile(`^app \S+\ndb \S+\n$`).MatchString(r.stdout) {
+		t.Errorf("locker renew db app = %v; want when each lease runs out", r)
+	}
+	if r := c.run(t, "unlock", "db", "app", "--key", "deploy"); r.code != 0 || r.stderr != "locker unlock: gave back app, db\n" {
+		t.Errorf("locker unlock db app = %v; want both given back", r)
+	}
+	if r := c.run(t, "lock", "db", "db", "--key", "k"); r.code != 2 || !strings.Contains(r.stderr, `"db" is named twice`) {
+		t.Errorf("a name given twice = %v; want a usage error", r)
+	}
+
+	if r := c.run(t, "pool", "set", "stage", "stage-1", "stage-2"); r.code != 0 {
+		t.Fatal(r)
+	}
+	r := c.run(t, "pool", "claim", "stage", "--key", "build-1", "--count", "2", "--ttl", "10m")
+	members := regexp.MustCompile(`(?m)^(stage-\d) \d+$`).FindAllStringSubmatch(r.stdout, -1)
+	if r.code != 0 || len(members) != 2 {
+		t.Fatalf("locker pool claim stage --count 2 = %v; want both members and their tokens", r)
+	}
+	if r := c.run(t, "pool", "claim", "stage", "--key", "build-2"); r.code != 75 || !strings.Contains(r.stderr, "pool") {
+		t.Errorf("a claim on a pool with no free member = %v; want exit 75", r)
+	}
+	r = c.run(t, "pool", "claim", "stage", "--key", "build-2", "--wait", "2s")
+	if r.code != 75 || !strings.Contains(r.stderr, `locker pool claim: waiting for 1 of the pool "stage": 0 of 2 members free; held: stage-1 by build-1 (1), stage-2 by build-1 (1); number 1 of 1 in the queue`+"\n") {
+		t.Errorf("a claim that waits in vain = %v; want it to say who holds the members and its place, then exit 75", r)
+	}
+	waiting := c.start(t, "pool", "claim", "stage", "--key", "build-3", "--wait", "1m")
+	waitUntil(t, "the claim to say where it stands", 20*time.Second, func() bool {
+		r := c.run(t, "pool", "show", "stage")
+		return strings.Contains(r.stdout, "waiting 1: build-3")
+	})
+	if r := c.run(t, "unlock", members[0][1], "--key", "build-1"); r.code != 0 {
+		t.Fatal(r)
+	}
+	got := waiting.wait(t, 20*time.Second)
+	if got.code != 0 || !regexp.MustCompile(`^`+members[0][1]+` \d+\n$`).MatchString(got.stdout) {
+		t.Errorf("the waiting claim = %v; want %s, the member given back", got, members[0][1])
+	}
+	// A set is given back all or nothing: the member build-3 holds now
+	// refuses it, and the other stays held.
+	if r := c.run(t, "unlock", members[1][1], members[0][1], "--key", "build-1"); r.code != 1 || !strings.Contains(r.stderr, strconv.Quote(members[0][1])+` is held with key "build-3"`) {
+		t.Errorf("unlock of a member another build holds now, with one still held = %v; want exit 1 naming it", r)
+	}
+	if r := c.run(t, "show", members[1][1]); !strings.Contains(r.stdout, "build-1") {
+		t.Errorf("%s after the refused unlock = %v; want it still held by build-1", members[1][1], r)
+	}
+}

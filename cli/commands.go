@@ -65,28 +65,55 @@ func (e *env) request(h holdFlags) (client.Request, int, bool) {
 	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl.text, Note: h.note, All: h.all, Limit: h.limit}, exitOK, true
 }
 
-// holdArgs reads the arguments of a command that changes a hold (NAME and
-// the hold flags), and connects. ok is false when the command is done,
-// with code.
-func (e *env) holdArgs(args []string, h *holdFlags) (name string, r client.Request, code int, ok bool) {
-	pos, code, ok := e.parse(args, "NAME")
+// holdArgs reads the arguments of a command that changes a hold (one
+// NAME or several, a set changed all at once, and the hold flags), and
+// connects. ok is false when the command is done, with code.
+func (e *env) holdArgs(args []string, h *holdFlags) (names []string, r client.Request, code int, ok bool) {
+	names, code, ok = e.parseUpTo(args, defaultMaxNames)
 	if !ok {
-		return "", r, code, false
+		return nil, r, code, false
+	}
+	if len(names) == 0 {
+		return nil, r, e.usageError("NAME is missing"), false
+	}
+	if dup := duplicate(names); dup != "" {
+		return nil, r, e.usageError("%q is named twice", dup), false
 	}
 	if r, code, ok = e.request(*h); !ok {
-		return "", r, code, false
+		return nil, r, code, false
 	}
 	if code := e.connect(); code != exitOK {
-		return "", r, code, false
+		return nil, r, code, false
 	}
-	return pos[0], r, exitOK, true
+	return names, r, exitOK, true
 }
 
-const lockUsage = `Usage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]
+// duplicate returns a name given more than once in names, or "".
+func duplicate(names []string) string {
+	sorted := slices.Sorted(slices.Values(names))
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i] == sorted[i-1] {
+			return sorted[i]
+		}
+	}
+	return ""
+}
+
+// writeTokens prints each lock of a set taken at once, in name order,
+// with its fencing token: "NAME TOKEN", a line each.
+func writeTokens(w io.Writer, locks map[string]client.Lock) {
+	for _, name := range slices.Sorted(maps.Keys(locks)) {
+		fmt.Fprintf(w, "%s %d\n", name, locks[name].Token)
+	}
+}
+
+const lockUsage = `Usage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]
 
 Takes the lock called NAME with key K and prints its fencing token.
 Holders with the same key share the lock; another key is refused until
-they have all let go. Give it back with locker unlock.
+they have all let go. Give it back with locker unlock. With several
+names, it takes them all in one change or none (waiting for all of
+them), and prints each one's name and token, a line each.
 
   --key K       the key (required)
   --wait D      queue for the lock for up to D, e.g. 30m (default: do not wait)
@@ -108,6 +135,8 @@ out; 2 for a usage or connection error.
 Examples:
   token=$(locker lock prod --key deploy --wait 30m --ttl 2h --note "$BUILD_URL")
   locker unlock prod --key deploy
+  locker lock prod-db prod-app --key deploy --wait 30m
+  locker unlock prod-db prod-app --key deploy
 ` + connectionHelp
 
 // cmdLock handles locker lock.
@@ -119,13 +148,21 @@ func cmdLock(e *env, args []string) int {
 	e.flags.StringVar(&h.note, "note", "", "")
 	e.flags.IntVar(&h.limit, "limit", 0, "")
 	e.conflictFlag()
-	name, r, code, ok := e.holdArgs(args, &h)
+	names, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code
 	}
 	o := e.progress(waitDeadline(h.wait))
 	o.Wait = h.wait.d > 0 || h.wait.endless
-	l, err := e.client.Lock(e.ctx, name, r, o)
+	if len(names) > 1 {
+		locks, err := e.client.LockSet(e.ctx, names, r, o)
+		if err != nil {
+			return e.fail(err)
+		}
+		writeTokens(e.stdout, locks)
+		return exitOK
+	}
+	l, err := e.client.Lock(e.ctx, names[0], r, o)
 	if err != nil {
 		return e.fail(err)
 	}
@@ -133,15 +170,18 @@ func cmdLock(e *env, args []string) int {
 	return exitOK
 }
 
-const unlockUsage = `Usage: locker unlock NAME --key K [--all] [--lock-by R]
+const unlockUsage = `Usage: locker unlock NAME... --key K [--all] [--lock-by R]
 
 Gives back one count of the lock called NAME held with key K (every
 count with --all). Unlocking a lock you do not hold is an error (exit 1),
-so that a misspelt key does not go unnoticed.
+so that a misspelt key does not go unnoticed. With several names, it
+gives them all back in one change: a set taken with locker lock, or the
+members a locker pool claim took.
 
 Examples:
   locker unlock prod --key deploy
   locker unlock prod --key deploy --lock-by job-42 --all
+  locker unlock prod-db prod-app --key deploy
 ` + connectionHelp
 
 // cmdUnlock handles locker unlock.
@@ -149,11 +189,29 @@ func cmdUnlock(e *env, args []string) int {
 	var h holdFlags
 	e.keyFlags(&h)
 	e.flags.BoolVar(&h.all, "all", false, "")
-	name, r, code, ok := e.holdArgs(args, &h)
+	names, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code
 	}
-	l, err := e.client.Unlock(e.ctx, name, r, e.progress(time.Now().Add(patience)))
+	if len(names) > 1 {
+		_, released, err := e.client.UnlockSet(e.ctx, names, r, e.progress(time.Now().Add(patience)))
+		if err != nil {
+			return e.fail(err)
+		}
+		var none []string
+		for _, name := range names {
+			if released[name] == 0 {
+				none = append(none, strconv.Quote(name))
+			}
+		}
+		if len(none) > 0 {
+			fmt.Fprintf(e.stderr, "locker unlock: nothing given back of %s: %s held none of it; the others were given back\n", strings.Join(none, ", "), cmp.Or(r.Requestor, r.Key))
+			return exitRefused
+		}
+		fmt.Fprintf(e.stderr, "locker unlock: gave back %s\n", strings.Join(slices.Sorted(slices.Values(names)), ", "))
+		return exitOK
+	}
+	l, err := e.client.Unlock(e.ctx, names[0], r, e.progress(time.Now().Add(patience)))
 	if err != nil {
 		return e.fail(err)
 	}
@@ -165,10 +223,12 @@ func cmdUnlock(e *env, args []string) int {
 	return exitOK
 }
 
-const renewUsage = `Usage: locker renew NAME --key K [--ttl D] [--lock-by R]
+const renewUsage = `Usage: locker renew NAME... --key K [--ttl D] [--lock-by R]
 
 Extends your lease on the lock called NAME to D from now (default: the
-server's default ttl). Prints when it now runs out.
+server's default ttl). Prints when it now runs out. With several names,
+it renews them all in one change, and prints each one's name and when
+its lease runs out, a line each.
 
 Example:
   locker renew prod --key deploy --ttl 30m
@@ -179,11 +239,21 @@ func cmdRenew(e *env, args []string) int {
 	var h holdFlags
 	e.keyFlags(&h)
 	e.ttlFlag(&h, "")
-	name, r, code, ok := e.holdArgs(args, &h)
+	names, r, code, ok := e.holdArgs(args, &h)
 	if !ok {
 		return code
 	}
-	l, err := e.client.Renew(e.ctx, name, r, e.progress(time.Now().Add(patience)))
+	if len(names) > 1 {
+		locks, err := e.client.RenewSet(e.ctx, names, r, e.progress(time.Now().Add(patience)))
+		if err != nil {
+			return e.fail(err)
+		}
+		for _, name := range slices.Sorted(maps.Keys(locks)) {
+			fmt.Fprintf(e.stdout, "%s %s\n", name, locks[name].Holders[cmp.Or(r.Requestor, r.Key)].ExpiresAt.Format(time.RFC3339))
+		}
+		return exitOK
+	}
+	l, err := e.client.Renew(e.ctx, names[0], r, e.progress(time.Now().Add(patience)))
 	if err != nil {
 		return e.fail(err)
 	}

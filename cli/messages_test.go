@@ -28,11 +28,11 @@ func TestMessages(t *testing.T) {
 		{[]string{"--insecure"}, 2, "", "locker: the command is missing, e.g. locker --url https://locker.example.com:8910 ls (locker help lists them)\n"},
 		{[]string{"--url", s.URL, "serve"}, 2, "", "locker: --url, --ca-cert and --insecure are the client's; locker serve reads its settings from the environment (locker serve -h)\n"},
 		{[]string{"lock", "prod", "--key", "a", "--tll", "5m"}, 2, "",
-			"locker lock: unknown flag --tll; did you mean --ttl?\nUsage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]\n(locker lock -h for more)\n"},
-		{[]string{"pool", "lst"}, 2, "", "locker pool: \"lst\" is not one of set, ls, show and rm; did you mean ls?\nUsage: locker pool set POOL MEMBER...\n(locker pool -h for more)\n"},
+			"locker lock: unknown flag --tll; did you mean --ttl?\nUsage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]\n(locker lock -h for more)\n"},
+		{[]string{"pool", "lst"}, 2, "", "locker pool: \"lst\" is not one of set, ls, show, rm and claim; did you mean ls?\nUsage: locker pool set POOL MEMBER...\n(locker pool -h for more)\n"},
 		{[]string{"credential", "rotat", "x"}, 2, "", "locker credential: \"rotat\" is not one of create, ls, rotate, rm and hash; did you mean rotate?\nUsage: locker credential create NAME --grant ROLE:PREFIX... [--expires-in D]\n(locker credential -h for more)\n"},
 		{[]string{"lock", "prod", "--key"}, 2, "",
-			"locker lock: flag needs an argument: --key\nUsage: locker lock NAME --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]\n(locker lock -h for more)\n"},
+			"locker lock: flag needs an argument: --key\nUsage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]\n(locker lock -h for more)\n"},
 
 		// Refusals: who holds it, and the flag that waits.
 		{[]string{"lock", "prod", "--key", "b"}, 75, "", "locker lock: \"prod\" is held with key \"a\" by a (1); --wait 5m waits for it\n"},

@@ -14,6 +14,7 @@ const poolUsage = `Usage: locker pool set POOL MEMBER...
        locker pool ls
        locker pool show POOL [--json]
        locker pool rm POOL
+       locker pool claim POOL --key K [--count N] [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--conflict-exit-code N]
 
 A pool is a set of interchangeable locks, its members: locker run --pool
 POOL takes free ones, the ones claimed least recently first. set makes the
@@ -22,28 +23,61 @@ back); ls lists the pools; show shows each member, free or held (by whom,
 since when), and the claims waiting; rm removes the pool, and leaves its
 members as they are.
 
+claim takes free members for a script whose steps span several commands
+(locker pool claim -h).
+
 Examples:
   locker pool set staging staging-1 staging-2 staging-3
   locker run --pool staging -- sh -c './e2e.sh "$LOCKER_LOCK"'
   locker pool show staging
 ` + connectionHelp
 
+const poolClaimUsage = `Usage: locker pool claim POOL --key K [--count N] [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--conflict-exit-code N]
+
+Takes --count free members of the pool POOL (default 1), the ones claimed
+least recently first, with key K, and prints each one's name and fencing
+token, a line each: for a script whose steps span several commands (for
+one command, locker run --pool). Give them back with locker unlock
+MEMBER... --key K.
+
+  --key K       the key (required)
+  --count N     how many members (default 1), all at once or none
+  --wait D      queue for them for up to D, e.g. 30m, or forever
+                (default: do not wait)
+  --ttl D       a lease: each member is freed D after it is taken unless
+                renewed (locker renew MEMBER...); default: the server's
+  --note TEXT   shown to others, e.g. the build's URL
+  --lock-by R   who holds them (default: the key)
+  --conflict-exit-code N
+                the exit code when too few members are free or the wait
+                runs out (default 75)
+
+Examples:
+  member=$(locker pool claim staging --key "$BUILD_ID" --wait 30m --ttl 2h | cut -d' ' -f1)
+  locker unlock "$member" --key "$BUILD_ID"
+` + connectionHelp
+
 // cmdPool handles locker pool.
 func cmdPool(e *env, args []string) int {
+	if len(args) > 0 && args[0] == "claim" {
+		return cmdPoolClaim(e, args[1:])
+	}
 	asJSON := e.flags.Bool("json", false, "")
 	pos, code, ok := e.parseUpTo(args, 1<<20)
 	if !ok {
 		return code
 	}
 	if len(pos) == 0 {
-		return e.usageError("set, ls, show or rm is missing, e.g. locker pool ls")
+		return e.usageError("set, ls, show, rm or claim is missing, e.g. locker pool ls")
 	}
 	sub, rest := pos[0], pos[1:]
 	want := map[string]int{"set": -1, "ls": 0, "show": 1, "rm": 1}
 	n, known := want[sub]
 	switch {
+	case sub == "claim":
+		return e.usageError("locker pool claim's flags go after the word claim, e.g. locker pool claim staging --key k")
 	case !known:
-		return e.usageError("%q is not one of set, ls, show and rm%s", sub, didYouMean(sub, slices.Collect(maps.Keys(want))))
+		return e.usageError("%q is not one of set, ls, show, rm and claim%s", sub, didYouMean(sub, append(slices.Collect(maps.Keys(want)), "claim")))
 	case sub == "set" && len(rest) < 2:
 		return e.usageError("locker pool set needs the pool's name and at least one member, e.g. locker pool set staging staging-1 staging-2")
 	case n >= 0 && len(rest) != n:
@@ -100,5 +134,39 @@ func cmdPool(e *env, args []string) int {
 		}
 		fmt.Fprintf(e.stdout, "pool %s removed; its members stay as they are\n", rest[0])
 	}
+	return exitOK
+}
+
+// cmdPoolClaim handles locker pool claim.
+func cmdPoolClaim(e *env, args []string) int {
+	e.name, e.usage = "pool claim", poolClaimUsage
+	var h holdFlags
+	e.keyFlags(&h)
+	e.waitFlag(&h, "0")
+	e.ttlFlag(&h, "")
+	e.flags.StringVar(&h.note, "note", "", "")
+	count := e.flags.Int("count", 1, "")
+	e.conflictFlag()
+	pos, code, ok := e.parse(args, "POOL")
+	if !ok {
+		return code
+	}
+	if *count < 1 {
+		return e.usageError("--count is how many members to claim, at least 1 (got %d)", *count)
+	}
+	r, code, ok := e.request(h)
+	if !ok {
+		return code
+	}
+	if code := e.connect(); code != exitOK {
+		return code
+	}
+	o := e.progress(waitDeadline(h.wait))
+	o.Wait = h.wait.d > 0 || h.wait.endless
+	locks, err := e.client.Claim(e.ctx, pos[0], *count, r, o)
+	if err != nil {
+		return e.fail(err)
+	}
+	writeTokens(e.stdout, locks)
 	return exitOK
 }

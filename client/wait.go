@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -136,7 +139,7 @@ func (e *TimedOut) Unwrap() error { return e.Last }
 // and 5xx answers are retried, with the same Idempotency-Key, until the
 // deadline: a lost answer does not count a take twice.
 func (c *Client) Lock(ctx context.Context, name string, r Request, o Options) (Reply, error) {
-	data, err := c.take(ctx, lockPath(name), name, strconv.Quote(name), r.body(takeFields), r, o)
+	data, err := c.take(ctx, lockPath(name), c.lockReport(name), strconv.Quote(name), r.body(takeFields), r, o)
 	if err != nil {
 		return Reply{}, err
 	}
@@ -151,7 +154,7 @@ func (c *Client) LockSet(ctx context.Context, names []string, r Request, o Optio
 	}
 	body := r.body(takeFields)
 	body["locks"] = names
-	data, err := c.take(ctx, "/locks", names[0], quoteAll(names), body, r, o)
+	data, err := c.take(ctx, "/locks", c.lockReport(names[0]), quoteAll(names), body, r, o)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +170,7 @@ func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, o
 	}
 	body := r.body(claimFields)
 	body["count"] = count
-	data, err := c.take(ctx, poolPath(pool)+"/claim", "", fmt.Sprintf("%d of the pool %q", count, pool), body, r, o)
+	data, err := c.take(ctx, poolPath(pool)+"/claim", c.poolReport(pool, count), fmt.Sprintf("%d of the pool %q", count, pool), body, r, o)
 	if err != nil {
 		return nil, err
 	}
@@ -175,16 +178,17 @@ func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, o
 }
 
 // take sends the PUT at path with body until it is answered: Lock's loop.
-// While it waits, it reports on the lock called report ("" for none);
+// While it waits, report tells o.Progress where it stands (see
+// reportWhileWaiting);
 // label names what it takes in messages. A grant that ended before its
 // answer arrived (the server's 409) is asked for again, with a new
 // Idempotency-Key, unless the caller chose the key.
-func (c *Client) take(ctx context.Context, path, report, label string, body map[string]any, r Request, o Options) ([]byte, error) {
+func (c *Client) take(ctx context.Context, path string, report reporter, label string, body map[string]any, r Request, o Options) ([]byte, error) {
 	ownKey := r.IdempotencyKey == ""
 	r.IdempotencyKey = cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
 	wait := o.Wait
-	if wait && report != "" {
-		defer c.reportWhileWaiting(ctx, report, r, o)()
+	if wait {
+		defer reportWhileWaiting(ctx, report, r, o)()
 	}
 	backoff := firstBackoff
 	var last error
@@ -389,9 +393,9 @@ func (c *Client) change(ctx context.Context, method, what, label, path string, q
 }
 
 // reportWhileWaiting tells o.Progress, after o.ReportFirst and then every
-// o.ReportEvery until stopped, who holds the lock called name and where
-// r stands in its queue.
-func (c *Client) reportWhileWaiting(ctx context.Context, name string, r Request, o Options) (stop func()) {
+// o.ReportEvery until stopped, where r stands (report: who holds the lock
+// or the pool's members, and r's place in the queue).
+func reportWhileWaiting(ctx context.Context, report reporter, r Request, o Options) (stop func()) {
 	if o.Progress == nil {
 		return func() {}
 	}
@@ -409,7 +413,7 @@ func (c *Client) reportWhileWaiting(ctx context.Context, name string, r Request,
 				return
 			case <-t.C:
 			}
-			c.reportWait(ctx, name, r, o)
+			report(ctx, r, o)
 			t.Reset(cmp.Or(o.ReportEvery, 30*time.Second))
 		}
 	}()
@@ -420,9 +424,62 @@ func (c *Client) reportWhileWaiting(ctx context.Context, name string, r Request,
 	}
 }
 
-// reportWait tells o.Progress who holds the lock and where r stands in
-// its queue.
-func (c *Client) reportWait(ctx context.Context, name string, r Request, o Options) {
+// A reporter tells o.Progress where a waiting request r stands.
+type reporter func(ctx context.Context, r Request, o Options)
+
+// lockReport reports who holds the lock called name and where r stands
+// in its queue.
+func (c *Client) lockReport(name string) reporter {
+	return func(ctx context.Context, r Request, o Options) { c.reportLockWait(ctx, name, r, o) }
+}
+
+// poolReport reports who holds the members of the pool called pool and
+// where a claim of count stands in its queue.
+func (c *Client) poolReport(pool string, count int) reporter {
+	return func(ctx context.Context, r Request, o Options) {
+		p, err := c.Pool(ctx, pool)
+		if err != nil {
+			if ctx.Err() == nil {
+				o.say("still waiting for %d of the pool %q (could not see who holds its members: %v)", count, pool, err)
+			}
+			return
+		}
+		var held []string
+		for _, name := range slices.Sorted(maps.Keys(p.Members)) {
+			if l := p.Members[name]; l.Key != "" {
+				var by []string
+				for _, h := range slices.Sorted(maps.Keys(l.LockedBy)) {
+					by = append(by, fmt.Sprintf("%s (%d)", h, l.LockedBy[h]))
+				}
+				held = append(held, fmt.Sprintf("%s by %s", name, strings.Join(by, ", ")))
+			}
+		}
+		msg := fmt.Sprintf("waiting for %d of the pool %q: %d of %d members free", count, pool, len(p.Free), len(p.Members))
+		if len(held) > 0 {
+			msg += "; held: " + strings.Join(held, ", ")
+		}
+		o.say("%s%s", msg, queuePlace(r, len(p.Waiting), func(i int) Waiter { return p.Waiting[i].Waiter }))
+	}
+}
+
+// queuePlace says where r stands in a queue of n: "; number 2 of 3 in
+// the queue", or how many wait when r is not among them.
+func queuePlace(r Request, n int, at func(int) Waiter) string {
+	me := cmp.Or(r.Requestor, r.Key)
+	for i := range n {
+		if w := at(i); w.Requestor == me && w.Key == r.Key {
+			return fmt.Sprintf("; number %d of %d in the queue", i+1, n)
+		}
+	}
+	if n > 0 {
+		return fmt.Sprintf("; %d request(s) in the queue", n)
+	}
+	return ""
+}
+
+// reportLockWait tells o.Progress who holds the lock and where r stands
+// in its queue.
+func (c *Client) reportLockWait(ctx context.Context, name string, r Request, o Options) {
 	l, err := c.Get(ctx, name)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -431,20 +488,7 @@ func (c *Client) reportWait(ctx context.Context, name string, r Request, o Optio
 		return
 	}
 	msg := fmt.Sprintf("waiting for %q: held with key %q by %s", name, l.Key, cmp.Or(l.HoldersString(), "no one"))
-	me := cmp.Or(r.Requestor, r.Key)
-	place := 0
-	for i, w := range l.Waiting {
-		if w.Requestor == me && w.Key == r.Key {
-			place = i + 1
-			break
-		}
-	}
-	if place > 0 {
-		msg += fmt.Sprintf("; number %d of %d in the queue", place, len(l.Waiting))
-	} else if len(l.Waiting) > 0 {
-		msg += fmt.Sprintf("; %d request(s) in the queue", len(l.Waiting))
-	}
-	o.say("%s", msg)
+	o.say("%s%s", msg, queuePlace(r, len(l.Waiting), func(i int) Waiter { return l.Waiting[i] }))
 }
 
 // errDeadline stops a sleep that would end past the deadline.
