@@ -61,6 +61,8 @@ var errorStatuses = []struct {
 	{engine.ErrInvalid, http.StatusBadRequest},
 	{engine.ErrPoolChanged, http.StatusConflict},
 	{engine.ErrPoolTooSmall, http.StatusConflict},
+	{engine.ErrRemoved, http.StatusConflict},
+	{engine.ErrNoWaiter, http.StatusNotFound},
 	{engine.ErrClientGone, statusClientClosed},
 	{engine.ErrClosed, http.StatusServiceUnavailable},
 	{errNotReady, http.StatusServiceUnavailable},
@@ -108,6 +110,7 @@ func (s *server) routes() http.Handler {
 	r.HandleFunc("/history/{name:.+}", s.handleHistory).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/history", s.handleEveryHistory).Methods(http.MethodGet, http.MethodHead)
 	r.HandleFunc("/events", s.handleEvents).Methods(http.MethodGet)
+	r.HandleFunc("/waiters/{id}", s.handleRemoveWaiter).Methods(http.MethodDelete)
 
 	// Health checks, which requireAuth lets through.
 	r.HandleFunc("/healthz", s.handleHealth).Methods(http.MethodGet, http.MethodHead)

@@ -22,7 +22,7 @@ func TestSetOverHTTP(t *testing.T) {
 	}
 	done := testutil.PutAsync(context.Background(), ls.url, "/locks?wait=20s", `{"locks": ["prod-db", "prod-app"], "key": "deploy", "lock_by": "deploy-43"}`)
 	testutil.WaitFor(t, "the set to wait for prod-app", func() bool { return ls.waiting(t, "prod-app") == 1 })
-	if status, body := ls.call(t, "GET", "/lock/prod-db", ""); status != http.StatusOK || !strings.Contains(string(body), `"waiting":[{"key":"deploy"`) {
+	if status, body := ls.call(t, "GET", "/lock/prod-db", ""); status != http.StatusOK || !strings.Contains(string(body), `"key":"deploy","requestor":"deploy-43"`) {
 		t.Errorf("prod-db while the set waits = %d %s; want the set in its queue", status, body)
 	}
 	if status, body := ls.call(t, "DELETE", "/lock/prod-app", `{"key": "hotfix"}`); status != http.StatusOK {

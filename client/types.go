@@ -43,6 +43,7 @@ type Hold struct {
 
 // Waiter is a request in a lock's queue.
 type Waiter struct {
+	ID        int64     `json:"id"`        // names it to RemoveWaiter; unique across locks
 	Key       string    `json:"key"`       // the key it asks for
 	Requestor string    `json:"requestor"` // who asks
 	Since     time.Time `json:"since"`     // when it joined the queue

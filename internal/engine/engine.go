@@ -48,6 +48,12 @@ var (
 	// ErrPoolTooSmall: a waiting claim's pool now has fewer members
 	// than it claims.
 	ErrPoolTooSmall = errors.New("the pool is too small for the claim")
+	// ErrRemoved: a waiting request was taken out of its queue, by an
+	// operator (RemoveWaiter) or by a newer request that superseded it;
+	// its error says which, and why.
+	ErrRemoved = errors.New("removed from the queue")
+	// ErrNoWaiter: no request waits with the ID given.
+	ErrNoWaiter = errors.New("no such waiter")
 	// ErrClosed: the engine's store is shutting down; nothing changed.
 	// A server that stops gives it as its requests' contexts' cause, so
 	// that waits end with it.

@@ -187,7 +187,7 @@ func (e *Engine) Pool(name string) (PoolView, error) {
 		v.Locks = snapshots(r, p.Members)
 		for _, w := range claimsOn(r, name, p.Members) {
 			if w.Waiting() {
-				v.Waiting = append(v.Waiting, PoolWaiter{Waiting: lock.Waiting{Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since}, Count: w.Count})
+				v.Waiting = append(v.Waiting, PoolWaiter{Waiting: lock.Waiting{ID: w.ID, Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since}, Count: w.Count})
 			}
 		}
 		return nil

@@ -107,7 +107,7 @@ func current(r txn.Reader, name string) Snapshot {
 	s := Snapshot{Lock: l}
 	for _, w := range r.Queue(name) {
 		if w.Waiting() {
-			s.Waiting = append(s.Waiting, lock.Waiting{Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since})
+			s.Waiting = append(s.Waiting, lock.Waiting{ID: w.ID, Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since})
 		}
 	}
 	return s
@@ -133,8 +133,11 @@ func (e *Engine) again(tx txn.Tx, a *attempt) (bool, error) {
 		return true, stillHeld(tx, a.names, a.req, a.replay, err)
 	}
 	p, ok := findIdem(tx, a.names, a.req.Idem)
-	if !ok || a.req.Wait == 0 && !p.Left.IsZero() {
+	switch {
+	case !ok || a.req.Wait == 0 && !p.Left.IsZero():
 		return false, nil
+	case p.Removed != "":
+		return true, removedError(p.Removed) // sent again: the same answer
 	}
 	verdict, got, err := takeOver(tx, a.names, p, a.req)
 	switch verdict {

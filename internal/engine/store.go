@@ -51,8 +51,9 @@ type Store interface {
 	// is granted, and a function that stops the watch. A watch may begin
 	// inside the transaction that queues the waiter.
 	Watch(id int64) (woken <-chan struct{}, stop func())
-	// Waiter returns the waiter with id in each queue of names it is in,
-	// as it is, changing nothing and holding up no change: a waiter's
+	// Waiter returns the waiter with id in each queue of names it is in
+	// (every queue, for nil names), as it is, changing nothing and
+	// holding up no change: an operator's lookup, and a waiter's
 	// look at its own rows, every Recheck, before it takes the locks to
 	// look at the rest.
 	Waiter(ctx context.Context, id int64, names []string) (map[string]txn.Waiter, error)

@@ -89,7 +89,7 @@ func (w *wait) mayHaveNews(ctx context.Context) bool {
 		return true
 	}
 	for _, q := range rows {
-		if q.Granted != nil || q.Round != w.round || !q.Left.IsZero() {
+		if q.Granted != nil || q.Round != w.round || !q.Left.IsZero() || q.Removed != "" {
 			return true
 		}
 	}
@@ -97,11 +97,18 @@ func (w *wait) mayHaveNews(ctx context.Context) bool {
 }
 
 // endsTheWait reports whether err, from a look at a waiter, is its
-// request's answer: its pool was removed or became too small for it, or
-// the grant it was told of has since ended.
+// request's answer: its pool was removed or became too small for it, the
+// grant it was told of has since ended, or it was taken out of the queue.
 func endsTheWait(err error) bool {
-	return errors.Is(err, ErrNoPool) || errors.Is(err, ErrPoolTooSmall) || errors.Is(err, ErrGrantEnded)
+	return errors.Is(err, ErrNoPool) || errors.Is(err, ErrPoolTooSmall) || errors.Is(err, ErrGrantEnded) || errors.Is(err, ErrRemoved)
 }
+
+// removedError is the answer to a request whose waiter was taken out of
+// its queue: why, as the waiter says (Waiter.Removed). It is ErrRemoved.
+type removedError string
+
+func (e removedError) Error() string        { return string(e) }
+func (e removedError) Is(target error) bool { return target == ErrRemoved }
 
 // end ends the wait of w, which ran out (timedOut) or whose context
 // is done, under the locks' transaction, so that no grant can come after:
@@ -172,8 +179,9 @@ func (w *wait) locate(tx txn.Tx, names []string) ([]string, txn.Waiter, error) {
 // as they are now are returned either way.
 func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapshot, granted bool, err error) {
 	var set []string // the locks w waits in, as this look found them
+	var removed string
 	names, err := w.e.updateNaming(ctx, w.names, txn.Options{Pool: w.pool}, func(tx txn.Tx, names []string) error {
-		granted, set = false, nil
+		granted, set, removed = false, nil, ""
 		in, q, err := w.locate(tx, names)
 		if err != nil {
 			return err
@@ -192,6 +200,15 @@ func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapsh
 			granted = true
 			got, err = takeUp(tx, in, w.id, w.req)
 			return err
+		case q.Removed != "":
+			removed = q.Removed
+			for _, name := range in {
+				tx.RemoveWaiter(name, w.id)
+			}
+			for _, name := range in {
+				grantQueue(tx, name)
+			}
+			return nil
 		}
 		set = in
 		if !end && q.Left.IsZero() {
@@ -218,6 +235,8 @@ func (w *wait) claim(ctx context.Context, end, hold bool) (got map[string]Snapsh
 	})
 	switch {
 	case err != nil:
+	case removed != "":
+		return nil, false, removedError(removed)
 	case set != nil:
 		w.names = set // a claim's waiter follows its pool's members
 	default:

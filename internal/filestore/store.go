@@ -298,8 +298,18 @@ func (s *Store) Now() time.Time { return s.now() }
 // Recheck is 0: every grant is told.
 func (s *Store) Recheck() time.Duration { return 0 }
 
-// Waiter returns the waiter with id in each queue of names it is in.
+// Waiter returns the waiter with id in each queue of names it is in (of
+// every lock, for nil names).
 func (s *Store) Waiter(ctx context.Context, id int64, names []string) (map[string]txn.Waiter, error) {
+	if names == nil {
+		s.mu.Lock()
+		for name, q := range s.queues {
+			if slices.ContainsFunc(q, func(w txn.Waiter) bool { return w.ID == id }) {
+				names = append(names, name)
+			}
+		}
+		s.mu.Unlock()
+	}
 	found := map[string]txn.Waiter{}
 	err := s.View(ctx, names, func(r txn.Reader) error {
 		for _, name := range names {

@@ -61,7 +61,9 @@ func AppendView(b []byte, name string, l Lock, queue []Waiting) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, `{"key":`...)
+		b = append(b, `{"id":`...)
+		b = strconv.AppendInt(b, w.ID, 10)
+		b = append(b, `,"key":`...)
 		b = AppendString(b, w.Key)
 		b = append(b, `,"requestor":`...)
 		b = AppendString(b, w.Requestor)

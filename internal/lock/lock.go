@@ -46,6 +46,9 @@ type Hold struct {
 
 // Waiting is one request in a lock's queue, as the API shows it.
 type Waiting struct {
+	// ID names the waiter (unique across locks; one waiter for a set or
+	// a claim is in each of its locks' queues): DELETE /waiters/<id>.
+	ID        int64     `json:"id"`
 	Key       string    `json:"key"`
 	Requestor string    `json:"requestor"`
 	Since     time.Time `json:"since"`

@@ -134,6 +134,10 @@ var migrations = []string{
 	// secret. A waiter's credential, for the history of its grant.
 	`CREATE TABLE locker_credentials (name text PRIMARY KEY, credential json NOT NULL);
 	ALTER TABLE locker_queue ADD COLUMN credential text;`,
+
+	// 14: why a waiter was taken out of its queue (removed by an operator,
+	// superseded by a newer request), until its request answers with it.
+	`ALTER TABLE locker_queue ADD COLUMN removed text;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -404,14 +404,14 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 	if w.Pool != "" {
 		pool = &w.Pool
 	}
-	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool, credential)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, nullif($17, ''))
+	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool, credential, removed)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, nullif($17, ''), nullif($18, ''))
 		ON CONFLICT (id, name) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
 			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
 			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round,
-			set_of = excluded.set_of`,
+			set_of = excluded.set_of, removed = excluded.removed`,
 		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
-		w.Since, idem, left, granted, w.Round, w.Set, w.Count, pool, w.Credential)
+		w.Since, idem, left, granted, w.Round, w.Set, w.Count, pool, w.Credential, w.Removed)
 	return nil
 }
 
@@ -434,12 +434,13 @@ func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) er
 	return fn(t)
 }
 
-// Waiter returns the waiter with id in each queue of names it is in: its
+// Waiter returns the waiter with id in each queue of names it is in (of
+// every lock, for nil names): its
 // own rows, by their key, with no row lock and without the rest of the
 // queues (2,000 waiters each reading a queue of 2,000 every Recheck held
 // up the change that would grant them past its time).
 func (s *Store) Waiter(ctx context.Context, id int64, names []string) (map[string]txn.Waiter, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+queueColumns+` FROM locker_queue WHERE id = $3 AND name = ANY($1)`, names, deadAfter.String(), id)
+	rows, err := s.pool.Query(ctx, `SELECT `+queueColumns+` FROM locker_queue WHERE id = $3 AND ($1::text[] IS NULL OR name = ANY($1))`, names, deadAfter.String(), id)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}

@@ -129,11 +129,18 @@ type Waiter struct {
 	// Credential names the credential of the request that queued it, for
 	// the history of its grant.
 	Credential string
+	// Removed says why it was taken out of its queue (an operator removed
+	// it, or a newer request superseded it): it is granted nothing and
+	// holds up no one, and its request, told, answers with it and takes
+	// it out.
+	Removed string
 }
 
 // Waiting reports whether w waits to be granted: not a kept place, not
-// granted already, not abandoned.
-func (w Waiter) Waiting() bool { return w.Left.IsZero() && w.Granted == nil && !w.Abandoned }
+// granted already, not abandoned, not removed.
+func (w Waiter) Waiting() bool {
+	return w.Left.IsZero() && w.Granted == nil && !w.Abandoned && w.Removed == ""
+}
 
 // History says how much of each lock's history a store keeps: at most
 // Events events a lock, none older than Age.

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/locker-ci/locker/internal/lock"
+	"github.com/locker-ci/locker/internal/testutil"
+)
+
+// TestAnOperatorRemovesAWaiter, on each store through real HTTP: each
+// waiter in a lock's queue shows its ID; DELETE /waiters/<id> answers that
+// waiting request 409 saying who removed it and why, and the one behind
+// it moves up (granted at once when it now can be); a set's and a claim's
+// waiter leave every queue they are in. Bad IDs and bodies are refused,
+// and nothing changes; a lock-only credential may not remove one.
+func TestAnOperatorRemovesAWaiter(t *testing.T) {
+	onEachStore(t, map[string]string{"AUTH_USER": "root", "AUTH_PASS": "rootpass"}, func(t *testing.T, env map[string]string) {
+		ls := startRun(t, env)
+		root := []string{"root", "rootpass"}
+		mustCall := func(method, path, body string) []byte {
+			t.Helper()
+			status, reply := ls.call(t, method, path, body, root...)
+			if status != http.StatusOK {
+				t.Fatalf("%s %s = %d %s", method, path, status, reply)
+			}
+			return reply
+		}
+		queueOf := func(name string) []lock.Waiting {
+			t.Helper()
+			var v lock.View
+			if err := json.Unmarshal(mustCall("GET", "/lock/"+name, ""), &v); err != nil {
+				t.Fatal(err)
+			}
+			return v.Waiting
+		}
+		background := func(method, path, body string) <-chan string {
+			done := make(chan string, 1)
+			go func() {
+				req, _ := http.NewRequest(method, ls.url+path, strings.NewReader(body))
+				req.SetBasicAuth("root", "rootpass")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					done <- err.Error()
+					return
+				}
+				defer resp.Body.Close()
+				var e struct{ Error string }
+				_ = json.NewDecoder(resp.Body).Decode(&e)
+				done <- fmt.Sprintf("%d %s", resp.StatusCode, e.Error)
+			}()
+			return done
+		}
+		mustCall("PUT", "/lock/prod", `{"key": "a"}`)
+		deploy55 := background("PUT", "/lock/prod?wait=1m", `{"key": "b", "lock_by": "deploy-55"}`)
+		testutil.WaitFor(t, "deploy-55 to wait", func() bool { return len(queueOf("prod")) == 1 })
+		sameKey := background("PUT", "/lock/prod?wait=1m", `{"key": "a", "lock_by": "a-2"}`)
+		testutil.WaitFor(t, "a-2 to wait behind it", func() bool { return len(queueOf("prod")) == 2 })
+		q := queueOf("prod")
+		if q[0].ID == 0 || q[0].ID == q[1].ID || q[0].Requestor != "deploy-55" {
+			t.Fatalf("prod's queue = %+v; want deploy-55 first, each with an ID of its own", q)
+		}
+
+		before := string(mustCall("GET", "/locks", ""))
+		for _, bad := range []struct {
+			path, body string
+			status     int
+			want       string
+		}{
+			{"/waiters/abc", "", 400, "not a waiter's ID"},
+			{"/waiters/-3", "", 400, "not a waiter's ID"},
+			{fmt.Sprintf("/waiters/%d", q[0].ID), `{"reson": "x"}`, 400, `unknown field "reson"`},
+			{fmt.Sprintf("/waiters/%d", q[0].ID), `{"reason": 5}`, 400, `"reason"`},
+			{fmt.Sprintf("/waiters/%d", q[0].ID), `{"reason": "a\u0007b"}`, 400, "control character"},
+			{fmt.Sprintf("/waiters/%d?force=true", q[0].ID), "", 400, "no query parameters"},
+			{"/waiters/999999999", "", 404, "no request waits with the ID 999999999"},
+		} {
+			status, reply := ls.call(t, "DELETE", bad.path, bad.body, root...)
+			var e struct{ Error string }
+			if err := json.Unmarshal(reply, &e); err != nil || status != bad.status || !strings.Contains(e.Error, bad.want) {
+				t.Errorf("DELETE %s %s = %d %s; want %d saying %q", bad.path, bad.body, status, reply, bad.status, bad.want)
+			}
+		}
+		lockOnly := ls.makeCredential(t, `{"name": "ci", "grants": [{"role": "lock", "prefix": ""}]}`)
+		if status, reply := ls.call(t, "DELETE", fmt.Sprintf("/waiters/%d", q[0].ID), "", "ci", lockOnly); status != http.StatusForbidden || !strings.Contains(string(reply), "operate") {
+			t.Errorf("DELETE /waiters as a lock credential = %d %s; want 403 naming the operate role", status, reply)
+		}
+		if after := string(mustCall("GET", "/locks", "")); after != before || len(queueOf("prod")) != 2 {
+			t.Errorf("the refused removals changed something: %s, then %s", before, after)
+		}
+
+		// Removing deploy-55 answers it, and a-2, which shares the
+		// holder's key, no longer waits behind it: granted at once.
+		mustCall("DELETE", fmt.Sprintf("/waiters/%d", q[0].ID), `{"reason": "superseded by deploy 57"}`)
+		if got := <-deploy55; !strings.HasPrefix(got, "409 removed from the queue by root (127.0.0.1): superseded by deploy 57") {
+			t.Errorf("deploy-55's request = %q; want 409 saying who removed it and why", got)
+		}
+		if got := <-sameKey; !strings.HasPrefix(got, "200") {
+			t.Errorf("a-2's request = %q; want it granted once deploy-55 left", got)
+		}
+		if status, _ := ls.call(t, "DELETE", fmt.Sprintf("/waiters/%d", q[0].ID), "", root...); status != http.StatusNotFound {
+			t.Errorf("removing it again = %d; want 404", status)
+		}
+
+		// A set's waiter leaves both queues; a claim's, every member's.
+		set := background("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "c"}`)
+		testutil.WaitFor(t, "the set to wait", func() bool { return len(queueOf("prod")) == 1 })
+		mustCall("PUT", "/pool/stage", `{"members": ["prod", "db2"]}`)
+		mustCall("PUT", "/lock/db2", `{"key": "x"}`)
+		claim := background("PUT", "/pool/stage/claim?wait=1m", `{"key": "d"}`)
+		testutil.WaitFor(t, "the claim to wait", func() bool { return len(queueOf("db2")) == 1 })
+		for _, w := range []struct {
+			id   int64
+			done <-chan string
+			what string
+		}{{queueOf("prod")[0].ID, set, "the set"}, {queueOf("db2")[0].ID, claim, "the claim"}} {
+			mustCall("DELETE", fmt.Sprintf("/waiters/%d", w.id), "")
+			if got := <-w.done; !strings.HasPrefix(got, "409 removed from the queue by root") {
+				t.Errorf("%s's request = %q; want 409", w.what, got)
+			}
+		}
+		for _, name := range []string{"prod", "db", "db2"} {
+			if q := queueOf(name); len(q) != 0 {
+				t.Errorf("%s's queue after = %+v; want it empty", name, q)
+			}
+		}
+	})
+}
