@@ -46,7 +46,7 @@ var requestorFields = []string{"lock_by", "locked_by", "requestor"}
 // Anything else is refused, so that a misspelt field is not ignored.
 var (
 	bodyFields = map[string][]string{
-		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit")...),
+		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit", "supersede")...),
 		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
 		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all", "reason")...),
 	}
@@ -73,7 +73,7 @@ var (
 // claimFields the fields of its body.
 const claimPath = "/pool/<pool>/claim"
 
-var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count")...)
+var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count", "supersede")...)
 
 // maxPage is the most locks a page of GET /locks may ask for.
 const maxPage = 10000
@@ -153,6 +153,9 @@ func decodeChange(w http.ResponseWriter, r *http.Request, path string, namesOf f
 	}
 	if err := decodeFields(fields, query, &req); err != nil {
 		return req, err
+	}
+	if req.Supersede && req.Wait == 0 {
+		return req, fmt.Errorf("%w: \"supersede\" takes the place of your earlier waiting requests, so it is for a request that waits: send it with ?wait=, e.g. ?wait=30m", errBadRequest)
 	}
 	if req.Reason != "" && !req.Force {
 		return req, fmt.Errorf("%w: \"reason\" says why a lock is forced free: send it with ?force=true, e.g. DELETE /lock/<name>?force=true with {\"reason\": \"deploy 41 was aborted\"}", errBadRequest)
@@ -287,6 +290,11 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 	}
 	if err := decodeRequestor(fields, req); err != nil {
 		return err
+	}
+	if raw, ok := fields["supersede"]; ok {
+		if err := json.Unmarshal(raw, &req.Supersede); err != nil || string(raw) == "null" {
+			return fmt.Errorf("%w: \"supersede\" must be true or false, e.g. {\"key\": \"deploy\", \"lock_by\": \"deploy-prod\", \"supersede\": true} with ?wait=30m", errBadRequest)
+		}
 	}
 	if raw, ok := fields["all"]; ok {
 		if err := json.Unmarshal(raw, &req.All); err != nil {

@@ -129,3 +129,117 @@ func TestAnOperatorRemovesAWaiter(t *testing.T) {
 		}
 	})
 }
+
+// TestANewerRequestSupersedesTheWaitingOnes, on each store through real
+// HTTP: deploy builds 55, 56 and 57 queue for prod with one requestor; 57
+// says "supersede": 55 and 56 are answered 409, 57 waits at the back
+// (behind another requestor's) and is the one granted. The same for a
+// set and a claim; another requestor's, and another target's, waiters
+// stay.
+func TestANewerRequestSupersedesTheWaitingOnes(t *testing.T) {
+	onEachStore(t, map[string]string{}, func(t *testing.T, env map[string]string) {
+		ls := startRun(t, env)
+		answered := func(method, path, body string) <-chan string {
+			done := make(chan string, 1)
+			go func() {
+				req, _ := http.NewRequest(method, ls.url+path, strings.NewReader(body))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					done <- err.Error()
+					return
+				}
+				defer resp.Body.Close()
+				var e struct{ Error string }
+				_ = json.NewDecoder(resp.Body).Decode(&e)
+				done <- fmt.Sprintf("%d %s", resp.StatusCode, e.Error)
+			}()
+			return done
+		}
+		mustCall := func(method, path, body string) {
+			t.Helper()
+			if status, reply := ls.call(t, method, path, body); status != http.StatusOK {
+				t.Fatalf("%s %s = %d %s", method, path, status, reply)
+			}
+		}
+		queued := func(name string, n int) {
+			t.Helper()
+			testutil.WaitFor(t, fmt.Sprintf("%d waiting for %s", n, name), func() bool { return ls.waiting(t, name) == n })
+		}
+
+		mustCall("PUT", "/lock/prod", `{"key": "hotfix"}`)
+		b55 := answered("PUT", "/lock/prod?wait=1m", `{"key": "b55", "lock_by": "deploy-prod"}`)
+		queued("prod", 1)
+		b56 := answered("PUT", "/lock/prod?wait=1m", `{"key": "b56", "lock_by": "deploy-prod"}`)
+		queued("prod", 2)
+		other := answered("PUT", "/lock/prod?wait=1m", `{"key": "o", "lock_by": "smoke"}`)
+		queued("prod", 3)
+		set := answered("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s55", "lock_by": "deploy-prod"}`)
+		queued("prod", 4)
+		b57 := answered("PUT", "/lock/prod?wait=1m", `{"key": "b57", "lock_by": "deploy-prod", "supersede": true}`)
+		for _, c := range []struct {
+			done <-chan string
+			what string
+		}{{b55, "build 55"}, {b56, "build 56"}} {
+			if got := <-c.done; got != "409 superseded by a newer request from deploy-prod" {
+				t.Errorf("%s = %q; want 409 superseded by a newer request from deploy-prod", c.what, got)
+			}
+		}
+		queued("prod", 3) // smoke, the set (another target), build 57 at the back
+		var v lock.View
+		_, body := ls.call(t, "GET", "/lock/prod", "")
+		if err := json.Unmarshal(body, &v); err != nil || len(v.Waiting) != 3 || v.Waiting[0].Requestor != "smoke" || v.Waiting[2].Key != "b57" {
+			t.Fatalf("prod's queue = %s; want smoke, the set, then build 57", body)
+		}
+		mustCall("DELETE", "/lock/prod", `{"key": "hotfix"}`)
+		if got := <-other; !strings.HasPrefix(got, "200") {
+			t.Errorf("smoke's request = %q; want it granted", got)
+		}
+		mustCall("DELETE", "/lock/prod", `{"key": "o", "lock_by": "smoke"}`)
+		if got := <-set; !strings.HasPrefix(got, "200") {
+			t.Errorf("the set = %q; want it granted (another target: not superseded)", got)
+		}
+		mustCall("DELETE", "/locks", `{"locks": ["prod", "db"], "key": "s55", "lock_by": "deploy-prod"}`)
+		if got := <-b57; !strings.HasPrefix(got, "200") {
+			t.Errorf("build 57 = %q; want it granted", got)
+		}
+		mustCall("DELETE", "/lock/prod", `{"key": "b57", "lock_by": "deploy-prod"}`)
+
+		// A set and a claim supersede theirs too.
+		mustCall("PUT", "/lock/db", `{"key": "hotfix"}`)
+		s1 := answered("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s1", "lock_by": "deploy-prod"}`)
+		queued("db", 1)
+		s2 := answered("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s2", "lock_by": "deploy-prod", "supersede": true}`)
+		if got := <-s1; got != "409 superseded by a newer request from deploy-prod" {
+			t.Errorf("the first set = %q; want it superseded", got)
+		}
+		mustCall("PUT", "/pool/stage", `{"members": ["st1"]}`)
+		mustCall("PUT", "/lock/st1", `{"key": "x"}`)
+		c1 := answered("PUT", "/pool/stage/claim?wait=1m", `{"key": "c1", "lock_by": "e2e"}`)
+		queued("st1", 1)
+		c2 := answered("PUT", "/pool/stage/claim?wait=1m", `{"key": "c2", "lock_by": "e2e", "supersede": true}`)
+		if got := <-c1; got != "409 superseded by a newer request from e2e" {
+			t.Errorf("the first claim = %q; want it superseded", got)
+		}
+		queued("st1", 1)
+		mustCall("DELETE", "/lock/db", `{"key": "hotfix"}`)
+		mustCall("DELETE", "/lock/st1", `{"key": "x"}`)
+		for _, c := range []struct {
+			done <-chan string
+			what string
+		}{{s2, "the newer set"}, {c2, "the newer claim"}} {
+			if got := <-c.done; !strings.HasPrefix(got, "200") {
+				t.Errorf("%s = %q; want it granted", c.what, got)
+			}
+		}
+
+		for _, bad := range []struct{ path, body, want string }{
+			{"/lock/prod", `{"key": "k", "supersede": true}`, "for a request that waits"},
+			{"/lock/prod?wait=1m", `{"key": "k", "supersede": "yes"}`, "must be true or false"},
+		} {
+			status, reply := ls.call(t, "PUT", bad.path, bad.body)
+			if status != http.StatusBadRequest || !strings.Contains(string(reply), bad.want) {
+				t.Errorf("PUT %s %s = %d %s; want 400 saying %q", bad.path, bad.body, status, reply, bad.want)
+			}
+		}
+	})
+}

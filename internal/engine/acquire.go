@@ -94,6 +94,9 @@ func (e *Engine) acquire(ctx context.Context, a *attempt) (map[string]Snapshot, 
 		if again, err := e.again(tx, a); again || err != nil {
 			return err
 		}
+		if a.req.Supersede && a.req.Wait > 0 {
+			supersede(tx, a)
+		}
 		chosen, err := a.decide(tx)
 		if err != nil {
 			return err

@@ -145,6 +145,10 @@ type Request struct {
 	// Count is a claim's: how many of its pool's members; 0 for a request
 	// by name.
 	Count int
+	// Supersede, on a request that waits, takes out of the queue every
+	// earlier waiting request of the same requestor for the same lock,
+	// set or pool, each answered ErrRemoved: the newest build deploys.
+	Supersede bool
 }
 
 // IdempotencyKey is a request's Idempotency-Key, scoped to its method and

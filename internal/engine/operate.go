@@ -70,6 +70,44 @@ func removeWaiter(tx txn.Tx, in []string, id int64, why string) {
 	}
 }
 
+// supersede takes out of the queues of a's locks the earlier waiting
+// requests of a's requestor for the same lock, set or pool (the same
+// target), each answered that a newer request took its place; a then
+// queues at the back, or is granted if they were all that stood before it.
+func supersede(tx txn.Tx, a *attempt) {
+	why := "superseded by a newer request from " + a.req.Requestor
+	done := map[int64]bool{}
+	for _, name := range a.names {
+		for _, q := range slices.Clone(tx.Queue(name)) {
+			if done[q.ID] || !q.Waiting() || q.Req.Requestor != a.req.Requestor || !sameTarget(q, a) {
+				continue
+			}
+			done[q.ID] = true
+			var in []string
+			for _, n := range a.names {
+				if _, ok := find(tx.Queue(n), q.ID); ok {
+					in = append(in, n)
+				}
+			}
+			removeWaiter(tx, in, q.ID, why)
+		}
+	}
+}
+
+// sameTarget reports whether waiter q waits for what a asks for: the
+// same pool, the same set, or the same lock alone.
+func sameTarget(q txn.Waiter, a *attempt) bool {
+	switch {
+	case a.pool != "":
+		return q.Pool == a.pool
+	case q.Pool != "":
+		return false
+	case len(a.names) == 1:
+		return q.Set == nil
+	}
+	return slices.Equal(q.Set, a.names)
+}
+
 // noWaiter says no request waits with id.
 func noWaiter(id int64) error {
 	return fmt.Errorf("%w: no request waits with the ID %d: it was granted, gave up, or was removed already (GET /lock/<name> shows each waiter's ID)", ErrNoWaiter, id)
