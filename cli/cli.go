@@ -347,10 +347,18 @@ func (e *env) fail(err error) int {
 	var timedOut *client.TimedOut
 	switch {
 	case client.IsStatus(err, http.StatusLocked), client.IsStatus(err, http.StatusPreconditionFailed),
-		errors.As(err, &timedOut) && client.IsStatus(timedOut.Last, http.StatusLocked):
+		errors.As(err, &timedOut) && client.IsStatus(timedOut.Last, http.StatusLocked),
+		client.IsStatus(err, http.StatusConflict) && takenOutOfTheQueue(err):
 		return cmp.Or(e.conflictExit, exitRefused)
 	}
 	return exitUsage
+}
+
+// takenOutOfTheQueue reports whether err, a 409, says the request was
+// taken out of the queue: by an operator, or by a newer request of its
+// requestor (--supersede). The run did not get the lock, as for a refusal.
+func takenOutOfTheQueue(err error) bool {
+	return strings.Contains(err.Error(), "removed from the queue by") || strings.Contains(err.Error(), "superseded by a newer request from")
 }
 
 // conflictFlag adds --conflict-exit-code, the exit code of a refusal or

@@ -854,3 +854,56 @@ func TestSetsAndClaimsFromTheCommandLine(t *testing.T) {
 		t.Errorf("%s after the refused unlock = %v; want it still held by build-1", members[1][1], r)
 	}
 }
+
+// TestRunSupersedesAndShares: locker run --supersede makes the older
+// waiting runs of the same --lock-by exit 75 without running their
+// command, and the newest runs; --limit lets runs with one --key hold
+// the lock together; the flags' mistakes are usage errors.
+func TestRunSupersedesAndShares(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, server(t))
+	if r := c.run(t, "lock", "prod", "--key", "hotfix"); r.code != 0 {
+		t.Fatal(r)
+	}
+	old := c.start(t, "run", "prod", "--lock-by", "deploy-prod", "--", "sh", "-c", "echo build 55 ran")
+	waitUntil(t, "build 55 to wait", 20*time.Second, func() bool {
+		return strings.Contains(c.run(t, "show", "prod").stdout, "deploy-prod")
+	})
+	newest := c.start(t, "run", "prod", "--lock-by", "deploy-prod", "--supersede", "--", "sh", "-c", "echo build 57 ran")
+	r := old.wait(t, 20*time.Second)
+	if r.code != 75 || strings.Contains(r.stdout, "ran") || !strings.Contains(r.stderr, "superseded by a newer request from deploy-prod") {
+		t.Errorf("build 55's run = %v; want exit 75, its command not run, saying it was superseded", r)
+	}
+	if r := c.run(t, "unlock", "prod", "--key", "hotfix"); r.code != 0 {
+		t.Fatal(r)
+	}
+	if r := newest.wait(t, 20*time.Second); r.code != 0 || r.stdout != "build 57 ran\n" {
+		t.Errorf("build 57's run = %v; want its command run", r)
+	}
+
+	// Two runs share the lock under --limit 2; a third with the key waits.
+	first := c.start(t, "run", "browsers", "--key", "e2e", "--limit", "2", "--", "sh", "-c", "sleep 3")
+	waitUntil(t, "the first run to hold browsers", 20*time.Second, func() bool {
+		return strings.Contains(c.run(t, "show", "browsers").stdout, "e2e")
+	})
+	if r := c.run(t, "run", "browsers", "--key", "e2e", "--limit", "2", "--wait", "0", "--", "true"); r.code != 0 {
+		t.Errorf("a second run under --limit 2 = %v; want it to run beside the first", r)
+	}
+	if r := first.wait(t, 20*time.Second); r.code != 0 {
+		t.Errorf("the first run = %v", r)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "prod", "--supersede", "--", "true"}, "give one, e.g. --lock-by deploy-prod"},
+		{[]string{"lock", "prod", "--key", "k", "--lock-by", "x", "--supersede"}, "give --wait too"},
+		{[]string{"run", "prod", "--limit", "2", "--", "true"}, "give one, e.g. --key e2e --limit 2"},
+		{[]string{"run", "--pool", "p", "--key", "k", "--limit", "2", "--", "true"}, "give --count instead"},
+	} {
+		if r := c.run(t, tc.args...); r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("locker %s = %v; want a usage error saying %q", strings.Join(tc.args, " "), r, tc.want)
+		}
+	}
+}

@@ -25,6 +25,7 @@ type holdFlags struct {
 	wait              durationFlag
 	all               bool
 	limit             int
+	supersede         bool
 }
 
 func (e *env) keyFlags(h *holdFlags) {
@@ -62,7 +63,29 @@ func (e *env) request(h holdFlags) (client.Request, int, bool) {
 	if h.limit < 0 {
 		return client.Request{}, e.usageError("--limit is the most holds the lock may have at once, at least 1 (got %d)", h.limit), false
 	}
-	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl.text, Note: h.note, All: h.all, Limit: h.limit}, exitOK, true
+	if code, ok := e.checkSupersede(h); !ok {
+		return client.Request{}, code, false
+	}
+	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl.text, Note: h.note, All: h.all, Limit: h.limit, Supersede: h.supersede}, exitOK, true
+}
+
+// supersedeFlag adds --supersede: the request takes the place of its
+// requestor's earlier waiting ones.
+func (e *env) supersedeFlag(h *holdFlags) {
+	e.flags.BoolVar(&h.supersede, "supersede", false, "")
+}
+
+// checkSupersede refuses --supersede without a wait or a --lock-by to
+// match the earlier requests by.
+func (e *env) checkSupersede(h holdFlags) (int, bool) {
+	switch {
+	case !h.supersede:
+	case h.wait.d == 0 && !h.wait.endless:
+		return e.usageError("--supersede takes the place of your earlier waiting requests, so it waits: give --wait too, e.g. --wait 30m"), false
+	case h.lockBy == "":
+		return e.usageError("--supersede replaces the earlier waiting requests of the same --lock-by: give one, e.g. --lock-by deploy-prod"), false
+	}
+	return exitOK, true
 }
 
 // holdArgs reads the arguments of a command that changes a hold (one
@@ -107,7 +130,7 @@ func writeTokens(w io.Writer, locks map[string]client.Lock) {
 	}
 }
 
-const lockUsage = `Usage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--conflict-exit-code N]
+const lockUsage = `Usage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--supersede] [--conflict-exit-code N]
 
 Takes the lock called NAME with key K and prints its fencing token.
 Holders with the same key share the lock; another key is refused until
@@ -125,6 +148,9 @@ them), and prints each one's name and token, a line each.
   --limit N     at most N holds at once, a semaphore's permits (the
                 first holder sets it; every hold counts, a holder's
                 second too; the next past it waits, or is refused)
+  --supersede   take the place of the earlier waiting requests of the
+                same --lock-by for the same lock or set: they are
+                refused (only the newest build deploys); needs --wait
   --conflict-exit-code N
                 the exit code when the lock is refused or the wait runs
                 out (default 75)
@@ -147,6 +173,7 @@ func cmdLock(e *env, args []string) int {
 	e.ttlFlag(&h, "")
 	e.flags.StringVar(&h.note, "note", "", "")
 	e.flags.IntVar(&h.limit, "limit", 0, "")
+	e.supersedeFlag(&h)
 	e.conflictFlag()
 	names, r, code, ok := e.holdArgs(args, &h)
 	if !ok {

@@ -32,7 +32,7 @@ Examples:
   locker pool show staging
 ` + connectionHelp
 
-const poolClaimUsage = `Usage: locker pool claim POOL --key K [--count N] [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--conflict-exit-code N]
+const poolClaimUsage = `Usage: locker pool claim POOL --key K [--count N] [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--supersede] [--conflict-exit-code N]
 
 Takes --count free members of the pool POOL (default 1), the ones claimed
 least recently first, with key K, and prints each one's name and fencing
@@ -48,6 +48,8 @@ MEMBER... --key K.
                 renewed (locker renew MEMBER...); default: the server's
   --note TEXT   shown to others, e.g. the build's URL
   --lock-by R   who holds them (default: the key)
+  --supersede   take the place of the earlier waiting claims of the same
+                --lock-by on the pool: they are refused; needs --wait
   --conflict-exit-code N
                 the exit code when too few members are free or the wait
                 runs out (default 75)
@@ -146,6 +148,7 @@ func cmdPoolClaim(e *env, args []string) int {
 	e.ttlFlag(&h, "")
 	e.flags.StringVar(&h.note, "note", "", "")
 	count := e.flags.Int("count", 1, "")
+	e.supersedeFlag(&h)
 	e.conflictFlag()
 	pos, code, ok := e.parse(args, "POOL")
 	if !ok {

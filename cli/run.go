@@ -18,7 +18,7 @@ import (
 	"github.com/locker-ci/locker/client"
 )
 
-const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] -- CMD [ARGS...]
+const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] [--limit N] [--supersede] -- CMD [ARGS...]
        locker run NAME NAME... [flags] -- CMD [ARGS...]   (or --lock NAME, once per lock)
        locker run --pool POOL [--count N] [flags] -- CMD [ARGS...]
 
@@ -50,6 +50,11 @@ $LOCKER_LOCKS, separated by spaces.
   --lock NAME   a lock to take with the others (repeat it)
   --pool POOL   take free members of the pool instead of named locks
   --count N     with --pool: how many members (default 1)
+  --limit N     let N runs hold the lock at once, a semaphore's permits
+                (as consul lock -n N); runs must share the --key
+  --supersede   take the place of the earlier waiting runs of the same
+                --lock-by for the same locks or pool: they exit 75 without
+                running their command (only the newest build deploys)
   --conflict-exit-code N
                 the exit code when the lock is refused or the wait runs
                 out, CMD not run (default 75)
@@ -104,6 +109,8 @@ func cmdRun(e *env, args []string) int {
 	e.flags.Var(&locks, "lock", "")
 	pool := e.flags.String("pool", "", "")
 	count := e.flags.Int("count", 1, "")
+	e.flags.IntVar(&f.limit, "limit", 0, "")
+	e.supersedeFlag(&f.holdFlags)
 	e.conflictFlag()
 	pos, code, ok := e.parseUpTo(args[:dash], defaultMaxNames)
 	if !ok {
@@ -119,6 +126,15 @@ func cmdRun(e *env, args []string) int {
 		return e.usageError("--count must be at least 1 (got %d)", *count)
 	case len(slices.Compact(slices.Clone(held))) < len(held):
 		return e.usageError("a lock is named twice: %q", held)
+	case f.limit < 0:
+		return e.usageError("--limit is the most holds the lock may have at once, at least 1 (got %d)", f.limit)
+	case f.limit > 0 && *pool != "":
+		return e.usageError("--limit caps a lock's holds; a pool's members are taken whole: give --count instead")
+	case f.limit > 0 && f.key == "":
+		return e.usageError("--limit lets the runs that share a --key hold the lock together: give one, e.g. --key e2e --limit %d", f.limit)
+	}
+	if code, ok := e.checkSupersede(f.holdFlags); !ok {
+		return code
 	}
 	r, ttl, deadline, code := e.runRequest(&f, command)
 	if code != exitOK {
@@ -159,7 +175,7 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 			f.note = strings.ToValidUTF8(f.note[:maxNote], "") + "…"
 		}
 	}
-	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl.text, Note: f.note}, ttl, deadline, exitOK
+	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl.text, Note: f.note, Limit: f.limit, Supersede: f.supersede}, ttl, deadline, exitOK
 }
 
 // defaultMaxNames is how many locks locker run may name: the server's

@@ -46,6 +46,10 @@ type Request struct {
 	Note  string // Lock, LockSet, Claim: shown to others, e.g. a build's URL
 	All   bool   // Unlock, UnlockSet: every count the requestor holds
 	Limit int    // Lock, LockSet: the most holds it may have at once; 0 for no cap
+	// Supersede, on Lock, LockSet or Claim with Options.Wait, answers the
+	// requestor's earlier waiting requests for the same lock, set or pool
+	// (409, "superseded by a newer request") and waits in their stead.
+	Supersede bool
 	// IdempotencyKey goes with every try, so that a retry after a lost
 	// reply is not counted twice. A call makes one when it is "": set it
 	// to carry one change across calls (e.g. across restarts of a program
@@ -63,9 +67,10 @@ const (
 	sendNote
 	sendLimit
 	sendAll
+	sendSupersede
 
-	takeFields  = sendTTL | sendNote | sendLimit
-	claimFields = sendTTL | sendNote
+	takeFields  = sendTTL | sendNote | sendLimit | sendSupersede
+	claimFields = sendTTL | sendNote | sendSupersede
 )
 
 // body returns the JSON body of a change that sends r's key, requestor
@@ -86,6 +91,9 @@ func (r Request) body(send fields) map[string]any {
 	}
 	if send&sendAll != 0 && r.All {
 		body["all"] = true
+	}
+	if send&sendSupersede != 0 && r.Supersede {
+		body["supersede"] = true
 	}
 	return body
 }
@@ -184,6 +192,9 @@ func (c *Client) Claim(ctx context.Context, pool string, count int, r Request, o
 // answer arrived (the server's 409) is asked for again, with a new
 // Idempotency-Key, unless the caller chose the key.
 func (c *Client) take(ctx context.Context, path string, report reporter, label string, body map[string]any, r Request, o Options) ([]byte, error) {
+	if r.Supersede && !o.Wait {
+		return nil, errors.New("Request.Supersede takes the place of the requestor's earlier waiting requests, so it is for a request that waits: set Options.Wait")
+	}
 	ownKey := r.IdempotencyKey == ""
 	r.IdempotencyKey = cmp.Or(r.IdempotencyKey, NewIdempotencyKey())
 	wait := o.Wait

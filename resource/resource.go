@@ -125,6 +125,10 @@ type OutParams struct {
 	Locks []string `json:"locks,omitempty"`
 	// Limit, with lock_op: lock, caps how many holders share the lock.
 	Limit int `json:"limit,omitempty"`
+	// Supersede, with lock_op: lock or claim, takes the place of the
+	// earlier waiting puts of the same locked_by for the same lock(s) or
+	// pool: they fail, saying a newer build superseded them.
+	Supersede bool `json:"supersede,omitempty"`
 }
 
 // Response is what in and out write on stdout.
@@ -196,6 +200,9 @@ func (p OutParams) Validate(pool bool) error {
 	}
 	if p.Limit < 0 || p.Limit > 0 && p.LockOp != "lock" {
 		problems = append(problems, fmt.Sprintf("params.limit is %d: it is how many holders may share the lock, 1 or more, with lock_op: lock", p.Limit))
+	}
+	if p.Supersede && p.LockOp != "lock" && !p.Claim {
+		problems = append(problems, "params.supersede applies to lock_op: lock (or claim): it takes the place of the earlier waiting puts of the same locked_by")
 	}
 	if pool && len(p.Locks) > 0 {
 		problems = append(problems, "params.locks applies to a resource with source.lock_name or source.bosh_lock, not to a pool")

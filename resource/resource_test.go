@@ -78,6 +78,7 @@ func TestOutParamsValidate(t *testing.T) {
 		{"a limit", OutParams{LockOp: "lock", Key: "k", Limit: 3}, ""},
 		{"a limit on an unlock", OutParams{LockOp: "unlock", Key: "k", Limit: 3}, "params.limit is 3"},
 		{"a negative limit", OutParams{LockOp: "lock", Key: "k", Limit: -1}, "params.limit is -1"},
+		{"supersede on an unlock", OutParams{LockOp: "unlock", Key: "k", Supersede: true}, "params.supersede applies to lock_op: lock"},
 		{"a set naming a lock twice", OutParams{LockOp: "lock", Key: "k", Locks: []string{"a", "b", "a"}}, "names a lock twice"},
 		{"pool: a set", OutParams{Claim: true, Key: "k", Locks: []string{"a"}}, "params.locks applies to a resource with source.lock_name"},
 	}
