@@ -249,7 +249,7 @@ func TestAPI(t *testing.T) {
 		{name: "a renewal over LOCKER_MAX_TTL", setup: []request{putA}, req: request{"PATCH", "/lock/l", `{"key": "k", "lock_by": "a", "ttl": "200h"}`}, wantStatus: 400,
 			wantError: "over LOCKER_MAX_TTL", wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
 		{name: "GET with a query parameter it does not take", setup: []request{putA}, req: request{"GET", "/lock/l?force=true", ""}, wantStatus: 400,
-			wantError: `unknown query parameter "force"; GET /lock/<name> accepts no query parameters`, wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
+			wantError: `unknown query parameter "force"; GET /lock/<name> accepts ?free=true&wait=<duration>`, wantLocks: map[string]shown{"l": held("k", map[string]int{"a": 1})}},
 		{name: "GET /locks with a query parameter", req: request{"GET", "/locks?all=1", ""}, wantStatus: 400,
 			wantError: `unknown query parameter "all"; GET /locks accepts ?limit=`, wantLocks: map[string]shown{}},
 		{name: "a page of no locks", req: request{"GET", "/locks?limit=0", ""}, wantStatus: 400,

@@ -57,6 +57,7 @@ var (
 		example string
 	}{
 		"PUT /lock/<name>":    {[]string{"wait"}, "?wait=<duration>, e.g. ?wait=5m"},
+		"GET /lock/<name>":    {[]string{"wait", "free"}, "?free=true&wait=<duration>, to wait until the lock is free, e.g. ?free=true&wait=5m"},
 		"DELETE /lock/<name>": {[]string{"force"}, "?force=true"},
 		"GET /":               {[]string{"q", "held_over", "sort"}, "?q=<text to filter by>, ?held_over=<duration> and ?sort=name, e.g. ?q=prod&held_over=2h"},
 		"GET /locks":          {[]string{"limit", "after", "prefix"}, "?limit=<locks per page>, ?after=<name> and ?prefix=<text>, e.g. ?prefix=prod-&limit=100"},

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/testutil"
@@ -239,6 +240,67 @@ func TestANewerRequestSupersedesTheWaitingOnes(t *testing.T) {
 			status, reply := ls.call(t, "PUT", bad.path, bad.body)
 			if status != http.StatusBadRequest || !strings.Contains(string(reply), bad.want) {
 				t.Errorf("PUT %s %s = %d %s; want 400 saying %q", bad.path, bad.body, status, reply, bad.want)
+			}
+		}
+	})
+}
+
+// TestAGateWaitsUntilTheLockIsFree, on each store through real HTTP: GET
+// /lock/<name>?free=true&wait=D answers as soon as the lock is free (at
+// once when it is), takes nothing, and with the lock as it is when the
+// wait runs out; a wait without free=true, and the reverse, is a 400.
+func TestAGateWaitsUntilTheLockIsFree(t *testing.T) {
+	onEachStore(t, map[string]string{}, func(t *testing.T, env map[string]string) {
+		ls := startRun(t, env)
+		get := func(path string) (int, lock.View) {
+			t.Helper()
+			status, body := ls.call(t, "GET", path, "")
+			var v lock.View
+			if status == http.StatusOK {
+				if err := json.Unmarshal(body, &v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return status, v
+		}
+		if status, v := get("/lock/prod?free=true&wait=1m"); status != http.StatusOK || v.Key != "" {
+			t.Errorf("a gate on a free lock = %d %+v; want it free at once", status, v)
+		}
+		if status, body := ls.call(t, "PUT", "/lock/prod", `{"key": "deploy"}`); status != http.StatusOK {
+			t.Fatalf("PUT = %d %s", status, body)
+		}
+		if status, v := get("/lock/prod?free=true&wait=300ms"); status != http.StatusOK || v.Key != "deploy" {
+			t.Errorf("a gate whose wait ran out = %d %+v; want the lock as it is, held", status, v)
+		}
+		gate := make(chan lock.View, 1)
+		go func() {
+			_, v := get("/lock/prod?free=true&wait=1m")
+			gate <- v
+		}()
+		select {
+		case v := <-gate:
+			t.Fatalf("the gate answered %+v while the lock was held", v)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if status, body := ls.call(t, "DELETE", "/lock/prod", `{"key": "deploy"}`); status != http.StatusOK {
+			t.Fatalf("DELETE = %d %s", status, body)
+		}
+		if v := <-gate; v.Key != "" || len(v.LockedBy) != 0 {
+			t.Errorf("the gate after the release = %+v; want the lock free", v)
+		}
+		if l := ls.listLocks(t); len(l) != 0 {
+			t.Errorf("GET /locks after the gates = %v; want nothing held (a gate takes nothing)", l)
+		}
+		for _, bad := range []struct{ query, want string }{
+			{"?wait=5m", "give ?free=true and ?wait= together"},
+			{"?free=true", "give ?free=true and ?wait= together"},
+			{"?free=yes&wait=5m", "?free= is true"},
+			{"?free=true&wait=5", "has no unit"},
+			{"?fre=true", "unknown query parameter"},
+		} {
+			status, body := ls.call(t, "GET", "/lock/prod"+bad.query, "")
+			if status != http.StatusBadRequest || !strings.Contains(string(body), bad.want) {
+				t.Errorf("GET /lock/prod%s = %d %s; want 400 saying %q", bad.query, status, body, bad.want)
 			}
 		}
 	})
