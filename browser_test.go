@@ -167,12 +167,16 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	build := "https://ci.example.com/teams/main/pipelines/deploy/jobs/prod/builds/1042"
 	put("/lock/prod", `{"key": "deploy-v1.4", "lock_by": "deploy/prod", "ttl": "30m", "note": "`+build+`"}`)
-	// A lock held over held_over stands out; the page below says 1 s.
-	time.Sleep(1100 * time.Millisecond) // the time under test: prod held longer than 1 s
+	// A lock held over held_over stands out: prod, taken 2 s before the
+	// others. The page is asked for with a threshold between their ages,
+	// as they are when it is asked for, in whole seconds: a busy machine
+	// that takes long to load the page must not make the others stand out.
+	time.Sleep(2 * time.Second) // the time under test: prod held longer than the others
 	put("/lock/staging", `{"key": "tests", "lock_by": "unit-tests", "ttl": "20m"}`)
 	put("/lock/staging", `{"key": "tests", "lock_by": "integration-tests", "ttl": "20m", "note": "javascript:window.pwned=3"}`)
 	hostile := `<script>window.pwned=1</script>`
 	put("/lock/%3Cscript%3Ewindow.pwned=1%3C%2Fscript%3E", `{"key": "<img src=x onerror=window.pwned=2>", "lock_by": "\"><b>bold</b>"}`)
+	othersTaken := time.Now()
 	waiter := putAsyncAuth(t, ls.url, "/lock/prod?wait=2m", `{"key": "upgrade-v2", "lock_by": "upgrade/prod"}`)
 	defer func() {
 		ls.call(t, "DELETE", "/lock/prod?force=true", `{}`, auth...)
@@ -189,7 +193,10 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// in the URL, as a person types them at the prompt; the page's own
 	// refreshes reuse them.
 	base := strings.Replace(ls.url, "http://", "http://ci:s3cret@", 1)
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/?held_over=1s"), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
+	// The others' age a, plus 1 s, rounded: at least half a second above
+	// a and below prod's, a + 2 s.
+	heldOver := (time.Since(othersTaken) + time.Second).Round(time.Second)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/?held_over="+heldOver.String()), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
 		t.Fatalf("loading the status page: %v", err)
 	}
 
@@ -218,8 +225,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if !slices.Equal(links, []string{build}) {
 		t.Errorf("links on the lock cards = %q; want only the build URL %q (no javascript: link)", links, build)
 	}
-	if got := eval[string](t, ctx, `[...document.querySelectorAll(".lock.long h2")].map(h => h.textContent).join("|")`); got != "prod held over 1s 1 waiting" {
-		t.Errorf("locks that stand out: %q; want prod, held over 1 s, one waiting", got)
+	if got := eval[string](t, ctx, `[...document.querySelectorAll(".lock.long h2")].map(h => h.textContent).join("|")`); got != "prod held over "+heldOver.String()+" 1 waiting" {
+		t.Errorf("locks that stand out: %q; want prod, held over %v, one waiting", got, heldOver)
 	}
 
 	// The page follows the stream of changes: a change shows without a
@@ -250,8 +257,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "the filter to leave only staging", func() bool { return slices.Equal(lockNames(t, ctx), []string{"staging"}) })
-	if loc := eval[string](t, ctx, `location.search`); loc != "?q=stag&held_over=1s" {
-		t.Errorf("after filtering, the URL's query is %q; want ?q=stag&held_over=1s", loc)
+	if loc := eval[string](t, ctx, `location.search`); loc != "?q=stag&held_over="+heldOver.String() {
+		t.Errorf("after filtering, the URL's query is %q; want ?q=stag&held_over=%v", loc, heldOver)
 	}
 	if got := eval[[]string](t, ctx, `[...document.querySelectorAll("#locks mark")].map(m => m.textContent)`); !slices.Equal(got, []string{"stag"}) {
 		t.Errorf("the marked text is %q; want the one match, stag (in staging)", got)
