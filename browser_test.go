@@ -210,7 +210,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	text := eval[string](t, ctx, `document.body.innerText`)
 	for _, want := range []string{
-		"3 locks held, 1 request waiting.",
+		"3 locks held, 1 request waiting, the longest for ",
 		"deploy/prod · lease ends in 29\u00a0min · " + build,
 		"integration-tests · took it",
 		"upgrade/prod (key upgrade-v2), waiting",

@@ -41,6 +41,9 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("GET /metrics = %d", status)
 	}
 	m := testutil.Scrape(t, body)
+	if age := testutil.MetricValue(t, m, "locker_oldest_waiter_age_seconds"); age < 0 || age > 60 {
+		t.Errorf("locker_oldest_waiter_age_seconds = %v; want the age of the waiter, a few seconds at most", age)
+	}
 	for name, want := range map[string]float64{
 		"locker_acquisitions_total": 2, "locker_refusals_total": 1, "locker_wait_timeouts_total": 1,
 		"locker_releases_total": 1, "locker_locks_held": 1, "locker_holders": 1, "locker_waiters": 1, "locker_ready": 1,
@@ -63,6 +66,9 @@ func TestMetrics(t *testing.T) {
 	}
 	if h := m["locker_wait_seconds"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 1 {
 		t.Errorf("locker_wait_seconds has %d samples; want the one waiter's", h.GetSampleCount())
+	}
+	if age := testutil.MetricValue(t, m, "locker_oldest_waiter_age_seconds"); age != 0 {
+		t.Errorf("locker_oldest_waiter_age_seconds with no one waiting = %v; want 0", age)
 	}
 	if age := testutil.MetricValue(t, m, "locker_oldest_lock_age_seconds"); age < 0 || age > 60 { // 0 when scraped in the millisecond of the grant
 		t.Errorf("locker_oldest_lock_age_seconds = %v; want the age of prod's hold, a few seconds at most", age)

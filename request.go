@@ -27,6 +27,9 @@ import (
 // the limit only has to stop a client from filling memory.
 const maxBodyBytes = 64 << 10
 
+// maxPriority bounds a request's priority, either way.
+const maxPriority = 1000000
+
 // maxFieldBytes limits lock names, keys, requestors and notes: each one is
 // kept in memory, in every listing and in the state file.
 const maxFieldBytes = 1024
@@ -46,7 +49,7 @@ var requestorFields = []string{"lock_by", "locked_by", "requestor"}
 // Anything else is refused, so that a misspelt field is not ignored.
 var (
 	bodyFields = map[string][]string{
-		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit", "supersede")...),
+		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit", "supersede", "priority")...),
 		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
 		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all", "reason")...),
 	}
@@ -74,7 +77,7 @@ var (
 // claimFields the fields of its body.
 const claimPath = "/pool/<pool>/claim"
 
-var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count", "supersede")...)
+var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count", "supersede", "priority")...)
 
 // maxPage is the most locks a page of GET /locks may ask for.
 const maxPage = 10000
@@ -291,6 +294,11 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 	}
 	if err := decodeRequestor(fields, req); err != nil {
 		return err
+	}
+	if raw, ok := fields["priority"]; ok {
+		if err := json.Unmarshal(raw, &req.Priority); err != nil || string(raw) == "null" || req.Priority < -maxPriority || req.Priority > maxPriority {
+			return fmt.Errorf("%w: \"priority\" is a whole number from %d to %d, higher served first (default 0), e.g. {\"key\": \"hotfix\", \"priority\": 10} (got %s)", errBadRequest, -maxPriority, maxPriority, raw)
+		}
 	}
 	if raw, ok := fields["supersede"]; ok {
 		if err := json.Unmarshal(raw, &req.Supersede); err != nil || string(raw) == "null" {

@@ -109,6 +109,8 @@ type statusPage struct {
 	heldOver    time.Duration // HeldOver, parsed
 	Held        int           // locks held, in the whole table
 	Waiting     int           // requests waiting, in the whole table
+	oldestWait  time.Time     // since when the longest waiter has waited
+	LongestWait string        // how long that is, for a person
 	Matching    int           // locks that match Filter
 	Hidden      int           // matching locks not shown (over statusMaxLocks)
 	ByName      bool          // ?sort=name: the locks by name, not by urgency
@@ -175,6 +177,7 @@ type statusMember struct {
 // statusWaiter is one request in a lock's queue.
 type statusWaiter struct {
 	Requestor, Key, Waited string
+	Priority               int
 }
 
 // handleStatus handles GET / : the status page.
@@ -246,6 +249,12 @@ func (p *statusPage) add(l engine.Listed) error {
 		p.Held++
 	}
 	p.Waiting += len(l.Waiting)
+	for _, w := range l.Waiting {
+		if p.oldestWait.IsZero() || w.Since.Before(p.oldestWait) {
+			p.oldestWait = w.Since
+			p.LongestWait = humane.Duration(p.Now.Sub(w.Since))
+		}
+	}
 	if !matches(l.Name, l.Snapshot, p.Filter) {
 		return nil
 	}
@@ -360,7 +369,7 @@ func (p *statusPage) lock(name string, l engine.Snapshot) statusLock {
 		sl.LeaseSoon = humane.Duration(first.Sub(p.Now))
 	}
 	for _, q := range l.Waiting {
-		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humane.Duration(p.Now.Sub(q.Since))})
+		sl.Queue = append(sl.Queue, statusWaiter{Requestor: q.Requestor, Key: q.Key, Waited: humane.Duration(p.Now.Sub(q.Since)), Priority: q.Priority})
 	}
 	return sl
 }

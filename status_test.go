@@ -104,8 +104,8 @@ func TestStatusPageQueueAndLimits(t *testing.T) {
 	if !strings.Contains(body, "<li>b (key <code>upgrade</code>), waiting "+nbsp("1 min")+"</li>") {
 		t.Errorf("page does not show the queue:\n%s", body)
 	}
-	if !strings.Contains(body, "1 lock held, 1 request waiting.") {
-		t.Errorf("summary does not count the waiter:\n%s", body)
+	if !strings.Contains(body, "1 lock held, 1 request waiting, the longest for "+nbsp("1 min")+".") {
+		t.Errorf("summary does not count the waiter and say how long it has waited:\n%s", body)
 	}
 	// A lock under a limit says how many of its holds are taken.
 	ts.mustSend(t, request{"PUT", "/lock/browsers", `{"key": "e2e", "lock_by": "e2e-1", "limit": 3}`})

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -301,6 +302,108 @@ func TestAGateWaitsUntilTheLockIsFree(t *testing.T) {
 			status, body := ls.call(t, "GET", "/lock/prod"+bad.query, "")
 			if status != http.StatusBadRequest || !strings.Contains(string(body), bad.want) {
 				t.Errorf("GET /lock/prod%s = %d %s; want 400 saying %q", bad.query, status, body, bad.want)
+			}
+		}
+	})
+}
+
+// TestPrioritiesOrderTheQueue, on each store through real HTTP: a waiter
+// of higher priority is shown and served before those of lower priority
+// that came first, behind those of equal priority; a compatible request
+// of higher priority than every waiter is granted at once; a set and a
+// claim follow the same order; bad priorities are refused.
+func TestPrioritiesOrderTheQueue(t *testing.T) {
+	onEachStore(t, map[string]string{}, func(t *testing.T, env map[string]string) {
+		ls := startRun(t, env)
+		answered := func(path, body string) <-chan int {
+			done := make(chan int, 1)
+			go func() {
+				req, _ := http.NewRequest("PUT", ls.url+path, strings.NewReader(body))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					done <- 0
+					return
+				}
+				resp.Body.Close()
+				done <- resp.StatusCode
+			}()
+			return done
+		}
+		mustCall := func(method, path, body string) {
+			t.Helper()
+			if status, reply := ls.call(t, method, path, body); status != http.StatusOK {
+				t.Fatalf("%s %s = %d %s", method, path, status, reply)
+			}
+		}
+		queue := func(name string) []string {
+			t.Helper()
+			var v lock.View
+			_, body := ls.call(t, "GET", "/lock/"+name, "")
+			if err := json.Unmarshal(body, &v); err != nil {
+				t.Fatal(err)
+			}
+			var who []string
+			for _, w := range v.Waiting {
+				who = append(who, fmt.Sprintf("%s:%d", w.Requestor, w.Priority))
+			}
+			return who
+		}
+		holder := func(name string) string {
+			t.Helper()
+			for who := range ls.listLocks(t)[name].LockedBy {
+				return who
+			}
+			return ""
+		}
+
+		mustCall("PUT", "/lock/prod", `{"key": "k-first", "lock_by": "first"}`)
+		done := map[string]<-chan int{}
+		for i, w := range []struct {
+			who      string
+			priority int
+		}{{"low-1", 0}, {"low-2", 0}, {"high-1", 5}, {"high-2", 5}, {"lowest", -1}} {
+			done[w.who] = answered("/lock/prod?wait=1m", fmt.Sprintf(`{"key": "k-%s", "lock_by": %q, "priority": %d}`, w.who, w.who, w.priority))
+			testutil.WaitFor(t, w.who+" to wait", func() bool { return len(queue("prod")) == i+1 })
+		}
+		want := []string{"high-1:5", "high-2:5", "low-1:0", "low-2:0", "lowest:-1"}
+		if got := queue("prod"); !slices.Equal(got, want) {
+			t.Fatalf("prod's queue = %v; want %v", got, want)
+		}
+		last := "first"
+		for _, w := range want {
+			who, _, _ := strings.Cut(w, ":")
+			mustCall("DELETE", "/lock/prod", fmt.Sprintf(`{"key": "k-%s", "lock_by": %q}`, last, last))
+			if status := <-done[who]; status != http.StatusOK {
+				t.Fatalf("%s's request = %d; want it granted in its turn", who, status)
+			}
+			if got := holder("prod"); got != who {
+				t.Fatalf("prod is held by %q; want %s, next in order", got, who)
+			}
+			last = who
+		}
+		mustCall("DELETE", "/lock/prod", `{"key": "k-lowest", "lock_by": "lowest"}`)
+
+		// A request that shares the holders' key jumps waiters of lower
+		// priority, but not those of its own.
+		mustCall("PUT", "/lock/web", `{"key": "shared", "lock_by": "a"}`)
+		other := answered("/lock/web?wait=1m", `{"key": "other", "lock_by": "o", "priority": 1}`)
+		testutil.WaitFor(t, "o to wait", func() bool { return len(queue("web")) == 1 })
+		if status, body := ls.call(t, "PUT", "/lock/web", `{"key": "shared", "lock_by": "b", "priority": 1}`); status != http.StatusLocked {
+			t.Errorf("a shared-key request of the waiter's priority = %d %s; want 423: the waiter came first", status, body)
+		}
+		if status, body := ls.call(t, "PUT", "/lock/web", `{"key": "shared", "lock_by": "c", "priority": 2}`); status != http.StatusOK {
+			t.Errorf("a shared-key request of higher priority = %d %s; want it granted at once", status, body)
+		}
+		mustCall("DELETE", "/lock/web", `{"key": "shared", "lock_by": "a"}`)
+		mustCall("DELETE", "/lock/web", `{"key": "shared", "lock_by": "c"}`)
+		if status := <-other; status != http.StatusOK {
+			t.Errorf("o's request = %d; want it granted once the holders left", status)
+		}
+
+		for _, bad := range []string{`"high"`, `1.5`, `null`, `10000001`} {
+			status, body := ls.call(t, "PUT", "/lock/x?wait=1s", `{"key": "k", "priority": `+bad+`}`)
+			if status != http.StatusBadRequest || !strings.Contains(string(body), "whole number") {
+				t.Errorf("priority %s = %d %s; want 400", bad, status, body)
 			}
 		}
 	})

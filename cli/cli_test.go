@@ -893,6 +893,30 @@ func TestRunSupersedesAndShares(t *testing.T) {
 		t.Errorf("the first run = %v", r)
 	}
 
+	// --priority puts a waiter before those of lower priority.
+	if r := c.run(t, "lock", "prod", "--key", "hotfix"); r.code != 0 {
+		t.Fatal(r)
+	}
+	low := c.start(t, "lock", "prod", "--key", "low", "--wait", "1m")
+	waitUntil(t, "low to wait", 20*time.Second, func() bool { return strings.Contains(c.run(t, "show", "prod", "--json").stdout, `"low"`) })
+	high := c.start(t, "lock", "prod", "--key", "high", "--priority", "5", "--wait", "1m")
+	waitUntil(t, "high to wait", 20*time.Second, func() bool { return strings.Contains(c.run(t, "show", "prod", "--json").stdout, `"high"`) })
+	if r := c.run(t, "show", "prod", "--json"); !regexp.MustCompile(`"waiting":\[\{"id":\d+,"key":"high","requestor":"high","since":"[^"]+","priority":5\},\{"id":\d+,"key":"low"`).MatchString(r.stdout) {
+		t.Errorf("locker show prod --json = %v; want high (priority 5) before low", r)
+	}
+	if r := c.run(t, "unlock", "prod", "--key", "hotfix"); r.code != 0 {
+		t.Fatal(r)
+	}
+	if r := high.wait(t, 20*time.Second); r.code != 0 {
+		t.Errorf("the high-priority lock = %v; want it taken first", r)
+	}
+	if r := c.run(t, "unlock", "prod", "--key", "high"); r.code != 0 {
+		t.Fatal(r)
+	}
+	if r := low.wait(t, 20*time.Second); r.code != 0 {
+		t.Errorf("the low-priority lock = %v; want it taken after", r)
+	}
+
 	for _, tc := range []struct {
 		args []string
 		want string

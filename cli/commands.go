@@ -26,6 +26,7 @@ type holdFlags struct {
 	all               bool
 	limit             int
 	supersede         bool
+	priority          int
 }
 
 func (e *env) keyFlags(h *holdFlags) {
@@ -66,13 +67,15 @@ func (e *env) request(h holdFlags) (client.Request, int, bool) {
 	if code, ok := e.checkSupersede(h); !ok {
 		return client.Request{}, code, false
 	}
-	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl.text, Note: h.note, All: h.all, Limit: h.limit, Supersede: h.supersede}, exitOK, true
+	return client.Request{Key: h.key, Requestor: h.lockBy, TTL: h.ttl.text, Note: h.note, All: h.all, Limit: h.limit, Supersede: h.supersede, Priority: h.priority}, exitOK, true
 }
 
-// supersedeFlag adds --supersede: the request takes the place of its
-// requestor's earlier waiting ones.
+// supersedeFlag adds --supersede, the request taking the place of its
+// requestor's earlier waiting ones, and --priority, its place among the
+// waiters.
 func (e *env) supersedeFlag(h *holdFlags) {
 	e.flags.BoolVar(&h.supersede, "supersede", false, "")
+	e.flags.IntVar(&h.priority, "priority", 0, "")
 }
 
 // checkSupersede refuses --supersede without a wait or a --lock-by to
@@ -130,7 +133,7 @@ func writeTokens(w io.Writer, locks map[string]client.Lock) {
 	}
 }
 
-const lockUsage = `Usage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--supersede] [--conflict-exit-code N]
+const lockUsage = `Usage: locker lock NAME... --key K [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--limit N] [--priority P] [--supersede] [--conflict-exit-code N]
 
 Takes the lock called NAME with key K and prints its fencing token.
 Holders with the same key share the lock; another key is refused until
@@ -148,6 +151,8 @@ them), and prints each one's name and token, a line each.
   --limit N     at most N holds at once, a semaphore's permits (the
                 first holder sets it; every hold counts, a holder's
                 second too; the next past it waits, or is refused)
+  --priority P  served before the waiters of lower priority, after
+                those of the same or higher that came first (default 0)
   --supersede   take the place of the earlier waiting requests of the
                 same --lock-by for the same lock or set: they are
                 refused (only the newest build deploys); needs --wait

@@ -32,7 +32,7 @@ Examples:
   locker pool show staging
 ` + connectionHelp
 
-const poolClaimUsage = `Usage: locker pool claim POOL --key K [--count N] [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--supersede] [--conflict-exit-code N]
+const poolClaimUsage = `Usage: locker pool claim POOL --key K [--count N] [--wait D] [--ttl D] [--note TEXT] [--lock-by R] [--priority P] [--supersede] [--conflict-exit-code N]
 
 Takes --count free members of the pool POOL (default 1), the ones claimed
 least recently first, with key K, and prints each one's name and fencing
@@ -48,6 +48,7 @@ MEMBER... --key K.
                 renewed (locker renew MEMBER...); default: the server's
   --note TEXT   shown to others, e.g. the build's URL
   --lock-by R   who holds them (default: the key)
+  --priority P  served before the waiting claims of lower priority
   --supersede   take the place of the earlier waiting claims of the same
                 --lock-by on the pool: they are refused; needs --wait
   --conflict-exit-code N

@@ -18,7 +18,7 @@ import (
 	"github.com/locker-ci/locker/client"
 )
 
-const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] [--limit N] [--supersede] -- CMD [ARGS...]
+const runUsage = `Usage: locker run NAME [--key K] [--ttl D] [--wait D] [--note TEXT] [--lock-by R] [--grace D] [--limit N] [--priority P] [--supersede] -- CMD [ARGS...]
        locker run NAME NAME... [flags] -- CMD [ARGS...]   (or --lock NAME, once per lock)
        locker run --pool POOL [--count N] [flags] -- CMD [ARGS...]
 
@@ -52,6 +52,8 @@ $LOCKER_LOCKS, separated by spaces.
   --count N     with --pool: how many members (default 1)
   --limit N     let N runs hold the lock at once, a semaphore's permits
                 (as consul lock -n N); runs must share the --key
+  --priority P  served before the waiting runs of lower priority
+                (default 0; a hotfix passes 10)
   --supersede   take the place of the earlier waiting runs of the same
                 --lock-by for the same locks or pool: they exit 75 without
                 running their command (only the newest build deploys)
@@ -175,7 +177,7 @@ func (e *env) runRequest(f *runFlags, command []string) (r client.Request, ttl t
 			f.note = strings.ToValidUTF8(f.note[:maxNote], "") + "…"
 		}
 	}
-	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl.text, Note: f.note, Limit: f.limit, Supersede: f.supersede}, ttl, deadline, exitOK
+	return client.Request{Key: f.key, Requestor: f.lockBy, TTL: f.ttl.text, Note: f.note, Limit: f.limit, Supersede: f.supersede, Priority: f.priority}, ttl, deadline, exitOK
 }
 
 // defaultMaxNames is how many locks locker run may name: the server's

@@ -47,6 +47,7 @@ type Waiter struct {
 	Key       string    `json:"key"`       // the key it asks for
 	Requestor string    `json:"requestor"` // who asks
 	Since     time.Time `json:"since"`     // when it joined the queue
+	Priority  int       `json:"priority"`  // served before those of lower priority
 }
 
 // Reply is the server's answer about one lock: the lock as it is after

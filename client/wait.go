@@ -50,6 +50,9 @@ type Request struct {
 	// requestor's earlier waiting requests for the same lock, set or pool
 	// (409, "superseded by a newer request") and waits in their stead.
 	Supersede bool
+	// Priority, on Lock, LockSet or Claim: a waiting request of higher
+	// priority is served before those of lower priority (default 0).
+	Priority int
 	// IdempotencyKey goes with every try, so that a retry after a lost
 	// reply is not counted twice. A call makes one when it is "": set it
 	// to carry one change across calls (e.g. across restarts of a program
@@ -68,9 +71,10 @@ const (
 	sendLimit
 	sendAll
 	sendSupersede
+	sendPriority
 
-	takeFields  = sendTTL | sendNote | sendLimit | sendSupersede
-	claimFields = sendTTL | sendNote | sendSupersede
+	takeFields  = sendTTL | sendNote | sendLimit | sendSupersede | sendPriority
+	claimFields = sendTTL | sendNote | sendSupersede | sendPriority
 )
 
 // body returns the JSON body of a change that sends r's key, requestor
@@ -94,6 +98,9 @@ func (r Request) body(send fields) map[string]any {
 	}
 	if send&sendSupersede != 0 && r.Supersede {
 		body["supersede"] = true
+	}
+	if send&sendPriority != 0 && r.Priority != 0 {
+		body["priority"] = r.Priority
 	}
 	return body
 }

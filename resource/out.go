@@ -121,7 +121,7 @@ func Out(ctx context.Context, req OutRequest, dir string, env func(string) strin
 func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defaultNote string, o client.Options) (client.Reply, error) {
 	names := slices.Sorted(slices.Values(p.Locks))
 	if p.LockOp == "lock" {
-		r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede}
+		r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede, Priority: p.Priority}
 		o.Wait = true
 		views, err := c.LockSet(ctx, names, r, o)
 		if err != nil {
@@ -149,7 +149,7 @@ func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defa
 // claim claims a free member of pool, waiting for one until it is granted,
 // ctx is done, or the deadline (unless zero) passes, and returns its name.
 func claim(ctx context.Context, c *client.Client, pool string, p OutParams, defaultNote string, o client.Options) (string, client.Reply, error) {
-	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede}
+	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede, Priority: p.Priority}
 	o.Wait = true
 	got, err := c.Claim(ctx, pool, 1, r, o)
 	if err != nil {
@@ -165,7 +165,7 @@ func claim(ctx context.Context, c *client.Client, pool string, p OutParams, defa
 // acquire takes the lock called name, waiting for it until it is granted,
 // ctx is done, or the deadline (unless zero) passes.
 func acquire(ctx context.Context, c *client.Client, name string, p OutParams, defaultNote string, o client.Options) (client.Reply, error) {
-	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede}
+	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede, Priority: p.Priority}
 	if r.TTL != "" && p.TTL == "" {
 		o.Progress(fmt.Sprintf("taking %q with a lease of %s, the default: set params.ttl for another, or ttl: none to hold it until it is unlocked", name, r.TTL))
 	}

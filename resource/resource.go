@@ -129,6 +129,9 @@ type OutParams struct {
 	// earlier waiting puts of the same locked_by for the same lock(s) or
 	// pool: they fail, saying a newer build superseded them.
 	Supersede bool `json:"supersede,omitempty"`
+	// Priority, with lock_op: lock or claim, serves this put before the
+	// waiting ones of lower priority (default 0).
+	Priority int `json:"priority,omitempty"`
 }
 
 // Response is what in and out write on stdout.

@@ -134,7 +134,8 @@ func (a *attempt) readPool(tx txn.Tx) error {
 // decide sets a's verdict and returns the locks to grant: for a lock or a
 // set, lock.Decide on each (granted if every one can be had now); for a
 // claim, a.req.Count of the members that are free with no one waiting
-// for them, the least recently claimed (lock.Pool.Pick).
+// for them first (of its priority or higher), the least recently
+// claimed (lock.Pool.Pick).
 func (a *attempt) decide(tx txn.Tx) ([]string, error) {
 	if a.pool == "" {
 		for _, name := range a.names {
@@ -148,7 +149,7 @@ func (a *attempt) decide(tx txn.Tx) ([]string, error) {
 	}
 	var candidates []string
 	for _, m := range a.names {
-		if tx.Lock(m).Free() && waiting(tx.Queue(m)) == 0 {
+		if tx.Lock(m).Free() && waitingAhead(tx.Queue(m), a.req.Priority) == 0 {
 			candidates = append(candidates, m)
 		}
 	}

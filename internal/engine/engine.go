@@ -145,6 +145,10 @@ type Request struct {
 	// Count is a claim's: how many of its pool's members; 0 for a request
 	// by name.
 	Count int
+	// Priority, for a request that waits: it is served before every
+	// waiter of lower priority, after those of equal or higher priority
+	// that came first (default 0; negative is lower).
+	Priority int
 	// Supersede, on a request that waits, takes out of the queue every
 	// earlier waiting request of the same requestor for the same lock,
 	// set or pool, each answered ErrRemoved: the newest build deploys.

@@ -97,12 +97,13 @@ func (e *Engine) scan(ctx context.Context, page txn.Page, t *txn.Tables) error {
 type TableStats struct {
 	Locks, Holders, Waiters int
 	OldestAge               time.Duration
+	OldestWait              time.Duration
 }
 
 // Stats returns the gauges' figures, read a page at a time with no
 // snapshot per lock (a scrape of a big table allocates little): locks
-// held, their holders, requests waiting, and how long the longest-held
-// lock has been held. A table that cannot be read counts what was read.
+// held, their holders, requests waiting, how long the longest-held lock
+// has been held, and how long the longest waiter has waited. A table that cannot be read counts what was read.
 func (e *Engine) Stats() TableStats {
 	var st TableStats
 	_ = e.pages(context.Background(), txn.Page{}, func(t *txn.Tables) error {
@@ -117,7 +118,12 @@ func (e *Engine) Stats() TableStats {
 			}
 		}
 		for _, q := range t.Queues {
-			st.Waiters += waiting(q)
+			for _, w := range q {
+				if w.Waiting() {
+					st.Waiters++
+					st.OldestWait = max(st.OldestWait, t.At.Sub(w.Since))
+				}
+			}
 		}
 		return nil
 	})

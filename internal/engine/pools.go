@@ -185,9 +185,11 @@ func (e *Engine) Pool(name string) (PoolView, error) {
 	v := PoolView{Pool: p}
 	err = e.store.View(ctx, p.Members, func(r txn.Reader) error {
 		v.Locks = snapshots(r, p.Members)
-		for _, w := range claimsOn(r, name, p.Members) {
+		claims := claimsOn(r, name, p.Members)
+		slices.SortStableFunc(claims, func(a, b txn.Waiter) int { return cmp.Compare(b.Priority, a.Priority) }) // in the order they are served
+		for _, w := range claims {
 			if w.Waiting() {
-				v.Waiting = append(v.Waiting, PoolWaiter{Waiting: lock.Waiting{ID: w.ID, Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since}, Count: w.Count})
+				v.Waiting = append(v.Waiting, PoolWaiter{Waiting: lock.Waiting{ID: w.ID, Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since, Priority: w.Priority}, Count: w.Count})
 			}
 		}
 		return nil

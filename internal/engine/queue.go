@@ -19,11 +19,26 @@ import (
 // waiter for several locks is granted them all or none (grantSet), and
 // keeps its place meanwhile: no one behind it is granted before it.
 func grantQueue(tx txn.Tx, name string) {
-	// By index, reading the queue and the lock again each time: grantSet
-	// grants in other queues, and they may grant in this one. Grants
-	// change waiters in place; none leaves the queue here.
-	for i := 0; i < len(tx.Queue(name)); i++ {
-		w := tx.Queue(name)[i]
+	// In the order they are served (priority, then arrival), by ID,
+	// reading the queue and the lock again each time: grantSet grants in
+	// other queues, and they may grant in this one, or take a claim out
+	// of it. Nothing joins the queue meanwhile.
+	queue := tx.Queue(name)
+	if len(queue) == 0 {
+		return
+	}
+	at := make(map[int64]int, len(queue)) // where each was: it stays there unless one before it left
+	for i, w := range queue {
+		at[w.ID] = i
+	}
+	for _, id := range inOrder(queue) {
+		queue = tx.Queue(name)
+		var w txn.Waiter
+		if i := at[id]; i < len(queue) && queue[i].ID == id {
+			w = queue[i]
+		} else if w, _ = find(queue, id); w.ID == 0 {
+			continue // a claim granted elsewhere, or taken out
+		}
 		if !w.Waiting() {
 			continue // a kept place, or a grant not yet taken up
 		}
@@ -64,13 +79,8 @@ func grantSet(tx txn.Tx, w txn.Waiter) bool {
 		if !lock.Compatible(tx.Lock(name), w.Req) {
 			return false
 		}
-		for _, q := range tx.Queue(name) {
-			if q.ID == w.ID {
-				break
-			}
-			if q.Waiting() {
-				return false
-			}
+		if !atHead(tx.Queue(name), w.ID) {
+			return false
 		}
 	}
 	for _, name := range w.Set {
@@ -137,26 +147,49 @@ func grantClaim(tx txn.Tx, w txn.Waiter) bool {
 
 // atHead reports whether no one waits before waiter id in queue.
 func atHead(queue []txn.Waiter, id int64) bool {
+	w, ok := find(queue, id)
+	if !ok {
+		return false
+	}
 	for _, q := range queue {
-		if q.ID == id {
-			return true
-		}
-		if q.Waiting() {
+		if q.ID != id && q.Waiting() && q.Ahead(w) {
 			return false
 		}
 	}
-	return false
+	return true
 }
 
-// waiting counts the waiters of queue that wait to be granted.
-func waiting(queue []txn.Waiter) int {
+// waitingAhead counts the waiters of queue that wait to be granted and
+// would be served before a new request of priority (of equal or higher
+// priority: they came first).
+func waitingAhead(queue []txn.Waiter, priority int) int {
 	n := 0
 	for _, w := range queue {
-		if w.Waiting() {
+		if w.Waiting() && w.Priority >= priority {
 			n++
 		}
 	}
 	return n
+}
+
+// inOrder returns the IDs of queue's waiters in the order they are served
+// (Waiter.Ahead).
+func inOrder(queue []txn.Waiter) []int64 {
+	sorted := slices.Clone(queue)
+	slices.SortStableFunc(sorted, func(a, b txn.Waiter) int {
+		if a.Ahead(b) {
+			return -1
+		}
+		if b.Ahead(a) {
+			return 1
+		}
+		return 0
+	})
+	ids := make([]int64, len(sorted))
+	for i, w := range sorted {
+		ids[i] = w.ID
+	}
+	return ids
 }
 
 // enqueue puts req at the back of the queue of each lock in names, as one
@@ -164,7 +197,7 @@ func waiting(queue []txn.Waiter) int {
 // one's queue with one ID, a claim on pool in every member's, for any
 // req.Count of them.
 func enqueue(tx txn.Tx, names []string, pool string, req Request, credential string) txn.Waiter {
-	w := txn.Waiter{ID: tx.NewWaiterID(), Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone(), Credential: credential}
+	w := txn.Waiter{ID: tx.NewWaiterID(), Req: req.Request, Since: tx.Now(), Idem: req.Idem.scopeOrNone(), Credential: credential, Priority: req.Priority}
 	if len(names) > 1 || pool != "" {
 		w.Set = names
 	}
@@ -192,7 +225,7 @@ func find(queue []txn.Waiter, id int64) (txn.Waiter, bool) {
 func decide(tx txn.Tx, names []string, req Request) lock.Verdict {
 	verdict := lock.Grant
 	for _, name := range names {
-		switch lock.Decide(tx.Lock(name), waiting(tx.Queue(name)), req.Request, req.Wait > 0) {
+		switch lock.Decide(tx.Lock(name), waitingAhead(tx.Queue(name), req.Priority), req.Request, req.Wait > 0) {
 		case lock.Refuse:
 			return lock.Refuse
 		case lock.Queue:

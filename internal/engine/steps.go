@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,10 +106,16 @@ func current(r txn.Reader, name string) Snapshot {
 		}
 	}
 	s := Snapshot{Lock: l}
-	for _, w := range r.Queue(name) {
+	queue := r.Queue(name)
+	prioritized := false
+	for _, w := range queue {
 		if w.Waiting() {
-			s.Waiting = append(s.Waiting, lock.Waiting{ID: w.ID, Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since})
+			s.Waiting = append(s.Waiting, lock.Waiting{ID: w.ID, Key: w.Req.Key, Requestor: w.Req.Requestor, Since: w.Since, Priority: w.Priority})
+			prioritized = prioritized || w.Priority != 0
 		}
+	}
+	if prioritized { // in the order they are served
+		slices.SortStableFunc(s.Waiting, func(a, b lock.Waiting) int { return cmp.Compare(b.Priority, a.Priority) })
 	}
 	return s
 }

@@ -69,6 +69,10 @@ func AppendView(b []byte, name string, l Lock, queue []Waiting) []byte {
 		b = AppendString(b, w.Requestor)
 		b = append(b, `,"since":`...)
 		b = appendTime(b, w.Since)
+		if w.Priority != 0 {
+			b = append(b, `,"priority":`...)
+			b = strconv.AppendInt(b, int64(w.Priority), 10)
+		}
 		b = append(b, '}')
 	}
 	return append(b, "]}"...)

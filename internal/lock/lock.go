@@ -52,6 +52,7 @@ type Waiting struct {
 	Key       string    `json:"key"`
 	Requestor string    `json:"requestor"`
 	Since     time.Time `json:"since"`
+	Priority  int       `json:"priority,omitzero"` // served before those of lower priority
 }
 
 // View is a lock and its queue as the API shows them. Key and LockedBy

@@ -17,6 +17,7 @@ import (
 type TableStats struct {
 	Locks, Holders, Waiters int
 	OldestAge               time.Duration // how long the longest-held lock has been held
+	OldestWait              time.Duration // how long the longest waiter has waited
 }
 
 // Gauges reads the lock table at each scrape.
@@ -95,10 +96,12 @@ func New(version string, g Gauges) *Metrics {
 
 // The table's gauges, read together at each scrape.
 var (
-	locksHeldDesc = prometheus.NewDesc("locker_locks_held", "Locks held now.", nil, nil)
-	holdersDesc   = prometheus.NewDesc("locker_holders", "Holders of all locks now.", nil, nil)
-	waitersDesc   = prometheus.NewDesc("locker_waiters", "Requests waiting in a lock's queue now.", nil, nil)
-	oldestAgeDesc = prometheus.NewDesc("locker_oldest_lock_age_seconds", "How long the longest-held lock has been held (0 for none).", nil, nil)
+	locksHeldDesc  = prometheus.NewDesc("locker_locks_held", "Locks held now.", nil, nil)
+	holdersDesc    = prometheus.NewDesc("locker_holders", "Holders of all locks now.", nil, nil)
+	waitersDesc    = prometheus.NewDesc("locker_waiters", "Requests waiting in a lock's queue now.", nil, nil)
+	oldestAgeDesc  = prometheus.NewDesc("locker_oldest_lock_age_seconds", "How long the longest-held lock has been held (0 for none).", nil, nil)
+	oldestWaitDesc = prometheus.NewDesc("locker_oldest_waiter_age_seconds",
+		"How long the request that has waited longest has waited (0 for none): a low priority waits behind every higher one.", nil, nil)
 )
 
 // tableCollector reports the table's gauges from one read of it: the
@@ -106,7 +109,7 @@ var (
 type tableCollector struct{ read func() TableStats }
 
 func (c tableCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{locksHeldDesc, holdersDesc, waitersDesc, oldestAgeDesc} {
+	for _, d := range []*prometheus.Desc{locksHeldDesc, holdersDesc, waitersDesc, oldestAgeDesc, oldestWaitDesc} {
 		ch <- d
 	}
 }
@@ -117,6 +120,7 @@ func (c tableCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(holdersDesc, prometheus.GaugeValue, float64(st.Holders))
 	ch <- prometheus.MustNewConstMetric(waitersDesc, prometheus.GaugeValue, float64(st.Waiters))
 	ch <- prometheus.MustNewConstMetric(oldestAgeDesc, prometheus.GaugeValue, st.OldestAge.Seconds())
+	ch <- prometheus.MustNewConstMetric(oldestWaitDesc, prometheus.GaugeValue, st.OldestWait.Seconds())
 }
 
 // add adds n to the counter pick chooses, if m records anything.

@@ -138,6 +138,10 @@ var migrations = []string{
 	// 14: why a waiter was taken out of its queue (removed by an operator,
 	// superseded by a newer request), until its request answers with it.
 	`ALTER TABLE locker_queue ADD COLUMN removed text;`,
+
+	// 15: a waiter's priority: the queue is served by priority, then by
+	// ID.
+	`ALTER TABLE locker_queue ADD COLUMN priority int NOT NULL DEFAULT 0;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -129,11 +129,23 @@ type Waiter struct {
 	// Credential names the credential of the request that queued it, for
 	// the history of its grant.
 	Credential string
+	// Priority orders the queues: a waiter waits ahead of every one of
+	// lower priority, behind those of equal or higher priority with lower
+	// IDs (one order across all queues: see Ahead).
+	Priority int
 	// Removed says why it was taken out of its queue (an operator removed
 	// it, or a newer request superseded it): it is granted nothing and
 	// holds up no one, and its request, told, answers with it and takes
 	// it out.
 	Removed string
+}
+
+// Ahead reports whether w is served before v: a higher priority, or the
+// same and an earlier ID. It is one order over every waiter of every
+// queue, so waiters for sets and claims cannot wait for each other in a
+// circle.
+func (w Waiter) Ahead(v Waiter) bool {
+	return w.Priority > v.Priority || w.Priority == v.Priority && w.ID < v.ID
 }
 
 // Waiting reports whether w waits to be granted: not a kept place, not
