@@ -14,7 +14,6 @@ import (
 	"github.com/locker-ci/locker/internal/advice"
 	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/engine"
-	"github.com/locker-ci/locker/internal/jsonbody"
 	"github.com/locker-ci/locker/internal/listing"
 	"github.com/locker-ci/locker/internal/lock"
 )
@@ -99,62 +98,6 @@ func (s *server) handleGet(w http.ResponseWriter, r *http.Request) {
 	}
 	l = asSeen(r, name, l)
 	s.writeLock(w, r, name, l, "")
-}
-
-// decodeUntilFree reads GET /lock/<name>'s query: ?free=true&wait=D
-// waits up to D for the lock to be free (0: no wait).
-func decodeUntilFree(r *http.Request) (time.Duration, error) {
-	query, err := checkQuery(r, "/lock/<name>")
-	if err != nil || query == nil {
-		return 0, err
-	}
-	free, wait := query.Get("free"), query.Get("wait")
-	switch {
-	case free != "true" && free != "":
-		return 0, fmt.Errorf("%w: ?free= is true or left out, e.g. ?free=true&wait=5m (got %q)", errBadRequest, free)
-	case (free == "") != (wait == ""):
-		return 0, fmt.Errorf("%w: a GET waits only until the lock is free: give ?free=true and ?wait= together, e.g. ?free=true&wait=5m", errBadRequest)
-	case wait == "":
-		return 0, nil
-	}
-	return jsonbody.ParseDuration("wait", wait, false)
-}
-
-// waitUntilFree answers as soon as the lock called name is free, or with
-// the lock as it is when wait (cut to LOCKER_MAX_WAIT) runs out: for a
-// gate that only watches. It hears of the lock's changes on the stream,
-// and looks every second besides (a server that keeps no history has no
-// events).
-func (s *server) waitUntilFree(w http.ResponseWriter, r *http.Request, name string, wait time.Duration) (engine.Snapshot, error) {
-	wait = min(wait, s.maxWait)
-	rc := http.NewResponseController(w)
-	deadline := time.Now().Add(wait + s.writeTimeout)
-	_ = rc.SetWriteDeadline(deadline)
-	_ = rc.SetReadDeadline(deadline)
-	sub := s.hub.Subscribe([]string{name}, s.streamBuffer)
-	defer func() { sub.Close() }()
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		l, err := s.locks.Get(name)
-		if err != nil || l.Free() {
-			return l, err
-		}
-		select {
-		case <-sub.Ready:
-			sub.Take()
-		case <-sub.Cut: // fell behind on one lock's events: look, and hear again
-			sub.Close()
-			sub = s.hub.Subscribe([]string{name}, s.streamBuffer)
-		case <-tick.C:
-		case <-timer.C:
-			return s.locks.Get(name)
-		case <-r.Context().Done():
-			return engine.Snapshot{}, engine.ErrClientGone
-		}
-	}
 }
 
 // handleLock handles PUT /lock/{name}.

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gorilla/mux"
@@ -218,4 +220,124 @@ func (s *server) handleClaim(w http.ResponseWriter, r *http.Request) {
 	}
 	names := slices.Sorted(maps.Keys(got))
 	s.writeSet(w, r, got, nil, fmt.Sprintf("%s claimed from pool %s by %s", strings.Join(names, ", "), name, req.Requestor))
+}
+
+// The queue's own endpoints: an operator takes a waiter out (DELETE
+// /waiters/<id>), a gate waits until a lock is free (GET
+// /lock/<name>?free=true).
+
+// removeExample is a body for DELETE /waiters/<id>, for messages.
+const removeExample = `{"reason": "build 55 is superseded by 57"}`
+
+// handleRemoveWaiter handles DELETE /waiters/{id}: takes a waiting request
+// out of every queue it is in (a set's or a claim's: several). The
+// request is answered 409 saying who removed it and why; those behind it
+// move up. It needs operate on each of its locks, or on a claim's pool.
+func (s *server) handleRemoveWaiter(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(mux.Vars(r)["id"], 10, 64)
+	if err != nil || id <= 0 {
+		s.writeError(w, r, fmt.Errorf("%w: %q is not a waiter's ID: each waiter in GET /lock/<name>'s \"waiting\" list has one, a number such as 42", errBadRequest, mux.Vars(r)["id"]))
+		return
+	}
+	if len(r.URL.Query()) > 0 {
+		s.writeError(w, r, fmt.Errorf("%w: DELETE /waiters/<id> takes no query parameters; say why in the body, e.g. %s", errBadRequest, removeExample))
+		return
+	}
+	fields, _, err := jsonbody.Read(w, r, maxBodyBytes, removeExample, true)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if f, ok := jsonbody.FirstUnknown(fields, []string{"reason"}); ok {
+		s.writeError(w, r, fmt.Errorf("%w: unknown field %q in the body; DELETE /waiters/<id> accepts \"reason\", e.g. %s", errBadRequest, f, removeExample))
+		return
+	}
+	var reason string
+	if err := jsonbody.String(fields, "reason", removeExample, &reason); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if len(reason) > maxFieldBytes {
+		s.writeError(w, r, fmt.Errorf("%w: \"reason\" is %d bytes long; the limit is %d", errBadRequest, len(reason), maxFieldBytes))
+		return
+	}
+	if err := printable(`"reason"`, reason); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	names, pool, err := s.locks.Waiter(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.allow(r, access.Operate, names...); err != nil && (pool == "" || s.allow(r, access.Operate, pool) != nil) {
+		s.writeError(w, r, err)
+		return
+	}
+	why := "removed from the queue by " + forcedBy(r)
+	if reason != "" {
+		why += ": " + reason
+	}
+	if err := s.locks.RemoveWaiter(r.Context(), id, names, why); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, map[string]any{"id": id, "locks": names,
+		"response": fmt.Sprintf("waiter %d taken out of the queue of %s; its request is answered: %s", id, joinList(quoted(names), "and"), why)})
+}
+
+// decodeUntilFree reads GET /lock/<name>'s query: ?free=true&wait=D
+// waits up to D for the lock to be free (0: no wait).
+func decodeUntilFree(r *http.Request) (time.Duration, error) {
+	query, err := checkQuery(r, "/lock/<name>")
+	if err != nil || query == nil {
+		return 0, err
+	}
+	free, wait := query.Get("free"), query.Get("wait")
+	switch {
+	case free != "true" && free != "":
+		return 0, fmt.Errorf("%w: ?free= is true or left out, e.g. ?free=true&wait=5m (got %q)", errBadRequest, free)
+	case (free == "") != (wait == ""):
+		return 0, fmt.Errorf("%w: a GET waits only until the lock is free: give ?free=true and ?wait= together, e.g. ?free=true&wait=5m", errBadRequest)
+	case wait == "":
+		return 0, nil
+	}
+	return jsonbody.ParseDuration("wait", wait, false)
+}
+
+// waitUntilFree answers as soon as the lock called name is free, or with
+// the lock as it is when wait (cut to LOCKER_MAX_WAIT) runs out: for a
+// gate that only watches. It hears of the lock's changes on the stream,
+// and looks every second besides (a server that keeps no history has no
+// events).
+func (s *server) waitUntilFree(w http.ResponseWriter, r *http.Request, name string, wait time.Duration) (engine.Snapshot, error) {
+	wait = min(wait, s.maxWait)
+	rc := http.NewResponseController(w)
+	deadline := time.Now().Add(wait + s.writeTimeout)
+	_ = rc.SetWriteDeadline(deadline)
+	_ = rc.SetReadDeadline(deadline)
+	sub := s.hub.Subscribe([]string{name}, s.streamBuffer)
+	defer func() { sub.Close() }()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		l, err := s.locks.Get(name)
+		if err != nil || l.Free() {
+			return l, err
+		}
+		select {
+		case <-sub.Ready:
+			sub.Take()
+		case <-sub.Cut: // fell behind on one lock's events: look, and hear again
+			sub.Close()
+			sub = s.hub.Subscribe([]string{name}, s.streamBuffer)
+		case <-tick.C:
+		case <-timer.C:
+			return s.locks.Get(name)
+		case <-r.Context().Done():
+			return engine.Snapshot{}, engine.ErrClientGone
+		}
+	}
 }
