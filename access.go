@@ -25,7 +25,6 @@ import (
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/jsonbody"
 	"github.com/locker-ci/locker/internal/keyring"
-	"github.com/locker-ci/locker/internal/lock"
 )
 
 // Who may do what. With AUTH_USER set (or a credentials file), every
@@ -359,47 +358,6 @@ func decodeCredential(w http.ResponseWriter, r *http.Request) (access.Credential
 		c.ExpiresAt = time.Now().UTC().Add(expiresIn).Truncate(time.Millisecond)
 	}
 	return c, nil
-}
-
-// hiddenKey stands for a lock's key in what a caller without the lock
-// role on it is shown: with the key, it could give back someone else's
-// hold.
-const hiddenKey = "(hidden)"
-
-// asSeen returns s as r's caller may see the lock called name (view).
-func asSeen(r *http.Request, name string, s engine.Snapshot) engine.Snapshot {
-	return callerOf(r).view(name, s)
-}
-
-// view returns s as c may see the lock called name: its key, and its
-// waiters' keys, hidden unless c may lock it.
-func (c *caller) view(name string, s engine.Snapshot) engine.Snapshot {
-	if c.role(name) >= access.Lock {
-		return s
-	}
-	if !s.Free() {
-		s.Key = hiddenKey
-	}
-	if len(s.Waiting) > 0 {
-		s.Waiting = slices.Clone(s.Waiting)
-		for i := range s.Waiting {
-			s.Waiting[i].Key = hiddenKey
-		}
-	}
-	return s
-}
-
-// shownEvent returns e as r's caller may see it (its key hidden unless
-// the caller may lock its lock), and whether the caller may see it at
-// all.
-func shownEvent(c *caller, e lock.Event) (lock.Event, bool) {
-	switch role := c.role(e.Lock); {
-	case role < access.Read:
-		return e, false
-	case role < access.Lock:
-		e.Key = hiddenKey
-	}
-	return e, true
 }
 
 // mayGiveBack returns nil when r's caller may give back a hold on the

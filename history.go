@@ -413,3 +413,16 @@ func (sw *sseWriter) flush() error {
 	sw.buf = sw.buf[:0]
 	return sw.err
 }
+
+// shownEvent returns e as r's caller may see it (its key hidden unless
+// the caller may lock its lock), and whether the caller may see it at
+// all.
+func shownEvent(c *caller, e lock.Event) (lock.Event, bool) {
+	switch role := c.role(e.Lock); {
+	case role < access.Read:
+		return e, false
+	case role < access.Lock:
+		e.Key = hiddenKey
+	}
+	return e, true
+}

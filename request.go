@@ -190,51 +190,6 @@ func scopeOf(names []string) string {
 	return "locks " + string(data)
 }
 
-// setExample is a body for PUT /locks, for error messages.
-const setExample = `{"locks": ["prod-db", "prod-app"], "key": "deploy-42"}`
-
-// setNames reads the body's "locks": a list of 1 to max lock names, each
-// given once, returned sorted.
-func setNames(raw json.RawMessage, max int) ([]string, error) {
-	return nameList("locks", setExample, raw, max)
-}
-
-// nameList reads the body's field, a list of 1 to max lock names, each
-// given once, and returns it sorted; example is a body that has it.
-func nameList(field, example string, raw json.RawMessage, max int) ([]string, error) {
-	if raw == nil {
-		return nil, fmt.Errorf("%w: the body needs %q, a list of lock names, e.g. %s", errBadRequest, field, example)
-	}
-	var names []string
-	if err := json.Unmarshal(raw, &names); err != nil || names == nil {
-		return nil, fmt.Errorf("%w: %q must be a list of lock names (strings), e.g. %s", errBadRequest, field, example)
-	}
-	switch {
-	case len(names) == 0:
-		return nil, fmt.Errorf("%w: %q is empty; name at least one lock, e.g. %s", errBadRequest, field, example)
-	case len(names) > max:
-		return nil, fmt.Errorf("%w: %q names %d locks; at most %d (LOCKER_MAX_LOCKS_PER_REQUEST)", errBadRequest, field, len(names), max)
-	}
-	for _, name := range names {
-		switch {
-		case name == "":
-			return nil, fmt.Errorf("%w: %q holds an empty name; every lock has a name", errBadRequest, field)
-		case len(name) > maxFieldBytes:
-			return nil, fmt.Errorf("%w: a lock name in %q is %d bytes long; the limit is %d", errBadRequest, field, len(name), maxFieldBytes)
-		}
-		if err := printable(fmt.Sprintf("the lock name %q", name), name); err != nil {
-			return nil, err
-		}
-	}
-	sorted := slices.Sorted(slices.Values(names))
-	for i := 1; i < len(sorted); i++ {
-		if sorted[i] == sorted[i-1] {
-			return nil, fmt.Errorf("%w: %q names %q twice; name each lock once", errBadRequest, field, sorted[i])
-		}
-	}
-	return sorted, nil
-}
-
 // checkQuery returns r's query parameters, refusing any that r's method
 // does not take on path (as the API writes it, e.g. "/lock/<name>"), and
 // any given twice. Every method and path is checked alike, so that a

@@ -408,3 +408,31 @@ func matches(name string, l engine.Snapshot, filter string) bool {
 	return slices.ContainsFunc(l.Holders, func(h lock.Holder) bool { return has(h.Name) || has(h.Note) }) ||
 		slices.ContainsFunc(l.Waiting, func(w lock.Waiting) bool { return has(w.Requestor) || has(w.Key) })
 }
+
+// hiddenKey stands for a lock's key in what a caller without the lock
+// role on it is shown: with the key, it could give back someone else's
+// hold.
+const hiddenKey = "(hidden)"
+
+// asSeen returns s as r's caller may see the lock called name (view).
+func asSeen(r *http.Request, name string, s engine.Snapshot) engine.Snapshot {
+	return callerOf(r).view(name, s)
+}
+
+// view returns s as c may see the lock called name: its key, and its
+// waiters' keys, hidden unless c may lock it.
+func (c *caller) view(name string, s engine.Snapshot) engine.Snapshot {
+	if c.role(name) >= access.Lock {
+		return s
+	}
+	if !s.Free() {
+		s.Key = hiddenKey
+	}
+	if len(s.Waiting) > 0 {
+		s.Waiting = slices.Clone(s.Waiting)
+		for i := range s.Waiting {
+			s.Waiting[i].Key = hiddenKey
+		}
+	}
+	return s
+}

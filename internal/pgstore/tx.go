@@ -415,46 +415,6 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 	return nil
 }
 
-// View runs fn over the locks named as they are, without their row
-// locks, in one round trip.
-func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) error) error {
-	t := &tx{s: s, ctx: ctx, names: sorted(names)}
-	t.jobNames = t.names
-	b := &pgx.Batch{}
-	b.Queue("SELECT name, lock FROM locker_locks WHERE name = ANY($1)", t.names)
-	t.queueReads(b)
-	br := s.pool.SendBatch(ctx, b)
-	err := t.read(br, false)
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
-	}
-	return fn(t)
-}
-
-// Waiter returns the waiter with id in each queue of names it is in (of
-// every lock, for nil names): its
-// own rows, by their key, with no row lock and without the rest of the
-// queues (2,000 waiters each reading a queue of 2,000 every Recheck held
-// up the change that would grant them past its time).
-func (s *Store) Waiter(ctx context.Context, id int64, names []string) (map[string]txn.Waiter, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+queueColumns+` FROM locker_queue WHERE id = $3 AND ($1::text[] IS NULL OR name = ANY($1))`, names, deadAfter.String(), id)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
-	}
-	queues := map[string][]txn.Waiter{}
-	if err := readQueue(rows, queues); err != nil {
-		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
-	}
-	found := make(map[string]txn.Waiter, len(queues))
-	for name, q := range queues {
-		found[name] = q[0]
-	}
-	return found, nil
-}
-
 // maxPayload is the most bytes a notification's payload carries:
 // PostgreSQL refuses a NOTIFY of 8,000 bytes or more, and with it the
 // transaction.
