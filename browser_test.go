@@ -9,6 +9,7 @@ import (
 	"html"
 	"image/png"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,8 +157,14 @@ func waitForCard(t *testing.T, ctx context.Context, name string, within time.Dur
 
 func TestStatusPageInBrowser(t *testing.T) {
 	ctx, problems := browser(t)
-	ls := startRun(t, map[string]string{"AUTH_USER": "ci", "AUTH_PASS": "s3cret",
-		"LOCKER_CONFIG": filepath.Join(t.TempDir(), "locks.yml")})
+	// The server's clock is a fake one, so that prod is held for hours
+	// and the others for none, whatever the machine's speed: the page
+	// re-renders as the test goes on, and real seconds make any
+	// threshold between their ages pass while it looks.
+	ts, _, clock := statusServer(t, "ci", "s3cret")
+	srv := httptest.NewServer(ts.handler)
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() }) // the page's stream stays open
+	ls := &liveServer{url: srv.URL, client: &http.Client{Timeout: 10 * time.Second}}
 	auth := []string{"ci", "s3cret"}
 	put := func(path, body string) {
 		t.Helper()
@@ -166,17 +173,13 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	}
 	build := "https://ci.example.com/teams/main/pipelines/deploy/jobs/prod/builds/1042"
-	put("/lock/prod", `{"key": "deploy-v1.4", "lock_by": "deploy/prod", "ttl": "30m", "note": "`+build+`"}`)
-	// A lock held over held_over stands out: prod, taken 2 s before the
-	// others. The page is asked for with a threshold between their ages,
-	// as they are when it is asked for, in whole seconds: a busy machine
-	// that takes long to load the page must not make the others stand out.
-	time.Sleep(2 * time.Second) // the time under test: prod held longer than the others
+	put("/lock/prod", `{"key": "deploy-v1.4", "lock_by": "deploy/prod", "ttl": "2h30m", "note": "`+build+`"}`)
+	// A lock held over held_over (1h below) stands out: prod, held 2 h.
+	clock.Advance(2 * time.Hour)
 	put("/lock/staging", `{"key": "tests", "lock_by": "unit-tests", "ttl": "20m"}`)
 	put("/lock/staging", `{"key": "tests", "lock_by": "integration-tests", "ttl": "20m", "note": "javascript:window.pwned=3"}`)
 	hostile := `<script>window.pwned=1</script>`
 	put("/lock/%3Cscript%3Ewindow.pwned=1%3C%2Fscript%3E", `{"key": "<img src=x onerror=window.pwned=2>", "lock_by": "\"><b>bold</b>"}`)
-	othersTaken := time.Now()
 	waiter := putAsyncAuth(t, ls.url, "/lock/prod?wait=2m", `{"key": "upgrade-v2", "lock_by": "upgrade/prod"}`)
 	defer func() {
 		ls.call(t, "DELETE", "/lock/prod?force=true", `{}`, auth...)
@@ -193,10 +196,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// in the URL, as a person types them at the prompt; the page's own
 	// refreshes reuse them.
 	base := strings.Replace(ls.url, "http://", "http://ci:s3cret@", 1)
-	// The others' age a, plus 1 s, rounded: at least half a second above
-	// a and below prod's, a + 2 s.
-	heldOver := (time.Since(othersTaken) + time.Second).Round(time.Second)
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/?held_over="+heldOver.String()), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/?held_over=1h"), chromedp.WaitVisible(chromedp.ID("locks"))); err != nil {
 		t.Fatalf("loading the status page: %v", err)
 	}
 
@@ -211,7 +211,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	text := eval[string](t, ctx, `document.body.innerText`)
 	for _, want := range []string{
 		"3 locks held, 1 request waiting, the longest for ",
-		"deploy/prod · lease ends in 29\u00a0min · " + build,
+		"deploy/prod · lease ends in 30\u00a0min · " + build,
 		"integration-tests · took it",
 		"upgrade/prod (key upgrade-v2), waiting",
 		`"><b>bold</b>`,
@@ -225,8 +225,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if !slices.Equal(links, []string{build}) {
 		t.Errorf("links on the lock cards = %q; want only the build URL %q (no javascript: link)", links, build)
 	}
-	if got := eval[string](t, ctx, `[...document.querySelectorAll(".lock.long h2")].map(h => h.textContent).join("|")`); got != "prod held over "+heldOver.String()+" 1 waiting" {
-		t.Errorf("locks that stand out: %q; want prod, held over %v, one waiting", got, heldOver)
+	if got := eval[string](t, ctx, `[...document.querySelectorAll(".lock.long h2")].map(h => h.textContent).join("|")`); got != "prod held over 1h 1 waiting" {
+		t.Errorf("locks that stand out: %q; want prod, held over 1h, one waiting", got)
 	}
 
 	// The page follows the stream of changes: a change shows without a
@@ -257,8 +257,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, "the filter to leave only staging", func() bool { return slices.Equal(lockNames(t, ctx), []string{"staging"}) })
-	if loc := eval[string](t, ctx, `location.search`); loc != "?q=stag&held_over="+heldOver.String() {
-		t.Errorf("after filtering, the URL's query is %q; want ?q=stag&held_over=%v", loc, heldOver)
+	if loc := eval[string](t, ctx, `location.search`); loc != "?q=stag&held_over=1h" {
+		t.Errorf("after filtering, the URL's query is %q; want ?q=stag&held_over=1h", loc)
 	}
 	if got := eval[[]string](t, ctx, `[...document.querySelectorAll("#locks mark")].map(m => m.textContent)`); !slices.Equal(got, []string{"stag"}) {
 		t.Errorf("the marked text is %q; want the one match, stag (in staging)", got)
