@@ -435,19 +435,46 @@ func setOf(n int) string {
 	return b.String()
 }
 
-// putAsyncAuth sends a PUT with the test credentials in the background.
+// putAsyncAuth sends a PUT with the test credentials in the background,
+// and gives its status (0 if it could not be sent).
 func putAsyncAuth(tb testing.TB, base, path, body string) <-chan int {
 	done := make(chan int, 1)
+	answer := inBackground(base, "PUT", path, body, "ci", "s3cret")
 	go func() {
-		req, _ := http.NewRequest("PUT", base+path, strings.NewReader(body))
-		req.SetBasicAuth("ci", "s3cret")
+		a := <-answer
+		done <- a.status
+	}()
+	return done
+}
+
+// answered is the answer to a request sent in the background: its status
+// (0 if it could not be sent) and its JSON error, if any.
+type answered struct {
+	status int
+	err    string
+}
+
+// String is the answer as "409 removed from the queue ...".
+func (a answered) String() string { return fmt.Sprintf("%d %s", a.status, a.err) }
+
+// inBackground sends a request (with basic auth when auth is a name and
+// a password) in the background, and gives its answer.
+func inBackground(base, method, path, body string, auth ...string) <-chan answered {
+	done := make(chan answered, 1)
+	go func() {
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		if len(auth) == 2 {
+			req.SetBasicAuth(auth[0], auth[1])
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			done <- 0
+			done <- answered{err: err.Error()}
 			return
 		}
-		resp.Body.Close()
-		done <- resp.StatusCode
+		defer resp.Body.Close()
+		var e struct{ Error string }
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		done <- answered{status: resp.StatusCode, err: e.Error}
 	}()
 	return done
 }

@@ -39,22 +39,8 @@ func TestAnOperatorRemovesAWaiter(t *testing.T) {
 			}
 			return v.Waiting
 		}
-		background := func(method, path, body string) <-chan string {
-			done := make(chan string, 1)
-			go func() {
-				req, _ := http.NewRequest(method, ls.url+path, strings.NewReader(body))
-				req.SetBasicAuth("root", "rootpass")
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					done <- err.Error()
-					return
-				}
-				defer resp.Body.Close()
-				var e struct{ Error string }
-				_ = json.NewDecoder(resp.Body).Decode(&e)
-				done <- fmt.Sprintf("%d %s", resp.StatusCode, e.Error)
-			}()
-			return done
+		background := func(method, path, body string) <-chan answered {
+			return inBackground(ls.url, method, path, body, root...)
 		}
 		mustCall("PUT", "/lock/prod", `{"key": "a"}`)
 		deploy55 := background("PUT", "/lock/prod?wait=1m", `{"key": "b", "lock_by": "deploy-55"}`)
@@ -97,10 +83,10 @@ func TestAnOperatorRemovesAWaiter(t *testing.T) {
 		// Removing deploy-55 answers it, and a-2, which shares the
 		// holder's key, no longer waits behind it: granted at once.
 		mustCall("DELETE", fmt.Sprintf("/waiters/%d", q[0].ID), `{"reason": "superseded by deploy 57"}`)
-		if got := <-deploy55; !strings.HasPrefix(got, "409 removed from the queue by root (127.0.0.1): superseded by deploy 57") {
+		if got := (<-deploy55).String(); !strings.HasPrefix(got, "409 removed from the queue by root (127.0.0.1): superseded by deploy 57") {
 			t.Errorf("deploy-55's request = %q; want 409 saying who removed it and why", got)
 		}
-		if got := <-sameKey; !strings.HasPrefix(got, "200") {
+		if got := (<-sameKey).String(); !strings.HasPrefix(got, "200") {
 			t.Errorf("a-2's request = %q; want it granted once deploy-55 left", got)
 		}
 		if status, _ := ls.call(t, "DELETE", fmt.Sprintf("/waiters/%d", q[0].ID), "", root...); status != http.StatusNotFound {
@@ -116,11 +102,11 @@ func TestAnOperatorRemovesAWaiter(t *testing.T) {
 		testutil.WaitFor(t, "the claim to wait", func() bool { return len(queueOf("db2")) == 1 })
 		for _, w := range []struct {
 			id   int64
-			done <-chan string
+			done <-chan answered
 			what string
 		}{{queueOf("prod")[0].ID, set, "the set"}, {queueOf("db2")[0].ID, claim, "the claim"}} {
 			mustCall("DELETE", fmt.Sprintf("/waiters/%d", w.id), "")
-			if got := <-w.done; !strings.HasPrefix(got, "409 removed from the queue by root") {
+			if got := (<-w.done).String(); !strings.HasPrefix(got, "409 removed from the queue by root") {
 				t.Errorf("%s's request = %q; want 409", w.what, got)
 			}
 		}
@@ -141,21 +127,8 @@ func TestAnOperatorRemovesAWaiter(t *testing.T) {
 func TestANewerRequestSupersedesTheWaitingOnes(t *testing.T) {
 	onEachStore(t, map[string]string{}, func(t *testing.T, env map[string]string) {
 		ls := startRun(t, env)
-		answered := func(method, path, body string) <-chan string {
-			done := make(chan string, 1)
-			go func() {
-				req, _ := http.NewRequest(method, ls.url+path, strings.NewReader(body))
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					done <- err.Error()
-					return
-				}
-				defer resp.Body.Close()
-				var e struct{ Error string }
-				_ = json.NewDecoder(resp.Body).Decode(&e)
-				done <- fmt.Sprintf("%d %s", resp.StatusCode, e.Error)
-			}()
-			return done
+		send := func(method, path, body string) <-chan answered {
+			return inBackground(ls.url, method, path, body)
 		}
 		mustCall := func(method, path, body string) {
 			t.Helper()
@@ -169,20 +142,20 @@ func TestANewerRequestSupersedesTheWaitingOnes(t *testing.T) {
 		}
 
 		mustCall("PUT", "/lock/prod", `{"key": "hotfix"}`)
-		b55 := answered("PUT", "/lock/prod?wait=1m", `{"key": "b55", "lock_by": "deploy-prod"}`)
+		b55 := send("PUT", "/lock/prod?wait=1m", `{"key": "b55", "lock_by": "deploy-prod"}`)
 		queued("prod", 1)
-		b56 := answered("PUT", "/lock/prod?wait=1m", `{"key": "b56", "lock_by": "deploy-prod"}`)
+		b56 := send("PUT", "/lock/prod?wait=1m", `{"key": "b56", "lock_by": "deploy-prod"}`)
 		queued("prod", 2)
-		other := answered("PUT", "/lock/prod?wait=1m", `{"key": "o", "lock_by": "smoke"}`)
+		other := send("PUT", "/lock/prod?wait=1m", `{"key": "o", "lock_by": "smoke"}`)
 		queued("prod", 3)
-		set := answered("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s55", "lock_by": "deploy-prod"}`)
+		set := send("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s55", "lock_by": "deploy-prod"}`)
 		queued("prod", 4)
-		b57 := answered("PUT", "/lock/prod?wait=1m", `{"key": "b57", "lock_by": "deploy-prod", "supersede": true}`)
+		b57 := send("PUT", "/lock/prod?wait=1m", `{"key": "b57", "lock_by": "deploy-prod", "supersede": true}`)
 		for _, c := range []struct {
-			done <-chan string
+			done <-chan answered
 			what string
 		}{{b55, "build 55"}, {b56, "build 56"}} {
-			if got := <-c.done; got != "409 superseded by a newer request from deploy-prod" {
+			if got := (<-c.done).String(); got != "409 superseded by a newer request from deploy-prod" {
 				t.Errorf("%s = %q; want 409 superseded by a newer request from deploy-prod", c.what, got)
 			}
 		}
@@ -193,43 +166,43 @@ func TestANewerRequestSupersedesTheWaitingOnes(t *testing.T) {
 			t.Fatalf("prod's queue = %s; want smoke, the set, then build 57", body)
 		}
 		mustCall("DELETE", "/lock/prod", `{"key": "hotfix"}`)
-		if got := <-other; !strings.HasPrefix(got, "200") {
+		if got := (<-other).String(); !strings.HasPrefix(got, "200") {
 			t.Errorf("smoke's request = %q; want it granted", got)
 		}
 		mustCall("DELETE", "/lock/prod", `{"key": "o", "lock_by": "smoke"}`)
-		if got := <-set; !strings.HasPrefix(got, "200") {
+		if got := (<-set).String(); !strings.HasPrefix(got, "200") {
 			t.Errorf("the set = %q; want it granted (another target: not superseded)", got)
 		}
 		mustCall("DELETE", "/locks", `{"locks": ["prod", "db"], "key": "s55", "lock_by": "deploy-prod"}`)
-		if got := <-b57; !strings.HasPrefix(got, "200") {
+		if got := (<-b57).String(); !strings.HasPrefix(got, "200") {
 			t.Errorf("build 57 = %q; want it granted", got)
 		}
 		mustCall("DELETE", "/lock/prod", `{"key": "b57", "lock_by": "deploy-prod"}`)
 
 		// A set and a claim supersede theirs too.
 		mustCall("PUT", "/lock/db", `{"key": "hotfix"}`)
-		s1 := answered("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s1", "lock_by": "deploy-prod"}`)
+		s1 := send("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s1", "lock_by": "deploy-prod"}`)
 		queued("db", 1)
-		s2 := answered("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s2", "lock_by": "deploy-prod", "supersede": true}`)
-		if got := <-s1; got != "409 superseded by a newer request from deploy-prod" {
+		s2 := send("PUT", "/locks?wait=1m", `{"locks": ["prod", "db"], "key": "s2", "lock_by": "deploy-prod", "supersede": true}`)
+		if got := (<-s1).String(); got != "409 superseded by a newer request from deploy-prod" {
 			t.Errorf("the first set = %q; want it superseded", got)
 		}
 		mustCall("PUT", "/pool/stage", `{"members": ["st1"]}`)
 		mustCall("PUT", "/lock/st1", `{"key": "x"}`)
-		c1 := answered("PUT", "/pool/stage/claim?wait=1m", `{"key": "c1", "lock_by": "e2e"}`)
+		c1 := send("PUT", "/pool/stage/claim?wait=1m", `{"key": "c1", "lock_by": "e2e"}`)
 		queued("st1", 1)
-		c2 := answered("PUT", "/pool/stage/claim?wait=1m", `{"key": "c2", "lock_by": "e2e", "supersede": true}`)
-		if got := <-c1; got != "409 superseded by a newer request from e2e" {
+		c2 := send("PUT", "/pool/stage/claim?wait=1m", `{"key": "c2", "lock_by": "e2e", "supersede": true}`)
+		if got := (<-c1).String(); got != "409 superseded by a newer request from e2e" {
 			t.Errorf("the first claim = %q; want it superseded", got)
 		}
 		queued("st1", 1)
 		mustCall("DELETE", "/lock/db", `{"key": "hotfix"}`)
 		mustCall("DELETE", "/lock/st1", `{"key": "x"}`)
 		for _, c := range []struct {
-			done <-chan string
+			done <-chan answered
 			what string
 		}{{s2, "the newer set"}, {c2, "the newer claim"}} {
-			if got := <-c.done; !strings.HasPrefix(got, "200") {
+			if got := (<-c.done).String(); !strings.HasPrefix(got, "200") {
 				t.Errorf("%s = %q; want it granted", c.what, got)
 			}
 		}
@@ -315,19 +288,8 @@ func TestAGateWaitsUntilTheLockIsFree(t *testing.T) {
 func TestPrioritiesOrderTheQueue(t *testing.T) {
 	onEachStore(t, map[string]string{}, func(t *testing.T, env map[string]string) {
 		ls := startRun(t, env)
-		answered := func(path, body string) <-chan int {
-			done := make(chan int, 1)
-			go func() {
-				req, _ := http.NewRequest("PUT", ls.url+path, strings.NewReader(body))
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					done <- 0
-					return
-				}
-				resp.Body.Close()
-				done <- resp.StatusCode
-			}()
-			return done
+		send := func(path, body string) <-chan answered {
+			return inBackground(ls.url, "PUT", path, body)
 		}
 		mustCall := func(method, path, body string) {
 			t.Helper()
@@ -357,12 +319,12 @@ func TestPrioritiesOrderTheQueue(t *testing.T) {
 		}
 
 		mustCall("PUT", "/lock/prod", `{"key": "k-first", "lock_by": "first"}`)
-		done := map[string]<-chan int{}
+		done := map[string]<-chan answered{}
 		for i, w := range []struct {
 			who      string
 			priority int
 		}{{"low-1", 0}, {"low-2", 0}, {"high-1", 5}, {"high-2", 5}, {"lowest", -1}} {
-			done[w.who] = answered("/lock/prod?wait=1m", fmt.Sprintf(`{"key": "k-%s", "lock_by": %q, "priority": %d}`, w.who, w.who, w.priority))
+			done[w.who] = send("/lock/prod?wait=1m", fmt.Sprintf(`{"key": "k-%s", "lock_by": %q, "priority": %d}`, w.who, w.who, w.priority))
 			testutil.WaitFor(t, w.who+" to wait", func() bool { return len(queue("prod")) == i+1 })
 		}
 		want := []string{"high-1:5", "high-2:5", "low-1:0", "low-2:0", "lowest:-1"}
@@ -373,7 +335,7 @@ func TestPrioritiesOrderTheQueue(t *testing.T) {
 		for _, w := range want {
 			who, _, _ := strings.Cut(w, ":")
 			mustCall("DELETE", "/lock/prod", fmt.Sprintf(`{"key": "k-%s", "lock_by": %q}`, last, last))
-			if status := <-done[who]; status != http.StatusOK {
+			if status := (<-done[who]).status; status != http.StatusOK {
 				t.Fatalf("%s's request = %d; want it granted in its turn", who, status)
 			}
 			if got := holder("prod"); got != who {
@@ -386,7 +348,7 @@ func TestPrioritiesOrderTheQueue(t *testing.T) {
 		// A request that shares the holders' key jumps waiters of lower
 		// priority, but not those of its own.
 		mustCall("PUT", "/lock/web", `{"key": "shared", "lock_by": "a"}`)
-		other := answered("/lock/web?wait=1m", `{"key": "other", "lock_by": "o", "priority": 1}`)
+		other := send("/lock/web?wait=1m", `{"key": "other", "lock_by": "o", "priority": 1}`)
 		testutil.WaitFor(t, "o to wait", func() bool { return len(queue("web")) == 1 })
 		if status, body := ls.call(t, "PUT", "/lock/web", `{"key": "shared", "lock_by": "b", "priority": 1}`); status != http.StatusLocked {
 			t.Errorf("a shared-key request of the waiter's priority = %d %s; want 423: the waiter came first", status, body)
@@ -396,7 +358,7 @@ func TestPrioritiesOrderTheQueue(t *testing.T) {
 		}
 		mustCall("DELETE", "/lock/web", `{"key": "shared", "lock_by": "a"}`)
 		mustCall("DELETE", "/lock/web", `{"key": "shared", "lock_by": "c"}`)
-		if status := <-other; status != http.StatusOK {
+		if status := (<-other).status; status != http.StatusOK {
 			t.Errorf("o's request = %d; want it granted once the holders left", status)
 		}
 
