@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,6 +56,7 @@ func TestHistoryTellsWhatHappenedAcrossNodes(t *testing.T) {
 
 	const clients = 4
 	told := make([][]string, clients)
+	var acked atomic.Int64 // changes acknowledged, all clients
 	var wg sync.WaitGroup
 	for c := range clients {
 		wg.Go(func() {
@@ -80,6 +82,7 @@ func TestHistoryTellsWhatHappenedAcrossNodes(t *testing.T) {
 				t.Errorf("%s %s: no node answered for a minute", method, path)
 				return 0
 			}
+			note := func(event string) { told[c] = append(told[c], event); acked.Add(1) }
 			held := 0
 			for {
 				select {
@@ -93,7 +96,7 @@ func TestHistoryTellsWhatHappenedAcrossNodes(t *testing.T) {
 					if do("PUT", "", `{"key": "k", "ttl": "1s"}`) != http.StatusOK {
 						return
 					}
-					told[c] = append(told[c], "taken")
+					note("taken")
 					for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 						if time.Now().After(deadline) {
 							t.Errorf("%s: the lease did not run out in 20 s", path)
@@ -110,27 +113,34 @@ func TestHistoryTellsWhatHappenedAcrossNodes(t *testing.T) {
 							break
 						}
 					}
-					told[c] = append(told[c], "expired")
+					note("expired")
 				case held > 0 && x == 3:
 					if do("DELETE", "?force=true", `{}`) != http.StatusOK {
 						return
 					}
-					told[c], held = append(told[c], "forced"), 0
+					note("forced")
+					held = 0
 				case held > 0 && x < 12:
 					if do("DELETE", "", `{"key": "k"}`) != http.StatusOK {
 						return
 					}
-					told[c], held = append(told[c], "released"), held-1
+					note("released")
+					held--
 				default:
 					if do("PUT", "", `{"key": "k"}`) != http.StatusOK {
 						return
 					}
-					told[c], held = append(told[c], "taken"), held+1
+					note("taken")
+					held++
 				}
 			}
 		})
 	}
-	time.Sleep(8 * time.Second)
+	// Enough changes to tell, however slow the machine: 150, or whatever
+	// 90 s brought (too few then is a failure).
+	for start := time.Now(); acked.Load() < 150 && time.Since(start) < 90*time.Second; {
+		time.Sleep(100 * time.Millisecond)
+	}
 	close(stop)
 	wg.Wait()
 	killer.Wait()

@@ -99,7 +99,14 @@ func letThrough(t *testing.T, urls []string, total, group int) {
 			})
 		}
 		// Let each group queue before the next, so that groups stay together.
-		testutil.WaitFor(t, fmt.Sprintf("group %d to queue", g), func() bool { return gauge(t, urls[0], "locker_waiters") == float64((g+1)*group) })
+		// (Up to two minutes: beside another build, 2,000 requests
+		// queueing through one row, some sent again after a 503, took over
+		// the ten seconds testutil.WaitFor gives.)
+		for deadline := time.Now().Add(2 * time.Minute); gauge(t, urls[0], "locker_waiters") != float64((g+1)*group); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("group %d did not queue within 2 min (%v waiting)", g, gauge(t, urls[0], "locker_waiters"))
+			}
+		}
 	}
 	released := time.Now()
 	if status, body := httpDo(t, urls[0], "DELETE", "/lock/busy", `{"key": "holder"}`); status != http.StatusOK {
