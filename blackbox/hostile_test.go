@@ -84,7 +84,7 @@ func letThrough(t *testing.T, urls []string, total, group int) {
 						}
 						body, _ := io.ReadAll(resp.Body)
 						resp.Body.Close()
-						if resp.StatusCode == http.StatusServiceUnavailable && try < 5 {
+						if resp.StatusCode == http.StatusServiceUnavailable && try < 10 {
 							retries.Add(1)
 							time.Sleep(time.Duration(try) * 200 * time.Millisecond)
 							continue
@@ -103,6 +103,11 @@ func letThrough(t *testing.T, urls []string, total, group int) {
 		// queueing through one row, some sent again after a 503, took over
 		// the ten seconds testutil.WaitFor gives.)
 		for deadline := time.Now().Add(2 * time.Minute); gauge(t, urls[0], "locker_waiters") != float64((g+1)*group); time.Sleep(10 * time.Millisecond) {
+			select {
+			case f := <-failures:
+				t.Fatalf("a waiter failed while group %d queued: %s", g, f)
+			default:
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("group %d did not queue within 2 min (%v waiting)", g, gauge(t, urls[0], "locker_waiters"))
 			}
