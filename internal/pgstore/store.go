@@ -14,6 +14,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -169,7 +171,12 @@ func Unreachable(err error) bool {
 		return false
 	}
 	var connErr *pgconn.ConnectError
-	return errors.As(err, &connErr)
+	var netErr net.Error
+	// A connection that timed out or was cut while the node opened (a
+	// database failing over, a proxy's outage) is the database away too:
+	// a node that started then exited at once.
+	return errors.As(err, &connErr) || pgconn.Timeout(err) || errors.As(err, &netErr) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
 
 // Node is this node's name in the database.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/locker-ci/locker/internal/access"
 	"github.com/locker-ci/locker/internal/lock"
@@ -417,5 +420,45 @@ func TestEveryNodeHearsOfACredentialChange(t *testing.T) {
 			_, there := creds["ci"]
 			return err == nil && there == (change.next != nil)
 		})
+	}
+}
+
+// TestUnreachableSaysWhenToTryAgain: a node that starts while the
+// database is away tries again (Unreachable) when the connection times
+// out, is cut, or is refused, and stops on a wrong password: a node
+// restarted among kills and lost answers stopped at once on "timeout:
+// context deadline exceeded".
+func TestUnreachableSaysWhenToTryAgain(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // takes connections, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = c.Close() })
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, stalled := Open(ctx, "postgres://x@"+ln.Addr().String()+"/db?sslmode=disable", "n", Options{})
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{stalled, true},
+		{fmt.Errorf("opening: %w", context.DeadlineExceeded), true},
+		{fmt.Errorf("reading: %w", io.ErrUnexpectedEOF), true},
+		{&pgconn.PgError{Code: "57P03"}, true},
+		{&pgconn.PgError{Code: "28P01"}, false}, // a wrong password
+		{&pgconn.PgError{Code: "3D000"}, false}, // no such database
+	} {
+		if got := Unreachable(tc.err); got != tc.want {
+			t.Errorf("Unreachable(%v) = %v; want %v", tc.err, got, tc.want)
+		}
 	}
 }
