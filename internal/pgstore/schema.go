@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -154,7 +155,17 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", migrationLock); err != nil {
 		return fmt.Errorf("taking the migration lock: %w", err)
 	}
-	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLock) }()
+	defer func() {
+		// Within a few seconds: on a connection whose answers are lost,
+		// an unlock with no deadline waited for ever, and the node never
+		// started. A connection that cannot unlock is closed, which
+		// unlocks.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, "SELECT pg_advisory_unlock($1)", migrationLock); err != nil {
+			_ = conn.Conn().Close(context.Background())
+		}
+	}()
 	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS locker_schema (version int NOT NULL)"); err != nil {
 		return fmt.Errorf("creating locker_schema: %w", err)
 	}
