@@ -161,7 +161,7 @@ type ledger struct {
 // every one handed out before.
 func check(tb testing.TB, cycle int, url string, counts, maybe map[string]int, maxToken *uint64, told *ledger) {
 	tb.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := &http.Client{Timeout: 30 * time.Second} // as the traffic's: a restarted server on a busy machine took over 10 s to answer a history
 	status, body, err := send(client, "GET", url+"/locks", "")
 	if err != nil || status != http.StatusOK {
 		tb.Fatalf("cycle %d: GET /locks = %d %v", cycle, status, err)

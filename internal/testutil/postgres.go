@@ -27,7 +27,7 @@ func PostgresSchema(tb testing.TB) string {
 	if base == "" {
 		base = DefaultPostgresURL
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // CREATE SCHEMA beside other tests' DROP SCHEMA ... CASCADE took over 5 s
 	defer cancel()
 	conn, err := pgx.Connect(ctx, base)
 	if err != nil {
