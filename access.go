@@ -178,6 +178,28 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 	})
 }
 
+// refuseCrossOrigin refuses a change that a browser sends for a page of
+// another origin: a signed-in browser sends its credentials with every
+// request to this server, whichever page makes it, so another site's page
+// must not be able to change a lock (or make a credential). Browsers say
+// where a request comes from (Sec-Fetch-Site, Origin); curl, the CLI and
+// the resource say nothing and pass, as do reads and the status page's
+// own forms. LOCKER_TRUSTED_ORIGINS lets other origins in.
+func (s *server) refuseCrossOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.origins.Check(r); err != nil {
+			from := r.Header.Get("Origin")
+			if from == "" {
+				from = "Sec-Fetch-Site: " + r.Header.Get("Sec-Fetch-Site")
+			}
+			s.writeError(w, r, fmt.Errorf("%w: %s %s came from a page of another origin (%s), and a page of another site may not change locks here; "+
+				"use Locker's own status page, the CLI or curl, or add that origin to LOCKER_TRUSTED_ORIGINS", errForbidden, r.Method, r.URL.EscapedPath(), from))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // credentialReply is a credential as GET /credentials shows it: never its
 // secret, nor its hash.
 type credentialReply struct {

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -268,6 +271,44 @@ func TestEveryEventNamesItsCredential(t *testing.T) {
 		}
 		if got := history("root", "/history/team-a%2Fq?limit=1"); len(got) != 1 || got[0] != (event{"team-a/q", "taken", "lock-a"}) {
 			t.Errorf("the waiter's taking = %+v; want lock-a's", got)
+		}
+	})
+}
+
+// TestTheStatusPageOffersFormsToOperatorsOnly: the page's force release,
+// waiter removal and reservation forms are rendered for the locks the
+// viewer may operate on, and for no one else.
+func TestTheStatusPageOffersFormsToOperatorsOnly(t *testing.T) {
+	enginetest.ForEachStore(t, func(t *testing.T, open func(testing.TB) *enginetest.Table) {
+		tm := newTeam(t, open(t))
+		for _, path := range []string{"/lock/team-a/db", "/lock/team-b/db"} {
+			if status, body := tm.do(t, "root", "PUT", path, `{"key": "k", "lock_by": "ci"}`); status != http.StatusOK {
+				t.Fatalf("PUT %s = %d %s", path, status, body)
+			}
+		}
+		forms := regexp.MustCompile(`data-card="lock ([^"]+)"|data-path="(/lock/[^"?]+)\?force=true"|<details id="reserve"`)
+		for _, tc := range []struct {
+			as   string
+			want []string // the cards shown, each followed by its force form's path where there is one
+		}{
+			{"read-a", []string{"team-a/db"}},
+			{"lock-a", []string{"team-a/db"}},
+			{"operate-a", []string{"reserve", "team-a/db", "/lock/team-a%2Fdb"}},
+			{"admin-all", []string{"reserve", "team-a/db", "/lock/team-a%2Fdb", "team-b/db", "/lock/team-b%2Fdb"}},
+		} {
+			status, body := tm.do(t, tc.as, "GET", "/", "")
+			var got []string
+			for _, m := range forms.FindAllStringSubmatch(body, -1) {
+				got = append(got, cmp.Or(m[1], m[2], "reserve"))
+			}
+			if status != http.StatusOK || !slices.Equal(got, tc.want) {
+				t.Errorf("as %s, GET / = %d with cards and forms %q; want %q", tc.as, status, got, tc.want)
+			}
+			if tc.as == "read-a" || tc.as == "lock-a" {
+				if n := strings.Count(body, `class="op`); n != 0 {
+					t.Errorf("as %s, the page has %d operators' forms; want none", tc.as, n)
+				}
+			}
 		}
 	})
 }

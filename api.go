@@ -92,6 +92,9 @@ type server struct {
 	streamBuffer       int           // how many events a stream may fall behind before it is cut off
 	metrics            *metrics.Metrics
 	metricsOpen        bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
+	// origins refuses changes that browsers send for other sites' pages
+	// (LOCKER_TRUSTED_ORIGINS are let in).
+	origins *http.CrossOriginProtection
 }
 
 // routes returns the whole API, wrapped in authentication and request logs.
@@ -157,7 +160,7 @@ func (s *server) routes() http.Handler {
 		s.writeError(w, req, fmt.Errorf("%w: %s %s; this path takes %s",
 			errMethod, req.Method, req.URL.EscapedPath(), joinList(allowed, "or")))
 	})
-	return s.logRequests(s.requireAuth(r))
+	return s.logRequests(s.refuseCrossOrigin(s.requireAuth(r)))
 }
 
 // allowedMethods lists the methods that router serves for req's path.

@@ -23,6 +23,7 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
+	"github.com/locker-ci/locker/internal/statuspage"
 	"github.com/locker-ci/locker/internal/testutil"
 )
 
@@ -455,7 +456,7 @@ func checkWithoutJavaScript(t *testing.T, parent context.Context, base string, p
 		t.Fatal(err)
 	}
 	put("/lock/no-script", `{"key": "k", "lock_by": "a"}`)
-	took := waitForCard(t, ctx, "no-script", statusRefresh*time.Second+3*time.Second)
+	took := waitForCard(t, ctx, "no-script", statuspage.Refresh*time.Second+3*time.Second)
 	t.Logf("without JavaScript, a new lock appeared %v after it was taken", took.Round(10*time.Millisecond))
 	if mark, err := chromedp.Run(ctx, chromedp.AttributeValue(chromedp.CSS("body"), "data-loaded-once")); err != nil || mark.Exists {
 		t.Errorf("without JavaScript the page was not reloaded to refresh (mark %+v, %v)", mark, err)

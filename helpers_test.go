@@ -50,6 +50,7 @@ func serveTable(tab *enginetest.Table, path, user, pass string) *testServer {
 	s := &server{locks: tab.Engine, hub: tab.Hub, log: enginetest.DiscardLog, maxWait: config.DefaultMaxWait, maxTTL: config.DefaultMaxTTL, writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer,
 		metrics: metrics.New("test", metrics.Gauges{Table: func() metrics.TableStats { return metrics.TableStats{} }})}
 	s.keys = keyring.New(user, pass)
+	s.origins = http.NewCrossOriginProtection()
 	if err := s.reloadCredentials(context.Background()); err != nil {
 		panic(err)
 	}

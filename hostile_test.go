@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -83,4 +84,56 @@ func TestHugeRequestsAreRefused(t *testing.T) {
 			t.Errorf("a header of %d KiB = %d; want %d", h.size>>10, resp.StatusCode, h.want)
 		}
 	}
+}
+
+// TestChangesFromAnotherSitesPageAreRefused: a browser signed in to
+// Locker sends its credentials with every request to it, whichever page
+// makes the request; a change that a page of another site makes is
+// refused (403, nothing changed), while the page's own requests, reads,
+// and clients that are not browsers pass.
+func TestChangesFromAnotherSitesPageAreRefused(t *testing.T) {
+	forEachServer(t, func(t *testing.T, ts *testServer) {
+		ts.mustSend(t, request{"PUT", "/lock/prod", `{"key": "deploy", "lock_by": "ci"}`})
+		send := func(method, target, body string, header map[string]string) *httptest.ResponseRecorder {
+			req := httptest.NewRequest(method, target, strings.NewReader(body))
+			for k, v := range header {
+				req.Header.Set(k, v)
+			}
+			rec := httptest.NewRecorder()
+			ts.handler.ServeHTTP(rec, req)
+			return rec
+		}
+		crossSite := map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}
+		for _, tc := range []struct {
+			method, target, body string
+			header               map[string]string
+		}{
+			{"DELETE", "/lock/prod?force=true", `{"reason": "csrf"}`, crossSite},
+			{"DELETE", "/lock/prod", `{"key": "deploy"}`, map[string]string{"Sec-Fetch-Site": "same-site"}},
+			{"PUT", "/lock/other", `{"key": "k"}`, map[string]string{"Origin": "http://localhost:9999"}}, // an old browser: Origin alone
+			{"POST", "/credentials", `{"name": "evil", "grants": [{"role": "admin", "prefix": ""}]}`, crossSite},
+			{"PUT", "/pool/p", `{"members": ["a"]}`, crossSite},
+		} {
+			rec := send(tc.method, tc.target, tc.body, tc.header)
+			if rec.Code != http.StatusForbidden || !strings.Contains(errorOf(t, rec), "a page of another site may not change locks here") {
+				t.Errorf("%s %s from another site's page = %d %s; want 403 saying why", tc.method, tc.target, rec.Code, rec.Body)
+			}
+		}
+		if got := ts.locks(t); len(got) != 1 || got["prod"].Key != "deploy" {
+			t.Errorf("after refused cross-site requests, the locks are %v; want prod alone, as it was", got)
+		}
+		if rec := ts.send(t, request{"GET", "/pools", ""}); !strings.Contains(rec.Body.String(), "{}") {
+			t.Errorf("after a refused cross-site PUT /pool/p, GET /pools = %s; want none", rec.Body)
+		}
+		// Reads from anywhere, the page's own changes, and curl pass.
+		if rec := send("GET", "/lock/prod", "", crossSite); rec.Code != http.StatusOK {
+			t.Errorf("GET /lock/prod from another site's page = %d; want 200 (reads change nothing)", rec.Code)
+		}
+		if rec := send("PUT", "/lock/prod", `{"key": "deploy", "lock_by": "page"}`, map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://example.com"}); rec.Code != http.StatusOK {
+			t.Errorf("PUT from Locker's own page = %d %s; want 200", rec.Code, rec.Body)
+		}
+		if rec := send("DELETE", "/lock/prod?force=true", `{"reason": "done"}`, nil); rec.Code != http.StatusOK {
+			t.Errorf("DELETE ?force=true from curl (no Origin, no Sec-Fetch-Site) = %d %s; want 200", rec.Code, rec.Body)
+		}
+	})
 }

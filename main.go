@@ -90,6 +90,9 @@ Configuration is read from the environment:
   LOCKER_MAX_LOCKS_PER_REQUEST  the most locks PUT /locks may take at once
                       (default 64).
   LOCKER_METRICS_AUTH  false: serve /metrics without the basic auth.
+  LOCKER_TRUSTED_ORIGINS  other sites whose pages may change locks, e.g.
+                      https://dash.example.com (default: none; Locker's
+                      own status page always may).
   LOG_FORMAT     text (the default) or json, for every log line.
   LOG_LEVEL      debug, info (the default), warn or error.
   LOCKER_CHECKPOINT_BYTES  journal size before it is checkpointed into the
@@ -237,6 +240,10 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 	srv := &server{locks: locks, hub: hub, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
 		writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer, metrics: m, metricsOpen: !cfg.MetricsAuth}
 	srv.keys = keyring.New(cfg.User, cfg.Pass)
+	srv.origins = http.NewCrossOriginProtection()
+	for _, o := range cfg.TrustedOrigins {
+		_ = srv.origins.AddTrustedOrigin(o) // config.Load checked each
+	}
 	if cfg.CredentialsFile != "" {
 		file, err := keyring.ReadFile(cfg.CredentialsFile)
 		if err != nil {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/locker-ci/locker/internal/enginetest"
+	"github.com/locker-ci/locker/internal/statuspage"
 )
 
 func TestStatusPage(t *testing.T) {
@@ -44,7 +47,7 @@ func TestStatusPage(t *testing.T) {
 		"<code>&lt;b&gt;k&lt;/b&gt;</code>",
 		"<strong>&#34;&gt;&lt;img src=x&gt;</strong>",
 		// Held 7 h 12 min: over the 6 h threshold, it stands out.
-		`<article class="lock long" data-name="prod">` + "\n    <h2><span class=\"name\">prod</span> <span class=\"badge\">held over 6h</span></h2>",
+		`<article class="lock long" data-name="prod" data-card="lock prod">` + "\n    <h2><span class=\"name\">prod</span> <span class=\"badge\">held over 6h</span></h2>",
 		`token 1 · taken <time datetime="2026-11-25T09:00:00Z" title="2026-11-25T09:00:00Z">` + nbsp("7 h 12 min") + ` ago</time>`,
 		"<strong>pipeline-a/deploy</strong>\n        · no lease",
 		"· lease ends in " + nbsp("17 min") + " · javascript:alert(1)</li>",
@@ -101,7 +104,7 @@ func TestStatusPageQueueAndLimits(t *testing.T) {
 	enginetest.Queued(t, ctx, tab, "prod", "upgrade", "b")
 	clock.Advance(90 * time.Second)
 	body := ts.page(t, "/")
-	if !strings.Contains(body, "<li>b (key <code>upgrade</code>), waiting "+nbsp("1 min")+"</li>") {
+	if !strings.Contains(body, "<li>b (key <code>upgrade</code>), waiting "+nbsp("1 min")+"\n") {
 		t.Errorf("page does not show the queue:\n%s", body)
 	}
 	if !strings.Contains(body, "1 lock held, 1 request waiting, the longest for "+nbsp("1 min")+".") {
@@ -114,12 +117,12 @@ func TestStatusPageQueueAndLimits(t *testing.T) {
 		t.Errorf("page does not show the limit:\n%s", body)
 	}
 
-	for i := range statusMaxLocks + 5 {
+	for i := range statuspage.MaxLocks + 5 {
 		ts.mustSend(t, request{"PUT", fmt.Sprintf("/lock/many-%04d", i), `{"key": "k"}`})
 	}
 	body = ts.page(t, "/?q=many")
-	if got := len(cards(body)); got != statusMaxLocks {
-		t.Errorf("%d locks match: page shows %d; want %d", statusMaxLocks+5, got, statusMaxLocks)
+	if got := len(cards(body)); got != statuspage.MaxLocks {
+		t.Errorf("%d locks match: page shows %d; want %d", statuspage.MaxLocks+5, got, statuspage.MaxLocks)
 	}
 	if !strings.Contains(body, "5 more locks are not shown; filter to find them.") {
 		t.Errorf("page does not say how many locks it left out")
@@ -168,7 +171,7 @@ func TestStatusPagePolicyAllowsItsOwnScript(t *testing.T) {
 		if len(m) != 1 {
 			t.Fatalf("page has %d <%s> elements; want 1", len(m), tc.element)
 		}
-		if want := tc.directive + " '" + cspHash(m[0][1]) + "'"; !strings.Contains(policy, want) {
+		if want := tc.directive + " '" + sourceHash(m[0][1]) + "'"; !strings.Contains(policy, want) {
 			t.Errorf("Content-Security-Policy %q lacks %q", policy, want)
 		}
 	}
@@ -189,8 +192,8 @@ func TestStatusPageShowsPools(t *testing.T) {
 	body := ts.page(t, "/")
 	for _, want := range []string{
 		`<h2>Pool staging <span class="count">2 of 3 free</span></h2>`,
-		`<li class="held">&lt;i&gt;s3&lt;/i&gt; · e2e-77 (1), ` + nbsp("0 s") + ` ago</li>`,
-		`<li class="free">staging-1 · free</li>`,
+		`<li class="held" data-card="member &lt;i&gt;s3&lt;/i&gt;">&lt;i&gt;s3&lt;/i&gt; · e2e-77 (1), ` + nbsp("0 s") + ` ago</li>`,
+		`<li class="free" data-card="member staging-1">staging-1 · free`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q:\n%s", want, body)
@@ -218,10 +221,10 @@ func TestStatusPageOrdersByUrgency(t *testing.T) {
 		t.Errorf("cards = %q; want %q: held long, queue, lease ending, the rest", got, want)
 	}
 	for _, want := range []string{
-		`<article class="lock long" data-name="zz-held-long">`,
-		`<article class="lock queued" data-name="c-queue">` + "\n    " + `<h2><span class="name">c-queue</span> <span class="badge queue">1 waiting</span></h2>`,
-		`<article class="lock ending" data-name="b-lease-ends">` + "\n    " + `<h2><span class="name">b-lease-ends</span> <span class="badge lease">lease ends in ` + nbsp("5 min") + `</span></h2>`,
-		`<article class="lock" data-name="a-quiet">`,
+		`<article class="lock long" data-name="zz-held-long" data-card="lock zz-held-long">`,
+		`<article class="lock queued" data-name="c-queue" data-card="lock c-queue">` + "\n    " + `<h2><span class="name">c-queue</span> <span class="badge queue">1 waiting</span></h2>`,
+		`<article class="lock ending" data-name="b-lease-ends" data-card="lock b-lease-ends">` + "\n    " + `<h2><span class="name">b-lease-ends</span> <span class="badge lease">lease ends in ` + nbsp("5 min") + `</span></h2>`,
+		`<article class="lock" data-name="a-quiet" data-card="lock a-quiet">`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q:\n%s", want, body)
@@ -232,19 +235,19 @@ func TestStatusPageOrdersByUrgency(t *testing.T) {
 	}
 
 	// More locks than the page shows: the urgent ones, last by name, stay.
-	for i := range statusMaxLocks {
+	for i := range statuspage.MaxLocks {
 		ts.mustSend(t, request{"PUT", fmt.Sprintf("/lock/many-%04d", i), `{"key": "k"}`})
 	}
 	body = ts.page(t, "/")
 	got := cards(body)
-	if len(got) != statusMaxLocks || !slices.Equal(got[:3], []string{"zz-held-long", "c-queue", "b-lease-ends"}) || got[3] != "a-quiet" || got[len(got)-1] != "many-0495" {
-		t.Errorf("with %d locks the page shows %d, starting %q and ending %q; want the urgent three first, then the first by name", statusMaxLocks+4, len(got), got[:4], got[len(got)-1])
+	if len(got) != statuspage.MaxLocks || !slices.Equal(got[:3], []string{"zz-held-long", "c-queue", "b-lease-ends"}) || got[3] != "a-quiet" || got[len(got)-1] != "many-0495" {
+		t.Errorf("with %d locks the page shows %d, starting %q and ending %q; want the urgent three first, then the first by name", statuspage.MaxLocks+4, len(got), got[:4], got[len(got)-1])
 	}
 	if !strings.Contains(body, "4 more locks are not shown; filter to find them.") {
 		t.Errorf("page does not say it left out 4 locks")
 	}
 	if got := cards(ts.page(t, "/?sort=name")); slices.Contains(got, "zz-held-long") || got[0] != "a-quiet" {
-		t.Errorf("by name, the page shows %q...; want the first %d by name", got[:3], statusMaxLocks)
+		t.Errorf("by name, the page shows %q...; want the first %d by name", got[:3], statuspage.MaxLocks)
 	}
 }
 
@@ -290,4 +293,11 @@ func TestStatusPageAfterACancelledLogin(t *testing.T) {
 	if rec := ts.send(t, request{"GET", "/", ""}); rec.Code != http.StatusUnauthorized || !strings.Contains(errorOf(t, rec), "authentication required") {
 		t.Errorf("GET / from an API client without credentials = %d %s; want 401 with a JSON error", rec.Code, rec.Body)
 	}
+}
+
+// sourceHash returns the Content-Security-Policy source of an inline
+// script or style whose text is s.
+func sourceHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return "sha256-" + base64.StdEncoding.EncodeToString(sum[:])
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,6 +56,7 @@ type Config struct {
 	History           txn.History   // LOCKER_HISTORY events a lock, for LOCKER_HISTORY_AGE
 	LogJSON           bool          // LOG_FORMAT=json
 	MetricsAuth       bool          // /metrics behind the API's basic auth
+	TrustedOrigins    []string      // LOCKER_TRUSTED_ORIGINS: other sites whose pages may change locks
 	LogLevel          slog.Level
 	Warnings          []string // said in the log at start: variables that look misspelt
 }
@@ -104,6 +106,7 @@ func Load(environ []string) (Config, error) {
 	e.bytes("LOCKER_CHECKPOINT_BYTES", &cfg.CheckpointBytes)
 	e.countOrNone("LOCKER_HISTORY", &cfg.History.Events)
 	e.duration("LOCKER_HISTORY_AGE", &cfg.History.Age)
+	e.origins("LOCKER_TRUSTED_ORIGINS", &cfg.TrustedOrigins)
 	e.logging(&cfg)
 	if e.err != nil {
 		return Config{}, e.err
@@ -139,7 +142,7 @@ func isPlaceholder(pass string) bool {
 // and the tests'.
 var knownVariables = []string{
 	"LOCKER_CONFIG", "LOCKER_DATABASE_URL", "LOCKER_LISTEN", "LOCKER_MAX_WAIT", "LOCKER_DEFAULT_TTL", "LOCKER_MAX_TTL",
-	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_CHECKPOINT_BYTES", "LOCKER_HISTORY", "LOCKER_HISTORY_AGE",
+	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_TRUSTED_ORIGINS", "LOCKER_CHECKPOINT_BYTES", "LOCKER_HISTORY", "LOCKER_HISTORY_AGE",
 	"LOCKER_CREDENTIALS_FILE",
 	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
 	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
@@ -232,6 +235,18 @@ func (e *env) boolean(name string, dst *bool) {
 			return
 		}
 		*dst = b
+	}
+}
+
+// origins reads a list of origins (https://dash.example.com), separated
+// by commas or spaces.
+func (e *env) origins(name string, dst *[]string) {
+	for _, o := range strings.FieldsFunc(e.value(name), func(r rune) bool { return r == ',' || r == ' ' }) {
+		if err := http.NewCrossOriginProtection().AddTrustedOrigin(o); err != nil {
+			e.err = fmt.Errorf("%s: %q is not an origin: write a scheme and a host, and a port if not the scheme's, as https://dash.example.com:8443 (no path)", name, o)
+			return
+		}
+		*dst = append(*dst, o)
 	}
 }
 
