@@ -211,6 +211,9 @@ func notReady(err error) error {
 	if room := new(txn.NoRoomError); errors.As(err, &room) {
 		return fmt.Errorf("%w: %v on the disk that holds the state file; changes are taken again as soon as they fit; the server's log has the details", errNotReady, room)
 	}
+	if errors.Is(err, txn.ErrStandby) {
+		return fmt.Errorf("%w: %w", errNotReady, txn.ErrStandby)
+	}
 	if errors.Is(err, engine.ErrUnavailable) {
 		return fmt.Errorf("%w: the database cannot be reached, so changes are refused until it answers; the server's log has the details", errNotReady)
 	}

@@ -54,7 +54,11 @@ func openDatabase(ctx context.Context, url string, opts pgstore.Options, log *sl
 // changed a credential.
 func openStore(ctx context.Context, cfg config.Config, fsys atomicfile.FS, log *slog.Logger, m *metrics.Metrics, events func([]lock.Event), credentialsChanged func()) (engine.Store, error) {
 	if cfg.DatabaseURL != "" {
-		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History, Events: events, CredentialsChanged: credentialsChanged}, log)
+		s, err := openDatabase(ctx, cfg.DatabaseURL, pgstore.Options{History: cfg.History, Events: events, CredentialsChanged: credentialsChanged,
+			NewPrimary: func(old, now pgstore.Primary) {
+				log.Warn("the database is on a new primary (a failover, or a restored copy): fencing tokens, waiter and event IDs moved past any the old one may have handed out",
+					"was", old.String(), "now", now.String())
+			}}, log)
 		if err != nil {
 			return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
 		}

@@ -246,9 +246,17 @@ func checkHistory(tb testing.TB, cycle int, client *http.Client, url, name strin
 }
 
 func send(client *http.Client, method, url, body string) (int, string, error) {
+	return sendKeyed(client, method, url, body, "")
+}
+
+// sendKeyed sends a request with an Idempotency-Key, unless key is "".
+func sendKeyed(client *http.Client, method, url, body, key string) (int, string, error) {
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		return 0, "", err
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -1,6 +1,7 @@
 package blackbox
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -30,13 +31,13 @@ func TestLinearizable(t *testing.T) {
 	for _, locks := range []int{1, 10} {
 		t.Run(fmt.Sprintf("%d locks", locks), func(t *testing.T) {
 			checkLinearizable(t, d, lockModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
-				runClient(t, rec, c, lockNames(locks), url, "", stop)
+				runClient(t, rec, c, lockNames(locks), url, "", false, stop)
 			})
 		})
 	}
 	t.Run("sets of 2 locks and a pool of them", func(t *testing.T) {
 		checkLinearizable(t, d, setModel, func(rec *recorder, c int, url func() string, stop <-chan struct{}) {
-			runClient(t, rec, c, []string{"l0", "l1", bothLocks, pairPool}, url, "", stop)
+			runClient(t, rec, c, []string{"l0", "l1", bothLocks, pairPool}, url, "", false, stop)
 		})
 	})
 }
@@ -313,8 +314,12 @@ func (r *recorder) settle() {
 // gives, until stop: client c of eight, four keys, two clients each. The
 // name bothLocks is l0 and l1 at once (PUT and DELETE /locks). With wait,
 // one PUT in three waits that long in the lock's queue (to the model a PUT
-// like any other: granted, or refused, at some moment in its call).
-func runClient(t *testing.T, rec *recorder, c int, names []string, url func() string, wait string, stop <-chan struct{}) {
+// like any other: granted, or refused, at some moment in its call). With
+// resend, each change carries an Idempotency-Key, and one that gets no
+// answer, a 503 or a 409 (its first try still running) is sent again
+// with it, for up to a minute, as the CLI and the resource do: its
+// outcome is then known, and it took effect once.
+func runClient(t *testing.T, rec *recorder, c int, names []string, url func() string, wait string, resend bool, stop <-chan struct{}) {
 	r := rand.New(rand.NewPCG(uint64(c), 7))
 	// A client gives back what it holds before it takes again, so that
 	// locks change hands often.
@@ -355,7 +360,15 @@ func runClient(t *testing.T, rec *recorder, c int, names []string, url func() st
 		if in.Method == "PUT" && wait != "" && r.IntN(3) == 0 {
 			path += "?wait=" + wait
 		}
-		status, reply, err := send(client, in.Method, url()+path, body)
+		key := ""
+		if resend && in.Method != "GET" {
+			key = fmt.Sprintf("client-%d-op-%d", c, op.Call)
+		}
+		status, reply, err := sendKeyed(client, in.Method, url()+path, body, key)
+		for deadline := time.Now().Add(time.Minute); key != "" && (err != nil || status == http.StatusServiceUnavailable || status == http.StatusConflict) && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			status, reply, err = sendKeyed(client, in.Method, url()+path, body, key)
+		}
 		if status == http.StatusServiceUnavailable && strings.Contains(reply, "the change was not made") {
 			continue // the server is sure nothing happened: as if never sent
 		}
@@ -423,6 +436,27 @@ func (r *recorder) check(t *testing.T, d time.Duration, m porcupine.Nondetermini
 		}
 		dir, _ := os.MkdirTemp("", "locker-linearizability-state")
 		keep(dir)
+		// The history by call, and the shortest beginning of it that is
+		// already not linearizable: its last operation is where to look.
+		byCall := slices.SortedFunc(slices.Values(r.history), func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+		lo, hi := 1, len(byCall)
+		for lo < hi {
+			mid := (lo + hi) / 2
+			if porcupine.CheckOperations(model, byCall[:mid]) {
+				lo = mid + 1
+			} else {
+				hi = mid
+			}
+		}
+		var ops strings.Builder
+		for i, op := range byCall {
+			mark := ""
+			if i == lo-1 {
+				mark = "   <-- the history up to here is not linearizable"
+			}
+			fmt.Fprintf(&ops, "%8.3f %8.3f client %2d: %s%s\n", float64(op.Call)/1e9, float64(op.Return)/1e9, op.ClientId, m.DescribeOperation(op.Input, op.Output), mark)
+		}
+		_ = os.WriteFile(filepath.Join(dir, "history.txt"), []byte(ops.String()), 0o600)
 		t.Fatalf("history is not linearizable (%v): see %s; state and server logs kept in %s", res, out, dir)
 	}
 }

@@ -59,7 +59,7 @@ func TestLinearizableNodes(t *testing.T) {
 			defer mu.RUnlock()
 			return urls[c%3]
 		}
-		wg.Go(func() { runClient(t, rec, c, []string{"l0", "l1", bothLocks, pairPool}, node, "", stop) })
+		wg.Go(func() { runClient(t, rec, c, []string{"l0", "l1", bothLocks, pairPool}, node, "", false, stop) })
 	}
 	// Waiters on every node, on locks of their own: a killed node has
 	// some. Their history is not checked (a waiter granted as its node

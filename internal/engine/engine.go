@@ -179,6 +179,9 @@ func (e *Engine) fail(what string, err error) error {
 		return fmt.Errorf("%w: %w; look at it again, or send the request again with its Idempotency-Key", ErrUnavailable, ErrInDoubt)
 	case errors.Is(err, txn.ErrDropped):
 		return fmt.Errorf("%w: this node lost its place in the queue while it could not reach the database; ask again", ErrUnavailable)
+	case errors.Is(err, txn.ErrStandby):
+		e.log.Error("database request failed", "lock", what, "err", err)
+		return fmt.Errorf("%w: the change was not made, and the client may try again in a moment: %w", ErrUnavailable, txn.ErrStandby)
 	case errors.Is(err, txn.ErrUnavailable):
 		e.log.Error("database request failed", "lock", what, "err", err)
 		return fmt.Errorf("%w: the change was not made; try again in a moment", ErrUnavailable)

@@ -157,10 +157,10 @@ const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since
 func (t *tx) queueReads(b *pgx.Batch) {
 	b.Queue("SELECT date_trunc('milliseconds', clock_timestamp())")
 	if len(t.names) == 1 {
-		b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = $1 ORDER BY id`, t.names[0], deadAfter.String())
+		b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = $1 ORDER BY id`, t.names[0], t.s.deadAfter())
 		return
 	}
-	b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = ANY($1) ORDER BY id`, t.names, deadAfter.String())
+	b.Queue(`SELECT `+queueColumns+` FROM locker_queue WHERE name = ANY($1) ORDER BY id`, t.names, t.s.deadAfter())
 }
 
 // read reads the locks (unless they were read with the clock, by View),
@@ -297,7 +297,7 @@ func (s *Store) View(ctx context.Context, names []string, fn func(txn.Reader) er
 // queues (2,000 waiters each reading a queue of 2,000 every Recheck held
 // up the change that would grant them past its time).
 func (s *Store) Waiter(ctx context.Context, id int64, names []string) (map[string]txn.Waiter, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+queueColumns+` FROM locker_queue WHERE id = $3 AND ($1::text[] IS NULL OR name = ANY($1))`, names, deadAfter.String(), id)
+	rows, err := s.pool.Query(ctx, `SELECT `+queueColumns+` FROM locker_queue WHERE id = $3 AND ($1::text[] IS NULL OR name = ANY($1))`, names, s.deadAfter(), id)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}

@@ -143,6 +143,14 @@ var migrations = []string{
 	// 15: a waiter's priority: the queue is served by priority, then by
 	// ID.
 	`ALTER TABLE locker_queue ADD COLUMN priority int NOT NULL DEFAULT 0;`,
+
+	// 16: the primary the nodes last reached (primary.go): at another,
+	// the sequences move past what the old one may have handed out.
+	`CREATE TABLE locker_primary (
+		one boolean PRIMARY KEY DEFAULT true CHECK (one),
+		system text NOT NULL,
+		timeline bigint NOT NULL
+	);`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

@@ -68,6 +68,12 @@ type Store struct {
 	eventsTold    chan struct{}      // a node told of events (room for one)
 	toldAt        atomic.Int64       // when this node last told the others of events, in Unix nanoseconds
 	trimmedTo     int64              // the highest event ID when history was last trimmed; the heartbeats'
+	// reachedSince is since when (Unix nanoseconds) this node's heartbeats
+	// have reached the database without a miss; 0 while they miss. Only a
+	// node that has been beating for deadAfter judges others dead: after
+	// a failover, or an outage, every node's last beat is old, and
+	// the others need a beat or two of their own to show they are alive.
+	reachedSince atomic.Int64
 
 	mu       sync.Mutex                // guards watchers
 	watchers map[int64][]chan struct{} // this node's waiters, by ID
@@ -94,6 +100,10 @@ type Options struct {
 	// changed a credential, and every heartbeat: the credentials are to be
 	// read again. It must be quick.
 	CredentialsChanged func()
+	// NewPrimary, if set, is told when this node finds the database on a
+	// primary the table has not seen (a standby promoted), and moved the
+	// sequences past the old one's (primary.go).
+	NewPrimary func(old, now Primary)
 }
 
 // Open connects to the database at url, migrates its schema, and joins
@@ -113,6 +123,7 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	if _, set := cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !set {
 		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.Itoa(int(idleInTransaction.Milliseconds()))
 	}
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error { return followPrimary(ctx, conn, opts.NewPrimary) }
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
@@ -129,6 +140,7 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
+	s.reachedSince.Store(time.Now().UnixNano())
 	if s.onEvents != nil && s.keep.Events > 0 {
 		// The stream hands on the events committed from now on.
 		var last int64
@@ -162,6 +174,9 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 // down, or full): worth trying again, unlike a wrong password or a
 // database that does not exist.
 func Unreachable(err error) bool {
+	if errors.Is(err, txn.ErrStandby) {
+		return true // being promoted, perhaps: a failover at start
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
@@ -227,8 +242,10 @@ func (s *Store) heartbeats(ctx context.Context) {
 		case <-t.C:
 		}
 		if s.beat(ctx) != nil {
+			s.reachedSince.Store(0)
 			continue // the database is away; the next beat tries again
 		}
+		s.reachedSince.CompareAndSwap(0, time.Now().UnixNano())
 		_, _ = s.pool.Exec(ctx, "DELETE FROM locker_requests WHERE at < clock_timestamp() - $1::interval", idempotency.Retention.String())
 		s.sweep(ctx)
 		s.trimHistory(ctx)
@@ -267,7 +284,7 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 		rows, err := s.pool.Query(ctx, `SELECT DISTINCT name FROM locker_queue WHERE left_at IS NULL AND (node NOT IN
 			(SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $1::interval)
 			OR node = $2 AND NOT (id = ANY($3)) AND since < clock_timestamp() - $4::interval)`,
-			deadAfter.String(), s.node, s.watched(), orphanAfter.String())
+			s.deadAfter(), s.node, s.watched(), orphanAfter.String())
 		if err != nil {
 			continue
 		}
@@ -287,6 +304,17 @@ func (s *Store) Run(ctx context.Context, settle func(ctx context.Context, names 
 		}
 		_ = settle(ctx, sorted(append(names, expired...)))
 	}
+}
+
+// deadAfter returns how long a node may go without a heartbeat before
+// this node takes it for dead (an interval, as the queries take it):
+// deadAfter, once this node's own beats have reached the database for
+// that long; until then, never.
+func (s *Store) deadAfter() string {
+	if since := s.reachedSince.Load(); since == 0 || time.Since(time.Unix(0, since)) <= deadAfter {
+		return "100 years"
+	}
+	return deadAfter.String()
 }
 
 // orphanAfter is how long a waiter of this node may have no request

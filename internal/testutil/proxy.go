@@ -19,7 +19,7 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex // guards conns and down
+	mu    sync.Mutex // guards conns, down and target
 	conns map[net.Conn]bool
 	down  bool
 
@@ -51,13 +51,13 @@ func (p *Proxy) serve() {
 			return
 		}
 		p.mu.Lock()
-		down := p.down
+		down, target := p.down, p.target
 		p.mu.Unlock()
 		if down {
 			in.Close()
 			continue
 		}
-		out, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		out, err := net.DialTimeout("tcp", target, 5*time.Second)
 		if err != nil {
 			in.Close()
 			continue
@@ -136,6 +136,16 @@ func (p *Proxy) Outage(d time.Duration) {
 func (p *Proxy) Down() {
 	p.mu.Lock()
 	p.down = true
+	p.mu.Unlock()
+	p.Cut()
+}
+
+// MoveTo sends new connections to target from now on, and cuts those
+// to the old one: a DNS name or a load balancer that follows a database's
+// new primary (RDS, HAProxy over Patroni).
+func (p *Proxy) MoveTo(target string) {
+	p.mu.Lock()
+	p.target = target
 	p.mu.Unlock()
 	p.Cut()
 }

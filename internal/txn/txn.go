@@ -198,6 +198,12 @@ var (
 	// ErrDropped: a waiter is no longer in its queue (its node was taken
 	// for dead).
 	ErrDropped = errors.New("dropped from the queue")
+	// ErrStandby: the database server reached is a standby, in recovery,
+	// which takes no changes; nothing was changed. It comes with
+	// ErrUnavailable.
+	ErrStandby = errors.New("the database server is a standby (in recovery), which takes no changes: " +
+		"point LOCKER_DATABASE_URL at the primary, or name every server and add target_session_attrs=read-write " +
+		"(postgres://a:5432,b:5432/locker?target_session_attrs=read-write); see docs/nodes.md")
 )
 
 // NoRoomError: the disk is full, and the next change needs Need bytes

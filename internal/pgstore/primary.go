@@ -1,0 +1,106 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/locker-ci/locker/internal/txn"
+)
+
+// Following the primary through a failover. Every connection a node
+// makes is checked before it is used (followPrimary, the pool's
+// AfterConnect): a server in recovery (a standby) takes no changes, so a
+// connection to one is refused, and the pool tries again, on the next
+// host of a multi-host URL or on what the address points to next. And a
+// primary the table has not seen before (another timeline: a standby
+// promoted; another system: a restored copy) may lack the last commits
+// of the old one, if replication was asynchronous: the tokens, waiter
+// IDs and event IDs those commits took could be handed out again. So the
+// first connection to a new primary moves each of their sequences
+// forward by newPrimaryJump, before any is used: every token handed out
+// after a failover is above every token handed out before it, whatever
+// the standby received.
+
+// newPrimaryJump is how far the sequences move at a new primary: more
+// than a standby can ever have missed (2^40: 35 years of 1,000 grants a
+// second), and small enough that 8,192 failovers keep tokens below 2^53,
+// which every JSON reader (JavaScript's numbers) reads exactly.
+const newPrimaryJump = 1 << 40
+
+// Primary is which primary a node's connections reach: the database
+// system's identifier and its timeline.
+type Primary struct {
+	System   string
+	Timeline int64
+}
+
+// String says p for a log line.
+func (p Primary) String() string { return fmt.Sprintf("system %s, timeline %d", p.System, p.Timeline) }
+
+// followPrimary checks a new connection: to a primary, and, if to one
+// the table has not seen, moves the sequences past what the old one may
+// have handed out (onNew is told).
+func followPrimary(ctx context.Context, conn *pgx.Conn, onNew func(old, now Primary)) error {
+	var standby, migrated bool
+	var wal string
+	var now Primary
+	err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery(),
+		CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+		coalesce((SELECT system_identifier::text FROM pg_control_system()), ''),
+		to_regclass('locker_primary') IS NOT NULL`).Scan(&standby, &wal, &now.System, &migrated)
+	switch {
+	case err != nil:
+		return err
+	case standby:
+		return fmt.Errorf("%w (%s:%d)", txn.ErrStandby, conn.Config().Host, conn.Config().Port)
+	case !migrated:
+		return nil // migrate makes the table; the next connections look
+	}
+	// A WAL file's name begins with its timeline, in hex.
+	if len(wal) < 8 {
+		return fmt.Errorf("reading the database's timeline: WAL file name %q", wal)
+	}
+	if now.Timeline, err = strconv.ParseInt(wal[:8], 16, 64); err != nil {
+		return fmt.Errorf("reading the database's timeline from %q: %w", wal, err)
+	}
+	var seen Primary
+	err = conn.QueryRow(ctx, "SELECT system, timeline FROM locker_primary").Scan(&seen.System, &seen.Timeline)
+	if err == nil && seen == now {
+		return nil // the primary the table knows: the common case, one read
+	}
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// One connection moves the sequences; the others wait for its row
+		// lock, and find the primary known.
+		err := tx.QueryRow(ctx, "SELECT system, timeline FROM locker_primary FOR UPDATE").Scan(&seen.System, &seen.Timeline)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// The first look since the table was made: nothing was handed
+			// out on another primary that this one could lack.
+			_, err = tx.Exec(ctx, "INSERT INTO locker_primary (system, timeline) VALUES ($1, $2)", now.System, now.Timeline)
+			return err
+		case err != nil:
+			return err
+		case seen == now:
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `SELECT setval(s, coalesce(pg_sequence_last_value(s), 1) + $1)
+			FROM (VALUES ('locker_tokens'::regclass), (pg_get_serial_sequence('locker_queue', 'id')::regclass),
+				(pg_get_serial_sequence('locker_events', 'id')::regclass)) AS seqs (s)`, newPrimaryJump); err != nil {
+			return fmt.Errorf("moving the sequences past the old primary's: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE locker_primary SET system = $1, timeline = $2", now.System, now.Timeline); err != nil {
+			return err
+		}
+		if onNew != nil {
+			onNew(seen, now)
+		}
+		return nil
+	})
+}
