@@ -80,7 +80,7 @@ func NewCluster(tb testing.TB, sync bool) *Cluster {
 		"unix_socket_directories = '" + dir + "'",
 		"max_connections = 60", "shared_buffers = 16MB",
 		"wal_level = replica", "max_wal_senders = 4", "wal_keep_size = 64MB",
-		"fsync = off",           // a stop -m immediate loses nothing the kernel has; the machine does not crash
+		"fsync = off", // a stop -m immediate loses nothing the kernel has; the machine does not crash
 		"wal_sender_timeout = 5s", "wal_receiver_status_interval = 1s",
 	}
 	if sync {
