@@ -1,160 +1,25 @@
 package testutil
 
 import (
-	"bytes"
-	"io"
-	"net"
 	"net/url"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/locker-ci/locker/internal/tcpproxy"
 )
 
-// Proxy forwards TCP connections to a server, and can cut them all and
-// refuse new ones for a while: the database going away and coming back,
-// for the servers behind it, without stopping the database that other
-// tests use.
-type Proxy struct {
-	ln     net.Listener
-	target string
+// Proxy is a tcpproxy.Proxy that a test made.
+type Proxy = tcpproxy.Proxy
 
-	mu    sync.Mutex // guards conns, down and target
-	conns map[net.Conn]bool
-	down  bool
-
-	// dropCommit, when set, makes the next client message that holds a
-	// COMMIT reach the server, and its answer never reach the client.
-	dropCommit atomic.Bool
-}
-
-// NewProxy listens on the loopback and forwards to target (host:port).
+// NewProxy listens on the loopback and forwards to target (host:port),
+// until the test ends.
 func NewProxy(tb testing.TB, target string) *Proxy {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := tcpproxy.New(target)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	go p.serve()
-	tb.Cleanup(func() { ln.Close(); p.Cut() })
+	tb.Cleanup(p.Close)
 	return p
-}
-
-// Addr is the proxy's host:port.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *Proxy) serve() {
-	for {
-		in, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		down, target := p.down, p.target
-		p.mu.Unlock()
-		if down {
-			in.Close()
-			continue
-		}
-		out, err := net.DialTimeout("tcp", target, 5*time.Second)
-		if err != nil {
-			in.Close()
-			continue
-		}
-		p.track(in, out)
-		go p.toServer(in, out)
-		go p.pipe(out, in)
-	}
-}
-
-func (p *Proxy) track(conns ...net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range conns {
-		p.conns[c] = true
-	}
-}
-
-func (p *Proxy) pipe(from, to net.Conn) {
-	_, _ = io.Copy(to, from)
-	from.Close()
-	to.Close()
-}
-
-// toServer copies what the client sends to the server, and cuts the
-// connection right after a COMMIT when DropCommitAnswer asked for it.
-func (p *Proxy) toServer(from, to net.Conn) {
-	defer from.Close()
-	defer to.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := from.Read(buf)
-		if n > 0 {
-			if _, werr := to.Write(buf[:n]); werr != nil {
-				return
-			}
-			if bytes.Contains(buf[:n], []byte("COMMIT")) && p.dropCommit.CompareAndSwap(true, false) {
-				// The COMMIT is on its way; its answer is not: the client's
-				// side goes at once, the server's once it has had a moment
-				// to commit.
-				from.Close()
-				time.Sleep(50 * time.Millisecond)
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// DropCommitAnswer loses the answer to the next COMMIT that goes through
-// the proxy: the database commits, the client hears nothing, and its
-// connection is gone.
-func (p *Proxy) DropCommitAnswer() { p.dropCommit.Store(true) }
-
-// Cut closes every connection through the proxy.
-func (p *Proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-	}
-	clear(p.conns)
-}
-
-// Outage cuts every connection and refuses new ones for d.
-func (p *Proxy) Outage(d time.Duration) {
-	p.Down()
-	time.Sleep(d)
-	p.Up()
-}
-
-// Down cuts every connection and refuses new ones from now on: a node
-// cut off from the database, until Up.
-func (p *Proxy) Down() {
-	p.mu.Lock()
-	p.down = true
-	p.mu.Unlock()
-	p.Cut()
-}
-
-// MoveTo sends new connections to target from now on, and cuts those
-// to the old one: a DNS name or a load balancer that follows a database's
-// new primary (RDS, HAProxy over Patroni).
-func (p *Proxy) MoveTo(target string) {
-	p.mu.Lock()
-	p.target = target
-	p.mu.Unlock()
-	p.Cut()
-}
-
-// Up lets new connections through again.
-func (p *Proxy) Up() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
 }
 
 // ThroughProxy returns the URL of u through a proxy that can cut the
