@@ -74,7 +74,7 @@ func run() error {
 	flag.StringVar(&cfg.database, "database", "postgres://127.0.0.1:5432/test?sslmode=disable", "the PostgreSQL server of the postgres step (each run makes and drops a schema); \"\" skips the step")
 	flag.IntVar(&cfg.historyLocks, "history-locks", 100000, "locks in the history step's state files")
 	historyFlag := flag.String("history-events", "1,10", "events a lock in each of the history step's state files")
-	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, large, listing, sets, history, credentials); targets whose figures were not measured are not checked")
+	only := flag.String("only", "", "run only these steps, comma-separated (fsync, serial, parallel, contended, handoff, postgres, failover, large, listing, sets, history, credentials); targets whose figures were not measured are not checked")
 	flag.Parse()
 	if *noop {
 		return serveNoop(*noopDir, *noopDB, *noopWork)
@@ -128,6 +128,7 @@ func run() error {
 		{"contended", benchContended},
 		{"handoff", benchHandoff},
 		{"postgres (1 and 3 nodes, pgbench)", benchPostgres},
+		{"failover (a primary and its standby: the time to serve again, and synchronous replication's cost)", benchFailover},
 		{"large and restart", benchLarge},
 		{"listing (of a table of -listing locks)", benchListing},
 		{"sets (of two locks, against one)", benchSets},

@@ -38,6 +38,7 @@ type report struct {
 	HandoffP50Ms  figure             `json:"handoff_p50_ms"`
 	HandoffP99Ms  figure             `json:"handoff_p99_ms"`
 	Postgres      *pgFigures         `json:"postgres,omitempty"`
+	Failover      *failoverFigures   `json:"failover,omitempty"`
 	Large         []largeFigures     `json:"large"`
 	RestartMs     figure             `json:"restart_ms"`
 	RestartLocks  int                `json:"restart_locks"`
@@ -114,6 +115,14 @@ func (r *report) rows() [][3]string {
 		f("PostgreSQL, 3 nodes: the machine idle", pg.ThreeNodesIdle, 0)
 		f("PostgreSQL, handoff across nodes p50", pg.HandoffP50Ms, 3)
 		f("PostgreSQL, handoff across nodes p99", pg.HandoffP99Ms, 3)
+	}
+	if fo := r.Failover; fo != nil {
+		f("PostgreSQL failover, synchronous: primary stopped to first change served", fo.SyncServeAgainMs, 0)
+		f("  of which the promotion (pg_ctl promote -w)", fo.SyncPromoteMs, 0)
+		f("PostgreSQL failover, asynchronous: primary stopped to first change served", fo.AsyncServeAgainMs, 0)
+		f("  of which the promotion (pg_ctl promote -w)", fo.AsyncPromoteMs, 0)
+		f("PostgreSQL, 1 node, synchronous replication to a standby", fo.SyncRPS, 0)
+		f("PostgreSQL, 1 node, the same primary without a standby", fo.AloneRPS, 0)
 	}
 	for _, l := range r.Large {
 		name := fmt.Sprintf("large %d", l.Locks)
@@ -194,6 +203,10 @@ func (r *report) check() {
 		"%.2f x (%.0f of %.0f req/s)", r.ParallelRPS.Median/r.DurableRPS.Median, r.ParallelRPS.Median, r.DurableRPS.Median)
 	add("serial (1 client) >= 0.9 x the durable ceiling at 1 client", r.SerialRPS.Median >= 0.9*r.DurableOneRPS.Median, []figure{r.SerialRPS, r.DurableOneRPS},
 		"%.2f x (%.0f of %.0f req/s)", r.SerialRPS.Median/r.DurableOneRPS.Median, r.SerialRPS.Median, r.DurableOneRPS.Median)
+	if fo := r.Failover; fo != nil && len(fo.SyncRPS.Runs) > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("synchronous replication to a standby on the same machine: one node does %.2f x what it does on the same primary without a standby",
+			fo.SyncRPS.Median/fo.AloneRPS.Median))
+	}
 	if len(r.WorkingRPS.Runs) > 0 && len(r.ParallelRPS.Runs) > 0 {
 		r.Notes = append(r.Notes, fmt.Sprintf("the durable no-op doing only the work the issue keeps (decoding, two log lines, a reply) reaches %.2f x the durable ceiling; parallel is %.2f x it",
 			r.WorkingRPS.Median/r.DurableRPS.Median, r.ParallelRPS.Median/r.WorkingRPS.Median))

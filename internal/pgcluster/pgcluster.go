@@ -53,11 +53,21 @@ type Server struct {
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 
-// New makes and starts a primary and its standby. With sync, the primary
-// waits for the standby to have each commit (the standby named in
-// synchronous_standby_names); without it, replication is asynchronous,
-// the default. Close stops them and removes their folder.
-func New(sync bool) (c *Cluster, err error) {
+// Options say how the servers run.
+type Options struct {
+	// Sync: the primary waits for the standby to have each commit (the
+	// standby named in synchronous_standby_names); otherwise replication
+	// is asynchronous, PostgreSQL's default.
+	Sync bool
+	// Fsync: the servers sync their writes to the disk, as in production;
+	// otherwise they do not (fsync = off), which the tests need not: a
+	// server stopped with -m immediate loses nothing the kernel holds.
+	Fsync bool
+}
+
+// New makes and starts a primary and its standby. Close stops them and
+// removes their folder.
+func New(opts Options) (c *Cluster, err error) {
 	c = &Cluster{}
 	if c.bin, err = bin(); err != nil {
 		return nil, err
@@ -97,10 +107,12 @@ func New(sync bool) (c *Cluster, err error) {
 		"unix_socket_directories = '" + c.dir + "'",
 		"max_connections = 60", "shared_buffers = 16MB",
 		"wal_level = replica", "max_wal_senders = 4", "wal_keep_size = 64MB",
-		"fsync = off", // a stop -m immediate loses nothing the kernel has; the machine does not crash
 		"wal_sender_timeout = 5s", "wal_receiver_status_interval = 1s",
 	}
-	if sync {
+	if !opts.Fsync {
+		conf = append(conf, "fsync = off")
+	}
+	if opts.Sync {
 		conf = append(conf, "synchronous_standby_names = 'standby'", "synchronous_commit = on")
 	}
 	if err := appendConf(c.Primary, conf...); err != nil {
@@ -219,6 +231,19 @@ func (c *Cluster) Query(s *Server, sql string, dst ...any) error {
 	}
 	defer conn.Close(ctx)
 	return conn.QueryRow(ctx, sql).Scan(dst...)
+}
+
+// Exec runs sql on s.
+func (c *Cluster) Exec(s *Server, sql string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.URL(s))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
 }
 
 // URL returns the URL of the database postgres on the servers given, in

@@ -22,7 +22,7 @@ type Cluster struct {
 // saying so (failed under CI, which must run it).
 func NewCluster(tb testing.TB, sync bool) *Cluster {
 	tb.Helper()
-	c, err := pgcluster.New(sync)
+	c, err := pgcluster.New(pgcluster.Options{Sync: sync})
 	if errors.Is(err, pgcluster.ErrNotInstalled) {
 		msg := "this failover test did not run: " + err.Error()
 		if os.Getenv("CI") != "" {
