@@ -132,6 +132,13 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
+	// The connections made so far were checked before the table of
+	// primaries was there (a new database): say which primary this is now,
+	// so that the first connection to another moves the sequences.
+	if err := pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error { return followPrimary(ctx, c.Conn(), opts.NewPrimary) }); err != nil {
+		pool.Close()
+		return nil, err
+	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, onCredentials: opts.CredentialsChanged, watchers: map[int64][]chan struct{}{},
