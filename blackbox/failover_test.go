@@ -66,7 +66,7 @@ func failover(t *testing.T, synchronous bool) {
 	}
 	across := make(chan string, 1)
 	go func() {
-		status, body, err := sendKeyed(&http.Client{Timeout: 2 * time.Minute}, "PUT", nodes[1].URL+"/lock/across?wait=1m", `{"key": "after"}`, "across-1")
+		status, body, err := sendKeyed(&http.Client{Timeout: 11 * time.Minute}, "PUT", nodes[1].URL+"/lock/across?wait=10m", `{"key": "after"}`, "across-1")
 		across <- fmt.Sprintf("%d %s %v", status, body, err)
 	}()
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,6 +135,7 @@ func TestTheStreamMovesToAnotherNode(t *testing.T) {
 	const clients = 6
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	var madeOnA atomic.Int64 // changes node a made, which its stream sends
 	for c := range clients {
 		wg.Go(func() {
 			client := &http.Client{Timeout: 5 * time.Second}
@@ -155,6 +157,9 @@ func TestTheStreamMovesToAnotherNode(t *testing.T) {
 				status, _, err := send(client, method, fmt.Sprintf("%s/lock/n%d", node, c), `{"key": "k"}`)
 				if err == nil && status == http.StatusOK {
 					held += map[string]int{"PUT": 1, "DELETE": -1}[method]
+					if node == a.URL {
+						madeOnA.Add(1)
+					}
 				}
 				if err != nil && c%2 == 0 {
 					time.Sleep(10 * time.Millisecond) // its node is gone
@@ -163,7 +168,12 @@ func TestTheStreamMovesToAnotherNode(t *testing.T) {
 		})
 	}
 	var got []lock.Event
+	// Half a second of changes, and at least 20 on a (a busy machine's
+	// first half second may have none).
 	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); madeOnA.Load() < 20 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	a.Kill()
 	for _, e := range sa.Drain(5 * time.Second) {
 		if e.Kind == "" {

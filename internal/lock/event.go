@@ -48,6 +48,7 @@ const (
 	Expired  Kind = "expired"  // a holder's lease ran out
 	Forced   Kind = "forced"   // someone freed the lock whoever held it
 	Dropped  Kind = "dropped"  // a grant no request took up: its node was taken for dead
+	Ended    Kind = "ended"    // the CI build the hold belonged to ended (Reason says how)
 )
 
 // Ending is why the holds a change ends are ended, when it is not their

@@ -54,6 +54,10 @@ func AppendView(b []byte, name string, l Lock, queue []Waiting) []byte {
 			b = append(b, `,"note":`...)
 			b = AppendString(b, h.Note)
 		}
+		if h.Build != nil {
+			b = append(b, `,"build":`...)
+			b = h.Build.appendJSON(b)
+		}
 		b = append(b, '}')
 	}
 	b = append(b, `},"waiting":[`...)

@@ -49,7 +49,11 @@ func TestAppendViewIsEncodingJSON(t *testing.T) {
 	for range 2000 {
 		l := Lock{Key: str(), Token: rng.Uint64N(1 << 40), AcquiredAt: at(), Limit: rng.IntN(3)}
 		for i := range rng.IntN(4) {
-			l.Holders = append(l.Holders, Holder{Name: string(rune('a'+i)) + str(), Hold: Hold{Count: rng.IntN(5) + 1, Since: at(), ExpiresAt: at(), Note: str()}})
+			h := Holder{Name: string(rune('a'+i)) + str(), Hold: Hold{Count: rng.IntN(5) + 1, Since: at(), ExpiresAt: at(), Note: str()}}
+			if rng.IntN(3) == 0 {
+				h.Build = &Build{ID: rng.Int64N(1 << 40), Name: str(), Job: str(), Pipeline: str(), Team: str(), URL: str(), EndWith: Outcomes[:1+rng.IntN(len(Outcomes))]}
+			}
+			l.Holders = append(l.Holders, h)
 		}
 		var queue []Waiting
 		for range rng.IntN(3) {

@@ -42,6 +42,7 @@ type Hold struct {
 	Since     time.Time `json:"since,omitzero" yaml:"since,omitempty"`           // when it took its first count
 	ExpiresAt time.Time `json:"expires_at,omitzero" yaml:"expires_at,omitempty"` // when its lease runs out; zero when it has none
 	Note      string    `json:"note,omitempty" yaml:"note,omitempty"`            // what the requestor said about itself, e.g. a build URL
+	Build     *Build    `json:"build,omitempty" yaml:"build,omitempty"`          // the CI build the hold belongs to, if it said
 }
 
 // Waiting is one request in a lock's queue, as the API shows it.

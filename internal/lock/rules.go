@@ -6,6 +6,9 @@ import "time"
 type Request struct {
 	Key, Requestor, Note string
 	TTL                  time.Duration // lease from now; 0 leaves the holder's lease as it is
+	// Build is the CI build the request runs in; a hold takes the build of
+	// its latest request that names one.
+	Build *Build
 	// Named says the client gave its requestor's name. A request that did
 	// not is one more anonymous job with the key as its name, not the
 	// holder coming back: it must not bypass the queue.
@@ -56,6 +59,9 @@ func Give(l Lock, req Request, now time.Time, next func() uint64) Lock {
 	h.Count++
 	if req.Note != "" {
 		h.Note = req.Note
+	}
+	if req.Build != nil {
+		h.Build = req.Build
 	}
 	if req.TTL > 0 {
 		h.ExpiresAt = now.Add(req.TTL)

@@ -125,6 +125,11 @@ func encodeLock(ew *errWriter, name string, l lock.Lock) {
 		if h.Note != "" {
 			ew.printf("        note: %s\n", scalar(h.Note))
 		}
+		if h.Build != nil {
+			// JSON, which YAML reads as a flow mapping: one line.
+			raw, _ := json.Marshal(h.Build) // strings and numbers: it encodes
+			ew.printf("        build: %s\n", raw)
+		}
 	}
 }
 

@@ -334,6 +334,12 @@ func (p *parser) entry() (lock.Entry, bool) {
 				return e, false
 			}
 		}
+		if v, ok := p.field("        ", "build"); ok {
+			h.Build = new(lock.Build)
+			if json.Unmarshal([]byte(v), h.Build) != nil {
+				return e, false
+			}
+		}
 		e.Holders[r] = h
 	}
 	return e, true

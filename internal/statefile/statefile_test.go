@@ -63,7 +63,8 @@ func TestParseAgreesWithYAML(t *testing.T) {
 		{LastToken: 9, Locks: map[string]lock.Lock{
 			"a/b: c #d":       {Key: "yes", Token: 3, AcquiredAt: at, Holders: []lock.Holder{{Name: "123", Hold: lock.Hold{Count: 1, Since: at, Note: "line\nbreak \"quoted\" ü"}}}},
 			"line\nbreak\x00": {Key: "- not a list", Holders: []lock.Holder{{Name: "{}", Hold: lock.Hold{Count: 4, ExpiresAt: at.Add(time.Hour)}}}},
-			"plain.name/ok-1": {Key: "k", Token: 9, AcquiredAt: at, Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}, {Name: "b", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at, Note: "n"}}}},
+			"plain.name/ok-1": {Key: "k", Token: 9, AcquiredAt: at, Holders: []lock.Holder{{Name: "a", Hold: lock.Hold{Count: 1}}, {Name: "b", Hold: lock.Hold{Count: 2, Since: at, ExpiresAt: at, Note: "n",
+				Build: &lock.Build{ID: 17, Name: "3", Job: "hold: \"it\"", Pipeline: "p", Team: "main", URL: "https://ci.example.com/builds/17", EndWith: []string{"aborted", "errored"}}}}}},
 		}},
 		{LastToken: 1, Locks: map[string]lock.Lock{}, Credentials: testCredentials(at)},
 		{LastToken: 3, Locks: map[string]lock.Lock{}, LastEvent: 12, History: []lock.Event{

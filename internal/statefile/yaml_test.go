@@ -33,6 +33,16 @@ func fill(r *rand.Rand, v reflect.Value) {
 			f.SetUint(1 + r.Uint64N(1000))
 		case f.Kind() == reflect.Struct:
 			fill(r, f)
+		case f.Type() == reflect.TypeFor[*lock.Build]():
+			if r.IntN(2) == 0 {
+				b := new(lock.Build)
+				fill(r, reflect.ValueOf(b).Elem())
+				f.Set(reflect.ValueOf(b))
+			}
+		case f.Type() == reflect.TypeFor[[]string](): // a build's outcomes
+			if n := r.IntN(len(lock.Outcomes) + 1); n > 0 {
+				f.Set(reflect.ValueOf(lock.Outcomes[:n]))
+			}
 		case f.Type() == reflect.TypeFor[[]byte]():
 			f.SetBytes([]byte(randomString(r)))
 		case f.Kind() == reflect.Slice && f.Type() == reflect.TypeFor[[]lock.Holder]():
