@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/locker-ci/locker/internal/ci"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/jsonbody"
 	"github.com/locker-ci/locker/internal/keyring"
@@ -92,6 +94,9 @@ type server struct {
 	streamBuffer       int           // how many events a stream may fall behind before it is cut off
 	metrics            *metrics.Metrics
 	metricsOpen        bool // /metrics answers without credentials (LOCKER_METRICS_AUTH=false)
+	// builds ends the holds bound to CI builds that ended; nil without
+	// LOCKER_CONCOURSE_URL.
+	builds *ci.Watcher
 	// origins refuses changes that browsers send for other sites' pages
 	// (LOCKER_TRUSTED_ORIGINS are let in).
 	origins *http.CrossOriginProtection
@@ -202,7 +207,13 @@ func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, notReady(err))
 		return
 	}
-	s.writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
+	reply := map[string]string{"status": "ready"}
+	if s.builds != nil {
+		// Ready all the same: locks are served; only holds bound to
+		// builds wait to end.
+		reply["builds"] = cmp.Or(s.builds.Status(), "builds are looked up")
+	}
+	s.writeJSON(w, r, http.StatusOK, reply)
 }
 
 // notReady is /readyz's answer when the store cannot make a change

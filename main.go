@@ -42,6 +42,7 @@ import (
 
 	"github.com/locker-ci/locker/cli"
 	"github.com/locker-ci/locker/internal/atomicfile"
+	"github.com/locker-ci/locker/internal/ci"
 	"github.com/locker-ci/locker/internal/config"
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/gcfloor"
@@ -239,6 +240,11 @@ func serve(ctx context.Context, cfg config.Config, fsys atomicfile.FS, stderr io
 	}
 	srv := &server{locks: locks, hub: hub, log: log, maxWait: cfg.MaxWait, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, maxSet: cfg.MaxSet,
 		writeTimeout: defaultTimeouts.write, streamBuffer: defaultStreamBuffer, metrics: m, metricsOpen: !cfg.MetricsAuth}
+	if cfg.ConcourseURL != "" {
+		srv.builds = &ci.Watcher{Table: locks, Builds: ci.NewConcourse(cfg.ConcourseURL, cfg.ConcourseUser, cfg.ConcoursePassword),
+			Log: log, Leads: leads(store), Looked: m.LookedUpBuild, Ended: m.EndedWithBuild}
+		m.BuildLookupsFailing(func() bool { return srv.builds.Status() != "" })
+	}
 	srv.keys = keyring.New(cfg.User, cfg.Pass)
 	srv.origins = http.NewCrossOriginProtection()
 	for _, o := range cfg.TrustedOrigins {
@@ -304,6 +310,9 @@ func serveUntilDone(ctx context.Context, ln net.Listener, tlsConfig *tls.Config,
 	var loops sync.WaitGroup
 	loops.Go(func() { locks.Run(background) })
 	loops.Go(func() { srv.watchCredentials(background) })
+	if srv.builds != nil {
+		loops.Go(func() { srv.builds.Run(background) })
+	}
 	stopLoops := func() {
 		stopBackground()
 		loops.Wait()

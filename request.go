@@ -20,6 +20,7 @@ import (
 
 	"github.com/locker-ci/locker/internal/engine"
 	"github.com/locker-ci/locker/internal/jsonbody"
+	"github.com/locker-ci/locker/internal/lock"
 	"github.com/locker-ci/locker/internal/txn"
 )
 
@@ -49,7 +50,7 @@ var requestorFields = []string{"lock_by", "locked_by", "requestor"}
 // Anything else is refused, so that a misspelt field is not ignored.
 var (
 	bodyFields = map[string][]string{
-		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit", "supersede", "priority")...),
+		http.MethodPut:    append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "limit", "supersede", "priority", "build", "end_with_build")...),
 		http.MethodPatch:  append([]string{"key"}, append(requestorFields, "ttl")...),
 		http.MethodDelete: append([]string{"key"}, append(requestorFields, "all", "reason")...),
 	}
@@ -77,7 +78,7 @@ var (
 // claimFields the fields of its body.
 const claimPath = "/pool/<pool>/claim"
 
-var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count", "supersede", "priority")...)
+var claimFields = append([]string{"key"}, append(requestorFields, "ttl", "wait", "note", "count", "supersede", "priority", "build", "end_with_build")...)
 
 // maxPage is the most locks a page of GET /locks may ask for.
 const maxPage = 10000
@@ -260,6 +261,10 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 			return fmt.Errorf("%w: \"supersede\" must be true or false, e.g. {\"key\": \"deploy\", \"lock_by\": \"deploy-prod\", \"supersede\": true} with ?wait=30m", errBadRequest)
 		}
 	}
+	var err error
+	if req.Build, err = lock.DecodeBuild(fields["build"], fields["end_with_build"]); err != nil {
+		return fmt.Errorf("%w: %w", errBadRequest, err)
+	}
 	if raw, ok := fields["all"]; ok {
 		if err := json.Unmarshal(raw, &req.All); err != nil {
 			return fmt.Errorf("%w: \"all\" must be true or false, e.g. {\"key\": \"prod-cf\", \"all\": true}", errBadRequest)
@@ -276,7 +281,6 @@ func decodeFields(fields map[string]json.RawMessage, query url.Values, req *lock
 			return fmt.Errorf("%w: \"limit\" is the most holds the lock may have at once (a semaphore's permits), a whole number from 1 up, e.g. {\"key\": \"staging\", \"limit\": 3} (got %s)", errBadRequest, raw)
 		}
 	}
-	var err error
 	if req.TTL, err = jsonbody.Duration(fields, "ttl", false); err != nil {
 		return err
 	}

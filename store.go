@@ -49,6 +49,16 @@ func openDatabase(ctx context.Context, url string, opts pgstore.Options, log *sl
 	}
 }
 
+// leads returns what says whether this node looks up the builds of
+// build-bound holds: on PostgreSQL, the one node that holds the lead (see
+// pgstore.Store.Leads); with a state file, the one server.
+func leads(store engine.Store) func(context.Context) bool {
+	if s, ok := store.(interface{ Leads(context.Context) bool }); ok {
+		return s.Leads
+	}
+	return nil
+}
+
 // The store hands the events of each change, as it commits, to events.
 // On PostgreSQL, credentialsChanged is told when another node may have
 // changed a credential.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +58,9 @@ type Config struct {
 	LogJSON           bool          // LOG_FORMAT=json
 	MetricsAuth       bool          // /metrics behind the API's basic auth
 	TrustedOrigins    []string      // LOCKER_TRUSTED_ORIGINS: other sites whose pages may change locks
+	// LOCKER_CONCOURSE_URL, _USER and _PASSWORD: the Concourse whose builds
+	// end the holds bound to them.
+	ConcourseURL, ConcourseUser, ConcoursePassword string
 	LogLevel          slog.Level
 	Warnings          []string // said in the log at start: variables that look misspelt
 }
@@ -80,6 +84,11 @@ func Load(environ []string) (Config, error) {
 		Pass:        getenv("AUTH_PASS"),
 
 		CredentialsFile: getenv("LOCKER_CREDENTIALS_FILE"),
+
+		ConcourseURL:      getenv("LOCKER_CONCOURSE_URL"),
+		ConcourseUser:     getenv("LOCKER_CONCOURSE_USER"),
+		ConcoursePassword: getenv("LOCKER_CONCOURSE_PASSWORD"),
+
 		CertFile:        getenv("SSL_CERT"),
 		KeyFile:         getenv("SSL_KEY"),
 		MaxWait:         DefaultMaxWait,
@@ -120,11 +129,31 @@ func Load(environ []string) (Config, error) {
 	if err := bothOrNeither(vars, "SSL_CERT", "SSL_KEY"); err != nil {
 		return Config{}, err
 	}
+	if err := checkConcourse(cfg); err != nil {
+		return Config{}, err
+	}
 	if isPlaceholder(cfg.Pass) {
 		return Config{}, fmt.Errorf("AUTH_PASS is %q, the placeholder of an example file: anyone who has read it knows the password. Choose one of your own, e.g. AUTH_PASS=$(openssl rand -hex 16)", cfg.Pass)
 	}
 	cfg.Warnings = unknownVariables(vars)
 	return cfg, nil
+}
+
+// checkConcourse checks the Concourse settings: none, or a URL with a
+// user and a password.
+func checkConcourse(cfg Config) error {
+	switch {
+	case cfg.ConcourseURL == "" && (cfg.ConcourseUser != "" || cfg.ConcoursePassword != ""):
+		return errors.New("LOCKER_CONCOURSE_USER or LOCKER_CONCOURSE_PASSWORD is set without LOCKER_CONCOURSE_URL: set the Concourse's URL too (e.g. https://ci.example.com), or unset them")
+	case cfg.ConcourseURL == "":
+		return nil
+	case cfg.ConcourseUser == "" || cfg.ConcoursePassword == "":
+		return errors.New("LOCKER_CONCOURSE_URL is set without LOCKER_CONCOURSE_USER and LOCKER_CONCOURSE_PASSWORD: name a Concourse user (a local user, e.g. added with --add-local-user) that can see the teams' builds")
+	}
+	if u, err := url.Parse(cfg.ConcourseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("LOCKER_CONCOURSE_URL: %q is not an http(s) URL; write it as the browser shows it, e.g. https://ci.example.com", cfg.ConcourseURL)
+	}
+	return nil
 }
 
 // isPlaceholder reports whether pass is a password that example files
@@ -143,7 +172,7 @@ func isPlaceholder(pass string) bool {
 var knownVariables = []string{
 	"LOCKER_CONFIG", "LOCKER_DATABASE_URL", "LOCKER_LISTEN", "LOCKER_MAX_WAIT", "LOCKER_DEFAULT_TTL", "LOCKER_MAX_TTL",
 	"LOCKER_MAX_LOCKS_PER_REQUEST", "LOCKER_METRICS_AUTH", "LOCKER_TRUSTED_ORIGINS", "LOCKER_CHECKPOINT_BYTES", "LOCKER_HISTORY", "LOCKER_HISTORY_AGE",
-	"LOCKER_CREDENTIALS_FILE",
+	"LOCKER_CREDENTIALS_FILE", "LOCKER_CONCOURSE_URL", "LOCKER_CONCOURSE_USER", "LOCKER_CONCOURSE_PASSWORD",
 	"LOCKER_URL", "LOCKER_USER", "LOCKER_PASSWORD", "LOCKER_CA_CERT",
 	"LOCKER_TOKEN", "LOCKER_LOCK", "LOCKER_LOCKS",
 	"LOCKER_TEST_DATABASE_URL", "LOCKER_TEST_RESTART_POSTGRES", "LOCKER_STRESS", "LOCKER_CPU_PROFILE",

@@ -66,6 +66,8 @@ func Event(e lock.Event) string {
 		return "forced free by " + e.By + "; " + e.Holder + " had it" + held
 	case lock.Dropped:
 		return "the grant to " + e.Holder + " was given back: its node was taken for dead"
+	case lock.Ended:
+		return "ended with " + e.Reason + "; " + e.Holder + " had it" + held
 	}
 	return string(e.Kind) + " " + e.Holder
 }

@@ -1,10 +1,14 @@
 package lock
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Build is the CI build a hold belongs to (the Concourse resource sends
@@ -52,15 +56,15 @@ func (b *Build) Ends(outcome string) bool {
 	return b != nil && len(b.EndWith) > 0 && (outcome == Gone || slices.Contains(b.EndWith, outcome))
 }
 
-// String says which build, for a person: "build 17 (main/deploy/prod #3)".
-func (b *Build) String() string {
-	s := fmt.Sprintf("build %d", b.ID)
+// Ending says that the build ended as outcome, for a history:
+// "build 17 (aborted), main/deploy/prod #3".
+func (b *Build) Ending(outcome string) string {
+	s := fmt.Sprintf("build %d (%s)", b.ID, outcome)
 	if b.Job != "" {
-		s += " (" + strings.Join(slices.DeleteFunc([]string{b.Team, b.Pipeline, b.Job}, func(p string) bool { return p == "" }), "/")
+		s += ", " + strings.Join(slices.DeleteFunc([]string{b.Team, b.Pipeline, b.Job}, func(p string) bool { return p == "" }), "/")
 		if b.Name != "" {
 			s += " #" + b.Name
 		}
-		s += ")"
 	}
 	return s
 }
@@ -99,4 +103,50 @@ func (b *Build) appendJSON(dst []byte) []byte {
 		dst = append(dst, ']')
 	}
 	return append(dst, '}')
+}
+
+// buildExample is a request's build, for messages.
+const buildExample = `"build": {"id": 17, "name": "3", "job": "deploy", "pipeline": "prod", "team": "main", "url": "https://ci.example.com/teams/main/pipelines/prod/jobs/deploy/builds/3"}, "end_with_build": ["aborted", "errored"]`
+
+// DecodeBuild reads a request's "build" and "end_with_build" fields (raw
+// JSON; nil when absent): the build the hold belongs to, and true (for
+// DefaultEndWith), false, or the outcomes that end the hold.
+func DecodeBuild(build, endWith []byte) (*Build, error) {
+	var b Build
+	if len(build) == 0 || string(build) == "null" {
+		if len(endWith) > 0 && string(endWith) != "false" && string(endWith) != "null" && string(endWith) != "[]" {
+			return nil, fmt.Errorf("\"end_with_build\" needs \"build\", the build the hold belongs to (the Concourse resource sends it): %s", buildExample)
+		}
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(build))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil || b.ID <= 0 || dec.More() {
+		return nil, fmt.Errorf("\"build\" is an object with the CI system's build ID (a whole number above 0) and, if known, its name, job, pipeline, team and url, e.g. %s (got %s)", buildExample, build)
+	}
+	if len(b.EndWith) > 0 {
+		return nil, fmt.Errorf("the outcomes that end the hold go in \"end_with_build\", beside \"build\": %s", buildExample)
+	}
+	for _, s := range []string{b.Name, b.Job, b.Pipeline, b.Team, b.URL} {
+		if len(s) > 1024 || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
+			return nil, fmt.Errorf("\"build\" has a field over 1024 bytes long, not valid UTF-8, or with a control character: %q", s)
+		}
+	}
+	switch string(endWith) {
+	case "", "null", "false":
+	case "true":
+		b.EndWith = DefaultEndWith
+	default:
+		if err := json.Unmarshal(endWith, &b.EndWith); err != nil {
+			return nil, fmt.Errorf("\"end_with_build\" is true (for %s), false, or a list of the outcomes that end the hold, some of %s (got %s)",
+				strings.Join(DefaultEndWith, " and "), strings.Join(Outcomes, ", "), endWith)
+		}
+		if err := CheckEndWith(b.EndWith); err != nil {
+			return nil, err
+		}
+		if len(b.EndWith) == 0 {
+			b.EndWith = nil
+		}
+	}
+	return &b, nil
 }

@@ -35,6 +35,8 @@ type Metrics struct {
 	waited                                                           prometheus.Histogram
 	requests                                                         *prometheus.HistogramVec
 	syncSeconds, syncRecords, checkpointSeconds                      prometheus.Histogram
+	buildLookups                                                     *prometheus.CounterVec
+	endedWithBuild                                                   prometheus.Counter
 }
 
 // New returns the instruments, registered with the Go runtime's and the
@@ -53,6 +55,10 @@ func New(version string, g Gauges) *Metrics {
 	m.expiries = counter("locker_lease_expiries_total", "Holds released because their lease ran out.")
 	m.forced = counter("locker_forced_releases_total", "Locks freed with DELETE ?force=true.")
 	m.waitTimeouts = counter("locker_wait_timeouts_total", "Waits that ran out before a grant (answered 423).")
+	m.endedWithBuild = counter("locker_holds_ended_with_build_total", "Holds ended because the CI build they belonged to ended as they named.")
+	m.buildLookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "locker_build_lookups_total",
+		Help: "Lookups of the CI builds that holds belong to, by result: ok, or failed (unreachable, refused)."}, []string{"result"})
+	r.MustRegister(m.buildLookups)
 	m.waited = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "locker_wait_seconds", Help: "Time from joining a lock's queue to its grant.",
 		Buckets: []float64{.001, .01, .1, 1, 10, 60, 300, 900, 3600},
@@ -140,6 +146,34 @@ func (m *Metrics) Acquired(waited time.Duration, queued bool) {
 		m.waited.Observe(waited.Seconds())
 	}
 }
+
+// LookedUpBuild counts a lookup of a CI build, and whether it answered.
+func (m *Metrics) LookedUpBuild(ok bool) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if !ok {
+		result = "failed"
+	}
+	m.buildLookups.WithLabelValues(result).Inc()
+}
+
+// BuildLookupsFailing registers the gauge locker_build_lookups_failing,
+// which failing reads at each scrape.
+func (m *Metrics) BuildLookupsFailing(failing func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "locker_build_lookups_failing",
+		Help: "1 while the CI builds of build-bound holds cannot be looked up (no hold ends with its build meanwhile; see /readyz), 0 when they can."},
+		func() float64 {
+			if failing() {
+				return 1
+			}
+			return 0
+		}))
+}
+
+// EndedWithBuild counts a hold ended with its build.
+func (m *Metrics) EndedWithBuild() { m.add(func(m *Metrics) prometheus.Counter { return m.endedWithBuild }, 1) }
 
 // Refused counts a request answered 423 at once.
 func (m *Metrics) Refused() { m.add(func(m *Metrics) prometheus.Counter { return m.refusals }, 1) }

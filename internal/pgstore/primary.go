@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -103,4 +104,38 @@ func followPrimary(ctx context.Context, conn *pgx.Conn, onNew func(old, now Prim
 		}
 		return nil
 	})
+}
+
+// leadLock is the advisory lock of the node that leads: the one that does
+// what one node of several should (looking up the builds of build-bound
+// holds).
+const leadLock = migrationLock + 1
+
+// Leads reports whether this node leads: it holds the lead's advisory
+// lock on a connection of its own, taking it when no node has it. A node
+// whose connection breaks (or that stops) lets it go, and another takes
+// it within one of its looks.
+func (s *Store) Leads(ctx context.Context) bool {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if s.lead != nil {
+		if _, err := s.lead.Exec(ctx, "SELECT 1"); err == nil {
+			return true
+		}
+		s.lead.Hijack().Close(context.Background()) // the lock goes with the session
+		s.lead = nil
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return false
+	}
+	var took bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", leadLock).Scan(&took); err != nil || !took {
+		conn.Release()
+		return false
+	}
+	s.lead = conn
+	return true
 }

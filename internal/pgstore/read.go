@@ -150,7 +150,7 @@ var errRowGone = errors.New("a lock's row was deleted as it was locked")
 // queueColumns are the columns of a waiter's row that readQueue reads; a
 // waiter is abandoned when its node stopped beating (a place kept is not:
 // its client may ask again through another node).
-const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool, coalesce(credential, ''), coalesce(removed, ''), priority,
+const queueColumns = `id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool, coalesce(credential, ''), coalesce(removed, ''), priority, build,
 	left_at IS NULL AND node NOT IN (SELECT node FROM locker_nodes WHERE seen > clock_timestamp() - $2::interval)`
 
 // queueReads queues the reads of the clock and the named locks' queues.
@@ -221,9 +221,10 @@ func readQueue(rows pgx.Rows, queues map[string][]txn.Waiter) error {
 			left    *time.Time
 			granted []byte
 			pool    *string
+			build   []byte
 		)
 		if err := rows.Scan(&w.ID, &name, &w.Owner, &w.Req.Key, &w.Req.Requestor, &w.Req.Note, &ttl, &w.Req.Named,
-			&w.Since, &idem, &left, &granted, &w.Round, &w.Set, &w.Count, &pool, &w.Credential, &w.Removed, &w.Priority, &w.Abandoned); err != nil {
+			&w.Since, &idem, &left, &granted, &w.Round, &w.Set, &w.Count, &pool, &w.Credential, &w.Removed, &w.Priority, &build, &w.Abandoned); err != nil {
 			return err
 		}
 		w.Req.TTL, w.Since = time.Duration(ttl)*time.Millisecond, w.Since.UTC()
@@ -235,6 +236,12 @@ func readQueue(rows pgx.Rows, queues map[string][]txn.Waiter) error {
 		}
 		if left != nil {
 			w.Left = left.UTC()
+		}
+		if build != nil {
+			w.Req.Build = new(lock.Build)
+			if err := json.Unmarshal(build, w.Req.Build); err != nil {
+				return fmt.Errorf("a waiter's build for lock %q in the database: %w", name, err)
+			}
 		}
 		if granted != nil {
 			w.Granted = new(lock.Lock)

@@ -151,6 +151,9 @@ var migrations = []string{
 		system text NOT NULL,
 		timeline bigint NOT NULL
 	);`,
+
+	// 17: the CI build a waiting request runs in, for its hold.
+	`ALTER TABLE locker_queue ADD COLUMN build json;`,
 }
 
 // migrate brings the schema to the last version, under the advisory lock.

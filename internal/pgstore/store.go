@@ -85,6 +85,9 @@ type Store struct {
 
 	stop context.CancelFunc
 	done sync.WaitGroup
+
+	leadMu sync.Mutex    // guards lead
+	lead   *pgxpool.Conn // the connection that holds the lead (Leads); nil while another node has it
 }
 
 // Options are a node's settings beyond its database.
@@ -212,6 +215,12 @@ func (s *Store) Close(bool) error {
 	s.committing.Wait() // the transactions in flight end first
 	s.stop()
 	s.done.Wait()
+	s.leadMu.Lock()
+	if s.lead != nil {
+		s.lead.Hijack().Close(context.Background()) // lets the lead go at once
+		s.lead = nil
+	}
+	s.leadMu.Unlock()
 	// A node that leaves says so, so that locker migrate need not wait
 	// for its heartbeat to grow old (best effort: a node that cannot
 	// reach the database is taken for dead after a few seconds anyway).

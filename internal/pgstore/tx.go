@@ -404,14 +404,18 @@ func queueWaiter(b *pgx.Batch, row queueRow, node string) error {
 	if w.Pool != "" {
 		pool = &w.Pool
 	}
-	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool, credential, removed, priority)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, nullif($17, ''), nullif($18, ''), $19)
+	var build []byte
+	if w.Req.Build != nil {
+		build, _ = json.Marshal(w.Req.Build) // strings and numbers: it encodes
+	}
+	b.Queue(`INSERT INTO locker_queue (id, name, node, key, requestor, note, ttl_ms, named, since, idem, left_at, granted, round, set_of, claim_count, pool, credential, removed, priority, build)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, nullif($17, ''), nullif($18, ''), $19, $20)
 		ON CONFLICT (id, name) DO UPDATE SET node = excluded.node, key = excluded.key, requestor = excluded.requestor,
 			note = excluded.note, ttl_ms = excluded.ttl_ms, named = excluded.named, since = excluded.since,
 			idem = excluded.idem, left_at = excluded.left_at, granted = excluded.granted, round = excluded.round,
 			set_of = excluded.set_of, removed = excluded.removed`,
 		w.ID, row.name, w.Owner, w.Req.Key, w.Req.Requestor, w.Req.Note, w.Req.TTL.Milliseconds(), w.Req.Named,
-		w.Since, idem, left, granted, w.Round, w.Set, w.Count, pool, w.Credential, w.Removed, w.Priority)
+		w.Since, idem, left, granted, w.Round, w.Set, w.Count, pool, w.Credential, w.Removed, w.Priority, build)
 	return nil
 }
 
