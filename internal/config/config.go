@@ -61,8 +61,8 @@ type Config struct {
 	// LOCKER_CONCOURSE_URL, _USER and _PASSWORD: the Concourse whose builds
 	// end the holds bound to them.
 	ConcourseURL, ConcourseUser, ConcoursePassword string
-	LogLevel          slog.Level
-	Warnings          []string // said in the log at start: variables that look misspelt
+	LogLevel                                       slog.Level
+	Warnings                                       []string // said in the log at start: variables that look misspelt
 }
 
 // Load reads and checks the configuration in environ (KEY=VALUE
@@ -89,11 +89,11 @@ func Load(environ []string) (Config, error) {
 		ConcourseUser:     getenv("LOCKER_CONCOURSE_USER"),
 		ConcoursePassword: getenv("LOCKER_CONCOURSE_PASSWORD"),
 
-		CertFile:        getenv("SSL_CERT"),
-		KeyFile:         getenv("SSL_KEY"),
-		MaxWait:         DefaultMaxWait,
-		MaxTTL:          DefaultMaxTTL,
-		MaxSet:          DefaultMaxSet,
+		CertFile: getenv("SSL_CERT"),
+		KeyFile:  getenv("SSL_KEY"),
+		MaxWait:  DefaultMaxWait,
+		MaxTTL:   DefaultMaxTTL,
+		MaxSet:   DefaultMaxSet,
 
 		CheckpointBytes: filestore.DefaultCheckpointBytes,
 		MetricsAuth:     true,

@@ -173,7 +173,9 @@ func (m *Metrics) BuildLookupsFailing(failing func() bool) {
 }
 
 // EndedWithBuild counts a hold ended with its build.
-func (m *Metrics) EndedWithBuild() { m.add(func(m *Metrics) prometheus.Counter { return m.endedWithBuild }, 1) }
+func (m *Metrics) EndedWithBuild() {
+	m.add(func(m *Metrics) prometheus.Counter { return m.endedWithBuild }, 1)
+}
 
 // Refused counts a request answered 423 at once.
 func (m *Metrics) Refused() { m.add(func(m *Metrics) prometheus.Counter { return m.refusals }, 1) }
