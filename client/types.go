@@ -30,6 +30,20 @@ type Lock struct {
 	Waiting []Waiter `json:"waiting"`
 }
 
+// Build is a CI build: the one a request runs in, and that a hold
+// belongs to.
+type Build struct {
+	ID       int64  `json:"id"` // the CI system's ID (Concourse: BUILD_ID)
+	Name     string `json:"name,omitempty"`
+	Job      string `json:"job,omitempty"`
+	Pipeline string `json:"pipeline,omitempty"`
+	Team     string `json:"team,omitempty"`
+	URL      string `json:"url,omitempty"`
+	// EndWith are the outcomes that end the hold (shown by the server;
+	// a request says them in Request.EndWithBuild).
+	EndWith []string `json:"end_with,omitempty"`
+}
+
 // Hold is what one holder of a lock has.
 type Hold struct {
 	Count int `json:"count"` // as in LockedBy
@@ -39,6 +53,8 @@ type Hold struct {
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// Note is what the holder said about itself, e.g. a build's URL.
 	Note string `json:"note,omitempty"`
+	// Build is the CI build the hold belongs to, when its request said.
+	Build *Build `json:"build,omitempty"`
 }
 
 // Waiter is a request in a lock's queue.

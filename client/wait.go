@@ -49,6 +49,13 @@ type Request struct {
 	// Priority, on Lock, LockSet or Claim: a waiting request of higher
 	// priority is served before those of lower priority (default 0).
 	Priority int
+	// Build, on Lock, LockSet or Claim, is the CI build the request runs
+	// in: the hold belongs to it, and the server shows it.
+	Build *Build
+	// EndWithBuild, with Build, names the build outcomes that end the
+	// hold (e.g. aborted, errored), when the server can look the build up
+	// (LOCKER_CONCOURSE_URL); none for a hold that outlives its build.
+	EndWithBuild []string
 	// IdempotencyKey goes with every try, so that a retry after a lost
 	// reply is not counted twice. A call makes one when it is "": set it
 	// to carry one change across calls (e.g. across restarts of a program
@@ -68,9 +75,10 @@ const (
 	sendAll
 	sendSupersede
 	sendPriority
+	sendBuild
 
-	takeFields  = sendTTL | sendNote | sendLimit | sendSupersede | sendPriority
-	claimFields = sendTTL | sendNote | sendSupersede | sendPriority
+	takeFields  = sendTTL | sendNote | sendLimit | sendSupersede | sendPriority | sendBuild
+	claimFields = sendTTL | sendNote | sendSupersede | sendPriority | sendBuild
 )
 
 // body returns the JSON body of a change that sends r's key, requestor
@@ -97,6 +105,12 @@ func (r Request) body(send fields) map[string]any {
 	}
 	if send&sendPriority != 0 && r.Priority != 0 {
 		body["priority"] = r.Priority
+	}
+	if send&sendBuild != 0 && r.Build != nil {
+		body["build"] = r.Build
+		if len(r.EndWithBuild) > 0 {
+			body["end_with_build"] = r.EndWithBuild
+		}
 	}
 	return body
 }

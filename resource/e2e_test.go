@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +92,9 @@ type runningCmd struct {
 	done           chan struct{}
 }
 
-// startBinary starts the built command name in the background.
+// startBinary starts the built command name in the background, as
+// Concourse runs it (its BUILD_ variables set, BUILD_ID among them when
+// the test set buildID).
 func startBinary(tb testing.TB, name string, req any, args ...string) *runningCmd {
 	tb.Helper()
 	stdin, err := json.Marshal(req)
@@ -107,6 +110,9 @@ func startBinary(tb testing.TB, name string, req any, args ...string) *runningCm
 	rc.cmd.Env = []string{
 		"ATC_EXTERNAL_URL=https://ci.example.com", "BUILD_TEAM_NAME=main", "BUILD_PIPELINE_NAME=deploy",
 		"BUILD_JOB_NAME=" + name, "BUILD_NAME=1",
+	}
+	if buildID != "" {
+		rc.cmd.Env = append(rc.cmd.Env, "BUILD_ID="+buildID)
 	}
 	if err := rc.cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -579,5 +585,53 @@ func TestLockTakesALeaseByDefault(t *testing.T) {
 	mustSucceed(t, "lock with ttl: none", runBinary(t, "out", none))
 	if exp := ls.getLock(t, "prod", src).Holders["job-b"].ExpiresAt; !exp.IsZero() {
 		t.Errorf("a lock with ttl: none has a lease until %v; want none", exp)
+	}
+}
+
+// buildID, when set, is the BUILD_ID the commands run with (as in a
+// Concourse build); "" runs them without one, as by hand.
+var buildID string
+
+// TestAHoldEndsWithItsBuild: a put in build 17 with end_with_build takes
+// the lock bound to its build (GET /lock shows the build); the build is
+// aborted, and the server, which looks builds up in Concourse, ends the
+// hold: the next job's put, waiting meanwhile, gets the lock. Run by hand
+// (no BUILD_ID), the same put takes the lock as it always did, bound to
+// nothing.
+func TestAHoldEndsWithItsBuild(t *testing.T) {
+	fake := testutil.NewConcourse(t)
+	fake.SetBuild(17, "started")
+	ls := startLocker(t, "LOCKER_CONCOURSE_URL="+fake.URL, "LOCKER_CONCOURSE_USER="+fake.User, "LOCKER_CONCOURSE_PASSWORD="+fake.Password)
+	src := Source{LockerURI: ls.url, LockName: "prod"}
+	req := outReq(src, "lock", "deploy-17", "deploy/1")
+	req.Params.EndWithBuild = EndWith{"aborted", "errored"}
+	req.Params.TTL = "none"
+	buildID = "17"
+	mustSucceed(t, "put in build 17", runBinary(t, "out", req))
+	buildID = ""
+	got := ls.getLock(t, "prod", src)
+	b := got.Holders["deploy/1"].Build
+	if b == nil || b.ID != 17 || b.Job != "out" || b.Pipeline != "deploy" || b.Team != "main" || b.Name != "1" ||
+		b.URL != "https://ci.example.com/teams/main/pipelines/deploy/jobs/out/builds/1" || !slices.Equal(b.EndWith, []string{"aborted", "errored"}) {
+		t.Fatalf("the hold's build is %+v; want build 17 of main/deploy/out #1, ending with aborted or errored", b)
+	}
+	next := startBinary(t, "out", outReq(src, "lock", "deploy-18", "deploy/2"))
+	waitUntil(t, "the next put to queue", func() bool { return len(ls.getLock(t, "prod", src).Waiting) == 1 })
+	fake.SetBuild(17, "aborted")
+	mustSucceed(t, "the next put, after build 17 was aborted", next.wait(t))
+	if n := fake.Lookups(17); n < 1 {
+		t.Errorf("build 17 was looked up %d times", n)
+	}
+
+	// By hand: no build, and end_with_build says it does nothing here.
+	req = outReq(Source{LockerURI: ls.url, LockName: "by-hand"}, "lock", "k", "me")
+	req.Params.EndWithBuild = EndWith{"aborted"}
+	r := runBinary(t, "out", req)
+	mustSucceed(t, "put by hand", r)
+	if !strings.Contains(r.stderr, "runs outside a Concourse build") {
+		t.Errorf("a put by hand with end_with_build says:\n%s\nwant that the hold does not end with a build", r.stderr)
+	}
+	if h := ls.getLock(t, "by-hand", src).Holders["me"]; h.Build != nil {
+		t.Errorf("a put by hand recorded a build: %+v", h.Build)
 	}
 }

@@ -77,14 +77,18 @@ func Out(ctx context.Context, req OutRequest, dir string, env func(string) strin
 	if len(p.Locks) > 0 && !slices.Contains(p.Locks, name) {
 		return Response{}, fmt.Errorf("params.locks %q does not name the resource's own lock %q: add it (check and get report on it)", p.Locks, name)
 	}
+	take := p.take(env)
+	if len(p.EndWithBuild) > 0 && take.Build == nil && p.LockOp != "unlock" {
+		opts.Progress("params.end_with_build is set, but this step runs outside a Concourse build (BUILD_ID is not set): the hold does not end with a build")
+	}
 	var l client.Reply
 	switch {
 	case p.Claim:
-		name, l, err = claim(ctx, c, req.Source.Pool, p, buildNote(env), opts)
+		name, l, err = claim(ctx, c, req.Source.Pool, p, take, opts)
 	case len(p.Locks) > 0:
-		l, err = setOp(ctx, c, name, p, buildNote(env), opts)
+		l, err = setOp(ctx, c, name, p, take, opts)
 	case p.LockOp == "lock":
-		l, err = acquire(ctx, c, name, p, buildNote(env), opts)
+		l, err = acquire(ctx, c, name, p, take, opts)
 	default:
 		l, err = release(ctx, c, name, p, opts)
 	}
@@ -118,12 +122,11 @@ func Out(ctx context.Context, req OutRequest, dir string, env func(string) strin
 // setOp takes or gives back every lock in p.Locks in one change, and
 // returns the resource's own, name. An unlock that gave back nothing of
 // any fails, unless the params allow it, as for one lock.
-func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defaultNote string, o client.Options) (client.Reply, error) {
+func setOp(ctx context.Context, c *client.Client, name string, p OutParams, take client.Request, o client.Options) (client.Reply, error) {
 	names := slices.Sorted(slices.Values(p.Locks))
 	if p.LockOp == "lock" {
-		r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede, Priority: p.Priority}
 		o.Wait = true
-		views, err := c.LockSet(ctx, names, r, o)
+		views, err := c.LockSet(ctx, names, take, o)
 		if err != nil {
 			return client.Reply{}, err
 		}
@@ -148,10 +151,9 @@ func setOp(ctx context.Context, c *client.Client, name string, p OutParams, defa
 
 // claim claims a free member of pool, waiting for one until it is granted,
 // ctx is done, or the deadline (unless zero) passes, and returns its name.
-func claim(ctx context.Context, c *client.Client, pool string, p OutParams, defaultNote string, o client.Options) (string, client.Reply, error) {
-	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede, Priority: p.Priority}
+func claim(ctx context.Context, c *client.Client, pool string, p OutParams, take client.Request, o client.Options) (string, client.Reply, error) {
 	o.Wait = true
-	got, err := c.Claim(ctx, pool, 1, r, o)
+	got, err := c.Claim(ctx, pool, 1, take, o)
 	if err != nil {
 		return "", client.Reply{}, err
 	}
@@ -164,13 +166,12 @@ func claim(ctx context.Context, c *client.Client, pool string, p OutParams, defa
 
 // acquire takes the lock called name, waiting for it until it is granted,
 // ctx is done, or the deadline (unless zero) passes.
-func acquire(ctx context.Context, c *client.Client, name string, p OutParams, defaultNote string, o client.Options) (client.Reply, error) {
-	r := client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, defaultNote), Limit: p.Limit, Supersede: p.Supersede, Priority: p.Priority}
-	if r.TTL != "" && p.TTL == "" {
-		o.Progress(fmt.Sprintf("taking %q with a lease of %s, the default: set params.ttl for another, or ttl: none to hold it until it is unlocked", name, r.TTL))
+func acquire(ctx context.Context, c *client.Client, name string, p OutParams, take client.Request, o client.Options) (client.Reply, error) {
+	if take.TTL != "" && p.TTL == "" {
+		o.Progress(fmt.Sprintf("taking %q with a lease of %s, the default: set params.ttl for another, or ttl: none to hold it until it is unlocked", name, take.TTL))
 	}
 	o.Wait = true
-	l, err := c.Lock(ctx, name, r, o)
+	l, err := c.Lock(ctx, name, take, o)
 	if err == nil {
 		o.Progress(fmt.Sprintf("locked %q with key %q", name, p.Key))
 	}
@@ -202,6 +203,25 @@ func released(l client.Reply, name string, p OutParams, o client.Options) (clien
 	}
 	o.Progress(fmt.Sprintf("unlocked %q with key %q", name, p.Key))
 	return l, nil
+}
+
+// take is the request that takes the lock(s): the params, with the
+// build's URL as the default note, and the build the step runs in.
+func (p OutParams) take(env func(string) string) client.Request {
+	return client.Request{Key: p.Key, Requestor: p.requestor(), TTL: p.lease(), Note: cmp.Or(p.Note, buildNote(env)), Limit: p.Limit,
+		Supersede: p.Supersede, Priority: p.Priority, Build: buildOf(env), EndWithBuild: p.EndWithBuild}
+}
+
+// buildOf returns the build the step runs in, from the variables
+// Concourse sets for resources (BUILD_ID and the rest), or nil outside a
+// build (run by hand).
+func buildOf(env func(string) string) *client.Build {
+	id, err := strconv.ParseInt(env("BUILD_ID"), 10, 64)
+	if err != nil || id <= 0 {
+		return nil
+	}
+	return &client.Build{ID: id, Name: env("BUILD_NAME"), Job: env("BUILD_JOB_NAME"), Pipeline: env("BUILD_PIPELINE_NAME"),
+		Team: env("BUILD_TEAM_NAME"), URL: buildNote(env)}
 }
 
 // buildNote returns a link to the running build, from the variables

@@ -7,6 +7,7 @@ package resource
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -132,6 +133,34 @@ type OutParams struct {
 	// Priority, with lock_op: lock or claim, serves this put before the
 	// waiting ones of lower priority (default 0).
 	Priority int `json:"priority,omitempty"`
+	// EndWithBuild, with lock_op: lock or claim, ends the hold when the
+	// build this put runs in ends as named: true for aborted and errored,
+	// or a list (e.g. [aborted, errored, failed, succeeded] for a lock
+	// that must never outlive its build). Not for a lock handed on to a
+	// later job. The server needs LOCKER_CONCOURSE_URL to look builds up.
+	EndWithBuild EndWith `json:"end_with_build,omitempty"`
+}
+
+// EndWith are build outcomes that end a hold: params.end_with_build, as
+// true (aborted and errored), false, or a list.
+type EndWith []string
+
+// UnmarshalJSON reads true, false or a list of outcomes.
+func (e *EndWith) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case "true":
+		*e = EndWith{"aborted", "errored"}
+		return nil
+	case "false", "null":
+		*e = nil
+		return nil
+	}
+	var list []string
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf("params.end_with_build is true, false, or a list of build outcomes (succeeded, failed, errored, aborted), e.g. [aborted, errored]; got %s", b)
+	}
+	*e = list
+	return nil
 }
 
 // Response is what in and out write on stdout.

@@ -60,3 +60,26 @@ func nextToken(t *testing.T, s *Store) int64 {
 	}
 	return v
 }
+
+// TestOneNodeLeads: of two nodes, one leads; when it leaves, the other
+// takes the lead at its next look.
+func TestOneNodeLeads(t *testing.T) {
+	u := testURL(t)
+	ctx := context.Background()
+	a, err := Open(ctx, u, "a", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, u, "b", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(false)
+	if !a.Leads(ctx) || b.Leads(ctx) || !a.Leads(ctx) {
+		t.Fatalf("a leads %v, b leads %v; want a alone, as it asked first", a.Leads(ctx), b.Leads(ctx))
+	}
+	a.Close(false)
+	if !b.Leads(ctx) {
+		t.Errorf("b does not lead after a left")
+	}
+}
