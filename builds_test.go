@@ -89,6 +89,10 @@ func TestHoldsEndWithTheirBuild(t *testing.T) {
 			t.Errorf("GET /lock/kept = %s; want its holder's build", rec.Body)
 		}
 
+		if page := ts.page(t, "/?q=kept"); !strings.Contains(page, `<a class="build" href="https://ci.example.com/teams/main/pipelines/locker-e2e/jobs/hold-lock/builds/3" rel="noreferrer">build 18</a>, ends if it is aborted or errored`) {
+			t.Errorf("the status page does not link kept's hold to its build:\n%s", page)
+		}
+
 		// Concourse gone: nothing ends, and /readyz says so, ready all the
 		// same (locks are served).
 		fake.SetBuild(19, "aborted")

@@ -152,6 +152,15 @@ func writeLock(w io.Writer, name string, l client.Lock, now time.Time) {
 		if hold.Note != "" {
 			fmt.Fprintf(w, ", note: %s", oneLine(hold.Note))
 		}
+		if b := hold.Build; b != nil {
+			fmt.Fprintf(w, ", build %d", b.ID)
+			if len(b.EndWith) > 0 {
+				fmt.Fprintf(w, " (ends if the build is %s)", strings.Join(b.EndWith, " or "))
+			}
+			if b.URL != "" && b.URL != hold.Note {
+				fmt.Fprintf(w, ": %s", oneLine(b.URL))
+			}
+		}
 		fmt.Fprintln(w)
 	}
 	for i, q := range l.Waiting {

@@ -3,6 +3,7 @@ package statuspage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -50,6 +51,9 @@ type holderLine struct {
 	Note        string
 	NoteURL     string // Note, when it is an http(s) URL to link to
 	Reservation bool   // a person's reservation, which the page offers to give back
+	Build       string // the CI build it belongs to, e.g. "build 17", or ""
+	BuildURL    string // the build's page, when it is an http(s) URL
+	EndsWith    string // the build outcomes that end it, e.g. "aborted or errored"
 }
 
 // waiterLine is one request in a lock's queue.
@@ -178,6 +182,9 @@ func (p *Page) lock(name string, l engine.Snapshot) lockCard {
 	}
 	for _, h := range l.Holders {
 		hl := holderLine{Name: h.Name, Count: h.Count, Note: h.Note, NoteURL: humane.Link(h.Note), Reservation: reservation(l.Key)}
+		if b := h.Build; b != nil {
+			hl.Build, hl.BuildURL, hl.EndsWith = fmt.Sprintf("build %d", b.ID), humane.Link(b.URL), strings.Join(b.EndWith, " or ")
+		}
 		if !h.Since.IsZero() {
 			hl.Since = humane.Duration(p.Now.Sub(h.Since))
 		}
