@@ -91,6 +91,9 @@ Configuration is read from the environment:
   LOCKER_MAX_LOCKS_PER_REQUEST  the most locks PUT /locks may take at once
                       (default 64).
   LOCKER_METRICS_AUTH  false: serve /metrics without the basic auth.
+  LOCKER_CONCOURSE_URL  with LOCKER_CONCOURSE_USER and _PASSWORD: the
+                      Concourse whose builds end the holds bound to them
+                      (end_with_build).
   LOCKER_TRUSTED_ORIGINS  other sites whose pages may change locks, e.g.
                       https://dash.example.com (default: none; Locker's
                       own status page always may).
