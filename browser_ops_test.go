@@ -21,10 +21,7 @@ import (
 // signed-in browser.
 func TestOperatorsActFromTheStatusPage(t *testing.T) {
 	ctx, problems := browser(t)
-	ts, _, _ := statusServer(t, "ci", "s3cret")
-	srv := httptest.NewServer(ts.handler)
-	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() }) // the page's stream stays open
-	ls := &liveServer{url: srv.URL, client: &http.Client{Timeout: 10 * time.Second}}
+	ls, _ := liveStatusServer(t)
 	auth := []string{"ci", "s3cret"}
 	must := func(method, path, body string) []byte {
 		t.Helper()

@@ -162,10 +162,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// and the others for none, whatever the machine's speed: the page
 	// re-renders as the test goes on, and real seconds make any
 	// threshold between their ages pass while it looks.
-	ts, _, clock := statusServer(t, "ci", "s3cret")
-	srv := httptest.NewServer(ts.handler)
-	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() }) // the page's stream stays open
-	ls := &liveServer{url: srv.URL, client: &http.Client{Timeout: 10 * time.Second}}
+	ls, clock := liveStatusServer(t)
 	auth := []string{"ci", "s3cret"}
 	put := func(path, body string) {
 		t.Helper()
@@ -288,6 +285,17 @@ func TestStatusPageInBrowser(t *testing.T) {
 	checkWithoutJavaScript(t, ctx, base, put)
 	checkAReadCredential(t, ctx, ls, auth)
 	screenshotABoard(t, ctx)
+}
+
+// liveStatusServer serves the real router, over a table whose clock the
+// test moves, on a port of its own and behind the credential ci:s3cret,
+// until the test ends.
+func liveStatusServer(t *testing.T) (*liveServer, *testutil.FakeClock) {
+	t.Helper()
+	ts, _, clock := statusServer(t, "ci", "s3cret")
+	srv := httptest.NewServer(ts.handler)
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() }) // the page's stream stays open
+	return &liveServer{url: srv.URL, client: &http.Client{Timeout: 10 * time.Second}}, clock
 }
 
 // checkAReadCredential signs in, in a tab of its own, as a credential

@@ -223,18 +223,19 @@ func (c *Cluster) WaitStreaming() error {
 
 // Query runs sql on s and scans its one row into dst.
 func (c *Cluster) Query(s *Server, sql string, dst ...any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, c.URL(s))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	return conn.QueryRow(ctx, sql).Scan(dst...)
+	return c.on(s, func(ctx context.Context, conn *pgx.Conn) error { return conn.QueryRow(ctx, sql).Scan(dst...) })
 }
 
 // Exec runs sql on s.
 func (c *Cluster) Exec(s *Server, sql string) error {
+	return c.on(s, func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, sql)
+		return err
+	})
+}
+
+// on runs fn on a connection of its own to s, for up to 10 s.
+func (c *Cluster) on(s *Server, fn func(context.Context, *pgx.Conn) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, c.URL(s))
@@ -242,8 +243,7 @@ func (c *Cluster) Exec(s *Server, sql string) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, sql)
-	return err
+	return fn(ctx, conn)
 }
 
 // URL returns the URL of the database postgres on the servers given, in
