@@ -231,9 +231,17 @@ func (s *Store) Close(bool) error {
 	return nil
 }
 
-// Ready reports whether the database answers.
+// Ready reports whether the database answers, and takes changes. A
+// connection that broke while idle (a failover, a proxy that moved) fails
+// its ping and is closed; once they are gone, a try makes a new one,
+// checked as every new one is (followPrimary), so that a standby is told
+// as such.
 func (s *Store) Ready(ctx context.Context) error {
-	if err := s.pool.Ping(ctx); err != nil {
+	err := s.pool.Ping(ctx)
+	for try := 0; err != nil && !errors.Is(err, txn.ErrStandby) && ctx.Err() == nil && try < int(s.pool.Config().MaxConns); try++ {
+		err = s.pool.Ping(ctx) // each broken idle connection fails one ping, and is closed
+	}
+	if err != nil {
 		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 	}
 	return nil
