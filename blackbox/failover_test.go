@@ -88,7 +88,7 @@ func failover(t *testing.T, synchronous bool) {
 		url := nodes[n].URL
 		wg.Go(func() { runWaiter(n, func() string { return url }, stop) })
 	}
-	d := 4 * time.Second
+	d := 2 * time.Second
 	time.Sleep(d)
 	cut := rec.now()
 	if !synchronous {
