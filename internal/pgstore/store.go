@@ -86,6 +86,10 @@ type Store struct {
 	stop context.CancelFunc
 	done sync.WaitGroup
 
+	// standbyAt is when a new connection last reached a standby (Unix
+	// ns), for Ready: a connection attempt that is slow to fail says so.
+	standbyAt *atomic.Int64
+
 	leadMu sync.Mutex    // guards lead
 	lead   *pgxpool.Conn // the connection that holds the lead (Leads); nil while another node has it
 }
@@ -126,7 +130,14 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	if _, set := cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !set {
 		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.Itoa(int(idleInTransaction.Milliseconds()))
 	}
-	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error { return followPrimary(ctx, conn, opts.NewPrimary) }
+	standbyAt := new(atomic.Int64) // when a new connection last reached a standby (Unix ns)
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		err := followPrimary(ctx, conn, opts.NewPrimary)
+		if errors.Is(err, txn.ErrStandby) {
+			standbyAt.Store(time.Now().UnixNano())
+		}
+		return err
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("LOCKER_DATABASE_URL: %w", err)
@@ -144,7 +155,7 @@ func Open(ctx context.Context, url, name string, opts Options) (*Store, error) {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	s := &Store{pool: pool, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, onCredentials: opts.CredentialsChanged, watchers: map[int64][]chan struct{}{},
+	s := &Store{pool: pool, standbyAt: standbyAt, node: name + "-" + hex.EncodeToString(suffix), keep: opts.History, onEvents: opts.Events, onCredentials: opts.CredentialsChanged, watchers: map[int64][]chan struct{}{},
 		eventsTold: make(chan struct{}, 1), jobs: make(chan *job), closing: make(chan struct{})}
 	if err := s.beat(ctx); err != nil {
 		pool.Close()
@@ -240,6 +251,11 @@ func (s *Store) Ready(ctx context.Context) error {
 	err := s.pool.Ping(ctx)
 	for try := 0; err != nil && !errors.Is(err, txn.ErrStandby) && ctx.Err() == nil && try < int(s.pool.Config().MaxConns); try++ {
 		err = s.pool.Ping(ctx) // each broken idle connection fails one ping, and is closed
+	}
+	if err != nil && !errors.Is(err, txn.ErrStandby) && time.Since(time.Unix(0, s.standbyAt.Load())) < 10*time.Second {
+		// The attempts of the last seconds reached a standby: this one,
+		// cut short by ctx, is likely to, too.
+		err = fmt.Errorf("%w (the connections of the last seconds reached one; this try: %w)", txn.ErrStandby, err)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
