@@ -121,11 +121,19 @@ func TestOperatorsActFromTheStatusPage(t *testing.T) {
 	giveBack := `article[data-card="lock staging"] form.op.inline button`
 	waitOnPage(t, ctx, "staging's Give back", `!!document.querySelector('`+giveBack+`')`)
 	click(t, ctx, giveBack)
-	if said := actedText(t, ctx); !strings.HasPrefix(said, "Done:") {
+	said = actedText(t, ctx)
+	if !strings.HasPrefix(said, "Done:") {
 		t.Errorf("giving staging back says %q; want done", said)
 	}
-	if _, held := ls.listLocks(t, auth...)["staging"]; held {
-		t.Errorf("staging is still held after its reservation was given back")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		l, held := ls.listLocks(t, auth...)["staging"]
+		if !held {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("staging is still held 10 s after its reservation was given back (the page said %q): %+v", said, l)
+			break
+		}
 	}
 
 	// A pool's free member is reserved from its line, under the name the
