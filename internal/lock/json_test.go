@@ -65,3 +65,51 @@ func TestAppendViewIsEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendLockAndEventAreEncodingJSON: the journal's appenders write
+// what encoding/json writes (HTML escaping off), for random locks and
+// events with odd strings.
+func TestAppendLockAndEventAreEncodingJSON(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	str := func() string { return oddStrings[rng.IntN(len(oddStrings))] }
+	at := func() time.Time {
+		if rng.IntN(3) == 0 {
+			return time.Time{}
+		}
+		return time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC).Add(time.Duration(rng.Int64N(int64(time.Hour))))
+	}
+	encode := func(v any) []byte {
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(v); err != nil {
+			t.Fatal(err)
+		}
+		return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	}
+	if got, want := AppendLock(nil, nil), encode((*Lock)(nil)); !bytes.Equal(got, want) {
+		t.Fatalf("AppendLock(nil) = %s; encoding/json writes %s", got, want)
+	}
+	for range 2000 {
+		l := &Lock{Key: str(), Token: rng.Uint64N(1 << 40), AcquiredAt: at(), Limit: rng.IntN(3)}
+		for i := range rng.IntN(4) {
+			h := Holder{Name: string(rune('a'+i)) + str(), Hold: Hold{Count: rng.IntN(5) + 1, Since: at(), ExpiresAt: at(), Note: str()}}
+			if rng.IntN(3) == 0 {
+				h.Build = &Build{ID: rng.Int64N(1 << 40), Name: str(), URL: str(), EndWith: Outcomes[:1+rng.IntN(len(Outcomes))]}
+			}
+			l.Holders = append(l.Holders, h)
+		}
+		if got, want := AppendLock(nil, l), encode(l); !bytes.Equal(got, want) {
+			t.Fatalf("AppendLock = %s\nencoding/json writes %s", got, want)
+		}
+		e := Event{ID: rng.Uint64N(1 << 50), Lock: str(), At: at(), Kind: Kind(str()), Holder: str(), Key: str(), Token: rng.Uint64N(3),
+			Counts: rng.IntN(4), Note: str(), Waited: Duration(rng.Int64N(3) * rng.Int64N(int64(time.Hour))), Held: Duration(rng.Int64N(2) * rng.Int64N(int64(48*time.Hour))),
+			By: str(), Reason: str(), Credential: str()}
+		if rng.IntN(2) == 0 {
+			e.Note, e.By, e.Reason, e.Credential = "", "", "", ""
+		}
+		if got, want := AppendEvent(nil, e), encode(e); !bytes.Equal(got, want) {
+			t.Fatalf("AppendEvent = %s\nencoding/json writes %s", got, want)
+		}
+	}
+}

@@ -69,12 +69,10 @@ func Encode(w io.Writer, st State) error {
 		// One event a line, as JSON (a YAML flow mapping): a history is
 		// read back far more often by this package than by a person.
 		ew.printf("history:\n")
+		var line []byte
 		for _, e := range st.History {
-			line, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			ew.printf("  - %s\n", line)
+			line = lock.AppendEvent(append(line[:0], "  - "...), e)
+			ew.printf("%s\n", line)
 		}
 	}
 	if len(st.Requests) > 0 {

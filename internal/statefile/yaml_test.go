@@ -55,7 +55,7 @@ func fill(r *rand.Rand, v reflect.Value) {
 
 // randomString returns a name with YAML's awkward characters now and then.
 func randomString(r *rand.Rand) string {
-	const alphabet = "abcXYZ09 -_./:#{}[]\"'\\\n\tü✓"
+	const alphabet = "abcXYZ09 -_./:#{}[]\"'\\\n\tü✓&<>\u2028"
 	b := make([]rune, 1+r.IntN(12))
 	letters := []rune(alphabet)
 	for i := range b {
