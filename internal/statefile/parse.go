@@ -45,7 +45,9 @@ func parse(data []byte) (document, bool) {
 		}
 		doc.LastEvent = n
 	}
-	doc.Locks = map[string]lock.Entry{}
+	// Each lock has one key line: counting them (a fast scan) sizes the
+	// map once, instead of growing it through every size on the way.
+	doc.Locks = make(map[string]lock.Entry, bytes.Count(data, []byte("\n    key: ")))
 	switch line := p.next(); string(line) {
 	case "locks: {}":
 		return doc, p.pools(&doc) && p.credentials(&doc) && p.history(&doc) && p.requests(&doc)
