@@ -66,6 +66,9 @@ type document struct {
 	Credentials []access.Credential   `yaml:"credentials,omitempty"`
 	History     []lock.Event          `yaml:"history,omitempty"`
 	Requests    []idempotency.Entry   `yaml:"requests,omitempty"`
+	// fast are the locks as the fast parser reads them, in name order,
+	// instead of Locks.
+	fast []fastLock
 }
 
 // Decode parses a state file: this server's YAML, or the original locker's
@@ -106,6 +109,15 @@ func Decode(data []byte) (State, error) {
 			return State{}, fmt.Errorf("\"version: %d\" is not a format this locker reads (it reads version %d)", doc.Version, Version)
 		}
 		entries, st.LastToken, st.Seq, st.Requests = doc.Locks, doc.LastToken, doc.Seq, doc.Requests
+		if doc.fast != nil {
+			st.Locks = make(map[string]lock.Lock, len(doc.fast))
+		}
+		for _, f := range doc.fast {
+			if f.lock.Token > st.LastToken {
+				return State{}, fmt.Errorf("lock %q has token %d, above last_token %d: tokens would be handed out twice", f.name, f.lock.Token, st.LastToken)
+			}
+			st.Locks[f.name] = f.lock
+		}
 		for name, p := range doc.Pools {
 			if err := checkPool(name, p); err != nil {
 				return State{}, err

@@ -86,6 +86,12 @@ func TestParseAgreesWithYAML(t *testing.T) {
 		if !ok {
 			t.Fatalf("state %d: the fast parser refused the encoder's output:\n%s", i, buf.String())
 		}
+		// It reads locks in the table's shape; yaml.v2, in the file's.
+		fast.Locks = map[string]lock.Entry{}
+		for _, f := range fast.fast {
+			fast.Locks[f.name] = f.lock.Entry()
+		}
+		fast.fast = nil
 		var slow document
 		if err := yaml.UnmarshalStrict(buf.Bytes(), &slow); err != nil {
 			t.Fatal(err)
@@ -228,5 +234,26 @@ func testCredentials(at time.Time) map[string]access.Credential {
 		"team-a-ci": {Name: "team-a-ci", Hash: hash, Grants: []access.Grant{{Role: access.Lock, Prefix: "team-a/"}, {Role: access.Read, Prefix: ""}},
 			CreatedBy: "admin", CreatedAt: at, ExpiresAt: at.Add(90 * 24 * time.Hour)},
 		"ops #1 \"q\" - {x}": {Name: "ops #1 \"q\" - {x}", Hash: hash, Grants: []access.Grant{{Role: access.Operate, Prefix: "- x"}}},
+	}
+}
+
+// TestHandEditedFilesReadAsBefore: a file in another order than
+// Encode's, or with a holder whose count is zero, is not the fast
+// parser's: yaml.v2 reads it, to the same table.
+func TestHandEditedFilesReadAsBefore(t *testing.T) {
+	want := map[string]lock.Lock{
+		"a": {Key: "k", Token: 1, Holders: []lock.Holder{{Name: "x", Hold: lock.Hold{Count: 1, Note: "n"}}, {Name: "y", Hold: lock.Hold{Count: 2}}}},
+		"b": {Key: "k", Token: 2, Holders: []lock.Holder{{Name: "z", Hold: lock.Hold{Count: 1}}}},
+	}
+	for _, file := range []string{
+		// In Encode's order: the fast parser's.
+		"version: 1\nseq: 1\nlast_token: 2\nlocks:\n  a:\n    key: k\n    locked_by:\n      x: 1\n      y: 2\n    token: 1\n    holders:\n      x:\n        note: n\n  b:\n    key: k\n    locked_by:\n      z: 1\n    token: 2\n",
+		// Locks and holders out of order, a released holder left behind.
+		"version: 1\nseq: 1\nlast_token: 2\nlocks:\n  b:\n    key: k\n    locked_by:\n      z: 1\n      w: 0\n    token: 2\n  a:\n    key: k\n    locked_by:\n      y: 2\n      x: 1\n    token: 1\n    holders:\n      x:\n        note: n\n",
+	} {
+		st, err := Decode([]byte(file))
+		if err != nil || !reflect.DeepEqual(st.Locks, want) {
+			t.Errorf("Decode(%q) = %+v, %v; want %+v", file, st.Locks, err, want)
+		}
 	}
 }
