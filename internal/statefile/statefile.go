@@ -99,6 +99,14 @@ func Decode(data []byte) (State, error) {
 		}
 		doc, ok := parse(data)
 		if !ok {
+			// yaml.v2 reads into the document as the fast parser left it,
+			// the locks it read among the file's (a lock read twice is
+			// refused: a truncated file ends so).
+			doc.Locks = make(map[string]lock.Entry, len(doc.fast))
+			for _, f := range doc.fast {
+				doc.Locks[f.name] = f.lock.Entry()
+			}
+			doc.fast = nil
 			// Not exactly as Encode writes it (edited by hand, say):
 			// yaml.v2 reads it, or says what is wrong with it.
 			if err := yaml.UnmarshalStrict(data, &doc); err != nil {
