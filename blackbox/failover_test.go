@@ -64,10 +64,20 @@ func failover(t *testing.T, synchronous bool) {
 	if status, body := httpDo(t, nodes[0].URL, "PUT", "/lock/across", `{"key": "before"}`); status != http.StatusOK {
 		t.Fatalf("PUT /lock/across = %d %s", status, body)
 	}
+	// Its client sends it again with its Idempotency-Key on a 503, as
+	// locker and the resource do (a node starved of CPU beside make test's
+	// other tests can be taken for dead, and its waiters dropped).
 	across := make(chan string, 1)
 	go func() {
-		status, body, err := sendKeyed(&http.Client{Timeout: 11 * time.Minute}, "PUT", nodes[1].URL+"/lock/across?wait=10m", `{"key": "after"}`, "across-1")
-		across <- fmt.Sprintf("%d %s %v", status, body, err)
+		client := &http.Client{Timeout: 11 * time.Minute}
+		for deadline := time.Now().Add(10 * time.Minute); ; {
+			status, body, err := sendKeyed(client, "PUT", nodes[1].URL+"/lock/across?wait=10m", `{"key": "after"}`, "across-1")
+			if (err == nil && status != http.StatusServiceUnavailable) || time.Now().After(deadline) {
+				across <- fmt.Sprintf("%d %s %v", status, body, err)
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}()
 
 	// Eight clients, each change with an Idempotency-Key, sent again
@@ -109,12 +119,27 @@ func failover(t *testing.T, synchronous bool) {
 	// A change whose COMMIT's answer is lost as the primary goes: the
 	// client is told it may or may not have been made, and sends it again
 	// with its Idempotency-Key once the new primary serves.
-	px.DropCommitAnswer()
+	// (The proxy spots a COMMIT in what goes through it; should it miss
+	// one, the change is answered 200 and the next one is tried.)
+	doubtful := ""
 	doubt := func() (int, string) {
-		return idempotentPut(t, nodes[2].URL+"/lock/in-doubt", `{"key": "k", "lock_by": "doubt"}`, "in-doubt-1")
+		return idempotentPut(t, nodes[2].URL+"/lock/"+doubtful, `{"key": "k", "lock_by": "doubt"}`, doubtful)
 	}
-	if status, body := doubt(); status != http.StatusServiceUnavailable || !strings.Contains(body, "may or may not") {
-		t.Errorf("a change whose COMMIT's answer was lost = %d %s; want 503 saying it may or may not have been made", status, body)
+	for try := 1; try <= 3 && doubtful == ""; try++ {
+		doubtful = fmt.Sprintf("in-doubt-%d", try)
+		px.DropCommitAnswer()
+		status, body := doubt()
+		switch {
+		case status == http.StatusServiceUnavailable && strings.Contains(body, "may or may not"):
+		case status == http.StatusOK:
+			t.Logf("the proxy let %s's COMMIT answer through; trying another", doubtful)
+			doubtful = ""
+		default:
+			t.Errorf("a change whose COMMIT's answer was lost = %d %s; want 503 saying it may or may not have been made", status, body)
+		}
+	}
+	if doubtful == "" {
+		t.Errorf("in 3 tries, no change had its COMMIT's answer lost")
 	}
 
 	stoppedAt := rec.now()
@@ -155,9 +180,9 @@ func failover(t *testing.T, synchronous bool) {
 	// The change in doubt, sent again with its key: answered from its
 	// outcome if it survived the failover, made once if it did not.
 	status, body := doubt()
-	held := lockedBy(t, nodes[0].URL, "in-doubt")
+	held := lockedBy(t, nodes[0].URL, doubtful)
 	if status != http.StatusOK || held["doubt"] != 1 {
-		t.Errorf("the change in doubt sent again = %d %s, and in-doubt is held by %v; want 200, held once", status, body, held)
+		t.Errorf("the change in doubt sent again = %d %s, and %s is held by %v; want 200, held once", status, body, doubtful, held)
 	}
 
 	time.Sleep(d)

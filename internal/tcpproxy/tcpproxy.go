@@ -96,13 +96,17 @@ func (p *Proxy) toServer(from, to net.Conn) {
 	defer from.Close()
 	defer to.Close()
 	buf := make([]byte, 64<<10)
+	var tail []byte // the end of the previous read: a COMMIT may come in two
 	for {
 		n, err := from.Read(buf)
 		if n > 0 {
 			if _, werr := to.Write(buf[:n]); werr != nil {
 				return
 			}
-			if bytes.Contains(buf[:n], []byte("COMMIT")) && p.dropCommit.CompareAndSwap(true, false) {
+			seen := append(tail, buf[:min(n, 16)]...)
+			commit := bytes.Contains(buf[:n], []byte("COMMIT")) || bytes.Contains(seen, []byte("COMMIT"))
+			tail = append(tail[:0], buf[max(0, n-8):n]...)
+			if commit && p.dropCommit.CompareAndSwap(true, false) {
 				// The COMMIT is on its way; its answer is not: the client's
 				// side goes at once, the server's once it has had a moment
 				// to commit.
