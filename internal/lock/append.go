@@ -37,25 +37,8 @@ func AppendLock(b []byte, l *Lock) []byte {
 		}
 		b = append(b, `{"name":`...)
 		b = AppendString(b, h.Name)
-		b = append(b, `,"count":`...)
-		b = strconv.AppendInt(b, int64(h.Count), 10)
-		if !h.Since.IsZero() {
-			b = append(b, `,"since":`...)
-			b = appendTime(b, h.Since)
-		}
-		if !h.ExpiresAt.IsZero() {
-			b = append(b, `,"expires_at":`...)
-			b = appendTime(b, h.ExpiresAt)
-		}
-		if h.Note != "" {
-			b = append(b, `,"note":`...)
-			b = AppendString(b, h.Note)
-		}
-		if h.Build != nil {
-			b = append(b, `,"build":`...)
-			b = h.Build.appendJSON(b)
-		}
-		b = append(b, '}')
+		b = append(b, ',')
+		b = append(h.Hold.appendFields(b), '}')
 	}
 	return append(b, "]}"...)
 }

@@ -40,25 +40,8 @@ func AppendView(b []byte, name string, l Lock, queue []Waiting) []byte {
 			b = append(b, ',')
 		}
 		b = AppendString(b, h.Name)
-		b = append(b, `:{"count":`...)
-		b = strconv.AppendInt(b, int64(h.Count), 10)
-		if !h.Since.IsZero() {
-			b = append(b, `,"since":`...)
-			b = appendTime(b, h.Since)
-		}
-		if !h.ExpiresAt.IsZero() {
-			b = append(b, `,"expires_at":`...)
-			b = appendTime(b, h.ExpiresAt)
-		}
-		if h.Note != "" {
-			b = append(b, `,"note":`...)
-			b = AppendString(b, h.Note)
-		}
-		if h.Build != nil {
-			b = append(b, `,"build":`...)
-			b = h.Build.appendJSON(b)
-		}
-		b = append(b, '}')
+		b = append(b, ":{"...)
+		b = append(h.Hold.appendFields(b), '}')
 	}
 	b = append(b, `},"waiting":[`...)
 	for i, w := range queue {
@@ -80,6 +63,30 @@ func AppendView(b []byte, name string, l Lock, queue []Waiting) []byte {
 		b = append(b, '}')
 	}
 	return append(b, "]}"...)
+}
+
+// appendFields appends h's fields as encoding/json writes them, without
+// the braces: its count, and the others that are set.
+func (h Hold) appendFields(b []byte) []byte {
+	b = append(b, `"count":`...)
+	b = strconv.AppendInt(b, int64(h.Count), 10)
+	if !h.Since.IsZero() {
+		b = append(b, `,"since":`...)
+		b = appendTime(b, h.Since)
+	}
+	if !h.ExpiresAt.IsZero() {
+		b = append(b, `,"expires_at":`...)
+		b = appendTime(b, h.ExpiresAt)
+	}
+	if h.Note != "" {
+		b = append(b, `,"note":`...)
+		b = AppendString(b, h.Note)
+	}
+	if h.Build != nil {
+		b = append(b, `,"build":`...)
+		b = h.Build.appendJSON(b)
+	}
+	return b
 }
 
 // appendTime appends t as encoding/json does: RFC 3339, quoted.
