@@ -431,7 +431,7 @@ func (s *server) watchCredentials(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.credentialsChanged:
-			if err := s.reloadCredentials(ctx); err != nil {
+			if err := s.reloadCredentials(ctx); err != nil && ctx.Err() == nil { // stopping is no failure
 				s.log.Error("reading the credentials again", "err", err)
 			}
 		case <-hup:

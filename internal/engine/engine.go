@@ -183,7 +183,11 @@ func (e *Engine) fail(what string, err error) error {
 		e.log.Error("database request failed", "lock", what, "err", err)
 		return fmt.Errorf("%w: the change was not made, and the client may try again in a moment: %w", ErrUnavailable, txn.ErrStandby)
 	case errors.Is(err, txn.ErrUnavailable):
-		e.log.Error("database request failed", "lock", what, "err", err)
+		level := slog.LevelError
+		if errors.Is(err, context.Canceled) {
+			level = slog.LevelDebug // its caller went away (a client, or the server stopping): the database did not fail
+		}
+		e.log.Log(context.Background(), level, "database request failed", "lock", what, "err", err)
 		return fmt.Errorf("%w: the change was not made; try again in a moment", ErrUnavailable)
 	}
 	return err
