@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -335,6 +336,12 @@ func (t *tx) commit() error {
 	if err := t.conn.SendBatch(t.ctx, b).Close(); err != nil {
 		if t.tellsOthers {
 			t.s.toldAt.Store(0) // the next commit tells them
+		}
+		if errors.As(err, new(pgx.ErrPreprocessingBatch)) {
+			// pgx failed before it ran any statement of the batch (a
+			// connection that broke while idle fails its prepare): the
+			// COMMIT was never sent, and the transaction is rolled back.
+			return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
 		}
 		return fmt.Errorf("%w: %w", txn.ErrUncertain, err)
 	}
