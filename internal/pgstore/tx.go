@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -337,12 +336,11 @@ func (t *tx) commit() error {
 		if t.tellsOthers {
 			t.s.toldAt.Store(0) // the next commit tells them
 		}
-		if errors.As(err, new(pgx.ErrPreprocessingBatch)) {
-			// pgx failed before it ran any statement of the batch (a
-			// connection that broke while idle fails its prepare): the
-			// COMMIT was never sent, and the transaction is rolled back.
-			return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
-		}
+		// Uncertain even when pgx failed as it prepared the batch's
+		// statements (pgx.ErrPreprocessingBatch), before any ran: "may
+		// or may not" is never wrong, and a retry with the request's
+		// Idempotency-Key settles it. (TestFailover loses such answers
+		// through a proxy that sees the COMMIT as it is prepared.)
 		return fmt.Errorf("%w: %w", txn.ErrUncertain, err)
 	}
 	return nil
