@@ -42,8 +42,9 @@ test: lint test-packages
 		echo "make test: no PostgreSQL on 127.0.0.1:5432 and LOCKER_TEST_DATABASE_URL unset: the PostgreSQL store's tests are skipped (set LOCKER_TEST_DATABASE_URL=postgres://... to run them)"
 	LOCKER_TEST_RESTART_POSTGRES= go test -race -count=1 -parallel $(TEST_PARALLEL) ./...
 	@if [ -n "$$LOCKER_TEST_RESTART_POSTGRES" ]; then echo "restarting PostgreSQL for TestTokensAcrossADatabaseRestart"; \
-		go test -race -count=1 -v -run '^TestTokensAcrossADatabaseRestart$$' ./internal/engine | tee /dev/stderr | \
-		grep -q -- '--- PASS: TestTokensAcrossADatabaseRestart' || { echo "TestTokensAcrossADatabaseRestart did not pass (or did not run)"; exit 1; }; fi
+		out=$$(go test -race -count=1 -v -run '^TestTokensAcrossADatabaseRestart$$' ./internal/engine 2>&1); status=$$?; echo "$$out"; \
+		[ $$status -eq 0 ] && echo "$$out" | grep -q -- '--- PASS: TestTokensAcrossADatabaseRestart' || \
+		{ echo "TestTokensAcrossADatabaseRestart did not pass (or did not run)"; exit 1; }; fi
 
 # fuzz: each fuzz target, a few hundred thousand inputs (a minute here;
 # building the fuzzing binaries takes another minute with empty caches,
