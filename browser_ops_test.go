@@ -196,12 +196,14 @@ func viewOf(t *testing.T, ls *liveServer, name string, auth []string) lock.View 
 	return v
 }
 
-// click clicks the element sel names.
+// click clicks the element sel names, in the page's own script: one step,
+// which the page's refresh (it swaps the list of cards) cannot split, as it
+// can a click through the DevTools protocol between finding a node and
+// pressing on it. It waits up to 30 s for the element to be there.
 func click(t *testing.T, ctx context.Context, sel string) {
 	t.Helper()
-	if err := chromedp.Do(ctx, chromedp.Click(sel, chromedp.NodeVisible)); err != nil {
-		t.Fatalf("clicking %s: %v", sel, err)
-	}
+	quoted, _ := json.Marshal(sel)
+	waitOnPage(t, ctx, "a click on "+sel, `(() => { const e = document.querySelector(`+string(quoted)+`); if (!e) return false; e.click(); return true })()`)
 }
 
 // submit types reason into the form in the details element sel names,
