@@ -63,58 +63,6 @@ type Request struct {
 	IdempotencyKey string
 }
 
-// fields are the fields of a Request besides the key and the requestor
-// that a kind of change sends: one Request serves to take a lock, renew
-// it and give it back, though each takes only some of them.
-type fields uint8
-
-const (
-	sendTTL fields = 1 << iota
-	sendNote
-	sendLimit
-	sendAll
-	sendSupersede
-	sendPriority
-	sendBuild
-
-	takeFields  = sendTTL | sendNote | sendLimit | sendSupersede | sendPriority | sendBuild
-	claimFields = sendTTL | sendNote | sendSupersede | sendPriority | sendBuild
-)
-
-// body returns the JSON body of a change that sends r's key, requestor
-// and, of send, the fields that are set.
-func (r Request) body(send fields) map[string]any {
-	body := map[string]any{"key": r.Key}
-	if r.Requestor != "" {
-		body["lock_by"] = r.Requestor
-	}
-	if send&sendTTL != 0 && r.TTL != "" {
-		body["ttl"] = r.TTL
-	}
-	if send&sendNote != 0 && r.Note != "" {
-		body["note"] = r.Note
-	}
-	if send&sendLimit != 0 && r.Limit > 0 {
-		body["limit"] = r.Limit
-	}
-	if send&sendAll != 0 && r.All {
-		body["all"] = true
-	}
-	if send&sendSupersede != 0 && r.Supersede {
-		body["supersede"] = true
-	}
-	if send&sendPriority != 0 && r.Priority != 0 {
-		body["priority"] = r.Priority
-	}
-	if send&sendBuild != 0 && r.Build != nil {
-		body["build"] = r.Build
-		if len(r.EndWithBuild) > 0 {
-			body["end_with_build"] = r.EndWithBuild
-		}
-	}
-	return body
-}
-
 // Options say whether a call waits for its locks, how long it keeps
 // trying, and whom it tells.
 type Options struct {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/locker-ci/locker/internal/txn"
 )
@@ -138,4 +141,50 @@ func (s *Store) Leads(ctx context.Context) bool {
 	}
 	s.lead = conn
 	return true
+}
+
+// Unreachable reports whether err, from Open, says the database could not
+// be reached, or is not taking connections yet (starting up, shutting
+// down, or full): worth trying again, unlike a wrong password or a
+// database that does not exist.
+func Unreachable(err error) bool {
+	if errors.Is(err, txn.ErrStandby) {
+		return true // being promoted, perhaps: a failover at start
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P03", "57P01", "53300": // cannot_connect_now, admin_shutdown, too_many_connections
+			return true
+		}
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	// A connection that timed out or was cut while the node opened (a
+	// database failing over, a proxy's outage) is the database away too:
+	// a node that started then exited at once.
+	return errors.As(err, &connErr) || pgconn.Timeout(err) || errors.As(err, &netErr) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// Ready reports whether the database answers, and takes changes. A
+// connection that broke while idle (a failover, a proxy that moved) fails
+// its ping and is closed; once they are gone, a try makes a new one,
+// checked as every new one is (followPrimary), so that a standby is told
+// as such.
+func (s *Store) Ready(ctx context.Context) error {
+	err := s.pool.Ping(ctx)
+	for try := 0; err != nil && !errors.Is(err, txn.ErrStandby) && ctx.Err() == nil && try < int(s.pool.Config().MaxConns); try++ {
+		err = s.pool.Ping(ctx) // each broken idle connection fails one ping, and is closed
+	}
+	if err != nil && !errors.Is(err, txn.ErrStandby) && time.Since(time.Unix(0, s.standbyAt.Load())) < 10*time.Second {
+		// The attempts of the last seconds reached a standby: this one,
+		// cut short by ctx, is likely to, too.
+		err = fmt.Errorf("%w (the connections of the last seconds reached one; this try: %w)", txn.ErrStandby, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", txn.ErrUnavailable, err)
+	}
+	return nil
 }
